@@ -1,0 +1,202 @@
+//! The [`StateBackend`] trait: what several gateway workers must agree on (DESIGN §8).
+//!
+//! A backend is never on the path of a local pool hit. Every key or channel an implementation
+//! builds comes from validated [`StateId`]s and [`ServerId`]s, so nothing a client sends can
+//! name another key.
+
+use std::{fmt, time::Duration};
+
+use futures::stream::BoxStream;
+
+use crate::{PoolConfig, ServerId, StateId};
+
+/// A backend operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The backend could not be reached, or did not answer within its operation timeout.
+    #[error("state backend {backend} is unavailable: {message}")]
+    Unavailable {
+        /// The backend's name (`memory`, `redis`, `postgres`, `sqlite`, …).
+        backend: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+    /// The backend answered, but with something this crate cannot use (a corrupt record).
+    #[error("state backend {backend} returned invalid data: {message}")]
+    InvalidData {
+        /// The backend's name.
+        backend: &'static str,
+        /// What was wrong.
+        message: String,
+    },
+    /// An argument was out of range (a limit of 0, a TTL of 0).
+    #[error("invalid argument to state backend: {0}")]
+    InvalidArgument(String),
+}
+
+/// A per-server configuration was stored or deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigChange {
+    /// The server.
+    pub server: ServerId,
+    /// The new config, `None` when deleted.
+    pub config: Option<PoolConfig>,
+}
+
+/// The outcome of [`StateBackend::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// The caller owns it now (it was free, expired, or already the caller's: the TTL was
+    /// renewed).
+    Won,
+    /// The caller owns it now; the previous owner's heartbeat had expired.
+    TookOver {
+        /// The dead previous owner.
+        previous: StateId,
+    },
+    /// A live worker owns it; nothing changed.
+    Held {
+        /// The owner.
+        owner: StateId,
+    },
+}
+
+impl Claim {
+    /// Whether the caller owns the claim now.
+    pub fn is_owned(&self) -> bool {
+        !matches!(self, Claim::Held { .. })
+    }
+}
+
+/// Shared state of a group of gateway workers.
+///
+/// Methods are async and bounded in time: an unreachable backend answers
+/// [`BackendError::Unavailable`] within the implementation's operation timeout, never hangs or
+/// panics. TTLs are at least one millisecond; finer parts are rounded up.
+/// Prove an implementation with `mcp_pool_conformance::backend_conformance!`.
+#[async_trait::async_trait]
+pub trait StateBackend: Send + Sync + fmt::Debug + 'static {
+    /// A short name for logs and errors.
+    fn name(&self) -> &'static str;
+
+    /// Stores the pool config of `server`, replacing any, and notifies every watcher.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails.
+    async fn put_config(&self, server: &ServerId, config: &PoolConfig) -> Result<(), BackendError>;
+
+    /// The stored pool config of `server`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails or the record is corrupt.
+    async fn get_config(&self, server: &ServerId) -> Result<Option<PoolConfig>, BackendError>;
+
+    /// Every stored pool config, ordered by server id.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails or a record is corrupt.
+    async fn list_configs(&self) -> Result<Vec<(ServerId, PoolConfig)>, BackendError>;
+
+    /// Deletes the pool config of `server`; `true` when one existed. Notifies watchers.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails.
+    async fn delete_config(&self, server: &ServerId) -> Result<bool, BackendError>;
+
+    /// Config changes made through any instance sharing this backend, from now on. The stream
+    /// ends when the backend is dropped or its notification channel breaks; re-subscribe then.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the subscription cannot be set up.
+    async fn watch_configs(&self) -> Result<BoxStream<'static, ConfigChange>, BackendError>;
+
+    /// Claims `session` (a downstream session id) for `owner`, first writer wins, for `ttl`.
+    /// A claim whose TTL ran out, or whose owner's [`heartbeat`](Self::heartbeat) ran out, can
+    /// be taken; a live owner's claim never is.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails.
+    async fn claim(
+        &self,
+        session: &StateId,
+        owner: &StateId,
+        ttl: Duration,
+    ) -> Result<Claim, BackendError>;
+
+    /// Extends `owner`'s claim on `session` to `ttl` from now; `false` if `owner` does not
+    /// hold it.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails.
+    async fn refresh(
+        &self,
+        session: &StateId,
+        owner: &StateId,
+        ttl: Duration,
+    ) -> Result<bool, BackendError>;
+
+    /// Releases `owner`'s claim on `session`; `false` if `owner` did not hold it.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails.
+    async fn release(&self, session: &StateId, owner: &StateId) -> Result<bool, BackendError>;
+
+    /// The live owner of `session`, if any.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails.
+    async fn owner(&self, session: &StateId) -> Result<Option<StateId>, BackendError>;
+
+    /// Marks `worker` alive for `ttl`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails.
+    async fn heartbeat(&self, worker: &StateId, ttl: Duration) -> Result<(), BackendError>;
+
+    /// Whether `worker`'s last heartbeat is still within its TTL.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails.
+    async fn is_alive(&self, worker: &StateId) -> Result<bool, BackendError>;
+
+    /// Takes slot `slot` of `counter` if fewer than `limit` live slots are taken, for `ttl`.
+    /// Taking a slot already held renews its TTL and succeeds. Returns whether the slot is held.
+    ///
+    /// # Errors
+    /// [`BackendError::InvalidArgument`] for a zero TTL; [`BackendError`] when the backend fails.
+    async fn try_acquire_slot(
+        &self,
+        counter: &StateId,
+        slot: &StateId,
+        limit: u32,
+        ttl: Duration,
+    ) -> Result<bool, BackendError>;
+
+    /// Gives slot `slot` of `counter` back; `false` if it was not held.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails.
+    async fn release_slot(&self, counter: &StateId, slot: &StateId) -> Result<bool, BackendError>;
+
+    /// Live slots of `counter`.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails.
+    async fn slot_count(&self, counter: &StateId) -> Result<u32, BackendError>;
+
+    /// Sends `payload` to every current subscriber of `channel`, in every instance.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails.
+    async fn publish(&self, channel: &StateId, payload: &[u8]) -> Result<(), BackendError>;
+
+    /// Messages published to `channel` from now on.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the subscription cannot be set up.
+    async fn subscribe(
+        &self,
+        channel: &StateId,
+    ) -> Result<BoxStream<'static, Vec<u8>>, BackendError>;
+}

@@ -1,0 +1,33 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+mod backend;
+mod config;
+mod endpoint;
+mod id;
+mod identity;
+mod strategy;
+mod transport;
+
+pub use backend::{BackendError, Claim, ConfigChange, StateBackend};
+pub use config::{ConfigError, PoolConfig, RANGES, StrategyKind, check_range};
+pub use endpoint::{Endpoint, InvalidEndpoint, MAX_WEIGHT, TransportKind, UnknownTransport};
+pub use id::{ID_RULE, InvalidId, ServerId, StateId};
+pub use identity::{
+    DEFAULT_IDENTITY_HEADERS, Digest256, INTERNAL_HEADERS, IdentityConfig, IdentityExtractor,
+    PoolKey, Principal, forwardable_headers,
+};
+pub use strategy::{
+    AffinityKey, Binding, EndpointView, EvictionReason, SelectContext, Selection, Selector,
+    SessionId, SessionView, Strategy, least_loaded_endpoint,
+};
+pub use transport::{
+    ClientSession, ConnectRequest, Transport, TransportError, default_client_config,
+    is_transport_failure,
+};
+
+/// Re-exported so implementers use the same version.
+pub use async_trait::async_trait;
+/// Re-exported so implementers use the same version.
+pub use rmcp;

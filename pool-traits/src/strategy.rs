@@ -1,0 +1,210 @@
+//! The [`Strategy`] trait: which session serves an acquire, and where new sessions go (DESIGN §5).
+//!
+//! A strategy is chosen per server and can be swapped on a live pool. The pool asks it for one
+//! [`Selector`] per pool key (so per-key state such as a rotation cursor or sticky bindings
+//! lives in the selector) and calls the selector under that key's lock: methods are synchronous,
+//! take `&mut self`, and must not allocate on the hot path ([`Selector::select`]).
+
+use std::fmt;
+
+use crate::{Digest256, StrategyKind};
+
+/// A pooled session's id, unique within the process for its lifetime (never reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct SessionId(pub u64);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// What a selector sees of one session of its key. `Copy`, built by the pool without allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionView {
+    /// The session.
+    pub id: SessionId,
+    /// Index of its endpoint in the server's endpoint list.
+    pub endpoint: usize,
+    /// Leases currently out on it.
+    pub in_flight: u32,
+    /// Leases it may serve at once (`session_concurrency`).
+    pub capacity: u32,
+    /// Its endpoint's weight.
+    pub weight: u32,
+}
+
+impl SessionView {
+    /// Whether it can take one more lease.
+    pub fn has_capacity(&self) -> bool {
+        self.in_flight < self.capacity
+    }
+}
+
+/// What a selector sees of one endpoint of the server when a session is to be created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointView {
+    /// Relative share (1-1000).
+    pub weight: u32,
+    /// Sessions of this key on it, being created included.
+    pub sessions: u32,
+    /// Leases out on its sessions of this key.
+    pub in_flight: u32,
+    /// `false` when the endpoint must not get a session now (its circuit is open, or its
+    /// transport is not the key's). A selector must never pick an unavailable endpoint.
+    pub available: bool,
+}
+
+/// The affinity of a request for the sticky strategy: a digest of the downstream session id
+/// (DESIGN §5). Requests without one share the affinity of their principal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey(pub Digest256);
+
+impl AffinityKey {
+    /// The affinity of a downstream (client-facing) MCP session id.
+    pub fn downstream_session(id: &str) -> Self {
+        Self(Digest256::of(id))
+    }
+}
+
+/// Facts about the acquire being served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SelectContext {
+    /// The downstream session's affinity; `None` means the principal's own affinity.
+    pub affinity: Option<AffinityKey>,
+}
+
+/// What serves an acquire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selection {
+    /// The session at this index of the slice given to [`Selector::select`]; it must have
+    /// capacity.
+    Session(usize),
+    /// Create a new session (the pool waits instead when the key is at `max_size`).
+    Create,
+    /// Wait for a release even if the key could grow: the only session this request may use is
+    /// busy (sticky).
+    Wait,
+}
+
+/// How a newly created session relates to the request's affinity.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Binding {
+    /// The strategy does not bind.
+    #[default]
+    Unbound,
+    /// Bound to the request's affinity for the first time.
+    Bound,
+    /// Bound to replace a session of the same affinity that died: server-side state was lost.
+    Rebound,
+}
+
+/// Why a session left its pool: the `reason` label of `mcp_pool_evictions_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum EvictionReason {
+    /// A lease was marked broken (a transport error was seen).
+    Broken,
+    /// Older than `max_lifetime`.
+    Lifetime,
+    /// Unused for `max_idle_time`.
+    Idle,
+    /// A health check failed.
+    Health,
+    /// `drain()` or a configuration change retired it.
+    Drained,
+    /// `close()`.
+    Closed,
+    /// Not pooled (strategy `none` or pooling off): closed on release.
+    Unpooled,
+    /// Its sticky binding ended (`unbind`), so no other affinity may ever get it.
+    Unbound,
+    /// Its key was removed as idle.
+    KeyEvicted,
+}
+
+impl EvictionReason {
+    /// The metric label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Broken => "broken",
+            Self::Lifetime => "lifetime",
+            Self::Idle => "idle",
+            Self::Health => "health",
+            Self::Drained => "drained",
+            Self::Closed => "closed",
+            Self::Unpooled => "unpooled",
+            Self::Unbound => "unbound",
+            Self::KeyEvicted => "key_evicted",
+        }
+    }
+
+    /// Whether the session died rather than being retired on purpose: a sticky binding to it
+    /// is then replaced with [`Binding::Rebound`].
+    pub const fn is_death(self) -> bool {
+        matches!(self, Self::Broken | Self::Health)
+    }
+}
+
+/// A session selection strategy (DESIGN §5). Cheap to share; one per server.
+///
+/// Implementations hand out one [`Selector`] per pool key. Custom strategies implement this trait
+/// and prove themselves with `mcp_pool_conformance::strategy_conformance!`.
+pub trait Strategy: Send + Sync + fmt::Debug + 'static {
+    /// The name used in logs, stats and the `strategy` metric label.
+    fn name(&self) -> &str;
+
+    /// The built-in kind this strategy is, if any.
+    fn kind(&self) -> Option<StrategyKind> {
+        None
+    }
+
+    /// `false` for strategies that do not pool: every acquire then creates a session and every
+    /// release closes it ([`StrategyKind::None`]).
+    fn pools(&self) -> bool {
+        true
+    }
+
+    /// A fresh selector for one pool key.
+    fn selector(&self) -> Box<dyn Selector>;
+}
+
+/// Per-key selection state. Called under the key's lock: never block, never allocate in
+/// [`select`](Self::select).
+pub trait Selector: Send + fmt::Debug + 'static {
+    /// Chooses what serves an acquire among `sessions` (every live session of the key, those
+    /// without capacity included). Must return [`Selection::Session`] only for an index whose
+    /// session [`has_capacity`](SessionView::has_capacity), and must not panic on an empty slice.
+    fn select(&mut self, sessions: &[SessionView], ctx: &SelectContext) -> Selection;
+
+    /// Chooses the endpoint for a new session: an index into `endpoints` whose entry is
+    /// [`available`](EndpointView::available), or `None` when none is.
+    fn select_endpoint(&mut self, endpoints: &[EndpointView], ctx: &SelectContext)
+    -> Option<usize>;
+
+    /// A session was created for an acquire with `ctx` and is about to be handed to it.
+    fn on_created(&mut self, _session: SessionId, _ctx: &SelectContext) -> Binding {
+        Binding::Unbound
+    }
+
+    /// A session left the key.
+    fn on_removed(&mut self, _session: SessionId, _reason: EvictionReason) {}
+
+    /// Ends the binding of `affinity`, if any, returning the session it was bound to. The pool
+    /// then retires that session: a session once bound is never handed to another affinity.
+    fn unbind(&mut self, _affinity: &SelectContext) -> Option<SessionId> {
+        None
+    }
+}
+
+/// The index among `endpoints` an available endpoint with the fewest sessions, ties broken by
+/// the lowest index. A building block for selectors.
+pub fn least_loaded_endpoint(endpoints: &[EndpointView]) -> Option<usize> {
+    endpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.available)
+        .min_by_key(|(i, e)| (e.sessions, *i))
+        .map(|(i, _)| i)
+}

@@ -1,0 +1,142 @@
+//! The [`Transport`] trait: connect an endpoint and return an initialized rmcp client session.
+
+use std::{fmt, time::Duration};
+
+use http::HeaderMap;
+use rmcp::{
+    RoleClient, ServiceError,
+    model::{ClientConfig, Implementation},
+    service::RunningService,
+};
+
+use crate::{Endpoint, TransportKind, forwardable_headers};
+
+/// An initialized upstream MCP session, as rmcp hands it out. Derefs to
+/// [`Peer<RoleClient>`](rmcp::Peer).
+pub type ClientSession = RunningService<RoleClient, ClientConfig>;
+
+/// What a transport needs to open one session.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest<'a> {
+    endpoint: &'a Endpoint,
+    headers: HeaderMap,
+    timeout: Duration,
+    client: &'a ClientConfig,
+}
+
+impl<'a> ConnectRequest<'a> {
+    /// A request to connect `endpoint` sending `headers` on every upstream HTTP request, with
+    /// connect + `initialize` bounded by `timeout`. The internal headers (`mcp-session-id`,
+    /// `x-mcp-session-id`) and `accept` are removed here, so no transport can forward them.
+    pub fn new(
+        endpoint: &'a Endpoint,
+        headers: &HeaderMap,
+        timeout: Duration,
+        client: &'a ClientConfig,
+    ) -> Self {
+        Self {
+            endpoint,
+            headers: forwardable_headers(headers),
+            timeout,
+            client,
+        }
+    }
+
+    /// The endpoint to connect.
+    pub fn endpoint(&self) -> &'a Endpoint {
+        self.endpoint
+    }
+
+    /// Headers to send upstream (identity headers and any others the caller passed), internal
+    /// ones already removed.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The bound on connect + `initialize` together.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The `initialize` parameters (client info and capabilities) to send.
+    pub fn client(&self) -> &'a ClientConfig {
+        self.client
+    }
+}
+
+/// The `initialize` parameters the pool sends by default: client name `mcp-pool` and this
+/// crate's version, default capabilities.
+pub fn default_client_config() -> ClientConfig {
+    ClientConfig::new(
+        Default::default(),
+        Implementation::new("mcp-pool", env!("CARGO_PKG_VERSION")),
+    )
+}
+
+/// A session could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportError {
+    /// Connect + initialize did not finish within the create timeout.
+    #[error("connecting {url} timed out after {timeout:?} (connect + initialize)")]
+    Timeout {
+        /// The endpoint URL.
+        url: String,
+        /// The create timeout.
+        timeout: Duration,
+    },
+    /// The connection or the handshake failed.
+    #[error("connecting {url} failed: {source}")]
+    Connect {
+        /// The endpoint URL.
+        url: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// No transport is registered for this kind.
+    #[error("no transport is registered for {0}")]
+    Unsupported(TransportKind),
+}
+
+impl TransportError {
+    /// A [`TransportError::Connect`] for `url`.
+    pub fn connect(url: &str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Connect {
+            url: url.to_owned(),
+            source: source.into(),
+        }
+    }
+}
+
+/// Opens initialized MCP client sessions over one kind of transport (DESIGN §9).
+///
+/// One instance serves a whole pool: keep shared resources (an HTTP client with keep-alive) in
+/// it. Custom transports prove themselves with `mcp_pool_conformance::transport_conformance!`.
+#[async_trait::async_trait]
+pub trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// The kind of endpoints this transport connects.
+    fn kind(&self) -> TransportKind;
+
+    /// Connects `request.endpoint()`, performs `initialize` + `notifications/initialized`, and
+    /// returns the running session. Must finish within `request.timeout()`.
+    ///
+    /// # Errors
+    /// [`TransportError::Timeout`] past the timeout, [`TransportError::Connect`] otherwise.
+    async fn connect(&self, request: ConnectRequest<'_>) -> Result<ClientSession, TransportError>;
+}
+
+/// Whether an error from a call on a session means the session is unusable: the request could
+/// not be sent, the transport closed, or the reply made no sense. An error the server returned
+/// (a JSON-RPC error), a request timeout or a cancellation leave the session usable.
+///
+/// rmcp's streamable HTTP client never reports its own death (RMCP-NOTES): this is how the pool
+/// finds out.
+pub fn is_transport_failure(error: &ServiceError) -> bool {
+    matches!(
+        error,
+        ServiceError::TransportSend(_)
+            | ServiceError::TransportClosed
+            | ServiceError::UnexpectedResponse
+    )
+}
