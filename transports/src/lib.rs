@@ -1,1 +1,7 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+mod streamable_http;
+
+pub use streamable_http::{IDLE_CONNECTION_TIMEOUT, StreamableHttp};

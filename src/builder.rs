@@ -1,0 +1,148 @@
+//! [`PoolBuilder`].
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use mcp_pool_traits::{
+    IdentityConfig, StateBackend, Transport, TransportKind, check_range, default_client_config,
+    rmcp::model::ClientConfig,
+};
+use parking_lot::RwLock;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Pool, PoolError, ServerConfig, maintenance, pool::PoolInner, shared::Shared};
+
+/// Default bound on connect + `initialize` of one session (the reference pool's 30 s).
+pub const DEFAULT_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default period of the background maintenance task (`SESSION_POOL_CLEANUP_INTERVAL`).
+pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
+/// Default time after which a key with nothing in use is removed with its sessions (the
+/// reference pool's `idle_pool_eviction_seconds`).
+pub const DEFAULT_KEY_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Builds a [`Pool`].
+///
+/// ```no_run
+/// # async fn run() -> Result<(), mcp_pool::PoolError> {
+/// use mcp_pool::{Endpoint, Pool, PoolConfig, ServerConfig, ServerId, TransportKind};
+///
+/// let server = ServerConfig::new(
+///     ServerId::new("search").unwrap(),
+///     Endpoint::new("http://127.0.0.1:8000/mcp", TransportKind::StreamableHttp).unwrap(),
+/// )
+/// .pool(PoolConfig { max_size: 4, ..PoolConfig::enabled() });
+/// let pool = Pool::builder().server(server).build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Default)]
+pub struct PoolBuilder {
+    servers: Vec<ServerConfig>,
+    transports: Vec<Arc<dyn Transport>>,
+    backend: Option<Arc<dyn StateBackend>>,
+    identity: Option<IdentityConfig>,
+    create_timeout: Option<Duration>,
+    cleanup_interval: Option<Duration>,
+    key_idle_timeout: Option<Duration>,
+    client_config: Option<ClientConfig>,
+}
+
+impl PoolBuilder {
+    /// Adds a server (validated by [`build`](Self::build)).
+    pub fn server(mut self, server: ServerConfig) -> Self {
+        self.servers.push(server);
+        self
+    }
+
+    /// Registers a transport for its [`kind`](Transport::kind), replacing the built-in one.
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transports.push(transport);
+        self
+    }
+
+    /// The state backend shared with other workers (default: in-process memory).
+    pub fn backend(mut self, backend: Arc<dyn StateBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// How identities are derived from request headers (default: DESIGN §4's headers).
+    pub fn identity(mut self, identity: IdentityConfig) -> Self {
+        self.identity = Some(identity);
+        self
+    }
+
+    /// Bound on connect + `initialize` of one session (default 30 s), also cut to what is left
+    /// of the acquire timeout.
+    pub fn create_timeout(mut self, timeout: Duration) -> Self {
+        self.create_timeout = Some(timeout);
+        self
+    }
+
+    /// Period of the background maintenance task that closes expired and idle sessions,
+    /// removes idle keys and keeps `min_size` warm, 1-3600 s (default 60 s).
+    pub fn cleanup_interval(mut self, interval: Duration) -> Self {
+        self.cleanup_interval = Some(interval);
+        self
+    }
+
+    /// A key with nothing in use for this long is removed with its sessions (default 600 s),
+    /// so rotating tokens cannot grow the key map without bound.
+    pub fn key_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.key_idle_timeout = Some(timeout);
+        self
+    }
+
+    /// The `initialize` parameters sent upstream (default: client `mcp-pool`).
+    pub fn client_config(mut self, config: ClientConfig) -> Self {
+        self.client_config = Some(config);
+        self
+    }
+
+    /// Validates everything and starts the pool's maintenance task.
+    ///
+    /// # Errors
+    /// The first invalid server or setting; nothing is started then.
+    ///
+    /// # Panics
+    /// Outside a Tokio runtime.
+    pub fn build(self) -> Result<Pool, PoolError> {
+        let cleanup_interval = self.cleanup_interval.unwrap_or(DEFAULT_CLEANUP_INTERVAL);
+        check_range("cleanup_interval", cleanup_interval.as_secs())?;
+        for server in &self.servers {
+            server.validate()?;
+        }
+        let mut transports: HashMap<TransportKind, Arc<dyn Transport>> = HashMap::new();
+        let http = mcp_pool_transports::StreamableHttp::new()
+            .map_err(|e| PoolError::Setup(e.to_string()))?;
+        transports.insert(TransportKind::StreamableHttp, Arc::new(http));
+        for transport in self.transports {
+            transports.insert(transport.kind(), transport);
+        }
+        let shared = Arc::new(Shared::new(
+            tokio::runtime::Handle::current(),
+            transports,
+            self.client_config.unwrap_or_else(default_client_config),
+            self.create_timeout.unwrap_or(DEFAULT_CREATE_TIMEOUT),
+        ));
+        let backend = self.backend;
+        let pool = Pool {
+            inner: Arc::new(PoolInner {
+                shared,
+                keys: RwLock::new(HashMap::new()),
+                identity: self.identity.unwrap_or_default(),
+                backend,
+                shutdown: CancellationToken::new(),
+                counters_by_server: RwLock::new(HashMap::new()),
+                generation: Default::default(),
+            }),
+        };
+        for server in self.servers {
+            pool.add_server(server)?;
+        }
+        maintenance::spawn(
+            &pool,
+            cleanup_interval,
+            self.key_idle_timeout.unwrap_or(DEFAULT_KEY_IDLE_TIMEOUT),
+        );
+        Ok(pool)
+    }
+}

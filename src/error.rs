@@ -1,0 +1,81 @@
+//! [`PoolError`]: why an acquire or a pool operation failed.
+
+use std::time::Duration;
+
+use mcp_pool_traits::{ConfigError, InvalidEndpoint, ServerId, TransportError, TransportKind};
+
+/// Why an acquire or a pool operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// No server with this id is configured.
+    #[error("unknown server {0}: configure it with Pool::add_server first")]
+    UnknownServer(ServerId),
+    /// No session became available within the acquire timeout.
+    #[error(
+        "acquire on server {server} ({transport}) timed out after {waited:?}: \
+         {in_use} of max_size {max_size} sessions in use, {waiters} other waiters"
+    )]
+    Timeout {
+        /// The server.
+        server: ServerId,
+        /// The transport of the key.
+        transport: TransportKind,
+        /// How long the acquire waited (its `timeout`).
+        waited: Duration,
+        /// Sessions of the key at the time, being created included.
+        in_use: u32,
+        /// The key's `max_size`.
+        max_size: u32,
+        /// Acquires still waiting behind this one.
+        waiters: usize,
+    },
+    /// A new session could not be opened.
+    #[error("creating a session for server {server} failed: {source}")]
+    Create {
+        /// The server.
+        server: ServerId,
+        /// The transport's error.
+        #[source]
+        source: TransportError,
+    },
+    /// The server has no endpoint the acquire can use.
+    #[error("server {server} has no available endpoint over {transport}")]
+    NoEndpoint {
+        /// The server.
+        server: ServerId,
+        /// The transport asked for.
+        transport: TransportKind,
+    },
+    /// The pool was closed with [`Pool::close`](crate::Pool::close).
+    #[error("the pool is closed")]
+    Closed,
+    /// A configuration was rejected; nothing of it was applied.
+    #[error("invalid configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The pool could not be set up (its HTTP client failed to initialize).
+    #[error("the pool could not be set up: {0}")]
+    Setup(String),
+    /// A server definition was rejected; nothing of it was applied.
+    #[error("invalid server {server}: {message}")]
+    InvalidServer {
+        /// The server.
+        server: ServerId,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+impl PoolError {
+    pub(crate) fn invalid_endpoint(server: &ServerId, error: InvalidEndpoint) -> Self {
+        Self::InvalidServer {
+            server: server.clone(),
+            message: error.to_string(),
+        }
+    }
+
+    /// Whether this is an acquire timeout.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
+}

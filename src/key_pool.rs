@@ -1,0 +1,827 @@
+//! One pool key's sessions, waiters and accounting (the locked internals; bb8's `internals.rs`).
+//!
+//! Every state change happens under the key's mutex and ends with [`KeyState::serve_waiters`],
+//! so a waiter that could be served never sleeps: releases, evictions, drains and failed
+//! creations all wake the queue (DESIGN §2.1). Capacity is counted exactly: active sessions,
+//! retiring sessions (closed when their last lease returns) and sessions being created together
+//! never exceed `max_size` (DESIGN §2.2).
+
+use std::{collections::VecDeque, sync::Arc};
+
+use http::HeaderMap;
+use mcp_pool_traits::{
+    Binding, ClientSession, ConnectRequest, EndpointView, EvictionReason, PoolKey, SelectContext,
+    Selection, Selector, SessionId, SessionView, TransportError, TransportKind,
+    rmcp::{Peer, RoleClient},
+};
+use parking_lot::Mutex;
+use tokio::{
+    sync::oneshot,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    Lease, PoolError,
+    metrics::KeyMetrics,
+    server::{ServerCounters, ServerEntry},
+    shared::Shared,
+    stats::KeyStats,
+};
+
+/// A live session of a key.
+#[derive(Debug)]
+struct Slot {
+    session: ClientSession,
+    created_at: Instant,
+    last_used: Instant,
+    use_count: u64,
+}
+
+/// A session that left the key's active set while leases were out on it. It still counts
+/// against `max_size` until its last lease returns, then it is closed.
+#[derive(Debug)]
+struct Retiring {
+    id: SessionId,
+    slot: Slot,
+    in_flight: u32,
+    reason: EvictionReason,
+}
+
+/// What a waiter is handed.
+#[derive(Debug)]
+pub(crate) enum Grant {
+    /// A lease on an existing session (its `in_flight` already counts it).
+    Session {
+        id: SessionId,
+        peer: Peer<RoleClient>,
+    },
+    /// Permission to create a session on this endpoint (`creating` already counts it).
+    Create { endpoint: usize },
+    /// No endpoint of the key's transport is available.
+    NoEndpoint,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    id: u64,
+    ctx: SelectContext,
+    tx: oneshot::Sender<Grant>,
+}
+
+/// Per-key counters for stats.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct KeyCounters {
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+    pub(crate) releases: u64,
+    pub(crate) timeouts: u64,
+    pub(crate) evictions: u64,
+    pub(crate) rebinds: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct KeyState {
+    transport: TransportKind,
+    server: Arc<ServerEntry>,
+    selector: Box<dyn Selector>,
+    /// Views and slots of the active sessions, index for index.
+    views: Vec<SessionView>,
+    slots: Vec<Slot>,
+    retiring: Vec<Retiring>,
+    creating: u32,
+    creating_by_endpoint: Vec<u32>,
+    endpoint_scratch: Vec<EndpointView>,
+    waiters: VecDeque<Waiter>,
+    /// Headers of the latest session creation: what background creations (min_size) send.
+    /// Kept in memory only; never stored elsewhere, logged or labelled.
+    headers: HeaderMap,
+    /// Whether a session was ever created for an acquire: only then does maintenance keep
+    /// `min_size` warm (it needs that acquire's headers).
+    warm: bool,
+    pub(crate) last_used: Instant,
+    pub(crate) removed: bool,
+    pub(crate) counters: KeyCounters,
+    metrics: KeyMetrics,
+}
+
+/// One key: (user, identity, server, transport).
+#[derive(Debug)]
+pub(crate) struct KeyPool {
+    pub(crate) key: PoolKey,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) state: Mutex<KeyState>,
+}
+
+/// Why [`KeyPool::acquire`] did not return a lease.
+#[derive(Debug)]
+pub(crate) enum AcquireError {
+    /// The key was removed while the acquire looked it up: look it up again.
+    Removed,
+    Pool(PoolError),
+}
+
+impl From<PoolError> for AcquireError {
+    fn from(e: PoolError) -> Self {
+        Self::Pool(e)
+    }
+}
+
+/// Everything one acquire brings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AcquireArgs<'a> {
+    pub(crate) ctx: SelectContext,
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) deadline: Instant,
+}
+
+enum FirstStep {
+    Lease(Lease),
+    Create(usize),
+    Wait(WaiterGuard),
+    NoEndpoint,
+}
+
+impl KeyPool {
+    pub(crate) fn new(key: PoolKey, shared: Arc<Shared>, server: Arc<ServerEntry>) -> Self {
+        let metrics = KeyMetrics::new(&server.id, key.transport, server.strategy.name());
+        let endpoints = server.endpoints.len();
+        Self {
+            state: Mutex::new(KeyState {
+                transport: key.transport,
+                selector: server.strategy.selector(),
+                server,
+                views: Vec::new(),
+                slots: Vec::new(),
+                retiring: Vec::new(),
+                creating: 0,
+                creating_by_endpoint: vec![0; endpoints],
+                endpoint_scratch: Vec::with_capacity(endpoints),
+                waiters: VecDeque::new(),
+                headers: HeaderMap::new(),
+                warm: false,
+                last_used: Instant::now(),
+                removed: false,
+                counters: KeyCounters::default(),
+                metrics,
+            }),
+            key,
+            shared,
+        }
+    }
+
+    /// Serves one acquire: a hit, a creation (miss), or a FIFO wait until `deadline`.
+    pub(crate) async fn acquire(
+        self: &Arc<Self>,
+        server: &Arc<ServerEntry>,
+        args: AcquireArgs<'_>,
+    ) -> Result<Lease, AcquireError> {
+        let first = {
+            let mut st = self.state.lock();
+            if st.removed {
+                return Err(AcquireError::Removed);
+            }
+            if self.shared.is_closed() {
+                return Err(PoolError::Closed.into());
+            }
+            st.update_server(server, &self.key);
+            st.last_used = Instant::now();
+            if self.key.identity.is_anonymous() {
+                st.metrics.anonymous.increment(1);
+            }
+            if st.waiters.is_empty() {
+                match st.try_serve(&args.ctx) {
+                    Some(grant) => self.first_step(grant),
+                    None => FirstStep::Wait(self.enqueue(&mut st, args.ctx)),
+                }
+            } else {
+                // Others are queued: join behind them, then let the queue be served in order.
+                let guard = self.enqueue(&mut st, args.ctx);
+                st.serve_waiters();
+                FirstStep::Wait(guard)
+            }
+        };
+        let grant = match first {
+            FirstStep::Lease(lease) => return Ok(lease),
+            FirstStep::Create(endpoint) => return self.create_for(endpoint, args).await,
+            FirstStep::NoEndpoint => return Err(self.no_endpoint().into()),
+            FirstStep::Wait(mut guard) => {
+                match tokio::time::timeout_at(args.deadline, &mut guard.rx).await {
+                    Ok(Ok(grant)) => {
+                        guard.granted = true;
+                        grant
+                    }
+                    Ok(Err(_)) => {
+                        // Senders are dropped without a grant only by close() or key removal.
+                        guard.granted = true;
+                        return Err(if self.shared.is_closed() {
+                            PoolError::Closed.into()
+                        } else {
+                            AcquireError::Removed
+                        });
+                    }
+                    Err(_) => {
+                        drop(guard);
+                        return Err(self.timed_out(args.deadline).into());
+                    }
+                }
+            }
+        };
+        match self.first_step(grant) {
+            FirstStep::Lease(lease) => Ok(lease),
+            FirstStep::Create(endpoint) => self.create_for(endpoint, args).await,
+            FirstStep::NoEndpoint => Err(self.no_endpoint().into()),
+            FirstStep::Wait(_) => unreachable!("grants never say wait"),
+        }
+    }
+
+    /// Records the time an acquire took in `mcp_pool_acquire_seconds`.
+    pub(crate) fn record_acquire_time(&self, started: Instant) {
+        let elapsed = started.elapsed();
+        self.state
+            .lock()
+            .metrics
+            .acquire_seconds
+            .record(elapsed.as_secs_f64());
+    }
+
+    fn first_step(self: &Arc<Self>, grant: Grant) -> FirstStep {
+        match grant {
+            Grant::Session { id, peer } => {
+                FirstStep::Lease(Lease::new(self.clone(), id, peer, true, false))
+            }
+            Grant::Create { endpoint } => FirstStep::Create(endpoint),
+            Grant::NoEndpoint => FirstStep::NoEndpoint,
+        }
+    }
+
+    fn enqueue(self: &Arc<Self>, st: &mut KeyState, ctx: SelectContext) -> WaiterGuard {
+        let (tx, rx) = oneshot::channel();
+        let id = self.shared.waiter_id();
+        st.waiters.push_back(Waiter { id, ctx, tx });
+        st.metrics.waiters.increment(1.0);
+        WaiterGuard {
+            key: self.clone(),
+            id,
+            rx,
+            granted: false,
+        }
+    }
+
+    fn no_endpoint(&self) -> PoolError {
+        PoolError::NoEndpoint {
+            server: self.key.server.clone(),
+            transport: self.key.transport,
+        }
+    }
+
+    fn timed_out(&self, deadline: Instant) -> PoolError {
+        let mut st = self.state.lock();
+        st.counters.timeouts += 1;
+        st.metrics.timeouts.increment(1);
+        ServerCounters::add(&st.server.counters.timeouts, 1);
+        let waited = st.server.config.timeout;
+        tracing::debug!(key = %self.key.short(), ?deadline, "acquire timed out");
+        PoolError::Timeout {
+            server: self.key.server.clone(),
+            transport: self.key.transport,
+            waited,
+            in_use: st.total(),
+            max_size: st.server.config.max_size,
+            waiters: st.waiters.len(),
+        }
+    }
+
+    /// Creates a session on `endpoint` for an acquire (the slot is already reserved) and
+    /// hands it out.
+    async fn create_for(
+        self: &Arc<Self>,
+        endpoint: usize,
+        args: AcquireArgs<'_>,
+    ) -> Result<Lease, AcquireError> {
+        let reservation = Reservation {
+            key: self.clone(),
+            endpoint,
+            armed: true,
+        };
+        let remaining = args.deadline.saturating_duration_since(Instant::now());
+        let timeout = self
+            .shared
+            .create_timeout
+            .min(remaining)
+            .max(Duration::from_millis(1));
+        let session = self.connect(endpoint, args.headers, timeout).await;
+        let mut st = self.state.lock();
+        match session {
+            Ok(session) => {
+                let lease = reservation.fill(&mut st, session, &args.ctx, true, Some(args.headers));
+                lease.ok_or(AcquireError::Pool(PoolError::Closed))
+            }
+            Err(source) => {
+                ServerCounters::add(&st.server.counters.create_failures, 1);
+                drop(st);
+                drop(reservation);
+                Err(PoolError::Create {
+                    server: self.key.server.clone(),
+                    source,
+                }
+                .into())
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        endpoint: usize,
+        headers: &HeaderMap,
+        timeout: Duration,
+    ) -> Result<ClientSession, TransportError> {
+        let server = self.state.lock().server.clone();
+        let endpoint = &server.endpoints[endpoint];
+        let transport = self
+            .shared
+            .transports
+            .get(&endpoint.transport)
+            .ok_or(TransportError::Unsupported(endpoint.transport))?;
+        let request = ConnectRequest::new(endpoint, headers, timeout, &self.shared.client_config);
+        transport.connect(request).await
+    }
+
+    /// Returns a lease's session.
+    pub(crate) fn release(&self, id: SessionId, broken: bool) {
+        let mut st = self.state.lock();
+        st.counters.releases += 1;
+        ServerCounters::add(&st.server.counters.releases, 1);
+        let now = Instant::now();
+        if let Some(i) = st.views.iter().position(|v| v.id == id) {
+            st.views[i].in_flight -= 1;
+            st.slots[i].last_used = now;
+            let idle = st.views[i].in_flight == 0;
+            if idle {
+                st.metrics.activate(false);
+            }
+            let reason = if broken {
+                Some(EvictionReason::Broken)
+            } else if !st.server.pools() {
+                Some(EvictionReason::Unpooled)
+            } else if now.duration_since(st.slots[i].created_at) >= st.server.config.max_lifetime {
+                Some(EvictionReason::Lifetime)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                st.retire(&self.shared, i, reason);
+            }
+        } else if let Some(i) = st.retiring.iter().position(|r| r.id == id) {
+            let retiring = &mut st.retiring[i];
+            retiring.in_flight -= 1;
+            if retiring.in_flight == 0 {
+                let r = st.retiring.swap_remove(i);
+                st.metrics.session(true, -1.0);
+                self.shared.close_session(r.slot.session, r.id, r.reason);
+            }
+        }
+        st.serve_waiters();
+    }
+
+    /// Creates one session in the background (to reach `min_size`), if there is room.
+    pub(crate) fn spawn_create(self: &Arc<Self>) {
+        let endpoint = {
+            let mut st = self.state.lock();
+            if st.removed || self.shared.is_closed() || st.total() >= st.server.config.max_size {
+                return;
+            }
+            let ctx = SelectContext::default();
+            match st.reserve_create(&ctx) {
+                Some(endpoint) => endpoint,
+                None => return,
+            }
+        };
+        let key = self.clone();
+        self.shared.runtime.spawn(async move {
+            let reservation = Reservation {
+                key: key.clone(),
+                endpoint,
+                armed: true,
+            };
+            let (headers, timeout) = {
+                let st = key.state.lock();
+                (st.headers.clone(), key.shared.create_timeout)
+            };
+            let result = key.connect(endpoint, &headers, timeout).await;
+            let mut st = key.state.lock();
+            match result {
+                Ok(session) => {
+                    reservation.fill(&mut st, session, &SelectContext::default(), false, None);
+                    st.serve_waiters();
+                }
+                Err(error) => {
+                    ServerCounters::add(&st.server.counters.create_failures, 1);
+                    drop(st);
+                    drop(reservation);
+                    tracing::debug!(key = %key.key.short(), %error, "background session creation failed");
+                }
+            }
+        });
+    }
+
+    /// Closes idle sessions past `max_lifetime`, or past `max_idle_time` above `min_size`; says
+    /// whether the key is idle (nothing in use, waiting or being created) since `key_idle`
+    /// ago, and how many sessions are missing to reach `min_size`.
+    pub(crate) fn reap(&self, now: Instant, key_idle: Duration) -> ReapOutcome {
+        let mut st = self.state.lock();
+        let server = self.shared.server(&self.key.server);
+        if let Some(server) = server {
+            st.update_server(&server, &self.key);
+        }
+        let config = st.server.config.clone();
+        let mut i = st.views.len();
+        while i > 0 {
+            i -= 1;
+            if st.views[i].in_flight > 0 {
+                continue;
+            }
+            let slot = &st.slots[i];
+            let reason = if now.duration_since(slot.created_at) >= config.max_lifetime {
+                Some(EvictionReason::Lifetime)
+            } else if now.duration_since(slot.last_used) >= config.max_idle_time
+                && st.views.len() as u32 > config.min_size
+            {
+                Some(EvictionReason::Idle)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                st.retire(&self.shared, i, reason);
+            }
+        }
+        st.serve_waiters();
+        let busy = st.views.iter().any(|v| v.in_flight > 0)
+            || !st.retiring.is_empty()
+            || st.creating > 0
+            || !st.waiters.is_empty();
+        let idle_key = !busy && now.duration_since(st.last_used) >= key_idle;
+        let missing = if st.server.pools() && st.warm && !st.removed {
+            config.min_size.saturating_sub(st.total())
+        } else {
+            0
+        };
+        ReapOutcome { idle_key, missing }
+    }
+
+    /// Retires every session (`reason` = drained or closed); in-use ones close on release.
+    /// With `remove`, the key is marked removed and its queued acquires are woken with nothing
+    /// (they then see the pool closed, or look the key up again).
+    pub(crate) fn retire_all(&self, reason: EvictionReason, remove: bool) {
+        let mut st = self.state.lock();
+        while !st.views.is_empty() {
+            let last = st.views.len() - 1;
+            st.retire(&self.shared, last, reason);
+        }
+        if remove {
+            st.removed = true;
+            let waiters = st.waiters.len();
+            st.waiters.clear();
+            st.metrics.waiters.decrement(waiters as f64);
+        } else {
+            st.serve_waiters();
+        }
+    }
+
+    /// Ends the sticky binding of `ctx` and retires its session.
+    pub(crate) fn unbind(&self, ctx: &SelectContext) -> bool {
+        let mut st = self.state.lock();
+        let Some(id) = st.selector.unbind(ctx) else {
+            return false;
+        };
+        if let Some(i) = st.views.iter().position(|v| v.id == id) {
+            st.retire(&self.shared, i, EvictionReason::Unbound);
+        }
+        st.serve_waiters();
+        true
+    }
+
+    pub(crate) fn stats(&self) -> KeyStats {
+        let st = self.state.lock();
+        let active =
+            st.views.iter().filter(|v| v.in_flight > 0).count() as u32 + st.retiring.len() as u32;
+        let available = st.views.iter().filter(|v| v.has_capacity()).count() as u32;
+        KeyStats::new(
+            &self.key,
+            st.views.len() as u32 + st.retiring.len() as u32,
+            active,
+            available,
+            st.creating,
+            st.waiters.len() as u32,
+            st.counters,
+        )
+    }
+}
+
+/// What the maintenance task learns from [`KeyPool::reap`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReapOutcome {
+    pub(crate) idle_key: bool,
+    pub(crate) missing: u32,
+}
+
+impl KeyState {
+    /// Sessions counted against `max_size`: active, retiring and being created.
+    fn total(&self) -> u32 {
+        (self.views.len() + self.retiring.len()) as u32 + self.creating
+    }
+
+    /// Picks up a newer server snapshot: a new strategy gets a fresh selector (sessions stay).
+    fn update_server(&mut self, server: &Arc<ServerEntry>, key: &PoolKey) {
+        if self.server.generation == server.generation {
+            return;
+        }
+        if !Arc::ptr_eq(&self.server.strategy, &server.strategy) {
+            self.selector = server.strategy.selector();
+            self.metrics = KeyMetrics::new(&server.id, key.transport, server.strategy.name());
+        }
+        if self.creating_by_endpoint.len() != server.endpoints.len() {
+            self.creating_by_endpoint.resize(server.endpoints.len(), 0);
+        }
+        self.server = server.clone();
+    }
+
+    /// Serves an acquire right now if possible: a session with capacity (hit), or a reserved
+    /// creation (miss). `None` means wait.
+    fn try_serve(&mut self, ctx: &SelectContext) -> Option<Grant> {
+        let selection = if self.server.pools() {
+            self.selector.select(&self.views, ctx)
+        } else {
+            Selection::Create
+        };
+        match selection {
+            Selection::Session(i) if self.views.get(i).is_some_and(SessionView::has_capacity) => {
+                Some(self.take(i))
+            }
+            Selection::Session(i) => {
+                tracing::warn!(
+                    strategy = self.server.strategy.name(),
+                    index = i,
+                    "strategy selected a session without capacity; creating instead"
+                );
+                self.grant_create(ctx)
+            }
+            Selection::Create => self.grant_create(ctx),
+            Selection::Wait => None,
+        }
+    }
+
+    fn grant_create(&mut self, ctx: &SelectContext) -> Option<Grant> {
+        if self.total() >= self.server.config.max_size {
+            return None;
+        }
+        Some(match self.reserve_create(ctx) {
+            Some(endpoint) => {
+                self.counters.misses += 1;
+                self.metrics.misses.increment(1);
+                ServerCounters::add(&self.server.counters.misses, 1);
+                ServerCounters::add(&self.server.counters.acquisitions, 1);
+                Grant::Create { endpoint }
+            }
+            None => Grant::NoEndpoint,
+        })
+    }
+
+    /// Reserves a creation slot on the endpoint the selector picks.
+    fn reserve_create(&mut self, ctx: &SelectContext) -> Option<usize> {
+        // Endpoints of another transport than the key's are unavailable to it.
+        let transport = self.transport;
+        self.endpoint_scratch.clear();
+        for (i, endpoint) in self.server.endpoints.iter().enumerate() {
+            let (sessions, in_flight) = self
+                .views
+                .iter()
+                .filter(|v| v.endpoint == i)
+                .fold((0, 0), |(s, f), v| (s + 1, f + v.in_flight));
+            self.endpoint_scratch.push(EndpointView {
+                weight: endpoint.weight,
+                sessions: sessions + self.creating_by_endpoint[i],
+                in_flight,
+                available: endpoint.transport == transport,
+            });
+        }
+        let endpoint = self.selector.select_endpoint(&self.endpoint_scratch, ctx)?;
+        if !self
+            .endpoint_scratch
+            .get(endpoint)
+            .is_some_and(|e| e.available)
+        {
+            tracing::warn!(
+                strategy = self.server.strategy.name(),
+                endpoint,
+                "strategy selected an unavailable endpoint"
+            );
+            return None;
+        }
+        self.creating += 1;
+        self.creating_by_endpoint[endpoint] += 1;
+        Some(endpoint)
+    }
+
+    /// Hands out one lease on active session `i`.
+    fn take(&mut self, i: usize) -> Grant {
+        let view = &mut self.views[i];
+        view.in_flight += 1;
+        let id = view.id;
+        if view.in_flight == 1 {
+            self.metrics.activate(true);
+        }
+        let slot = &mut self.slots[i];
+        slot.use_count += 1;
+        self.counters.hits += 1;
+        self.metrics.hits.increment(1);
+        ServerCounters::add(&self.server.counters.hits, 1);
+        ServerCounters::add(&self.server.counters.acquisitions, 1);
+        Grant::Session {
+            id,
+            peer: slot.session.peer().clone(),
+        }
+    }
+
+    /// Takes a grant back from a waiter that is gone.
+    fn undo(&mut self, grant: Grant) {
+        match grant {
+            Grant::Session { id, .. } => {
+                if let Some(i) = self.views.iter().position(|v| v.id == id) {
+                    self.views[i].in_flight -= 1;
+                    self.slots[i].use_count -= 1;
+                    if self.views[i].in_flight == 0 {
+                        self.metrics.activate(false);
+                    }
+                }
+                self.counters.hits -= 1;
+                ServerCounters::sub(&self.server.counters.hits, 1);
+                ServerCounters::sub(&self.server.counters.acquisitions, 1);
+            }
+            Grant::Create { endpoint } => {
+                self.creating -= 1;
+                self.creating_by_endpoint[endpoint] -= 1;
+                self.counters.misses -= 1;
+                ServerCounters::sub(&self.server.counters.misses, 1);
+                ServerCounters::sub(&self.server.counters.acquisitions, 1);
+            }
+            Grant::NoEndpoint => {}
+        }
+    }
+
+    /// Removes active session `i`: closed now if idle, else retiring until its leases return.
+    fn retire(&mut self, shared: &Shared, i: usize, reason: EvictionReason) {
+        let view = self.views.remove(i);
+        let slot = self.slots.remove(i);
+        self.selector.on_removed(view.id, reason);
+        self.counters.evictions += 1;
+        ServerCounters::add(&self.server.counters.evictions, 1);
+        self.metrics.evicted(reason);
+        if view.in_flight == 0 {
+            self.metrics.session(false, -1.0);
+            shared.close_session(slot.session, view.id, reason);
+        } else {
+            self.retiring.push(Retiring {
+                id: view.id,
+                slot,
+                in_flight: view.in_flight,
+                reason,
+            });
+        }
+    }
+
+    /// Serves queued acquires in FIFO order while anything can be served. A waiter that must
+    /// wait for a specific session (sticky) does not block those behind it.
+    fn serve_waiters(&mut self) {
+        let mut i = 0;
+        while i < self.waiters.len() {
+            if !self.has_room() {
+                break;
+            }
+            let ctx = self.waiters[i].ctx;
+            match self.try_serve(&ctx) {
+                Some(grant) => {
+                    let Some(waiter) = self.waiters.remove(i) else {
+                        break;
+                    };
+                    self.metrics.waiters.decrement(1.0);
+                    if let Err(grant) = waiter.tx.send(grant) {
+                        self.undo(grant);
+                    }
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    /// Whether any acquire could be served now.
+    fn has_room(&self) -> bool {
+        self.total() < self.server.config.max_size
+            || self.views.iter().any(SessionView::has_capacity)
+    }
+}
+
+/// A reserved creation slot: dropped unfilled (failure, cancellation), it gives the slot back
+/// and wakes waiters.
+struct Reservation {
+    key: Arc<KeyPool>,
+    endpoint: usize,
+    armed: bool,
+}
+
+impl Reservation {
+    /// Turns the reservation into an active session; with `lease`, one lease on it is returned.
+    fn fill(
+        mut self,
+        st: &mut KeyState,
+        session: ClientSession,
+        ctx: &SelectContext,
+        lease: bool,
+        headers: Option<&HeaderMap>,
+    ) -> Option<Lease> {
+        self.armed = false;
+        st.creating -= 1;
+        st.creating_by_endpoint[self.endpoint] -= 1;
+        let shared = &self.key.shared;
+        let id = shared.session_id();
+        if st.removed || shared.is_closed() {
+            shared.close_session(session, id, EvictionReason::Closed);
+            st.serve_waiters();
+            return None;
+        }
+        let binding = st.selector.on_created(id, ctx);
+        if binding == Binding::Rebound {
+            st.counters.rebinds += 1;
+            st.metrics.rebinds.increment(1);
+            ServerCounters::add(&st.server.counters.rebinds, 1);
+        }
+        if let Some(headers) = headers {
+            st.warm = true;
+            if st.headers != *headers {
+                st.headers = headers.clone();
+            }
+        }
+        let now = Instant::now();
+        let endpoint = &st.server.endpoints[self.endpoint];
+        st.views.push(SessionView {
+            id,
+            endpoint: self.endpoint,
+            in_flight: u32::from(lease),
+            capacity: st.server.config.session_concurrency,
+            weight: endpoint.weight,
+        });
+        let peer = session.peer().clone();
+        st.slots.push(Slot {
+            session,
+            created_at: now,
+            last_used: now,
+            use_count: u64::from(lease),
+        });
+        st.metrics.session(lease, 1.0);
+        lease.then(|| {
+            Lease::new(
+                self.key.clone(),
+                id,
+                peer,
+                false,
+                binding == Binding::Rebound,
+            )
+        })
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut st = self.key.state.lock();
+            st.creating -= 1;
+            st.creating_by_endpoint[self.endpoint] -= 1;
+            st.serve_waiters();
+        }
+    }
+}
+
+/// A queued acquire. Dropped before its grant was taken (timeout, cancellation), it leaves the
+/// queue, or gives back a grant that raced in.
+struct WaiterGuard {
+    key: Arc<KeyPool>,
+    id: u64,
+    rx: oneshot::Receiver<Grant>,
+    granted: bool,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        if self.granted {
+            return;
+        }
+        let mut st = self.key.state.lock();
+        if let Some(pos) = st.waiters.iter().position(|w| w.id == self.id) {
+            st.waiters.remove(pos);
+            st.metrics.waiters.decrement(1.0);
+        } else if let Ok(grant) = self.rx.try_recv() {
+            // Granted under the lock before we got it: hand it on.
+            st.undo(grant);
+            st.serve_waiters();
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! The background maintenance task: reaping without traffic (DESIGN §2.5, §7).
+
+use std::{sync::Arc, time::Duration};
+
+use mcp_pool_traits::EvictionReason;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::{Pool, pool::PoolInner};
+
+/// Every `interval`: close sessions past `max_lifetime` or idle past `max_idle_time` (down to
+/// `min_size`), remove keys idle for `key_idle`, and create sessions up to `min_size`.
+/// Holds the pool weakly: dropping the last [`Pool`] handle or closing it ends the task.
+pub(crate) fn spawn(pool: &Pool, interval: Duration, key_idle: Duration) {
+    let weak = Arc::downgrade(&pool.inner);
+    let shutdown = pool.inner.shutdown.clone();
+    pool.inner.shared.runtime.spawn(async move {
+        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            run_once(&Pool { inner }, key_idle);
+        }
+    });
+}
+
+/// One maintenance pass. Never awaits: closing and creating happen in spawned tasks.
+pub(crate) fn run_once(pool: &Pool, key_idle: Duration) {
+    let now = Instant::now();
+    for key in pool.all_keys() {
+        let outcome = key.reap(now, key_idle);
+        if outcome.idle_key {
+            remove_key(&pool.inner, &key);
+        } else {
+            for _ in 0..outcome.missing {
+                key.spawn_create();
+            }
+        }
+    }
+}
+
+fn remove_key(inner: &PoolInner, key: &Arc<crate::key_pool::KeyPool>) {
+    let mut keys = inner.keys.write();
+    // Only if the map still holds this very key pool, and it is still idle under its lock.
+    if keys.get(&key.key).is_some_and(|k| Arc::ptr_eq(k, key)) {
+        key.retire_all(EvictionReason::KeyEvicted, true);
+        keys.remove(&key.key);
+    }
+}

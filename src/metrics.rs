@@ -1,0 +1,102 @@
+//! Metric names (DESIGN §11), recorded through the [`metrics`] facade.
+//!
+//! Labels are `server`, `transport` and `strategy` (plus `reason` on evictions and `state` on
+//! sessions); identities never appear in a label. Install a recorder (for example
+//! `metrics-exporter-prometheus`) before building the pool: handles are registered when a key
+//! is created.
+
+use mcp_pool_traits::{EvictionReason, ServerId, TransportKind};
+use metrics::{Counter, Gauge, Histogram, Label};
+
+/// Acquires served by an existing session (counter).
+pub const HITS_TOTAL: &str = "mcp_pool_hits_total";
+/// Acquires that created a session (counter).
+pub const MISSES_TOTAL: &str = "mcp_pool_misses_total";
+/// Sessions that left the pool, label `reason` = [`EvictionReason::as_str`] (counter).
+pub const EVICTIONS_TOTAL: &str = "mcp_pool_evictions_total";
+/// Acquires that ran out of time (counter).
+pub const ACQUIRE_TIMEOUTS_TOTAL: &str = "mcp_pool_acquire_timeouts_total";
+/// Failed health checks (counter).
+pub const HEALTH_CHECK_FAILURES_TOTAL: &str = "mcp_pool_health_check_failures_total";
+/// Circuit breakers that opened (counter).
+pub const CIRCUIT_BREAKER_TRIPS_TOTAL: &str = "mcp_pool_circuit_breaker_trips_total";
+/// Sessions created to replace a dead sticky-bound session: server state was lost (counter).
+pub const REBINDS_TOTAL: &str = "mcp_pool_rebinds_total";
+/// Acquires whose principal had no identity header (counter).
+pub const ANONYMOUS_ACQUIRES_TOTAL: &str = "mcp_pool_anonymous_acquires_total";
+/// Sessions, label `state` = `active` (leases out) or `idle` (gauge).
+pub const SESSIONS: &str = "mcp_pool_sessions";
+/// Acquires waiting for a session (gauge).
+pub const WAITERS: &str = "mcp_pool_waiters";
+/// Time from acquire to lease or error, in seconds (histogram).
+pub const ACQUIRE_SECONDS: &str = "mcp_pool_acquire_seconds";
+
+/// Handles of one label set (server, transport, strategy), registered once per key.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyMetrics {
+    labels: [Label; 3],
+    pub(crate) hits: Counter,
+    pub(crate) misses: Counter,
+    pub(crate) timeouts: Counter,
+    pub(crate) rebinds: Counter,
+    pub(crate) anonymous: Counter,
+    pub(crate) active: Gauge,
+    pub(crate) idle: Gauge,
+    pub(crate) waiters: Gauge,
+    pub(crate) acquire_seconds: Histogram,
+}
+
+impl KeyMetrics {
+    pub(crate) fn new(server: &ServerId, transport: TransportKind, strategy: &str) -> Self {
+        let labels = [
+            Label::new("server", server.to_string()),
+            Label::new("transport", transport.as_str()),
+            Label::new("strategy", strategy.to_owned()),
+        ];
+        let with =
+            |extra: Option<Label>| -> Vec<Label> { labels.iter().cloned().chain(extra).collect() };
+        Self {
+            hits: metrics::counter!(HITS_TOTAL, with(None)),
+            misses: metrics::counter!(MISSES_TOTAL, with(None)),
+            timeouts: metrics::counter!(ACQUIRE_TIMEOUTS_TOTAL, with(None)),
+            rebinds: metrics::counter!(REBINDS_TOTAL, with(None)),
+            anonymous: metrics::counter!(ANONYMOUS_ACQUIRES_TOTAL, with(None)),
+            active: metrics::gauge!(SESSIONS, with(Some(Label::new("state", "active")))),
+            idle: metrics::gauge!(SESSIONS, with(Some(Label::new("state", "idle")))),
+            waiters: metrics::gauge!(WAITERS, with(None)),
+            acquire_seconds: metrics::histogram!(ACQUIRE_SECONDS, with(None)),
+            labels,
+        }
+    }
+
+    /// Counts one eviction. Not on the hit path, so the handle is looked up each time.
+    pub(crate) fn evicted(&self, reason: EvictionReason) {
+        let labels: Vec<Label> = self
+            .labels
+            .iter()
+            .cloned()
+            .chain([Label::new("reason", reason.as_str())])
+            .collect();
+        metrics::counter!(EVICTIONS_TOTAL, labels).increment(1);
+    }
+
+    /// Moves one session from idle to active (`true`) or back (`false`).
+    pub(crate) fn activate(&self, active: bool) {
+        if active {
+            self.idle.decrement(1.0);
+            self.active.increment(1.0);
+        } else {
+            self.active.decrement(1.0);
+            self.idle.increment(1.0);
+        }
+    }
+
+    /// A session joined (`+1`) or left (`-1`) in the given state.
+    pub(crate) fn session(&self, active: bool, delta: f64) {
+        if active {
+            self.active.increment(delta);
+        } else {
+            self.idle.increment(delta);
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! What every key of a pool shares: the runtime, the transports, the session-closing tasks.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use mcp_pool_traits::{
+    ClientSession, EvictionReason, ServerId, SessionId, Transport, TransportKind,
+    rmcp::model::ClientConfig,
+};
+use parking_lot::RwLock;
+use tokio::runtime::Handle;
+use tokio_util::task::TaskTracker;
+
+use crate::server::ServerEntry;
+
+/// How long closing one session (the DELETE of streamable HTTP) may take.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) runtime: Handle,
+    pub(crate) closing: TaskTracker,
+    pub(crate) transports: HashMap<TransportKind, Arc<dyn Transport>>,
+    pub(crate) client_config: ClientConfig,
+    pub(crate) create_timeout: Duration,
+    pub(crate) servers: RwLock<HashMap<ServerId, Arc<ServerEntry>>>,
+    pub(crate) closed: AtomicBool,
+    next_session: AtomicU64,
+    next_waiter: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        runtime: Handle,
+        transports: HashMap<TransportKind, Arc<dyn Transport>>,
+        client_config: ClientConfig,
+        create_timeout: Duration,
+    ) -> Self {
+        Self {
+            runtime,
+            closing: TaskTracker::new(),
+            transports,
+            client_config,
+            create_timeout,
+            servers: RwLock::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            next_session: AtomicU64::new(1),
+            next_waiter: AtomicU64::new(1),
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn session_id(&self) -> SessionId {
+        SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) fn waiter_id(&self) -> u64 {
+        self.next_waiter.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn server(&self, id: &ServerId) -> Option<Arc<ServerEntry>> {
+        self.servers.read().get(id).cloned()
+    }
+
+    /// Closes `session` in the background (cancel the service loop, send DELETE), tracked so
+    /// that [`Pool::close`](crate::Pool::close) can wait for it. Never blocks: callable under
+    /// a key lock.
+    pub(crate) fn close_session(
+        &self,
+        mut session: ClientSession,
+        id: SessionId,
+        reason: EvictionReason,
+    ) {
+        tracing::debug!(session = %id, reason = reason.as_str(), "closing session");
+        self.closing.spawn_on(
+            async move {
+                let _ = session.close_with_timeout(CLOSE_TIMEOUT).await;
+            },
+            &self.runtime,
+        );
+    }
+}
