@@ -1,0 +1,75 @@
+//! Helpers shared by the pool's integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::Arc;
+
+use mcp_pool::{
+    Endpoint, Pool, PoolBuilder, PoolConfig, ServerConfig, ServerId, TransportKind,
+    rmcp::model::{CallToolRequestParams, CallToolResult},
+};
+use mcp_pool_conformance::{DuplexTransport, ReferenceServer};
+
+pub fn server_id(name: &str) -> ServerId {
+    ServerId::new(name).expect("valid test server id")
+}
+
+pub fn echo(message: &str) -> CallToolRequestParams {
+    let args = serde_json::json!({ "message": message });
+    CallToolRequestParams::new("echo").with_arguments(args.as_object().cloned().unwrap_or_default())
+}
+
+pub fn counter() -> CallToolRequestParams {
+    CallToolRequestParams::new("counter")
+}
+
+pub fn text(result: &CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect()
+}
+
+/// A pool with one server, `reference`, on `upstream` over streamable HTTP.
+pub fn http_pool(upstream: &ReferenceServer, config: PoolConfig) -> (Pool, ServerId) {
+    http_pool_with(upstream, config, Pool::builder())
+}
+
+pub fn http_pool_with(
+    upstream: &ReferenceServer,
+    config: PoolConfig,
+    builder: PoolBuilder,
+) -> (Pool, ServerId) {
+    let id = server_id("reference");
+    let pool = builder
+        .server(ServerConfig::new(id.clone(), upstream.endpoint()).pool(config))
+        .build()
+        .expect("valid pool");
+    (pool, id)
+}
+
+/// A pool whose `streamable_http` endpoints are served in process by the reference handler,
+/// for tests on tokio's paused clock.
+pub fn duplex_pool(
+    config: PoolConfig,
+    builder: PoolBuilder,
+) -> (Pool, ServerId, Arc<DuplexTransport>) {
+    let transport = Arc::new(DuplexTransport::new(TransportKind::StreamableHttp));
+    let id = server_id("duplex");
+    let endpoint = Endpoint::new("http://duplex.invalid/mcp", TransportKind::StreamableHttp)
+        .expect("valid url");
+    let pool = builder
+        .transport(transport.clone())
+        .server(ServerConfig::new(id.clone(), endpoint).pool(config))
+        .build()
+        .expect("valid pool");
+    (pool, id, transport)
+}
+
+pub fn pooled(max_size: u32) -> PoolConfig {
+    PoolConfig {
+        max_size,
+        size: max_size.min(5),
+        ..PoolConfig::enabled()
+    }
+}

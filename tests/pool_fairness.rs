@@ -1,0 +1,71 @@
+//! Waiters are served FIFO and woken by every release (DESIGN §2.1): the reference Python pool
+//! timed out 22 of these calls while idle sessions sat in its queue.
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use common::*;
+use mcp_pool::{PoolConfig, Principal};
+use mcp_pool_conformance::ReferenceServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_two_tasks_on_ten_sessions_never_time_out() {
+    let upstream = ReferenceServer::start().await.unwrap();
+    let config = PoolConfig {
+        max_size: 10,
+        size: 5,
+        timeout: Duration::from_secs(5),
+        ..PoolConfig::enabled()
+    };
+    let (pool, id) = http_pool(&upstream, config);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let in_use = Arc::new(AtomicUsize::new(0));
+    let most_in_use = Arc::new(AtomicUsize::new(0));
+
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let (pool, id, calls) = (pool.clone(), id.clone(), calls.clone());
+            let (in_use, most_in_use) = (in_use.clone(), most_in_use.clone());
+            tokio::spawn(async move {
+                let mut timeouts = 0;
+                while calls.fetch_add(1, Ordering::Relaxed) < 1000 {
+                    match pool.acquire(&id, Principal::user("shared")).await {
+                        Ok(lease) => {
+                            let now = in_use.fetch_add(1, Ordering::SeqCst) + 1;
+                            most_in_use.fetch_max(now, Ordering::SeqCst);
+                            let reply = lease.call_tool(echo(&format!("task {t}"))).await.unwrap();
+                            assert_eq!(text(&reply), format!("task {t}"));
+                            in_use.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        Err(e) if e.is_timeout() => timeouts += 1,
+                        Err(e) => panic!("unexpected error: {e}"),
+                    }
+                }
+                timeouts
+            })
+        })
+        .collect();
+    let mut timeouts = 0;
+    for task in tasks {
+        timeouts += task.await.unwrap();
+    }
+    assert_eq!(timeouts, 0);
+    assert!(most_in_use.load(Ordering::SeqCst) <= 10);
+    let stats = pool.stats();
+    let server = &stats.servers[0];
+    assert_eq!(server.hits + server.misses, 1000);
+    assert!(
+        server.misses <= 10,
+        "at most max_size sessions were created: {}",
+        server.misses
+    );
+    assert_eq!(server.timeouts, 0);
+    assert_eq!(upstream.sessions_opened(), server.misses);
+}
