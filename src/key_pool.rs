@@ -81,6 +81,7 @@ pub(crate) struct KeyCounters {
 
 #[derive(Debug)]
 pub(crate) struct KeyState {
+    shared: Arc<Shared>,
     transport: TransportKind,
     server: Arc<ServerEntry>,
     selector: Box<dyn Selector>,
@@ -147,6 +148,7 @@ impl KeyPool {
         let endpoints = server.endpoints.len();
         Self {
             state: Mutex::new(KeyState {
+                shared: shared.clone(),
                 transport: key.transport,
                 selector: server.strategy.selector(),
                 server,
@@ -351,35 +353,7 @@ impl KeyPool {
         let mut st = self.state.lock();
         st.counters.releases += 1;
         ServerCounters::add(&st.server.counters.releases, 1);
-        let now = Instant::now();
-        if let Some(i) = st.views.iter().position(|v| v.id == id) {
-            st.views[i].in_flight -= 1;
-            st.slots[i].last_used = now;
-            let idle = st.views[i].in_flight == 0;
-            if idle {
-                st.metrics.activate(false);
-            }
-            let reason = if broken {
-                Some(EvictionReason::Broken)
-            } else if !st.server.pools() {
-                Some(EvictionReason::Unpooled)
-            } else if now.duration_since(st.slots[i].created_at) >= st.server.config.max_lifetime {
-                Some(EvictionReason::Lifetime)
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                st.retire(&self.shared, i, reason);
-            }
-        } else if let Some(i) = st.retiring.iter().position(|r| r.id == id) {
-            let retiring = &mut st.retiring[i];
-            retiring.in_flight -= 1;
-            if retiring.in_flight == 0 {
-                let r = st.retiring.swap_remove(i);
-                st.metrics.session(true, -1.0);
-                self.shared.close_session(r.slot.session, r.id, r.reason);
-            }
-        }
+        st.give_back(id, broken);
         st.serve_waiters();
     }
 
@@ -451,7 +425,7 @@ impl KeyPool {
                 None
             };
             if let Some(reason) = reason {
-                st.retire(&self.shared, i, reason);
+                st.retire(i, reason);
             }
         }
         st.serve_waiters();
@@ -475,7 +449,7 @@ impl KeyPool {
         let mut st = self.state.lock();
         while !st.views.is_empty() {
             let last = st.views.len() - 1;
-            st.retire(&self.shared, last, reason);
+            st.retire(last, reason);
         }
         if remove {
             st.removed = true;
@@ -494,7 +468,7 @@ impl KeyPool {
             return false;
         };
         if let Some(i) = st.views.iter().position(|v| v.id == id) {
-            st.retire(&self.shared, i, EvictionReason::Unbound);
+            st.retire(i, EvictionReason::Unbound);
         }
         st.serve_waiters();
         true
@@ -646,13 +620,8 @@ impl KeyState {
     fn undo(&mut self, grant: Grant) {
         match grant {
             Grant::Session { id, .. } => {
-                if let Some(i) = self.views.iter().position(|v| v.id == id) {
-                    self.views[i].in_flight -= 1;
-                    self.slots[i].use_count -= 1;
-                    if self.views[i].in_flight == 0 {
-                        self.metrics.activate(false);
-                    }
-                }
+                // The session may have been retired (drain) since the grant.
+                self.give_back(id, false);
                 self.counters.hits -= 1;
                 ServerCounters::sub(&self.server.counters.hits, 1);
                 ServerCounters::sub(&self.server.counters.acquisitions, 1);
@@ -668,8 +637,41 @@ impl KeyState {
         }
     }
 
+    /// Takes one lease of session `id` back: active sessions are retired when broken, unpooled
+    /// or past `max_lifetime`; retiring ones close with their last lease.
+    fn give_back(&mut self, id: SessionId, broken: bool) {
+        let now = Instant::now();
+        if let Some(i) = self.views.iter().position(|v| v.id == id) {
+            self.views[i].in_flight -= 1;
+            self.slots[i].last_used = now;
+            if self.views[i].in_flight == 0 {
+                self.metrics.activate(false);
+            }
+            let reason = if broken {
+                Some(EvictionReason::Broken)
+            } else if !self.server.pools() {
+                Some(EvictionReason::Unpooled)
+            } else if now.duration_since(self.slots[i].created_at) >= self.server.config.max_lifetime {
+                Some(EvictionReason::Lifetime)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                self.retire(i, reason);
+            }
+        } else if let Some(i) = self.retiring.iter().position(|r| r.id == id) {
+            let retiring = &mut self.retiring[i];
+            retiring.in_flight -= 1;
+            if retiring.in_flight == 0 {
+                let r = self.retiring.swap_remove(i);
+                self.metrics.session(true, -1.0);
+                self.shared.close_session(r.slot.session, r.id, r.reason);
+            }
+        }
+    }
+
     /// Removes active session `i`: closed now if idle, else retiring until its leases return.
-    fn retire(&mut self, shared: &Shared, i: usize, reason: EvictionReason) {
+    fn retire(&mut self, i: usize, reason: EvictionReason) {
         let view = self.views.remove(i);
         let slot = self.slots.remove(i);
         self.selector.on_removed(view.id, reason);
@@ -678,7 +680,7 @@ impl KeyState {
         self.metrics.evicted(reason);
         if view.in_flight == 0 {
             self.metrics.session(false, -1.0);
-            shared.close_session(slot.session, view.id, reason);
+            self.shared.close_session(slot.session, view.id, reason);
         } else {
             self.retiring.push(Retiring {
                 id: view.id,

@@ -86,3 +86,31 @@ async fn an_expired_session_is_evicted_never_silently_reinitialized() {
         "state loss is visible"
     );
 }
+
+#[tokio::test]
+async fn a_call_in_flight_when_the_server_dies_fails_instead_of_hanging() {
+    use mcp_pool_conformance::ServerOptions;
+    // rmcp servers send SSE priming events by default: a client with rmcp's default retry
+    // policy then resumes forever. The pool's transport gives up after a few resumes.
+    let options = ServerOptions::default().with_sse_retry(Some(Duration::from_millis(100)));
+    let upstream = ReferenceServer::start_with(options).await.unwrap();
+    let (pool, id) = http_pool(&upstream, pooled(4));
+    let lease = pool.acquire(&id, Principal::user("u")).await.unwrap();
+    let args = serde_json::json!({ "ms": 60_000 });
+    let slow = mcp_pool::rmcp::model::CallToolRequestParams::new("sleep")
+        .with_arguments(args.as_object().cloned().unwrap());
+    let mut call = Box::pin(lease.call_tool(slow));
+    tokio::select! {
+        _ = &mut call => panic!("the sleep call cannot finish before the server stops"),
+        _ = upstream.wait_until(|s| s.tool_calls == 1, Duration::from_secs(5)) => {}
+    }
+    upstream.stop().await;
+    let error = tokio::time::timeout(Duration::from_secs(30), &mut call)
+        .await
+        .expect("the call fails within the bounded resume policy")
+        .unwrap_err();
+    assert!(is_transport_failure(&error), "{error:?}");
+    drop(call);
+    drop(lease);
+    assert_eq!(pool.stats().servers[0].evictions, 1);
+}

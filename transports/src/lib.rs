@@ -4,4 +4,6 @@
 
 mod streamable_http;
 
-pub use streamable_http::{IDLE_CONNECTION_TIMEOUT, StreamableHttp};
+pub use streamable_http::{
+    IDLE_CONNECTION_TIMEOUT, MAX_STREAM_RESUMES, StreamableHttp, default_retry_policy,
+};

@@ -1,6 +1,6 @@
 //! MCP streamable HTTP over rmcp's client, with a keep-alive connection pool.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::{HeaderMap, HeaderName, HeaderValue, header::COOKIE};
 use mcp_pool_traits::{
@@ -9,7 +9,9 @@ use mcp_pool_traits::{
 use rmcp::{
     ServiceExt,
     transport::{
-        StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
+        StreamableHttpClientTransport,
+        common::client_side_sse::{ExponentialBackoff, SseRetryPolicy},
+        streamable_http_client::StreamableHttpClientTransportConfig,
     },
 };
 
@@ -25,9 +27,34 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
 /// server expired (HTTP 404) fails visibly and is evicted by the pool instead of being silently
 /// replaced with a fresh one that has lost the server-side state (DESIGN §2.6).
 /// rmcp sets `Accept: application/json, text/event-stream` on every request.
-#[derive(Debug, Clone)]
+///
+/// A reply stream that drops mid-call is resumed at most [`MAX_STREAM_RESUMES`] times
+/// ([`default_retry_policy`]): rmcp's default retries forever, so a call in flight when an rmcp
+/// upstream (which sends SSE priming events) dies would never fail and its lease would never
+/// come back.
+#[derive(Clone)]
 pub struct StreamableHttp {
     client: reqwest::Client,
+    retry: Arc<dyn SseRetryPolicy>,
+}
+
+impl std::fmt::Debug for StreamableHttp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamableHttp").finish_non_exhaustive()
+    }
+}
+
+/// How many times a dropped reply stream is resumed before the call fails.
+pub const MAX_STREAM_RESUMES: usize = 3;
+
+/// The default resume policy: [`MAX_STREAM_RESUMES`] attempts, backing off from 250 ms, no
+/// single delay above 2 s (a server's SSE `retry:` field can ask for another interval).
+pub fn default_retry_policy() -> Arc<dyn SseRetryPolicy> {
+    let mut policy = ExponentialBackoff::default();
+    policy.max_times = Some(MAX_STREAM_RESUMES);
+    policy.base_duration = Duration::from_millis(250);
+    policy.max_delay = Some(Duration::from_secs(2));
+    Arc::new(policy)
 }
 
 impl StreamableHttp {
@@ -40,13 +67,22 @@ impl StreamableHttp {
             .tcp_nodelay(true)
             .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .build()?;
-        Ok(Self { client })
+        Ok(Self::with_client(client))
     }
 
     /// A transport over `client`. Keep keep-alive on and TCP_NODELAY set, or every call pays a
     /// connect or a 44 ms stall.
     pub fn with_client(client: reqwest::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            retry: default_retry_policy(),
+        }
+    }
+
+    /// Resumes dropped reply streams by `policy` instead of [`default_retry_policy`].
+    pub fn with_retry_policy(mut self, policy: Arc<dyn SseRetryPolicy>) -> Self {
+        self.retry = policy;
+        self
     }
 }
 
@@ -78,9 +114,10 @@ impl Transport for StreamableHttp {
 
     async fn connect(&self, request: ConnectRequest<'_>) -> Result<ClientSession, TransportError> {
         let url = &request.endpoint().url;
-        let config = StreamableHttpClientTransportConfig::with_uri(url.clone())
+        let mut config = StreamableHttpClientTransportConfig::with_uri(url.clone())
             .reinit_on_expired_session(false)
             .custom_headers(single_valued(request.headers()));
+        config.retry_config = self.retry.clone();
         let transport = StreamableHttpClientTransport::with_client(self.client.clone(), config);
         let connecting = request.client().clone().serve(transport);
         match tokio::time::timeout(request.timeout(), connecting).await {
