@@ -1,0 +1,57 @@
+//! [`ServerOptions`]: how a [`ReferenceServer`](crate::ReferenceServer) serves.
+
+use std::{net::SocketAddr, time::Duration};
+
+/// How a [`ReferenceServer`](crate::ReferenceServer) serves; see
+/// [`start_with`](crate::ReferenceServer::start_with).
+///
+/// The default listens on `127.0.0.1` on a free port, sends no SSE priming events and ends
+/// sessions idle for 300 s (rmcp's default).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerOptions {
+    /// The address to listen on; port 0 picks a free port.
+    pub addr: SocketAddr,
+    /// The `retry` interval announced in SSE priming events (MCP SEP-1699), or `None` to send
+    /// no priming events.
+    ///
+    /// With priming events, an rmcp client whose response stream ends early (the server
+    /// stopped mid-call) waits this long and then tries to resume the stream; with rmcp's
+    /// default retry policy (unbounded exponential backoff) it keeps trying and the call never
+    /// fails. Without them the call fails at once with `ServiceError::TransportClosed`. rmcp
+    /// servers send them by default, every 3 s.
+    pub sse_retry: Option<Duration>,
+    /// How long a session may stay idle (no request, no message) before the server ends it on
+    /// its own; `None` never ends idle sessions. Requests on an ended session get HTTP 404.
+    pub session_idle_timeout: Option<Duration>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            sse_retry: None,
+            session_idle_timeout: Some(Duration::from_secs(300)),
+        }
+    }
+}
+
+impl ServerOptions {
+    /// The same options listening on `addr`.
+    pub fn with_addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// The same options with SSE priming events announcing `retry` (`None`: no priming).
+    pub fn with_sse_retry(mut self, retry: Option<Duration>) -> Self {
+        self.sse_retry = retry;
+        self
+    }
+
+    /// The same options ending sessions idle for `timeout` (`None`: never).
+    pub fn with_session_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.session_idle_timeout = timeout;
+        self
+    }
+}
