@@ -6,7 +6,6 @@ use mcp_pool_traits::{
     IdentityConfig, StateBackend, Transport, TransportKind, check_range, default_client_config,
     rmcp::model::ClientConfig,
 };
-use parking_lot::RwLock;
 use tokio_util::sync::CancellationToken;
 
 use crate::{Pool, PoolError, ServerConfig, maintenance, pool::PoolInner, shared::Shared};
@@ -58,7 +57,10 @@ impl PoolBuilder {
         self
     }
 
-    /// The state backend shared with other workers (default: in-process memory).
+    /// The state backend shared with other workers (default: [`MemoryBackend`], this process
+    /// only).
+    ///
+    /// [`MemoryBackend`]: mcp_pool_backends::MemoryBackend
     pub fn backend(mut self, backend: Arc<dyn StateBackend>) -> Self {
         self.backend = Some(backend);
         self
@@ -123,15 +125,17 @@ impl PoolBuilder {
             self.client_config.unwrap_or_else(default_client_config),
             self.create_timeout.unwrap_or(DEFAULT_CREATE_TIMEOUT),
         ));
-        let backend = self.backend;
+        let backend = self
+            .backend
+            .unwrap_or_else(|| Arc::new(mcp_pool_backends::MemoryBackend::new()));
         let pool = Pool {
             inner: Arc::new(PoolInner {
                 shared,
-                keys: RwLock::new(HashMap::new()),
+                keys: papaya::HashMap::default(),
                 identity: self.identity.unwrap_or_default(),
                 backend,
                 shutdown: CancellationToken::new(),
-                counters_by_server: RwLock::new(HashMap::new()),
+                server_slots: Default::default(),
                 generation: Default::default(),
             }),
         };

@@ -30,7 +30,7 @@ use crate::key_pool::KeyPool;
 pub struct Lease {
     key: Arc<KeyPool>,
     id: SessionId,
-    peer: Peer<RoleClient>,
+    peer: Arc<Peer<RoleClient>>,
     broken: AtomicBool,
     hit: bool,
     rebound: bool,
@@ -40,7 +40,7 @@ impl Lease {
     pub(crate) fn new(
         key: Arc<KeyPool>,
         id: SessionId,
-        peer: Peer<RoleClient>,
+        peer: Arc<Peer<RoleClient>>,
         hit: bool,
         rebound: bool,
     ) -> Self {
@@ -97,10 +97,10 @@ impl Lease {
     /// # Errors
     /// `result`'s own error.
     pub fn check<T>(&self, result: Result<T, ServiceError>) -> Result<T, ServiceError> {
-        if let Err(error) = &result {
-            if is_transport_failure(error) {
-                self.mark_broken();
-            }
+        if let Err(error) = &result
+            && is_transport_failure(error)
+        {
+            self.mark_broken();
         }
         result
     }

@@ -5,7 +5,11 @@ use std::{sync::Arc, time::Duration};
 use mcp_pool_traits::EvictionReason;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::{Pool, pool::PoolInner};
+use crate::{
+    Pool,
+    key_pool::KeyPool,
+    pool::{KeyId, PoolInner},
+};
 
 /// Every `interval`: close sessions past `max_lifetime` or idle past `max_idle_time` (down to
 /// `min_size`), remove keys idle for `key_idle`, and create sessions up to `min_size`.
@@ -42,11 +46,15 @@ pub(crate) fn run_once(pool: &Pool, key_idle: Duration) {
     }
 }
 
-fn remove_key(inner: &PoolInner, key: &Arc<crate::key_pool::KeyPool>) {
-    let mut keys = inner.keys.write();
-    // Only if the map still holds this very key pool, and it is still idle under its lock.
-    if keys.get(&key.key).is_some_and(|k| Arc::ptr_eq(k, key)) {
+fn remove_key(inner: &PoolInner, key: &Arc<KeyPool>) {
+    // Only if the map still holds this very key pool. An acquire that found it just before
+    // sees it removed under its lock and looks the key up again.
+    let removed = inner
+        .keys
+        .pin()
+        .remove_if(&KeyId::of(key), |_, k| Arc::ptr_eq(k, key))
+        .is_ok_and(|r| r.is_some());
+    if removed {
         key.retire_all(EvictionReason::KeyEvicted, true);
-        keys.remove(&key.key);
     }
 }

@@ -10,15 +10,14 @@ use mcp_pool_traits::{
     AffinityKey, EvictionReason, IdentityConfig, PoolConfig, PoolKey, Principal, SelectContext,
     ServerId, StateBackend, Strategy, TransportKind,
 };
-use parking_lot::RwLock;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     Lease, PoolBuilder, PoolError, ServerConfig,
-    key_pool::{AcquireArgs, AcquireError, KeyPool},
+    key_pool::{AcquireArgs, AcquireError, KeyPool, Next},
     server::{ServerCounters, ServerEntry},
-    shared::Shared,
+    shared::{FastHash, Shared},
     stats::{PoolStats, ServerStats},
 };
 
@@ -98,14 +97,35 @@ pub struct Pool {
     pub(crate) inner: Arc<PoolInner>,
 }
 
+/// The key map's key: a [`PoolKey`] with the server as its index, so that looking a key up
+/// clones nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct KeyId {
+    pub(crate) server: u32,
+    pub(crate) principal: Principal,
+    pub(crate) transport: TransportKind,
+}
+
+impl KeyId {
+    pub(crate) fn of(key: &KeyPool) -> Self {
+        Self {
+            server: key.server_index,
+            principal: key.key.principal(),
+            transport: key.key.transport,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct PoolInner {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) keys: RwLock<HashMap<PoolKey, Arc<KeyPool>>>,
+    /// Every key, read on every acquire without a lock (papaya: lock-free reads).
+    pub(crate) keys: papaya::HashMap<KeyId, Arc<KeyPool>, FastHash>,
     pub(crate) identity: IdentityConfig,
-    pub(crate) backend: Option<Arc<dyn StateBackend>>,
+    pub(crate) backend: Arc<dyn StateBackend>,
     pub(crate) shutdown: CancellationToken,
-    pub(crate) counters_by_server: RwLock<HashMap<ServerId, Arc<ServerCounters>>>,
+    /// Per server id, ever: its stable index (for [`KeyId`]) and its counters.
+    pub(crate) server_slots: parking_lot::Mutex<HashMap<ServerId, (u32, Arc<ServerCounters>)>>,
     pub(crate) generation: std::sync::atomic::AtomicU64,
 }
 
@@ -148,14 +168,16 @@ impl Pool {
                 }
             })?,
         };
-        let counters = self
-            .inner
-            .counters_by_server
-            .write()
-            .entry(server.id.clone())
-            .or_default()
-            .clone();
+        let (index, counters) = {
+            let mut slots = self.inner.server_slots.lock();
+            let next = slots.len() as u32;
+            slots
+                .entry(server.id.clone())
+                .or_insert_with(|| (next, Arc::default()))
+                .clone()
+        };
         let entry = ServerEntry {
+            index,
             id: server.id.clone(),
             endpoints: server.endpoints.into(),
             config: server.pool,
@@ -163,11 +185,12 @@ impl Pool {
             generation: self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
             counters,
         };
-        self.inner
-            .shared
-            .servers
-            .write()
-            .insert(server.id, Arc::new(entry));
+        let entry = Arc::new(entry);
+        self.inner.shared.servers.rcu(|servers| {
+            let mut servers = HashMap::clone(servers);
+            servers.insert(entry.id.clone(), entry.clone());
+            servers
+        });
         Ok(())
     }
 
@@ -227,59 +250,64 @@ impl Pool {
     /// [`PoolError::Create`] when the session could not be opened, [`PoolError::NoEndpoint`]
     /// when the server has no endpoint over the transport, [`PoolError::Closed`].
     pub async fn acquire_with(&self, request: AcquireRequest<'_>) -> Result<Lease, PoolError> {
-        let started = Instant::now();
         let shared = &self.inner.shared;
         if shared.is_closed() {
             return Err(PoolError::Closed);
         }
-        let server = shared
-            .server(request.server)
-            .ok_or_else(|| PoolError::UnknownServer(request.server.clone()))?;
         let headers = request.headers.unwrap_or(&EMPTY_HEADERS);
         let principal = request
             .principal
             .unwrap_or_else(|| Principal::new(request.user, headers, &self.inner.identity));
-        let transport = request
-            .transport
-            .unwrap_or_else(|| server.default_transport());
-        let key = PoolKey::new(principal, server.id.clone(), transport);
-        let args = AcquireArgs {
-            ctx: SelectContext {
-                affinity: request.affinity,
-            },
-            headers,
-            deadline: started + server.config.timeout,
+        let ctx = SelectContext {
+            affinity: request.affinity,
         };
         loop {
-            let key_pool = self.key_pool(&key, &server);
-            match key_pool.acquire(&server, args).await {
-                Ok(lease) => {
-                    key_pool.record_acquire_time(started);
-                    return Ok(lease);
+            // The hit path runs under read locks of the server and key maps and the key's
+            // mutex: no reference count, clock read or allocation beyond the lease's own.
+            let (key_pool, server, first) = {
+                let servers = shared.servers.load();
+                let server = servers
+                    .get(request.server)
+                    .ok_or_else(|| PoolError::UnknownServer(request.server.clone()))?;
+                let transport = request
+                    .transport
+                    .unwrap_or_else(|| server.default_transport());
+                let id = KeyId {
+                    server: server.index,
+                    principal,
+                    transport,
+                };
+                let keys = self.inner.keys.pin();
+                let key_pool = keys.get_or_insert_with(id, || {
+                    let key = PoolKey::new(principal, server.id.clone(), transport);
+                    Arc::new(KeyPool::new(key, shared.clone(), server.clone()))
+                });
+                let attempt = key_pool
+                    .try_acquire(server, &ctx)
+                    .map_err(|next| (key_pool.clone(), next));
+                match attempt {
+                    Ok(lease) => return Ok(lease),
+                    Err((key_pool, next)) => (key_pool, server.clone(), next),
                 }
+            };
+            let first = match first {
+                Next::Removed => continue,
+                Next::Closed => return Err(PoolError::Closed),
+                Next::Slow(first) => first,
+            };
+            let started = Instant::now();
+            let args = AcquireArgs {
+                ctx,
+                started,
+                headers,
+                deadline: started + server.config.timeout,
+            };
+            match key_pool.acquire_slow_recorded(first, args).await {
+                Ok(lease) => return Ok(lease),
                 Err(AcquireError::Removed) => continue,
-                Err(AcquireError::Pool(error)) => {
-                    key_pool.record_acquire_time(started);
-                    return Err(error);
-                }
+                Err(AcquireError::Pool(error)) => return Err(error),
             }
         }
-    }
-
-    fn key_pool(&self, key: &PoolKey, server: &Arc<ServerEntry>) -> Arc<KeyPool> {
-        if let Some(k) = self.inner.keys.read().get(key) {
-            return k.clone();
-        }
-        let mut keys = self.inner.keys.write();
-        keys.entry(key.clone())
-            .or_insert_with(|| {
-                Arc::new(KeyPool::new(
-                    key.clone(),
-                    self.inner.shared.clone(),
-                    server.clone(),
-                ))
-            })
-            .clone()
     }
 
     /// Ends the sticky binding of a downstream session on `server` and retires its upstream
@@ -297,12 +325,17 @@ impl Pool {
         let keys: Vec<Arc<KeyPool>> = self
             .inner
             .keys
-            .read()
+            .pin()
             .iter()
-            .filter(|(k, _)| &k.server == server && k.principal() == principal)
+            .filter(|(_, v)| &v.key.server == server && v.key.principal() == principal)
             .map(|(_, v)| v.clone())
             .collect();
-        keys.iter().fold(false, |found, k| k.unbind(&ctx) || found)
+        // Every transport's key is unbound: no short circuit.
+        let mut found = false;
+        for key in &keys {
+            found |= key.unbind(&ctx);
+        }
+        found
     }
 
     /// Closes every session but keeps the pool usable. Idle sessions close now; sessions with
@@ -321,7 +354,8 @@ impl Pool {
         let shared = &self.inner.shared;
         shared.closed.store(true, Ordering::Release);
         self.inner.shutdown.cancel();
-        let keys: Vec<Arc<KeyPool>> = self.inner.keys.write().drain().map(|(_, v)| v).collect();
+        let keys = self.all_keys();
+        self.inner.keys.pin().clear();
         for key in keys {
             key.retire_all(EvictionReason::Closed, true);
         }
@@ -335,15 +369,15 @@ impl Pool {
     }
 
     /// The state backend shared with other workers.
-    pub fn backend(&self) -> Option<&Arc<dyn StateBackend>> {
-        self.inner.backend.as_ref()
+    pub fn backend(&self) -> &Arc<dyn StateBackend> {
+        &self.inner.backend
     }
 
     /// A snapshot of every server and key.
     pub fn stats(&self) -> PoolStats {
         let keys = self.all_keys();
         let servers: Vec<Arc<ServerEntry>> = {
-            let mut s: Vec<_> = self.inner.shared.servers.read().values().cloned().collect();
+            let mut s: Vec<_> = self.inner.shared.servers.load().values().cloned().collect();
             s.sort_by(|a, b| a.id.cmp(&b.id));
             s
         };
@@ -376,6 +410,6 @@ impl Pool {
     }
 
     pub(crate) fn all_keys(&self) -> Vec<Arc<KeyPool>> {
-        self.inner.keys.read().values().cloned().collect()
+        self.inner.keys.pin().values().cloned().collect()
     }
 }

@@ -1,16 +1,12 @@
 //! Upstream server definitions.
 
-use std::{
-    fmt,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::{fmt, sync::Arc};
 
 use mcp_pool_traits::{Endpoint, PoolConfig, ServerId, Strategy, TransportKind};
 
-use crate::PoolError;
+use parking_lot::Mutex;
+
+use crate::{PoolError, key_pool::KeyCounters};
 
 /// An upstream MCP server: its endpoints (replicas), its pool configuration and, optionally, a
 /// custom strategy that replaces the configured built-in one.
@@ -94,37 +90,19 @@ impl ServerConfig {
     }
 }
 
-/// Counters of a server that outlive its keys and its reconfigurations.
+/// Counters of a server that outlive its keys and its reconfigurations: the totals of keys
+/// already gone. Live keys count in their own [`KeyCounters`]; stats add both.
 #[derive(Debug, Default)]
 pub(crate) struct ServerCounters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) acquisitions: AtomicU64,
-    pub(crate) releases: AtomicU64,
-    pub(crate) timeouts: AtomicU64,
-    pub(crate) evictions: AtomicU64,
-    pub(crate) create_failures: AtomicU64,
-    pub(crate) rebinds: AtomicU64,
-}
-
-impl ServerCounters {
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub(crate) fn sub(counter: &AtomicU64, n: u64) {
-        counter.fetch_sub(n, Ordering::Relaxed);
-    }
-
-    pub(crate) fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Ordering::Relaxed)
-    }
+    pub(crate) retired: Mutex<KeyCounters>,
 }
 
 /// A server as the running pool sees it: an immutable snapshot, replaced whole on
 /// reconfiguration (`generation` tells keys to pick up the change).
 #[derive(Debug)]
 pub(crate) struct ServerEntry {
+    /// Stable for the id across reconfigurations; never reused.
+    pub(crate) index: u32,
     pub(crate) id: ServerId,
     pub(crate) endpoints: Arc<[Endpoint]>,
     pub(crate) config: PoolConfig,

@@ -9,15 +9,19 @@ use std::{
     time::Duration,
 };
 
+use arc_swap::ArcSwap;
 use mcp_pool_traits::{
     ClientSession, EvictionReason, ServerId, SessionId, Transport, TransportKind,
     rmcp::model::ClientConfig,
 };
-use parking_lot::RwLock;
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
 use crate::server::ServerEntry;
+
+/// The hasher of the pool's maps: keys are hashes and validated ids, not attacker-chosen
+/// strings, so a fast seeded hash is enough (foldhash is randomly seeded per map).
+pub(crate) type FastHash = foldhash::fast::RandomState;
 
 /// How long closing one session (the DELETE of streamable HTTP) may take.
 pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -29,7 +33,8 @@ pub(crate) struct Shared {
     pub(crate) transports: HashMap<TransportKind, Arc<dyn Transport>>,
     pub(crate) client_config: ClientConfig,
     pub(crate) create_timeout: Duration,
-    pub(crate) servers: RwLock<HashMap<ServerId, Arc<ServerEntry>>>,
+    /// Read on every acquire, written on (re)configuration only: a snapshot swapped whole.
+    pub(crate) servers: ArcSwap<HashMap<ServerId, Arc<ServerEntry>, FastHash>>,
     pub(crate) closed: AtomicBool,
     next_session: AtomicU64,
     next_waiter: AtomicU64,
@@ -48,7 +53,7 @@ impl Shared {
             transports,
             client_config,
             create_timeout,
-            servers: RwLock::new(HashMap::new()),
+            servers: ArcSwap::from_pointee(HashMap::default()),
             closed: AtomicBool::new(false),
             next_session: AtomicU64::new(1),
             next_waiter: AtomicU64::new(1),
@@ -68,7 +73,7 @@ impl Shared {
     }
 
     pub(crate) fn server(&self, id: &ServerId) -> Option<Arc<ServerEntry>> {
-        self.servers.read().get(id).cloned()
+        self.servers.load().get(id).cloned()
     }
 
     /// Closes `session` in the background (cancel the service loop, send DELETE), tracked so

@@ -63,8 +63,11 @@ impl ServerStats {
         c: &ServerCounters,
         keys: Vec<KeyStats>,
     ) -> Self {
-        let get = ServerCounters::get;
-        let (hits, misses) = (get(&c.hits), get(&c.misses));
+        let mut total = *c.retired.lock();
+        for key in &keys {
+            total.absorb(&key.counters);
+        }
+        let (hits, misses) = (total.hits, total.misses);
         Self {
             server,
             strategy,
@@ -75,12 +78,12 @@ impl ServerStats {
             hits,
             misses,
             hit_rate: rate(hits, misses),
-            acquisitions: get(&c.acquisitions),
-            releases: get(&c.releases),
-            timeouts: get(&c.timeouts),
-            evictions: get(&c.evictions),
-            create_failures: get(&c.create_failures),
-            rebinds: get(&c.rebinds),
+            acquisitions: hits + misses,
+            releases: total.releases,
+            timeouts: total.timeouts,
+            evictions: total.evictions,
+            create_failures: total.create_failures,
+            rebinds: total.rebinds,
             keys,
         }
     }
@@ -131,6 +134,10 @@ pub struct KeyStats {
     pub evictions: u64,
     /// Sticky sessions replaced after they died.
     pub rebinds: u64,
+    /// Session creations that failed.
+    pub create_failures: u64,
+    #[serde(skip)]
+    counters: KeyCounters,
 }
 
 impl KeyStats {
@@ -160,6 +167,8 @@ impl KeyStats {
             timeouts: c.timeouts,
             evictions: c.evictions,
             rebinds: c.rebinds,
+            create_failures: c.create_failures,
+            counters: c,
         }
     }
 }
