@@ -112,13 +112,14 @@ impl PoolBuilder {
         for server in &self.servers {
             server.validate()?;
         }
-        let mut transports: HashMap<TransportKind, Arc<dyn Transport>> = HashMap::new();
-        let http = mcp_pool_transports::StreamableHttp::new()
-            .map_err(|e| PoolError::Setup(e.to_string()))?;
-        transports.insert(TransportKind::StreamableHttp, Arc::new(http));
-        for transport in self.transports {
-            transports.insert(transport.kind(), transport);
-        }
+        let defaults =
+            mcp_pool_transports::defaults().map_err(|e| PoolError::Setup(e.to_string()))?;
+        // Registered transports replace the built-in one of their kind.
+        let transports: HashMap<TransportKind, Arc<dyn Transport>> = defaults
+            .into_iter()
+            .chain(self.transports)
+            .map(|t| (t.kind(), t))
+            .collect();
         let shared = Arc::new(Shared::new(
             tokio::runtime::Handle::current(),
             transports,

@@ -8,6 +8,7 @@
 //!   appears under two keys;
 //! - no key ever has more than `max_size` sessions, nor more than
 //!   `max_size × session_concurrency` leases out;
+//!
 //! and at the end that every queued acquire was served or timed out, and that in-flight counts,
 //! waiters and creations all return to zero.
 //!
@@ -86,7 +87,7 @@ struct Run {
 impl Run {
     fn check_lease(&mut self, principal: usize, lease: &Lease) -> Result<(), String> {
         let expected = self.principals[principal];
-        if lease.key().principal() != expected || &lease.key().server != &self.server {
+        if lease.key().principal() != expected || lease.key().server != self.server {
             return Err(format!(
                 "lease for principal {principal} came from key {}",
                 lease.key().short()
