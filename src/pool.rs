@@ -158,15 +158,7 @@ impl Pool {
         server.validate()?;
         let strategy: Arc<dyn Strategy> = match &server.strategy {
             Some(custom) => custom.clone(),
-            None => mcp_pool_strategies::builtin(server.pool.strategy).ok_or_else(|| {
-                PoolError::InvalidServer {
-                    server: server.id.clone(),
-                    message: format!(
-                        "strategy {} is not available in this version",
-                        server.pool.strategy
-                    ),
-                }
-            })?,
+            None => mcp_pool_strategies::builtin(server.pool.strategy),
         };
         let (index, counters) = {
             let mut slots = self.inner.server_slots.lock();

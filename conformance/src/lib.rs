@@ -1,1 +1,12 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+pub mod backend;
+pub mod duplex;
+pub mod pool;
+pub mod server;
+pub mod strategy;
+
+pub use duplex::DuplexTransport;
+pub use server::{ReferenceHandler, ReferenceServer, ServerOptions, ServerStats, WaitTimeout};

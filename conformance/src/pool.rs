@@ -200,8 +200,11 @@ pub async fn check_pool_properties(
 ) -> Result<(), Violation> {
     let transport = Arc::new(DuplexTransport::new(TransportKind::StreamableHttp));
     let server = ServerId::new("properties").expect("a valid id");
-    let endpoint = Endpoint::new("http://properties.invalid/mcp", TransportKind::StreamableHttp)
-        .expect("a valid url");
+    let endpoint = Endpoint::new(
+        "http://properties.invalid/mcp",
+        TransportKind::StreamableHttp,
+    )
+    .expect("a valid url");
     let pool = Pool::builder()
         .transport(transport.clone())
         .server(ServerConfig::new(server.clone(), endpoint).pool(config.clone()))

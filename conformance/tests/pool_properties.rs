@@ -6,7 +6,10 @@ use mcp_pool::PoolConfig;
 use mcp_pool_conformance::pool::{check_pool_properties, pool_ops};
 use proptest::prelude::*;
 
-fn run(ops: &[mcp_pool_conformance::pool::PoolOp], config: PoolConfig) -> Result<(), TestCaseError> {
+fn run(
+    ops: &[mcp_pool_conformance::pool::PoolOp],
+    config: PoolConfig,
+) -> Result<(), TestCaseError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)

@@ -6,17 +6,25 @@ use std::sync::Arc;
 
 use mcp_pool_traits::{Strategy, StrategyKind};
 
+mod least_connections;
 mod none;
 mod round_robin;
+mod sticky;
+mod weighted;
 
+pub use least_connections::{FULL_SCAN_MAX, LeastConnections, LeastConnectionsSelector};
 pub use none::{NoPooling, NoPoolingSelector};
 pub use round_robin::{RoundRobin, RoundRobinSelector};
+pub use sticky::{Sticky, StickySelector};
+pub use weighted::{Weighted, WeightedSelector, smooth_pick};
 
-/// The built-in strategy of `kind`, or `None` when this version does not ship it yet.
-pub fn builtin(kind: StrategyKind) -> Option<Arc<dyn Strategy>> {
+/// The built-in strategy of `kind`.
+pub fn builtin(kind: StrategyKind) -> Arc<dyn Strategy> {
     match kind {
-        StrategyKind::RoundRobin => Some(Arc::new(RoundRobin)),
-        StrategyKind::None => Some(Arc::new(NoPooling)),
-        StrategyKind::LeastConnections | StrategyKind::Sticky | StrategyKind::Weighted => None,
+        StrategyKind::RoundRobin => Arc::new(RoundRobin),
+        StrategyKind::LeastConnections => Arc::new(LeastConnections),
+        StrategyKind::Sticky => Arc::new(Sticky),
+        StrategyKind::Weighted => Arc::new(Weighted),
+        StrategyKind::None => Arc::new(NoPooling),
     }
 }

@@ -1,0 +1,1016 @@
+//! The [`StateBackend`] conformance suite (DESIGN §8, §10).
+//!
+//! Every check is a plain `pub async fn check_*` that takes a [`BackendFactory`] and panics
+//! with a message naming the broken rule; [`backend_conformance!`](crate::backend_conformance)
+//! turns them into one `#[tokio::test]` each.
+//!
+//! # Namespaces
+//! Each check calls the factory with a fresh random namespace ([`fresh_namespace`]), so checks
+//! running at once against one Redis or one database never see each other's keys. A factory
+//! must return, for one namespace, instances that share state and notifications (two workers of
+//! one deployment), and for two namespaces, instances that share nothing. Some checks call the
+//! factory twice with the same namespace (the "other instance"), and
+//! [`check_namespace_isolation`] calls it with namespaces built to collide under careless key
+//! building.
+//!
+//! # Ids and key building
+//! The trait takes only [`StateId`] and [`ServerId`], which accept nothing but
+//! `^[a-zA-Z0-9_-]{1,128}$`: no `:` (Redis key separators), `*?[]` (glob patterns), `{}` (Redis
+//! hash tags), `%` or quotes (SQL), `.` or `/` (paths), whitespace or control characters can reach
+//! a backend. [`check_ids_are_validated`] pins that rule; [`check_namespace_isolation`] then
+//! proves the backend's own key building is injective: ids that are prefixes of one another,
+//! differ only in case, or match each other under SQL `LIKE` (`_` is allowed in ids and is a
+//! `LIKE` wildcard) land in different keys.
+//!
+//! # Time
+//! Checks use real time: TTLs of [`SHORT_TTL`] and waits of [`SHORT_TTL`] plus [`SLACK`] where a
+//! TTL must run out. Everything else waits for a signal (a notification, a message) with
+//! [`SIGNAL_TIMEOUT`] as the upper bound.
+
+use std::{
+    collections::HashSet,
+    future::Future,
+    hash::{BuildHasher, RandomState},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{Stream, StreamExt, future::join_all};
+use mcp_pool_traits::{
+    BackendError, Claim, ConfigChange, PoolConfig, ServerId, StateBackend, StateId, StrategyKind,
+};
+use tokio::time::{Instant, sleep, timeout};
+
+/// The TTL of records a check waits out: 600 ms. Long enough that the few operations a check
+/// makes before it waits finish within it on a loaded CI machine.
+pub const SHORT_TTL: Duration = Duration::from_millis(600);
+/// Extra time waited past a TTL before its record must be gone: 300 ms.
+pub const SLACK: Duration = Duration::from_millis(300);
+/// The TTL of records that must outlive a check: 60 s.
+pub const LONG_TTL: Duration = Duration::from_secs(60);
+/// Upper bound on waiting for a notification or a message: 10 s.
+pub const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Concurrent claimers of one session in [`check_claim_first_writer_wins`].
+pub const CLAIMERS: usize = 32;
+/// Concurrent slot takers in [`check_slot_limit_under_contention`].
+pub const SLOT_TAKERS: usize = 64;
+
+/// The variable naming a Redis for the suite, e.g. `redis://127.0.0.1:6379`.
+pub const REDIS_URL_VAR: &str = "MCP_POOL_TEST_REDIS_URL";
+/// The variable naming a database for the suite, e.g. `postgres://postgres@127.0.0.1/test`.
+pub const DATABASE_URL_VAR: &str = "MCP_POOL_TEST_DATABASE_URL";
+/// Set to `1` to make a missing service fail the tests that need it instead of skipping them.
+pub const REQUIRE_SERVICES_VAR: &str = "MCP_POOL_REQUIRE_SERVICES";
+
+/// Makes backend instances for the suite: one call, one instance seeing `namespace`.
+///
+/// Implemented for every `Fn(StateId) -> impl Future<Output = Result<Arc<B>, BackendError>>`,
+/// where `B` is a backend type or `dyn StateBackend`:
+///
+/// ```
+/// use std::sync::Arc;
+/// use mcp_pool_backends::MemoryBackend;
+/// use mcp_pool_traits::{BackendError, StateId};
+///
+/// let store = MemoryBackend::new();
+/// let factory = move |ns: StateId| {
+///     let backend = store.with_namespace(ns);
+///     async move { Ok::<_, BackendError>(Arc::new(backend)) }
+/// };
+/// # fn is_factory(_: &impl mcp_pool_conformance::backend::BackendFactory) {}
+/// # is_factory(&factory);
+/// ```
+pub trait BackendFactory: Send + Sync + 'static {
+    /// The backend made.
+    type Backend: StateBackend + ?Sized;
+
+    /// A new instance seeing `namespace`. Instances of one namespace share state.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the instance cannot be made (the checks then fail, except
+    /// [`check_unreachable`], which expects [`BackendError::Unavailable`]).
+    fn create(
+        &self,
+        namespace: StateId,
+    ) -> impl Future<Output = Result<Arc<Self::Backend>, BackendError>> + Send;
+}
+
+impl<F, Fut, B> BackendFactory for F
+where
+    F: Fn(StateId) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Arc<B>, BackendError>> + Send,
+    B: StateBackend + ?Sized,
+{
+    type Backend = B;
+
+    fn create(
+        &self,
+        namespace: StateId,
+    ) -> impl Future<Output = Result<Arc<B>, BackendError>> + Send {
+        self(namespace)
+    }
+}
+
+/// A namespace no other check uses: `t` and 24 hex digits from a random hasher seed, the clock
+/// and a process-wide counter.
+pub fn fresh_namespace() -> StateId {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let random = RandomState::new().hash_one((n, nanos, std::process::id()));
+    StateId::new(format!("t{random:016x}{:08x}", n as u32 ^ nanos))
+        .expect("hex digits follow the id rule")
+}
+
+/// The URL in the variable `var`, or `None` (after printing why the test is skipped) when it is
+/// unset or empty.
+///
+/// # Panics
+/// When it is missing and [`REQUIRE_SERVICES_VAR`] is `1` (CI): a service that should be there
+/// is not, and skipping would hide it.
+pub fn service_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            let required = std::env::var(REQUIRE_SERVICES_VAR).is_ok_and(|v| v.trim() == "1");
+            assert!(
+                !required,
+                "{var} is not set, and {REQUIRE_SERVICES_VAR}=1 requires the service: set {var}"
+            );
+            eprintln!("skipped: {var} is not set (set it to run this check against the service)");
+            None
+        }
+    }
+}
+
+fn id(s: &str) -> StateId {
+    StateId::new(s).expect("the suite's ids follow the rule")
+}
+
+fn server(s: &str) -> ServerId {
+    ServerId::new(s).expect("the suite's ids follow the rule")
+}
+
+async fn make<F: BackendFactory>(factory: &F, namespace: &StateId) -> Arc<F::Backend> {
+    match factory.create(namespace.clone()).await {
+        Ok(b) => b,
+        Err(e) => panic!("the factory failed for namespace {namespace}: {e}"),
+    }
+}
+
+fn ok<T>(what: &str, r: Result<T, BackendError>) -> T {
+    r.unwrap_or_else(|e| panic!("{what} failed: {e}"))
+}
+
+async fn next_within<S: Stream + Unpin>(stream: &mut S, what: &str) -> S::Item {
+    match timeout(SIGNAL_TIMEOUT, stream.next()).await {
+        Ok(Some(item)) => item,
+        Ok(None) => panic!("{what}: the stream ended"),
+        Err(_) => panic!("{what}: nothing arrived within {SIGNAL_TIMEOUT:?}"),
+    }
+}
+
+/// A config unlike the default in every field, so a round trip that drops a field shows.
+pub fn sample_config(size: u32) -> PoolConfig {
+    PoolConfig {
+        enabled: true,
+        strategy: StrategyKind::Sticky,
+        size,
+        min_size: 2,
+        max_size: 40,
+        timeout: Duration::from_secs(12),
+        max_idle_time: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(7200),
+        session_concurrency: 3,
+        auto_scale: true,
+        health_check_interval: Duration::from_secs(20),
+        health_check_threshold: 55,
+        rebalance_interval: Duration::from_secs(120),
+    }
+}
+
+/// Configs: get of a missing server is `None`; put then get returns the config unchanged; put
+/// replaces; list is ordered by server id (byte order, so `A_srv` before `a-srv`); delete
+/// answers whether one existed; ids differing only in case are different servers.
+pub async fn check_config_round_trip<F: BackendFactory>(factory: &F) {
+    let b = make(factory, &fresh_namespace()).await;
+    let (a, upper_a, z) = (server("a-srv"), server("A_srv"), server("z"));
+    assert_eq!(ok("get_config", b.get_config(&a).await), None);
+    assert!(ok("list_configs", b.list_configs().await).is_empty());
+    assert!(!ok("delete_config", b.delete_config(&a).await));
+
+    ok("put_config", b.put_config(&z, &sample_config(7)).await);
+    ok("put_config", b.put_config(&a, &sample_config(8)).await);
+    ok(
+        "put_config",
+        b.put_config(&upper_a, &sample_config(9)).await,
+    );
+    assert_eq!(
+        ok("get_config", b.get_config(&a).await),
+        Some(sample_config(8)),
+        "get_config must return what put_config stored, field by field"
+    );
+    ok("put_config", b.put_config(&a, &PoolConfig::default()).await);
+    assert_eq!(
+        ok("get_config", b.get_config(&a).await),
+        Some(PoolConfig::default()),
+        "put_config must replace"
+    );
+    assert_eq!(
+        ok("list_configs", b.list_configs().await),
+        vec![
+            (upper_a.clone(), sample_config(9)),
+            (a.clone(), PoolConfig::default()),
+            (z.clone(), sample_config(7)),
+        ],
+        "list_configs must hold every config, ordered by server id, case kept"
+    );
+    assert!(ok("delete_config", b.delete_config(&a).await));
+    assert!(
+        !ok("delete_config", b.delete_config(&a).await),
+        "a second delete must answer false"
+    );
+    assert_eq!(ok("get_config", b.get_config(&a).await), None);
+    assert_eq!(
+        ok("get_config", b.get_config(&upper_a).await),
+        Some(sample_config(9))
+    );
+    assert_eq!(ok("list_configs", b.list_configs().await).len(), 2);
+}
+
+/// Config changes made through one instance reach watchers on another instance of the same
+/// namespace and on the instance itself, in order; a delete arrives as `config: None`; the
+/// other instance reads the new config.
+pub async fn check_config_change_notified<F: BackendFactory>(factory: &F) {
+    let ns = fresh_namespace();
+    let (a, b) = (make(factory, &ns).await, make(factory, &ns).await);
+    let mut on_b = ok("watch_configs", b.watch_configs().await);
+    let mut on_a = ok("watch_configs", a.watch_configs().await);
+    let srv = server("github");
+
+    ok("put_config", a.put_config(&srv, &sample_config(5)).await);
+    ok("put_config", a.put_config(&srv, &sample_config(6)).await);
+    ok("delete_config", a.delete_config(&srv).await);
+    let expected = [
+        ConfigChange {
+            server: srv.clone(),
+            config: Some(sample_config(5)),
+        },
+        ConfigChange {
+            server: srv.clone(),
+            config: Some(sample_config(6)),
+        },
+        ConfigChange {
+            server: srv.clone(),
+            config: None,
+        },
+    ];
+    for (i, want) in expected.iter().enumerate() {
+        let got = next_within(&mut on_b, "a change through another instance").await;
+        assert_eq!(&got, want, "change {i} seen by the other instance");
+        let got = next_within(&mut on_a, "a change through this instance").await;
+        assert_eq!(&got, want, "change {i} seen by the same instance");
+    }
+
+    ok("put_config", b.put_config(&srv, &sample_config(11)).await);
+    let got = next_within(&mut on_a, "a change made through the other instance").await;
+    assert_eq!(got.config, Some(sample_config(11)));
+    assert_eq!(
+        ok("get_config", a.get_config(&srv).await),
+        Some(sample_config(11)),
+        "a config stored through one instance must be read by another"
+    );
+}
+
+/// [`CLAIMERS`] live workers, half on each of two instances, claim one session at once: exactly
+/// one wins, every other sees `Held` naming the winner, and `owner` names the winner.
+pub async fn check_claim_first_writer_wins<F: BackendFactory>(factory: &F) {
+    let ns = fresh_namespace();
+    let instances = [make(factory, &ns).await, make(factory, &ns).await];
+    let session = id("session-1");
+    let workers: Vec<StateId> = (0..CLAIMERS).map(|i| id(&format!("worker-{i}"))).collect();
+    for (i, w) in workers.iter().enumerate() {
+        ok("heartbeat", instances[i % 2].heartbeat(w, LONG_TTL).await);
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(CLAIMERS));
+    let tasks = workers.iter().enumerate().map(|(i, w)| {
+        let (b, w, s, start) = (
+            Arc::clone(&instances[i % 2]),
+            w.clone(),
+            session.clone(),
+            Arc::clone(&start),
+        );
+        tokio::spawn(async move {
+            start.wait().await;
+            (w.clone(), b.claim(&s, &w, LONG_TTL).await)
+        })
+    });
+    let outcomes: Vec<(StateId, Claim)> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| {
+            let (w, c) = r.expect("a claim task panicked");
+            (w, ok("claim", c))
+        })
+        .collect();
+    let winners: Vec<&StateId> = outcomes
+        .iter()
+        .filter(|(_, c)| c.is_owned())
+        .map(|(w, _)| w)
+        .collect();
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one of {CLAIMERS} concurrent claimers must win, got {outcomes:?}"
+    );
+    let winner = winners[0].clone();
+    assert!(
+        outcomes
+            .iter()
+            .any(|(w, c)| *w == winner && *c == Claim::Won),
+        "the winner of a free session must see Won, got {outcomes:?}"
+    );
+    for (w, c) in &outcomes {
+        if *w != winner {
+            assert_eq!(
+                c,
+                &Claim::Held {
+                    owner: winner.clone()
+                },
+                "a loser must see Held naming the winner"
+            );
+        }
+    }
+    for b in &instances {
+        assert_eq!(ok("owner", b.owner(&session).await), Some(winner.clone()));
+    }
+    assert_eq!(
+        ok(
+            "claim",
+            instances[1].claim(&session, &winner, LONG_TTL).await
+        ),
+        Claim::Won,
+        "the owner claiming again keeps it (and renews the TTL)"
+    );
+}
+
+/// Only the owner refreshes or releases; after a release the session is free; refresh and
+/// release of a free session answer `false`.
+pub async fn check_refresh_and_release_only_by_owner<F: BackendFactory>(factory: &F) {
+    let ns = fresh_namespace();
+    let (a, b) = (make(factory, &ns).await, make(factory, &ns).await);
+    let (session, owner, other) = (id("s"), id("owner"), id("other"));
+    ok("heartbeat", a.heartbeat(&owner, LONG_TTL).await);
+    ok("heartbeat", b.heartbeat(&other, LONG_TTL).await);
+    assert_eq!(
+        ok("claim", a.claim(&session, &owner, LONG_TTL).await),
+        Claim::Won
+    );
+
+    assert!(
+        !ok("refresh", b.refresh(&session, &other, LONG_TTL).await),
+        "a non-owner's refresh must answer false"
+    );
+    assert!(
+        !ok("release", b.release(&session, &other).await),
+        "a non-owner's release must answer false"
+    );
+    assert_eq!(ok("owner", b.owner(&session).await), Some(owner.clone()));
+    assert!(ok("refresh", b.refresh(&session, &owner, LONG_TTL).await));
+    assert!(ok("release", b.release(&session, &owner).await));
+    assert_eq!(ok("owner", a.owner(&session).await), None);
+    assert!(!ok("release", a.release(&session, &owner).await));
+    assert!(
+        !ok("refresh", a.refresh(&session, &owner, LONG_TTL).await),
+        "refresh must not bring a released claim back"
+    );
+    assert_eq!(
+        ok("claim", b.claim(&session, &other, LONG_TTL).await),
+        Claim::Won,
+        "a released session is free"
+    );
+}
+
+/// A claim ends when its TTL runs out, even with its owner alive; a refresh extends it; a
+/// refresh after the TTL answers `false`.
+pub async fn check_claim_expiry<F: BackendFactory>(factory: &F) {
+    let b = make(factory, &fresh_namespace()).await;
+    let (s1, s2, owner, other) = (id("s1"), id("s2"), id("owner"), id("other"));
+    ok("heartbeat", b.heartbeat(&owner, LONG_TTL).await);
+    ok("heartbeat", b.heartbeat(&other, LONG_TTL).await);
+    assert_eq!(
+        ok("claim", b.claim(&s1, &owner, SHORT_TTL).await),
+        Claim::Won
+    );
+    assert_eq!(
+        ok("claim", b.claim(&s2, &owner, SHORT_TTL).await),
+        Claim::Won
+    );
+    assert!(ok("refresh", b.refresh(&s2, &owner, LONG_TTL).await));
+    assert_eq!(ok("owner", b.owner(&s1).await), Some(owner.clone()));
+
+    sleep(SHORT_TTL + SLACK).await;
+    assert_eq!(
+        ok("owner", b.owner(&s1).await),
+        None,
+        "a claim must end when its TTL runs out"
+    );
+    assert!(
+        !ok("refresh", b.refresh(&s1, &owner, LONG_TTL).await),
+        "refresh of an expired claim must answer false"
+    );
+    assert_eq!(
+        ok("owner", b.owner(&s2).await),
+        Some(owner.clone()),
+        "a refresh must extend the claim"
+    );
+    assert_eq!(
+        ok("claim", b.claim(&s1, &other, LONG_TTL).await),
+        Claim::Won
+    );
+    assert_eq!(
+        ok("claim", b.claim(&s2, &other, LONG_TTL).await),
+        Claim::Held {
+            owner: owner.clone()
+        }
+    );
+}
+
+/// Heartbeats: a worker is alive only within the TTL of its last heartbeat; another heartbeat
+/// renews it; workers are independent.
+pub async fn check_heartbeats<F: BackendFactory>(factory: &F) {
+    let ns = fresh_namespace();
+    let (a, b) = (make(factory, &ns).await, make(factory, &ns).await);
+    let (w, v) = (id("w"), id("v"));
+    assert!(
+        !ok("is_alive", a.is_alive(&w).await),
+        "never seen: not alive"
+    );
+    ok("heartbeat", a.heartbeat(&w, SHORT_TTL).await);
+    ok("heartbeat", a.heartbeat(&v, LONG_TTL).await);
+    assert!(ok("is_alive", b.is_alive(&w).await));
+    sleep(SHORT_TTL + SLACK).await;
+    assert!(
+        !ok("is_alive", b.is_alive(&w).await),
+        "alive past the heartbeat TTL"
+    );
+    assert!(ok("is_alive", b.is_alive(&v).await));
+    ok("heartbeat", b.heartbeat(&w, LONG_TTL).await);
+    assert!(ok("is_alive", a.is_alive(&w).await));
+}
+
+/// A claim whose owner's heartbeat ran out is taken over (`TookOver` naming it), even within the
+/// claim's TTL, and `owner` no longer reports the dead owner; the dead owner can then neither
+/// refresh nor release.
+pub async fn check_dead_owner_reclaimed<F: BackendFactory>(factory: &F) {
+    let ns = fresh_namespace();
+    let (a, b) = (make(factory, &ns).await, make(factory, &ns).await);
+    let (session, dead, heir) = (id("s"), id("dying"), id("heir"));
+    ok("heartbeat", a.heartbeat(&dead, SHORT_TTL).await);
+    ok("heartbeat", b.heartbeat(&heir, LONG_TTL).await);
+    assert_eq!(
+        ok("claim", a.claim(&session, &dead, LONG_TTL).await),
+        Claim::Won
+    );
+    assert_eq!(
+        ok("claim", b.claim(&session, &heir, LONG_TTL).await),
+        Claim::Held {
+            owner: dead.clone()
+        },
+        "the owner is alive yet"
+    );
+
+    sleep(SHORT_TTL + SLACK).await;
+    assert_eq!(
+        ok("owner", b.owner(&session).await),
+        None,
+        "owner must not report an owner whose heartbeat ran out"
+    );
+    assert_eq!(
+        ok("claim", b.claim(&session, &heir, LONG_TTL).await),
+        Claim::TookOver {
+            previous: dead.clone()
+        }
+    );
+    assert_eq!(ok("owner", a.owner(&session).await), Some(heir.clone()));
+    assert!(!ok("refresh", a.refresh(&session, &dead, LONG_TTL).await));
+    assert!(!ok("release", a.release(&session, &dead).await));
+    assert_eq!(ok("owner", a.owner(&session).await), Some(heir));
+}
+
+/// A live owner's claim is never taken: [`CLAIMERS`] concurrent live claimers all see `Held`,
+/// also after the owner renewed its heartbeat past its first TTL.
+pub async fn check_live_owner_never_stolen<F: BackendFactory>(factory: &F) {
+    let ns = fresh_namespace();
+    let (a, b) = (make(factory, &ns).await, make(factory, &ns).await);
+    let (session, owner) = (id("s"), id("owner"));
+    ok("heartbeat", a.heartbeat(&owner, SHORT_TTL).await);
+    assert_eq!(
+        ok("claim", a.claim(&session, &owner, LONG_TTL).await),
+        Claim::Won
+    );
+    ok("heartbeat", a.heartbeat(&owner, LONG_TTL).await);
+    sleep(SHORT_TTL + SLACK).await;
+
+    let tasks = (0..CLAIMERS).map(|i| {
+        let (b, s) = (Arc::clone(&b), session.clone());
+        tokio::spawn(async move {
+            let thief = id(&format!("thief-{i}"));
+            ok("heartbeat", b.heartbeat(&thief, LONG_TTL).await);
+            b.claim(&s, &thief, LONG_TTL).await
+        })
+    });
+    for outcome in join_all(tasks).await {
+        assert_eq!(
+            ok("claim", outcome.expect("a claim task panicked")),
+            Claim::Held {
+                owner: owner.clone()
+            },
+            "a live owner's claim was taken"
+        );
+    }
+    assert_eq!(ok("owner", b.owner(&session).await), Some(owner));
+}
+
+/// Slots: [`SLOT_TAKERS`] concurrent takers of distinct slots, on two instances, with a limit of
+/// 10: exactly 10 succeed and the count is 10; taking a held slot renews it without counting it
+/// twice; release answers whether the slot was held; a freed slot can be taken; a limit of 0
+/// and a TTL of 0 are `InvalidArgument`; counters are independent.
+pub async fn check_slot_limit_under_contention<F: BackendFactory>(factory: &F) {
+    const LIMIT: u32 = 10;
+    let ns = fresh_namespace();
+    let instances = [make(factory, &ns).await, make(factory, &ns).await];
+    let counter = id("user-1");
+    let start = Arc::new(tokio::sync::Barrier::new(SLOT_TAKERS));
+    let tasks = (0..SLOT_TAKERS).map(|i| {
+        let (b, c, start) = (
+            Arc::clone(&instances[i % 2]),
+            counter.clone(),
+            Arc::clone(&start),
+        );
+        tokio::spawn(async move {
+            let slot = id(&format!("slot-{i}"));
+            start.wait().await;
+            let taken = b.try_acquire_slot(&c, &slot, LIMIT, LONG_TTL).await;
+            (slot, taken)
+        })
+    });
+    let mut held = Vec::new();
+    for r in join_all(tasks).await {
+        let (slot, taken) = r.expect("a slot task panicked");
+        if ok("try_acquire_slot", taken) {
+            held.push(slot);
+        }
+    }
+    assert_eq!(
+        held.len(),
+        LIMIT as usize,
+        "{SLOT_TAKERS} concurrent takers under a limit of {LIMIT} took {} slots",
+        held.len()
+    );
+    let [a, b] = &instances;
+    assert_eq!(ok("slot_count", a.slot_count(&counter).await), LIMIT);
+    assert_eq!(ok("slot_count", b.slot_count(&counter).await), LIMIT);
+
+    assert!(
+        ok(
+            "try_acquire_slot",
+            b.try_acquire_slot(&counter, &held[0], LIMIT, LONG_TTL)
+                .await
+        ),
+        "taking a held slot again must succeed"
+    );
+    assert_eq!(
+        ok("slot_count", a.slot_count(&counter).await),
+        LIMIT,
+        "a renewed slot counts once"
+    );
+    assert!(
+        !ok(
+            "try_acquire_slot",
+            a.try_acquire_slot(&counter, &id("late"), LIMIT, LONG_TTL)
+                .await
+        ),
+        "a full counter must refuse a new slot"
+    );
+    assert!(ok("release_slot", a.release_slot(&counter, &held[0]).await));
+    assert!(
+        !ok("release_slot", b.release_slot(&counter, &held[0]).await),
+        "a second release must answer false"
+    );
+    assert!(!ok(
+        "release_slot",
+        b.release_slot(&counter, &id("never-held")).await
+    ));
+    assert_eq!(ok("slot_count", b.slot_count(&counter).await), LIMIT - 1);
+    assert!(ok(
+        "try_acquire_slot",
+        b.try_acquire_slot(&counter, &id("late"), LIMIT, LONG_TTL)
+            .await
+    ));
+    assert_eq!(ok("slot_count", a.slot_count(&counter).await), LIMIT);
+
+    let other = id("user-2");
+    assert_eq!(ok("slot_count", a.slot_count(&other).await), 0);
+    assert!(ok(
+        "try_acquire_slot",
+        a.try_acquire_slot(&other, &held[1], 1, LONG_TTL).await
+    ));
+    assert!(matches!(
+        a.try_acquire_slot(&other, &id("x"), 0, LONG_TTL).await,
+        Err(BackendError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        a.try_acquire_slot(&other, &id("x"), 5, Duration::ZERO)
+            .await,
+        Err(BackendError::InvalidArgument(_))
+    ));
+}
+
+/// Slots come back when their TTL runs out (a crashed worker's slots), and taking a held slot
+/// again renews its TTL.
+pub async fn check_slots_expire<F: BackendFactory>(factory: &F) {
+    let b = make(factory, &fresh_namespace()).await;
+    let counter = id("user");
+    let (s1, s2, s3) = (id("s1"), id("s2"), id("s3"));
+    assert!(ok(
+        "try_acquire_slot",
+        b.try_acquire_slot(&counter, &s1, 2, SHORT_TTL).await
+    ));
+    assert!(ok(
+        "try_acquire_slot",
+        b.try_acquire_slot(&counter, &s2, 2, SHORT_TTL).await
+    ));
+    assert!(!ok(
+        "try_acquire_slot",
+        b.try_acquire_slot(&counter, &s3, 2, LONG_TTL).await
+    ));
+    assert!(
+        ok(
+            "try_acquire_slot",
+            b.try_acquire_slot(&counter, &s2, 2, LONG_TTL).await
+        ),
+        "renewing a held slot at the limit must succeed"
+    );
+
+    sleep(SHORT_TTL + SLACK).await;
+    assert_eq!(
+        ok("slot_count", b.slot_count(&counter).await),
+        1,
+        "an expired slot must not count; a renewed one must"
+    );
+    assert!(
+        !ok("release_slot", b.release_slot(&counter, &s1).await),
+        "an expired slot is not held"
+    );
+    assert!(ok(
+        "try_acquire_slot",
+        b.try_acquire_slot(&counter, &s3, 2, LONG_TTL).await
+    ));
+    assert!(!ok(
+        "try_acquire_slot",
+        b.try_acquire_slot(&counter, &s1, 2, LONG_TTL).await
+    ));
+}
+
+/// Publish / subscribe between two instances: every subscriber of a channel gets every message
+/// published after it subscribed, in order, byte for byte (empty, binary and 64 KiB payloads);
+/// subscribers of another channel get none of them.
+pub async fn check_publish_subscribe<F: BackendFactory>(factory: &F) {
+    let ns = fresh_namespace();
+    let (a, b) = (make(factory, &ns).await, make(factory, &ns).await);
+    let (chan, other) = (id("worker-7"), id("worker-8"));
+    let mut on_a = ok("subscribe", a.subscribe(&chan).await);
+    let mut on_b = ok("subscribe", b.subscribe(&chan).await);
+    let mut on_other = ok("subscribe", a.subscribe(&other).await);
+
+    let big: Vec<u8> = (0..64 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let payloads: Vec<Vec<u8>> = vec![
+        b"hello".to_vec(),
+        Vec::new(),
+        vec![0, 255, b'\n', b'\r', b'"', b'\\', 0x80],
+        big,
+    ];
+    for p in &payloads {
+        ok("publish", b.publish(&chan, p).await);
+    }
+    ok("publish", a.publish(&other, b"marker").await);
+    for (i, want) in payloads.iter().enumerate() {
+        let got = next_within(&mut on_a, "a message from another instance").await;
+        assert!(got == *want, "message {i} arrived changed on instance a");
+        let got = next_within(&mut on_b, "a message from this instance").await;
+        assert!(got == *want, "message {i} arrived changed on instance b");
+    }
+    assert_eq!(
+        next_within(&mut on_other, "the marker").await,
+        b"marker".to_vec(),
+        "a subscriber of another channel received a message not meant for it"
+    );
+}
+
+/// The rule every id reaching a backend follows. [`StateId`] and [`ServerId`] (constructors and
+/// deserialization) must reject every character a backend could read as syntax.
+pub fn check_ids_are_validated() {
+    let long = "a".repeat(129);
+    let bad = [
+        "",
+        "a:b",
+        "a*",
+        "a?",
+        "[ab]",
+        "{ns}",
+        "a b",
+        "a\nb",
+        "a\0",
+        "a%",
+        "a'b",
+        "a\"b",
+        "a\\b",
+        "a/b",
+        "..",
+        "a.b",
+        "ä",
+        "a;b",
+        "a\u{200b}",
+        &long,
+    ];
+    for value in bad {
+        assert!(
+            StateId::new(value).is_err(),
+            "StateId accepted {value:?}, which could form another key or channel"
+        );
+        assert!(
+            ServerId::new(value).is_err(),
+            "ServerId accepted {value:?}, which could form another key"
+        );
+        let json = serde_json::to_string(value).expect("a string serializes");
+        assert!(serde_json::from_str::<ServerId>(&json).is_err());
+        assert!(serde_json::from_str::<StateId>(&json).is_err());
+    }
+    for value in ["a", "A-b_9", &"z".repeat(128)] {
+        assert!(StateId::new(value).is_ok() && ServerId::new(value).is_ok());
+    }
+}
+
+/// Namespaces and ids that collide under careless key building stay apart: namespaces that are
+/// prefixes of each other (`N` and `Na`, with servers `abc` and `bc`: `N`+`abc` = `Na`+`bc`), or
+/// match under SQL `LIKE` (`N_a` and `Nxa`), share no config, notification, claim, heartbeat,
+/// slot or message.
+pub async fn check_namespace_isolation<F: BackendFactory>(factory: &F) {
+    let base = fresh_namespace();
+    let names = [
+        base.clone(),
+        id(&format!("{base}a")),
+        id(&format!("{base}_a")),
+        id(&format!("{base}xa")),
+    ];
+    let mut spaces = Vec::new();
+    for ns in &names {
+        spaces.push(make(factory, ns).await);
+    }
+    let mut watches = Vec::new();
+    let mut subs = Vec::new();
+    let chan = id("chan");
+    for b in &spaces {
+        watches.push(ok("watch_configs", b.watch_configs().await));
+        subs.push(ok("subscribe", b.subscribe(&chan).await));
+    }
+
+    // A config per namespace under a server id that concatenates with the namespace name
+    // into the same text for the first two.
+    let servers = [server("abc"), server("bc"), server("a"), server("a")];
+    for (i, (b, s)) in spaces.iter().zip(&servers).enumerate() {
+        ok(
+            "put_config",
+            b.put_config(s, &sample_config(i as u32 + 1)).await,
+        );
+    }
+    let (session, worker, counter) = (id("s"), id("w"), id("c"));
+    for (i, b) in spaces.iter().enumerate() {
+        let listed = ok("list_configs", b.list_configs().await);
+        assert_eq!(
+            listed,
+            vec![(servers[i].clone(), sample_config(i as u32 + 1))],
+            "namespace {} sees configs of another namespace",
+            names[i]
+        );
+        let change = next_within(&mut watches[i], "this namespace's change").await;
+        assert_eq!(
+            change.config,
+            Some(sample_config(i as u32 + 1)),
+            "namespace {} was notified of another namespace's change",
+            names[i]
+        );
+        let owner = id(&format!("w{i}"));
+        assert_eq!(
+            ok("claim", b.claim(&session, &owner, LONG_TTL).await),
+            Claim::Won,
+            "namespace {} shares claims with another namespace",
+            names[i]
+        );
+        assert!(
+            ok(
+                "try_acquire_slot",
+                b.try_acquire_slot(&counter, &owner, 1, LONG_TTL).await
+            ),
+            "namespace {} shares slot counters with another namespace",
+            names[i]
+        );
+        assert!(
+            !ok("is_alive", b.is_alive(&worker).await),
+            "namespace {} sees another namespace's heartbeat",
+            names[i]
+        );
+        ok("heartbeat", b.heartbeat(&worker, LONG_TTL).await);
+        ok(
+            "publish",
+            b.publish(&chan, names[i].as_str().as_bytes()).await,
+        );
+    }
+    for (i, sub) in subs.iter_mut().enumerate() {
+        let got = next_within(sub, "this namespace's message").await;
+        assert_eq!(
+            got,
+            names[i].as_str().as_bytes(),
+            "namespace {} received another namespace's message",
+            names[i]
+        );
+    }
+    let owners: HashSet<Option<StateId>> = join_all(spaces.iter().map(|b| b.owner(&session)))
+        .await
+        .into_iter()
+        .map(|r| ok("owner", r))
+        .collect();
+    assert_eq!(owners.len(), names.len(), "claims overwrote each other");
+}
+
+/// Every operation of an unreachable backend fails with [`BackendError::Unavailable`] within
+/// `bound` (or making it does), never hangs or panics. Operations run concurrently.
+pub async fn check_unreachable<F: BackendFactory>(factory: &F, bound: Duration) {
+    let started = Instant::now();
+    let backend = match timeout(bound, factory.create(fresh_namespace())).await {
+        Err(_) => panic!("making an unreachable backend took longer than {bound:?}"),
+        Ok(Err(BackendError::Unavailable { .. })) => return,
+        Ok(Err(e)) => panic!("an unreachable backend must be Unavailable, got {e}"),
+        Ok(Ok(b)) => b,
+    };
+    let (s, w, c) = (id("s"), id("w"), id("c"));
+    let (srv, config) = (server("srv"), PoolConfig::default());
+    let b = &*backend;
+    type Op<'a> = futures::future::BoxFuture<'a, Result<(), BackendError>>;
+    let ops: Vec<(&str, Op<'_>)> = vec![
+        ("put_config", Box::pin(b.put_config(&srv, &config))),
+        (
+            "get_config",
+            Box::pin(async { b.get_config(&srv).await.map(drop) }),
+        ),
+        (
+            "list_configs",
+            Box::pin(async { b.list_configs().await.map(drop) }),
+        ),
+        (
+            "delete_config",
+            Box::pin(async { b.delete_config(&srv).await.map(drop) }),
+        ),
+        (
+            "watch_configs",
+            Box::pin(async { b.watch_configs().await.map(drop) }),
+        ),
+        (
+            "claim",
+            Box::pin(async { b.claim(&s, &w, LONG_TTL).await.map(drop) }),
+        ),
+        (
+            "refresh",
+            Box::pin(async { b.refresh(&s, &w, LONG_TTL).await.map(drop) }),
+        ),
+        (
+            "release",
+            Box::pin(async { b.release(&s, &w).await.map(drop) }),
+        ),
+        ("owner", Box::pin(async { b.owner(&s).await.map(drop) })),
+        ("heartbeat", Box::pin(b.heartbeat(&w, LONG_TTL))),
+        (
+            "is_alive",
+            Box::pin(async { b.is_alive(&w).await.map(drop) }),
+        ),
+        (
+            "try_acquire_slot",
+            Box::pin(async { b.try_acquire_slot(&c, &s, 1, LONG_TTL).await.map(drop) }),
+        ),
+        (
+            "release_slot",
+            Box::pin(async { b.release_slot(&c, &s).await.map(drop) }),
+        ),
+        (
+            "slot_count",
+            Box::pin(async { b.slot_count(&c).await.map(drop) }),
+        ),
+        ("publish", Box::pin(b.publish(&c, b"x"))),
+        (
+            "subscribe",
+            Box::pin(async { b.subscribe(&c).await.map(drop) }),
+        ),
+    ];
+    let results = join_all(
+        ops.into_iter()
+            .map(|(name, op)| async move { (name, timeout(bound, op).await) }),
+    )
+    .await;
+    for (name, r) in results {
+        match r {
+            Err(_) => panic!("{name} on an unreachable backend did not answer within {bound:?}"),
+            Ok(Err(BackendError::Unavailable { .. })) => {}
+            Ok(Err(e)) => panic!("{name} on an unreachable backend must be Unavailable, got {e}"),
+            Ok(Ok(())) => panic!("{name} on an unreachable backend succeeded"),
+        }
+    }
+    assert!(
+        started.elapsed() < bound * 2,
+        "the unreachable backend took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Emits one `#[tokio::test]` per check of the [`StateBackend`] suite, in a module.
+///
+/// ```ignore
+/// mcp_pool_conformance::backend_conformance! {
+///     // The module the tests go into.
+///     name: redis,
+///     // Optional: skip (print why, pass) unless this variable is set, and bind its value. With
+///     // MCP_POOL_REQUIRE_SERVICES=1 a missing variable fails the tests instead.
+///     service: url = "MCP_POOL_TEST_REDIS_URL",
+///     // A `BackendFactory`: evaluated once per test; called with a fresh namespace per
+///     // instance. Items of the enclosing module are in scope.
+///     factory: move |ns| {
+///         let url = url.clone();
+///         async move { RedisBackend::connect(RedisConfig::new(url).namespace(ns)).await.map(Arc::new) }
+///     },
+///     // Optional capability: a factory for an instance that cannot reach its service, and the
+///     // bound within which each operation must fail with `BackendError::Unavailable`.
+///     unreachable: |ns| async move { ... }, within: Duration::from_secs(3),
+/// }
+/// ```
+///
+/// The tests run on a multi-threaded tokio runtime: the crate using the macro needs `tokio`
+/// with the `macros` and `rt-multi-thread` features as a dev-dependency.
+#[macro_export]
+macro_rules! backend_conformance {
+    (
+        name: $name:ident,
+        $(service: $var:ident = $env:expr,)?
+        factory: $factory:expr
+        $(, unreachable: $unreachable:expr, within: $bound:expr)?
+        $(,)?
+    ) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) config_round_trip check_config_round_trip);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) config_change_notified check_config_change_notified);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) claim_first_writer_wins check_claim_first_writer_wins);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) refresh_and_release_only_by_owner check_refresh_and_release_only_by_owner);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) claim_expiry check_claim_expiry);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) heartbeats check_heartbeats);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) dead_owner_reclaimed check_dead_owner_reclaimed);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) live_owner_never_stolen check_live_owner_never_stolen);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) slot_limit_under_contention check_slot_limit_under_contention);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) slots_expire check_slots_expire);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) publish_subscribe check_publish_subscribe);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) namespace_isolation check_namespace_isolation);
+
+            #[test]
+            fn ids_are_validated() {
+                $crate::backend::check_ids_are_validated();
+            }
+
+            $(
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn unreachable() {
+                    let factory = $unreachable;
+                    $crate::backend::check_unreachable(&factory, $bound).await;
+                }
+            )?
+        }
+    };
+    (@test [$($var:ident = $env:expr)?] ($factory:expr) $test:ident $check:ident) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            $(
+                let Some($var) = $crate::backend::service_url($env) else {
+                    return;
+                };
+            )?
+            let factory = $factory;
+            $crate::backend::$check(&factory).await;
+        }
+    };
+}

@@ -1,0 +1,112 @@
+//! Least connections: the session with the fewest leases in flight.
+
+use mcp_pool_traits::{
+    EndpointView, SelectContext, Selection, Selector, SessionView, Strategy, StrategyKind,
+};
+
+/// Sessions up to this many are scanned whole; above it, power of two choices.
+pub const FULL_SCAN_MAX: usize = 32;
+
+/// Picks a session with the fewest in-flight leases (ties rotate, so equal sessions share the
+/// work); above [`FULL_SCAN_MAX`] sessions, the less loaded of two random eligible sessions
+/// (power of two choices, as tower's `p2c`), which is never the strictly most loaded one.
+/// New sessions go to the available endpoint with the fewest leases in flight, then the fewest
+/// sessions: work moves away from an endpoint whose calls are slow (DESIGN §5).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LeastConnections;
+
+impl Strategy for LeastConnections {
+    fn name(&self) -> &str {
+        "least_connections"
+    }
+
+    fn kind(&self) -> Option<StrategyKind> {
+        Some(StrategyKind::LeastConnections)
+    }
+
+    fn selector(&self) -> Box<dyn Selector> {
+        Box::new(LeastConnectionsSelector::default())
+    }
+}
+
+/// The per-key state of [`LeastConnections`]: a tie-breaking cursor and a xorshift state.
+#[derive(Debug)]
+pub struct LeastConnectionsSelector {
+    cursor: usize,
+    rng: u64,
+}
+
+impl Default for LeastConnectionsSelector {
+    fn default() -> Self {
+        Self {
+            cursor: 0,
+            rng: 0x9E37_79B9_7F4A_7C15,
+        }
+    }
+}
+
+impl LeastConnectionsSelector {
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: statistical quality is all p2c needs; no allocation, no shared state.
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
+
+    fn scan(&mut self, sessions: &[SessionView]) -> Option<usize> {
+        let n = sessions.len();
+        let mut best: Option<usize> = None;
+        for k in 0..n {
+            let i = (self.cursor + k) % n;
+            let s = &sessions[i];
+            if s.has_capacity() && best.is_none_or(|b| s.in_flight < sessions[b].in_flight) {
+                best = Some(i);
+            }
+        }
+        if let Some(i) = best {
+            self.cursor = i + 1;
+        }
+        best
+    }
+
+    fn two_choices(&mut self, sessions: &[SessionView]) -> Option<usize> {
+        // Two distinct sessions: a sample of one session twice could pick the most loaded.
+        let n = sessions.len() as u64;
+        let a = (self.next_random() % n) as usize;
+        let b = (a + 1 + (self.next_random() % (n - 1)) as usize) % sessions.len();
+        match (sessions[a].has_capacity(), sessions[b].has_capacity()) {
+            (true, true) if sessions[b].in_flight < sessions[a].in_flight => Some(b),
+            (true, _) => Some(a),
+            (false, true) => Some(b),
+            // Both full: fall back to the exact scan rather than report nothing eligible.
+            (false, false) => self.scan(sessions),
+        }
+    }
+}
+
+impl Selector for LeastConnectionsSelector {
+    fn select(&mut self, sessions: &[SessionView], _ctx: &SelectContext) -> Selection {
+        let pick = if sessions.len() <= FULL_SCAN_MAX {
+            self.scan(sessions)
+        } else {
+            self.two_choices(sessions)
+        };
+        pick.map_or(Selection::Create, Selection::Session)
+    }
+
+    fn select_endpoint(
+        &mut self,
+        endpoints: &[EndpointView],
+        _ctx: &SelectContext,
+    ) -> Option<usize> {
+        endpoints
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.available)
+            .min_by_key(|(i, e)| (e.in_flight, e.sessions, *i))
+            .map(|(i, _)| i)
+    }
+}
