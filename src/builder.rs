@@ -8,7 +8,13 @@ use mcp_pool_traits::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::{Pool, PoolError, ServerConfig, maintenance, pool::PoolInner, shared::Shared};
+use crate::{
+    Pool, PoolError, ServerConfig,
+    limits::{DEFAULT_MAX_KEYS, DEFAULT_MAX_SESSIONS, DEFAULT_USER_LIMIT, Limits},
+    maintenance,
+    pool::PoolInner,
+    shared::Shared,
+};
 
 /// Default bound on connect + `initialize` of one session (the reference pool's 30 s).
 pub const DEFAULT_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,6 +48,10 @@ pub struct PoolBuilder {
     cleanup_interval: Option<Duration>,
     key_idle_timeout: Option<Duration>,
     client_config: Option<ClientConfig>,
+    user_limit: Option<u32>,
+    max_sessions: Option<u32>,
+    max_keys: Option<u32>,
+    metrics: Option<bool>,
 }
 
 impl PoolBuilder {
@@ -93,6 +103,37 @@ impl PoolBuilder {
         self
     }
 
+    /// Sessions one user may hold across servers, idle ones included
+    /// (`SESSION_POOL_USER_LIMIT`, default 10). The user is the explicit user identity, else
+    /// the hashed identity; requests with neither only count against the pool-wide cap.
+    pub fn user_limit(mut self, limit: u32) -> Self {
+        self.user_limit = Some(limit);
+        self
+    }
+
+    /// Hard cap on sessions in the whole pool, idle ones included (default 1000). At the cap an
+    /// idle session is closed to make room; with none idle, acquires that need a new session
+    /// fail with [`PoolError::SessionLimit`].
+    pub fn max_sessions(mut self, max: u32) -> Self {
+        self.max_sessions = Some(max);
+        self
+    }
+
+    /// Hard cap on pool keys (default 10 000), against rotating-token growth (DESIGN §2.8). At
+    /// the cap an idle key is removed to make room; with none idle, acquires on a new key fail
+    /// with [`PoolError::KeyLimit`].
+    pub fn max_keys(mut self, max: u32) -> Self {
+        self.max_keys = Some(max);
+        self
+    }
+
+    /// Whether metrics are recorded through the `metrics` facade (default `true`;
+    /// `SESSION_POOL_METRICS_ENABLED`). Stats are kept either way.
+    pub fn metrics(mut self, enabled: bool) -> Self {
+        self.metrics = Some(enabled);
+        self
+    }
+
     /// The `initialize` parameters sent upstream (default: client `mcp-pool`).
     pub fn client_config(mut self, config: ClientConfig) -> Self {
         self.client_config = Some(config);
@@ -109,6 +150,15 @@ impl PoolBuilder {
     pub fn build(self) -> Result<Pool, PoolError> {
         let cleanup_interval = self.cleanup_interval.unwrap_or(DEFAULT_CLEANUP_INTERVAL);
         check_range("cleanup_interval", cleanup_interval.as_secs())?;
+        for (field, value) in [
+            ("user_limit", self.user_limit),
+            ("max_sessions", self.max_sessions),
+            ("max_keys", self.max_keys),
+        ] {
+            if let Some(value) = value {
+                check_range(field, value.into())?;
+            }
+        }
         for server in &self.servers {
             server.validate()?;
         }
@@ -125,6 +175,12 @@ impl PoolBuilder {
             transports,
             self.client_config.unwrap_or_else(default_client_config),
             self.create_timeout.unwrap_or(DEFAULT_CREATE_TIMEOUT),
+            Limits::new(
+                self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS),
+                self.user_limit.unwrap_or(DEFAULT_USER_LIMIT),
+                self.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
+            ),
+            self.metrics.unwrap_or(true),
         ));
         let backend = self
             .backend

@@ -47,6 +47,34 @@ pub enum PoolError {
         /// The transport asked for.
         transport: TransportKind,
     },
+    /// The pool-wide cap on sessions is reached and none of them is idle.
+    #[error(
+        "the pool holds its maximum of {max_sessions} sessions and none is idle \
+         (SESSION_POOL_MAX_SESSIONS)"
+    )]
+    SessionLimit {
+        /// The cap.
+        max_sessions: u32,
+    },
+    /// The user's sessions across servers are at `SESSION_POOL_USER_LIMIT` and none is idle.
+    #[error(
+        "user {user} holds its maximum of {limit} sessions across servers and none is idle \
+         (SESSION_POOL_USER_LIMIT)"
+    )]
+    UserLimit {
+        /// 8-character prefix of the user's hash.
+        user: String,
+        /// The limit.
+        limit: u32,
+    },
+    /// The pool-wide cap on keys is reached and no key is idle.
+    #[error(
+        "the pool holds its maximum of {max_keys} keys and none is idle (SESSION_POOL_MAX_KEYS)"
+    )]
+    KeyLimit {
+        /// The cap.
+        max_keys: u32,
+    },
     /// The pool was closed with [`Pool::close`](crate::Pool::close).
     #[error("the pool is closed")]
     Closed,

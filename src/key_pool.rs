@@ -10,8 +10,8 @@ use std::{collections::VecDeque, sync::Arc};
 
 use http::HeaderMap;
 use mcp_pool_traits::{
-    Binding, ClientSession, ConnectRequest, EndpointView, EvictionReason, PoolKey, SelectContext,
-    Selection, Selector, SessionId, SessionView, TransportError, TransportKind,
+    Binding, ClientSession, ConnectRequest, Digest256, EndpointView, EvictionReason, PoolKey,
+    SelectContext, Selection, Selector, SessionId, SessionView, TransportError, TransportKind,
     rmcp::{Peer, RoleClient},
 };
 use parking_lot::Mutex;
@@ -21,7 +21,12 @@ use tokio::{
 };
 
 use crate::{
-    Lease, PoolError, metrics::KeyMetrics, server::ServerEntry, shared::Shared, stats::KeyStats,
+    Lease, PoolError,
+    limits::{self, Cap},
+    metrics::KeyMetrics,
+    server::ServerEntry,
+    shared::Shared,
+    stats::KeyStats,
 };
 
 /// A live session of a key.
@@ -58,6 +63,8 @@ pub(crate) enum Grant {
     Create { endpoint: usize },
     /// No endpoint of the key's transport is available.
     NoEndpoint,
+    /// A pool-wide cap stops a new session.
+    Capped(Cap),
 }
 
 #[derive(Debug)]
@@ -94,6 +101,8 @@ impl KeyCounters {
 #[derive(Debug)]
 pub(crate) struct KeyState {
     shared: Arc<Shared>,
+    /// Whose sessions these are for the user limit.
+    subject: Option<Digest256>,
     transport: TransportKind,
     server: Arc<ServerEntry>,
     selector: Box<dyn Selector>,
@@ -131,6 +140,8 @@ pub(crate) struct KeyPool {
 pub(crate) enum AcquireError {
     /// The key was removed while the acquire looked it up: look it up again.
     Removed,
+    /// A pool-wide cap stops a new session: make room, or fail.
+    Capped(Cap),
     Pool(PoolError),
 }
 
@@ -166,16 +177,23 @@ pub(crate) enum FirstStep {
     Create(usize),
     Wait(WaiterGuard),
     NoEndpoint,
+    Capped(Cap),
 }
 
 impl KeyPool {
     pub(crate) fn new(key: PoolKey, shared: Arc<Shared>, server: Arc<ServerEntry>) -> Self {
-        let metrics = KeyMetrics::new(&server.id, key.transport, server.strategy.name());
+        let metrics = KeyMetrics::new(
+            &server.id,
+            key.transport,
+            server.strategy.name(),
+            shared.metrics_enabled,
+        );
         let endpoints = server.endpoints.len();
         let server_index = server.index;
         Self {
             state: Mutex::new(KeyState {
                 shared: shared.clone(),
+                subject: limits::subject(&key.principal()),
                 transport: key.transport,
                 selector: server.strategy.selector(),
                 server,
@@ -259,6 +277,7 @@ impl KeyPool {
             FirstStep::Lease(lease) => return Ok(lease),
             FirstStep::Create(endpoint) => return self.create_for(endpoint, args).await,
             FirstStep::NoEndpoint => return Err(self.no_endpoint().into()),
+            FirstStep::Capped(cap) => return Err(AcquireError::Capped(cap)),
             FirstStep::Wait(mut guard) => {
                 match tokio::time::timeout_at(args.deadline, &mut guard.rx).await {
                     Ok(Ok(grant)) => {
@@ -285,6 +304,7 @@ impl KeyPool {
             FirstStep::Lease(lease) => Ok(lease),
             FirstStep::Create(endpoint) => self.create_for(endpoint, args).await,
             FirstStep::NoEndpoint => Err(self.no_endpoint().into()),
+            FirstStep::Capped(cap) => Err(AcquireError::Capped(cap)),
             FirstStep::Wait(_) => unreachable!("grants never say wait"),
         }
     }
@@ -305,6 +325,7 @@ impl KeyPool {
             }
             Grant::Create { endpoint } => FirstStep::Create(endpoint),
             Grant::NoEndpoint => FirstStep::NoEndpoint,
+            Grant::Capped(cap) => FirstStep::Capped(cap),
         }
     }
 
@@ -416,8 +437,8 @@ impl KeyPool {
             }
             let ctx = SelectContext::default();
             match st.reserve_create(&ctx) {
-                Some(endpoint) => endpoint,
-                None => return,
+                Ok(endpoint) => endpoint,
+                Err(_) => return,
             }
         };
         let key = self.clone();
@@ -513,6 +534,36 @@ impl KeyPool {
         }
     }
 
+    /// Closes the least recently used idle session of the key, to make room under a pool-wide
+    /// cap. Returns whether there was one.
+    pub(crate) fn evict_one_idle(&self) -> bool {
+        let mut st = self.state.lock();
+        let oldest = (0..st.views.len())
+            .filter(|&i| st.views[i].in_flight == 0)
+            .min_by_key(|&i| st.slots[i].last_used);
+        match oldest {
+            Some(i) => {
+                st.retire(i, EvictionReason::Capacity);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether the key holds nothing in use, nothing queued and nothing being created.
+    pub(crate) fn is_idle(&self) -> bool {
+        let st = self.state.lock();
+        st.views.iter().all(|v| v.in_flight == 0)
+            && st.retiring.is_empty()
+            && st.creating == 0
+            && st.waiters.is_empty()
+    }
+
+    /// Whose sessions these are for the user limit.
+    pub(crate) fn subject(&self) -> Option<Digest256> {
+        self.state.lock().subject
+    }
+
     /// Ends the sticky binding of `ctx` and retires its session.
     pub(crate) fn unbind(&self, ctx: &SelectContext) -> bool {
         let mut st = self.state.lock();
@@ -564,19 +615,47 @@ impl KeyState {
         (self.views.len() + self.retiring.len()) as u32 + self.creating
     }
 
-    /// Picks up a newer server snapshot: a new strategy gets a fresh selector (sessions stay).
+    /// Picks up a newer server snapshot (live reconfiguration). A new strategy gets a fresh
+    /// selector and the sessions are retired (in-use ones when released): sessions shared
+    /// under one strategy must not become, say, exclusive sticky sessions carrying other
+    /// conversations' state. A lower `max_size` closes idle sessions above it.
     fn update_server(&mut self, server: &Arc<ServerEntry>, key: &PoolKey) {
         if self.server.generation == server.generation {
             return;
         }
-        if !Arc::ptr_eq(&self.server.strategy, &server.strategy) {
-            self.selector = server.strategy.selector();
-            self.metrics = KeyMetrics::new(&server.id, key.transport, server.strategy.name());
-        }
-        if self.creating_by_endpoint.len() != server.endpoints.len() {
+        let strategy_changed = !Arc::ptr_eq(&self.server.strategy, &server.strategy);
+        if self.creating_by_endpoint.len() < server.endpoints.len() {
             self.creating_by_endpoint.resize(server.endpoints.len(), 0);
         }
         self.server = server.clone();
+        if strategy_changed {
+            while !self.views.is_empty() {
+                self.retire(self.views.len() - 1, EvictionReason::Drained);
+            }
+            self.selector = server.strategy.selector();
+            self.metrics = KeyMetrics::new(
+                &server.id,
+                key.transport,
+                server.strategy.name(),
+                self.shared.metrics_enabled,
+            );
+        }
+        self.shrink_to_max();
+        for view in &mut self.views {
+            view.capacity = server.config.session_concurrency;
+        }
+    }
+
+    /// Closes idle sessions while the key holds more than `max_size`.
+    fn shrink_to_max(&mut self) {
+        let max = self.server.config.max_size;
+        let mut i = self.views.len();
+        while self.total() > max && i > 0 {
+            i -= 1;
+            if self.views[i].in_flight == 0 {
+                self.retire(i, EvictionReason::Drained);
+            }
+        }
     }
 
     /// Serves an acquire right now if possible: a session with capacity (hit), or a reserved
@@ -609,17 +688,19 @@ impl KeyState {
             return None;
         }
         Some(match self.reserve_create(ctx) {
-            Some(endpoint) => {
+            Ok(endpoint) => {
                 self.counters.misses += 1;
                 self.metrics.misses.increment(1);
                 Grant::Create { endpoint }
             }
-            None => Grant::NoEndpoint,
+            Err(None) => Grant::NoEndpoint,
+            Err(Some(cap)) => Grant::Capped(cap),
         })
     }
 
-    /// Reserves a creation slot on the endpoint the selector picks.
-    fn reserve_create(&mut self, ctx: &SelectContext) -> Option<usize> {
+    /// Reserves a creation slot on the endpoint the selector picks, counted against the
+    /// pool-wide caps. `Err(None)`: no endpoint is available; `Err(Some(cap))`: a cap is reached.
+    fn reserve_create(&mut self, ctx: &SelectContext) -> Result<usize, Option<Cap>> {
         // Endpoints of another transport than the key's are unavailable to it.
         let transport = self.transport;
         self.endpoint_scratch.clear();
@@ -636,7 +717,10 @@ impl KeyState {
                 available: endpoint.transport == transport,
             });
         }
-        let endpoint = self.selector.select_endpoint(&self.endpoint_scratch, ctx)?;
+        let endpoint = self
+            .selector
+            .select_endpoint(&self.endpoint_scratch, ctx)
+            .ok_or(None)?;
         if !self
             .endpoint_scratch
             .get(endpoint)
@@ -647,11 +731,25 @@ impl KeyState {
                 endpoint,
                 "strategy selected an unavailable endpoint"
             );
-            return None;
+            return Err(None);
         }
+        self.shared.limits.try_reserve(self.subject).map_err(Some)?;
         self.creating += 1;
         self.creating_by_endpoint[endpoint] += 1;
-        Some(endpoint)
+        Ok(endpoint)
+    }
+
+    /// Gives back a creation slot whose session was never made.
+    fn unreserve(&mut self, endpoint: usize) {
+        self.creating -= 1;
+        self.creating_by_endpoint[endpoint] -= 1;
+        self.shared.limits.release(self.subject);
+    }
+
+    /// Closes a session that left the key, giving its place under the caps back.
+    fn close(&self, session: ClientSession, id: SessionId, reason: EvictionReason) {
+        self.shared.limits.release(self.subject);
+        self.shared.close_session(session, id, reason);
     }
 
     /// Hands out one lease on active session `i`.
@@ -681,11 +779,10 @@ impl KeyState {
                 self.counters.hits -= 1;
             }
             Grant::Create { endpoint } => {
-                self.creating -= 1;
-                self.creating_by_endpoint[endpoint] -= 1;
+                self.unreserve(endpoint);
                 self.counters.misses -= 1;
             }
-            Grant::NoEndpoint => {}
+            Grant::NoEndpoint | Grant::Capped(_) => {}
         }
     }
 
@@ -713,6 +810,9 @@ impl KeyState {
             };
             if let Some(reason) = reason {
                 self.retire(i, reason);
+            } else if self.views[i].in_flight == 0 && self.total() > self.server.config.max_size {
+                // max_size was lowered while this session was in use.
+                self.retire(i, EvictionReason::Drained);
             }
         } else if let Some(i) = self.retiring.iter().position(|r| r.id == id) {
             let retiring = &mut self.retiring[i];
@@ -720,7 +820,7 @@ impl KeyState {
             if retiring.in_flight == 0 {
                 let r = self.retiring.swap_remove(i);
                 self.metrics.session(true, -1.0);
-                self.shared.close_session(r.slot.session, r.id, r.reason);
+                self.close(r.slot.session, r.id, r.reason);
             }
         }
     }
@@ -734,7 +834,7 @@ impl KeyState {
         self.metrics.evicted(reason);
         if view.in_flight == 0 {
             self.metrics.session(false, -1.0);
-            self.shared.close_session(slot.session, view.id, reason);
+            self.close(slot.session, view.id, reason);
         } else {
             self.retiring.push(Retiring {
                 id: view.id,
@@ -800,7 +900,7 @@ impl Reservation {
         let shared = &self.key.shared;
         let id = shared.session_id();
         if st.removed || shared.is_closed() {
-            shared.close_session(session, id, EvictionReason::Closed);
+            st.close(session, id, EvictionReason::Closed);
             st.serve_waiters();
             return None;
         }
@@ -849,8 +949,7 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if self.armed {
             let mut st = self.key.state.lock();
-            st.creating -= 1;
-            st.creating_by_endpoint[self.endpoint] -= 1;
+            st.unreserve(self.endpoint);
             st.serve_waiters();
         }
     }

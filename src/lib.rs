@@ -2,24 +2,36 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod autoscale;
+pub mod breaker;
 mod builder;
 mod error;
+pub mod health;
 mod key_pool;
 mod lease;
+mod limits;
 mod maintenance;
 pub mod metrics;
 mod pool;
+pub mod score;
 mod server;
+mod settings;
 mod shared;
 mod stats;
 
+pub use autoscale::{ScaleDecision, ScaleStats};
+pub use breaker::{BreakerState, CircuitBreaker};
 pub use builder::{
     DEFAULT_CLEANUP_INTERVAL, DEFAULT_CREATE_TIMEOUT, DEFAULT_KEY_IDLE_TIMEOUT, PoolBuilder,
 };
 pub use error::PoolError;
+pub use health::{HealthCheckConfig, HealthCheckMethod, HealthOutcome, check_session};
 pub use lease::Lease;
+pub use limits::{DEFAULT_MAX_KEYS, DEFAULT_MAX_SESSIONS, DEFAULT_USER_LIMIT};
 pub use pool::{AcquireRequest, Pool};
+pub use score::{HealthScore, HealthStatus};
 pub use server::ServerConfig;
+pub use settings::{ENV_VARIABLES, PoolConfigOverride, Settings, SettingsError};
 pub use stats::{KeyStats, PoolStats, ServerStats};
 
 pub use mcp_pool_traits::{

@@ -46,7 +46,9 @@ pub(crate) fn run_once(pool: &Pool, key_idle: Duration) {
     }
 }
 
-fn remove_key(inner: &PoolInner, key: &Arc<KeyPool>) {
+/// Removes `key` from the map (if it is still there) and retires its sessions; returns
+/// whether it was removed.
+pub(crate) fn remove_key(inner: &PoolInner, key: &Arc<KeyPool>) -> bool {
     // Only if the map still holds this very key pool. An acquire that found it just before
     // sees it removed under its lock and looks the key up again.
     let removed = inner
@@ -57,4 +59,5 @@ fn remove_key(inner: &PoolInner, key: &Arc<KeyPool>) {
     if removed {
         key.retire_all(EvictionReason::KeyEvicted, true);
     }
+    removed
 }

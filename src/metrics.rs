@@ -35,6 +35,7 @@ pub const ACQUIRE_SECONDS: &str = "mcp_pool_acquire_seconds";
 #[derive(Debug, Clone)]
 pub(crate) struct KeyMetrics {
     labels: [Label; 3],
+    enabled: bool,
     pub(crate) hits: Counter,
     pub(crate) misses: Counter,
     pub(crate) timeouts: Counter,
@@ -47,7 +48,16 @@ pub(crate) struct KeyMetrics {
 }
 
 impl KeyMetrics {
-    pub(crate) fn new(server: &ServerId, transport: TransportKind, strategy: &str) -> Self {
+    /// Handles for one label set; no-op handles when `enabled` is false.
+    pub(crate) fn new(
+        server: &ServerId,
+        transport: TransportKind,
+        strategy: &str,
+        enabled: bool,
+    ) -> Self {
+        if !enabled {
+            return Self::disabled();
+        }
         let labels = [
             Label::new("server", server.to_string()),
             Label::new("transport", transport.as_str()),
@@ -66,11 +76,35 @@ impl KeyMetrics {
             waiters: metrics::gauge!(WAITERS, with(None)),
             acquire_seconds: metrics::histogram!(ACQUIRE_SECONDS, with(None)),
             labels,
+            enabled: true,
+        }
+    }
+
+    fn disabled() -> Self {
+        Self {
+            labels: [
+                Label::new("server", ""),
+                Label::new("transport", ""),
+                Label::new("strategy", ""),
+            ],
+            enabled: false,
+            hits: Counter::noop(),
+            misses: Counter::noop(),
+            timeouts: Counter::noop(),
+            rebinds: Counter::noop(),
+            anonymous: Counter::noop(),
+            active: Gauge::noop(),
+            idle: Gauge::noop(),
+            waiters: Gauge::noop(),
+            acquire_seconds: Histogram::noop(),
         }
     }
 
     /// Counts one eviction. Not on the hit path, so the handle is looked up each time.
     pub(crate) fn evicted(&self, reason: EvictionReason) {
+        if !self.enabled {
+            return;
+        }
         let labels: Vec<Label> = self
             .labels
             .iter()

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Lease, PoolBuilder, PoolError, ServerConfig,
     key_pool::{AcquireArgs, AcquireError, KeyPool, Next},
+    limits::Cap,
     server::{ServerCounters, ServerEntry},
     shared::{FastHash, Shared},
     stats::{PoolStats, ServerStats},
@@ -270,10 +271,20 @@ impl Pool {
                     transport,
                 };
                 let keys = self.inner.keys.pin();
-                let key_pool = keys.get_or_insert_with(id, || {
-                    let key = PoolKey::new(principal, server.id.clone(), transport);
-                    Arc::new(KeyPool::new(key, shared.clone(), server.clone()))
-                });
+                let key_pool = match keys.get(&id) {
+                    Some(key_pool) => key_pool,
+                    None => {
+                        if keys.len() >= shared.limits.max_keys as usize && !self.evict_idle_key() {
+                            return Err(PoolError::KeyLimit {
+                                max_keys: shared.limits.max_keys,
+                            });
+                        }
+                        keys.get_or_insert_with(id, || {
+                            let key = PoolKey::new(principal, server.id.clone(), transport);
+                            Arc::new(KeyPool::new(key, shared.clone(), server.clone()))
+                        })
+                    }
+                };
                 let attempt = key_pool
                     .try_acquire(server, &ctx)
                     .map_err(|next| (key_pool.clone(), next));
@@ -297,9 +308,47 @@ impl Pool {
             match key_pool.acquire_slow_recorded(first, args).await {
                 Ok(lease) => return Ok(lease),
                 Err(AcquireError::Removed) => continue,
+                Err(AcquireError::Capped(cap)) => {
+                    if !self.make_room(cap, &key_pool) {
+                        return Err(self.cap_error(cap, &key_pool));
+                    }
+                }
                 Err(AcquireError::Pool(error)) => return Err(error),
             }
         }
+    }
+
+    /// Closes one idle session to make room under `cap`: one of the same user for the user
+    /// limit, any for the pool-wide cap. Returns whether one was closed.
+    fn make_room(&self, cap: Cap, requester: &KeyPool) -> bool {
+        let subject = requester.subject();
+        self.all_keys()
+            .iter()
+            .filter(|k| cap == Cap::Sessions || k.subject() == subject)
+            .any(|k| k.evict_one_idle())
+    }
+
+    fn cap_error(&self, cap: Cap, requester: &KeyPool) -> PoolError {
+        let limits = &self.inner.shared.limits;
+        match cap {
+            Cap::Sessions => PoolError::SessionLimit {
+                max_sessions: limits.max_sessions,
+            },
+            Cap::User => PoolError::UserLimit {
+                user: requester
+                    .subject()
+                    .map_or_else(|| "anonymous".into(), |s| s.short()),
+                limit: limits.user_limit,
+            },
+        }
+    }
+
+    /// Removes one idle key, with its sessions, to make room under the key cap.
+    fn evict_idle_key(&self) -> bool {
+        self.all_keys()
+            .iter()
+            .filter(|k| k.is_idle())
+            .any(|k| crate::maintenance::remove_key(&self.inner, k))
     }
 
     /// Ends the sticky binding of a downstream session on `server` and retires its upstream

@@ -17,7 +17,7 @@ use mcp_pool_traits::{
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
-use crate::server::ServerEntry;
+use crate::{limits::Limits, server::ServerEntry};
 
 /// The hasher of the pool's maps: keys are hashes and validated ids, not attacker-chosen
 /// strings, so a fast seeded hash is enough (foldhash is randomly seeded per map).
@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     /// Read on every acquire, written on (re)configuration only: a snapshot swapped whole.
     pub(crate) servers: ArcSwap<HashMap<ServerId, Arc<ServerEntry>, FastHash>>,
     pub(crate) closed: AtomicBool,
+    pub(crate) limits: Limits,
+    pub(crate) metrics_enabled: bool,
     next_session: AtomicU64,
     next_waiter: AtomicU64,
 }
@@ -46,6 +48,8 @@ impl Shared {
         transports: HashMap<TransportKind, Arc<dyn Transport>>,
         client_config: ClientConfig,
         create_timeout: Duration,
+        limits: Limits,
+        metrics_enabled: bool,
     ) -> Self {
         Self {
             runtime,
@@ -55,6 +59,8 @@ impl Shared {
             create_timeout,
             servers: ArcSwap::from_pointee(HashMap::default()),
             closed: AtomicBool::new(false),
+            limits,
+            metrics_enabled,
             next_session: AtomicU64::new(1),
             next_waiter: AtomicU64::new(1),
         }

@@ -165,8 +165,8 @@ impl Default for PoolConfig {
     }
 }
 
-/// The allowed range of every numeric [`PoolConfig`] field, with its unit.
-pub const RANGES: [(&str, RangeInclusive<u64>, &str); 11] = [
+/// The allowed range of every numeric [`PoolConfig`] field and pool-wide setting, with its unit.
+pub const RANGES: [(&str, RangeInclusive<u64>, &str); 14] = [
     ("size", 1..=1000, ""),
     ("min_size", 1..=1000, ""),
     ("max_size", 1..=1000, ""),
@@ -178,6 +178,9 @@ pub const RANGES: [(&str, RangeInclusive<u64>, &str); 11] = [
     ("health_check_threshold", 0..=100, " %"),
     ("rebalance_interval", 60..=3600, " seconds"),
     ("cleanup_interval", 1..=3600, " seconds"),
+    ("user_limit", 1..=100_000, ""),
+    ("max_sessions", 1..=1_000_000, ""),
+    ("max_keys", 1..=10_000_000, ""),
 ];
 
 /// Checks `value` against the range [`RANGES`] gives `field`.

@@ -122,6 +122,9 @@ pub enum EvictionReason {
     Unbound,
     /// Its key was removed as idle.
     KeyEvicted,
+    /// Closed while idle to make room under a pool-wide cap (total sessions, sessions per
+    /// user, keys).
+    Capacity,
 }
 
 impl EvictionReason {
@@ -137,6 +140,7 @@ impl EvictionReason {
             Self::Unpooled => "unpooled",
             Self::Unbound => "unbound",
             Self::KeyEvicted => "key_evicted",
+            Self::Capacity => "capacity",
         }
     }
 
