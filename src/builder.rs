@@ -194,11 +194,22 @@ impl PoolBuilder {
                 shutdown: CancellationToken::new(),
                 server_slots: Default::default(),
                 generation: Default::default(),
+                config_changes: tokio::sync::watch::channel(0).0,
             }),
         };
         for server in self.servers {
             pool.add_server(server)?;
         }
+        if pool.inner.backend.name() != "memory" {
+            // A shared backend: the user limit also counts the other workers' sessions.
+            let slots = crate::workers::UserSlots::new(
+                pool.inner.backend.clone(),
+                pool.inner.shared.limits.user_limit,
+                cleanup_interval,
+            );
+            let _ = pool.inner.shared.user_slots.set(Arc::new(slots));
+        }
+        crate::workers::spawn_config_watcher(&pool);
         maintenance::spawn(
             &pool,
             cleanup_interval,

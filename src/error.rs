@@ -75,6 +75,10 @@ pub enum PoolError {
         /// The cap.
         max_keys: u32,
     },
+    /// The state backend failed: only shared features (saved configs, limits across workers)
+    /// are affected; local pooling keeps working.
+    #[error("state backend: {0}")]
+    Backend(#[from] mcp_pool_traits::BackendError),
     /// The pool was closed with [`Pool::close`](crate::Pool::close).
     #[error("the pool is closed")]
     Closed,

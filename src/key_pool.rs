@@ -11,7 +11,8 @@ use std::{collections::VecDeque, sync::Arc};
 use http::HeaderMap;
 use mcp_pool_traits::{
     Binding, ClientSession, ConnectRequest, Digest256, EndpointView, EvictionReason, PoolKey,
-    SelectContext, Selection, Selector, SessionId, SessionView, TransportError, TransportKind,
+    SelectContext, Selection, Selector, SessionId, SessionView, StateId, TransportError,
+    TransportKind,
     rmcp::{Peer, RoleClient},
 };
 use parking_lot::Mutex;
@@ -33,6 +34,8 @@ use crate::{
 #[derive(Debug)]
 struct Slot {
     session: ClientSession,
+    /// This session's slot of the user limit across workers, if one was taken.
+    user_slot: Option<StateId>,
     /// Shared by the leases on this session: one reference count instead of a `Peer` clone
     /// (about ten of them) per acquire.
     peer: Arc<Peer<RoleClient>>,
@@ -372,11 +375,16 @@ impl KeyPool {
         endpoint: usize,
         args: AcquireArgs<'_>,
     ) -> Result<Lease, AcquireError> {
-        let reservation = Reservation {
+        let mut reservation = Reservation {
             key: self.clone(),
             endpoint,
             armed: true,
+            user_slot: None,
         };
+        if !reservation.take_user_slot().await {
+            drop(reservation);
+            return Err(AcquireError::Capped(Cap::User));
+        }
         let remaining = args.deadline.saturating_duration_since(Instant::now());
         let timeout = self
             .shared
@@ -443,11 +451,15 @@ impl KeyPool {
         };
         let key = self.clone();
         self.shared.runtime.spawn(async move {
-            let reservation = Reservation {
+            let mut reservation = Reservation {
                 key: key.clone(),
                 endpoint,
                 armed: true,
+                user_slot: None,
             };
+            if !reservation.take_user_slot().await {
+                return;
+            }
             let (headers, timeout) = {
                 let st = key.state.lock();
                 (st.headers.clone(), key.shared.create_timeout)
@@ -535,19 +547,16 @@ impl KeyPool {
     }
 
     /// Closes the least recently used idle session of the key, to make room under a pool-wide
-    /// cap. Returns whether there was one.
-    pub(crate) fn evict_one_idle(&self) -> bool {
+    /// cap. `None` when there was none; else the session's slot of the user limit across
+    /// workers, which the caller gives back before retrying (so the room is there at once).
+    pub(crate) fn evict_one_idle(&self) -> Option<Option<StateId>> {
         let mut st = self.state.lock();
         let oldest = (0..st.views.len())
             .filter(|&i| st.views[i].in_flight == 0)
-            .min_by_key(|&i| st.slots[i].last_used);
-        match oldest {
-            Some(i) => {
-                st.retire(i, EvictionReason::Capacity);
-                true
-            }
-            None => false,
-        }
+            .min_by_key(|&i| st.slots[i].last_used)?;
+        let user_slot = st.slots[oldest].user_slot.take();
+        st.retire(oldest, EvictionReason::Capacity);
+        Some(user_slot)
     }
 
     /// Whether the key holds nothing in use, nothing queued and nothing being created.
@@ -557,6 +566,20 @@ impl KeyPool {
             && st.retiring.is_empty()
             && st.creating == 0
             && st.waiters.is_empty()
+    }
+
+    /// The slots of the user limit across workers held by this key's sessions.
+    pub(crate) fn user_slots(&self) -> (Option<Digest256>, Vec<StateId>) {
+        let st = self.state.lock();
+        let slots = st
+            .slots
+            .iter()
+            .map(|s| &s.user_slot)
+            .chain(st.retiring.iter().map(|r| &r.slot.user_slot))
+            .flatten()
+            .cloned()
+            .collect();
+        (st.subject, slots)
     }
 
     /// Whose sessions these are for the user limit.
@@ -747,9 +770,10 @@ impl KeyState {
     }
 
     /// Closes a session that left the key, giving its place under the caps back.
-    fn close(&self, session: ClientSession, id: SessionId, reason: EvictionReason) {
+    fn close(&self, slot: Slot, id: SessionId, reason: EvictionReason) {
         self.shared.limits.release(self.subject);
-        self.shared.close_session(session, id, reason);
+        self.shared.release_user_slot(self.subject, slot.user_slot);
+        self.shared.close_session(slot.session, id, reason);
     }
 
     /// Hands out one lease on active session `i`.
@@ -820,7 +844,7 @@ impl KeyState {
             if retiring.in_flight == 0 {
                 let r = self.retiring.swap_remove(i);
                 self.metrics.session(true, -1.0);
-                self.close(r.slot.session, r.id, r.reason);
+                self.close(r.slot, r.id, r.reason);
             }
         }
     }
@@ -834,7 +858,7 @@ impl KeyState {
         self.metrics.evicted(reason);
         if view.in_flight == 0 {
             self.metrics.session(false, -1.0);
-            self.close(slot.session, view.id, reason);
+            self.close(slot, view.id, reason);
         } else {
             self.retiring.push(Retiring {
                 id: view.id,
@@ -882,9 +906,29 @@ struct Reservation {
     key: Arc<KeyPool>,
     endpoint: usize,
     armed: bool,
+    user_slot: Option<StateId>,
 }
 
 impl Reservation {
+    /// Takes a slot of the user limit across workers, when there is one to take. `false`:
+    /// the user is at the limit in the other workers.
+    async fn take_user_slot(&mut self) -> bool {
+        let shared = &self.key.shared;
+        let (Some(slots), Some(subject)) = (
+            shared.user_slots.get(),
+            limits::subject(&self.key.key.principal()),
+        ) else {
+            return true;
+        };
+        match slots.take(&subject).await {
+            Ok(slot) => {
+                self.user_slot = slot;
+                true
+            }
+            Err(()) => false,
+        }
+    }
+
     /// Turns the reservation into an active session; with `lease`, one lease on it is returned.
     fn fill(
         mut self,
@@ -900,7 +944,16 @@ impl Reservation {
         let shared = &self.key.shared;
         let id = shared.session_id();
         if st.removed || shared.is_closed() {
-            st.close(session, id, EvictionReason::Closed);
+            let now = Instant::now();
+            let slot = Slot {
+                peer: Arc::new(session.peer().clone()),
+                user_slot: self.user_slot.take(),
+                session,
+                created_at: now,
+                last_used: now,
+                use_count: 0,
+            };
+            st.close(slot, id, EvictionReason::Closed);
             st.serve_waiters();
             return None;
         }
@@ -927,6 +980,7 @@ impl Reservation {
         let peer = Arc::new(session.peer().clone());
         st.slots.push(Slot {
             peer: peer.clone(),
+            user_slot: self.user_slot.take(),
             session,
             created_at: now,
             last_used: now,
@@ -952,6 +1006,10 @@ impl Drop for Reservation {
             st.unreserve(self.endpoint);
             st.serve_waiters();
         }
+        let subject = limits::subject(&self.key.key.principal());
+        self.key
+            .shared
+            .release_user_slot(subject, self.user_slot.take());
     }
 }
 

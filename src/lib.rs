@@ -18,6 +18,7 @@ mod server;
 mod settings;
 mod shared;
 mod stats;
+mod workers;
 
 pub use autoscale::{ScaleDecision, ScaleStats};
 pub use breaker::{BreakerState, CircuitBreaker};

@@ -34,7 +34,18 @@ pub(crate) fn spawn(pool: &Pool, interval: Duration, key_idle: Duration) {
 /// One maintenance pass. Never awaits: closing and creating happen in spawned tasks.
 pub(crate) fn run_once(pool: &Pool, key_idle: Duration) {
     let now = Instant::now();
+    let user_slots = pool.inner.shared.user_slots.get().cloned();
     for key in pool.all_keys() {
+        if let Some(user_slots) = &user_slots
+            && let (Some(subject), slots) = key.user_slots()
+            && !slots.is_empty()
+        {
+            let user_slots = user_slots.clone();
+            pool.inner
+                .shared
+                .runtime
+                .spawn(async move { user_slots.renew(&subject, &slots).await });
+        }
         let outcome = key.reap(now, key_idle);
         if outcome.idle_key {
             remove_key(&pool.inner, &key);

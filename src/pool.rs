@@ -128,6 +128,8 @@ pub(crate) struct PoolInner {
     /// Per server id, ever: its stable index (for [`KeyId`]) and its counters.
     pub(crate) server_slots: parking_lot::Mutex<HashMap<ServerId, (u32, Arc<ServerCounters>)>>,
     pub(crate) generation: std::sync::atomic::AtomicU64,
+    /// Bumped after every applied configuration change, whatever its source.
+    pub(crate) config_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Drop for PoolInner {
@@ -156,6 +158,13 @@ impl Pool {
     /// # Errors
     /// [`PoolError::Config`] or [`PoolError::InvalidServer`]; nothing is applied then.
     pub fn add_server(&self, server: ServerConfig) -> Result<(), PoolError> {
+        let base = server.pool.clone();
+        self.install(server, base)
+    }
+
+    /// Validates `server` and swaps it in; `base` is the configuration a deleted saved config
+    /// reverts to.
+    fn install(&self, server: ServerConfig, base: PoolConfig) -> Result<(), PoolError> {
         server.validate()?;
         let strategy: Arc<dyn Strategy> = match &server.strategy {
             Some(custom) => custom.clone(),
@@ -171,6 +180,7 @@ impl Pool {
         };
         let entry = ServerEntry {
             index,
+            base,
             id: server.id.clone(),
             endpoints: server.endpoints.into(),
             config: server.pool,
@@ -184,6 +194,7 @@ impl Pool {
             servers.insert(entry.id.clone(), entry.clone());
             servers
         });
+        self.inner.config_changes.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -213,7 +224,51 @@ impl Pool {
             // Same built-in strategy: keep the instance so keys keep their selectors.
             next.strategy = Some(current.strategy.clone());
         }
-        self.add_server(next)
+        self.install(next, current.base.clone())
+    }
+
+    /// Saves `config` for `server` in the state backend and applies it here. Every other pool
+    /// sharing the backend applies it too, without a restart (its watcher picks the change
+    /// up), and a pool started later applies it at start.
+    ///
+    /// # Errors
+    /// [`PoolError::UnknownServer`], [`PoolError::Config`] (nothing saved or applied), or
+    /// [`PoolError::Backend`] when the backend is unreachable (nothing applied).
+    pub async fn save_pool_config(
+        &self,
+        server: &ServerId,
+        config: PoolConfig,
+    ) -> Result<(), PoolError> {
+        if self.inner.shared.server(server).is_none() {
+            return Err(PoolError::UnknownServer(server.clone()));
+        }
+        config.validate()?;
+        self.inner.backend.put_config(server, &config).await?;
+        self.set_pool_config(server, config)
+    }
+
+    /// Deletes the saved config of `server` from the state backend; every pool sharing the
+    /// backend reverts the server to the configuration it was added with. Returns whether a
+    /// saved config existed.
+    ///
+    /// # Errors
+    /// [`PoolError::UnknownServer`] or [`PoolError::Backend`].
+    pub async fn delete_saved_pool_config(&self, server: &ServerId) -> Result<bool, PoolError> {
+        let current = self
+            .inner
+            .shared
+            .server(server)
+            .ok_or_else(|| PoolError::UnknownServer(server.clone()))?;
+        let existed = self.inner.backend.delete_config(server).await?;
+        self.set_pool_config(server, current.base.clone())?;
+        Ok(existed)
+    }
+
+    /// A receiver that changes after every applied configuration change (added servers,
+    /// `set_pool_config`, configs saved by any pool sharing the backend). Gateways use it to
+    /// refresh what they show; tests use it to wait for a change without sleeping.
+    pub fn config_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.config_changes.subscribe()
     }
 
     /// The current configuration of a server.
@@ -309,7 +364,7 @@ impl Pool {
                 Ok(lease) => return Ok(lease),
                 Err(AcquireError::Removed) => continue,
                 Err(AcquireError::Capped(cap)) => {
-                    if !self.make_room(cap, &key_pool) {
+                    if !self.make_room(cap, &key_pool).await {
                         return Err(self.cap_error(cap, &key_pool));
                     }
                 }
@@ -320,12 +375,23 @@ impl Pool {
 
     /// Closes one idle session to make room under `cap`: one of the same user for the user
     /// limit, any for the pool-wide cap. Returns whether one was closed.
-    fn make_room(&self, cap: Cap, requester: &KeyPool) -> bool {
+    async fn make_room(&self, cap: Cap, requester: &KeyPool) -> bool {
         let subject = requester.subject();
-        self.all_keys()
+        let evicted = self
+            .all_keys()
             .iter()
             .filter(|k| cap == Cap::Sessions || k.subject() == subject)
-            .any(|k| k.evict_one_idle())
+            .find_map(|k| k.evict_one_idle().map(|slot| (k.subject(), slot)));
+        match evicted {
+            Some((Some(owner), Some(slot))) => {
+                if let Some(slots) = self.inner.shared.user_slots.get() {
+                    slots.release(&owner, &slot).await;
+                }
+                true
+            }
+            Some(_) => true,
+            None => false,
+        }
     }
 
     fn cap_error(&self, cap: Cap, requester: &KeyPool) -> PoolError {

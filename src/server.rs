@@ -103,6 +103,8 @@ pub(crate) struct ServerCounters {
 pub(crate) struct ServerEntry {
     /// Stable for the id across reconfigurations; never reused.
     pub(crate) index: u32,
+    /// The configuration the server was added with: what a deleted saved config reverts to.
+    pub(crate) base: PoolConfig,
     pub(crate) id: ServerId,
     pub(crate) endpoints: Arc<[Endpoint]>,
     pub(crate) config: PoolConfig,

@@ -11,8 +11,8 @@ use std::{
 
 use arc_swap::ArcSwap;
 use mcp_pool_traits::{
-    ClientSession, EvictionReason, ServerId, SessionId, Transport, TransportKind,
-    rmcp::model::ClientConfig,
+    ClientSession, Digest256, EvictionReason, ServerId, SessionId, StateId, Transport,
+    TransportKind, rmcp::model::ClientConfig,
 };
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) closed: AtomicBool,
     pub(crate) limits: Limits,
     pub(crate) metrics_enabled: bool,
+    /// The user limit across workers, when the backend is shared.
+    pub(crate) user_slots: std::sync::OnceLock<Arc<crate::workers::UserSlots>>,
     next_session: AtomicU64,
     next_waiter: AtomicU64,
 }
@@ -61,6 +63,7 @@ impl Shared {
             closed: AtomicBool::new(false),
             limits,
             metrics_enabled,
+            user_slots: std::sync::OnceLock::new(),
             next_session: AtomicU64::new(1),
             next_waiter: AtomicU64::new(1),
         }
@@ -80,6 +83,17 @@ impl Shared {
 
     pub(crate) fn server(&self, id: &ServerId) -> Option<Arc<ServerEntry>> {
         self.servers.load().get(id).cloned()
+    }
+
+    /// Gives a user slot of the backend back, in the background.
+    pub(crate) fn release_user_slot(&self, subject: Option<Digest256>, slot: Option<StateId>) {
+        if let (Some(slots), Some(subject), Some(slot)) = (self.user_slots.get(), subject, slot) {
+            let slots = slots.clone();
+            self.closing.spawn_on(
+                async move { slots.release(&subject, &slot).await },
+                &self.runtime,
+            );
+        }
     }
 
     /// Closes `session` in the background (cancel the service loop, send DELETE), tracked so

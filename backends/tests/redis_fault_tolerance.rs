@@ -3,69 +3,21 @@
 //! operation timeout; once it is back, the same backend instance works again.
 #![cfg(feature = "redis")]
 
-use std::{process::Stdio, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use mcp_pool_backends::{RedisBackend, RedisConfig};
-use mcp_pool_conformance::backend::{
-    LONG_TTL, REQUIRE_SERVICES_VAR, SIGNAL_TIMEOUT, fresh_namespace,
+use mcp_pool_conformance::{
+    backend::{LONG_TTL, SIGNAL_TIMEOUT, fresh_namespace},
+    redis_process::{spare_port, start_redis},
 };
 use mcp_pool_traits::{BackendError, Claim, StateBackend, StateId};
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-    time::{Instant, timeout},
-};
+use tokio::time::{Instant, timeout};
 
 const OP_TIMEOUT: Duration = Duration::from_millis(500);
 /// An operation against a stopped Redis must have failed by then: the operation timeout plus
 /// scheduling slack.
 const BOUND: Duration = Duration::from_millis(1500);
-
-/// A redis-server on `port`, killed when dropped; returns once it accepts connections.
-/// `None` (after saying why) when `redis-server` is not installed, unless
-/// `MCP_POOL_REQUIRE_SERVICES=1`, which makes that a failure.
-async fn start_redis(port: u16) -> Option<Child> {
-    let spawned = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match spawned {
-        Ok(child) => child,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let required = std::env::var(REQUIRE_SERVICES_VAR).is_ok_and(|v| v.trim() == "1");
-            assert!(
-                !required,
-                "redis-server is not installed (Debian package redis-server), and \
-                 {REQUIRE_SERVICES_VAR}=1"
-            );
-            eprintln!("skipped: redis-server is not installed (Debian package redis-server)");
-            return None;
-        }
-        Err(e) => panic!("cannot start redis-server: {e}"),
-    };
-    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-    let ready = timeout(Duration::from_secs(10), async {
-        while let Some(line) = lines.next_line().await.expect("redis-server output") {
-            if line.contains("Ready to accept connections") {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(ready, Ok(true), "redis-server on port {port} did not start");
-    // Keep draining its output so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Some(child)
-}
-
-fn spare_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a spare port");
-    listener.local_addr().expect("local address").port()
-}
 
 fn id(s: &str) -> StateId {
     StateId::new(s).unwrap()

@@ -5,8 +5,10 @@
 pub mod backend;
 pub mod duplex;
 pub mod pool;
+pub mod redis_process;
 pub mod server;
 pub mod strategy;
+pub mod transport;
 
 pub use duplex::DuplexTransport;
 pub use server::{ReferenceHandler, ReferenceServer, ServerOptions, ServerStats, WaitTimeout};

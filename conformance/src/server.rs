@@ -1,6 +1,6 @@
 //! The reference MCP test server: an rmcp server with the tools `echo`, `counter`, `sleep` and
-//! `fail`, served over MCP streamable HTTP on loopback, with counters and fault switches for
-//! tests.
+//! `fail`, served on loopback over MCP streamable HTTP, legacy HTTP+SSE and WebSocket, with
+//! counters and fault switches for tests.
 //!
 //! Every test and example of the workspace uses it as the upstream server (DESIGN §10).
 
@@ -21,18 +21,27 @@ pub use options::ServerOptions;
 pub(crate) use stats::{Counters, SessionGuard};
 pub use stats::{ServerStats, WaitTimeout};
 
-use self::http::{MCP_PATH, Run, Shared};
+use self::http::{MCP_PATH, Run, SSE_PATH, Shared, WS_PATH};
 
-/// The reference MCP server, served over streamable HTTP at `http://127.0.0.1:PORT/mcp`.
+/// The reference MCP server, serving three transports on one port of `127.0.0.1`
+/// ([`url_for`](Self::url_for)):
 ///
-/// Each MCP session gets its own [`ReferenceHandler`] (see there for the tools). The server
-/// counts what it sees ([`stats`](Self::stats)), records request headers, and can be stopped,
-/// restarted on the same port, made to forget its sessions or to hang, for fault tests.
+/// | transport | URL | served by |
+/// |---|---|---|
+/// | streamable HTTP | `http://127.0.0.1:PORT/mcp` | rmcp's `StreamableHttpService` |
+/// | legacy HTTP+SSE (2024-11-05) | `http://127.0.0.1:PORT/sse` (messages: `POST /message?sessionId=…`) | [`SseServer`](mcp_pool_transports::server::SseServer) |
+/// | WebSocket (custom, subprotocol `mcp`) | `ws://127.0.0.1:PORT/ws` | [`WebSocketServer`](mcp_pool_transports::server::WebSocketServer) |
 ///
-/// Sessions are managed by rmcp's `LocalSessionManager`; SSE keep-alive pings are off; the
-/// `Host` header must be a loopback name (`127.0.0.1`, `localhost`, `::1`); every accepted
-/// socket has `TCP_NODELAY` set. [`ServerOptions`] sets the address, SSE priming events and
-/// the session idle timeout.
+/// Each MCP session gets its own [`ReferenceHandler`] (see there for the tools), whatever the
+/// transport. The server counts what it sees over all of them ([`stats`](Self::stats)),
+/// records request headers, and can be stopped, restarted on the same port, made to forget
+/// its sessions or to hang, for fault tests; every switch acts on every transport.
+///
+/// Streamable HTTP sessions are managed by rmcp's `LocalSessionManager`; SSE keep-alive pings
+/// are off on both HTTP transports; the `Host` header of streamable HTTP requests must be a
+/// loopback name (`127.0.0.1`, `localhost`, `::1`); every accepted socket has `TCP_NODELAY`
+/// set. [`ServerOptions`] sets the address, SSE priming events and the session idle timeout
+/// (both for streamable HTTP only).
 ///
 /// Dropping the server stops it at once, without waiting for in-flight responses.
 #[derive(Debug)]
@@ -94,16 +103,33 @@ impl ReferenceServer {
         self.addr().port()
     }
 
-    /// The MCP endpoint URL, `http://127.0.0.1:PORT/mcp`.
+    /// The streamable HTTP endpoint URL, `http://127.0.0.1:PORT/mcp`.
     pub fn url(&self) -> String {
-        format!("http://{}{MCP_PATH}", self.addr())
+        self.url_for(TransportKind::StreamableHttp)
     }
 
     /// The server as a streamable HTTP [`Endpoint`] of weight 1.
     pub fn endpoint(&self) -> Endpoint {
-        // The URL is built above from an `http://` scheme, which fits streamable HTTP.
-        Endpoint::new(self.url(), TransportKind::StreamableHttp)
-            .expect("an http:// URL is a valid streamable HTTP endpoint")
+        self.endpoint_for(TransportKind::StreamableHttp)
+    }
+
+    /// The URL of the server over `transport`: `http://127.0.0.1:PORT/mcp` (streamable HTTP),
+    /// `http://127.0.0.1:PORT/sse` (legacy SSE: the event stream; messages go where its
+    /// `endpoint` event says, `/message?sessionId=…`), `ws://127.0.0.1:PORT/ws` (WebSocket).
+    pub fn url_for(&self, transport: TransportKind) -> String {
+        let addr = self.addr();
+        match transport {
+            TransportKind::StreamableHttp => format!("http://{addr}{MCP_PATH}"),
+            TransportKind::Sse => format!("http://{addr}{SSE_PATH}"),
+            TransportKind::WebSocket => format!("ws://{addr}{WS_PATH}"),
+        }
+    }
+
+    /// The server over `transport` as an [`Endpoint`] of weight 1 ([`url_for`](Self::url_for)).
+    pub fn endpoint_for(&self, transport: TransportKind) -> Endpoint {
+        // `url_for` picks the scheme that fits each transport.
+        Endpoint::new(self.url_for(transport), transport)
+            .expect("url_for builds a URL whose scheme fits its transport")
     }
 
     /// Whether the server is serving (started or restarted, and not stopped since).
@@ -114,7 +140,8 @@ impl ReferenceServer {
     /// Stops the server and returns once everything is shut down: the listener is closed (new
     /// connections are refused), every MCP session is ended (`sessions_alive` is 0), and every
     /// TCP connection is closed, idle keep-alive ones included, so a client's next request
-    /// fails instead of hanging. Response streams of calls in flight end without a response
+    /// fails instead of hanging. SSE event streams end and WebSocket connections get a close
+    /// frame (1001), so SSE and WebSocket clients see their sessions die at once. Response streams of calls in flight end without a response
     /// (see [`ServerOptions::sse_retry`] for what an rmcp client makes of that); requests held
     /// by [`set_hang`](Self::set_hang) are answered with HTTP 503; a response still being
     /// written after 2 s has its connection aborted. Does nothing when already stopped.
@@ -143,8 +170,11 @@ impl ReferenceServer {
     }
 
     /// Ends every MCP session on the server side while it keeps serving, as an idle timeout
-    /// or a server restart would: requests with those session ids get HTTP 404 (session
-    /// expired). Returns how many sessions were ended; 0 when stopped.
+    /// or a server restart would: streamable HTTP requests with those session ids get HTTP
+    /// 404 (session expired), SSE streams end (later POSTs get 404), WebSocket connections
+    /// get a close frame. Returns how many sessions were ended; 0 when stopped. Streamable
+    /// HTTP sessions are counted as ended when this returns, SSE and WebSocket ones right
+    /// after (wait with [`wait_sessions_alive`](Self::wait_sessions_alive)).
     pub async fn expire_sessions(&self) -> usize {
         match self.run.lock().await.as_ref() {
             Some(run) => run.expire_sessions().await,
@@ -152,9 +182,12 @@ impl ReferenceServer {
         }
     }
 
-    /// While `true`, HTTP requests to `/mcp` are accepted (and counted) but not answered: each
-    /// waits until the switch is turned off, then is served normally, or until the server
-    /// stops. Carries over across restarts.
+    /// While `true`, HTTP requests (to `/mcp`, `/sse`, `/message`, `/ws`) are accepted (and
+    /// counted) but not answered: each waits until the switch is turned off, then is served
+    /// normally, or until the server stops. Open WebSocket sessions, which send no HTTP
+    /// requests, leave their `initialize`, `ping` and `tools/call` unanswered the same way.
+    /// So a connect over any transport times out, and so does a call on an open session.
+    /// Carries over across restarts.
     pub fn set_hang(&self, hang: bool) {
         self.shared.hang.send_replace(hang);
     }
@@ -169,7 +202,7 @@ impl ReferenceServer {
         self.shared.counters.snapshot()
     }
 
-    /// HTTP requests received on `/mcp`; see [`ServerStats::http_requests`].
+    /// HTTP requests received; see [`ServerStats::http_requests`].
     pub fn http_requests(&self) -> u64 {
         self.stats().http_requests
     }
@@ -223,20 +256,22 @@ impl ReferenceServer {
             .map(drop)
     }
 
-    /// The lowercase names of every request header the server received on `/mcp`.
+    /// The lowercase names of every request header the server received, over every
+    /// transport.
     pub fn seen_header_names(&self) -> BTreeSet<String> {
         self.shared.headers.lock().seen.clone()
     }
 
-    /// The lowercase names of the headers of the requests that opened sessions (POSTs without
-    /// an `mcp-session-id`): what a client sent before it had any session id. A pool must not
-    /// forward its own internal headers, so e.g. `x-mcp-session-id` must not appear here.
+    /// The lowercase names of the headers of the requests that opened sessions (streamable
+    /// HTTP POSTs without an `mcp-session-id`, SSE stream GETs, WebSocket upgrades): what a
+    /// client sent before it had any session id. A pool must not forward its own internal
+    /// headers, so `x-mcp-session-id` and `mcp-session-id` must not appear here.
     pub fn initialize_header_names(&self) -> BTreeSet<String> {
         self.shared.headers.lock().on_initialize.clone()
     }
 
-    /// The headers of the most recent request on `/mcp`; empty before the first one. Lets a
-    /// test check that identity headers were forwarded upstream.
+    /// The headers of the most recent HTTP request; empty before the first one. Lets a test
+    /// check that identity headers were forwarded upstream.
     pub fn last_request_headers(&self) -> HeaderMap {
         self.shared.headers.lock().last.clone()
     }

@@ -1,11 +1,12 @@
-//! The reference server and the duplex transport, exercised with real rmcp clients.
+//! The reference server (over streamable HTTP, SSE and WebSocket) and the duplex transport,
+//! exercised with real rmcp clients.
 
 use std::{sync::Arc, time::Duration};
 
 use mcp_pool_conformance::{DuplexTransport, ReferenceServer, ServerOptions};
 use mcp_pool_traits::{
     ClientSession, ConnectRequest, Endpoint, Transport, TransportError, TransportKind,
-    default_client_config,
+    default_client_config, is_transport_failure,
 };
 use rmcp::{
     ServiceError, ServiceExt as _,
@@ -630,4 +631,136 @@ async fn duplex_transport_faults() {
     assert!(tokio::time::timeout(HELD, &mut held).await.is_err());
     transport.set_hang(false);
     assert_eq!(held.await.unwrap().unwrap(), "late");
+}
+
+/// The client transport of `kind`.
+fn transport_for(kind: TransportKind) -> Arc<dyn Transport> {
+    match kind {
+        TransportKind::StreamableHttp => {
+            Arc::new(mcp_pool_transports::StreamableHttp::new().unwrap())
+        }
+        TransportKind::Sse => Arc::new(mcp_pool_transports::Sse::new().unwrap()),
+        TransportKind::WebSocket => Arc::new(mcp_pool_transports::WebSocket::new()),
+    }
+}
+
+/// Opens a session on `server` over `kind`.
+async fn connect_over(server: &ReferenceServer, kind: TransportKind) -> ClientSession {
+    mcp_pool_conformance::transport::connect_to(&*transport_for(kind), server).await
+}
+
+#[tokio::test]
+async fn every_transport_is_served_on_one_port() {
+    let server = ReferenceServer::start().await.unwrap();
+    let port = server.port();
+    assert_eq!(
+        server.url_for(TransportKind::StreamableHttp),
+        format!("http://127.0.0.1:{port}/mcp")
+    );
+    assert_eq!(
+        server.url_for(TransportKind::Sse),
+        format!("http://127.0.0.1:{port}/sse")
+    );
+    assert_eq!(
+        server.url_for(TransportKind::WebSocket),
+        format!("ws://127.0.0.1:{port}/ws")
+    );
+    for kind in TransportKind::ALL {
+        let endpoint = server.endpoint_for(kind);
+        assert_eq!((endpoint.transport, endpoint.weight), (kind, 1));
+    }
+
+    let mut sessions = Vec::new();
+    for kind in TransportKind::ALL {
+        let session = connect_over(&server, kind).await;
+        assert_eq!(
+            call(&session, "counter", json!({})).await.unwrap(),
+            "1",
+            "{kind}"
+        );
+        sessions.push(session);
+    }
+    let stats = server.stats();
+    assert_eq!(stats.sessions_opened, 3, "{stats:?}");
+    assert_eq!(stats.sessions_alive, 3, "{stats:?}");
+    assert_eq!(stats.initializes, 3, "{stats:?}");
+    assert_eq!(stats.tool_calls, 3, "{stats:?}");
+    // Streamable HTTP: initialize, initialized, call (at least); SSE: the stream GET plus a
+    // POST per message; WebSocket: the upgrade only.
+    assert!(stats.http_requests >= 3 + 4 + 1, "{stats:?}");
+
+    drop(sessions);
+    server.wait_sessions_alive(0, BOUND).await.unwrap();
+}
+
+#[tokio::test]
+async fn expire_and_restart_end_sse_and_websocket_sessions_too() {
+    let server = ReferenceServer::start().await.unwrap();
+    let sse = connect_over(&server, TransportKind::Sse).await;
+    let ws = connect_over(&server, TransportKind::WebSocket).await;
+    assert_eq!(server.expire_sessions().await, 2);
+    server.wait_sessions_alive(0, BOUND).await.unwrap();
+    for session in [&sse, &ws] {
+        let error = call(session, "echo", json!({"message": "x"}))
+            .await
+            .unwrap_err();
+        assert!(is_transport_failure(&error), "{error:?}");
+    }
+    // Still serving: new sessions work, and the stop + restart cycle ends them as well.
+    let sse = connect_over(&server, TransportKind::Sse).await;
+    let ws = connect_over(&server, TransportKind::WebSocket).await;
+    server.restart().await.unwrap();
+    assert_eq!(server.sessions_alive(), 0, "a restart ends every session");
+    for session in [&sse, &ws] {
+        let error = call(session, "echo", json!({"message": "x"}))
+            .await
+            .unwrap_err();
+        assert!(is_transport_failure(&error), "{error:?}");
+    }
+    for kind in [TransportKind::Sse, TransportKind::WebSocket] {
+        let session = connect_over(&server, kind).await;
+        assert_eq!(
+            call(&session, "counter", json!({})).await.unwrap(),
+            "1",
+            "{kind}"
+        );
+    }
+    assert_eq!(server.sessions_opened(), 6);
+}
+
+#[tokio::test]
+async fn hang_holds_connects_and_calls_over_every_transport() {
+    let server = ReferenceServer::start().await.unwrap();
+    let mut sessions = Vec::new();
+    for kind in TransportKind::ALL {
+        sessions.push((kind, connect_over(&server, kind).await));
+    }
+    let before = server.tool_calls();
+    server.set_hang(true);
+    let mut held: Vec<_> = sessions
+        .into_iter()
+        .map(|(kind, session)| {
+            tokio::spawn(async move {
+                (
+                    kind,
+                    call(&session, "echo", json!({"message": "late"})).await,
+                )
+            })
+        })
+        .collect();
+    for call in &mut held {
+        assert!(
+            tokio::time::timeout(HELD, call).await.is_err(),
+            "a call was answered while the server hangs"
+        );
+    }
+    server.set_hang(false);
+    for call in held {
+        let (kind, answer) = tokio::time::timeout(BOUND, call)
+            .await
+            .expect("still held")
+            .unwrap();
+        assert_eq!(answer.unwrap(), "late", "{kind}");
+    }
+    assert_eq!(server.tool_calls(), before + 3);
 }

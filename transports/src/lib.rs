@@ -2,21 +2,35 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+mod headers;
+pub mod sse;
 mod streamable_http;
+pub mod websocket;
 
+#[cfg(feature = "server")]
+pub mod server;
+
+pub use sse::{Sse, SseClientTransport, SseError};
 pub use streamable_http::{
-    IDLE_CONNECTION_TIMEOUT, MAX_STREAM_RESUMES, StreamableHttp, default_retry_policy,
+    IDLE_CONNECTION_TIMEOUT, MAX_STREAM_RESUMES, StreamableHttp, default_retry_policy, http_client,
 };
+pub use websocket::{WebSocket, WebSocketClientTransport, WebSocketError};
 
 use std::sync::Arc;
 
 use mcp_pool_traits::Transport;
 
 /// The built-in client transports, one per [`TransportKind`](mcp_pool_traits::TransportKind),
-/// as a pool registers them by default.
+/// as a pool registers them by default: [`StreamableHttp`] and [`Sse`] sharing one keep-alive
+/// HTTP client ([`http_client`]), and [`WebSocket`].
 ///
 /// # Errors
-/// When an HTTP client cannot be built (its TLS backend failed to initialize).
+/// When the HTTP client cannot be built (its TLS backend failed to initialize).
 pub fn defaults() -> Result<Vec<Arc<dyn Transport>>, reqwest::Error> {
-    Ok(vec![Arc::new(StreamableHttp::new()?)])
+    let client = http_client()?;
+    Ok(vec![
+        Arc::new(StreamableHttp::with_client(client.clone())),
+        Arc::new(Sse::with_client(client)),
+        Arc::new(WebSocket::new()),
+    ])
 }

@@ -1,8 +1,8 @@
 //! MCP streamable HTTP over rmcp's client, with a keep-alive connection pool.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use http::{HeaderMap, HeaderName, HeaderValue, header::COOKIE};
+use crate::headers::{bounded, single_valued, upstream_headers};
 use mcp_pool_traits::{
     ClientSession, ConnectRequest, Transport, TransportError, TransportKind, async_trait,
 };
@@ -57,17 +57,25 @@ pub fn default_retry_policy() -> Arc<dyn SseRetryPolicy> {
     Arc::new(policy)
 }
 
+/// The HTTP client the HTTP transports use by default: keep-alive on (idle connections kept
+/// [`IDLE_CONNECTION_TIMEOUT`]), TCP_NODELAY set.
+///
+/// # Errors
+/// When the client cannot be built (its TLS backend failed to initialize).
+pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
+        .build()
+}
+
 impl StreamableHttp {
     /// A transport with its own keep-alive, TCP_NODELAY HTTP client.
     ///
     /// # Errors
     /// When the HTTP client cannot be built (its TLS backend failed to initialize).
     pub fn new() -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
-            .build()?;
-        Ok(Self::with_client(client))
+        Ok(Self::with_client(http_client()?))
     }
 
     /// A transport over `client`. Keep keep-alive on and TCP_NODELAY set, or every call pays a
@@ -86,26 +94,6 @@ impl StreamableHttp {
     }
 }
 
-/// rmcp takes one value per header name: values of a repeated header are joined as HTTP
-/// allows (RFC 9110 §5.3; `; ` for cookies, RFC 6265 §5.4).
-pub(crate) fn single_valued(headers: &HeaderMap) -> HashMap<HeaderName, HeaderValue> {
-    let mut out = HashMap::with_capacity(headers.keys_len());
-    for name in headers.keys() {
-        let mut values = headers.get_all(name).iter();
-        let Some(first) = values.next() else { continue };
-        let mut joined = first.as_bytes().to_vec();
-        let separator: &[u8] = if name == COOKIE { b"; " } else { b", " };
-        for value in values {
-            joined.extend_from_slice(separator);
-            joined.extend_from_slice(value.as_bytes());
-        }
-        // Joining valid header values with visible ASCII separators keeps them valid.
-        let value = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| first.clone());
-        out.insert(name.clone(), value);
-    }
-    out
-}
-
 #[async_trait]
 impl Transport for StreamableHttp {
     fn kind(&self) -> TransportKind {
@@ -116,36 +104,14 @@ impl Transport for StreamableHttp {
         let url = &request.endpoint().url;
         let mut config = StreamableHttpClientTransportConfig::with_uri(url.clone())
             .reinit_on_expired_session(false)
-            .custom_headers(single_valued(request.headers()));
+            .custom_headers(single_valued(&upstream_headers(request.headers())));
         config.retry_config = self.retry.clone();
         let transport = StreamableHttpClientTransport::with_client(self.client.clone(), config);
-        let connecting = request.client().clone().serve(transport);
-        match tokio::time::timeout(request.timeout(), connecting).await {
-            Ok(Ok(session)) => Ok(session),
-            Ok(Err(error)) => Err(TransportError::connect(url, error)),
-            Err(_) => Err(TransportError::Timeout {
-                url: url.to_string(),
-                timeout: request.timeout(),
-            }),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repeated_headers_are_joined() {
-        let mut h = HeaderMap::new();
-        h.append(COOKIE, HeaderValue::from_static("a=1"));
-        h.append(COOKIE, HeaderValue::from_static("b=2"));
-        h.append("x-tenant-id", HeaderValue::from_static("acme"));
-        h.append("x-list", HeaderValue::from_static("1"));
-        h.append("x-list", HeaderValue::from_static("2"));
-        let single = single_valued(&h);
-        assert_eq!(single[&COOKIE], "a=1; b=2");
-        assert_eq!(single[&HeaderName::from_static("x-list")], "1, 2");
-        assert_eq!(single[&HeaderName::from_static("x-tenant-id")], "acme");
+        bounded(
+            url,
+            request.timeout(),
+            request.client().clone().serve(transport),
+        )
+        .await
     }
 }

@@ -1,5 +1,6 @@
 //! The HTTP side of the reference server: the listener, the accept loop, one hyper connection
-//! task per TCP connection, and the middleware that counts and records requests.
+//! task per TCP connection, the three transports' routes (streamable HTTP, legacy SSE,
+//! WebSocket), and the middleware that counts and records requests.
 
 use std::{collections::BTreeSet, io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -12,6 +13,9 @@ use axum::{
 use http::{HeaderMap, Method, StatusCode};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
+use mcp_pool_transports::server::{
+    SessionObserver, SseServer, SseServerConfig, WebSocketServer, WebSocketServerConfig,
+};
 use parking_lot::Mutex;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use tokio::{
@@ -27,8 +31,14 @@ use super::{
     stats::Counters,
 };
 
-/// The path the MCP endpoint is served on.
+/// The path of the streamable HTTP endpoint.
 pub(crate) const MCP_PATH: &str = "/mcp";
+/// The path of the legacy SSE event stream.
+pub(crate) const SSE_PATH: &str = "/sse";
+/// The path legacy SSE messages are POSTed to.
+pub(crate) const MESSAGE_PATH: &str = "/message";
+/// The path of the WebSocket endpoint.
+pub(crate) const WS_PATH: &str = "/ws";
 
 /// How long [`Run::stop`] lets in-flight responses finish before it aborts their connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -44,25 +54,31 @@ const LISTEN_BACKLOG: u32 = 1024;
 #[derive(Debug, Default)]
 pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
-    pub(crate) hang: watch::Sender<bool>,
+    /// Shared with the WebSocket sessions' handlers, which hold their requests themselves.
+    pub(crate) hang: Arc<watch::Sender<bool>>,
     pub(crate) headers: Mutex<HeaderLog>,
 }
 
 /// What the server recorded about request headers.
 #[derive(Debug, Default)]
 pub(crate) struct HeaderLog {
-    /// Lowercase names of every header received on `/mcp`.
+    /// Lowercase names of every header received.
     pub(crate) seen: BTreeSet<String>,
-    /// Lowercase names of the headers of POSTs without an `mcp-session-id`: the `initialize`
-    /// requests that open sessions.
+    /// Lowercase names of the headers of the requests that open sessions: streamable HTTP
+    /// POSTs without an `mcp-session-id` (the `initialize` requests), SSE stream GETs and
+    /// WebSocket upgrades.
     pub(crate) on_initialize: BTreeSet<String>,
     /// The headers of the most recent request.
     pub(crate) last: HeaderMap,
 }
 
 impl HeaderLog {
-    fn record(&mut self, method: &Method, headers: &HeaderMap) {
-        let opens_session = method == Method::POST && !headers.contains_key("mcp-session-id");
+    fn record(&mut self, method: &Method, path: &str, headers: &HeaderMap) {
+        let opens_session = match path {
+            MCP_PATH => method == Method::POST && !headers.contains_key("mcp-session-id"),
+            SSE_PATH | WS_PATH => method == Method::GET,
+            _ => false,
+        };
         // `HeaderName`s are lowercase by construction. Allocate only for names not seen yet:
         // this runs on every request.
         for name in headers.keys().map(|name| name.as_str()) {
@@ -96,7 +112,23 @@ pub(crate) fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 pub(crate) struct Run {
     shutdown: CancellationToken,
     sessions: Arc<CountingSessionManager>,
+    sse: SseServer,
+    ws: WebSocketServer,
     accept: JoinHandle<()>,
+}
+
+/// Counts the sessions of the SSE and WebSocket adapters.
+#[derive(Debug)]
+struct CountSessions(Arc<Counters>);
+
+impl SessionObserver for CountSessions {
+    fn session_opened(&self, _id: &str) {
+        self.0.session_opened();
+    }
+
+    fn session_closed(&self, _id: &str) {
+        self.0.sessions_closed(1);
+    }
 }
 
 impl Run {
@@ -121,6 +153,31 @@ impl Run {
                 // Cancelling the run ends every session and every open response stream.
                 .with_cancellation_token(shutdown.child_token()),
         );
+        let observer: Arc<dyn SessionObserver> = Arc::new(CountSessions(shared.counters.clone()));
+        let counters = shared.counters.clone();
+        let sse = SseServer::new(
+            move || Ok(ReferenceHandler::with_counters(counters.clone(), None)),
+            SseServerConfig::default()
+                .with_paths(SSE_PATH, MESSAGE_PATH)
+                .with_keep_alive(None)
+                .with_shutdown(shutdown.child_token())
+                .with_observer(observer.clone()),
+        );
+        // The hang switch holds HTTP requests in `observe`; a WebSocket session sends no HTTP
+        // request after its upgrade, so its handler holds its requests itself.
+        let (counters, hang) = (shared.counters.clone(), shared.hang.clone());
+        let ws = WebSocketServer::new(
+            move || {
+                Ok(ReferenceHandler::with_counters(
+                    counters.clone(),
+                    Some(hang.clone()),
+                ))
+            },
+            WebSocketServerConfig::default()
+                .with_path(WS_PATH)
+                .with_shutdown(shutdown.child_token())
+                .with_observer(observer),
+        );
         let observe = middleware::from_fn_with_state(
             Observe {
                 shared,
@@ -130,18 +187,24 @@ impl Run {
         );
         let router = Router::new()
             .route_service(MCP_PATH, mcp)
+            .merge(sse.router())
+            .merge(ws.router())
             .route_layer(observe);
         let accept = tokio::spawn(accept_loop(listener, router, shutdown.clone()));
         Self {
             shutdown,
             sessions,
+            sse,
+            ws,
             accept,
         }
     }
 
-    /// Removes every session of this run; returns how many there were.
+    /// Ends every session of this run, over every transport; returns how many there were.
+    /// Streamable HTTP sessions are gone when this returns; SSE streams and WebSocket
+    /// connections close right after.
     pub(crate) async fn expire_sessions(&self) -> usize {
-        self.sessions.expire_all().await
+        self.sessions.expire_all().await + self.sse.close_sessions() + self.ws.close_sessions()
     }
 
     /// Stops accepting, ends every session and closes every connection, idle keep-alive ones
@@ -153,8 +216,18 @@ impl Run {
         // JoinError here would mean it panicked, and there is nothing left to clean up then.
         let _ = (&mut self.accept).await;
         // No request can reach the sessions any more: remove those whose workers have not
-        // closed them yet, so `sessions_alive` is exact when `stop` returns.
+        // closed them yet, so `sessions_alive` is exact when `stop` returns. The SSE and
+        // WebSocket sessions were told by the cancellation; wait for them to finish.
         self.sessions.expire_all().await;
+        let adapters = async { tokio::join!(self.sse.shutdown(), self.ws.shutdown()) };
+        if tokio::time::timeout(SHUTDOWN_GRACE, adapters)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "reference server: SSE or WebSocket sessions outlived the shutdown grace"
+            );
+        }
     }
 }
 
@@ -198,7 +271,10 @@ async fn serve_connection(stream: TcpStream, router: Router, shutdown: Cancellat
     let service = service_fn(move |request: Request<Incoming>| {
         router.clone().oneshot(request.map(axum::body::Body::new))
     });
-    let connection = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    // Upgrades on: the WebSocket route takes the connection over after its 101 response.
+    let connection = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     let mut connection = std::pin::pin!(connection);
     tokio::select! {
         _ = connection.as_mut() => return,
@@ -215,14 +291,14 @@ struct Observe {
     shutdown: CancellationToken,
 }
 
-/// Counts and records every request on `/mcp`, and holds it while the hang switch is on.
+/// Counts and records every request, and holds it while the hang switch is on.
 async fn observe(State(observe): State<Observe>, request: Request, next: Next) -> Response {
     observe.shared.counters.http_request();
     observe
         .shared
         .headers
         .lock()
-        .record(request.method(), request.headers());
+        .record(request.method(), request.uri().path(), request.headers());
     let mut hang = observe.shared.hang.subscribe();
     let released = async {
         // Fails only when the sender is dropped, and `Shared` holds it.

@@ -19,16 +19,19 @@ use tokio::sync::watch;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct ServerStats {
-    /// HTTP requests received on `/mcp` (POST, GET and DELETE), counted on arrival, before any
-    /// validation, including requests held by [`set_hang`](crate::ReferenceServer::set_hang).
-    /// Always 0 for [`DuplexTransport`](crate::DuplexTransport).
+    /// HTTP requests received over every transport (streamable HTTP POST, GET and DELETE on
+    /// `/mcp`; SSE stream GETs and message POSTs; WebSocket upgrades, but not the frames that
+    /// follow), counted on arrival, before any validation, including requests held by
+    /// [`set_hang`](crate::ReferenceServer::set_hang). Always 0 for
+    /// [`DuplexTransport`](crate::DuplexTransport).
     pub http_requests: u64,
-    /// MCP sessions opened: over HTTP, `initialize` requests that created a session; over
+    /// MCP sessions opened: over streamable HTTP, `initialize` requests that created a
+    /// session; over SSE, event streams opened; over WebSocket, connections upgraded; over
     /// [`DuplexTransport`](crate::DuplexTransport), connects that started a server side.
     pub sessions_opened: u64,
     /// MCP sessions currently alive on the server. A session ends when the client closes it
-    /// (HTTP `DELETE`, or the duplex stream closing), when the server expires it, or when the
-    /// server stops.
+    /// (HTTP `DELETE`, the SSE stream or the WebSocket connection closing, the duplex stream
+    /// closing), when the server expires it, or when the server stops.
     pub sessions_alive: u64,
     /// `initialize` requests that reached a session's handler.
     pub initializes: u64,
