@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Pool, PoolError, ServerConfig,
+    breaker::BreakerConfig,
+    health::HealthCheckConfig,
     limits::{DEFAULT_MAX_KEYS, DEFAULT_MAX_SESSIONS, DEFAULT_USER_LIMIT, Limits},
     maintenance,
     pool::PoolInner,
@@ -52,6 +54,8 @@ pub struct PoolBuilder {
     max_sessions: Option<u32>,
     max_keys: Option<u32>,
     metrics: Option<bool>,
+    breaker: Option<BreakerConfig>,
+    health: Option<HealthCheckConfig>,
 }
 
 impl PoolBuilder {
@@ -134,6 +138,20 @@ impl PoolBuilder {
         self
     }
 
+    /// Settings of every endpoint's circuit breaker (default: 5 consecutive creation failures
+    /// open it for 60 s).
+    pub fn circuit_breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = Some(config);
+        self
+    }
+
+    /// How idle sessions are health-checked (default: `ping`, then `list_tools`, 5 s each; a
+    /// timeout is a failure). How often is each server's `health_check_interval`.
+    pub fn health_check(mut self, config: HealthCheckConfig) -> Self {
+        self.health = Some(config);
+        self
+    }
+
     /// The `initialize` parameters sent upstream (default: client `mcp-pool`).
     pub fn client_config(mut self, config: ClientConfig) -> Self {
         self.client_config = Some(config);
@@ -162,6 +180,10 @@ impl PoolBuilder {
         for server in &self.servers {
             server.validate()?;
         }
+        let breaker = self.breaker.unwrap_or_default();
+        breaker.validate()?;
+        let health = self.health.unwrap_or_default();
+        health.validate()?;
         let defaults =
             mcp_pool_transports::defaults().map_err(|e| PoolError::Setup(e.to_string()))?;
         // Registered transports replace the built-in one of their kind.
@@ -181,6 +203,7 @@ impl PoolBuilder {
                 self.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
             ),
             self.metrics.unwrap_or(true),
+            breaker,
         ));
         let backend = self
             .backend
@@ -210,6 +233,7 @@ impl PoolBuilder {
             let _ = pool.inner.shared.user_slots.set(Arc::new(slots));
         }
         crate::workers::spawn_config_watcher(&pool);
+        maintenance::spawn_health(&pool, health);
         maintenance::spawn(
             &pool,
             cleanup_interval,

@@ -79,6 +79,20 @@ pub enum PoolError {
     /// are affected; local pooling keeps working.
     #[error("state backend: {0}")]
     Backend(#[from] mcp_pool_traits::BackendError),
+    /// Every endpoint of the server over this transport has an open circuit breaker: the
+    /// acquire fails at once instead of waiting for creations bound to fail.
+    #[error(
+        "every endpoint of server {server} ({transport}) has an open circuit after repeated \
+         connection failures; the next attempt is allowed in {retry_in:?}"
+    )]
+    CircuitOpen {
+        /// The server.
+        server: ServerId,
+        /// The transport of the key.
+        transport: TransportKind,
+        /// Until the first endpoint allows a probe again.
+        retry_in: Duration,
+    },
     /// The pool was closed with [`Pool::close`](crate::Pool::close).
     #[error("the pool is closed")]
     Closed,

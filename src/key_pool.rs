@@ -23,6 +23,9 @@ use tokio::{
 
 use crate::{
     Lease, PoolError,
+    autoscale::{ScaleInputs, ScaleStats, decide},
+    breaker::{Attempt, BreakerState, Outcome},
+    health::HealthOutcome,
     limits::{self, Cap},
     metrics::KeyMetrics,
     server::ServerEntry,
@@ -42,6 +45,8 @@ struct Slot {
     created_at: Instant,
     last_used: Instant,
     use_count: u64,
+    /// Capacity taken by a health check in progress (0 when none).
+    checking: u32,
 }
 
 /// A session that left the key's active set while leases were out on it. It still counts
@@ -54,6 +59,14 @@ struct Retiring {
     reason: EvictionReason,
 }
 
+/// Why no session could be reserved.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    NoEndpoint,
+    Capped(Cap),
+    CircuitOpen(Instant),
+}
+
 /// What a waiter is handed.
 #[derive(Debug)]
 pub(crate) enum Grant {
@@ -61,9 +74,13 @@ pub(crate) enum Grant {
     Session {
         id: SessionId,
         peer: Arc<Peer<RoleClient>>,
+        endpoint: usize,
     },
-    /// Permission to create a session on this endpoint (`creating` already counts it).
-    Create { endpoint: usize },
+    /// Permission to create a session on this endpoint (`creating` already counts it), with
+    /// the endpoint's circuit breaker's permit.
+    Create { endpoint: usize, attempt: Attempt },
+    /// Every endpoint's circuit is open; the earliest retry.
+    CircuitOpen(Instant),
     /// No endpoint of the key's transport is available.
     NoEndpoint,
     /// A pool-wide cap stops a new session.
@@ -75,6 +92,8 @@ struct Waiter {
     id: u64,
     ctx: SelectContext,
     tx: oneshot::Sender<Grant>,
+    /// When it queued: the autoscaler counts wait time.
+    since: Instant,
 }
 
 /// Per-key counters for stats, kept under the key's lock (no shared atomics on the hit path).
@@ -127,6 +146,12 @@ pub(crate) struct KeyState {
     pub(crate) removed: bool,
     pub(crate) counters: KeyCounters,
     metrics: KeyMetrics,
+    last_health_check: Instant,
+    /// The autoscaler's target size, within [min_size, max_size] (the configured `size` when
+    /// autoscaling is off).
+    target: u32,
+    scale: ScaleStats,
+    last_rebalance: Instant,
 }
 
 /// One key: (user, identity, server, transport).
@@ -134,6 +159,9 @@ pub(crate) struct KeyState {
 pub(crate) struct KeyPool {
     pub(crate) key: PoolKey,
     pub(crate) server_index: u32,
+    /// The server's counters and health, the same for every generation of its config: what
+    /// leases report call outcomes to without taking the key's lock.
+    pub(crate) server_state: Arc<crate::server::ServerCounters>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) state: Mutex<KeyState>,
 }
@@ -177,10 +205,11 @@ pub(crate) enum Next {
 #[derive(Debug)]
 pub(crate) enum FirstStep {
     Lease(Lease),
-    Create(usize),
+    Create(usize, Attempt),
     Wait(WaiterGuard),
     NoEndpoint,
     Capped(Cap),
+    CircuitOpen(Instant),
 }
 
 impl KeyPool {
@@ -193,6 +222,8 @@ impl KeyPool {
         );
         let endpoints = server.endpoints.len();
         let server_index = server.index;
+        let size = server.config.size;
+        let server_state = server.counters.clone();
         Self {
             state: Mutex::new(KeyState {
                 shared: shared.clone(),
@@ -209,12 +240,17 @@ impl KeyPool {
                 waiters: VecDeque::new(),
                 headers: HeaderMap::new(),
                 warm: false,
+                last_health_check: Instant::now(),
+                target: size,
+                scale: ScaleStats::new(),
+                last_rebalance: Instant::now(),
                 last_used: Instant::now(),
                 removed: false,
                 counters: KeyCounters::default(),
                 metrics,
             }),
             server_index,
+            server_state,
             key,
             shared,
         }
@@ -240,11 +276,11 @@ impl KeyPool {
         }
         if st.waiters.is_empty() {
             match st.try_serve(ctx) {
-                Some(Grant::Session { id, peer }) => {
+                Some(Grant::Session { id, peer, endpoint }) => {
                     // Hits are recorded as 0 s: this path reads no clock (its cost is the
                     // ~200 ns of `cargo bench --bench acquire`).
                     st.metrics.acquire_seconds.record(0.0);
-                    Ok(Lease::new(self.clone(), id, peer, true, false))
+                    Ok(Lease::new(self.clone(), id, peer, endpoint, true, false))
                 }
                 Some(grant) => Err(Next::Slow(self.first_step(grant))),
                 None => Err(Next::Slow(FirstStep::Wait(self.enqueue(&mut st, *ctx)))),
@@ -278,7 +314,10 @@ impl KeyPool {
     ) -> Result<Lease, AcquireError> {
         let grant = match first {
             FirstStep::Lease(lease) => return Ok(lease),
-            FirstStep::Create(endpoint) => return self.create_for(endpoint, args).await,
+            FirstStep::Create(endpoint, attempt) => {
+                return self.create_for(endpoint, attempt, args).await;
+            }
+            FirstStep::CircuitOpen(at) => return Err(self.circuit_open(at).into()),
             FirstStep::NoEndpoint => return Err(self.no_endpoint().into()),
             FirstStep::Capped(cap) => return Err(AcquireError::Capped(cap)),
             FirstStep::Wait(mut guard) => {
@@ -305,11 +344,20 @@ impl KeyPool {
         };
         match self.first_step(grant) {
             FirstStep::Lease(lease) => Ok(lease),
-            FirstStep::Create(endpoint) => self.create_for(endpoint, args).await,
+            FirstStep::Create(endpoint, attempt) => self.create_for(endpoint, attempt, args).await,
+            FirstStep::CircuitOpen(at) => Err(self.circuit_open(at).into()),
             FirstStep::NoEndpoint => Err(self.no_endpoint().into()),
             FirstStep::Capped(cap) => Err(AcquireError::Capped(cap)),
             FirstStep::Wait(_) => unreachable!("grants never say wait"),
         }
+    }
+
+    /// Records a call's outcome through a lease on `endpoint` in the health scores.
+    pub(crate) fn record_call(&self, endpoint: usize, success: bool) {
+        self.server_state
+            .health
+            .lock()
+            .record(Some(endpoint), success, Instant::now());
     }
 
     fn record_acquire_time(&self, started: Instant) {
@@ -323,11 +371,12 @@ impl KeyPool {
 
     fn first_step(self: &Arc<Self>, grant: Grant) -> FirstStep {
         match grant {
-            Grant::Session { id, peer } => {
-                FirstStep::Lease(Lease::new(self.clone(), id, peer, true, false))
+            Grant::Session { id, peer, endpoint } => {
+                FirstStep::Lease(Lease::new(self.clone(), id, peer, endpoint, true, false))
             }
-            Grant::Create { endpoint } => FirstStep::Create(endpoint),
+            Grant::Create { endpoint, attempt } => FirstStep::Create(endpoint, attempt),
             Grant::NoEndpoint => FirstStep::NoEndpoint,
+            Grant::CircuitOpen(at) => FirstStep::CircuitOpen(at),
             Grant::Capped(cap) => FirstStep::Capped(cap),
         }
     }
@@ -335,13 +384,26 @@ impl KeyPool {
     fn enqueue(self: &Arc<Self>, st: &mut KeyState, ctx: SelectContext) -> WaiterGuard {
         let (tx, rx) = oneshot::channel();
         let id = self.shared.waiter_id();
-        st.waiters.push_back(Waiter { id, ctx, tx });
+        st.waiters.push_back(Waiter {
+            id,
+            ctx,
+            tx,
+            since: Instant::now(),
+        });
         st.metrics.waiters.increment(1.0);
         WaiterGuard {
             key: self.clone(),
             id,
             rx,
             granted: false,
+        }
+    }
+
+    fn circuit_open(&self, retry_at: Instant) -> PoolError {
+        PoolError::CircuitOpen {
+            server: self.key.server.clone(),
+            transport: self.key.transport,
+            retry_in: retry_at.saturating_duration_since(Instant::now()),
         }
     }
 
@@ -357,6 +419,9 @@ impl KeyPool {
         st.counters.timeouts += 1;
         st.metrics.timeouts.increment(1);
         let waited = st.server.config.timeout;
+        if st.server.config.auto_scale {
+            st.scale.waited(waited);
+        }
         tracing::debug!(key = %self.key.short(), ?deadline, "acquire timed out");
         PoolError::Timeout {
             server: self.key.server.clone(),
@@ -373,6 +438,7 @@ impl KeyPool {
     async fn create_for(
         self: &Arc<Self>,
         endpoint: usize,
+        attempt: Attempt,
         args: AcquireArgs<'_>,
     ) -> Result<Lease, AcquireError> {
         let mut reservation = Reservation {
@@ -380,6 +446,7 @@ impl KeyPool {
             endpoint,
             armed: true,
             user_slot: None,
+            attempt: Some(attempt),
         };
         if !reservation.take_user_slot().await {
             drop(reservation);
@@ -400,6 +467,7 @@ impl KeyPool {
             }
             Err(source) => {
                 st.counters.create_failures += 1;
+                reservation.failed(&mut st);
                 drop(st);
                 drop(reservation);
                 Err(PoolError::Create {
@@ -438,14 +506,14 @@ impl KeyPool {
 
     /// Creates one session in the background (to reach `min_size`), if there is room.
     pub(crate) fn spawn_create(self: &Arc<Self>) {
-        let endpoint = {
+        let (endpoint, attempt) = {
             let mut st = self.state.lock();
             if st.removed || self.shared.is_closed() || st.total() >= st.server.config.max_size {
                 return;
             }
             let ctx = SelectContext::default();
             match st.reserve_create(&ctx) {
-                Ok(endpoint) => endpoint,
+                Ok(reserved) => reserved,
                 Err(_) => return,
             }
         };
@@ -456,6 +524,7 @@ impl KeyPool {
                 endpoint,
                 armed: true,
                 user_slot: None,
+                attempt: Some(attempt),
             };
             if !reservation.take_user_slot().await {
                 return;
@@ -473,6 +542,7 @@ impl KeyPool {
                 }
                 Err(error) => {
                     st.counters.create_failures += 1;
+                    reservation.failed(&mut st);
                     drop(st);
                     drop(reservation);
                     tracing::debug!(key = %key.key.short(), %error, "background session creation failed");
@@ -546,6 +616,119 @@ impl KeyPool {
         }
     }
 
+    /// The idle sessions due for a health check (every `health_check_interval`), taken out of
+    /// use until [`health_checked`](Self::health_checked) gives them back.
+    pub(crate) fn health_due(&self, now: Instant) -> Vec<(SessionId, Arc<Peer<RoleClient>>)> {
+        let mut st = self.state.lock();
+        if st.removed
+            || !st.server.pools()
+            || now.duration_since(st.last_health_check) < st.server.config.health_check_interval
+        {
+            return Vec::new();
+        }
+        st.last_health_check = now;
+        let mut due = Vec::new();
+        let st = &mut *st;
+        for (view, slot) in st.views.iter_mut().zip(&mut st.slots) {
+            if view.in_flight == 0 && slot.checking == 0 {
+                // Full: no acquire picks it while it is being checked.
+                slot.checking = view.capacity;
+                view.in_flight = view.capacity;
+                due.push((view.id, slot.peer.clone()));
+            }
+        }
+        due
+    }
+
+    /// Gives a checked session back; a failed one is closed (and `min_size` refilled by the
+    /// caller). Returns whether it failed.
+    pub(crate) fn health_checked(&self, id: SessionId, outcome: &HealthOutcome) -> bool {
+        let failed = !outcome.is_healthy();
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        let endpoint = st.views.iter().find(|v| v.id == id).map(|v| v.endpoint);
+        st.server_record(endpoint, !failed, now);
+        if failed {
+            st.metrics.health_failures.increment(1);
+            tracing::info!(
+                key = %self.key.short(),
+                session = %id,
+                method = outcome.method().as_str(),
+                "health check failed: closing the session"
+            );
+        }
+        if let Some(i) = st.views.iter().position(|v| v.id == id) {
+            let marked = std::mem::take(&mut st.slots[i].checking);
+            st.views[i].in_flight -= marked;
+            if failed {
+                st.retire(i, EvictionReason::Health);
+            }
+        } else if let Some(i) = st.retiring.iter().position(|r| r.id == id) {
+            // Retired (drained) while checked: its check held `checking` of its in-flight count.
+            let marked = std::mem::take(&mut st.retiring[i].slot.checking);
+            st.retiring[i].in_flight -= marked;
+            if st.retiring[i].in_flight == 0 {
+                let r = st.retiring.swap_remove(i);
+                st.close(r.slot, r.id, r.reason);
+            }
+        }
+        st.serve_waiters();
+        failed
+    }
+
+    /// Runs the autoscaler when `auto_scale` is on and `rebalance_interval` has passed: moves
+    /// the target size, closes idle sessions above it (never in-use ones, never below
+    /// `min_size`) and returns how many sessions to create ahead of demand.
+    pub(crate) fn rebalance(&self, now: Instant) -> u32 {
+        let mut st = self.state.lock();
+        let config = st.server.config.clone();
+        if st.removed
+            || !config.auto_scale
+            || !st.server.pools()
+            || now.duration_since(st.last_rebalance) < config.rebalance_interval
+        {
+            return 0;
+        }
+        st.last_rebalance = now;
+        let stats = st.scale.take();
+        let before = st.target;
+        let decision = decide(&ScaleInputs::new(stats, before, &config));
+        st.target = decision.target;
+        tracing::info!(
+            key = %self.key.short(),
+            ?stats,
+            from = before,
+            to = decision.target,
+            action = decision.action.as_str(),
+            reason = decision.reason,
+            "autoscaler decision"
+        );
+        st.metrics.autoscale(decision.action.as_str());
+        let floor = decision.target.max(config.min_size);
+        let mut i = st.views.len();
+        while st.views.len() as u32 > floor && i > 0 {
+            i -= 1;
+            if st.views[i].in_flight == 0 {
+                st.retire(i, EvictionReason::Idle);
+            }
+        }
+        st.serve_waiters();
+        if st.warm {
+            decision.target.saturating_sub(st.total())
+        } else {
+            0
+        }
+    }
+
+    /// Sessions missing to reach `min_size` (0 unless the key is warm and pooled).
+    pub(crate) fn missing_for_min_size(&self) -> u32 {
+        let st = self.state.lock();
+        if st.removed || !st.warm || !st.server.pools() {
+            return 0;
+        }
+        st.server.config.min_size.saturating_sub(st.total())
+    }
+
     /// Closes the least recently used idle session of the key, to make room under a pool-wide
     /// cap. `None` when there was none; else the session's slot of the user limit across
     /// workers, which the caller gives back before retrying (so the room is there at once).
@@ -612,6 +795,7 @@ impl KeyPool {
             available,
             st.creating,
             st.waiters.len() as u32,
+            st.target,
             st.counters,
         )
     }
@@ -663,9 +847,24 @@ impl KeyState {
                 self.shared.metrics_enabled,
             );
         }
+        let config = &self.server.config;
+        self.target = if config.auto_scale {
+            self.target.clamp(config.min_size, config.max_size)
+        } else {
+            config.size
+        };
         self.shrink_to_max();
         for view in &mut self.views {
             view.capacity = server.config.session_concurrency;
+        }
+    }
+
+    /// Feeds the autoscaler's statistics (only when it is on: the sum is O(sessions)).
+    fn observe_load(&mut self) {
+        if self.server.config.auto_scale {
+            let in_use: u32 = self.views.iter().map(|v| v.in_flight).sum();
+            let capacity = self.views.len() as u32 * self.server.config.session_concurrency;
+            self.scale.observe(in_use, capacity);
         }
     }
 
@@ -711,55 +910,126 @@ impl KeyState {
             return None;
         }
         Some(match self.reserve_create(ctx) {
-            Ok(endpoint) => {
+            Ok((endpoint, attempt)) => {
                 self.counters.misses += 1;
                 self.metrics.misses.increment(1);
-                Grant::Create { endpoint }
+                Grant::Create { endpoint, attempt }
             }
-            Err(None) => Grant::NoEndpoint,
-            Err(Some(cap)) => Grant::Capped(cap),
+            Err(Refusal::NoEndpoint) => Grant::NoEndpoint,
+            Err(Refusal::Capped(cap)) => Grant::Capped(cap),
+            Err(Refusal::CircuitOpen(at)) => Grant::CircuitOpen(at),
         })
     }
 
     /// Reserves a creation slot on the endpoint the selector picks, counted against the
     /// pool-wide caps. `Err(None)`: no endpoint is available; `Err(Some(cap))`: a cap is reached.
-    fn reserve_create(&mut self, ctx: &SelectContext) -> Result<usize, Option<Cap>> {
-        // Endpoints of another transport than the key's are unavailable to it.
+    fn reserve_create(&mut self, ctx: &SelectContext) -> Result<(usize, Attempt), Refusal> {
+        let now = Instant::now();
+        let shared = self.shared.clone();
+        let counters = self.server.counters.clone();
+        let mut health = counters.health.lock();
+        health.ensure(self.server.endpoints.len(), shared.breaker, now);
+        // Endpoints of another transport than the key's, or whose circuit is open, are
+        // unavailable to it.
         let transport = self.transport;
         self.endpoint_scratch.clear();
+        let mut any_of_transport = false;
         for (i, endpoint) in self.server.endpoints.iter().enumerate() {
             let (sessions, in_flight) = self
                 .views
                 .iter()
                 .filter(|v| v.endpoint == i)
                 .fold((0, 0), |(s, f), v| (s + 1, f + v.in_flight));
+            any_of_transport |= endpoint.transport == transport;
             self.endpoint_scratch.push(EndpointView {
                 weight: endpoint.weight,
                 sessions: sessions + self.creating_by_endpoint[i],
                 in_flight,
-                available: endpoint.transport == transport,
+                available: endpoint.transport == transport
+                    && !health.endpoints[i].breaker.is_open(now),
             });
         }
-        let endpoint = self
-            .selector
-            .select_endpoint(&self.endpoint_scratch, ctx)
-            .ok_or(None)?;
-        if !self
-            .endpoint_scratch
-            .get(endpoint)
-            .is_some_and(|e| e.available)
-        {
-            tracing::warn!(
-                strategy = self.server.strategy.name(),
-                endpoint,
-                "strategy selected an unavailable endpoint"
-            );
-            return Err(None);
+        let mut retry_at: Option<Instant> = None;
+        let (endpoint, attempt) = loop {
+            let Some(endpoint) = self.selector.select_endpoint(&self.endpoint_scratch, ctx) else {
+                return Err(match (any_of_transport, retry_at) {
+                    (true, Some(at)) => Refusal::CircuitOpen(at),
+                    (true, None) => {
+                        // Every endpoint of the transport was open before asking.
+                        let at = (0..self.server.endpoints.len())
+                            .filter(|&i| self.server.endpoints[i].transport == transport)
+                            .filter_map(|i| match health.endpoints[i].breaker.state() {
+                                BreakerState::Open { until } => Some(until),
+                                _ => None,
+                            })
+                            .min();
+                        at.map_or(Refusal::NoEndpoint, Refusal::CircuitOpen)
+                    }
+                    (false, _) => Refusal::NoEndpoint,
+                });
+            };
+            if !self
+                .endpoint_scratch
+                .get(endpoint)
+                .is_some_and(|e| e.available)
+            {
+                tracing::warn!(
+                    strategy = self.server.strategy.name(),
+                    endpoint,
+                    "strategy selected an unavailable endpoint"
+                );
+                return Err(Refusal::NoEndpoint);
+            }
+            match health.endpoints[endpoint].breaker.try_acquire(now) {
+                Ok(attempt) => break (endpoint, attempt),
+                Err(open) => {
+                    // Half-open with its probe out: try another endpoint.
+                    self.endpoint_scratch[endpoint].available = false;
+                    retry_at = Some(retry_at.map_or(open.retry_at, |r| r.min(open.retry_at)));
+                }
+            }
+        };
+        if let Err(cap) = shared.limits.try_reserve(self.subject) {
+            health.endpoints[endpoint]
+                .breaker
+                .record(attempt, Outcome::Cancelled, now);
+            return Err(Refusal::Capped(cap));
         }
-        self.shared.limits.try_reserve(self.subject).map_err(Some)?;
         self.creating += 1;
         self.creating_by_endpoint[endpoint] += 1;
-        Ok(endpoint)
+        Ok((endpoint, attempt))
+    }
+
+    /// Records an operation's outcome in the server's and the endpoint's health scores.
+    fn server_record(&self, endpoint: Option<usize>, success: bool, now: Instant) {
+        self.server
+            .counters
+            .health
+            .lock()
+            .record(endpoint, success, now);
+    }
+
+    /// Reports how a creation on `endpoint` went to its circuit breaker and the health scores
+    /// (a cancellation is no evidence either way).
+    fn record_creation(&mut self, endpoint: usize, attempt: Attempt, outcome: Outcome) {
+        let now = Instant::now();
+        let counters = self.server.counters.clone();
+        let mut health = counters.health.lock();
+        if let Some(e) = health.endpoints.get_mut(endpoint)
+            && e.breaker.record(attempt, outcome, now)
+        {
+            self.metrics.breaker_trips.increment(1);
+            tracing::warn!(
+                server = %self.server.id,
+                endpoint = %self.server.endpoints[endpoint].url,
+                "circuit breaker opened"
+            );
+        }
+        match outcome {
+            Outcome::Success => health.record(Some(endpoint), true, now),
+            Outcome::Failure => health.record(Some(endpoint), false, now),
+            Outcome::Cancelled => {}
+        }
     }
 
     /// Gives back a creation slot whose session was never made.
@@ -780,10 +1050,11 @@ impl KeyState {
     fn take(&mut self, i: usize) -> Grant {
         let view = &mut self.views[i];
         view.in_flight += 1;
-        let id = view.id;
+        let (id, endpoint) = (view.id, view.endpoint);
         if view.in_flight == 1 {
             self.metrics.activate(true);
         }
+        self.observe_load();
         let slot = &mut self.slots[i];
         slot.use_count += 1;
         self.counters.hits += 1;
@@ -791,6 +1062,7 @@ impl KeyState {
         Grant::Session {
             id,
             peer: slot.peer.clone(),
+            endpoint,
         }
     }
 
@@ -802,11 +1074,12 @@ impl KeyState {
                 self.give_back(id, false);
                 self.counters.hits -= 1;
             }
-            Grant::Create { endpoint } => {
+            Grant::Create { endpoint, attempt } => {
+                self.record_creation(endpoint, attempt, Outcome::Cancelled);
                 self.unreserve(endpoint);
                 self.counters.misses -= 1;
             }
-            Grant::NoEndpoint | Grant::Capped(_) => {}
+            Grant::NoEndpoint | Grant::Capped(_) | Grant::CircuitOpen(_) => {}
         }
     }
 
@@ -818,6 +1091,7 @@ impl KeyState {
         if let Some(i) = self.views.iter().position(|v| v.id == id) {
             self.views[i].in_flight -= 1;
             self.slots[i].last_used = now;
+            self.observe_load();
             if self.views[i].in_flight == 0 {
                 self.metrics.activate(false);
             }
@@ -884,6 +1158,9 @@ impl KeyState {
                         break;
                     };
                     self.metrics.waiters.decrement(1.0);
+                    if self.server.config.auto_scale {
+                        self.scale.waited(waiter.since.elapsed());
+                    }
                     if let Err(grant) = waiter.tx.send(grant) {
                         self.undo(grant);
                     }
@@ -907,9 +1184,19 @@ struct Reservation {
     endpoint: usize,
     armed: bool,
     user_slot: Option<StateId>,
+    /// The endpoint breaker's permit: reported as a success (filled), a failure (`failed`) or
+    /// a cancellation (dropped).
+    attempt: Option<Attempt>,
 }
 
 impl Reservation {
+    /// The creation failed: the breaker and the scores hear of it.
+    fn failed(&mut self, st: &mut KeyState) {
+        if let Some(attempt) = self.attempt.take() {
+            st.record_creation(self.endpoint, attempt, Outcome::Failure);
+        }
+    }
+
     /// Takes a slot of the user limit across workers, when there is one to take. `false`:
     /// the user is at the limit in the other workers.
     async fn take_user_slot(&mut self) -> bool {
@@ -941,6 +1228,9 @@ impl Reservation {
         self.armed = false;
         st.creating -= 1;
         st.creating_by_endpoint[self.endpoint] -= 1;
+        if let Some(attempt) = self.attempt.take() {
+            st.record_creation(self.endpoint, attempt, Outcome::Success);
+        }
         let shared = &self.key.shared;
         let id = shared.session_id();
         if st.removed || shared.is_closed() {
@@ -952,6 +1242,7 @@ impl Reservation {
                 created_at: now,
                 last_used: now,
                 use_count: 0,
+                checking: 0,
             };
             st.close(slot, id, EvictionReason::Closed);
             st.serve_waiters();
@@ -985,6 +1276,7 @@ impl Reservation {
             created_at: now,
             last_used: now,
             use_count: u64::from(lease),
+            checking: 0,
         });
         st.metrics.session(lease, 1.0);
         lease.then(|| {
@@ -992,6 +1284,7 @@ impl Reservation {
                 self.key.clone(),
                 id,
                 peer,
+                self.endpoint,
                 false,
                 binding == Binding::Rebound,
             )
@@ -1003,6 +1296,9 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         if self.armed {
             let mut st = self.key.state.lock();
+            if let Some(attempt) = self.attempt.take() {
+                st.record_creation(self.endpoint, attempt, Outcome::Cancelled);
+            }
             st.unreserve(self.endpoint);
             st.serve_waiters();
         }

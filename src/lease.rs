@@ -31,6 +31,7 @@ pub struct Lease {
     key: Arc<KeyPool>,
     id: SessionId,
     peer: Arc<Peer<RoleClient>>,
+    endpoint: usize,
     broken: AtomicBool,
     hit: bool,
     rebound: bool,
@@ -41,6 +42,7 @@ impl Lease {
         key: Arc<KeyPool>,
         id: SessionId,
         peer: Arc<Peer<RoleClient>>,
+        endpoint: usize,
         hit: bool,
         rebound: bool,
     ) -> Self {
@@ -48,6 +50,7 @@ impl Lease {
             key,
             id,
             peer,
+            endpoint,
             broken: AtomicBool::new(false),
             hit,
             rebound,
@@ -96,13 +99,29 @@ impl Lease {
     ///
     /// # Errors
     /// `result`'s own error.
+    ///
+    /// Every checked result also counts in the server's and the endpoint's health score: a
+    /// reply (a JSON-RPC error included: the server answered) as a success; a transport
+    /// failure or a request timeout as a failure; a cancellation not at all.
     pub fn check<T>(&self, result: Result<T, ServiceError>) -> Result<T, ServiceError> {
-        if let Err(error) = &result
-            && is_transport_failure(error)
-        {
-            self.mark_broken();
+        let success = match &result {
+            Ok(_) | Err(ServiceError::McpError(_)) => Some(true),
+            Err(error) if is_transport_failure(error) => {
+                self.mark_broken();
+                Some(false)
+            }
+            Err(ServiceError::Timeout { .. }) => Some(false),
+            Err(_) => None,
+        };
+        if let Some(success) = success {
+            self.key.record_call(self.endpoint, success);
         }
         result
+    }
+
+    /// Index of the session's endpoint in the server's endpoint list.
+    pub fn endpoint_index(&self) -> usize {
+        self.endpoint
     }
 
     /// `tools/call`, evicting the session on a transport failure.

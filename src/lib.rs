@@ -33,7 +33,7 @@ pub use pool::{AcquireRequest, Pool};
 pub use score::{HealthScore, HealthStatus};
 pub use server::ServerConfig;
 pub use settings::{ENV_VARIABLES, PoolConfigOverride, Settings, SettingsError};
-pub use stats::{KeyStats, PoolStats, ServerStats};
+pub use stats::{EndpointStats, KeyStats, PoolStats, ServerStats};
 
 pub use mcp_pool_traits::{
     self as traits, AffinityKey, Digest256, Endpoint, EvictionReason, IdentityConfig,

@@ -2,6 +2,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use crate::health::{HealthCheckConfig, check_session};
+
 use mcp_pool_traits::EvictionReason;
 use tokio::time::{Instant, MissedTickBehavior};
 
@@ -71,4 +73,53 @@ pub(crate) fn remove_key(inner: &PoolInner, key: &Arc<KeyPool>) -> bool {
         key.retire_all(EvictionReason::KeyEvicted, true);
     }
     removed
+}
+
+/// How often the health task looks for keys due for a health check or a rebalance. Each key
+/// then follows its server's `health_check_interval` (at least 10 s) and `rebalance_interval`.
+pub(crate) const HEALTH_TICK: Duration = Duration::from_secs(5);
+
+/// Background health checks of idle sessions and the autoscaler (DESIGN §7): every
+/// [`HEALTH_TICK`], each key due checks its idle sessions with the chain of `config` (failed
+/// ones are closed and `min_size` refilled, which also probes endpoints whose circuit has
+/// reset), and, with `auto_scale`, moves its target size and pre-creates sessions.
+pub(crate) fn spawn_health(pool: &Pool, config: HealthCheckConfig) {
+    let weak = Arc::downgrade(&pool.inner);
+    let shutdown = pool.inner.shutdown.clone();
+    let config = Arc::new(config);
+    pool.inner.shared.runtime.spawn(async move {
+        let mut ticker = tokio::time::interval_at(Instant::now() + HEALTH_TICK, HEALTH_TICK);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            let pool = Pool { inner };
+            let now = Instant::now();
+            for key in pool.all_keys() {
+                for _ in 0..key.rebalance(now) {
+                    key.spawn_create();
+                }
+                let due = key.health_due(now);
+                if due.is_empty() {
+                    continue;
+                }
+                let config = config.clone();
+                pool.inner.shared.runtime.spawn(async move {
+                    let mut failures = 0;
+                    for (id, peer) in due {
+                        let outcome = check_session(&peer, &config).await;
+                        failures += u32::from(key.health_checked(id, &outcome));
+                    }
+                    if failures > 0 {
+                        for _ in 0..key.missing_for_min_size() {
+                            key.spawn_create();
+                        }
+                    }
+                });
+            }
+        }
+    });
 }

@@ -22,6 +22,8 @@ pub const HEALTH_CHECK_FAILURES_TOTAL: &str = "mcp_pool_health_check_failures_to
 pub const CIRCUIT_BREAKER_TRIPS_TOTAL: &str = "mcp_pool_circuit_breaker_trips_total";
 /// Sessions created to replace a dead sticky-bound session: server state was lost (counter).
 pub const REBINDS_TOTAL: &str = "mcp_pool_rebinds_total";
+/// Autoscaler decisions, label `action` = `grow`, `shrink` or `stay` (counter).
+pub const AUTOSCALE_DECISIONS_TOTAL: &str = "mcp_pool_autoscale_decisions_total";
 /// Acquires whose principal had no identity header (counter).
 pub const ANONYMOUS_ACQUIRES_TOTAL: &str = "mcp_pool_anonymous_acquires_total";
 /// Sessions, label `state` = `active` (leases out) or `idle` (gauge).
@@ -40,6 +42,8 @@ pub(crate) struct KeyMetrics {
     pub(crate) misses: Counter,
     pub(crate) timeouts: Counter,
     pub(crate) rebinds: Counter,
+    pub(crate) breaker_trips: Counter,
+    pub(crate) health_failures: Counter,
     pub(crate) anonymous: Counter,
     pub(crate) active: Gauge,
     pub(crate) idle: Gauge,
@@ -70,6 +74,8 @@ impl KeyMetrics {
             misses: metrics::counter!(MISSES_TOTAL, with(None)),
             timeouts: metrics::counter!(ACQUIRE_TIMEOUTS_TOTAL, with(None)),
             rebinds: metrics::counter!(REBINDS_TOTAL, with(None)),
+            breaker_trips: metrics::counter!(CIRCUIT_BREAKER_TRIPS_TOTAL, with(None)),
+            health_failures: metrics::counter!(HEALTH_CHECK_FAILURES_TOTAL, with(None)),
             anonymous: metrics::counter!(ANONYMOUS_ACQUIRES_TOTAL, with(None)),
             active: metrics::gauge!(SESSIONS, with(Some(Label::new("state", "active")))),
             idle: metrics::gauge!(SESSIONS, with(Some(Label::new("state", "idle")))),
@@ -92,6 +98,8 @@ impl KeyMetrics {
             misses: Counter::noop(),
             timeouts: Counter::noop(),
             rebinds: Counter::noop(),
+            breaker_trips: Counter::noop(),
+            health_failures: Counter::noop(),
             anonymous: Counter::noop(),
             active: Gauge::noop(),
             idle: Gauge::noop(),
@@ -112,6 +120,20 @@ impl KeyMetrics {
             .chain([Label::new("reason", reason.as_str())])
             .collect();
         metrics::counter!(EVICTIONS_TOTAL, labels).increment(1);
+    }
+
+    /// Counts one autoscaler decision.
+    pub(crate) fn autoscale(&self, action: &'static str) {
+        if !self.enabled {
+            return;
+        }
+        let labels: Vec<Label> = self
+            .labels
+            .iter()
+            .cloned()
+            .chain([Label::new("action", action)])
+            .collect();
+        metrics::counter!(AUTOSCALE_DECISIONS_TOTAL, labels).increment(1);
     }
 
     /// Moves one session from idle to active (`true`) or back (`false`).

@@ -500,13 +500,7 @@ impl Pool {
             .map(|s| {
                 let mut k = per_server.remove(&s.id).unwrap_or_default();
                 k.sort_by(|a, b| a.key.cmp(&b.key));
-                ServerStats::new(
-                    s.id.clone(),
-                    s.strategy.name().to_owned(),
-                    s.pools(),
-                    &s.counters,
-                    k,
-                )
+                ServerStats::new(s, k)
             })
             .collect();
         PoolStats {

@@ -6,7 +6,14 @@ use mcp_pool_traits::{Endpoint, PoolConfig, ServerId, Strategy, TransportKind};
 
 use parking_lot::Mutex;
 
-use crate::{PoolError, key_pool::KeyCounters};
+use tokio::time::Instant;
+
+use crate::{
+    PoolError,
+    breaker::{BreakerConfig, CircuitBreaker},
+    key_pool::KeyCounters,
+    score::HealthScore,
+};
 
 /// An upstream MCP server: its endpoints (replicas), its pool configuration and, optionally, a
 /// custom strategy that replaces the configured built-in one.
@@ -90,11 +97,51 @@ impl ServerConfig {
     }
 }
 
-/// Counters of a server that outlive its keys and its reconfigurations: the totals of keys
-/// already gone. Live keys count in their own [`KeyCounters`]; stats add both.
+/// State of a server that outlives its keys and its reconfigurations: the totals of keys
+/// already gone (live keys count in their own [`KeyCounters`]; stats add both), and its
+/// health: a score for the server and, per endpoint, a score and a circuit breaker.
 #[derive(Debug, Default)]
 pub(crate) struct ServerCounters {
     pub(crate) retired: Mutex<KeyCounters>,
+    pub(crate) health: Mutex<ServerHealth>,
+}
+
+/// Health of a server and its endpoints (DESIGN §7).
+#[derive(Debug, Default)]
+pub(crate) struct ServerHealth {
+    pub(crate) score: Option<HealthScore>,
+    pub(crate) endpoints: Vec<EndpointHealth>,
+}
+
+/// One endpoint's breaker and score.
+#[derive(Debug)]
+pub(crate) struct EndpointHealth {
+    pub(crate) breaker: CircuitBreaker,
+    pub(crate) score: HealthScore,
+}
+
+impl ServerHealth {
+    /// Makes room for `endpoints` endpoints (endpoints are only ever added by
+    /// reconfiguration; a shorter list leaves the extra entries unused).
+    pub(crate) fn ensure(&mut self, endpoints: usize, breaker: BreakerConfig, now: Instant) {
+        self.score.get_or_insert_with(|| HealthScore::new(now));
+        while self.endpoints.len() < endpoints {
+            self.endpoints.push(EndpointHealth {
+                breaker: CircuitBreaker::new(breaker),
+                score: HealthScore::new(now),
+            });
+        }
+    }
+
+    /// Records one operation's outcome for the server and, if known, its endpoint.
+    pub(crate) fn record(&mut self, endpoint: Option<usize>, success: bool, now: Instant) {
+        if let Some(score) = &mut self.score {
+            score.record(now, success);
+        }
+        if let Some(e) = endpoint.and_then(|i| self.endpoints.get_mut(i)) {
+            e.score.record(now, success);
+        }
+    }
 }
 
 /// A server as the running pool sees it: an immutable snapshot, replaced whole on

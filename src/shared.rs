@@ -17,7 +17,7 @@ use mcp_pool_traits::{
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
-use crate::{limits::Limits, server::ServerEntry};
+use crate::{breaker::BreakerConfig, limits::Limits, server::ServerEntry};
 
 /// The hasher of the pool's maps: keys are hashes and validated ids, not attacker-chosen
 /// strings, so a fast seeded hash is enough (foldhash is randomly seeded per map).
@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) closed: AtomicBool,
     pub(crate) limits: Limits,
     pub(crate) metrics_enabled: bool,
+    /// Settings of every endpoint's circuit breaker.
+    pub(crate) breaker: BreakerConfig,
     /// The user limit across workers, when the backend is shared.
     pub(crate) user_slots: std::sync::OnceLock<Arc<crate::workers::UserSlots>>,
     next_session: AtomicU64,
@@ -52,6 +54,7 @@ impl Shared {
         create_timeout: Duration,
         limits: Limits,
         metrics_enabled: bool,
+        breaker: BreakerConfig,
     ) -> Self {
         Self {
             runtime,
@@ -63,6 +66,7 @@ impl Shared {
             closed: AtomicBool::new(false),
             limits,
             metrics_enabled,
+            breaker,
             user_slots: std::sync::OnceLock::new(),
             next_session: AtomicU64::new(1),
             next_waiter: AtomicU64::new(1),

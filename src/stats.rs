@@ -3,7 +3,11 @@
 use mcp_pool_traits::{PoolKey, ServerId, TransportKind};
 use serde::Serialize;
 
-use crate::{key_pool::KeyCounters, server::ServerCounters};
+use tokio::time::Instant;
+
+use crate::{
+    breaker::BreakerState, key_pool::KeyCounters, score::HealthStatus, server::ServerEntry,
+};
 
 /// The whole pool at one moment. Serializes to JSON for dashboards and the REST API.
 #[derive(Debug, Clone, Serialize)]
@@ -51,18 +55,80 @@ pub struct ServerStats {
     pub create_failures: u64,
     /// Sticky sessions replaced after they died.
     pub rebinds: u64,
+    /// Share of successful operations (creates, calls through leases, health checks) over the
+    /// last 5 minutes, in percent; `None` before any.
+    pub health_score: Option<u8>,
+    /// `healthy` at or above `health_check_threshold`, `degraded` from half of it, else
+    /// `unhealthy`; `unknown` without data (see [`HealthStatus`]).
+    pub health_status: HealthStatus,
+    /// Per endpoint: health and circuit breaker.
+    pub endpoints: Vec<EndpointStats>,
     /// The keys alive now.
     pub keys: Vec<KeyStats>,
 }
 
+/// One endpoint of a server.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct EndpointStats {
+    /// Its URL.
+    pub url: String,
+    /// Its transport.
+    pub transport: TransportKind,
+    /// Its weight.
+    pub weight: u32,
+    /// Share of successful operations on it over the last 5 minutes, in percent.
+    pub health_score: Option<u8>,
+    /// Its status, by the server's threshold.
+    pub health_status: HealthStatus,
+    /// `closed`, `open` or `half_open`.
+    pub circuit: &'static str,
+    /// Seconds until an open circuit allows a probe.
+    pub circuit_retry_in_secs: Option<f64>,
+    /// How many times its circuit opened.
+    pub circuit_trips: u64,
+}
+
 impl ServerStats {
-    pub(crate) fn new(
-        server: ServerId,
-        strategy: String,
-        pooling: bool,
-        c: &ServerCounters,
-        keys: Vec<KeyStats>,
-    ) -> Self {
+    pub(crate) fn new(entry: &ServerEntry, keys: Vec<KeyStats>) -> Self {
+        let c = &*entry.counters;
+        let (server, strategy, pooling) = (
+            entry.id.clone(),
+            entry.strategy.name().to_owned(),
+            entry.pools(),
+        );
+        let threshold = entry.config.health_check_threshold;
+        let now = Instant::now();
+        let health = c.health.lock();
+        let health_score = health.score.as_ref().and_then(|s| s.score(now));
+        let endpoints = entry
+            .endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, endpoint)| {
+                let e = health.endpoints.get(i);
+                let score = e.and_then(|e| e.score.score(now));
+                let (circuit, retry) = match e.map(|e| e.breaker.state()) {
+                    None | Some(BreakerState::Closed) => ("closed", None),
+                    Some(BreakerState::HalfOpen) => ("half_open", None),
+                    Some(BreakerState::Open { until }) => (
+                        "open",
+                        Some(until.saturating_duration_since(now).as_secs_f64()),
+                    ),
+                };
+                EndpointStats {
+                    url: endpoint.url.to_string(),
+                    transport: endpoint.transport,
+                    weight: endpoint.weight,
+                    health_score: score,
+                    health_status: HealthStatus::from_score(score, threshold),
+                    circuit,
+                    circuit_retry_in_secs: retry,
+                    circuit_trips: e.map_or(0, |e| e.breaker.trips()),
+                }
+            })
+            .collect();
+        drop(health);
         let mut total = *c.retired.lock();
         for key in &keys {
             total.absorb(&key.counters);
@@ -84,6 +150,9 @@ impl ServerStats {
             evictions: total.evictions,
             create_failures: total.create_failures,
             rebinds: total.rebinds,
+            health_score,
+            health_status: HealthStatus::from_score(health_score, threshold),
+            endpoints,
             keys,
         }
     }
@@ -120,6 +189,8 @@ pub struct KeyStats {
     pub sessions_creating: u32,
     /// Acquires waiting.
     pub waiters: u32,
+    /// The autoscaler's target size (the configured `size` when autoscaling is off).
+    pub target_size: u32,
     /// Acquires served by an existing session.
     pub hits: u64,
     /// Acquires that created a session.
@@ -148,6 +219,7 @@ impl KeyStats {
         sessions_available: u32,
         sessions_creating: u32,
         waiters: u32,
+        target_size: u32,
         c: KeyCounters,
     ) -> Self {
         Self {
@@ -160,6 +232,7 @@ impl KeyStats {
             sessions_available,
             sessions_creating,
             waiters,
+            target_size,
             hits: c.hits,
             misses: c.misses,
             hit_rate: rate(c.hits, c.misses),

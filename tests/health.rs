@@ -16,8 +16,8 @@ use common::*;
 use mcp_pool::{
     Principal,
     health::{
-        HealthCheckConfig, HealthCheckMethod::*, HealthFailure, HealthOutcome, check_session,
-        lacks_ping,
+        HealthCheckConfig, HealthCheckMethod, HealthCheckMethod::*, HealthFailure, HealthOutcome,
+        check_session, lacks_ping,
     },
     rmcp::{
         ErrorData, RoleClient, RoleServer, ServerHandler, ServiceExt,
@@ -36,11 +36,11 @@ use tokio::time::Instant;
 
 const SHORT: Duration = Duration::from_secs(1);
 
-fn healthy(method: mcp_pool::HealthCheckMethod) -> HealthOutcome {
+fn healthy(method: HealthCheckMethod) -> HealthOutcome {
     HealthOutcome::Healthy { method }
 }
 
-fn failed(method: mcp_pool::HealthCheckMethod, failure: HealthFailure) -> HealthOutcome {
+fn failed(method: HealthCheckMethod, failure: HealthFailure) -> HealthOutcome {
     HealthOutcome::Failed { method, failure }
 }
 
@@ -258,7 +258,7 @@ impl ServerHandler for Partial {
 #[tokio::test(start_paused = true)]
 async fn method_not_found_moves_to_the_next_method() {
     let session = in_process(Partial::default(), ClientLifecycleMode::Initialize).await;
-    let check = |chain: &[mcp_pool::HealthCheckMethod]| {
+    let check = |chain: &[HealthCheckMethod]| {
         let config = HealthCheckConfig::default().with_chain(chain.to_vec());
         let session = &session;
         async move { check_session(session, &config).await }
