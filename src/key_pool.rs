@@ -616,8 +616,10 @@ impl KeyPool {
         }
     }
 
-    /// The idle sessions due for a health check (every `health_check_interval`), taken out of
-    /// use until [`health_checked`](Self::health_checked) gives them back.
+    /// The sessions due for a health check: idle, and unused for at least
+    /// `health_check_interval` (a session in use proves itself through its calls, which count
+    /// in the health score). They are taken out of use until
+    /// [`health_checked`](Self::health_checked) gives them back.
     pub(crate) fn health_due(&self, now: Instant) -> Vec<(SessionId, Arc<Peer<RoleClient>>)> {
         let mut st = self.state.lock();
         if st.removed
@@ -627,10 +629,14 @@ impl KeyPool {
             return Vec::new();
         }
         st.last_health_check = now;
+        let interval = st.server.config.health_check_interval;
         let mut due = Vec::new();
         let st = &mut *st;
         for (view, slot) in st.views.iter_mut().zip(&mut st.slots) {
-            if view.in_flight == 0 && slot.checking == 0 {
+            if view.in_flight == 0
+                && slot.checking == 0
+                && now.duration_since(slot.last_used) >= interval
+            {
                 // Full: no acquire picks it while it is being checked.
                 slot.checking = view.capacity;
                 view.in_flight = view.capacity;

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use mcp_pool::{
-    AcquireRequest, Digest256, Pool, PoolConfig, PoolError, ServerConfig, ServerId, StrategyKind,
-    metrics as names, rmcp::model::CallToolRequestParams,
+    AcquireRequest, Digest256, Endpoint, Pool, PoolConfig, PoolError, Principal, ServerConfig,
+    ServerId, StrategyKind, TransportKind, metrics as names, rmcp::model::CallToolRequestParams,
 };
 use mcp_pool_conformance::ReferenceServer;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
@@ -87,8 +87,18 @@ async fn prometheus_output_has_every_metric_and_label_and_no_identity() {
                 ..PoolConfig::enabled()
             }),
         )
+        .server(ServerConfig::new(
+            ServerId::new("down").unwrap(),
+            Endpoint::new("http://127.0.0.1:1/mcp", TransportKind::StreamableHttp).unwrap(),
+        ))
         .build()
         .unwrap();
+
+    // A server nothing listens for: its creations fail until its circuit breaker opens.
+    let down = ServerId::new("down").unwrap();
+    for _ in 0..6 {
+        let _ = pool.acquire(&down, Principal::user("alice")).await;
+    }
 
     // Load: each user makes concurrent calls (misses, then hits) with their identity headers
     // and an explicit user name.
@@ -194,6 +204,25 @@ async fn prometheus_output_has_every_metric_and_label_and_no_identity() {
         )
         .is_some(),
         "a real histogram\n{output}"
+    );
+
+    // The breaker of `down` opened once; health-check failures are registered per key (the
+    // background checks run every health_check_interval, at least 10 s: tests/faults.rs
+    // exercises them on the paused clock).
+    let down_labels = [
+        ("server", "down"),
+        ("transport", "streamable_http"),
+        ("strategy", "round_robin"),
+    ];
+    assert_eq!(
+        sample(&output, names::CIRCUIT_BREAKER_TRIPS_TOTAL, &down_labels),
+        Some(1.0),
+        "{output}"
+    );
+    assert_eq!(
+        sample(&output, names::HEALTH_CHECK_FAILURES_TOTAL, &search_labels),
+        Some(0.0),
+        "{output}"
     );
 
     // Every sample of the pool carries the three labels.
