@@ -46,7 +46,7 @@ impl RandomSelector {
         let mut seen = 0u64;
         for (i, _) in items.iter().enumerate().filter(|(_, item)| ok(item)) {
             seen += 1;
-            if self.next() % seen == 0 {
+            if self.next().is_multiple_of(seen) {
                 chosen = Some(i);
             }
         }

@@ -30,7 +30,7 @@ use crate::{
     metrics::KeyMetrics,
     server::ServerEntry,
     shared::Shared,
-    stats::KeyStats,
+    stats::{KeySizes, KeyStats},
 };
 
 /// A live session of a key.
@@ -796,12 +796,14 @@ impl KeyPool {
         let available = st.views.iter().filter(|v| v.has_capacity()).count() as u32;
         KeyStats::new(
             &self.key,
-            st.views.len() as u32 + st.retiring.len() as u32,
-            active,
-            available,
-            st.creating,
-            st.waiters.len() as u32,
-            st.target,
+            KeySizes {
+                sessions_total: st.views.len() as u32 + st.retiring.len() as u32,
+                sessions_active: active,
+                sessions_available: available,
+                sessions_creating: st.creating,
+                waiters: st.waiters.len() as u32,
+                target_size: st.target,
+            },
             st.counters,
         )
     }
@@ -896,6 +898,12 @@ impl KeyState {
         };
         match selection {
             Selection::Session(i) if self.views.get(i).is_some_and(SessionView::has_capacity) => {
+                if self.slots[i].peer.is_transport_closed() {
+                    // SSE and WebSocket sessions report their death (one atomic load): never
+                    // hand one out; select again without it.
+                    self.retire(i, EvictionReason::Broken);
+                    return self.try_serve(ctx);
+                }
                 Some(self.take(i))
             }
             Selection::Session(i) => {

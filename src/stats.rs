@@ -211,17 +211,27 @@ pub struct KeyStats {
     counters: KeyCounters,
 }
 
+/// A key's sizes at one moment, as [`KeyStats`] shows them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeySizes {
+    pub(crate) sessions_total: u32,
+    pub(crate) sessions_active: u32,
+    pub(crate) sessions_available: u32,
+    pub(crate) sessions_creating: u32,
+    pub(crate) waiters: u32,
+    pub(crate) target_size: u32,
+}
+
 impl KeyStats {
-    pub(crate) fn new(
-        key: &PoolKey,
-        sessions_total: u32,
-        sessions_active: u32,
-        sessions_available: u32,
-        sessions_creating: u32,
-        waiters: u32,
-        target_size: u32,
-        c: KeyCounters,
-    ) -> Self {
+    pub(crate) fn new(key: &PoolKey, sizes: KeySizes, c: KeyCounters) -> Self {
+        let KeySizes {
+            sessions_total,
+            sessions_active,
+            sessions_available,
+            sessions_creating,
+            waiters,
+            target_size,
+        } = sizes;
         Self {
             key: key.short(),
             transport: key.transport,

@@ -4,8 +4,8 @@
 //! would do.
 //!
 //! `cargo bench -p mcp-pool-conformance --bench transports`; prints criterion's figures, then
-//! a table of the means with the ratios to the held session (from criterion's
-//! `estimates.json` files).
+//! a table of the time per call with the ratios to the held session (read back from
+//! criterion's `estimates.json` files).
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -89,7 +89,7 @@ fn bench(c: &mut Criterion, rt: &Runtime) {
     group.finish();
 }
 
-/// Criterion's mean estimate for `mode` over `kind`, in nanoseconds.
+/// Criterion's estimate of the time per call for `mode` over `kind`, in nanoseconds.
 fn mean_ns(mode: &str, kind: TransportKind) -> Option<f64> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -101,7 +101,11 @@ fn mean_ns(mode: &str, kind: TransportKind) -> Option<f64> {
         .join(kind.as_str())
         .join("new/estimates.json");
     let estimates: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
-    estimates["mean"]["point_estimate"].as_f64()
+    // The slope (time per iteration from the linear fit over sample sizes) is the figure
+    // criterion prints; the mean is there when there is no slope.
+    estimates["slope"]["point_estimate"]
+        .as_f64()
+        .or_else(|| estimates["mean"]["point_estimate"].as_f64())
 }
 
 fn print_table() {
@@ -137,7 +141,7 @@ fn main() {
     let mut c = Criterion::default()
         .sample_size(50)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
+        .measurement_time(Duration::from_secs(4))
         .configure_from_args();
     bench(&mut c, &rt);
     c.final_summary();

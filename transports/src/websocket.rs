@@ -3,7 +3,7 @@
 //! **Not a standard MCP transport.** The MCP specification (2024-11-05 to 2025-11-25) defines
 //! stdio, HTTP+SSE and streamable HTTP only; WebSocket is a custom transport in the sense of
 //! its "Custom Transports" section. What this crate speaks, on both sides (the client here,
-//! [`server::WebSocketServer`](crate::server) behind the `server` feature):
+//! `server::WebSocketServer` behind the `server` feature):
 //! - the client opens the connection with an HTTP/1.1 upgrade (RFC 6455) offering the
 //!   subprotocol `mcp` (`Sec-WebSocket-Protocol: mcp`); the server must select it;
 //! - each JSON-RPC message (request, notification, response or error; no batches) is one
@@ -36,6 +36,10 @@ use crate::headers::{bounded, upstream_headers};
 
 /// The WebSocket subprotocol both sides agree on: `mcp`.
 pub const SUBPROTOCOL: &str = "mcp";
+
+/// How long closing a session may take (sending the close frame) before the connection is
+/// dropped without it: 1 s.
+pub const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The largest message (and frame) accepted: 16 MiB, as the SSE transport's largest event. A
 /// larger one ends the session.
@@ -204,7 +208,9 @@ impl rmcp::transport::Transport<RoleClient> for WebSocketClientTransport {
     async fn close(&mut self) -> Result<(), Self::Error> {
         self.stream = None;
         // Sends a close frame and closes the connection; an error means it is gone already.
-        let _ = self.sink.lock().await.close().await;
+        // Bounded: a send stuck on a peer that stopped reading holds the sink.
+        let close = async { self.sink.lock().await.close().await };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
         Ok(())
     }
 }
