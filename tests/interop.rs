@@ -23,7 +23,7 @@ use std::{path::Path, process::Stdio, time::Duration};
 
 use common::*;
 use mcp_pool::{
-    AcquireRequest, Endpoint, Pool, PoolConfig, ServerConfig, TransportKind,
+    AcquireRequest, Endpoint, Pool, PoolConfig, PoolError, ServerConfig, TransportKind,
     traits::is_transport_failure,
 };
 use serde_json::Value;
@@ -198,17 +198,34 @@ async fn pooled_calls_reuse_one_session(mut peer: PeerServer, endpoint: Endpoint
     );
 
     peer.kill().await;
-    let lease = pool
-        .acquire_with(AcquireRequest::new(&id).headers(&headers))
-        .await
-        .unwrap_or_else(|e| panic!("{name}: acquire after the kill: {e}"));
-    let error = timeout(BOUND, lease.call_tool(echo("after")))
-        .await
-        .unwrap_or_else(|_| panic!("{name}: a call to a killed peer hung"))
-        .expect_err("a call to a killed peer fails");
-    assert!(is_transport_failure(&error), "{name}: {error:?}");
-    assert!(lease.is_broken(), "{name}: the lease is evicted");
-    drop(lease);
+    // The pooled session is dead now. Either the pool already knows (SSE and WebSocket report
+    // a closed stream: it is never handed out, and creating a replacement fails), or its next
+    // call fails as a transport failure and evicts it. Nothing hangs either way.
+    let acquired = timeout(
+        BOUND,
+        pool.acquire_with(AcquireRequest::new(&id).headers(&headers)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{name}: an acquire after the kill hung"));
+    match acquired {
+        Err(PoolError::Create { .. }) => {
+            assert_eq!(
+                pool.stats().servers[0].evictions,
+                1,
+                "{name}: the dead session left"
+            );
+        }
+        Err(other) => panic!("{name}: acquire after the kill: {other}"),
+        Ok(lease) => {
+            let error = timeout(BOUND, lease.call_tool(echo("after")))
+                .await
+                .unwrap_or_else(|_| panic!("{name}: a call to a killed peer hung"))
+                .expect_err("a call to a killed peer fails");
+            assert!(is_transport_failure(&error), "{name}: {error:?}");
+            assert!(lease.is_broken(), "{name}: the lease is evicted");
+            drop(lease);
+        }
+    }
     pool.close().await;
 }
 
