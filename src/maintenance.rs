@@ -2,13 +2,12 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::health::{HealthCheckConfig, check_session};
-
 use mcp_pool_traits::EvictionReason;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::{
     Pool,
+    health::{HealthCheckConfig, check_session},
     key_pool::KeyPool,
     pool::{KeyId, PoolInner},
 };
@@ -17,10 +16,16 @@ use crate::{
 /// `min_size`), remove keys idle for `key_idle`, and create sessions up to `min_size`.
 /// Holds the pool weakly: dropping the last [`Pool`] handle or closing it ends the task.
 pub(crate) fn spawn(pool: &Pool, interval: Duration, key_idle: Duration) {
+    spawn_periodic(pool, interval, move |pool| run_once(pool, key_idle));
+}
+
+/// Runs `tick` every `period` until the pool closes or its last handle is dropped (the task
+/// holds the pool weakly).
+fn spawn_periodic(pool: &Pool, period: Duration, mut tick: impl FnMut(&Pool) + Send + 'static) {
     let weak = Arc::downgrade(&pool.inner);
     let shutdown = pool.inner.shutdown.clone();
     pool.inner.shared.runtime.spawn(async move {
-        let mut ticker = tokio::time::interval_at(Instant::now() + interval, interval);
+        let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -28,7 +33,7 @@ pub(crate) fn spawn(pool: &Pool, interval: Duration, key_idle: Duration) {
                 _ = ticker.tick() => {}
             }
             let Some(inner) = weak.upgrade() else { return };
-            run_once(&Pool { inner }, key_idle);
+            tick(&Pool { inner });
         }
     });
 }
@@ -84,42 +89,30 @@ pub(crate) const HEALTH_TICK: Duration = Duration::from_secs(5);
 /// ones are closed and `min_size` refilled, which also probes endpoints whose circuit has
 /// reset), and, with `auto_scale`, moves its target size and pre-creates sessions.
 pub(crate) fn spawn_health(pool: &Pool, config: HealthCheckConfig) {
-    let weak = Arc::downgrade(&pool.inner);
-    let shutdown = pool.inner.shutdown.clone();
     let config = Arc::new(config);
-    pool.inner.shared.runtime.spawn(async move {
-        let mut ticker = tokio::time::interval_at(Instant::now() + HEALTH_TICK, HEALTH_TICK);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticker.tick() => {}
+    spawn_periodic(pool, HEALTH_TICK, move |pool| {
+        let now = Instant::now();
+        for key in pool.all_keys() {
+            for _ in 0..key.rebalance(now) {
+                key.spawn_create();
             }
-            let Some(inner) = weak.upgrade() else { return };
-            let pool = Pool { inner };
-            let now = Instant::now();
-            for key in pool.all_keys() {
-                for _ in 0..key.rebalance(now) {
-                    key.spawn_create();
-                }
-                let due = key.health_due(now);
-                if due.is_empty() {
-                    continue;
-                }
-                let config = config.clone();
-                pool.inner.shared.runtime.spawn(async move {
-                    let mut failures = 0;
-                    for (id, peer) in due {
-                        let outcome = check_session(&peer, &config).await;
-                        failures += u32::from(key.health_checked(id, &outcome));
-                    }
-                    if failures > 0 {
-                        for _ in 0..key.missing_for_min_size() {
-                            key.spawn_create();
-                        }
-                    }
-                });
+            let due = key.health_due(now);
+            if due.is_empty() {
+                continue;
             }
+            let config = config.clone();
+            pool.inner.shared.runtime.spawn(async move {
+                let mut failures = 0;
+                for (id, peer) in due {
+                    let outcome = check_session(&peer, &config).await;
+                    failures += u32::from(key.health_checked(id, &outcome));
+                }
+                if failures > 0 {
+                    for _ in 0..key.missing_for_min_size() {
+                        key.spawn_create();
+                    }
+                }
+            });
         }
     });
 }

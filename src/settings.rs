@@ -358,7 +358,7 @@ impl EnvSettings {
             })?);
         }
         type Setter = fn(&mut EnvSettings, u64);
-        let numbers: [(&'static str, &'static str, Setter); 10] = [
+        let numbers: [(&'static str, &'static str, Setter); 13] = [
             ("SESSION_POOL_SIZE", "size", |e, n| {
                 e.pool.size = Some(n as u32)
             }),
@@ -399,6 +399,16 @@ impl EnvSettings {
                 "cleanup_interval",
                 |e, n| e.cleanup_interval = Some(n),
             ),
+            // The ranges parse_number checks keep these within u32.
+            ("SESSION_POOL_USER_LIMIT", "user_limit", |e, n| {
+                e.user_limit = Some(n as u32)
+            }),
+            ("SESSION_POOL_MAX_SESSIONS", "max_sessions", |e, n| {
+                e.max_sessions = Some(n as u32)
+            }),
+            ("SESSION_POOL_MAX_KEYS", "max_keys", |e, n| {
+                e.max_keys = Some(n as u32)
+            }),
         ];
         for (variable, field, set) in numbers {
             if let Some(v) = get(variable) {
@@ -407,27 +417,6 @@ impl EnvSettings {
         }
         if let Some((var, v)) = either("SESSION_POOL_MAX_IDLE_TIME", "SESSION_POOL_MAX_IDLE")? {
             env.pool.max_idle_time = Some(parse_number::<u64>(var, "max_idle_time", &v)?);
-        }
-        if let Some(v) = get("SESSION_POOL_USER_LIMIT") {
-            env.user_limit = Some(parse_number::<u32>(
-                "SESSION_POOL_USER_LIMIT",
-                "user_limit",
-                &v,
-            )?);
-        }
-        if let Some(v) = get("SESSION_POOL_MAX_SESSIONS") {
-            env.max_sessions = Some(parse_number::<u32>(
-                "SESSION_POOL_MAX_SESSIONS",
-                "max_sessions",
-                &v,
-            )?);
-        }
-        if let Some(v) = get("SESSION_POOL_MAX_KEYS") {
-            env.max_keys = Some(parse_number::<u32>(
-                "SESSION_POOL_MAX_KEYS",
-                "max_keys",
-                &v,
-            )?);
         }
         if let Some(v) = get("SESSION_POOL_AUTO_SCALE") {
             env.pool.auto_scale = Some(parse_bool("SESSION_POOL_AUTO_SCALE", &v)?);
