@@ -48,6 +48,9 @@ fn mcp_pool(rt: &Runtime, max_size: u32) -> (Pool, ServerId) {
     };
     let pool = rt.block_on(async {
         Pool::builder()
+            // Room for the 10 000-key group: no cap makes an acquire close another session.
+            .max_sessions(20_000)
+            .max_keys(20_000)
             .transport(Arc::new(DuplexTransport::new(
                 TransportKind::StreamableHttp,
             )))
