@@ -15,7 +15,7 @@ use crate::{
     limits::{DEFAULT_MAX_KEYS, DEFAULT_MAX_SESSIONS, DEFAULT_USER_LIMIT, Limits},
     maintenance,
     pool::PoolInner,
-    shared::Shared,
+    shared::{Shared, SharedSettings},
 };
 
 /// Default bound on connect + `initialize` of one session (the reference pool's 30 s).
@@ -195,15 +195,18 @@ impl PoolBuilder {
         let shared = Arc::new(Shared::new(
             tokio::runtime::Handle::current(),
             transports,
-            self.client_config.unwrap_or_else(default_client_config),
-            self.create_timeout.unwrap_or(DEFAULT_CREATE_TIMEOUT),
-            Limits::new(
-                self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS),
-                self.user_limit.unwrap_or(DEFAULT_USER_LIMIT),
-                self.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
-            ),
-            self.metrics.unwrap_or(true),
-            breaker,
+            SharedSettings {
+                client_config: self.client_config.unwrap_or_else(default_client_config),
+                create_timeout: self.create_timeout.unwrap_or(DEFAULT_CREATE_TIMEOUT),
+                limits: Limits::new(
+                    self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS),
+                    self.user_limit.unwrap_or(DEFAULT_USER_LIMIT),
+                    self.max_keys.unwrap_or(DEFAULT_MAX_KEYS),
+                ),
+                metrics_enabled: self.metrics.unwrap_or(true),
+                breaker,
+                cleanup_interval,
+            },
         ));
         let backend = self
             .backend

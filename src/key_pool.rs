@@ -47,6 +47,9 @@ struct Slot {
     use_count: u64,
     /// Capacity taken by a health check in progress (0 when none).
     checking: u32,
+    /// Released since `last_used` was last brought up to date: releases read no clock, the
+    /// maintenance and health passes fold this into `last_used` (see [`KeyState::settle_use`]).
+    released: bool,
 }
 
 /// A session that left the key's active set while leases were out on it. It still counts
@@ -147,6 +150,11 @@ pub(crate) struct KeyState {
     pub(crate) counters: KeyCounters,
     metrics: KeyMetrics,
     last_health_check: Instant,
+    /// A session was released since `last_used` was last brought up to date.
+    released: bool,
+    /// When the maintenance last looked at the key: a lower bound of the clock that releases
+    /// use to decide whether a session may have outlived `max_lifetime`.
+    last_tick: Instant,
     /// The autoscaler's target size, within [min_size, max_size] (the configured `size` when
     /// autoscaling is off).
     target: u32,
@@ -241,6 +249,8 @@ impl KeyPool {
                 headers: HeaderMap::new(),
                 warm: false,
                 last_health_check: Instant::now(),
+                released: false,
+                last_tick: Instant::now(),
                 target: size,
                 scale: ScaleStats::new(),
                 last_rebalance: Instant::now(),
@@ -562,6 +572,8 @@ impl KeyPool {
         if let Some(server) = server {
             st.update_server(&server, &self.key);
         }
+        st.settle_use(now);
+        st.last_tick = now;
         let config = st.server.config.clone();
         let mut i = st.views.len();
         while i > 0 {
@@ -629,6 +641,7 @@ impl KeyPool {
             return Vec::new();
         }
         st.last_health_check = now;
+        st.settle_use(now);
         let interval = st.server.config.health_check_interval;
         let mut due = Vec::new();
         let st = &mut *st;
@@ -867,6 +880,26 @@ impl KeyState {
         }
     }
 
+    /// Whether `slot` may be past `max_lifetime`: the clock is at most about one cleanup
+    /// interval past the last maintenance pass (two, for a late pass).
+    fn may_be_expired(&self, slot: &Slot) -> bool {
+        let horizon = self.last_tick + self.shared.cleanup_interval * 2;
+        horizon.saturating_duration_since(slot.created_at) >= self.server.config.max_lifetime
+    }
+
+    /// Folds the releases since the last pass into `last_used` (the key's and its sessions'),
+    /// as of `now`.
+    fn settle_use(&mut self, now: Instant) {
+        if std::mem::take(&mut self.released) {
+            self.last_used = now;
+        }
+        for slot in &mut self.slots {
+            if std::mem::take(&mut slot.released) {
+                slot.last_used = now;
+            }
+        }
+    }
+
     /// Feeds the autoscaler's statistics (only when it is on: the sum is O(sessions)).
     fn observe_load(&mut self) {
         if self.server.config.auto_scale {
@@ -1099,12 +1132,14 @@ impl KeyState {
 
     /// Takes one lease of session `id` back: active sessions are retired when broken, unpooled
     /// or past `max_lifetime`; retiring ones close with their last lease.
+    ///
+    /// A release reads the clock only for a session that may have reached `max_lifetime`:
+    /// idle times are measured at the maintenance's granularity (`cleanup_interval`).
     fn give_back(&mut self, id: SessionId, broken: bool) {
-        let now = Instant::now();
-        self.last_used = now;
+        self.released = true;
         if let Some(i) = self.views.iter().position(|v| v.id == id) {
             self.views[i].in_flight -= 1;
-            self.slots[i].last_used = now;
+            self.slots[i].released = true;
             self.observe_load();
             if self.views[i].in_flight == 0 {
                 self.metrics.activate(false);
@@ -1113,8 +1148,9 @@ impl KeyState {
                 Some(EvictionReason::Broken)
             } else if !self.server.pools() {
                 Some(EvictionReason::Unpooled)
-            } else if now.duration_since(self.slots[i].created_at)
-                >= self.server.config.max_lifetime
+            } else if self.may_be_expired(&self.slots[i])
+                && Instant::now().duration_since(self.slots[i].created_at)
+                    >= self.server.config.max_lifetime
             {
                 Some(EvictionReason::Lifetime)
             } else {
@@ -1257,6 +1293,7 @@ impl Reservation {
                 last_used: now,
                 use_count: 0,
                 checking: 0,
+                released: false,
             };
             st.close(slot, id, EvictionReason::Closed);
             st.serve_waiters();
@@ -1291,6 +1328,7 @@ impl Reservation {
             last_used: now,
             use_count: u64::from(lease),
             checking: 0,
+            released: false,
         });
         st.metrics.session(lease, 1.0);
         lease.then(|| {

@@ -40,22 +40,39 @@ pub(crate) struct Shared {
     pub(crate) metrics_enabled: bool,
     /// Settings of every endpoint's circuit breaker.
     pub(crate) breaker: BreakerConfig,
+    /// The maintenance period.
+    pub(crate) cleanup_interval: Duration,
     /// The user limit across workers, when the backend is shared.
     pub(crate) user_slots: std::sync::OnceLock<Arc<crate::workers::UserSlots>>,
     next_session: AtomicU64,
     next_waiter: AtomicU64,
 }
 
+/// The pool-wide settings a [`Shared`] is made with.
+#[derive(Debug)]
+pub(crate) struct SharedSettings {
+    pub(crate) client_config: ClientConfig,
+    pub(crate) create_timeout: Duration,
+    pub(crate) limits: Limits,
+    pub(crate) metrics_enabled: bool,
+    pub(crate) breaker: BreakerConfig,
+    pub(crate) cleanup_interval: Duration,
+}
+
 impl Shared {
     pub(crate) fn new(
         runtime: Handle,
         transports: HashMap<TransportKind, Arc<dyn Transport>>,
-        client_config: ClientConfig,
-        create_timeout: Duration,
-        limits: Limits,
-        metrics_enabled: bool,
-        breaker: BreakerConfig,
+        settings: SharedSettings,
     ) -> Self {
+        let SharedSettings {
+            client_config,
+            create_timeout,
+            limits,
+            metrics_enabled,
+            breaker,
+            cleanup_interval,
+        } = settings;
         Self {
             runtime,
             closing: TaskTracker::new(),
@@ -67,6 +84,7 @@ impl Shared {
             limits,
             metrics_enabled,
             breaker,
+            cleanup_interval,
             user_slots: std::sync::OnceLock::new(),
             next_session: AtomicU64::new(1),
             next_waiter: AtomicU64::new(1),

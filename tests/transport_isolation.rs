@@ -171,8 +171,15 @@ async fn a_dead_sse_or_websocket_session_fails_at_once_and_is_evicted() {
                     .unwrap_err();
                 assert!(is_transport_failure(&error), "{kind}: {error:?}");
                 assert!(lease.is_broken(), "{kind}");
+                // The rmcp service stops on its own task: give it the moment it needs, bounded.
+                let closed = tokio::time::timeout(BOUND, async {
+                    while !lease.peer().is_transport_closed() {
+                        tokio::task::yield_now().await;
+                    }
+                })
+                .await;
                 assert!(
-                    lease.peer().is_transport_closed(),
+                    closed.is_ok(),
                     "{kind}: the session itself knows it is dead"
                 );
             }
