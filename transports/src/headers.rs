@@ -87,6 +87,19 @@ where
     }
 }
 
+/// `initialize` + `notifications/initialized` over an established `transport`, with the
+/// caller's `client` parameters; the error boxed for [`bounded`].
+pub(crate) async fn initialize(
+    client: rmcp::model::ClientConfig,
+    transport: impl rmcp::transport::Transport<rmcp::RoleClient> + 'static,
+) -> Result<mcp_pool_traits::ClientSession, Box<dyn std::error::Error + Send + Sync>> {
+    use rmcp::ServiceExt;
+    client
+        .serve(transport)
+        .await
+        .map_err(|error| Box::new(error) as _)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

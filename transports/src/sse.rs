@@ -19,13 +19,13 @@ use mcp_pool_traits::{
 };
 use reqwest::Url;
 use rmcp::{
-    RoleClient, ServiceExt as _,
+    RoleClient,
     model::{ClientJsonRpcMessage, ServerJsonRpcMessage},
 };
 use sse_stream::{Sse as SseEvent, SseStream};
 
 use crate::{
-    headers::{bounded, upstream_headers},
+    headers::{bounded, initialize, upstream_headers},
     streamable_http::http_client,
 };
 
@@ -93,10 +93,7 @@ impl Transport for Sse {
         let client = request.client().clone();
         let connecting = async {
             let transport = SseClientTransport::connect(self.client.clone(), url, headers).await?;
-            client
-                .serve(transport)
-                .await
-                .map_err(|error| Box::new(error) as Box<dyn std::error::Error + Send + Sync>)
+            initialize(client, transport).await
         };
         bounded(url, request.timeout(), connecting).await
     }

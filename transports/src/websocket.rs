@@ -22,7 +22,7 @@ use mcp_pool_traits::{
     ClientSession, ConnectRequest, Transport, TransportError, TransportKind, async_trait,
 };
 use rmcp::{
-    RoleClient, ServiceExt as _,
+    RoleClient,
     model::{ClientJsonRpcMessage, ServerJsonRpcMessage},
 };
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use tokio_tungstenite::{
     tungstenite::{self, Message, client::IntoClientRequest as _, protocol::WebSocketConfig},
 };
 
-use crate::headers::{bounded, upstream_headers};
+use crate::headers::{bounded, initialize, upstream_headers};
 
 /// The WebSocket subprotocol both sides agree on: `mcp`.
 pub const SUBPROTOCOL: &str = "mcp";
@@ -100,10 +100,7 @@ impl Transport for WebSocket {
         let connecting = async {
             let transport =
                 WebSocketClientTransport::connect(url, request.headers(), self.config).await?;
-            client
-                .serve(transport)
-                .await
-                .map_err(|error| Box::new(error) as Box<dyn std::error::Error + Send + Sync>)
+            initialize(client, transport).await
         };
         bounded(url, request.timeout(), connecting).await
     }

@@ -256,6 +256,26 @@ impl DatabaseBackend {
         .await
     }
 
+    /// The one text column the statement `query` (of the store's dialect) selects for this
+    /// namespace and `id`, if a row matches.
+    async fn text_by_id(
+        &self,
+        query: fn(&'static sql::Sql) -> &'static String,
+        id: &str,
+    ) -> Result<Option<String>, BackendError> {
+        let ns = self.namespace.as_str();
+        self.bounded(async {
+            Ok(on_store!(self, db => {
+                sqlx::query_scalar(query(db.sql()))
+                    .bind(ns)
+                    .bind(id)
+                    .fetch_optional(db.ready().await?)
+                    .await?
+            }))
+        })
+        .await
+    }
+
     async fn bounded<T>(
         &self,
         op: impl Future<Output = Result<T, DbError>>,
@@ -343,17 +363,8 @@ impl StateBackend for DatabaseBackend {
     }
 
     async fn get_config(&self, server: &ServerId) -> Result<Option<PoolConfig>, BackendError> {
-        let ns = self.namespace.as_str();
-        let text: Option<String> = self
-            .bounded(async {
-                Ok(on_store!(self, db => {
-                    sqlx::query_scalar(&db.sql().config_get)
-                        .bind(ns)
-                        .bind(server.as_str())
-                        .fetch_optional(db.ready().await?)
-                        .await?
-                }))
-            })
+        let text = self
+            .text_by_id(|sql| &sql.config_get, server.as_str())
             .await?;
         text.map(|t| codec::decode_config(self.name(), server.as_str(), &t))
             .transpose()
@@ -521,18 +532,7 @@ impl StateBackend for DatabaseBackend {
     }
 
     async fn owner(&self, session: &StateId) -> Result<Option<StateId>, BackendError> {
-        let ns = self.namespace.as_str();
-        let owner: Option<String> = self
-            .bounded(async {
-                Ok(on_store!(self, db => {
-                    sqlx::query_scalar(&db.sql().owner)
-                        .bind(ns)
-                        .bind(session.as_str())
-                        .fetch_optional(db.ready().await?)
-                        .await?
-                }))
-            })
-            .await?;
+        let owner = self.text_by_id(|sql| &sql.owner, session.as_str()).await?;
         owner
             .map(|o| parse_id(self.name(), "claim owner", o))
             .transpose()
