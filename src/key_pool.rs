@@ -813,6 +813,8 @@ impl KeyPool {
                 sessions_total: st.views.len() as u32 + st.retiring.len() as u32,
                 sessions_active: active,
                 sessions_available: available,
+                sessions_idle: st.views.iter().filter(|v| v.in_flight == 0).count() as u32,
+                sessions_checking: st.slots.iter().filter(|s| s.checking > 0).count() as u32,
                 sessions_creating: st.creating,
                 waiters: st.waiters.len() as u32,
                 target_size: st.target,

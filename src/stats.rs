@@ -185,6 +185,11 @@ pub struct KeyStats {
     pub sessions_active: u32,
     /// Sessions that can take another lease now.
     pub sessions_available: u32,
+    /// Sessions with no lease out and no health check running: what an acquire of any
+    /// affinity could be served by, or what may be closed to make room.
+    pub sessions_idle: u32,
+    /// Sessions taken out of service by a health check in progress (at most one per key).
+    pub sessions_checking: u32,
     /// Sessions being created.
     pub sessions_creating: u32,
     /// Acquires waiting.
@@ -217,6 +222,8 @@ pub(crate) struct KeySizes {
     pub(crate) sessions_total: u32,
     pub(crate) sessions_active: u32,
     pub(crate) sessions_available: u32,
+    pub(crate) sessions_idle: u32,
+    pub(crate) sessions_checking: u32,
     pub(crate) sessions_creating: u32,
     pub(crate) waiters: u32,
     pub(crate) target_size: u32,
@@ -228,6 +235,8 @@ impl KeyStats {
             sessions_total,
             sessions_active,
             sessions_available,
+            sessions_idle,
+            sessions_checking,
             sessions_creating,
             waiters,
             target_size,
@@ -240,6 +249,8 @@ impl KeyStats {
             sessions_total,
             sessions_active,
             sessions_available,
+            sessions_idle,
+            sessions_checking,
             sessions_creating,
             waiters,
             target_size,
