@@ -220,6 +220,8 @@ impl PoolBuilder {
                 shutdown: CancellationToken::new(),
                 server_slots: Default::default(),
                 generation: Default::default(),
+                candidates: Default::default(),
+                subjects: Default::default(),
                 config_changes: tokio::sync::watch::channel(0).0,
             }),
         };

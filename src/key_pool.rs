@@ -10,8 +10,8 @@ use std::{collections::VecDeque, sync::Arc};
 
 use http::HeaderMap;
 use mcp_pool_traits::{
-    Binding, ClientSession, ConnectRequest, Digest256, EndpointView, EvictionReason, PoolKey,
-    SelectContext, Selection, Selector, SessionId, SessionView, StateId, TransportError,
+    Binding, ClientSession, ConnectRequest, Digest256, Endpoint, EndpointView, EvictionReason,
+    PoolKey, SelectContext, Selection, Selector, SessionId, SessionView, StateId, TransportError,
     TransportKind,
     rmcp::{Peer, RoleClient},
 };
@@ -20,6 +20,7 @@ use tokio::{
     sync::oneshot,
     time::{Duration, Instant},
 };
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use crate::{
     Lease, PoolError,
@@ -28,8 +29,9 @@ use crate::{
     health::HealthOutcome,
     limits::{self, Cap},
     metrics::KeyMetrics,
+    pool::KeyId,
     server::ServerEntry,
-    shared::Shared,
+    shared::{FastHash, Shared},
     stats::{KeySizes, KeyStats},
 };
 
@@ -50,6 +52,31 @@ struct Slot {
     /// Released since `last_used` was last brought up to date: releases read no clock, the
     /// maintenance and health passes fold this into `last_used` (see [`KeyState::settle_use`]).
     released: bool,
+    /// The key's release sequence number at this session's last release (or creation): the
+    /// exact least-recently-used order, without a clock read on the release path.
+    release_seq: u64,
+    /// When its last health check ended.
+    last_checked: Instant,
+    /// Whether the `mcp_pool_sessions` gauge counts it as `active` (else `idle`).
+    gauge_active: bool,
+}
+
+impl Slot {
+    fn new(session: ClientSession, user_slot: Option<StateId>, now: Instant, seq: u64) -> Self {
+        Self {
+            peer: Arc::new(session.peer().clone()),
+            session,
+            user_slot,
+            created_at: now,
+            last_used: now,
+            use_count: 0,
+            checking: 0,
+            released: false,
+            release_seq: seq,
+            last_checked: now,
+            gauge_active: false,
+        }
+    }
 }
 
 /// A session that left the key's active set while leases were out on it. It still counts
@@ -70,6 +97,18 @@ pub(crate) enum Refusal {
     CircuitOpen(Instant),
 }
 
+/// A creation slot reserved under the key's lock: the endpoint (as it was then: a
+/// reconfiguration may renumber the list before the session exists), the endpoint breaker's
+/// permit, and a token of the pool's task tracker, so that [`Pool::close`](crate::Pool::close)
+/// waits for the creation to end and its session to close.
+#[derive(Debug)]
+pub(crate) struct Reserved {
+    endpoint: usize,
+    target: Endpoint,
+    attempt: Attempt,
+    token: TaskTrackerToken,
+}
+
 /// What a waiter is handed.
 #[derive(Debug)]
 pub(crate) enum Grant {
@@ -79,9 +118,8 @@ pub(crate) enum Grant {
         peer: Arc<Peer<RoleClient>>,
         endpoint: usize,
     },
-    /// Permission to create a session on this endpoint (`creating` already counts it), with
-    /// the endpoint's circuit breaker's permit.
-    Create { endpoint: usize, attempt: Attempt },
+    /// Permission to create a session (`creating` already counts it).
+    Create(Reserved),
     /// Every endpoint's circuit is open; the earliest retry.
     CircuitOpen(Instant),
     /// No endpoint of the key's transport is available.
@@ -123,6 +161,22 @@ impl KeyCounters {
     }
 }
 
+/// Headers kept for background creations. `Debug` shows their names only: the values are
+/// credentials (DESIGN §13: never a secret in `Debug`).
+#[derive(Default)]
+struct ForwardedHeaders(HeaderMap);
+
+impl std::fmt::Debug for ForwardedHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// Whether two endpoints reach the same place (a weight change keeps the sessions).
+fn same_endpoint(a: &Endpoint, b: &Endpoint) -> bool {
+    a.url == b.url && a.transport == b.transport
+}
+
 #[derive(Debug)]
 pub(crate) struct KeyState {
     shared: Arc<Shared>,
@@ -141,7 +195,7 @@ pub(crate) struct KeyState {
     waiters: VecDeque<Waiter>,
     /// Headers of the latest session creation: what background creations (min_size) send.
     /// Kept in memory only; never stored elsewhere, logged or labelled.
-    headers: HeaderMap,
+    headers: ForwardedHeaders,
     /// Whether a session was ever created for an acquire: only then does maintenance keep
     /// `min_size` warm (it needs that acquire's headers).
     warm: bool,
@@ -150,6 +204,10 @@ pub(crate) struct KeyState {
     pub(crate) counters: KeyCounters,
     metrics: KeyMetrics,
     last_health_check: Instant,
+    /// A health check task is going through the key's sessions (one at a time).
+    health_running: bool,
+    /// Counts releases: the least-recently-used order of the sessions.
+    release_seq: u64,
     /// A session was released since `last_used` was last brought up to date.
     released: bool,
     /// When the maintenance last looked at the key: a lower bound of the clock that releases
@@ -181,6 +239,9 @@ pub(crate) enum AcquireError {
     Removed,
     /// A pool-wide cap stops a new session: make room, or fail.
     Capped(Cap),
+    /// The session was created on an endpoint that a reconfiguration removed or changed
+    /// meanwhile (it was closed): try again, within the same deadline.
+    Retry,
     Pool(PoolError),
 }
 
@@ -213,7 +274,7 @@ pub(crate) enum Next {
 #[derive(Debug)]
 pub(crate) enum FirstStep {
     Lease(Lease),
-    Create(usize, Attempt),
+    Create(Reserved),
     Wait(WaiterGuard),
     NoEndpoint,
     Capped(Cap),
@@ -232,6 +293,7 @@ impl KeyPool {
         let server_index = server.index;
         let size = server.config.size;
         let server_state = server.counters.clone();
+        let now = Instant::now();
         Self {
             state: Mutex::new(KeyState {
                 shared: shared.clone(),
@@ -246,15 +308,17 @@ impl KeyPool {
                 creating_by_endpoint: vec![0; endpoints],
                 endpoint_scratch: Vec::with_capacity(endpoints),
                 waiters: VecDeque::new(),
-                headers: HeaderMap::new(),
+                headers: ForwardedHeaders::default(),
                 warm: false,
-                last_health_check: Instant::now(),
+                last_health_check: now,
+                health_running: false,
+                release_seq: 0,
                 released: false,
-                last_tick: Instant::now(),
+                last_tick: now,
                 target: size,
                 scale: ScaleStats::new(),
-                last_rebalance: Instant::now(),
-                last_used: Instant::now(),
+                last_rebalance: now,
+                last_used: now,
                 removed: false,
                 counters: KeyCounters::default(),
                 metrics,
@@ -311,7 +375,7 @@ impl KeyPool {
         args: AcquireArgs<'_>,
     ) -> Result<Lease, AcquireError> {
         let result = self.acquire_slow(first, args).await;
-        if !matches!(result, Err(AcquireError::Removed)) {
+        if !matches!(result, Err(AcquireError::Removed | AcquireError::Retry)) {
             self.record_acquire_time(args.started);
         }
         result
@@ -323,13 +387,6 @@ impl KeyPool {
         args: AcquireArgs<'_>,
     ) -> Result<Lease, AcquireError> {
         let grant = match first {
-            FirstStep::Lease(lease) => return Ok(lease),
-            FirstStep::Create(endpoint, attempt) => {
-                return self.create_for(endpoint, attempt, args).await;
-            }
-            FirstStep::CircuitOpen(at) => return Err(self.circuit_open(at).into()),
-            FirstStep::NoEndpoint => return Err(self.no_endpoint().into()),
-            FirstStep::Capped(cap) => return Err(AcquireError::Capped(cap)),
             FirstStep::Wait(mut guard) => {
                 match tokio::time::timeout_at(args.deadline, &mut guard.rx).await {
                     Ok(Ok(grant)) => {
@@ -337,7 +394,8 @@ impl KeyPool {
                         grant
                     }
                     Ok(Err(_)) => {
-                        // Senders are dropped without a grant only by close() or key removal.
+                        // Senders are dropped without a grant only when the key is removed,
+                        // and a key is removed with waiters only by close().
                         guard.granted = true;
                         return Err(if self.shared.is_closed() {
                             PoolError::Closed.into()
@@ -347,14 +405,24 @@ impl KeyPool {
                     }
                     Err(_) => {
                         drop(guard);
-                        return Err(self.timed_out(args.deadline).into());
+                        return Err(self.timed_out().into());
                     }
                 }
             }
+            other => return self.after_grant(other, args).await,
         };
-        match self.first_step(grant) {
+        let step = self.first_step(grant);
+        self.after_grant(step, args).await
+    }
+
+    async fn after_grant(
+        self: &Arc<Self>,
+        step: FirstStep,
+        args: AcquireArgs<'_>,
+    ) -> Result<Lease, AcquireError> {
+        match step {
             FirstStep::Lease(lease) => Ok(lease),
-            FirstStep::Create(endpoint, attempt) => self.create_for(endpoint, attempt, args).await,
+            FirstStep::Create(reserved) => self.create_for(reserved, args).await,
             FirstStep::CircuitOpen(at) => Err(self.circuit_open(at).into()),
             FirstStep::NoEndpoint => Err(self.no_endpoint().into()),
             FirstStep::Capped(cap) => Err(AcquireError::Capped(cap)),
@@ -384,7 +452,7 @@ impl KeyPool {
             Grant::Session { id, peer, endpoint } => {
                 FirstStep::Lease(Lease::new(self.clone(), id, peer, endpoint, true, false))
             }
-            Grant::Create { endpoint, attempt } => FirstStep::Create(endpoint, attempt),
+            Grant::Create(reserved) => FirstStep::Create(reserved),
             Grant::NoEndpoint => FirstStep::NoEndpoint,
             Grant::CircuitOpen(at) => FirstStep::CircuitOpen(at),
             Grant::Capped(cap) => FirstStep::Capped(cap),
@@ -424,7 +492,7 @@ impl KeyPool {
         }
     }
 
-    fn timed_out(&self, deadline: Instant) -> PoolError {
+    fn timed_out(&self) -> PoolError {
         let mut st = self.state.lock();
         st.counters.timeouts += 1;
         st.metrics.timeouts.increment(1);
@@ -432,7 +500,7 @@ impl KeyPool {
         if st.server.config.auto_scale {
             st.scale.waited(waited);
         }
-        tracing::debug!(key = %self.key.short(), ?deadline, "acquire timed out");
+        tracing::debug!(key = %self.key.short(), "acquire timed out");
         PoolError::Timeout {
             server: self.key.server.clone(),
             transport: self.key.transport,
@@ -443,21 +511,13 @@ impl KeyPool {
         }
     }
 
-    /// Creates a session on `endpoint` for an acquire (the slot is already reserved) and
-    /// hands it out.
+    /// Creates a session for an acquire (the slot is already reserved) and hands it out.
     async fn create_for(
         self: &Arc<Self>,
-        endpoint: usize,
-        attempt: Attempt,
+        reserved: Reserved,
         args: AcquireArgs<'_>,
     ) -> Result<Lease, AcquireError> {
-        let mut reservation = Reservation {
-            key: self.clone(),
-            endpoint,
-            armed: true,
-            user_slot: None,
-            attempt: Some(attempt),
-        };
+        let mut reservation = Reservation::new(self.clone(), reserved);
         if !reservation.take_user_slot().await {
             drop(reservation);
             return Err(AcquireError::Capped(Cap::User));
@@ -468,16 +528,22 @@ impl KeyPool {
             .create_timeout
             .min(remaining)
             .max(Duration::from_millis(1));
-        let session = self.connect(endpoint, args.headers, timeout).await;
+        let session = self
+            .connect(&reservation.target, args.headers, timeout)
+            .await;
         let mut st = self.state.lock();
         match session {
             Ok(session) => {
-                let lease = reservation.fill(&mut st, session, &args.ctx, true, Some(args.headers));
-                lease.ok_or(AcquireError::Pool(PoolError::Closed))
+                match reservation.fill(&mut st, session, Some((&args.ctx, args.headers))) {
+                    Filled::Lease(lease) => Ok(lease),
+                    Filled::Discarded(Discard::Stale) => Err(AcquireError::Retry),
+                    Filled::Stored | Filled::Discarded(Discard::Closed) => {
+                        Err(AcquireError::Pool(PoolError::Closed))
+                    }
+                }
             }
             Err(source) => {
-                st.counters.create_failures += 1;
-                reservation.failed(&mut st);
+                reservation.failed(&mut st, &source);
                 drop(st);
                 drop(reservation);
                 Err(PoolError::Create {
@@ -491,12 +557,10 @@ impl KeyPool {
 
     async fn connect(
         &self,
-        endpoint: usize,
+        endpoint: &Endpoint,
         headers: &HeaderMap,
         timeout: Duration,
     ) -> Result<ClientSession, TransportError> {
-        let server = self.state.lock().server.clone();
-        let endpoint = &server.endpoints[endpoint];
         let transport = self
             .shared
             .transports
@@ -514,51 +578,59 @@ impl KeyPool {
         st.serve_waiters();
     }
 
-    /// Creates one session in the background (to reach `min_size`), if there is room.
+    /// Creates one session in the background (to reach `min_size` or the autoscaler's
+    /// target), if the key is pooled and has room. The session binds to no affinity: the
+    /// first new conversation that picks it binds it (DESIGN §2.10).
     pub(crate) fn spawn_create(self: &Arc<Self>) {
-        let (endpoint, attempt) = {
+        let reserved = {
             let mut st = self.state.lock();
-            if st.removed || self.shared.is_closed() || st.total() >= st.server.config.max_size {
+            if st.removed
+                || self.shared.is_closed()
+                || !st.server.pools()
+                || st.total() >= st.server.config.max_size
+            {
                 return;
             }
-            let ctx = SelectContext::default();
-            match st.reserve_create(&ctx) {
+            match st.reserve_create(&SelectContext::default()) {
                 Ok(reserved) => reserved,
                 Err(_) => return,
             }
         };
         let key = self.clone();
-        self.shared.runtime.spawn(async move {
-            let mut reservation = Reservation {
-                key: key.clone(),
-                endpoint,
-                armed: true,
-                user_slot: None,
-                attempt: Some(attempt),
-            };
-            if !reservation.take_user_slot().await {
-                return;
-            }
-            let (headers, timeout) = {
-                let st = key.state.lock();
-                (st.headers.clone(), key.shared.create_timeout)
-            };
-            let result = key.connect(endpoint, &headers, timeout).await;
-            let mut st = key.state.lock();
-            match result {
-                Ok(session) => {
-                    reservation.fill(&mut st, session, &SelectContext::default(), false, None);
-                    st.serve_waiters();
+        self.shared.closing.spawn_on(
+            async move {
+                let mut reservation = Reservation::new(key.clone(), reserved);
+                if !reservation.take_user_slot().await {
+                    return;
                 }
-                Err(error) => {
-                    st.counters.create_failures += 1;
-                    reservation.failed(&mut st);
-                    drop(st);
-                    drop(reservation);
-                    tracing::debug!(key = %key.key.short(), %error, "background session creation failed");
+                let headers = key.state.lock().headers.0.clone();
+                let result = key
+                    .connect(&reservation.target, &headers, key.shared.create_timeout)
+                    .await;
+                let mut st = key.state.lock();
+                match result {
+                    Ok(session) => {
+                        reservation.fill(&mut st, session, None);
+                    }
+                    Err(error) => {
+                        reservation.failed(&mut st, &error);
+                        drop(st);
+                        drop(reservation);
+                        tracing::debug!(key = %key.key.short(), %error, "background session creation failed");
+                    }
                 }
-            }
-        });
+            },
+            &self.shared.runtime,
+        );
+    }
+
+    /// Picks up `server` if it is newer than the key's (a configuration change applied at
+    /// once, not at the key's next acquire), and serves the queue.
+    pub(crate) fn reconfigure(&self, server: &Arc<ServerEntry>) {
+        let mut st = self.state.lock();
+        if !st.removed && st.update_server(server, &self.key) {
+            st.serve_waiters();
+        }
     }
 
     /// Closes idle sessions past `max_lifetime`, or past `max_idle_time` above `min_size`; says
@@ -596,67 +668,112 @@ impl KeyPool {
             }
         }
         st.serve_waiters();
-        let busy = st.views.iter().any(|v| v.in_flight > 0)
-            || !st.retiring.is_empty()
-            || st.creating > 0
-            || !st.waiters.is_empty();
-        let idle_key = !busy && now.duration_since(st.last_used) >= key_idle;
+        let idle_key = st.is_idle() && now.duration_since(st.last_used) >= key_idle;
         let missing = if st.server.pools() && st.warm && !st.removed {
             config.min_size.saturating_sub(st.total())
         } else {
             0
         };
-        ReapOutcome { idle_key, missing }
+        ReapOutcome {
+            idle_key,
+            missing,
+            has_idle: st.views.iter().any(|v| v.in_flight == 0),
+            last_used: st.last_used,
+        }
     }
 
-    /// Retires every session (`reason` = drained or closed); in-use ones close on release.
-    /// With `remove`, the key is marked removed and its queued acquires are woken with nothing
-    /// (they then see the pool closed, or look the key up again).
-    pub(crate) fn retire_all(&self, reason: EvictionReason, remove: bool) {
+    /// Removes the key if it is still idle (for `idle_for` as of `now`, when given): marked
+    /// removed and taken out of `keys` under its own lock, so an acquire either got its lease
+    /// before or looks the key up again after — never a creation into a removed key. Its
+    /// sessions close and its counters join the server's totals.
+    pub(crate) fn try_remove(
+        self: &Arc<Self>,
+        keys: &papaya::HashMap<KeyId, Arc<KeyPool>, FastHash>,
+        idle_for: Option<(Instant, Duration)>,
+        reason: EvictionReason,
+    ) -> bool {
         let mut st = self.state.lock();
-        while !st.views.is_empty() {
-            let last = st.views.len() - 1;
-            st.retire(last, reason);
+        if st.removed || !st.is_idle() {
+            return false;
         }
-        if remove {
-            st.removed = true;
-            let waiters = st.waiters.len();
-            st.waiters.clear();
-            st.metrics.waiters.decrement(waiters as f64);
-        } else {
-            st.serve_waiters();
+        if let Some((now, idle)) = idle_for {
+            st.settle_use(now);
+            if now.duration_since(st.last_used) < idle {
+                return false;
+            }
+        }
+        let removed = keys
+            .pin()
+            .remove_if(&KeyId::of(self), |_, k| Arc::ptr_eq(k, self))
+            .is_ok_and(|r| r.is_some());
+        if removed {
+            st.remove(reason);
+        }
+        removed
+    }
+
+    /// `close()`: the key is removed, its sessions close (in-use ones when released) and its
+    /// queued acquires are woken with nothing (they see the pool closed).
+    pub(crate) fn close(&self) {
+        let mut st = self.state.lock();
+        if !st.removed {
+            st.remove(EvictionReason::Closed);
         }
     }
 
-    /// The sessions due for a health check: idle, and unused for at least
-    /// `health_check_interval` (a session in use proves itself through its calls, which count
-    /// in the health score). They are taken out of use until
-    /// [`health_checked`](Self::health_checked) gives them back.
-    pub(crate) fn health_due(&self, now: Instant) -> Vec<(SessionId, Arc<Peer<RoleClient>>)> {
+    /// Retires every session (`drain()`); in-use ones close on release.
+    pub(crate) fn drain(&self) {
+        let mut st = self.state.lock();
+        st.retire_all(EvictionReason::Drained);
+        st.serve_waiters();
+    }
+
+    /// Starts a health check round if one is due: `health_check_interval` passed since the
+    /// last one and no round is running. The caller then takes sessions one at a time with
+    /// [`health_take`](Self::health_take) (DESIGN §7: never more than one session of a key
+    /// out of service for a check).
+    pub(crate) fn health_round(&self, now: Instant) -> bool {
         let mut st = self.state.lock();
         if st.removed
+            || st.health_running
             || !st.server.pools()
             || now.duration_since(st.last_health_check) < st.server.config.health_check_interval
         {
-            return Vec::new();
+            return false;
         }
         st.last_health_check = now;
+        st.health_running = true;
+        true
+    }
+
+    /// The next session due for a health check — idle, and neither used nor checked for
+    /// `health_check_interval` (a session in use proves itself through its calls, which count
+    /// in the health score) — taken out of use until [`health_checked`](Self::health_checked)
+    /// gives it back. `None` ends the round.
+    pub(crate) fn health_take(&self) -> Option<(SessionId, Arc<Peer<RoleClient>>)> {
+        let mut st = self.state.lock();
+        let now = Instant::now();
         st.settle_use(now);
         let interval = st.server.config.health_check_interval;
-        let mut due = Vec::new();
-        let st = &mut *st;
-        for (view, slot) in st.views.iter_mut().zip(&mut st.slots) {
-            if view.in_flight == 0
-                && slot.checking == 0
-                && now.duration_since(slot.last_used) >= interval
-            {
-                // Full: no acquire picks it while it is being checked.
-                slot.checking = view.capacity;
-                view.in_flight = view.capacity;
-                due.push((view.id, slot.peer.clone()));
-            }
-        }
-        due
+        let due = (!st.removed && !self.shared.is_closed())
+            .then(|| {
+                (0..st.views.len()).find(|&i| {
+                    let (view, slot) = (&st.views[i], &st.slots[i]);
+                    view.in_flight == 0
+                        && slot.checking == 0
+                        && now.duration_since(slot.last_used.max(slot.last_checked)) >= interval
+                })
+            })
+            .flatten();
+        let Some(i) = due else {
+            st.health_running = false;
+            return None;
+        };
+        // Full: no acquire picks it while it is being checked.
+        let capacity = st.views[i].capacity;
+        st.slots[i].checking = capacity;
+        st.views[i].in_flight = capacity;
+        Some((st.views[i].id, st.slots[i].peer.clone()))
     }
 
     /// Gives a checked session back; a failed one is closed (and `min_size` refilled by the
@@ -679,6 +796,7 @@ impl KeyPool {
         if let Some(i) = st.views.iter().position(|v| v.id == id) {
             let marked = std::mem::take(&mut st.slots[i].checking);
             st.views[i].in_flight -= marked;
+            st.slots[i].last_checked = now;
             if failed {
                 st.retire(i, EvictionReason::Health);
             }
@@ -688,7 +806,7 @@ impl KeyPool {
             st.retiring[i].in_flight -= marked;
             if st.retiring[i].in_flight == 0 {
                 let r = st.retiring.swap_remove(i);
-                st.close(r.slot, r.id, r.reason);
+                st.close_retired(r);
             }
         }
         st.serve_waiters();
@@ -753,21 +871,11 @@ impl KeyPool {
     /// workers, which the caller gives back before retrying (so the room is there at once).
     pub(crate) fn evict_one_idle(&self) -> Option<Option<StateId>> {
         let mut st = self.state.lock();
-        let oldest = (0..st.views.len())
-            .filter(|&i| st.views[i].in_flight == 0)
-            .min_by_key(|&i| st.slots[i].last_used)?;
+        let oldest = st.least_recently_used_idle()?;
         let user_slot = st.slots[oldest].user_slot.take();
         st.retire(oldest, EvictionReason::Capacity);
+        st.serve_waiters();
         Some(user_slot)
-    }
-
-    /// Whether the key holds nothing in use, nothing queued and nothing being created.
-    pub(crate) fn is_idle(&self) -> bool {
-        let st = self.state.lock();
-        st.views.iter().all(|v| v.in_flight == 0)
-            && st.retiring.is_empty()
-            && st.creating == 0
-            && st.waiters.is_empty()
     }
 
     /// The slots of the user limit across workers held by this key's sessions.
@@ -805,14 +913,13 @@ impl KeyPool {
     pub(crate) fn stats(&self) -> KeyStats {
         let st = self.state.lock();
         let active =
-            st.views.iter().filter(|v| v.in_flight > 0).count() as u32 + st.retiring.len() as u32;
-        let available = st.views.iter().filter(|v| v.has_capacity()).count() as u32;
+            st.slots.iter().filter(|s| s.gauge_active).count() as u32 + st.retiring.len() as u32;
         KeyStats::new(
             &self.key,
             KeySizes {
                 sessions_total: st.views.len() as u32 + st.retiring.len() as u32,
                 sessions_active: active,
-                sessions_available: available,
+                sessions_available: st.views.iter().filter(|v| v.has_capacity()).count() as u32,
                 sessions_idle: st.views.iter().filter(|v| v.in_flight == 0).count() as u32,
                 sessions_checking: st.slots.iter().filter(|s| s.checking > 0).count() as u32,
                 sessions_creating: st.creating,
@@ -826,9 +933,10 @@ impl KeyPool {
 
 impl Drop for KeyPool {
     fn drop(&mut self) {
-        // The last lease of a removed key has returned: its counters join the server's totals.
+        // Counters a removed key gathered after its removal (releases of leases that were
+        // out then) join the server's totals too.
         let st = self.state.get_mut();
-        st.server.counters.retired.lock().absorb(&st.counters);
+        st.fold_counters();
     }
 }
 
@@ -837,6 +945,10 @@ impl Drop for KeyPool {
 pub(crate) struct ReapOutcome {
     pub(crate) idle_key: bool,
     pub(crate) missing: u32,
+    /// The key has an idle session (a candidate to close under a pool-wide cap).
+    pub(crate) has_idle: bool,
+    /// When the key was last used, as of this pass.
+    pub(crate) last_used: Instant,
 }
 
 impl KeyState {
@@ -845,30 +957,94 @@ impl KeyState {
         (self.views.len() + self.retiring.len()) as u32 + self.creating
     }
 
-    /// Picks up a newer server snapshot (live reconfiguration). A new strategy gets a fresh
-    /// selector and the sessions are retired (in-use ones when released): sessions shared
-    /// under one strategy must not become, say, exclusive sticky sessions carrying other
-    /// conversations' state. A lower `max_size` closes idle sessions above it.
-    fn update_server(&mut self, server: &Arc<ServerEntry>, key: &PoolKey) {
-        if self.server.generation == server.generation {
-            return;
+    /// Whether a session has no lease out and no health check.
+    pub(crate) fn has_idle_session(&self) -> bool {
+        self.views.iter().any(|v| v.in_flight == 0)
+    }
+
+    /// Nothing in use, nothing retiring, queued or being created.
+    fn is_idle(&self) -> bool {
+        self.views.iter().all(|v| v.in_flight == 0)
+            && self.retiring.is_empty()
+            && self.creating == 0
+            && self.waiters.is_empty()
+    }
+
+    /// Marks the key removed: every session retires (in-use ones close when released), queued
+    /// acquires are woken with nothing, and the counters join the server's totals now, so that
+    /// the totals never go down (stats show live keys and these totals).
+    fn remove(&mut self, reason: EvictionReason) {
+        self.removed = true;
+        self.retire_all(reason);
+        let waiters = self.waiters.len();
+        self.waiters.clear();
+        self.metrics.waiters.decrement(waiters as f64);
+        self.fold_counters();
+    }
+
+    fn fold_counters(&mut self) {
+        let counters = std::mem::take(&mut self.counters);
+        self.server.counters.retired.lock().absorb(&counters);
+    }
+
+    fn retire_all(&mut self, reason: EvictionReason) {
+        while let Some(last) = self.views.len().checked_sub(1) {
+            self.retire(last, reason);
         }
-        let strategy_changed = !Arc::ptr_eq(&self.server.strategy, &server.strategy);
+    }
+
+    /// Picks up a newer server snapshot (live reconfiguration); a snapshot that is not newer
+    /// than the key's is ignored, so a key only ever moves forward. Returns whether it changed.
+    ///
+    /// A new strategy gets a fresh selector and the sessions are retired (in-use ones when
+    /// released): sessions shared under one strategy must not become, say, exclusive sticky
+    /// sessions carrying other conversations' state. Sessions whose endpoint was removed or
+    /// now points elsewhere are retired. With pooling off (or strategy `none`) idle sessions
+    /// close at once: nothing may hand them out, so they must not hold room. A lower
+    /// `max_size` closes idle sessions above it.
+    fn update_server(&mut self, server: &Arc<ServerEntry>, key: &PoolKey) -> bool {
+        if server.generation <= self.server.generation {
+            return false;
+        }
+        let old = std::mem::replace(&mut self.server, server.clone());
         if self.creating_by_endpoint.len() < server.endpoints.len() {
             self.creating_by_endpoint.resize(server.endpoints.len(), 0);
         }
-        self.server = server.clone();
-        if strategy_changed {
-            while !self.views.is_empty() {
-                self.retire(self.views.len() - 1, EvictionReason::Drained);
-            }
+        if !Arc::ptr_eq(&old.strategy, &server.strategy) {
+            self.retire_all(EvictionReason::Drained);
             self.selector = server.strategy.selector();
-            self.metrics = KeyMetrics::new(
+            let metrics = KeyMetrics::new(
                 &server.id,
                 key.transport,
                 server.strategy.name(),
                 self.shared.metrics_enabled,
             );
+            // What the old label set counts moves to the new one: no series is left stuck.
+            for slot in self.retiring.iter().map(|r| &r.slot) {
+                self.metrics.session(slot.gauge_active, -1.0);
+                metrics.session(slot.gauge_active, 1.0);
+            }
+            let waiters = self.waiters.len() as f64;
+            self.metrics.waiters.decrement(waiters);
+            metrics.waiters.increment(waiters);
+            self.metrics = metrics;
+        }
+        let mut i = self.views.len();
+        while i > 0 {
+            i -= 1;
+            let e = self.views[i].endpoint;
+            let kept = match (old.endpoints.get(e), server.endpoints.get(e)) {
+                (Some(a), Some(b)) => same_endpoint(a, b),
+                _ => false,
+            };
+            if !kept {
+                self.retire(i, EvictionReason::Drained);
+            } else if !server.pools() && self.views[i].in_flight == 0 {
+                self.retire(i, EvictionReason::Unpooled);
+            } else {
+                self.views[i].capacity = server.config.session_concurrency;
+                self.views[i].weight = server.endpoints[e].weight;
+            }
         }
         let config = &self.server.config;
         self.target = if config.auto_scale {
@@ -877,9 +1053,7 @@ impl KeyState {
             config.size
         };
         self.shrink_to_max();
-        for view in &mut self.views {
-            view.capacity = server.config.session_concurrency;
-        }
+        true
     }
 
     /// Whether `slot` may be past `max_lifetime`: the clock is at most about one cleanup
@@ -887,6 +1061,13 @@ impl KeyState {
     fn may_be_expired(&self, slot: &Slot) -> bool {
         let horizon = self.last_tick + self.shared.cleanup_interval * 2;
         horizon.saturating_duration_since(slot.created_at) >= self.server.config.max_lifetime
+    }
+
+    /// Whether session `i` is past `max_lifetime`: reads the clock only when it may be.
+    fn is_expired(&self, i: usize) -> bool {
+        let slot = &self.slots[i];
+        self.may_be_expired(slot)
+            && Instant::now().duration_since(slot.created_at) >= self.server.config.max_lifetime
     }
 
     /// Folds the releases since the last pass into `last_used` (the key's and its sessions'),
@@ -923,46 +1104,76 @@ impl KeyState {
         }
     }
 
-    /// Serves an acquire right now if possible: a session with capacity (hit), or a reserved
-    /// creation (miss). `None` means wait.
-    fn try_serve(&mut self, ctx: &SelectContext) -> Option<Grant> {
-        let selection = if self.server.pools() {
-            self.selector.select(&self.views, ctx)
-        } else {
-            Selection::Create
-        };
-        match selection {
-            Selection::Session(i) if self.views.get(i).is_some_and(SessionView::has_capacity) => {
-                if self.slots[i].peer.is_transport_closed() {
-                    // SSE and WebSocket sessions report their death (one atomic load): never
-                    // hand one out; select again without it.
-                    self.retire(i, EvictionReason::Broken);
-                    return self.try_serve(ctx);
-                }
-                Some(self.take(i))
-            }
-            Selection::Session(i) => {
-                tracing::warn!(
-                    strategy = self.server.strategy.name(),
-                    index = i,
-                    "strategy selected a session without capacity; creating instead"
-                );
-                self.grant_create(ctx)
-            }
-            Selection::Create => self.grant_create(ctx),
-            Selection::Wait => None,
+    /// The idle session released longest ago.
+    fn least_recently_used_idle(&self) -> Option<usize> {
+        (0..self.views.len())
+            .filter(|&i| self.views[i].in_flight == 0)
+            .min_by_key(|&i| self.slots[i].release_seq)
+    }
+
+    /// Keeps the `mcp_pool_sessions` gauge in step with session `i`: active while a lease
+    /// (not a health check) is out on it.
+    fn sync_gauge(&mut self, i: usize) {
+        let active = self.views[i].in_flight > self.slots[i].checking;
+        let slot = &mut self.slots[i];
+        if slot.gauge_active != active {
+            slot.gauge_active = active;
+            self.metrics.activate(active);
         }
     }
 
+    /// Serves an acquire right now if possible: a session with capacity (hit), or a reserved
+    /// creation (miss). `None` means wait.
+    fn try_serve(&mut self, ctx: &SelectContext) -> Option<Grant> {
+        loop {
+            let selection = if self.server.pools() {
+                self.selector.select(&self.views, ctx)
+            } else {
+                Selection::Create
+            };
+            return match selection {
+                Selection::Session(i)
+                    if self.views.get(i).is_some_and(SessionView::has_capacity) =>
+                {
+                    if self.slots[i].peer.is_transport_closed() {
+                        // SSE and WebSocket sessions report their death (one atomic load):
+                        // never hand one out; select again without it.
+                        self.retire(i, EvictionReason::Broken);
+                        continue;
+                    }
+                    if self.is_expired(i) {
+                        self.retire(i, EvictionReason::Lifetime);
+                        continue;
+                    }
+                    Some(self.take(i))
+                }
+                Selection::Session(i) => {
+                    tracing::warn!(
+                        strategy = self.server.strategy.name(),
+                        index = i,
+                        "strategy selected a session without capacity; creating instead"
+                    );
+                    self.grant_create(ctx)
+                }
+                Selection::Create => self.grant_create(ctx),
+                Selection::Wait => None,
+            };
+        }
+    }
+
+    /// A creation for `ctx`, if the key has room for one. At `max_size`, the least recently
+    /// used idle session makes room (sticky: a new conversation must not wait while sessions
+    /// bound to quiet ones sit idle; their conversations see `is_rebound()` next time).
     fn grant_create(&mut self, ctx: &SelectContext) -> Option<Grant> {
         if self.total() >= self.server.config.max_size {
-            return None;
+            let victim = self.least_recently_used_idle()?;
+            self.retire(victim, EvictionReason::Capacity);
         }
         Some(match self.reserve_create(ctx) {
-            Ok((endpoint, attempt)) => {
+            Ok(reserved) => {
                 self.counters.misses += 1;
                 self.metrics.misses.increment(1);
-                Grant::Create { endpoint, attempt }
+                Grant::Create(reserved)
             }
             Err(Refusal::NoEndpoint) => Grant::NoEndpoint,
             Err(Refusal::Capped(cap)) => Grant::Capped(cap),
@@ -971,8 +1182,8 @@ impl KeyState {
     }
 
     /// Reserves a creation slot on the endpoint the selector picks, counted against the
-    /// pool-wide caps. `Err(None)`: no endpoint is available; `Err(Some(cap))`: a cap is reached.
-    fn reserve_create(&mut self, ctx: &SelectContext) -> Result<(usize, Attempt), Refusal> {
+    /// pool-wide caps.
+    fn reserve_create(&mut self, ctx: &SelectContext) -> Result<Reserved, Refusal> {
         let now = Instant::now();
         let shared = self.shared.clone();
         let counters = self.server.counters.clone();
@@ -1046,7 +1257,12 @@ impl KeyState {
         }
         self.creating += 1;
         self.creating_by_endpoint[endpoint] += 1;
-        Ok((endpoint, attempt))
+        Ok(Reserved {
+            endpoint,
+            target: self.server.endpoints[endpoint].clone(),
+            attempt,
+            token: shared.closing.token(),
+        })
     }
 
     /// Records an operation's outcome in the server's and the endpoint's health scores.
@@ -1070,7 +1286,7 @@ impl KeyState {
             self.metrics.breaker_trips.increment(1);
             tracing::warn!(
                 server = %self.server.id,
-                endpoint = %self.server.endpoints[endpoint].url,
+                endpoint = %self.server.endpoints.get(endpoint).map_or("?", |e| &*e.url),
                 "circuit breaker opened"
             );
         }
@@ -1095,14 +1311,17 @@ impl KeyState {
         self.shared.close_session(slot.session, id, reason);
     }
 
+    /// Closes a retiring session whose last lease (or check) returned.
+    fn close_retired(&mut self, r: Retiring) {
+        self.metrics.session(r.slot.gauge_active, -1.0);
+        self.close(r.slot, r.id, r.reason);
+    }
+
     /// Hands out one lease on active session `i`.
     fn take(&mut self, i: usize) -> Grant {
-        let view = &mut self.views[i];
-        view.in_flight += 1;
-        let (id, endpoint) = (view.id, view.endpoint);
-        if view.in_flight == 1 {
-            self.metrics.activate(true);
-        }
+        self.views[i].in_flight += 1;
+        let (id, endpoint) = (self.views[i].id, self.views[i].endpoint);
+        self.sync_gauge(i);
         self.observe_load();
         let slot = &mut self.slots[i];
         slot.use_count += 1;
@@ -1123,9 +1342,9 @@ impl KeyState {
                 self.give_back(id, false);
                 self.counters.hits -= 1;
             }
-            Grant::Create { endpoint, attempt } => {
-                self.record_creation(endpoint, attempt, Outcome::Cancelled);
-                self.unreserve(endpoint);
+            Grant::Create(reserved) => {
+                self.record_creation(reserved.endpoint, reserved.attempt, Outcome::Cancelled);
+                self.unreserve(reserved.endpoint);
                 self.counters.misses -= 1;
             }
             Grant::NoEndpoint | Grant::Capped(_) | Grant::CircuitOpen(_) => {}
@@ -1141,19 +1360,16 @@ impl KeyState {
         self.released = true;
         if let Some(i) = self.views.iter().position(|v| v.id == id) {
             self.views[i].in_flight -= 1;
+            self.release_seq += 1;
+            self.slots[i].release_seq = self.release_seq;
             self.slots[i].released = true;
+            self.sync_gauge(i);
             self.observe_load();
-            if self.views[i].in_flight == 0 {
-                self.metrics.activate(false);
-            }
             let reason = if broken {
                 Some(EvictionReason::Broken)
             } else if !self.server.pools() {
                 Some(EvictionReason::Unpooled)
-            } else if self.may_be_expired(&self.slots[i])
-                && Instant::now().duration_since(self.slots[i].created_at)
-                    >= self.server.config.max_lifetime
-            {
+            } else if self.is_expired(i) {
                 Some(EvictionReason::Lifetime)
             } else {
                 None
@@ -1169,8 +1385,7 @@ impl KeyState {
             retiring.in_flight -= 1;
             if retiring.in_flight == 0 {
                 let r = self.retiring.swap_remove(i);
-                self.metrics.session(true, -1.0);
-                self.close(r.slot, r.id, r.reason);
+                self.close_retired(r);
             }
         }
     }
@@ -1183,7 +1398,7 @@ impl KeyState {
         self.counters.evictions += 1;
         self.metrics.evicted(reason);
         if view.in_flight == 0 {
-            self.metrics.session(false, -1.0);
+            self.metrics.session(slot.gauge_active, -1.0);
             self.close(slot, view.id, reason);
         } else {
             self.retiring.push(Retiring {
@@ -1196,7 +1411,10 @@ impl KeyState {
     }
 
     /// Serves queued acquires in FIFO order while anything can be served. A waiter that must
-    /// wait for a specific session (sticky) does not block those behind it.
+    /// wait for a specific session (sticky) does not block those behind it. Every transition
+    /// that may free room ends here: releases, evictions, creations (with
+    /// `session_concurrency` > 1 a new session serves more than the acquire it was made for),
+    /// failed creations, reconfiguration (DESIGN §2.1, §2.10).
     fn serve_waiters(&mut self) {
         let mut i = 0;
         while i < self.waiters.len() {
@@ -1222,11 +1440,31 @@ impl KeyState {
         }
     }
 
-    /// Whether any acquire could be served now.
+    /// Whether any acquire could be served now: room to create, or a session with capacity
+    /// (an idle one at `max_size` can be closed to make room).
     fn has_room(&self) -> bool {
         self.total() < self.server.config.max_size
             || self.views.iter().any(SessionView::has_capacity)
     }
+}
+
+/// How a finished creation was filled in.
+#[derive(Debug)]
+enum Filled {
+    /// Handed to the acquire it was made for.
+    Lease(Lease),
+    /// A background creation, now idle in the key.
+    Stored,
+    /// Closed at once.
+    Discarded(Discard),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Discard {
+    /// The key was removed (the pool closed).
+    Closed,
+    /// Its endpoint was removed or changed by a reconfiguration meanwhile.
+    Stale,
 }
 
 /// A reserved creation slot: dropped unfilled (failure, cancellation), it gives the slot back
@@ -1234,18 +1472,41 @@ impl KeyState {
 struct Reservation {
     key: Arc<KeyPool>,
     endpoint: usize,
+    target: Endpoint,
     armed: bool,
     user_slot: Option<StateId>,
     /// The endpoint breaker's permit: reported as a success (filled), a failure (`failed`) or
     /// a cancellation (dropped).
     attempt: Option<Attempt>,
+    /// Keeps [`Pool::close`](crate::Pool::close) waiting until the creation ended.
+    _token: TaskTrackerToken,
 }
 
 impl Reservation {
-    /// The creation failed: the breaker and the scores hear of it.
-    fn failed(&mut self, st: &mut KeyState) {
+    fn new(key: Arc<KeyPool>, reserved: Reserved) -> Self {
+        Self {
+            key,
+            endpoint: reserved.endpoint,
+            target: reserved.target,
+            armed: true,
+            user_slot: None,
+            attempt: Some(reserved.attempt),
+            _token: reserved.token,
+        }
+    }
+
+    /// The creation failed: counted, and the breaker and the scores hear of it when the
+    /// endpoint caused it (a caller's bad credential must not open the circuit for everyone,
+    /// DESIGN §2.11).
+    fn failed(&mut self, st: &mut KeyState, error: &TransportError) {
+        st.counters.create_failures += 1;
         if let Some(attempt) = self.attempt.take() {
-            st.record_creation(self.endpoint, attempt, Outcome::Failure);
+            let outcome = if counts_against_endpoint(error) {
+                Outcome::Failure
+            } else {
+                Outcome::Cancelled
+            };
+            st.record_creation(self.endpoint, attempt, outcome);
         }
     }
 
@@ -1268,15 +1529,15 @@ impl Reservation {
         }
     }
 
-    /// Turns the reservation into an active session; with `lease`, one lease on it is returned.
+    /// Turns the reservation into an active session, then serves the queue. `for_acquire`
+    /// (the acquire's context and headers) hands one lease on it to that acquire and lets the
+    /// strategy bind it; a background creation (`None`) binds to no affinity.
     fn fill(
         mut self,
         st: &mut KeyState,
         session: ClientSession,
-        ctx: &SelectContext,
-        lease: bool,
-        headers: Option<&HeaderMap>,
-    ) -> Option<Lease> {
+        for_acquire: Option<(&SelectContext, &HeaderMap)>,
+    ) -> Filled {
         self.armed = false;
         st.creating -= 1;
         st.creating_by_endpoint[self.endpoint] -= 1;
@@ -1285,65 +1546,73 @@ impl Reservation {
         }
         let shared = &self.key.shared;
         let id = shared.session_id();
-        if st.removed || shared.is_closed() {
-            let now = Instant::now();
-            let slot = Slot {
-                peer: Arc::new(session.peer().clone()),
-                user_slot: self.user_slot.take(),
-                session,
-                created_at: now,
-                last_used: now,
-                use_count: 0,
-                checking: 0,
-                released: false,
-            };
-            st.close(slot, id, EvictionReason::Closed);
+        let now = Instant::now();
+        st.release_seq += 1;
+        let mut slot = Slot::new(session, self.user_slot.take(), now, st.release_seq);
+        let current = st
+            .server
+            .endpoints
+            .get(self.endpoint)
+            .is_some_and(|e| same_endpoint(e, &self.target));
+        let discard = if st.removed || shared.is_closed() {
+            Some((Discard::Closed, EvictionReason::Closed))
+        } else if !current {
+            Some((Discard::Stale, EvictionReason::Drained))
+        } else {
+            None
+        };
+        if let Some((discard, reason)) = discard {
+            st.close(slot, id, reason);
             st.serve_waiters();
-            return None;
+            return Filled::Discarded(discard);
         }
-        let binding = st.selector.on_created(id, ctx);
+        let lease = for_acquire.is_some();
+        let binding = match for_acquire {
+            Some((ctx, headers)) => {
+                st.warm = true;
+                if st.headers.0 != *headers {
+                    st.headers = ForwardedHeaders(headers.clone());
+                }
+                st.selector.on_created(id, ctx)
+            }
+            None => Binding::Unbound,
+        };
         if binding == Binding::Rebound {
             st.counters.rebinds += 1;
             st.metrics.rebinds.increment(1);
         }
-        if let Some(headers) = headers {
-            st.warm = true;
-            if st.headers != *headers {
-                st.headers = headers.clone();
-            }
-        }
-        let now = Instant::now();
-        let endpoint = &st.server.endpoints[self.endpoint];
         st.views.push(SessionView {
             id,
             endpoint: self.endpoint,
             in_flight: u32::from(lease),
             capacity: st.server.config.session_concurrency,
-            weight: endpoint.weight,
+            weight: self.target.weight,
         });
-        let peer = Arc::new(session.peer().clone());
-        st.slots.push(Slot {
-            peer: peer.clone(),
-            user_slot: self.user_slot.take(),
-            session,
-            created_at: now,
-            last_used: now,
-            use_count: u64::from(lease),
-            checking: 0,
-            released: false,
-        });
+        slot.use_count = u64::from(lease);
+        slot.gauge_active = lease;
+        let peer = slot.peer.clone();
+        st.slots.push(slot);
         st.metrics.session(lease, 1.0);
-        lease.then(|| {
-            Lease::new(
+        let filled = if lease {
+            Filled::Lease(Lease::new(
                 self.key.clone(),
                 id,
                 peer,
                 self.endpoint,
                 false,
                 binding == Binding::Rebound,
-            )
-        })
+            ))
+        } else {
+            Filled::Stored
+        };
+        st.serve_waiters();
+        filled
     }
+}
+
+/// Whether a creation failure is the endpoint's doing (and so counts for its circuit breaker).
+fn counts_against_endpoint(_error: &TransportError) -> bool {
+    true
 }
 
 impl Drop for Reservation {

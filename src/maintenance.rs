@@ -1,6 +1,9 @@
 //! The background maintenance task: reaping without traffic (DESIGN §2.5, §7).
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use mcp_pool_traits::EvictionReason;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -9,7 +12,6 @@ use crate::{
     Pool,
     health::{HealthCheckConfig, check_session},
     key_pool::KeyPool,
-    pool::{KeyId, PoolInner},
 };
 
 /// Every `interval`: close sessions past `max_lifetime` or idle past `max_idle_time` (down to
@@ -42,6 +44,7 @@ fn spawn_periodic(pool: &Pool, period: Duration, mut tick: impl FnMut(&Pool) + S
 pub(crate) fn run_once(pool: &Pool, key_idle: Duration) {
     let now = Instant::now();
     let user_slots = pool.inner.shared.user_slots.get().cloned();
+    let mut candidates = Vec::new();
     for key in pool.all_keys() {
         if let Some(user_slots) = &user_slots
             && let (Some(subject), slots) = key.user_slots()
@@ -54,30 +57,48 @@ pub(crate) fn run_once(pool: &Pool, key_idle: Duration) {
                 .spawn(async move { user_slots.renew(&subject, &slots).await });
         }
         let outcome = key.reap(now, key_idle);
-        if outcome.idle_key {
-            remove_key(&pool.inner, &key);
-        } else {
-            for _ in 0..outcome.missing {
-                key.spawn_create();
-            }
+        if outcome.idle_key
+            && key.try_remove(
+                &pool.inner.keys,
+                Some((now, key_idle)),
+                EvictionReason::KeyEvicted,
+            )
+        {
+            continue;
+        }
+        for _ in 0..outcome.missing {
+            key.spawn_create();
+        }
+        if outcome.has_idle {
+            candidates.push((outcome.last_used, Arc::downgrade(&key)));
         }
     }
+    *pool.inner.candidates.lock() = order(candidates);
+    pool.inner.subjects.lock().retain(|_, keys| {
+        keys.retain(|k| k.upgrade().is_some_and(|k| !k.state.lock().removed));
+        !keys.is_empty()
+    });
 }
 
-/// Removes `key` from the map (if it is still there) and retires its sessions; returns
-/// whether it was removed.
-pub(crate) fn remove_key(inner: &PoolInner, key: &Arc<KeyPool>) -> bool {
-    // Only if the map still holds this very key pool. An acquire that found it just before
-    // sees it removed under its lock and looks the key up again.
-    let removed = inner
-        .keys
-        .pin()
-        .remove_if(&KeyId::of(key), |_, k| Arc::ptr_eq(k, key))
-        .is_ok_and(|r| r.is_some());
-    if removed {
-        key.retire_all(EvictionReason::KeyEvicted, true);
-    }
-    removed
+/// The keys with idle sessions, least recently used last (where [`Pool`] takes room from
+/// under a pool-wide cap), from every key: the rebuild when the maintenance pass's list is
+/// used up.
+pub(crate) fn candidates(pool: &Pool) -> Vec<Weak<KeyPool>> {
+    let keys = pool.all_keys();
+    order(
+        keys.iter()
+            .filter_map(|k| {
+                let st = k.state.lock();
+                st.has_idle_session()
+                    .then(|| (st.last_used, Arc::downgrade(k)))
+            })
+            .collect(),
+    )
+}
+
+fn order(mut keys: Vec<(Instant, Weak<KeyPool>)>) -> Vec<Weak<KeyPool>> {
+    keys.sort_by(|a, b| b.0.cmp(&a.0));
+    keys.into_iter().map(|(_, k)| k).collect()
 }
 
 /// How often the health task looks for keys due for a health check or a rebalance. Each key
@@ -85,34 +106,39 @@ pub(crate) fn remove_key(inner: &PoolInner, key: &Arc<KeyPool>) -> bool {
 pub(crate) const HEALTH_TICK: Duration = Duration::from_secs(5);
 
 /// Background health checks of idle sessions and the autoscaler (DESIGN §7): every
-/// [`HEALTH_TICK`], each key due checks its idle sessions with the chain of `config` (failed
-/// ones are closed and `min_size` refilled, which also probes endpoints whose circuit has
-/// reset), and, with `auto_scale`, moves its target size and pre-creates sessions.
+/// [`HEALTH_TICK`], each key due checks its idle sessions with the chain of `config`, one at a
+/// time so that a key never has more than one session out of service for a check (failed ones
+/// are closed and `min_size` refilled, which also probes endpoints whose circuit has reset),
+/// and, with `auto_scale`, moves its target size and pre-creates sessions. Check tasks are
+/// tracked: [`Pool::close`] waits for them.
 pub(crate) fn spawn_health(pool: &Pool, config: HealthCheckConfig) {
     let config = Arc::new(config);
     spawn_periodic(pool, HEALTH_TICK, move |pool| {
         let now = Instant::now();
+        let shared = &pool.inner.shared;
         for key in pool.all_keys() {
             for _ in 0..key.rebalance(now) {
                 key.spawn_create();
             }
-            let due = key.health_due(now);
-            if due.is_empty() {
+            if !key.health_round(now) {
                 continue;
             }
             let config = config.clone();
-            pool.inner.shared.runtime.spawn(async move {
-                let mut failures = 0;
-                for (id, peer) in due {
-                    let outcome = check_session(&peer, &config).await;
-                    failures += u32::from(key.health_checked(id, &outcome));
-                }
-                if failures > 0 {
-                    for _ in 0..key.missing_for_min_size() {
-                        key.spawn_create();
+            shared.closing.spawn_on(
+                async move {
+                    let mut failures = 0;
+                    while let Some((id, peer)) = key.health_take() {
+                        let outcome = check_session(&peer, &config).await;
+                        failures += u32::from(key.health_checked(id, &outcome));
                     }
-                }
-            });
+                    if failures > 0 {
+                        for _ in 0..key.missing_for_min_size() {
+                            key.spawn_create();
+                        }
+                    }
+                },
+                &shared.runtime,
+            );
         }
     });
 }

@@ -2,13 +2,13 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, Weak, atomic::Ordering},
 };
 
 use http::HeaderMap;
 use mcp_pool_traits::{
-    AffinityKey, EvictionReason, IdentityConfig, PoolConfig, PoolKey, Principal, SelectContext,
-    ServerId, StateBackend, Strategy, TransportKind,
+    AffinityKey, Digest256, EvictionReason, IdentityConfig, PoolConfig, PoolKey, Principal,
+    SelectContext, ServerId, StateBackend, Strategy, TransportKind,
 };
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -34,7 +34,7 @@ use crate::{
 ///     .headers(&headers)                 // identity + forwarded upstream
 ///     .downstream_session("conv-42");    // sticky affinity
 /// ```
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct AcquireRequest<'a> {
     server: &'a ServerId,
     principal: Option<Principal>,
@@ -90,6 +90,23 @@ impl<'a> AcquireRequest<'a> {
     }
 }
 
+impl std::fmt::Debug for AcquireRequest<'_> {
+    /// Header names only: their values are credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcquireRequest")
+            .field("server", self.server)
+            .field("principal", &self.principal)
+            .field("user", &self.user.map(|_| "<redacted>"))
+            .field(
+                "headers",
+                &self.headers.map(|h| h.keys().collect::<Vec<_>>()),
+            )
+            .field("transport", &self.transport)
+            .field("affinity", &self.affinity)
+            .finish()
+    }
+}
+
 /// A pool of initialized upstream MCP sessions, keyed by (user, identity, server, transport).
 ///
 /// Cheap to clone (an `Arc`). Build one with [`Pool::builder`].
@@ -128,6 +145,13 @@ pub(crate) struct PoolInner {
     /// Per server id, ever: its stable index (for [`KeyId`]) and its counters.
     pub(crate) server_slots: parking_lot::Mutex<HashMap<ServerId, (u32, Arc<ServerCounters>)>>,
     pub(crate) generation: std::sync::atomic::AtomicU64,
+    /// Keys with idle sessions, least recently used last: where a pool-wide cap (keys,
+    /// sessions) takes room from. Built by the maintenance pass (off the request path) and
+    /// rebuilt on demand when used up.
+    pub(crate) candidates: parking_lot::Mutex<Vec<Weak<KeyPool>>>,
+    /// The keys of each subject of the user limit: where the user limit takes room from
+    /// without looking at anybody else's keys.
+    pub(crate) subjects: parking_lot::Mutex<HashMap<Digest256, Vec<Weak<KeyPool>>, FastHash>>,
     /// Bumped after every applied configuration change, whatever its source.
     pub(crate) config_changes: tokio::sync::watch::Sender<u64>,
 }
@@ -163,37 +187,56 @@ impl Pool {
     }
 
     /// Validates `server` and swaps it in; `base` is the configuration a deleted saved config
-    /// reverts to.
+    /// reverts to. Installs are serialized and numbered under one lock, so the map always
+    /// holds the newest, and every key of the server picks it up at once (keys only ever move
+    /// to a newer generation, DESIGN §2.10).
     fn install(&self, server: ServerConfig, base: PoolConfig) -> Result<(), PoolError> {
         server.validate()?;
         let strategy: Arc<dyn Strategy> = match &server.strategy {
             Some(custom) => custom.clone(),
             None => mcp_pool_strategies::builtin(server.pool.strategy),
         };
-        let (index, counters) = {
+        let entry = {
             let mut slots = self.inner.server_slots.lock();
             let next = slots.len() as u32;
-            slots
+            let (index, counters) = slots
                 .entry(server.id.clone())
                 .or_insert_with(|| (next, Arc::default()))
-                .clone()
+                .clone();
+            let previous = self.inner.shared.server(&server.id);
+            if let Some(previous) = &previous {
+                // An endpoint that now points elsewhere starts with a fresh breaker and score.
+                let mut health = counters.health.lock();
+                let now = Instant::now();
+                for (i, (old, new)) in previous.endpoints.iter().zip(&server.endpoints).enumerate()
+                {
+                    if old.url != new.url || old.transport != new.transport {
+                        health.reset_endpoint(i, self.inner.shared.breaker, now);
+                    }
+                }
+            }
+            let entry = Arc::new(ServerEntry {
+                index,
+                base,
+                id: server.id.clone(),
+                endpoints: server.endpoints.into(),
+                config: server.pool,
+                strategy,
+                generation: self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
+                counters,
+            });
+            self.inner.shared.servers.rcu(|servers| {
+                let mut servers = HashMap::clone(servers);
+                servers.insert(entry.id.clone(), entry.clone());
+                servers
+            });
+            entry
         };
-        let entry = ServerEntry {
-            index,
-            base,
-            id: server.id.clone(),
-            endpoints: server.endpoints.into(),
-            config: server.pool,
-            strategy,
-            generation: self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
-            counters,
-        };
-        let entry = Arc::new(entry);
-        self.inner.shared.servers.rcu(|servers| {
-            let mut servers = HashMap::clone(servers);
-            servers.insert(entry.id.clone(), entry.clone());
-            servers
-        });
+        for key in self.all_keys() {
+            if key.server_index == entry.index {
+                key.reconfigure(&entry);
+            }
+        }
         self.inner.config_changes.send_modify(|n| *n += 1);
         Ok(())
     }
@@ -309,6 +352,9 @@ impl Pool {
         let ctx = SelectContext {
             affinity: request.affinity,
         };
+        // Set on the first step that is not a hit: `timeout` bounds the whole acquire, retries
+        // included.
+        let mut clock: Option<(Instant, Instant)> = None;
         loop {
             // The hit path runs under read locks of the server and key maps and the key's
             // mutex: no reference count, clock read or allocation beyond the lease's own.
@@ -334,10 +380,15 @@ impl Pool {
                                 max_keys: shared.limits.max_keys,
                             });
                         }
-                        keys.get_or_insert_with(id, || {
-                            let key = PoolKey::new(principal, server.id.clone(), transport);
-                            Arc::new(KeyPool::new(key, shared.clone(), server.clone()))
-                        })
+                        let key = PoolKey::new(principal, server.id.clone(), transport);
+                        let new = Arc::new(KeyPool::new(key, shared.clone(), server.clone()));
+                        match keys.try_insert(id, new) {
+                            Ok(inserted) => {
+                                self.register_subject(inserted);
+                                inserted
+                            }
+                            Err(occupied) => occupied.current,
+                        }
                     }
                 };
                 let attempt = key_pool
@@ -353,16 +404,19 @@ impl Pool {
                 Next::Closed => return Err(PoolError::Closed),
                 Next::Slow(first) => first,
             };
-            let started = Instant::now();
+            let (started, deadline) = *clock.get_or_insert_with(|| {
+                let now = Instant::now();
+                (now, now + server.config.timeout)
+            });
             let args = AcquireArgs {
                 ctx,
                 started,
                 headers,
-                deadline: started + server.config.timeout,
+                deadline,
             };
             match key_pool.acquire_slow_recorded(first, args).await {
                 Ok(lease) => return Ok(lease),
-                Err(AcquireError::Removed) => continue,
+                Err(AcquireError::Removed | AcquireError::Retry) => continue,
                 Err(AcquireError::Capped(cap)) => {
                     if !self.make_room(cap, &key_pool).await {
                         return Err(self.cap_error(cap, &key_pool));
@@ -373,15 +427,39 @@ impl Pool {
         }
     }
 
-    /// Closes one idle session to make room under `cap`: one of the same user for the user
-    /// limit, any for the pool-wide cap. Returns whether one was closed.
+    /// Records a new key under its subject (the user limit takes room from these keys only).
+    fn register_subject(&self, key: &Arc<KeyPool>) {
+        if let Some(subject) = key.subject() {
+            let mut subjects = self.inner.subjects.lock();
+            let keys = subjects.entry(subject).or_default();
+            keys.retain(|k| k.strong_count() > 0);
+            keys.push(Arc::downgrade(key));
+        }
+    }
+
+    /// Closes one idle session to make room under `cap`: the least recently used one of the
+    /// same user for the user limit (among that user's keys only), of the least recently used
+    /// key with idle sessions for the pool-wide cap. Returns whether one was closed.
     async fn make_room(&self, cap: Cap, requester: &KeyPool) -> bool {
-        let subject = requester.subject();
-        let evicted = self
-            .all_keys()
-            .iter()
-            .filter(|k| cap == Cap::Sessions || k.subject() == subject)
-            .find_map(|k| k.evict_one_idle().map(|slot| (k.subject(), slot)));
+        let evicted = match cap {
+            Cap::User => {
+                let Some(subject) = requester.subject() else {
+                    return false;
+                };
+                let keys: Vec<Arc<KeyPool>> = self
+                    .inner
+                    .subjects
+                    .lock()
+                    .get(&subject)
+                    .map(|keys| keys.iter().filter_map(Weak::upgrade).collect())
+                    .unwrap_or_default();
+                keys.iter()
+                    .find_map(|k| k.evict_one_idle().map(|slot| (k.subject(), slot)))
+            }
+            Cap::Sessions => {
+                self.take_candidate(|k| k.evict_one_idle().map(|slot| (k.subject(), slot)))
+            }
+        };
         match evicted {
             Some((Some(owner), Some(slot))) => {
                 if let Some(slots) = self.inner.shared.user_slots.get() {
@@ -392,6 +470,33 @@ impl Pool {
             Some(_) => true,
             None => false,
         }
+    }
+
+    /// Applies `f` to the least recently used candidate keys (see [`PoolInner::candidates`])
+    /// until it returns `Some`; a key it returns `None` for leaves the list. When the list
+    /// runs out it is rebuilt once from every key (amortized over the evictions it serves).
+    fn take_candidate<T>(&self, mut f: impl FnMut(&Arc<KeyPool>) -> Option<T>) -> Option<T> {
+        for rebuilt in [false, true] {
+            if rebuilt {
+                let fresh = crate::maintenance::candidates(self);
+                *self.inner.candidates.lock() = fresh;
+            }
+            loop {
+                let Some(key) = self.inner.candidates.lock().last().cloned() else {
+                    break;
+                };
+                if let Some(key) = key.upgrade()
+                    && let Some(found) = f(&key)
+                {
+                    return Some(found);
+                }
+                let mut candidates = self.inner.candidates.lock();
+                if candidates.last().is_some_and(|k| k.ptr_eq(&key)) {
+                    candidates.pop();
+                }
+            }
+        }
+        None
     }
 
     fn cap_error(&self, cap: Cap, requester: &KeyPool) -> PoolError {
@@ -409,12 +514,15 @@ impl Pool {
         }
     }
 
-    /// Removes one idle key, with its sessions, to make room under the key cap.
+    /// Removes the least recently used idle key, with its sessions, to make room under the
+    /// key cap.
     fn evict_idle_key(&self) -> bool {
-        self.all_keys()
-            .iter()
-            .filter(|k| k.is_idle())
-            .any(|k| crate::maintenance::remove_key(&self.inner, k))
+        let keys = &self.inner.keys;
+        self.take_candidate(|k| {
+            k.try_remove(keys, None, EvictionReason::KeyEvicted)
+                .then_some(())
+        })
+        .is_some()
     }
 
     /// Ends the sticky binding of a downstream session on `server` and retires its upstream
@@ -429,18 +537,24 @@ impl Pool {
         let ctx = SelectContext {
             affinity: Some(AffinityKey::downstream_session(downstream_session)),
         };
-        let keys: Vec<Arc<KeyPool>> = self
-            .inner
-            .keys
-            .pin()
-            .iter()
-            .filter(|(_, v)| &v.key.server == server && v.key.principal() == principal)
-            .map(|(_, v)| v.clone())
-            .collect();
-        // Every transport's key is unbound: no short circuit.
+        let Some(entry) = self.inner.shared.server(server) else {
+            return false;
+        };
+        let keys = self.inner.keys.pin();
+        // Every transport's key is unbound (no short circuit); each is one map lookup.
         let mut found = false;
-        for key in &keys {
-            found |= key.unbind(&ctx);
+        for transport in TransportKind::ALL {
+            if !entry.endpoints.iter().any(|e| e.transport == transport) {
+                continue;
+            }
+            let id = KeyId {
+                server: entry.index,
+                principal,
+                transport,
+            };
+            if let Some(key) = keys.get(&id) {
+                found |= key.unbind(&ctx);
+            }
         }
         found
     }
@@ -450,22 +564,26 @@ impl Pool {
     /// never lets more than `max_size` sessions exist (DESIGN §2.2).
     pub fn drain(&self) {
         for key in self.all_keys() {
-            key.retire_all(EvictionReason::Drained, false);
+            key.drain();
         }
     }
 
     /// Closes every session and refuses new acquires; queued acquires fail with
-    /// [`PoolError::Closed`]. Returns once every idle session is closed on its server
-    /// (streamable HTTP: DELETE sent); sessions with leases out close when released.
+    /// [`PoolError::Closed`]. Returns once every session without a lease out is closed on its
+    /// server (streamable HTTP: DELETE sent) — sessions still being created or health-checked
+    /// included: `close()` waits for them to finish and closes them. Sessions with leases out
+    /// close when released.
     pub async fn close(&self) {
         let shared = &self.inner.shared;
         shared.closed.store(true, Ordering::Release);
         self.inner.shutdown.cancel();
         let keys = self.all_keys();
-        self.inner.keys.pin().clear();
-        for key in keys {
-            key.retire_all(EvictionReason::Closed, true);
+        for key in &keys {
+            key.close();
         }
+        self.inner.keys.pin().clear();
+        self.inner.candidates.lock().clear();
+        self.inner.subjects.lock().clear();
         shared.closing.close();
         shared.closing.wait().await;
     }

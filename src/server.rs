@@ -133,6 +133,16 @@ impl ServerHealth {
         }
     }
 
+    /// Starts endpoint `i` afresh (a new breaker and score): it now points elsewhere.
+    pub(crate) fn reset_endpoint(&mut self, i: usize, breaker: BreakerConfig, now: Instant) {
+        if let Some(e) = self.endpoints.get_mut(i) {
+            *e = EndpointHealth {
+                breaker: CircuitBreaker::new(breaker),
+                score: HealthScore::new(now),
+            };
+        }
+    }
+
     /// Records one operation's outcome for the server and, if known, its endpoint.
     pub(crate) fn record(&mut self, endpoint: Option<usize>, success: bool, now: Instant) {
         if let Some(score) = &mut self.score {
