@@ -1658,3 +1658,67 @@ impl Drop for WaiterGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use mcp_pool_conformance::DuplexTransport;
+    use mcp_pool_traits::{
+        Endpoint, PoolConfig, Principal, SelectContext, ServerId, StrategyKind, TransportKind,
+    };
+
+    use crate::{Pool, ServerConfig, pool::KeyId};
+
+    // Issue 9, item 9: an acquire that loaded an older server snapshot must not roll its key
+    // back (retiring every session twice, re-admitting creations above a lowered max_size).
+    #[tokio::test(start_paused = true)]
+    async fn a_stale_snapshot_never_rolls_a_key_back() {
+        let id = ServerId::new("stale").unwrap();
+        let endpoint =
+            Endpoint::new("http://stale.invalid/mcp", TransportKind::StreamableHttp).unwrap();
+        let config = PoolConfig {
+            max_size: 3,
+            size: 3,
+            ..PoolConfig::enabled()
+        };
+        let pool = Pool::builder()
+            .transport(Arc::new(DuplexTransport::new(
+                TransportKind::StreamableHttp,
+            )))
+            .server(ServerConfig::new(id.clone(), endpoint).pool(config.clone()))
+            .build()
+            .unwrap();
+        let user = Principal::user("u");
+        drop(pool.acquire(&id, user).await.unwrap());
+        let stale = pool.inner.shared.server(&id).unwrap();
+        pool.set_pool_config(
+            &id,
+            PoolConfig {
+                strategy: StrategyKind::LeastConnections,
+                max_size: 1,
+                size: 1,
+                ..config
+            },
+        )
+        .unwrap();
+        let newest = pool.inner.shared.server(&id).unwrap().generation;
+        let key = pool
+            .inner
+            .keys
+            .pin()
+            .get(&KeyId {
+                server: stale.index,
+                principal: user,
+                transport: TransportKind::StreamableHttp,
+            })
+            .cloned()
+            .unwrap();
+        let lease = key.try_acquire(&stale, &SelectContext::default());
+        let st = key.state.lock();
+        assert_eq!(st.server.generation, newest, "the key moved back");
+        assert_eq!(st.server.config.max_size, 1);
+        drop(st);
+        drop(lease);
+    }
+}
