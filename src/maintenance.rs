@@ -97,7 +97,7 @@ pub(crate) fn candidates(pool: &Pool) -> Vec<Weak<KeyPool>> {
 }
 
 fn order(mut keys: Vec<(Instant, Weak<KeyPool>)>) -> Vec<Weak<KeyPool>> {
-    keys.sort_by(|a, b| b.0.cmp(&a.0));
+    keys.sort_by_key(|k| std::cmp::Reverse(k.0));
     keys.into_iter().map(|(_, k)| k).collect()
 }
 
