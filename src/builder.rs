@@ -221,6 +221,7 @@ impl PoolBuilder {
                 server_slots: Default::default(),
                 generation: Default::default(),
                 config_changes: tokio::sync::watch::channel(0).0,
+                saved_versions: Default::default(),
             }),
         };
         for server in self.servers {
