@@ -6,6 +6,10 @@
 //! cargo test --example custom_backend    # proves it: one test per check of the suite
 //! ```
 //!
+//! Saved configs carry a version the backend gives each put and delete, atomically with the
+//! write (here: under the map's lock); watchers apply only versions above those they applied,
+//! so a re-list or a late notification never reverts a newer config.
+//!
 //! Two habits make a backend pass the suite's key-building check without effort: keys are
 //! typed tuples (or strings joined by a separator that validated ids cannot contain, such as
 //! `:`), and every key starts with the namespace the factory hands over.
@@ -18,7 +22,7 @@ use std::{
 
 use futures::{StreamExt, stream::BoxStream};
 use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, ServerId, StateBackend, StateId,
+    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, ServerId, StateBackend, StateId,
 };
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
@@ -26,7 +30,10 @@ use tokio::sync::broadcast;
 /// What the map holds, keyed by (namespace, id) tuples: no string building, nothing to escape.
 #[derive(Default)]
 struct Tables {
-    configs: HashMap<(StateId, ServerId), PoolConfig>,
+    /// (namespace, server) → its latest change: the config (`None` once deleted: the
+    /// tombstone that keeps versions increasing and tells a re-listing watcher of the delete)
+    /// and its version.
+    configs: HashMap<(StateId, ServerId), ConfigChange>,
     /// (namespace, session) → (owner, expires, owner had a heartbeat when it claimed).
     claims: HashMap<(StateId, StateId), (StateId, Instant, bool)>,
     heartbeats: HashMap<(StateId, StateId), Instant>,
@@ -95,6 +102,25 @@ impl MapBackend {
             .is_some_and(|&exp| exp > now)
     }
 
+    /// Stores `config` (`None`: a deletion) under the server's next version and tells every
+    /// watcher; the version. Called under the lock, so that the version is given atomically
+    /// with the write and watchers see a server's changes in version order.
+    fn record(&self, t: &mut Tables, server: &ServerId, config: Option<PoolConfig>) -> u64 {
+        let key = self.key(server);
+        let version = t.configs.get(&key).map_or(0, |change| change.version) + 1;
+        let change = ConfigChange {
+            server: server.clone(),
+            config,
+            version,
+        };
+        t.configs.insert(key, change.clone());
+        let _ = self
+            .store
+            .events
+            .send(Event::Config(self.ns.clone(), change));
+        version
+    }
+
     fn events<T: Send + 'static>(
         &self,
         pick: impl Fn(Event) -> Option<T> + Send + 'static,
@@ -124,57 +150,44 @@ impl StateBackend for MapBackend {
         "hashmap"
     }
 
-    async fn put_config(&self, server: &ServerId, config: &PoolConfig) -> Result<(), BackendError> {
+    async fn put_config(
+        &self,
+        server: &ServerId,
+        config: &PoolConfig,
+    ) -> Result<u64, BackendError> {
         let mut t = self.store.tables.lock();
-        t.configs.insert(self.key(server), config.clone());
-        let change = ConfigChange {
-            server: server.clone(),
-            config: Some(config.clone()),
-        };
-        // Sent under the lock, so watchers see changes in the order they were made.
-        let _ = self
-            .store
-            .events
-            .send(Event::Config(self.ns.clone(), change));
-        Ok(())
+        Ok(self.record(&mut t, server, Some(config.clone())))
     }
 
-    async fn get_config(&self, server: &ServerId) -> Result<Option<PoolConfig>, BackendError> {
-        Ok(self
-            .store
-            .tables
-            .lock()
-            .configs
-            .get(&self.key(server))
-            .cloned())
-    }
-
-    async fn list_configs(&self) -> Result<Vec<(ServerId, PoolConfig)>, BackendError> {
+    async fn get_config(&self, server: &ServerId) -> Result<Option<SavedConfig>, BackendError> {
         let t = self.store.tables.lock();
-        let mut all: Vec<_> = t
+        Ok(t.configs.get(&self.key(server)).and_then(|change| {
+            Some(SavedConfig {
+                config: change.config.clone()?,
+                version: change.version,
+            })
+        }))
+    }
+
+    async fn list_configs(&self) -> Result<Vec<ConfigChange>, BackendError> {
+        let t = self.store.tables.lock();
+        let mut all: Vec<ConfigChange> = t
             .configs
             .iter()
             .filter(|((ns, _), _)| *ns == self.ns)
-            .map(|((_, server), config)| (server.clone(), config.clone()))
+            .map(|(_, change)| change.clone())
             .collect();
-        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.sort_by(|a, b| a.server.cmp(&b.server));
         Ok(all)
     }
 
-    async fn delete_config(&self, server: &ServerId) -> Result<bool, BackendError> {
+    async fn delete_config(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
         let mut t = self.store.tables.lock();
-        let existed = t.configs.remove(&self.key(server)).is_some();
-        if existed {
-            let change = ConfigChange {
-                server: server.clone(),
-                config: None,
-            };
-            let _ = self
-                .store
-                .events
-                .send(Event::Config(self.ns.clone(), change));
-        }
-        Ok(existed)
+        let stored = t
+            .configs
+            .get(&self.key(server))
+            .is_some_and(|change| change.config.is_some());
+        Ok(stored.then(|| self.record(&mut t, server, None)))
     }
 
     async fn watch_configs(&self) -> Result<BoxStream<'static, ConfigChange>, BackendError> {
@@ -344,6 +357,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let claim = a.claim(&session, &worker, Duration::from_secs(60)).await?;
     println!("worker-a claims downstream-42: {claim:?}");
     println!("instance b sees owner {:?}", b.owner(&session).await?);
+    let server = ServerId::new("github")?;
+    let version = a.put_config(&server, &PoolConfig::enabled()).await?;
+    let seen = b.get_config(&server).await?.map(|saved| saved.version);
+    println!("a saves github's config as version {version}; b reads version {seen:?}");
     println!("prove it: cargo test --example custom_backend");
     Ok(())
 }

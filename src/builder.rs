@@ -223,6 +223,7 @@ impl PoolBuilder {
                 candidates: Default::default(),
                 subjects: Default::default(),
                 config_changes: tokio::sync::watch::channel(0).0,
+                saved_versions: Default::default(),
             }),
         };
         for server in self.servers {

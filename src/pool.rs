@@ -154,6 +154,8 @@ pub(crate) struct PoolInner {
     pub(crate) subjects: parking_lot::Mutex<HashMap<Digest256, Vec<Weak<KeyPool>>, FastHash>>,
     /// Bumped after every applied configuration change, whatever its source.
     pub(crate) config_changes: tokio::sync::watch::Sender<u64>,
+    /// Per server, the version of the last saved config (or deletion) applied.
+    pub(crate) saved_versions: crate::workers::SavedVersions,
 }
 
 impl Drop for PoolInner {
@@ -286,8 +288,14 @@ impl Pool {
             return Err(PoolError::UnknownServer(server.clone()));
         }
         config.validate()?;
-        self.inner.backend.put_config(server, &config).await?;
-        self.set_pool_config(server, config)
+        let version = self.inner.backend.put_config(server, &config).await?;
+        // Not applied when a newer save (by another pool) was applied meanwhile.
+        let change = mcp_pool_traits::ConfigChange {
+            server: server.clone(),
+            config: Some(config),
+            version,
+        };
+        crate::workers::apply_saved(self, change).map(drop)
     }
 
     /// Deletes the saved config of `server` from the state backend; every pool sharing the
@@ -302,9 +310,18 @@ impl Pool {
             .shared
             .server(server)
             .ok_or_else(|| PoolError::UnknownServer(server.clone()))?;
-        let existed = self.inner.backend.delete_config(server).await?;
-        self.set_pool_config(server, current.base.clone())?;
-        Ok(existed)
+        let Some(version) = self.inner.backend.delete_config(server).await? else {
+            // Nothing saved: back to the configuration as added all the same.
+            self.set_pool_config(server, current.base.clone())?;
+            return Ok(false);
+        };
+        let change = mcp_pool_traits::ConfigChange {
+            server: server.clone(),
+            config: None,
+            version,
+        };
+        crate::workers::apply_saved(self, change)?;
+        Ok(true)
     }
 
     /// A receiver that changes after every applied configuration change (added servers,

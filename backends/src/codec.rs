@@ -7,7 +7,8 @@ use mcp_pool_traits::{BackendError, PoolConfig, ServerId};
 #[cfg(feature = "redis")]
 use serde::{Deserialize, Serialize};
 
-/// A config change as Redis publishes it.
+/// A config change as Redis publishes it, after its version and a space (the version is given
+/// inside the Lua script that writes the change, so the script prepends it).
 #[cfg(feature = "redis")]
 #[derive(Serialize, Deserialize)]
 struct ConfigEvent {
@@ -47,7 +48,7 @@ pub(crate) fn decode_server(backend: &'static str, text: &str) -> Result<ServerI
     })
 }
 
-/// A config change as sent to other instances.
+/// A config change as sent to other instances, without its version.
 #[cfg(feature = "redis")]
 pub(crate) fn encode_change(server: &ServerId, config: Option<&PoolConfig>) -> String {
     // Invariant: as in encode_config.
@@ -58,7 +59,7 @@ pub(crate) fn encode_change(server: &ServerId, config: Option<&PoolConfig>) -> S
     .expect("a config event serializes")
 }
 
-/// A config change received from another instance.
+/// A config change received from another instance: `VERSION CHANGE-JSON`.
 ///
 /// # Errors
 /// [`BackendError::InvalidData`] when it does not parse.
@@ -67,12 +68,35 @@ pub(crate) fn decode_change(
     backend: &'static str,
     text: &str,
 ) -> Result<ConfigChange, BackendError> {
-    let ev: ConfigEvent = serde_json::from_str(text).map_err(|e| BackendError::InvalidData {
+    let invalid = |e: &dyn std::fmt::Display| BackendError::InvalidData {
         backend,
         message: format!("a config change notification does not parse: {e}"),
-    })?;
+    };
+    let (version, json) = text
+        .split_once(' ')
+        .ok_or_else(|| invalid(&"no version before the change"))?;
+    let version = version.parse().map_err(|e| invalid(&e))?;
+    let ev: ConfigEvent = serde_json::from_str(json).map_err(|e| invalid(&e))?;
     Ok(ConfigChange {
         server: ev.server,
         config: ev.config,
+        version,
     })
+}
+
+#[cfg(all(test, feature = "redis"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_round_trips_with_the_version_the_script_prepends() {
+        let server = ServerId::new("srv").unwrap();
+        let text = format!("42 {}", encode_change(&server, None));
+        let change = decode_change("redis", &text).unwrap();
+        assert!(decode_change("redis", &encode_change(&server, None)).is_err());
+        assert_eq!(
+            (change.server, change.config, change.version),
+            (server, None, 42)
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::{
 
 use futures::stream::BoxStream;
 use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, ServerId, StateBackend, StateId,
+    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, ServerId, StateBackend, StateId,
 };
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -63,7 +63,8 @@ struct Store {
 
 #[derive(Default)]
 struct Space {
-    configs: BTreeMap<ServerId, PoolConfig>,
+    /// Per server: the latest change, a deletion kept as a tombstone (`config: None`).
+    configs: BTreeMap<ServerId, ConfigChange>,
     claims: HashMap<StateId, ClaimRecord>,
     heartbeats: HashMap<StateId, Instant>,
     slots: HashMap<StateId, HashMap<StateId, Instant>>,
@@ -88,6 +89,19 @@ impl Space {
             tracked: rec.tracked,
             owner_alive: self.alive(&rec.owner, now),
         })
+    }
+
+    /// Records `config` (or a deletion) for `server` under the next version; the change to
+    /// announce.
+    fn record(&mut self, server: &ServerId, config: Option<PoolConfig>) -> ConfigChange {
+        let version = self.configs.get(server).map_or(0, |c| c.version) + 1;
+        let change = ConfigChange {
+            server: server.clone(),
+            config,
+            version,
+        };
+        self.configs.insert(server.clone(), change.clone());
+        change
     }
 
     fn wrote(&mut self, now: Instant) {
@@ -165,43 +179,44 @@ impl StateBackend for MemoryBackend {
         NAME
     }
 
-    async fn put_config(&self, server: &ServerId, config: &PoolConfig) -> Result<(), BackendError> {
-        self.with_space(|s| s.configs.insert(server.clone(), config.clone()));
-        self.store.fanout.send_config(
-            &self.namespace,
-            ConfigChange {
-                server: server.clone(),
-                config: Some(config.clone()),
-            },
-        );
-        Ok(())
+    async fn put_config(
+        &self,
+        server: &ServerId,
+        config: &PoolConfig,
+    ) -> Result<u64, BackendError> {
+        // Sent under the lock: watchers see a server's changes in version order.
+        self.with_space(|s| {
+            let change = s.record(server, Some(config.clone()));
+            let version = change.version;
+            self.store.fanout.send_config(&self.namespace, change);
+            Ok(version)
+        })
     }
 
-    async fn get_config(&self, server: &ServerId) -> Result<Option<PoolConfig>, BackendError> {
-        Ok(self.with_space(|s| s.configs.get(server).cloned()))
-    }
-
-    async fn list_configs(&self) -> Result<Vec<(ServerId, PoolConfig)>, BackendError> {
+    async fn get_config(&self, server: &ServerId) -> Result<Option<SavedConfig>, BackendError> {
         Ok(self.with_space(|s| {
-            s.configs
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
+            let change = s.configs.get(server)?;
+            Some(SavedConfig {
+                config: change.config.clone()?,
+                version: change.version,
+            })
         }))
     }
 
-    async fn delete_config(&self, server: &ServerId) -> Result<bool, BackendError> {
-        let existed = self.with_space(|s| s.configs.remove(server).is_some());
-        if existed {
-            self.store.fanout.send_config(
-                &self.namespace,
-                ConfigChange {
-                    server: server.clone(),
-                    config: None,
-                },
-            );
-        }
-        Ok(existed)
+    async fn list_configs(&self) -> Result<Vec<ConfigChange>, BackendError> {
+        Ok(self.with_space(|s| s.configs.values().cloned().collect()))
+    }
+
+    async fn delete_config(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
+        Ok(self.with_space(|s| {
+            let stored = s.configs.get(server).is_some_and(|c| c.config.is_some());
+            stored.then(|| {
+                let change = s.record(server, None);
+                let version = change.version;
+                self.store.fanout.send_config(&self.namespace, change);
+                version
+            })
+        }))
     }
 
     async fn watch_configs(&self) -> Result<BoxStream<'static, ConfigChange>, BackendError> {

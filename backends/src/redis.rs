@@ -1,11 +1,17 @@
 //! The `redis` backend: redis-rs with tokio and a connection manager, Lua scripts for the atomic
 //! parts, pub/sub for notifications.
 
-use std::{fmt, future::Future, sync::LazyLock, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+    future::Future,
+    sync::LazyLock,
+    time::Duration,
+};
 
 use futures::{StreamExt, stream::BoxStream};
 use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, ServerId, StateBackend, StateId,
+    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, ServerId, StateBackend, StateId,
 };
 use redis::{
     Client, RedisError, Script,
@@ -71,11 +77,14 @@ impl RedisConfig {
 /// | key | type | holds |
 /// |---|---|---|
 /// | `configs` | hash | server id → config JSON |
+/// | `config-versions` | hash | server id → version of its latest put or delete (kept after a delete: the tombstone) |
 /// | `claim:SESSION` | hash, `PEXPIRE` = claim TTL | `owner`, `tracked` (owner had a heartbeat) |
 /// | `alive:WORKER` | string, `PX` = heartbeat TTL | `1` |
 /// | `slots:COUNTER` | sorted set, expires with its last slot | slot id → expiry (ms, Redis clock) |
 ///
-/// Channels: `config-events` (config changes, JSON) and `chan:CHANNEL` (published payloads).
+/// Channels: `config-events` (config changes: the version, a space, JSON) and `chan:CHANNEL`
+/// (published payloads). A config write, its version (`HINCRBY`) and its notification happen in
+/// one Lua script.
 ///
 /// # Failure
 /// Every operation is bounded by [`RedisConfig::operation_timeout`] and fails with
@@ -105,6 +114,9 @@ impl Keys {
     fn configs(&self) -> String {
         format!("{}configs", self.prefix)
     }
+    fn config_versions(&self) -> String {
+        format!("{}config-versions", self.prefix)
+    }
     fn config_events(&self) -> String {
         format!("{}config-events", self.prefix)
     }
@@ -125,25 +137,27 @@ impl Keys {
     }
 }
 
-// KEYS[1] configs hash, KEYS[2] events channel; ARGV[1] server, ARGV[2] config, ARGV[3] event.
+// KEYS[1] configs hash, KEYS[2] versions hash, KEYS[3] events channel; ARGV[1] server,
+// ARGV[2] config, ARGV[3] event without its version. Returns the version.
 static PUT_CONFIG: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
+        local v = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
         redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-        redis.call('PUBLISH', KEYS[2], ARGV[3])
-        return 1",
+        redis.call('PUBLISH', KEYS[3], v .. ' ' .. ARGV[3])
+        return v",
     )
 });
 
-// As PUT_CONFIG, without ARGV[2]; publishes only when something was deleted.
+// As PUT_CONFIG, without ARGV[2]. Returns the version, or 0 (and changes nothing) when no
+// config was stored.
 static DELETE_CONFIG: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-        if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
-            redis.call('PUBLISH', KEYS[2], ARGV[3])
-            return 1
-        end
-        return 0",
+        if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+        local v = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+        redis.call('PUBLISH', KEYS[3], v .. ' ' .. ARGV[3])
+        return v",
     )
 });
 
@@ -371,66 +385,104 @@ impl StateBackend for RedisBackend {
         NAME
     }
 
-    async fn put_config(&self, server: &ServerId, config: &PoolConfig) -> Result<(), BackendError> {
-        let (configs, events) = (self.keys.configs(), self.keys.config_events());
+    async fn put_config(
+        &self,
+        server: &ServerId,
+        config: &PoolConfig,
+    ) -> Result<u64, BackendError> {
+        let keys = [
+            self.keys.configs(),
+            self.keys.config_versions(),
+            self.keys.config_events(),
+        ];
         let (value, event) = (
             codec::encode_config(config),
             codec::encode_change(server, Some(config)),
         );
         self.exchange(|mut conn| {
-            let mut inv = PUT_CONFIG.key(&configs);
-            inv.key(&events)
+            let mut inv = PUT_CONFIG.key(&keys[0]);
+            inv.key(&keys[1])
+                .key(&keys[2])
                 .arg(server.as_str())
                 .arg(&value)
                 .arg(&event);
-            async move { inv.invoke_async::<i64>(&mut conn).await }
+            async move { inv.invoke_async::<u64>(&mut conn).await }
         })
         .await
-        .map(drop)
     }
 
-    async fn get_config(&self, server: &ServerId) -> Result<Option<PoolConfig>, BackendError> {
-        let key = self.keys.configs();
-        let text: Option<String> = self
+    async fn get_config(&self, server: &ServerId) -> Result<Option<SavedConfig>, BackendError> {
+        let (configs, versions) = (self.keys.configs(), self.keys.config_versions());
+        let (text, version): (Option<String>, Option<u64>) = self
             .exchange(|mut conn| {
-                let cmd = redis::cmd("HGET").arg(&key).arg(server.as_str()).clone();
-                async move { cmd.query_async(&mut conn).await }
+                let pipe = redis::pipe()
+                    .atomic()
+                    .hget(&configs, server.as_str())
+                    .hget(&versions, server.as_str())
+                    .clone();
+                async move { pipe.query_async(&mut conn).await }
             })
             .await?;
-        text.map(|t| codec::decode_config(NAME, server.as_str(), &t))
-            .transpose()
+        text.map(|t| {
+            Ok(SavedConfig {
+                config: codec::decode_config(NAME, server.as_str(), &t)?,
+                // A config stored before versions existed counts as version 0.
+                version: version.unwrap_or(0),
+            })
+        })
+        .transpose()
     }
 
-    async fn list_configs(&self) -> Result<Vec<(ServerId, PoolConfig)>, BackendError> {
-        let key = self.keys.configs();
-        let all: Vec<(String, String)> = self
+    async fn list_configs(&self) -> Result<Vec<ConfigChange>, BackendError> {
+        let (configs, versions) = (self.keys.configs(), self.keys.config_versions());
+        let (stored, versions): (HashMap<String, String>, HashMap<String, u64>) = self
             .exchange(|mut conn| {
-                let cmd = redis::cmd("HGETALL").arg(&key).clone();
-                async move { cmd.query_async(&mut conn).await }
+                let pipe = redis::pipe()
+                    .atomic()
+                    .hgetall(&configs)
+                    .hgetall(&versions)
+                    .clone();
+                async move { pipe.query_async(&mut conn).await }
             })
             .await?;
-        let mut configs = all
+        let servers: BTreeSet<&String> = stored.keys().chain(versions.keys()).collect();
+        let mut changes = servers
             .into_iter()
-            .map(|(server, text)| {
-                let config = codec::decode_config(NAME, &server, &text)?;
-                Ok((codec::decode_server(NAME, &server)?, config))
+            .map(|server| {
+                let config = stored
+                    .get(server)
+                    .map(|text| codec::decode_config(NAME, server, text))
+                    .transpose()?;
+                Ok(ConfigChange {
+                    server: codec::decode_server(NAME, server)?,
+                    config,
+                    version: versions.get(server).copied().unwrap_or(0),
+                })
             })
             .collect::<Result<Vec<_>, BackendError>>()?;
-        configs.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(configs)
+        changes.sort_by(|a, b| a.server.cmp(&b.server));
+        Ok(changes)
     }
 
-    async fn delete_config(&self, server: &ServerId) -> Result<bool, BackendError> {
-        let (configs, events) = (self.keys.configs(), self.keys.config_events());
+    async fn delete_config(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
+        let keys = [
+            self.keys.configs(),
+            self.keys.config_versions(),
+            self.keys.config_events(),
+        ];
         let event = codec::encode_change(server, None);
-        let deleted: i64 = self
+        let version: u64 = self
             .exchange(|mut conn| {
-                let mut inv = DELETE_CONFIG.key(&configs);
-                inv.key(&events).arg(server.as_str()).arg("").arg(&event);
+                let mut inv = DELETE_CONFIG.key(&keys[0]);
+                inv.key(&keys[1])
+                    .key(&keys[2])
+                    .arg(server.as_str())
+                    .arg("")
+                    .arg(&event);
                 async move { inv.invoke_async(&mut conn).await }
             })
             .await?;
-        Ok(deleted == 1)
+        Ok((version > 0).then_some(version))
     }
 
     async fn watch_configs(&self) -> Result<BoxStream<'static, ConfigChange>, BackendError> {
@@ -634,5 +686,6 @@ mod tests {
         assert_eq!(keys.slots(&s), "mcp-pool:{ns-1}:slots:abc");
         assert_eq!(keys.channel(&s), "mcp-pool:{ns-1}:chan:abc");
         assert_eq!(keys.configs(), "mcp-pool:{ns-1}:configs");
+        assert_eq!(keys.config_versions(), "mcp-pool:{ns-1}:config-versions");
     }
 }

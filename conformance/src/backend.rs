@@ -40,7 +40,8 @@ use std::{
 
 use futures::{Stream, StreamExt, future::join_all};
 use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, ServerId, StateBackend, StateId, StrategyKind,
+    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, ServerId, StateBackend, StateId,
+    StrategyKind,
 };
 use tokio::time::{Instant, sleep, timeout};
 
@@ -195,6 +196,20 @@ pub fn sample_config(size: u32) -> PoolConfig {
     }
 }
 
+/// The config of a server as [`StateBackend::get_config`] returns it, without its version.
+async fn config_of<B: StateBackend + ?Sized>(b: &B, server: &ServerId) -> Option<PoolConfig> {
+    ok("get_config", b.get_config(server).await).map(|saved| saved.config)
+}
+
+/// The stored configs as [`StateBackend::list_configs`] returns them, without versions or
+/// deletions.
+async fn stored_configs<B: StateBackend + ?Sized>(b: &B) -> Vec<(ServerId, PoolConfig)> {
+    ok("list_configs", b.list_configs().await)
+        .into_iter()
+        .filter_map(|change| Some((change.server, change.config?)))
+        .collect()
+}
+
 /// Configs: get of a missing server is `None`; put then get returns the config unchanged; put
 /// replaces; list is ordered by server id (byte order, so `A_srv` before `a-srv`); delete
 /// answers whether one existed; ids differing only in case are different servers.
@@ -203,7 +218,7 @@ pub async fn check_config_round_trip<F: BackendFactory>(factory: &F) {
     let (a, upper_a, z) = (server("a-srv"), server("A_srv"), server("z"));
     assert_eq!(ok("get_config", b.get_config(&a).await), None);
     assert!(ok("list_configs", b.list_configs().await).is_empty());
-    assert!(!ok("delete_config", b.delete_config(&a).await));
+    assert_eq!(ok("delete_config", b.delete_config(&a).await), None);
 
     ok("put_config", b.put_config(&z, &sample_config(7)).await);
     ok("put_config", b.put_config(&a, &sample_config(8)).await);
@@ -212,18 +227,18 @@ pub async fn check_config_round_trip<F: BackendFactory>(factory: &F) {
         b.put_config(&upper_a, &sample_config(9)).await,
     );
     assert_eq!(
-        ok("get_config", b.get_config(&a).await),
+        config_of(&*b, &a).await,
         Some(sample_config(8)),
         "get_config must return what put_config stored, field by field"
     );
     ok("put_config", b.put_config(&a, &PoolConfig::default()).await);
     assert_eq!(
-        ok("get_config", b.get_config(&a).await),
+        config_of(&*b, &a).await,
         Some(PoolConfig::default()),
         "put_config must replace"
     );
     assert_eq!(
-        ok("list_configs", b.list_configs().await),
+        stored_configs(&*b).await,
         vec![
             (upper_a.clone(), sample_config(9)),
             (a.clone(), PoolConfig::default()),
@@ -231,22 +246,118 @@ pub async fn check_config_round_trip<F: BackendFactory>(factory: &F) {
         ],
         "list_configs must hold every config, ordered by server id, case kept"
     );
-    assert!(ok("delete_config", b.delete_config(&a).await));
-    assert!(
-        !ok("delete_config", b.delete_config(&a).await),
-        "a second delete must answer false"
+    assert!(ok("delete_config", b.delete_config(&a).await).is_some());
+    assert_eq!(
+        ok("delete_config", b.delete_config(&a).await),
+        None,
+        "a second delete must answer None"
     );
     assert_eq!(ok("get_config", b.get_config(&a).await), None);
-    assert_eq!(
-        ok("get_config", b.get_config(&upper_a).await),
-        Some(sample_config(9))
+    assert_eq!(config_of(&*b, &upper_a).await, Some(sample_config(9)));
+    assert_eq!(stored_configs(&*b).await.len(), 2);
+}
+
+/// Config versions: every put of a server gets a version above the last (starting at 1 or
+/// more); get returns the latest put's version; a delete gets a version above the last put's,
+/// and a put after it one above the delete's; a delete of nothing changes no version; list
+/// returns every server's latest version, a deleted one as `config: None` with the delete's
+/// version (the tombstone a watcher that missed the delete learns it from); versions of one
+/// server do not depend on another's writes being absent.
+pub async fn check_config_versions<F: BackendFactory>(factory: &F) {
+    let b = make(factory, &fresh_namespace()).await;
+    let (srv, other) = (server("srv"), server("other"));
+    let v1 = ok("put_config", b.put_config(&srv, &sample_config(1)).await);
+    assert!(v1 >= 1, "versions start at 1, got {v1}");
+    let w1 = ok("put_config", b.put_config(&other, &sample_config(5)).await);
+    let v2 = ok("put_config", b.put_config(&srv, &sample_config(2)).await);
+    assert!(v2 > v1, "a second put got version {v2}, not above {v1}");
+    let v3 = ok("put_config", b.put_config(&srv, &sample_config(2)).await);
+    assert!(
+        v3 > v2,
+        "a put of the same config got version {v3}, not above {v2}"
     );
-    assert_eq!(ok("list_configs", b.list_configs().await).len(), 2);
+    let saved = ok("get_config", b.get_config(&srv).await).expect("a stored config");
+    assert_eq!(
+        (saved.config, saved.version),
+        (sample_config(2), v3),
+        "get_config must return the latest put's version"
+    );
+    let deleted =
+        ok("delete_config", b.delete_config(&srv).await).expect("a stored config was deleted");
+    assert!(
+        deleted > v3,
+        "a delete got version {deleted}, not above {v3}"
+    );
+    assert_eq!(ok("delete_config", b.delete_config(&srv).await), None);
+    assert_eq!(
+        ok("list_configs", b.list_configs().await),
+        vec![
+            ConfigChange {
+                server: other.clone(),
+                config: Some(sample_config(5)),
+                version: w1,
+            },
+            ConfigChange {
+                server: srv.clone(),
+                config: None,
+                version: deleted,
+            },
+        ],
+        "list_configs must return each server's latest change and version, deletions included"
+    );
+    let v4 = ok("put_config", b.put_config(&srv, &sample_config(4)).await);
+    assert!(
+        v4 > deleted,
+        "a put after a delete got version {v4}, not above the delete's {deleted}"
+    );
+    let listed = ok("list_configs", b.list_configs().await);
+    assert_eq!(
+        listed.iter().find(|c| c.server == srv),
+        Some(&ConfigChange {
+            server: srv.clone(),
+            config: Some(sample_config(4)),
+            version: v4,
+        }),
+        "list_configs must show the put after the delete"
+    );
+}
+
+/// Versions are given atomically with the write: [`CLAIMERS`] concurrent puts of one server,
+/// half through each of two instances, get distinct versions, and the config stored at the end
+/// is the one of the put with the highest version.
+pub async fn check_config_versions_under_contention<F: BackendFactory>(factory: &F) {
+    let ns = fresh_namespace();
+    let instances = [make(factory, &ns).await, make(factory, &ns).await];
+    let srv = server("contended");
+    let puts = (0..CLAIMERS).map(|i| {
+        let b = &instances[i % 2];
+        let srv = &srv;
+        async move {
+            let config = sample_config(i as u32 + 1);
+            (ok("put_config", b.put_config(srv, &config).await), config)
+        }
+    });
+    let mut done = join_all(puts).await;
+    done.sort_by_key(|(version, _)| *version);
+    let versions: HashSet<u64> = done.iter().map(|(v, _)| *v).collect();
+    assert_eq!(
+        versions.len(),
+        CLAIMERS,
+        "{CLAIMERS} concurrent puts got only {} distinct versions",
+        versions.len()
+    );
+    let (last, config) = done.pop().expect("CLAIMERS > 0");
+    let saved = ok("get_config", instances[0].get_config(&srv).await).expect("a stored config");
+    assert_eq!(
+        (saved.version, saved.config),
+        (last, config),
+        "the stored config must be the one of the put with the highest version"
+    );
 }
 
 /// Config changes made through one instance reach watchers on another instance of the same
-/// namespace and on the instance itself, in order; a delete arrives as `config: None`; the
-/// other instance reads the new config.
+/// namespace and on the instance itself, in order, each carrying the version its put or delete
+/// returned; a delete arrives as `config: None`; the other instance reads the new config.
 pub async fn check_config_change_notified<F: BackendFactory>(factory: &F) {
     let ns = fresh_namespace();
     let (a, b) = (make(factory, &ns).await, make(factory, &ns).await);
@@ -254,21 +365,24 @@ pub async fn check_config_change_notified<F: BackendFactory>(factory: &F) {
     let mut on_a = ok("watch_configs", a.watch_configs().await);
     let srv = server("github");
 
-    ok("put_config", a.put_config(&srv, &sample_config(5)).await);
-    ok("put_config", a.put_config(&srv, &sample_config(6)).await);
-    ok("delete_config", a.delete_config(&srv).await);
+    let v5 = ok("put_config", a.put_config(&srv, &sample_config(5)).await);
+    let v6 = ok("put_config", a.put_config(&srv, &sample_config(6)).await);
+    let deleted = ok("delete_config", a.delete_config(&srv).await).expect("a config existed");
     let expected = [
         ConfigChange {
             server: srv.clone(),
             config: Some(sample_config(5)),
+            version: v5,
         },
         ConfigChange {
             server: srv.clone(),
             config: Some(sample_config(6)),
+            version: v6,
         },
         ConfigChange {
             server: srv.clone(),
             config: None,
+            version: deleted,
         },
     ];
     for (i, want) in expected.iter().enumerate() {
@@ -278,13 +392,20 @@ pub async fn check_config_change_notified<F: BackendFactory>(factory: &F) {
         assert_eq!(&got, want, "change {i} seen by the same instance");
     }
 
-    ok("put_config", b.put_config(&srv, &sample_config(11)).await);
+    let v11 = ok("put_config", b.put_config(&srv, &sample_config(11)).await);
     let got = next_within(&mut on_a, "a change made through the other instance").await;
-    assert_eq!(got.config, Some(sample_config(11)));
+    assert_eq!(
+        (got.config, got.version),
+        (Some(sample_config(11)), v11),
+        "a change must carry the version its put returned"
+    );
     assert_eq!(
         ok("get_config", a.get_config(&srv).await),
-        Some(sample_config(11)),
-        "a config stored through one instance must be read by another"
+        Some(SavedConfig {
+            config: sample_config(11),
+            version: v11
+        }),
+        "a config stored through one instance must be read by another, with its version"
     );
 }
 
@@ -793,7 +914,7 @@ pub async fn check_namespace_isolation<F: BackendFactory>(factory: &F) {
     }
     let (session, worker, counter) = (id("s"), id("w"), id("c"));
     for (i, b) in spaces.iter().enumerate() {
-        let listed = ok("list_configs", b.list_configs().await);
+        let listed = stored_configs(&**b).await;
         assert_eq!(
             listed,
             vec![(servers[i].clone(), sample_config(i as u32 + 1))],
@@ -865,7 +986,10 @@ pub async fn check_unreachable<F: BackendFactory>(factory: &F, bound: Duration) 
     let b = &*backend;
     type Op<'a> = futures::future::BoxFuture<'a, Result<(), BackendError>>;
     let ops: Vec<(&str, Op<'_>)> = vec![
-        ("put_config", Box::pin(b.put_config(&srv, &config))),
+        (
+            "put_config",
+            Box::pin(async { b.put_config(&srv, &config).await.map(drop) }),
+        ),
         (
             "get_config",
             Box::pin(async { b.get_config(&srv).await.map(drop) }),
@@ -976,6 +1100,8 @@ macro_rules! backend_conformance {
 
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) config_round_trip check_config_round_trip);
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) config_change_notified check_config_change_notified);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) config_versions check_config_versions);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) config_versions_under_contention check_config_versions_under_contention);
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) claim_first_writer_wins check_claim_first_writer_wins);
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) refresh_and_release_only_by_owner check_refresh_and_release_only_by_owner);
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) claim_expiry check_claim_expiry);

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod duplex;
+pub mod faulty_watch;
 pub mod pool;
 pub mod redis_process;
 pub mod server;

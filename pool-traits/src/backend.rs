@@ -35,13 +35,33 @@ pub enum BackendError {
     InvalidArgument(String),
 }
 
-/// A per-server configuration was stored or deleted.
+/// A per-server configuration was stored or deleted: what [`StateBackend::watch_configs`]
+/// delivers and [`StateBackend::list_configs`] lists.
+///
+/// # Versions
+/// The backend gives every put and every delete of a server's config a version, atomically
+/// with the write: greater than the version of every earlier put or delete of that server
+/// (versions are per server and start at 1; a put after a delete continues above the
+/// delete's). A consumer that remembers the last version it applied per server can therefore
+/// ignore anything at or below it: a duplicate notification, a re-list after a resubscribe, a
+/// stale read, or notifications of concurrent writes that arrive out of order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigChange {
     /// The server.
     pub server: ServerId,
     /// The new config, `None` when deleted.
     pub config: Option<PoolConfig>,
+    /// The version of this change (see [Versions](Self#versions)).
+    pub version: u64,
+}
+
+/// A stored pool config and the version its put was given (see [`ConfigChange`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedConfig {
+    /// The config.
+    pub config: PoolConfig,
+    /// The version of the put that stored it.
+    pub version: u64,
 }
 
 /// The outcome of [`StateBackend::claim`].
@@ -80,32 +100,46 @@ pub trait StateBackend: Send + Sync + fmt::Debug + 'static {
     /// A short name for logs and errors.
     fn name(&self) -> &'static str;
 
-    /// Stores the pool config of `server`, replacing any, and notifies every watcher.
+    /// Stores the pool config of `server`, replacing any, and notifies every watcher. Returns
+    /// the version given to this put, atomically with the write: greater than that of every
+    /// earlier put or delete of `server` (see [`ConfigChange`]).
     ///
     /// # Errors
     /// [`BackendError`] when the backend fails.
-    async fn put_config(&self, server: &ServerId, config: &PoolConfig) -> Result<(), BackendError>;
+    async fn put_config(&self, server: &ServerId, config: &PoolConfig)
+    -> Result<u64, BackendError>;
 
-    /// The stored pool config of `server`.
+    /// The stored pool config of `server` and its version; `None` when none is stored (never
+    /// was, or deleted).
     ///
     /// # Errors
     /// [`BackendError`] when the backend fails or the record is corrupt.
-    async fn get_config(&self, server: &ServerId) -> Result<Option<PoolConfig>, BackendError>;
+    async fn get_config(&self, server: &ServerId) -> Result<Option<SavedConfig>, BackendError>;
 
-    /// Every stored pool config, ordered by server id.
+    /// The latest change of every server that has a config stored or had one deleted, ordered
+    /// by server id: a stored config with the version of its put, a deleted one as
+    /// `config: None` with the version of its delete. Deletions stay listed (a tombstone per
+    /// server ever saved) so that a watcher that missed a delete's notification learns of it
+    /// from a re-list, and so that the server's next put continues above the delete's version.
     ///
     /// # Errors
     /// [`BackendError`] when the backend fails or a record is corrupt.
-    async fn list_configs(&self) -> Result<Vec<(ServerId, PoolConfig)>, BackendError>;
+    async fn list_configs(&self) -> Result<Vec<ConfigChange>, BackendError>;
 
-    /// Deletes the pool config of `server`; `true` when one existed. Notifies watchers.
+    /// Deletes the pool config of `server` and notifies watchers. Returns the version given to
+    /// the delete, or `None` (and nothing changes, nobody is notified) when no config was
+    /// stored.
     ///
     /// # Errors
     /// [`BackendError`] when the backend fails.
-    async fn delete_config(&self, server: &ServerId) -> Result<bool, BackendError>;
+    async fn delete_config(&self, server: &ServerId) -> Result<Option<u64>, BackendError>;
 
-    /// Config changes made through any instance sharing this backend, from now on. The stream
-    /// ends when the backend is dropped or its notification channel breaks; re-subscribe then.
+    /// Config changes made through any instance sharing this backend, from now on, each with
+    /// its version. The stream ends when the backend is dropped or its notification channel
+    /// breaks; re-subscribe then. A connection that dies without the stream noticing
+    /// (half-open TCP) may also leave it silent forever, so a consumer must not rely on the
+    /// stream alone: re-list now and then ([`list_configs`](Self::list_configs)), and apply
+    /// only versions above those it applied.
     ///
     /// # Errors
     /// [`BackendError`] when the subscription cannot be set up.

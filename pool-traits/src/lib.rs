@@ -10,7 +10,7 @@ mod identity;
 mod strategy;
 mod transport;
 
-pub use backend::{BackendError, Claim, ConfigChange, StateBackend};
+pub use backend::{BackendError, Claim, ConfigChange, SavedConfig, StateBackend};
 pub use config::{ConfigError, PoolConfig, RANGES, StrategyKind, check_range};
 pub use endpoint::{Endpoint, InvalidEndpoint, MAX_WEIGHT, TransportKind, UnknownTransport};
 pub use id::{ID_RULE, InvalidId, ServerId, StateId};

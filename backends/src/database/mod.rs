@@ -24,7 +24,7 @@ use std::{
 
 use futures::stream::BoxStream;
 use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, ServerId, StateBackend, StateId,
+    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, ServerId, StateBackend, StateId,
 };
 use sqlx::Row;
 
@@ -92,13 +92,17 @@ impl DatabaseConfig {
 /// reach the instances on the same file within this process).
 ///
 /// # Schema
-/// Created on first use (`CREATE TABLE IF NOT EXISTS`): `mcp_pool_configs`, `mcp_pool_claims`,
-/// `mcp_pool_heartbeats`, `mcp_pool_slots`, each keyed by `namespace` and validated ids, with
+/// Created on first use (`CREATE TABLE IF NOT EXISTS`): `mcp_pool_configs`,
+/// `mcp_pool_config_versions` (each server's config version, kept after a delete),
+/// `mcp_pool_claims`, `mcp_pool_heartbeats`, `mcp_pool_slots`, each keyed by `namespace` and
+/// validated ids, with
 /// times as milliseconds of the database's clock; PostgreSQL adds `mcp_pool_messages` for
 /// published payloads too large for a `NOTIFY` (over 3 500 bytes; kept 5 minutes).
 ///
 /// # Atomicity
-/// Claims and slot counters are read and written in one transaction holding a lock: on
+/// A config put or delete, its version and (PostgreSQL) its `NOTIFY` share one transaction
+/// holding the server's lock. Claims and slot counters are read and written in one
+/// transaction holding a lock: on
 /// PostgreSQL a transaction-scoped advisory lock on the session or counter, on SQLite the
 /// database write lock (`BEGIN IMMEDIATE`). Statements only bind ids as parameters; none is
 /// ever spliced into SQL text.
@@ -181,6 +185,13 @@ fn parse_id(backend: &'static str, what: &str, text: String) -> Result<StateId, 
     StateId::new(&text).map_err(|e| BackendError::InvalidData {
         backend,
         message: format!("a stored {what} is invalid: {e}"),
+    })
+}
+
+fn parse_version(backend: &'static str, version: i64) -> Result<u64, BackendError> {
+    u64::try_from(version).map_err(|_| BackendError::InvalidData {
+        backend,
+        message: format!("a stored config version is negative: {version}"),
     })
 }
 
@@ -338,41 +349,68 @@ impl StateBackend for DatabaseBackend {
         }
     }
 
-    async fn put_config(&self, server: &ServerId, config: &PoolConfig) -> Result<(), BackendError> {
+    async fn put_config(
+        &self,
+        server: &ServerId,
+        config: &PoolConfig,
+    ) -> Result<u64, BackendError> {
         let (ns, text) = (self.namespace.as_str(), codec::encode_config(config));
-        let change = ConfigChange {
-            server: server.clone(),
-            config: Some(config.clone()),
-        };
+        let lock = format!("config:{ns}:{server}");
+        let name = self.name();
         self.bounded(async {
-            on_store!(self, db => {
-                let mut tx = db.begin(None).await?;
+            Ok(on_store!(self, db => {
+                let mut tx = db.begin(Some(&lock)).await?;
+                let version: i64 = sqlx::query_scalar(&db.sql().config_version)
+                    .bind(ns)
+                    .bind(server.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
                 sqlx::query(&db.sql().config_put)
                     .bind(ns)
                     .bind(server.as_str())
                     .bind(&text)
                     .execute(&mut *tx)
                     .await?;
+                let change = ConfigChange {
+                    server: server.clone(),
+                    config: Some(config.clone()),
+                    version: parse_version(name, version)?,
+                };
                 db.announce_config(&mut tx, &self.namespace, &change).await?;
                 tx.commit().await?;
+                let version = change.version;
                 db.announced_config(&self.namespace, change);
-            });
-            Ok(())
+                version
+            }))
         })
         .await
     }
 
-    async fn get_config(&self, server: &ServerId) -> Result<Option<PoolConfig>, BackendError> {
-        let text = self
-            .text_by_id(|sql| &sql.config_get, server.as_str())
+    async fn get_config(&self, server: &ServerId) -> Result<Option<SavedConfig>, BackendError> {
+        let ns = self.namespace.as_str();
+        let row: Option<(String, i64)> = self
+            .bounded(async {
+                Ok(on_store!(self, db => {
+                    sqlx::query_as(&db.sql().config_get)
+                        .bind(ns)
+                        .bind(server.as_str())
+                        .fetch_optional(db.ready().await?)
+                        .await?
+                }))
+            })
             .await?;
-        text.map(|t| codec::decode_config(self.name(), server.as_str(), &t))
-            .transpose()
+        row.map(|(text, version)| {
+            Ok(SavedConfig {
+                config: codec::decode_config(self.name(), server.as_str(), &text)?,
+                version: parse_version(self.name(), version)?,
+            })
+        })
+        .transpose()
     }
 
-    async fn list_configs(&self) -> Result<Vec<(ServerId, PoolConfig)>, BackendError> {
+    async fn list_configs(&self) -> Result<Vec<ConfigChange>, BackendError> {
         let ns = self.namespace.as_str();
-        let rows: Vec<(String, String)> = self
+        let rows: Vec<(String, Option<String>, i64)> = self
             .bounded(async {
                 Ok(on_store!(self, db => {
                     sqlx::query_as(&db.sql().config_list)
@@ -382,27 +420,32 @@ impl StateBackend for DatabaseBackend {
                 }))
             })
             .await?;
-        let mut configs = rows
+        let name = self.name();
+        let mut changes = rows
             .into_iter()
-            .map(|(server, text)| {
-                let config = codec::decode_config(self.name(), &server, &text)?;
-                Ok((codec::decode_server(self.name(), &server)?, config))
+            .map(|(server, text, version)| {
+                let config = text
+                    .map(|t| codec::decode_config(name, &server, &t))
+                    .transpose()?;
+                Ok(ConfigChange {
+                    server: codec::decode_server(name, &server)?,
+                    config,
+                    version: parse_version(name, version)?,
+                })
             })
             .collect::<Result<Vec<_>, BackendError>>()?;
         // Sorted here, not by the database, whose collation may not be byte order.
-        configs.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(configs)
+        changes.sort_by(|a, b| a.server.cmp(&b.server));
+        Ok(changes)
     }
 
-    async fn delete_config(&self, server: &ServerId) -> Result<bool, BackendError> {
+    async fn delete_config(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
         let ns = self.namespace.as_str();
-        let change = ConfigChange {
-            server: server.clone(),
-            config: None,
-        };
+        let lock = format!("config:{ns}:{server}");
+        let name = self.name();
         self.bounded(async {
             Ok(on_store!(self, db => {
-                let mut tx = db.begin(None).await?;
+                let mut tx = db.begin(Some(&lock)).await?;
                 let deleted = sqlx::query(&db.sql().config_delete)
                     .bind(ns)
                     .bind(server.as_str())
@@ -411,13 +454,25 @@ impl StateBackend for DatabaseBackend {
                     .rows_affected()
                     == 1;
                 if deleted {
+                    let version: i64 = sqlx::query_scalar(&db.sql().config_version)
+                        .bind(ns)
+                        .bind(server.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let change = ConfigChange {
+                        server: server.clone(),
+                        config: None,
+                        version: parse_version(name, version)?,
+                    };
                     db.announce_config(&mut tx, &self.namespace, &change).await?;
-                }
-                tx.commit().await?;
-                if deleted {
+                    tx.commit().await?;
+                    let version = change.version;
                     db.announced_config(&self.namespace, change);
+                    Some(version)
+                } else {
+                    tx.commit().await?;
+                    None
                 }
-                deleted
             }))
         })
         .await

@@ -55,6 +55,7 @@ enum Notice {
         ns: String,
         server: ServerId,
         config: Option<PoolConfig>,
+        version: u64,
     },
     Message {
         ns: String,
@@ -128,6 +129,7 @@ impl Pg {
             ns: namespace.to_string(),
             server: change.server.clone(),
             config: change.config.clone(),
+            version: change.version,
         };
         notify(&mut **tx, &notice).await
     }
@@ -147,7 +149,12 @@ impl Pg {
                     ns: n,
                     server,
                     config,
-                } if n == ns => Some(ConfigChange { server, config }),
+                    version,
+                } if n == ns => Some(ConfigChange {
+                    server,
+                    config,
+                    version,
+                }),
                 _ => None,
             };
             async move { change }

@@ -5,6 +5,7 @@
 /// Every statement, with `{now}` replaced for one dialect.
 #[derive(Debug)]
 pub(super) struct Sql {
+    pub(super) config_version: String,
     pub(super) config_put: String,
     pub(super) config_get: String,
     pub(super) config_list: String,
@@ -27,6 +28,7 @@ impl Sql {
     pub(super) fn new(now: &str) -> Self {
         let f = |s: &str| s.replace("{now}", now);
         Self {
+            config_version: f(CONFIG_VERSION),
             config_put: f(CONFIG_PUT),
             config_get: f(CONFIG_GET),
             config_list: f(CONFIG_LIST),
@@ -50,9 +52,15 @@ impl Sql {
 /// The tables, shared by both dialects (PostgreSQL adds `mcp_pool_messages`). Times are
 /// milliseconds since the Unix epoch; `tracked` records whether the owner had a live heartbeat
 /// when it claimed or refreshed (only then does its heartbeat running out end the claim).
+/// `mcp_pool_config_versions` holds the version of each server's latest config put or delete
+/// and keeps it after a delete (the tombstone `list_configs` reports); a config stored before
+/// that table existed counts as version 0 until its next write.
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS mcp_pool_configs (
     namespace TEXT NOT NULL, server TEXT NOT NULL, config TEXT NOT NULL,
+    PRIMARY KEY (namespace, server));
+CREATE TABLE IF NOT EXISTS mcp_pool_config_versions (
+    namespace TEXT NOT NULL, server TEXT NOT NULL, version BIGINT NOT NULL,
     PRIMARY KEY (namespace, server));
 CREATE TABLE IF NOT EXISTS mcp_pool_claims (
     namespace TEXT NOT NULL, session TEXT NOT NULL, owner TEXT NOT NULL,
@@ -67,12 +75,31 @@ CREATE TABLE IF NOT EXISTS mcp_pool_slots (
     PRIMARY KEY (namespace, counter, slot));
 ";
 
+// $1 namespace, $2 server. The server's next version, run in the transaction of the put or
+// delete it numbers (under the server's lock).
+const CONFIG_VERSION: &str = "
+INSERT INTO mcp_pool_config_versions (namespace, server, version) VALUES ($1, $2, 1)
+ON CONFLICT (namespace, server) DO UPDATE SET version = mcp_pool_config_versions.version + 1
+RETURNING version";
 // $1 namespace, $2 server, $3 config JSON.
 const CONFIG_PUT: &str = "
 INSERT INTO mcp_pool_configs (namespace, server, config) VALUES ($1, $2, $3)
 ON CONFLICT (namespace, server) DO UPDATE SET config = excluded.config";
-const CONFIG_GET: &str = "SELECT config FROM mcp_pool_configs WHERE namespace = $1 AND server = $2";
-const CONFIG_LIST: &str = "SELECT server, config FROM mcp_pool_configs WHERE namespace = $1";
+// $1 namespace, $2 server. The config and its version.
+const CONFIG_GET: &str = "
+SELECT c.config, COALESCE(v.version, 0) FROM mcp_pool_configs c
+LEFT JOIN mcp_pool_config_versions v ON v.namespace = c.namespace AND v.server = c.server
+WHERE c.namespace = $1 AND c.server = $2";
+// $1 namespace. Every versioned server (its config, NULL when deleted), then the configs
+// stored before versions existed, as version 0. One statement: one snapshot.
+const CONFIG_LIST: &str = "
+SELECT v.server, c.config, v.version FROM mcp_pool_config_versions v
+LEFT JOIN mcp_pool_configs c ON c.namespace = v.namespace AND c.server = v.server
+WHERE v.namespace = $1
+UNION ALL
+SELECT c.server, c.config, 0 FROM mcp_pool_configs c
+WHERE c.namespace = $1 AND NOT EXISTS (SELECT 1 FROM mcp_pool_config_versions v
+                                       WHERE v.namespace = $1 AND v.server = c.server)";
 const CONFIG_DELETE: &str = "DELETE FROM mcp_pool_configs WHERE namespace = $1 AND server = $2";
 
 // $1 namespace, $2 session, $3 caller. One row: the clock, the live claim (if any) and whether
