@@ -27,7 +27,9 @@ use crate::{
 const NAME: &str = "redis";
 
 /// Where and how to reach Redis. Build with [`RedisConfig::new`] and the setters.
-#[derive(Clone, Debug)]
+///
+/// `Debug` shows the URL without its user-info ([`redact_url`](mcp_pool_traits::redact_url)).
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct RedisConfig {
     /// `redis://[user:password@]host[:port][/db]` (or `rediss://` when redis-rs is built with TLS).
@@ -38,6 +40,16 @@ pub struct RedisConfig {
     /// Upper bound on one operation, connecting included (default 2 s). Past it the operation
     /// fails with [`BackendError::Unavailable`].
     pub operation_timeout: Duration,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact(&self.url))
+            .field("namespace", &self.namespace)
+            .field("operation_timeout", &self.operation_timeout)
+            .finish()
+    }
 }
 
 impl RedisConfig {

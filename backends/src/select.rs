@@ -58,7 +58,9 @@ pub enum SelectError {
 
 /// Which backend to use and where it lives, as read from the environment by
 /// [`from_env`](Self::from_env). [`connect`](Self::connect) makes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+///
+/// `Debug` shows the URL without its user-info ([`redact_url`](mcp_pool_traits::redact_url)).
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BackendConfig {
     /// [`MemoryBackend`]: one process, nothing shared with other workers.
@@ -73,6 +75,19 @@ pub enum BackendConfig {
         /// `postgres://…`, `postgresql://…` or `sqlite:…`.
         url: String,
     },
+}
+
+impl std::fmt::Debug for BackendConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Redis { url } => f.debug_struct("Redis").field("url", &redact(url)).finish(),
+            Self::Database { url } => f
+                .debug_struct("Database")
+                .field("url", &redact(url))
+                .finish(),
+        }
+    }
 }
 
 const CACHE_TYPES: &str = "one of memory, redis, database";
@@ -218,16 +233,9 @@ pub async fn backend_from_env() -> Result<Arc<dyn StateBackend>, SelectError> {
     Ok(config.connect(namespace).await?)
 }
 
-/// `url` with any password replaced by `***`, for error messages.
+/// `url` fit for an error message: [`redact_url`](mcp_pool_traits::redact_url), owned.
 pub(crate) fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
+    mcp_pool_traits::redact_url(url).into_owned()
 }
 
 #[cfg(test)]
@@ -289,7 +297,7 @@ mod tests {
         let err = select(&[(CACHE_TYPE, "redis"), (REDIS_URL, "http://u:pw@host")]).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "REDIS_URL = \"http://u:***@host\" is invalid: must be a URL starting with \
+            "REDIS_URL = \"http://***@host\" is invalid: must be a URL starting with \
              redis://, rediss:// or unix://"
         );
         let err = select(&[(CACHE_TYPE, "database"), (DATABASE_URL, "mysql://db")]).unwrap_err();
@@ -320,9 +328,15 @@ mod tests {
     fn passwords_stay_out_of_messages() {
         assert_eq!(
             redact("redis://user:secret@host:6379/0"),
-            "redis://user:***@host:6379/0"
+            "redis://***@host:6379/0"
         );
         assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        let config = BackendConfig::Database {
+            url: "postgres://postgres:hunter2@127.0.0.1:5432/test".into(),
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***@127.0.0.1:5432/test"), "{shown}");
     }
 
     #[tokio::test]

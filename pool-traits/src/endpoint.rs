@@ -59,7 +59,10 @@ impl FromStr for TransportKind {
 pub const MAX_WEIGHT: u32 = 1000;
 
 /// One replica of an upstream server: where it is, how to reach it, and its share of sessions.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// `Debug` and `Display` show the URL [redacted](crate::redact_url) (no user-info, no
+/// credential-looking query values); serialization keeps it whole, for configuration stores.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     /// `http://` or `https://` for HTTP transports, `ws://` or `wss://` for WebSocket.
@@ -76,6 +79,23 @@ fn default_weight() -> u32 {
     1
 }
 
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("url", &crate::redact_url(&self.url))
+            .field("transport", &self.transport)
+            .field("weight", &self.weight)
+            .finish()
+    }
+}
+
+/// `URL (transport)`, the URL [redacted](crate::redact_url).
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", crate::redact_url(&self.url), self.transport)
+    }
+}
+
 /// An endpoint was malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidEndpoint {
@@ -84,7 +104,7 @@ pub enum InvalidEndpoint {
         "endpoint url {url:?} does not fit transport {transport}: expected a URL starting with {expected}"
     )]
     Scheme {
-        /// The rejected URL.
+        /// The rejected URL, [redacted](crate::redact_url).
         url: String,
         /// The endpoint's transport.
         transport: TransportKind,
@@ -138,7 +158,7 @@ impl Endpoint {
         let lower = self.url.get(..8).unwrap_or(&self.url).to_ascii_lowercase();
         if !schemes.iter().any(|s| lower.starts_with(s)) || self.url.len() <= 8 {
             return Err(InvalidEndpoint::Scheme {
-                url: self.url.to_string(),
+                url: crate::redact_url(&self.url).into_owned(),
                 transport: self.transport,
                 expected,
             });
@@ -162,6 +182,21 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
         }
         assert!("grpc".parse::<TransportKind>().is_err());
+    }
+
+    #[test]
+    fn urls_are_printed_without_credentials() {
+        let e = Endpoint::new("https://alice:pw123@example.test/mcp", TransportKind::Sse).unwrap();
+        for shown in [format!("{e:?}"), format!("{e}")] {
+            assert!(
+                !shown.contains("pw123") && !shown.contains("alice"),
+                "{shown}"
+            );
+            assert!(shown.contains("https://***@example.test/mcp"), "{shown}");
+        }
+        let err =
+            Endpoint::new("ws://alice:pw123@example.test/mcp", TransportKind::Sse).unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("pw123"));
     }
 
     #[test]

@@ -91,10 +91,74 @@ pub trait IdentityExtractor: Send + Sync + fmt::Debug + 'static {
     ) -> Result<Option<String>, Box<dyn std::error::Error + Send + Sync>>;
 }
 
-/// How identities are derived from request headers (DESIGN §4).
+/// Headers never forwarded upstream, whatever the configuration (names lowercase; matched
+/// case-insensitively, as HTTP header names are):
+/// - hop-by-hop headers (RFC 9110 §7.6.1): `connection`, `keep-alive`, `proxy-connection`,
+///   `te`, `trailer`, `transfer-encoding`, `upgrade`, and the response header
+///   `proxy-authenticate` (any header the `connection` header names is dropped as well);
+///   `proxy-authorization` is a credential for the next hop, so it is not on this list: it is
+///   forwarded only when configured as an identity header or allow-listed
+///   ([`IdentityConfig::with_forwarded_headers`]), and then hashed into the identity;
+/// - headers describing one request or its body, which the transport sets itself: `host`,
+///   `content-length`, `content-type`, `accept`, `accept-encoding`;
+/// - `last-event-id` (it asks to resume a stream; rmcp refuses it as a custom header, so
+///   forwarding it made every creation fail) and `mcp-protocol-version` (negotiated per
+///   upstream session by rmcp);
+/// - the [`INTERNAL_HEADERS`] (`mcp-session-id`, `x-mcp-session-id`);
+/// - the WebSocket handshake headers (RFC 6455 §4.1): `sec-websocket-key`,
+///   `sec-websocket-version`, `sec-websocket-protocol`, `sec-websocket-extensions`,
+///   `sec-websocket-accept`.
+pub const NEVER_FORWARDED: [&str; 22] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+    "host",
+    "content-length",
+    "content-type",
+    "accept",
+    "accept-encoding",
+    "last-event-id",
+    "mcp-protocol-version",
+    "mcp-session-id",
+    "x-mcp-session-id",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-protocol",
+    "sec-websocket-extensions",
+    "sec-websocket-accept",
+];
+
+/// Whether `name` (a lowercase [`HeaderName`]) is one of [`NEVER_FORWARDED`].
+fn never_forwarded(name: &HeaderName) -> bool {
+    NEVER_FORWARDED.contains(&name.as_str())
+}
+
+/// How identities are derived from request headers, and which headers are forwarded upstream
+/// when a session is created (DESIGN §4, §2.11).
+///
+/// Whatever is sent upstream on a session's creation is part of its key: the session is created
+/// with one caller's headers and then served to every principal of the key, so a header
+/// forwarded but not hashed would hand one caller's credential to others. Hence:
+/// - the **identity headers** ([`with_headers`](Self::with_headers), default
+///   [`DEFAULT_IDENTITY_HEADERS`]) are hashed and forwarded;
+/// - the **forwarded headers** ([`with_forwarded_headers`](Self::with_forwarded_headers),
+///   default none) are an explicit allow-list of extra headers forwarded at creation, and are
+///   hashed into the identity too;
+/// - every other header (`x-auth-token`, `api-key`, trace context, …) is neither forwarded at
+///   creation nor hashed; [`NEVER_FORWARDED`] headers are never forwarded, even when listed.
+///
+/// [`forwarded_headers`](Self::forwarded_headers) gives exactly what may be sent upstream; the
+/// pool stores and forwards only that.
 #[derive(Clone, Debug)]
 pub struct IdentityConfig {
     headers: Arc<[HeaderName]>,
+    /// The allow-list, minus identity headers and [`NEVER_FORWARDED`] ones.
+    forwarded: Arc<[HeaderName]>,
     extractor: Option<Arc<dyn IdentityExtractor>>,
 }
 
@@ -105,6 +169,7 @@ impl Default for IdentityConfig {
                 .iter()
                 .map(|h| HeaderName::from_static(h))
                 .collect(),
+            forwarded: Arc::new([]),
             extractor: None,
         }
     }
@@ -112,9 +177,20 @@ impl Default for IdentityConfig {
 
 impl IdentityConfig {
     /// Identity from these headers instead of [`DEFAULT_IDENTITY_HEADERS`] (names are
-    /// case-insensitive, as HTTP header names are).
+    /// case-insensitive, as HTTP header names are). Identity headers are forwarded upstream at
+    /// session creation, except the [`NEVER_FORWARDED`] ones.
     pub fn with_headers(mut self, headers: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.headers = headers.into_iter().collect();
+        self.headers = dedup(headers.into_iter());
+        self.forwarded = self.extra(self.forwarded.iter().cloned());
+        self
+    }
+
+    /// Also forwards these headers upstream when a session is created (default: none), and
+    /// hashes them into the identity, so that callers who send different values never share a
+    /// session. Names on [`NEVER_FORWARDED`] are ignored; identity headers are forwarded
+    /// anyway. Replaces an earlier allow-list.
+    pub fn with_forwarded_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.forwarded = self.extra(names.into_iter());
         self
     }
 
@@ -129,59 +205,144 @@ impl IdentityConfig {
         &self.headers
     }
 
+    /// The allow-listed extra forwarded header names (identity headers and [`NEVER_FORWARDED`]
+    /// names left out), lowercase.
+    pub fn forwarded_header_names(&self) -> &[HeaderName] {
+        &self.forwarded
+    }
+
+    fn extra(&self, names: impl Iterator<Item = HeaderName>) -> Arc<[HeaderName]> {
+        dedup(names.filter(|n| !never_forwarded(n) && !self.headers.contains(n)))
+    }
+
+    /// What may be sent upstream when a session is created for a request carrying `headers`:
+    /// exactly its identity headers and allow-listed headers, all values marked
+    /// [sensitive](http::HeaderValue::set_sensitive), never a [`NEVER_FORWARDED`] header nor
+    /// one the request's `connection` header names. Every header returned is hashed by
+    /// [`identity`](Self::identity).
+    pub fn forwarded_headers(&self, headers: &HeaderMap) -> HeaderMap {
+        let mut out = HeaderMap::new();
+        let hop_by_hop = connection_named(headers);
+        for name in self.headers.iter().chain(self.forwarded.iter()) {
+            if never_forwarded(name) || hop_by_hop.iter().any(|h| h == name.as_str()) {
+                continue;
+            }
+            for value in headers.get_all(name) {
+                let mut value = value.clone();
+                value.set_sensitive(true);
+                out.append(name.clone(), value);
+            }
+        }
+        out
+    }
+
     /// The identity digest of a request.
     ///
-    /// The extractor's value wins when it returns one (its SHA-256, as the reference pool).
-    /// Otherwise every present identity header contributes `"name:value"` (name lowercase, one
-    /// entry per value); the sorted list is serialized as a JSON array the way Python's
-    /// `json.dumps(sorted(parts))` writes it (`", "` between items) and hashed with SHA-256.
-    /// No identity header gives [`Digest256::Anonymous`].
+    /// **Header hashing** (as the reference pool, ContextForge `MCPSessionPool`): every value of
+    /// every present identity header and allow-listed forwarded header contributes one part
+    /// `"name:value"`, the name lowercase and the value's bytes decoded as Latin-1 (each byte
+    /// is one character U+0000 to U+00FF, as Starlette decodes them: distinct bytes, distinct
+    /// identities). The parts are sorted (by code point) and serialized as a compact JSON
+    /// array the way Python's `orjson.dumps` writes it (no spaces, non-ASCII as raw UTF-8,
+    /// only `"`, `\` and control characters escaped); the identity is the SHA-256 of those
+    /// bytes, hex. No part gives [`Digest256::Anonymous`].
+    ///
+    /// **An extractor** that returns a non-empty value wins: it vouches for the identity
+    /// headers, which are then not hashed (a rotating token keeps one key). With no
+    /// allow-listed forwarded header present, the identity is the SHA-256 of the value's UTF-8
+    /// bytes, as the reference pool; otherwise the allow-listed headers still count (they are
+    /// forwarded, so they must be part of the key): the digest is that of the JSON array of
+    /// `":" + value` followed by the sorted parts of the allow-listed headers. The leading
+    /// `:` cannot start a header part, so no header set hashes to an extractor identity.
+    /// An extractor error or `None` falls back to header hashing.
     pub fn identity(&self, headers: &HeaderMap) -> Digest256 {
         if let Some(extractor) = &self.extractor {
             match extractor.extract(headers) {
-                Ok(Some(id)) if !id.is_empty() => return Digest256::of(id),
+                Ok(Some(id)) if !id.is_empty() => {
+                    let mut extra = header_parts(&self.forwarded, headers);
+                    if extra.is_empty() {
+                        return Digest256::of(id);
+                    }
+                    extra.sort_unstable();
+                    let mut parts = Vec::with_capacity(extra.len() + 1);
+                    parts.push(format!(":{id}"));
+                    parts.append(&mut extra);
+                    return Digest256::of(orjson_list(&parts));
+                }
                 Ok(_) => {}
                 Err(error) => tracing_free_debug(&*error),
             }
         }
-        let mut parts: Vec<String> = Vec::new();
-        for name in self.headers.iter() {
-            for value in headers.get_all(name) {
-                parts.push(format!(
-                    "{}:{}",
-                    name.as_str(),
-                    String::from_utf8_lossy(value.as_bytes())
-                ));
-            }
-        }
+        let mut parts = header_parts(&self.headers, headers);
+        parts.append(&mut header_parts(&self.forwarded, headers));
         if parts.is_empty() {
             return Digest256::Anonymous;
         }
         parts.sort_unstable();
-        Digest256::of(python_json_list(&parts))
+        Digest256::of(orjson_list(&parts))
     }
 }
 
-/// `json.dumps(list_of_str)` with Python's defaults: `", "` separators, non-ASCII as `\\uXXXX`.
-fn python_json_list(parts: &[String]) -> String {
-    let mut out = String::from("[");
+/// `names` in order, each once.
+fn dedup(names: impl Iterator<Item = HeaderName>) -> Arc<[HeaderName]> {
+    let mut out: Vec<HeaderName> = Vec::new();
+    for name in names {
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out.into()
+}
+
+/// The lowercase header names listed in the `connection` header(s) of `headers`.
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|name| String::from_utf8_lossy(name.trim_ascii()).to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// `"name:value"` for every value of the `names` present in `headers`, the value's bytes
+/// decoded as Latin-1 (injective: byte `b` becomes U+00bb).
+fn header_parts(names: &[HeaderName], headers: &HeaderMap) -> Vec<String> {
+    let mut parts = Vec::new();
+    for name in names {
+        for value in headers.get_all(name) {
+            let mut part = String::with_capacity(name.as_str().len() + 1 + value.len());
+            part.push_str(name.as_str());
+            part.push(':');
+            part.extend(value.as_bytes().iter().map(|&b| char::from(b)));
+            parts.push(part);
+        }
+    }
+    parts
+}
+
+/// `orjson.dumps(list_of_str)`: `[` `"a","b"` `]` with no spaces; `"` and `\` escaped,
+/// control characters below U+0020 as `\b \f \n \r \t` or `\u00xx`; everything else,
+/// non-ASCII included, written as UTF-8.
+fn orjson_list(parts: &[String]) -> String {
+    let mut out = String::with_capacity(2 + parts.iter().map(|p| p.len() + 3).sum::<usize>());
+    out.push('[');
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
-            out.push_str(", ");
+            out.push(',');
         }
         out.push('"');
         for c in part.chars() {
             match c {
                 '"' => out.push_str("\\\""),
                 '\\' => out.push_str("\\\\"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
                 '\n' => out.push_str("\\n"),
                 '\r' => out.push_str("\\r"),
                 '\t' => out.push_str("\\t"),
-                c if (c as u32) < 0x20 || !c.is_ascii() => {
-                    let mut buf = [0u16; 2];
-                    for unit in c.encode_utf16(&mut buf) {
-                        out.push_str(&format!("\\u{unit:04x}"));
-                    }
+                c if (c as u32) < 0x20 => {
+                    out.push_str(&format!("\\u{:04x}", c as u32));
                 }
                 c => out.push(c),
             }
@@ -275,15 +436,21 @@ impl PoolKey {
     }
 }
 
-/// Removes the [`INTERNAL_HEADERS`] and `accept` from `headers`: what a transport may forward
-/// upstream. Transports set `Accept` themselves.
+/// `headers` minus the [`NEVER_FORWARDED`] ones and those the `connection` header names, every
+/// value marked [sensitive](http::HeaderValue::set_sensitive): what a transport may send
+/// upstream. [`ConnectRequest::new`](crate::ConnectRequest::new) applies it, so no transport can
+/// forward a hop-by-hop, body, internal or handshake header. It does not apply the allow-list:
+/// pass it [`IdentityConfig::forwarded_headers`], not a downstream request's headers.
 pub fn forwardable_headers(headers: &HeaderMap) -> HeaderMap {
+    let hop_by_hop = connection_named(headers);
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        let internal = INTERNAL_HEADERS.contains(&name.as_str()) || name == http::header::ACCEPT;
-        if !internal {
-            out.append(name.clone(), value.clone());
+        if never_forwarded(name) || hop_by_hop.iter().any(|h| h == name.as_str()) {
+            continue;
         }
+        let mut value = value.clone();
+        value.set_sensitive(true);
+        out.append(name.clone(), value);
     }
     out
 }
@@ -304,24 +471,182 @@ mod tests {
         h
     }
 
+    /// A header name and its raw value bytes.
+    type Raw<'a> = (&'a str, &'a [u8]);
+
+    fn raw(pairs: &[Raw]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    /// Digests computed with the reference pool's serialization, by real Python `orjson` 3:
+    /// `hashlib.sha256(orjson.dumps(sorted(parts))).hexdigest()` with
+    /// `parts = [f"{name.lower()}:{value.decode('latin-1')}" for name, value in headers]`.
     #[test]
-    fn matches_the_reference_pool_hash() {
-        // The Python pool: sha256(json.dumps(sorted(["x-tenant-id:acme", "authorization:Bearer t"])))
-        let h = headers(&[("X-Tenant-ID", "acme"), ("Authorization", "Bearer t")]);
-        let id = IdentityConfig::default().identity(&h);
-        let expected = Digest256::of(r#"["authorization:Bearer t", "x-tenant-id:acme"]"#);
-        assert_eq!(id, expected);
-        assert_eq!(id.to_string().len(), 64);
+    fn matches_python_orjson_vectors() {
+        let cases: [(&[Raw], &str); 9] = [
+            (
+                &[("X-Tenant-ID", b"acme"), ("Authorization", b"Bearer t")],
+                "5e92e8233a67e83623f6f951f6f79d8e83ab9d6f8ee0bdd6f4cae97654142f52",
+            ),
+            (
+                &[("authorization", b"Bearer \xff")],
+                "9db0d2ded2f36fbce26e924cb1845df0910fee5de2d327057a48c32eacdefcab",
+            ),
+            (
+                &[("authorization", b"Bearer \xfe")],
+                "d4a29cc570d159199f37cb3435f5aee422b960dc506f3e2d63df9f044badd635",
+            ),
+            (
+                &[("authorization", b"Bearer\tt")],
+                "86daf93e7af37d4e3d0b8007d5f54cd9bf2a73bae5070f424e2bec075afcd7ba",
+            ),
+            (
+                &[("x-user-id", br#"a"b\c"#)],
+                "4f6fbc91b947d0f72d818e75f74b8de187f9edfe6d9537c6f2a8c46a17099558",
+            ),
+            (
+                &[
+                    ("cookie", b"sid=1"),
+                    ("x-api-key", b"k"),
+                    ("x-user-id", b"u"),
+                    ("x-tenant-id", b"acme"),
+                    ("authorization", b"Bearer s3cr3t-t0ken"),
+                ],
+                "0c3c1c9651ea8c45cbaf2dc21bb06819883159a2872d3d5321c2c52dbc20ca8e",
+            ),
+            (
+                &[("cookie", b"b=2"), ("cookie", b"a=1"), ("x-api-key", b"k")],
+                "1f0e0e5ff676d4f4bc83299acf9b377c0f90d897e60fb6298098c1cc3bfc91f2",
+            ),
+            (
+                // UTF-8 bytes of `é`, read as Latin-1 (`Ã©`) as Starlette reads them.
+                &[("x-user-id", "\u{e9}".as_bytes())],
+                "cca96588bccd2d9671de9f91ab6103210c10b9b5ccffc206ba04cc989ab8b7d5",
+            ),
+            (
+                // Not an identity header: does not count.
+                &[("authorization", b"Bearer t"), ("x-region", b"eu")],
+                "04bf56add06eb34439c0f8f89e7d700e8f4cd05a3aac60660b69b42063da20ca",
+            ),
+        ];
+        let config = IdentityConfig::default();
+        for (pairs, expected) in cases {
+            assert_eq!(
+                config.identity(&raw(pairs)).to_string(),
+                expected,
+                "{pairs:?}"
+            );
+        }
     }
 
     #[test]
-    fn json_list_is_written_as_python_writes_it() {
-        // python3 -c 'import json; print(json.dumps(["a\"b\\c\n\u00e9\U0001F600", "z"]))'
-        let parts = ["a\"b\\c\n\u{e9}\u{1F600}".to_owned(), "z".to_owned()];
+    fn invalid_utf8_bytes_give_distinct_identities() {
+        let c = IdentityConfig::default();
+        let ff = c.identity(&raw(&[("authorization", b"Bearer \xff")]));
+        let fe = c.identity(&raw(&[("authorization", b"Bearer \xfe")]));
+        assert_ne!(ff, fe);
+    }
+
+    #[test]
+    fn json_list_is_written_as_orjson_writes_it() {
+        // orjson.dumps(["a\"b\\c\n\t\x08\x0c\r\x01\x1f\x7f\u00e9\U0001F600", "z"])
+        let parts = [
+            "a\"b\\c\n\t\u{8}\u{c}\r\u{1}\u{1f}\u{7f}\u{e9}\u{1F600}".to_owned(),
+            "z".to_owned(),
+        ];
         assert_eq!(
-            python_json_list(&parts),
-            r#"["a\"b\\c\n\u00e9\ud83d\ude00", "z"]"#
+            orjson_list(&parts).as_bytes(),
+            b"[\"a\\\"b\\\\c\\n\\t\\b\\f\\r\\u0001\\u001f\x7f\xc3\xa9\xf0\x9f\x98\x80\",\"z\"]"
         );
+    }
+
+    #[test]
+    fn allow_listed_headers_are_hashed_and_forwarded_others_are_not() {
+        let region = HeaderName::from_static("x-region");
+        let c = IdentityConfig::default().with_forwarded_headers([region.clone()]);
+        let eu = headers(&[
+            ("authorization", "Bearer t"),
+            ("x-region", "eu"),
+            ("x-auth-token", "other-credential"),
+            ("api-key", "k"),
+            ("proxy-authorization", "Basic cHJveHk="),
+        ]);
+        // python: sha256(orjson.dumps(sorted(["authorization:Bearer t", "x-region:eu"])))
+        assert_eq!(
+            c.identity(&eu).to_string(),
+            "c2588e2b91d06ee87366eeeda8028cd20b8f11fc6bd8a6175ed8981f5de5a746"
+        );
+        let us = headers(&[("authorization", "Bearer t"), ("x-region", "us")]);
+        assert_ne!(
+            c.identity(&eu),
+            c.identity(&us),
+            "an allow-listed header is in the key"
+        );
+        let out = c.forwarded_headers(&eu);
+        let mut names: Vec<_> = out.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["authorization", "x-region"]);
+        assert!(out.values().all(HeaderValue::is_sensitive));
+        // Not allow-listed: neither forwarded nor hashed.
+        let plain = IdentityConfig::default();
+        assert!(plain.forwarded_headers(&eu).get("x-region").is_none());
+        assert_eq!(
+            plain.identity(&eu),
+            plain.identity(&headers(&[("authorization", "Bearer t")]))
+        );
+    }
+
+    #[test]
+    fn never_forwarded_headers_stay_out_even_when_listed() {
+        let listed = NEVER_FORWARDED.iter().map(|n| HeaderName::from_static(n));
+        let c = IdentityConfig::default()
+            .with_forwarded_headers(listed.chain([HeaderName::from_static("x-hop")]));
+        assert_eq!(
+            c.forwarded_header_names(),
+            [HeaderName::from_static("x-hop")]
+        );
+        let mut h = headers(&[
+            ("authorization", "t"),
+            ("x-hop", "1"),
+            ("connection", "x-hop"),
+        ]);
+        for name in NEVER_FORWARDED {
+            h.append(HeaderName::from_static(name), HeaderValue::from_static("v"));
+        }
+        let out = c.forwarded_headers(&h);
+        assert_eq!(out.len(), 1, "{:?}", out.keys().collect::<Vec<_>>());
+        assert!(out.contains_key("authorization"));
+        let out = forwardable_headers(&h);
+        assert_eq!(out.len(), 1, "{:?}", out.keys().collect::<Vec<_>>());
+        assert!(out.get("last-event-id").is_none());
+    }
+
+    #[test]
+    fn extractor_hashes_allow_listed_headers_with_its_value() {
+        let c = IdentityConfig::default()
+            .with_extractor(Arc::new(Sub))
+            .with_forwarded_headers([HeaderName::from_static("x-region")]);
+        // No allow-listed header present: sha256("alice"), as the reference pool.
+        assert_eq!(
+            c.identity(&headers(&[("x-sub", "alice"), ("authorization", "t1")]))
+                .to_string(),
+            "2bd806c97f0e00af1a1fc3328fa763a9269723c8db8fac4f93af71db186d6e90"
+        );
+        // python: sha256(orjson.dumps([":alice"] + sorted(["x-region:eu"])))
+        let eu = c.identity(&headers(&[("x-sub", "alice"), ("x-region", "eu")]));
+        assert_eq!(
+            eu.to_string(),
+            "8b6c05a51ec2e91b9173698d398a5b51d4de55b2c5cc20c50eb145eebf479fde"
+        );
+        let us = c.identity(&headers(&[("x-sub", "alice"), ("x-region", "us")]));
+        assert_ne!(eu, us);
     }
 
     #[test]
@@ -378,11 +703,16 @@ mod tests {
             ("Mcp-Session-Id", "a"),
             ("X-MCP-Session-Id", "b"),
             ("accept", "*/*"),
+            ("accept-encoding", "gzip"),
+            ("last-event-id", "7"),
             ("authorization", "t"),
         ]);
         let out = forwardable_headers(&h);
         assert_eq!(out.len(), 1);
         assert_eq!(out["authorization"], "t");
+        assert!(out["authorization"].is_sensitive());
+        let out = IdentityConfig::default().forwarded_headers(&h);
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

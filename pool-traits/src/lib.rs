@@ -7,6 +7,7 @@ mod config;
 mod endpoint;
 mod id;
 mod identity;
+mod redact;
 mod strategy;
 mod transport;
 
@@ -16,8 +17,9 @@ pub use endpoint::{Endpoint, InvalidEndpoint, MAX_WEIGHT, TransportKind, Unknown
 pub use id::{ID_RULE, InvalidId, ServerId, StateId};
 pub use identity::{
     DEFAULT_IDENTITY_HEADERS, Digest256, INTERNAL_HEADERS, IdentityConfig, IdentityExtractor,
-    PoolKey, Principal, forwardable_headers,
+    NEVER_FORWARDED, PoolKey, Principal, forwardable_headers,
 };
+pub use redact::{REDACTED, RedactedHeaders, redact_url};
 pub use strategy::{
     AffinityKey, Binding, EndpointView, EvictionReason, SelectContext, Selection, Selector,
     SessionId, SessionView, Strategy, least_loaded_endpoint,

@@ -9,14 +9,17 @@ use rmcp::{
     service::RunningService,
 };
 
-use crate::{Endpoint, TransportKind, forwardable_headers};
+use crate::{Endpoint, RedactedHeaders, TransportKind, forwardable_headers, redact_url};
 
 /// An initialized upstream MCP session, as rmcp hands it out. Derefs to
 /// [`Peer<RoleClient>`](rmcp::Peer).
 pub type ClientSession = RunningService<RoleClient, ClientConfig>;
 
 /// What a transport needs to open one session.
-#[derive(Debug, Clone)]
+///
+/// Its `Debug` shows header names only and the endpoint URL without user-info
+/// ([`redact_url`]); header values are marked sensitive.
+#[derive(Clone)]
 pub struct ConnectRequest<'a> {
     endpoint: &'a Endpoint,
     headers: HeaderMap,
@@ -26,8 +29,15 @@ pub struct ConnectRequest<'a> {
 
 impl<'a> ConnectRequest<'a> {
     /// A request to connect `endpoint` sending `headers` on every upstream HTTP request, with
-    /// connect + `initialize` bounded by `timeout`. The internal headers (`mcp-session-id`,
-    /// `x-mcp-session-id`) and `accept` are removed here, so no transport can forward them.
+    /// connect + `initialize` bounded by `timeout`.
+    ///
+    /// Pass the headers of [`IdentityConfig::forwarded_headers`](crate::IdentityConfig::forwarded_headers)
+    /// (identity headers and the allow-list, all hashed into the key), not a downstream
+    /// request's headers. Whatever is passed, the [`NEVER_FORWARDED`](crate::NEVER_FORWARDED)
+    /// headers (hop-by-hop, `host`, `content-length`, `accept`, `accept-encoding`,
+    /// `last-event-id`, the internal `mcp-session-id` / `x-mcp-session-id`, WebSocket handshake
+    /// headers, …) are removed here, so no transport can forward them, and every value is
+    /// marked [sensitive](http::HeaderValue::set_sensitive) ([`forwardable_headers`]).
     pub fn new(
         endpoint: &'a Endpoint,
         headers: &HeaderMap,
@@ -47,8 +57,8 @@ impl<'a> ConnectRequest<'a> {
         self.endpoint
     }
 
-    /// Headers to send upstream (identity headers and any others the caller passed), internal
-    /// ones already removed.
+    /// Headers to send upstream, [`forwardable_headers`] of what the caller passed: never a
+    /// [`NEVER_FORWARDED`](crate::NEVER_FORWARDED) header, values marked sensitive.
     pub fn headers(&self) -> &HeaderMap {
         &self.headers
     }
@@ -64,6 +74,16 @@ impl<'a> ConnectRequest<'a> {
     }
 }
 
+impl fmt::Debug for ConnectRequest<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectRequest")
+            .field("endpoint", self.endpoint)
+            .field("headers", &RedactedHeaders(&self.headers))
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The `initialize` parameters the pool sends by default: client name `mcp-pool` and this
 /// crate's version, default capabilities.
 pub fn default_client_config() -> ClientConfig {
@@ -74,13 +94,16 @@ pub fn default_client_config() -> ClientConfig {
 }
 
 /// A session could not be opened.
+///
+/// The URLs it holds have their user-info and credential-looking query values hidden
+/// ([`redact_url`]): build it with [`connect`](Self::connect) and [`timeout`](Self::timeout).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
     /// Connect + initialize did not finish within the create timeout.
     #[error("connecting {url} timed out after {timeout:?} (connect + initialize)")]
     Timeout {
-        /// The endpoint URL.
+        /// The endpoint URL, redacted.
         url: String,
         /// The create timeout.
         timeout: Duration,
@@ -88,7 +111,7 @@ pub enum TransportError {
     /// The connection or the handshake failed.
     #[error("connecting {url} failed: {source}")]
     Connect {
-        /// The endpoint URL.
+        /// The endpoint URL, redacted.
         url: String,
         /// The cause.
         #[source]
@@ -100,11 +123,19 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    /// A [`TransportError::Connect`] for `url`.
+    /// A [`TransportError::Connect`] for `url` (stored [redacted](redact_url)).
     pub fn connect(url: &str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self::Connect {
-            url: url.to_owned(),
+            url: redact_url(url).into_owned(),
             source: source.into(),
+        }
+    }
+
+    /// A [`TransportError::Timeout`] for `url` (stored [redacted](redact_url)).
+    pub fn timeout(url: &str, timeout: Duration) -> Self {
+        Self::Timeout {
+            url: redact_url(url).into_owned(),
+            timeout,
         }
     }
 }
@@ -139,4 +170,43 @@ pub fn is_transport_failure(error: &ServiceError) -> bool {
             | ServiceError::TransportClosed
             | ServiceError::UnexpectedResponse
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_secret_in_debug_or_errors() {
+        let endpoint = Endpoint::new(
+            "https://alice:pw123@example.test/mcp",
+            TransportKind::StreamableHttp,
+        )
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", "Bearer s3cr3t-t0ken".parse().unwrap());
+        headers.insert("cookie", "sid=c00kie-value".parse().unwrap());
+        headers.insert("last-event-id", "7".parse().unwrap());
+        let client = default_client_config();
+        let request = ConnectRequest::new(&endpoint, &headers, Duration::from_secs(1), &client);
+        assert!(
+            request
+                .headers()
+                .values()
+                .all(http::HeaderValue::is_sensitive)
+        );
+        assert!(!request.headers().contains_key("last-event-id"));
+        let errors = [
+            TransportError::connect(&endpoint.url, "refused"),
+            TransportError::timeout(&endpoint.url, Duration::from_secs(1)),
+        ];
+        let mut shown = format!("{request:?}");
+        for error in &errors {
+            shown += &format!("{error} {error:?}");
+        }
+        for secret in ["s3cr3t-t0ken", "c00kie-value", "pw123", "alice"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("authorization") && shown.contains("***@example.test/mcp"));
+    }
 }

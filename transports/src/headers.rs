@@ -5,18 +5,23 @@ use std::collections::HashMap;
 use http::{
     HeaderMap, HeaderName, HeaderValue,
     header::{
-        CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, SEC_WEBSOCKET_ACCEPT,
-        SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
-        TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+        ACCEPT_ENCODING, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST,
+        PROXY_AUTHENTICATE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_KEY,
+        SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
     },
 };
 
 /// Headers a transport sets itself or that describe one hop only (RFC 9110 §7.6.1 and §6.4,
 /// RFC 6455 §4.1): never copied from the caller's headers, which may be a downstream request's.
-const NOT_FORWARDED: [HeaderName; 13] = [
+/// [`ConnectRequest`](mcp_pool_traits::ConnectRequest) already drops these (and more:
+/// [`NEVER_FORWARDED`](mcp_pool_traits::NEVER_FORWARDED)); this is the transports' own guard,
+/// for headers that reach them another way.
+const NOT_FORWARDED: [HeaderName; 15] = [
     HOST,
     CONTENT_LENGTH,
     CONTENT_TYPE,
+    ACCEPT_ENCODING,
+    PROXY_AUTHENTICATE,
     TRANSFER_ENCODING,
     CONNECTION,
     TE,
@@ -29,8 +34,9 @@ const NOT_FORWARDED: [HeaderName; 13] = [
     SEC_WEBSOCKET_VERSION,
 ];
 
-/// Hop-by-hop headers without a constant in `http`.
-const NOT_FORWARDED_NAMES: [&str; 2] = ["keep-alive", "proxy-connection"];
+/// Hop-by-hop headers without a constant in `http`, and `last-event-id` (a stream resumption:
+/// rmcp rejects it as a custom header, failing every creation).
+const NOT_FORWARDED_NAMES: [&str; 3] = ["keep-alive", "proxy-connection", "last-event-id"];
 
 /// The caller's headers minus those that describe the connection or the body (`host`,
 /// `content-length`, `connection`, the WebSocket handshake headers, …), which the transport
@@ -48,7 +54,7 @@ pub(crate) fn upstream_headers(headers: &HeaderMap) -> HeaderMap {
 }
 
 /// rmcp takes one value per header name: values of a repeated header are joined as HTTP
-/// allows (RFC 9110 §5.3; `; ` for cookies, RFC 6265 §5.4).
+/// allows (RFC 9110 §5.3; `; ` for cookies, RFC 6265 §5.4). Every value is marked sensitive.
 pub(crate) fn single_valued(headers: &HeaderMap) -> HashMap<HeaderName, HeaderValue> {
     let mut out = HashMap::with_capacity(headers.keys_len());
     for name in headers.keys() {
@@ -61,14 +67,15 @@ pub(crate) fn single_valued(headers: &HeaderMap) -> HashMap<HeaderName, HeaderVa
             joined.extend_from_slice(value.as_bytes());
         }
         // Joining valid header values with visible ASCII separators keeps them valid.
-        let value = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| first.clone());
+        let mut value = HeaderValue::from_bytes(&joined).unwrap_or_else(|_| first.clone());
+        value.set_sensitive(true);
         out.insert(name.clone(), value);
     }
     out
 }
 
 /// Runs `connecting` (connect + `initialize`) within `timeout`, mapping its error and the
-/// timeout to [`TransportError`](mcp_pool_traits::TransportError)s naming `url`.
+/// timeout to [`TransportError`](mcp_pool_traits::TransportError)s naming `url` (redacted).
 pub(crate) async fn bounded<E>(
     url: &str,
     timeout: std::time::Duration,
@@ -80,10 +87,7 @@ where
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(session)) => Ok(session),
         Ok(Err(error)) => Err(mcp_pool_traits::TransportError::connect(url, error)),
-        Err(_elapsed) => Err(mcp_pool_traits::TransportError::Timeout {
-            url: url.to_owned(),
-            timeout,
-        }),
+        Err(_elapsed) => Err(mcp_pool_traits::TransportError::timeout(url, timeout)),
     }
 }
 
@@ -116,6 +120,7 @@ mod tests {
         assert_eq!(single[&COOKIE], "a=1; b=2");
         assert_eq!(single[&HeaderName::from_static("x-list")], "1, 2");
         assert_eq!(single[&HeaderName::from_static("x-tenant-id")], "acme");
+        assert!(single.values().all(HeaderValue::is_sensitive));
     }
 
     #[test]
@@ -128,6 +133,8 @@ mod tests {
         h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(SEC_WEBSOCKET_KEY, HeaderValue::from_static("k"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip"));
+        h.insert("last-event-id", HeaderValue::from_static("42"));
         let out = upstream_headers(&h);
         let mut names: Vec<_> = out.keys().map(HeaderName::as_str).collect();
         names.sort_unstable();

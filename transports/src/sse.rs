@@ -16,6 +16,7 @@ use http::{
 };
 use mcp_pool_traits::{
     ClientSession, ConnectRequest, Transport, TransportError, TransportKind, async_trait,
+    redact_url,
 };
 use reqwest::Url;
 use rmcp::{
@@ -33,6 +34,11 @@ use crate::{
 /// one ends the session instead of growing a buffer without bound.
 pub const MAX_SSE_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
+/// The largest body accepted in answer to a message `POST`: 1 MiB. A 2024-11-05 server answers
+/// `202 Accepted` with a short body (its replies travel on the event stream); a larger body
+/// fails the send ([`SseError::PostResponseTooLarge`]) instead of being read without bound.
+pub const MAX_POST_RESPONSE_BYTES: usize = 1024 * 1024;
+
 /// The legacy HTTP+SSE client transport (MCP spec 2024-11-05), for servers that predate
 /// streamable HTTP.
 ///
@@ -44,7 +50,9 @@ pub const MAX_SSE_EVENT_BYTES: usize = 16 * 1024 * 1024;
 ///   `mcp-session-id` / `x-mcp-session-id` never do (the [`ConnectRequest`] drops them), nor do
 ///   connection headers such as `host` or `content-length`.
 /// - The `endpoint` event is resolved against the SSE URL and must have the same origin
-///   (scheme, host, port): the identity headers are never sent to another server.
+///   (scheme, host, port), and redirects are not followed (with [`http_client`]; a `3xx`
+///   answer fails): the identity headers are never sent to another server.
+/// - The body answering a message `POST` is read up to [`MAX_POST_RESPONSE_BYTES`].
 /// - Connect (the `GET`, the `endpoint` event) and `initialize` together are bounded by
 ///   [`ConnectRequest::timeout`].
 /// - The session dies at once when the stream ends, fails, or carries a malformed message
@@ -106,7 +114,7 @@ pub enum SseError {
     /// The SSE URL is not a valid absolute URL.
     #[error("invalid SSE URL {url:?}: {source}")]
     InvalidUrl {
-        /// The URL given.
+        /// The URL given, [redacted](mcp_pool_traits::redact_url).
         url: String,
         /// The parse error.
         #[source]
@@ -143,6 +151,15 @@ pub enum SseError {
     /// A `POST` of a message was not answered with a 2xx status (202 expected).
     #[error("posting a message answered HTTP {0}, expected 202 Accepted")]
     PostRejected(StatusCode),
+    /// A request was answered with a redirect, which is not followed: identity headers are
+    /// only sent to the origin the caller named.
+    #[error(
+        "the server answered HTTP {0}, a redirect; redirects are not followed (configure the endpoint's new URL)"
+    )]
+    Redirected(StatusCode),
+    /// The body answering a message `POST` exceeded [`MAX_POST_RESPONSE_BYTES`].
+    #[error("the answer to a message POST exceeded {MAX_POST_RESPONSE_BYTES} bytes")]
+    PostResponseTooLarge,
 }
 
 /// One open HTTP+SSE session as an rmcp transport: `receive` reads the event stream, `send`
@@ -161,7 +178,7 @@ pub struct SseClientTransport {
 impl fmt::Debug for SseClientTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SseClientTransport")
-            .field("message_url", &self.message_url.as_str())
+            .field("message_url", &redact_url(self.message_url.as_str()))
             .field("open", &self.events.is_some())
             .finish_non_exhaustive()
     }
@@ -180,7 +197,7 @@ impl SseClientTransport {
         headers: HeaderMap,
     ) -> Result<Self, SseError> {
         let base = Url::parse(sse_url).map_err(|source| SseError::InvalidUrl {
-            url: sse_url.to_owned(),
+            url: redact_url(sse_url).into_owned(),
             source,
         })?;
         let response = client
@@ -197,6 +214,9 @@ impl SseClientTransport {
         let is_event_stream = content_type
             .as_deref()
             .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
+        if response.status().is_redirection() {
+            return Err(SseError::Redirected(response.status()));
+        }
         if response.status() != StatusCode::OK || !is_event_stream {
             return Err(SseError::NotAnEventStream {
                 status: response.status(),
@@ -331,12 +351,14 @@ impl rmcp::transport::Transport<RoleClient> for SseClientTransport {
             let response = request.body(body?).send().await?;
             let status = response.status();
             // Read the (short) body to its end so the connection goes back to the pool.
-            let drained = response.bytes().await;
+            let drained = drain(response).await;
+            if status.is_redirection() {
+                return Err(SseError::Redirected(status));
+            }
             if !status.is_success() {
                 return Err(SseError::PostRejected(status));
             }
-            drained?;
-            Ok(())
+            drained
         }
     }
 
@@ -351,6 +373,23 @@ impl rmcp::transport::Transport<RoleClient> for SseClientTransport {
     }
 }
 
+/// Reads `response`'s body to its end, up to [`MAX_POST_RESPONSE_BYTES`].
+async fn drain(response: reqwest::Response) -> Result<(), SseError> {
+    let limit = MAX_POST_RESPONSE_BYTES;
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(SseError::PostResponseTooLarge);
+    }
+    let mut body = response.bytes_stream();
+    let mut read = 0;
+    while let Some(chunk) = body.next().await {
+        read += chunk?.len();
+        if read > limit {
+            return Err(SseError::PostResponseTooLarge);
+        }
+    }
+    Ok(())
+}
+
 /// The next server message of the stream; `None` (and the stream dropped) when the stream
 /// ended, failed or carried something that is not a JSON-RPC message: the session is over.
 async fn receive(
@@ -358,6 +397,7 @@ async fn receive(
     url: &Url,
 ) -> Option<ServerJsonRpcMessage> {
     let stream: &mut Pin<Box<_>> = events.as_mut()?;
+    let url = redact_url(url.as_str());
     loop {
         match stream.next().await {
             Some(Ok(event)) => {

@@ -26,7 +26,8 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
 /// (RMCP-NOTES). Sessions are created with `reinit_on_expired_session(false)`: a session the
 /// server expired (HTTP 404) fails visibly and is evicted by the pool instead of being silently
 /// replaced with a fresh one that has lost the server-side state (DESIGN §2.6).
-/// rmcp sets `Accept: application/json, text/event-stream` on every request.
+/// rmcp sets `Accept: application/json, text/event-stream` on every request. Redirects are not
+/// followed ([`http_client`]): a `3xx` answer fails the connect.
 ///
 /// A reply stream that drops mid-call is resumed at most [`MAX_STREAM_RESUMES`] times
 /// ([`default_retry_policy`]): rmcp's default retries forever, so a call in flight when an rmcp
@@ -58,12 +59,16 @@ pub fn default_retry_policy() -> Arc<dyn SseRetryPolicy> {
 }
 
 /// The HTTP client the HTTP transports use by default: keep-alive on (idle connections kept
-/// [`IDLE_CONNECTION_TIMEOUT`]), TCP_NODELAY set.
+/// [`IDLE_CONNECTION_TIMEOUT`]), TCP_NODELAY set, **no redirects followed**: a `3xx` answer
+/// fails the request, so the identity headers (`authorization`, `x-api-key`, `x-tenant-id`,
+/// …) are only ever sent to the origin the endpoint names. An endpoint that moved must be
+/// configured with its new URL.
 ///
 /// # Errors
 /// When the client cannot be built (its TLS backend failed to initialize).
 pub fn http_client() -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .tcp_nodelay(true)
         .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
         .build()
@@ -79,7 +84,8 @@ impl StreamableHttp {
     }
 
     /// A transport over `client`. Keep keep-alive on and TCP_NODELAY set, or every call pays a
-    /// connect or a 44 ms stall.
+    /// connect or a 44 ms stall, and redirects off (as [`http_client`]), or a redirect carries
+    /// the identity headers to another origin.
     pub fn with_client(client: reqwest::Client) -> Self {
         Self {
             client,

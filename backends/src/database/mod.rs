@@ -37,7 +37,9 @@ use crate::{
 const SWEEP_EVERY: u32 = 512;
 
 /// Where and how to reach the database. Build with [`DatabaseConfig::new`] and the setters.
-#[derive(Clone, Debug)]
+///
+/// `Debug` shows the URL without its user-info ([`redact_url`](mcp_pool_traits::redact_url)).
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct DatabaseConfig {
     /// `postgres://…` / `postgresql://…` for PostgreSQL, `sqlite:PATH` (or `sqlite://PATH`)
@@ -51,6 +53,17 @@ pub struct DatabaseConfig {
     pub operation_timeout: Duration,
     /// Connections in the pool (default 10). PostgreSQL subscriptions use one more each.
     pub max_connections: u32,
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &mcp_pool_traits::redact_url(&self.url))
+            .field("namespace", &self.namespace)
+            .field("operation_timeout", &self.operation_timeout)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 impl DatabaseConfig {
