@@ -1286,7 +1286,7 @@ impl KeyState {
             self.metrics.breaker_trips.increment(1);
             tracing::warn!(
                 server = %self.server.id,
-                endpoint = %self.server.endpoints.get(endpoint).map_or("?", |e| &*e.url),
+                endpoint = %self.server.endpoints.get(endpoint).map_or("?".into(), |e| mcp_pool_traits::redact_url(&e.url)),
                 "circuit breaker opened"
             );
         }

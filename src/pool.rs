@@ -58,8 +58,10 @@ impl<'a> AcquireRequest<'a> {
     }
 
     /// Request headers: the identity is hashed from them (unless [`principal`](Self::principal)
-    /// is given) and they are forwarded upstream when a session is created, internal ones
-    /// removed.
+    /// is given). When a session is created, only the identity headers and the allow-listed
+    /// ones ([`IdentityConfig::with_forwarded_headers`](mcp_pool_traits::IdentityConfig::with_forwarded_headers))
+    /// are sent upstream — exactly the headers the identity hashes, so a credential never
+    /// serves a principal whose key it is not part of (DESIGN §2.11).
     pub fn headers(mut self, headers: &'a HeaderMap) -> Self {
         self.headers = Some(headers);
         self
@@ -372,6 +374,9 @@ impl Pool {
         // Set on the first step that is not a hit: `timeout` bounds the whole acquire, retries
         // included.
         let mut clock: Option<(Instant, Instant)> = None;
+        // What a creation may send upstream: the identity headers and the allow-listed ones
+        // only, all of which are hashed into the key (DESIGN §2.11). Not needed on a hit.
+        let mut forwarded: Option<HeaderMap> = None;
         loop {
             // The hit path runs under read locks of the server and key maps and the key's
             // mutex: no reference count, clock read or allocation beyond the lease's own.
@@ -425,10 +430,12 @@ impl Pool {
                 let now = Instant::now();
                 (now, now + server.config.timeout)
             });
+            let forwarded =
+                &*forwarded.get_or_insert_with(|| self.inner.identity.forwarded_headers(headers));
             let args = AcquireArgs {
                 ctx,
                 started,
-                headers,
+                headers: forwarded,
                 deadline,
             };
             match key_pool.acquire_slow_recorded(first, args).await {

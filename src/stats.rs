@@ -117,7 +117,7 @@ impl ServerStats {
                     ),
                 };
                 EndpointStats {
-                    url: endpoint.url.to_string(),
+                    url: mcp_pool_traits::redact_url(&endpoint.url).into_owned(),
                     transport: endpoint.transport,
                     weight: endpoint.weight,
                     health_score: score,

@@ -361,3 +361,45 @@ async fn debug_output_carries_no_credential() {
         }
     }
 }
+
+// Item 18: only the identity headers and the allow-listed ones reach the upstream, and each of
+// them is part of the key.
+#[tokio::test]
+async fn only_headers_in_the_key_are_forwarded_upstream() {
+    let upstream = mcp_pool_conformance::ReferenceServer::start().await.unwrap();
+    let identity = mcp_pool::IdentityConfig::default()
+        .with_forwarded_headers([http::HeaderName::from_static("x-region")]);
+    let (pool, id) = http_pool_with(&upstream, config(2), Pool::builder().identity(identity));
+    let headers = |token: &str, region: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", "Bearer t0ken".parse().unwrap());
+        h.insert("x-auth-token", token.parse().unwrap());
+        h.insert("x-region", region.parse().unwrap());
+        h.insert("last-event-id", "42".parse().unwrap());
+        h
+    };
+    let first = headers("creds-of-alice", "eu");
+    let lease = pool
+        .acquire_with(AcquireRequest::new(&id).headers(&first))
+        .await
+        .unwrap();
+    let seen = upstream.last_request_headers();
+    assert_eq!(seen.get("authorization").unwrap(), "Bearer t0ken");
+    assert_eq!(seen.get("x-region").unwrap(), "eu");
+    assert!(seen.get("x-auth-token").is_none(), "not in the key: not forwarded");
+    assert!(seen.get("last-event-id").is_none());
+    let first_key = lease.key().clone();
+    drop(lease);
+    let other_token = headers("creds-of-bob", "eu");
+    let same = pool
+        .acquire_with(AcquireRequest::new(&id).headers(&other_token))
+        .await
+        .unwrap();
+    assert_eq!(same.key(), &first_key, "a header that is not forwarded does not split keys");
+    let other_region = headers("creds-of-alice", "us");
+    let other = pool
+        .acquire_with(AcquireRequest::new(&id).headers(&other_region))
+        .await
+        .unwrap();
+    assert_ne!(other.key(), &first_key, "a forwarded header is part of the key");
+}
