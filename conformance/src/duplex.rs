@@ -13,7 +13,9 @@ use std::{
     time::Duration,
 };
 
-use mcp_pool_traits::{ClientSession, ConnectRequest, Transport, TransportError, TransportKind};
+use mcp_pool_traits::{
+    ClientSession, ConnectRequest, FailureKind, Transport, TransportError, TransportKind,
+};
 use rmcp::ServiceExt as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -53,8 +55,8 @@ impl DuplexTransport {
     }
 
     /// While `true`, [`connect`](Transport::connect) fails at once with
-    /// [`TransportError::Connect`] (the upstream refuses connections), without starting a
-    /// session.
+    /// [`TransportError::Connect`] of kind [`FailureKind::ConnectionRefused`] (the upstream
+    /// refuses connections), without starting a session.
     pub fn set_fail_connects(&self, fail: bool) {
         self.fail_connects.store(fail, Ordering::Relaxed);
     }
@@ -124,8 +126,9 @@ impl Transport for DuplexTransport {
     async fn connect(&self, request: ConnectRequest<'_>) -> Result<ClientSession, TransportError> {
         let url = &request.endpoint().url;
         if self.fail_connects.load(Ordering::Relaxed) {
-            return Err(TransportError::connect(
+            return Err(TransportError::categorized(
                 url,
+                FailureKind::ConnectionRefused,
                 io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     "connects are switched to fail (DuplexTransport::set_fail_connects)",
@@ -163,7 +166,10 @@ impl Transport for DuplexTransport {
                 abandon_on_failure.disarm();
                 Ok(client)
             }
-            Ok(Err(error)) => Err(TransportError::connect(url, error)),
+            Ok(Err(error)) => {
+                let kind = mcp_pool_transports::failure_kind(&error);
+                Err(TransportError::categorized(url, kind, error))
+            }
             Err(_elapsed) => Err(TransportError::Timeout {
                 url: url.to_string(),
                 timeout,

@@ -9,7 +9,7 @@ use rmcp::{
     service::RunningService,
 };
 
-use crate::{Endpoint, TransportKind, forwardable_headers};
+use crate::{Endpoint, FailureKind, TransportKind, forwardable_headers};
 
 /// An initialized upstream MCP session, as rmcp hands it out. Derefs to
 /// [`Peer<RoleClient>`](rmcp::Peer).
@@ -74,6 +74,10 @@ pub fn default_client_config() -> ClientConfig {
 }
 
 /// A session could not be opened.
+///
+/// [`kind`](Self::kind) says why, in categories ([`FailureKind`]) that tell an endpoint's
+/// failure from a caller's; [`counts_against_endpoint`](Self::counts_against_endpoint) is what
+/// a shared circuit breaker should look at (issue 9, item 12).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
@@ -86,10 +90,12 @@ pub enum TransportError {
         timeout: Duration,
     },
     /// The connection or the handshake failed.
-    #[error("connecting {url} failed: {source}")]
+    #[error("connecting {url} failed ({kind}): {source}")]
     Connect {
         /// The endpoint URL.
         url: String,
+        /// Why, as a category ([`FailureKind::Other`] when the transport did not say).
+        kind: FailureKind,
         /// The cause.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -100,11 +106,50 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    /// A [`TransportError::Connect`] for `url`.
+    /// A [`TransportError::Connect`] for `url` of kind [`FailureKind::Other`] (which counts
+    /// against the endpoint). Prefer [`categorized`](Self::categorized) when the cause is
+    /// known.
     pub fn connect(url: &str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::categorized(url, FailureKind::Other, source)
+    }
+
+    /// A [`TransportError::Connect`] for `url` that failed for the reason `kind`.
+    pub fn categorized(
+        url: &str,
+        kind: FailureKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         Self::Connect {
             url: url.to_owned(),
+            kind,
             source: source.into(),
+        }
+    }
+
+    /// Why the session could not be opened: [`FailureKind::Timeout`] for
+    /// [`Timeout`](Self::Timeout), the transport's category for [`Connect`](Self::Connect),
+    /// [`FailureKind::Unsupported`] for [`Unsupported`](Self::Unsupported).
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Self::Timeout { .. } => FailureKind::Timeout,
+            Self::Connect { kind, .. } => *kind,
+            Self::Unsupported(_) => FailureKind::Unsupported,
+        }
+    }
+
+    /// Whether this failure is the endpoint's (down, slow, broken for everyone) rather than
+    /// the caller's (a refused token, a rate limit): only then may it count towards opening
+    /// the endpoint's circuit breaker, which every tenant shares. See
+    /// [`FailureKind::counts_against_endpoint`] for the rule and its reasons.
+    pub fn counts_against_endpoint(&self) -> bool {
+        self.kind().counts_against_endpoint()
+    }
+
+    /// The endpoint URL, when the error names one.
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            Self::Timeout { url, .. } | Self::Connect { url, .. } => Some(url),
+            Self::Unsupported(_) => None,
         }
     }
 }
@@ -122,7 +167,10 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// returns the running session. Must finish within `request.timeout()`.
     ///
     /// # Errors
-    /// [`TransportError::Timeout`] past the timeout, [`TransportError::Connect`] otherwise.
+    /// [`TransportError::Timeout`] past the timeout, [`TransportError::Connect`] otherwise,
+    /// with the [`FailureKind`] that fits the cause (a pool's circuit breaker counts only
+    /// the endpoint's failures: an HTTP 401 must say [`FailureKind::Unauthorized`], not
+    /// [`FailureKind::Other`]).
     async fn connect(&self, request: ConnectRequest<'_>) -> Result<ClientSession, TransportError>;
 }
 

@@ -68,7 +68,8 @@ pub(crate) fn single_valued(headers: &HeaderMap) -> HashMap<HeaderName, HeaderVa
 }
 
 /// Runs `connecting` (connect + `initialize`) within `timeout`, mapping its error and the
-/// timeout to [`TransportError`](mcp_pool_traits::TransportError)s naming `url`.
+/// timeout to [`TransportError`](mcp_pool_traits::TransportError)s naming `url`, the error
+/// categorized by [`failure_kind`](crate::failure_kind).
 pub(crate) async fn bounded<E>(
     url: &str,
     timeout: std::time::Duration,
@@ -79,7 +80,13 @@ where
 {
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(session)) => Ok(session),
-        Ok(Err(error)) => Err(mcp_pool_traits::TransportError::connect(url, error)),
+        Ok(Err(error)) => {
+            let error = error.into();
+            let kind = crate::failure_kind(error.as_ref());
+            Err(mcp_pool_traits::TransportError::categorized(
+                url, kind, error,
+            ))
+        }
         Err(_elapsed) => Err(mcp_pool_traits::TransportError::Timeout {
             url: url.to_owned(),
             timeout,
