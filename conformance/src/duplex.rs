@@ -40,6 +40,8 @@ pub struct DuplexTransport {
     counters: Arc<Counters>,
     fail_connects: Arc<AtomicBool>,
     hang: Arc<watch::Sender<bool>>,
+    /// The `authorization` value connects must carry, when one is required.
+    authorization: Arc<parking_lot::Mutex<Option<http::HeaderValue>>>,
 }
 
 impl DuplexTransport {
@@ -51,6 +53,7 @@ impl DuplexTransport {
             counters: Arc::default(),
             fail_connects: Arc::default(),
             hang: Arc::new(watch::Sender::new(false)),
+            authorization: Arc::default(),
         }
     }
 
@@ -59,6 +62,15 @@ impl DuplexTransport {
     /// refuses connections), without starting a session.
     pub fn set_fail_connects(&self, fail: bool) {
         self.fail_connects.store(fail, Ordering::Relaxed);
+    }
+
+    /// While `Some(value)`, a connect whose `authorization` header is not exactly `value` (or
+    /// missing) fails at once with [`TransportError::Connect`] of kind
+    /// [`FailureKind::Unauthorized`], as an HTTP upstream answering 401 would, without starting
+    /// a session: one caller's bad token, for tests of what must not open a circuit breaker.
+    /// `None` accepts every connect.
+    pub fn set_required_authorization(&self, value: Option<http::HeaderValue>) {
+        *self.authorization.lock() = value;
     }
 
     /// While `true`, every session's handler leaves `initialize`, `ping` and `tools/call`
@@ -132,6 +144,19 @@ impl Transport for DuplexTransport {
                 io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     "connects are switched to fail (DuplexTransport::set_fail_connects)",
+                ),
+            ));
+        }
+        if let Some(required) = self.authorization.lock().as_ref()
+            && request.headers().get(http::header::AUTHORIZATION) != Some(required)
+        {
+            return Err(TransportError::categorized(
+                url,
+                FailureKind::Unauthorized,
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "HTTP 401: the authorization is not the one required \
+                     (DuplexTransport::set_required_authorization)",
                 ),
             ));
         }
