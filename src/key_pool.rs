@@ -1501,7 +1501,7 @@ impl Reservation {
     fn failed(&mut self, st: &mut KeyState, error: &TransportError) {
         st.counters.create_failures += 1;
         if let Some(attempt) = self.attempt.take() {
-            let outcome = if counts_against_endpoint(error) {
+            let outcome = if error.counts_against_endpoint() {
                 Outcome::Failure
             } else {
                 Outcome::Cancelled
@@ -1608,11 +1608,6 @@ impl Reservation {
         st.serve_waiters();
         filled
     }
-}
-
-/// Whether a creation failure is the endpoint's doing (and so counts for its circuit breaker).
-fn counts_against_endpoint(_error: &TransportError) -> bool {
-    true
 }
 
 impl Drop for Reservation {

@@ -403,3 +403,47 @@ async fn only_headers_in_the_key_are_forwarded_upstream() {
         .unwrap();
     assert_ne!(other.key(), &first_key, "a forwarded header is part of the key");
 }
+
+// Item 12: a caller's bad credential does not open the circuit for everyone; the endpoint's
+// own failures still do.
+#[tokio::test(start_paused = true)]
+async fn a_callers_401s_do_not_open_the_circuit_for_other_callers() {
+    let breaker = mcp_pool::breaker::BreakerConfig {
+        failure_threshold: 2,
+        reset_timeout: Duration::from_secs(60),
+    };
+    let (pool, id, transport) = duplex_pool(config(2), Pool::builder().circuit_breaker(breaker));
+    transport.set_required_authorization(Some("Bearer good".parse().unwrap()));
+    let with_token = |token: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", token.parse().unwrap());
+        h
+    };
+    let (bad, good) = (with_token("Bearer bad"), with_token("Bearer good"));
+    for _ in 0..3 {
+        let error = pool
+            .acquire_with(AcquireRequest::new(&id).headers(&bad))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, PoolError::Create { .. }), "{error}");
+    }
+    let lease = pool
+        .acquire_with(AcquireRequest::new(&id).headers(&good))
+        .await
+        .expect("another caller is served");
+    drop(lease);
+    assert_eq!(pool.stats().servers[0].endpoints[0].circuit, "closed");
+    // The endpoint refusing everyone does open it.
+    transport.set_fail_connects(true);
+    let other = with_token("Bearer other");
+    for _ in 0..2 {
+        let _ = pool
+            .acquire_with(AcquireRequest::new(&id).headers(&other))
+            .await;
+    }
+    let error = pool
+        .acquire_with(AcquireRequest::new(&id).headers(&other))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PoolError::CircuitOpen { .. }), "{error}");
+}

@@ -13,7 +13,9 @@ use std::{
     time::Duration,
 };
 
-use mcp_pool_traits::{ClientSession, ConnectRequest, Transport, TransportError, TransportKind};
+use mcp_pool_traits::{
+    ClientSession, ConnectRequest, FailureKind, Transport, TransportError, TransportKind,
+};
 use rmcp::ServiceExt as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -38,6 +40,8 @@ pub struct DuplexTransport {
     counters: Arc<Counters>,
     fail_connects: Arc<AtomicBool>,
     hang: Arc<watch::Sender<bool>>,
+    /// The `authorization` value connects must carry, when one is required.
+    authorization: Arc<parking_lot::Mutex<Option<http::HeaderValue>>>,
 }
 
 impl DuplexTransport {
@@ -49,14 +53,24 @@ impl DuplexTransport {
             counters: Arc::default(),
             fail_connects: Arc::default(),
             hang: Arc::new(watch::Sender::new(false)),
+            authorization: Arc::default(),
         }
     }
 
     /// While `true`, [`connect`](Transport::connect) fails at once with
-    /// [`TransportError::Connect`] (the upstream refuses connections), without starting a
-    /// session.
+    /// [`TransportError::Connect`] of kind [`FailureKind::ConnectionRefused`] (the upstream
+    /// refuses connections), without starting a session.
     pub fn set_fail_connects(&self, fail: bool) {
         self.fail_connects.store(fail, Ordering::Relaxed);
+    }
+
+    /// While `Some(value)`, a connect whose `authorization` header is not exactly `value` (or
+    /// missing) fails at once with [`TransportError::Connect`] of kind
+    /// [`FailureKind::Unauthorized`], as an HTTP upstream answering 401 would, without starting
+    /// a session: one caller's bad token, for tests of what must not open a circuit breaker.
+    /// `None` accepts every connect.
+    pub fn set_required_authorization(&self, value: Option<http::HeaderValue>) {
+        *self.authorization.lock() = value;
     }
 
     /// While `true`, every session's handler leaves `initialize`, `ping` and `tools/call`
@@ -124,11 +138,25 @@ impl Transport for DuplexTransport {
     async fn connect(&self, request: ConnectRequest<'_>) -> Result<ClientSession, TransportError> {
         let url = &request.endpoint().url;
         if self.fail_connects.load(Ordering::Relaxed) {
-            return Err(TransportError::connect(
+            return Err(TransportError::categorized(
                 url,
+                FailureKind::ConnectionRefused,
                 io::Error::new(
                     io::ErrorKind::ConnectionRefused,
                     "connects are switched to fail (DuplexTransport::set_fail_connects)",
+                ),
+            ));
+        }
+        if let Some(required) = self.authorization.lock().as_ref()
+            && request.headers().get(http::header::AUTHORIZATION) != Some(required)
+        {
+            return Err(TransportError::categorized(
+                url,
+                FailureKind::Unauthorized,
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "HTTP 401: the authorization is not the one required \
+                     (DuplexTransport::set_required_authorization)",
                 ),
             ));
         }
@@ -163,7 +191,10 @@ impl Transport for DuplexTransport {
                 abandon_on_failure.disarm();
                 Ok(client)
             }
-            Ok(Err(error)) => Err(TransportError::connect(url, error)),
+            Ok(Err(error)) => {
+                let kind = mcp_pool_transports::failure_kind(&error);
+                Err(TransportError::categorized(url, kind, error))
+            }
             Err(_elapsed) => Err(TransportError::Timeout {
                 url: url.to_string(),
                 timeout,

@@ -41,7 +41,9 @@ use self::http::{MCP_PATH, Run, SSE_PATH, Shared, WS_PATH};
 /// are off on both HTTP transports; the `Host` header of streamable HTTP requests must be a
 /// loopback name (`127.0.0.1`, `localhost`, `::1`); every accepted socket has `TCP_NODELAY`
 /// set. [`ServerOptions`] sets the address, SSE priming events and the session idle timeout
-/// (both for streamable HTTP only).
+/// (both for streamable HTTP only), and a bearer token to require (401 without it, over every
+/// transport); [`set_reject_status`](Self::set_reject_status) makes it answer every request
+/// with an error status.
 ///
 /// Dropping the server stops it at once, without waiting for in-flight responses.
 #[derive(Debug)]
@@ -190,6 +192,28 @@ impl ReferenceServer {
     /// Carries over across restarts.
     pub fn set_hang(&self, hang: bool) {
         self.shared.hang.send_replace(hang);
+    }
+
+    /// While `Some(status)`, every HTTP request (to `/mcp`, `/sse`, `/message`, `/ws`) is
+    /// answered with `status` and a short `text/plain` body instead of being served (after the
+    /// hang switch, if that is on, lets it through): a connect over any transport fails with
+    /// that status (403, 404, 429, 500, …), and so does every request of an open HTTP session.
+    /// Open WebSocket sessions, which send no HTTP requests, are not affected. `None` serves
+    /// normally again. Carries over across restarts.
+    ///
+    /// # Panics
+    /// When `status` is not an error status (4xx or 5xx).
+    pub fn set_reject_status(&self, status: Option<::http::StatusCode>) {
+        let code = status.map_or(0, |status| {
+            assert!(
+                status.is_client_error() || status.is_server_error(),
+                "set_reject_status takes an error status, got {status}"
+            );
+            status.as_u16()
+        });
+        self.shared
+            .reject
+            .store(code, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether the hang switch is on.

@@ -26,7 +26,7 @@ use std::{
 use futures::future::join_all;
 use http::{HeaderMap, HeaderValue};
 use mcp_pool_traits::{
-    ClientSession, ConnectRequest, Endpoint, Transport, TransportError, TransportKind,
+    ClientSession, ConnectRequest, Endpoint, FailureKind, Transport, TransportError, TransportKind,
     default_client_config, is_transport_failure,
 };
 use rmcp::{
@@ -36,7 +36,7 @@ use rmcp::{
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::Notify, time::timeout};
 
-use crate::{ReferenceServer, server::SERVER_NAME};
+use crate::{ReferenceServer, ServerOptions, server::SERVER_NAME};
 
 /// Upper bound on anything expected to finish (a connect, a call, a counter reaching a
 /// value): 10 s, generous for a loaded 2-core machine, finite so a hang fails.
@@ -97,6 +97,28 @@ pub async fn connect(
         .connect(ConnectRequest::new(
             endpoint,
             &headers,
+            create_timeout,
+            &client,
+        ))
+        .await
+}
+
+/// Connects `endpoint` with `headers` (instead of [`connect_headers`]) and the pool's default
+/// client config.
+///
+/// # Errors
+/// The transport's.
+pub async fn connect_with(
+    transport: &dyn Transport,
+    endpoint: &Endpoint,
+    headers: &HeaderMap,
+    create_timeout: Duration,
+) -> Result<ClientSession, TransportError> {
+    let client = default_client_config();
+    transport
+        .connect(ConnectRequest::new(
+            endpoint,
+            headers,
             create_timeout,
             &client,
         ))
@@ -401,8 +423,9 @@ pub async fn check_internal_headers_never_reach_the_server(transport: &dyn Trans
     }
 }
 
-/// A connect to a port nobody listens on fails with [`TransportError::Connect`] (not a
-/// timeout), well before the create timeout.
+/// A connect to a port nobody listens on fails with [`TransportError::Connect`] of kind
+/// [`FailureKind::ConnectionRefused`] (not a timeout), well before the create timeout, and
+/// counts against the endpoint.
 pub async fn check_dead_port_fails_fast(transport: &dyn Transport) {
     let kind = transport.kind();
     let server = start_server().await;
@@ -419,11 +442,21 @@ pub async fn check_dead_port_fails_fast(transport: &dyn Transport) {
     .unwrap_or_else(|_| panic!("{kind}: a connect to a dead port ignored its timeout"));
     match result {
         Ok(_) => panic!("{kind}: a connect to a dead port succeeded"),
-        Err(TransportError::Connect { url, .. }) => {
+        Err(error @ TransportError::Connect { .. }) => {
             assert_eq!(
-                &*url, &*endpoint.url,
+                error.url(),
+                Some(&*endpoint.url),
                 "{kind}: the error names the endpoint"
-            )
+            );
+            assert_eq!(
+                error.kind(),
+                FailureKind::ConnectionRefused,
+                "{kind}: a refused connect is categorized as such: {error}"
+            );
+            assert!(
+                error.counts_against_endpoint(),
+                "{kind}: a refused connect counts against the endpoint"
+            );
         }
         Err(other) => panic!("{kind}: a refused connect must be a Connect error, got {other}"),
     }
@@ -435,7 +468,8 @@ pub async fn check_dead_port_fails_fast(transport: &dyn Transport) {
 }
 
 /// A connect to a server that accepts TCP connections but never answers fails with
-/// [`TransportError::Timeout`] within the create timeout (plus [`TIMEOUT_SLACK`]), and so does
+/// [`TransportError::Timeout`] (which counts against the endpoint) within the create timeout
+/// (plus [`TIMEOUT_SLACK`]), and so does
 /// a connect while the reference server's hang switch is on; the server serves again once the
 /// switch is off.
 pub async fn check_silent_server_times_out(transport: &dyn Transport) {
@@ -501,6 +535,11 @@ async fn expect_timeout(transport: &dyn Transport, endpoint: &Endpoint, what: &s
     match result {
         Ok(_) => panic!("{kind}: a connect to {what} succeeded"),
         Err(error @ TransportError::Timeout { .. }) => {
+            assert_eq!(error.kind(), FailureKind::Timeout, "{kind}: {error}");
+            assert!(
+                error.counts_against_endpoint(),
+                "{kind}: a timeout counts against the endpoint"
+            );
             let message = error.to_string();
             assert!(
                 message.contains("timed out") && message.contains(&*endpoint.url),
@@ -513,6 +552,160 @@ async fn expect_timeout(transport: &dyn Transport, endpoint: &Endpoint, what: &s
         started.elapsed() >= FAILING_CONNECT_TIMEOUT,
         "{kind}: gave up on {what} after {:?}, before the timeout",
         started.elapsed()
+    );
+}
+
+/// The bearer token of [`AUTHORIZATION`], which [`check_unauthorized_does_not_count`] makes
+/// its server require.
+pub const BEARER_TOKEN: &str = "transport-conformance";
+
+/// Connects with `headers` and expects a [`TransportError::Connect`] of kind `expected`, fast
+/// (no timeout), that counts against the endpoint exactly when `counts`.
+async fn expect_failure(
+    transport: &dyn Transport,
+    endpoint: &Endpoint,
+    headers: &HeaderMap,
+    expected: FailureKind,
+    counts: bool,
+    what: &str,
+) {
+    let kind = transport.kind();
+    let result = timeout(
+        SIGNAL_TIMEOUT + TIMEOUT_SLACK,
+        connect_with(transport, endpoint, headers, SIGNAL_TIMEOUT),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("{kind}: a connect answered {what} ignored its timeout"));
+    match result {
+        Ok(_) => panic!("{kind}: a connect answered {what} succeeded"),
+        Err(error @ TransportError::Connect { .. }) => {
+            assert_eq!(
+                error.kind(),
+                expected,
+                "{kind}: a connect answered {what} is categorized {expected}: {error}"
+            );
+            assert_eq!(
+                error.counts_against_endpoint(),
+                counts,
+                "{kind}: a connect answered {what} must {}count against the endpoint",
+                if counts { "" } else { "not " }
+            );
+        }
+        Err(other) => {
+            panic!("{kind}: a connect answered {what} must be a Connect error, got {other}")
+        }
+    }
+}
+
+/// Against a server that requires a bearer token, a connect with another token fails with
+/// [`FailureKind::Unauthorized`], which does not count against the endpoint (one caller's
+/// bad token must not open the breaker every tenant shares, issue 9 item 12), and so does a
+/// connect with no `authorization` at all; the right token connects.
+pub async fn check_unauthorized_does_not_count(transport: &dyn Transport) {
+    let kind = transport.kind();
+    let server =
+        ReferenceServer::start_with(ServerOptions::default().with_bearer_token(Some(BEARER_TOKEN)))
+            .await
+            .expect("the reference server starts on a free loopback port");
+    let endpoint = server.endpoint_for(kind);
+
+    let mut wrong = connect_headers();
+    wrong.insert(
+        "authorization",
+        HeaderValue::from_static("Bearer wrong-token"),
+    );
+    expect_failure(
+        transport,
+        &endpoint,
+        &wrong,
+        FailureKind::Unauthorized,
+        false,
+        "401 (wrong token)",
+    )
+    .await;
+    let mut none = connect_headers();
+    none.remove("authorization");
+    expect_failure(
+        transport,
+        &endpoint,
+        &none,
+        FailureKind::Unauthorized,
+        false,
+        "401 (no token)",
+    )
+    .await;
+    assert_eq!(
+        server.sessions_opened(),
+        0,
+        "{kind}: refused connects opened no session"
+    );
+
+    let session = connect_to(transport, &server).await;
+    assert_eq!(
+        call_text(&session, "echo", json!({"message": "authorized"}))
+            .await
+            .ok()
+            .as_deref(),
+        Some("authorized"),
+        "{kind}: the right token connects and calls"
+    );
+}
+
+/// A connect answered with an HTTP error status fails at once, categorized by the status:
+/// 403 [`FailureKind::Forbidden`] and 429 [`FailureKind::ClientError`] do not count against
+/// the endpoint (the caller's privileges and rate limit), 404 [`FailureKind::NotFound`] (the
+/// endpoint's path is wrong for everyone), 500 and 503 [`FailureKind::ServerError`] do. The
+/// server connects again once it serves normally.
+pub async fn check_error_statuses_are_categorized(transport: &dyn Transport) {
+    use http::StatusCode;
+    let kind = transport.kind();
+    let server = start_server().await;
+    let endpoint = server.endpoint_for(kind);
+    let cases = [
+        (StatusCode::FORBIDDEN, FailureKind::Forbidden, false),
+        (
+            StatusCode::TOO_MANY_REQUESTS,
+            FailureKind::ClientError(StatusCode::TOO_MANY_REQUESTS),
+            false,
+        ),
+        (StatusCode::NOT_FOUND, FailureKind::NotFound, true),
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            FailureKind::ServerError(StatusCode::INTERNAL_SERVER_ERROR),
+            true,
+        ),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            FailureKind::ServerError(StatusCode::SERVICE_UNAVAILABLE),
+            true,
+        ),
+    ];
+    for (status, expected, counts) in cases {
+        server.set_reject_status(Some(status));
+        expect_failure(
+            transport,
+            &endpoint,
+            &connect_headers(),
+            expected,
+            counts,
+            &format!("HTTP {status}"),
+        )
+        .await;
+    }
+    server.set_reject_status(None);
+    assert_eq!(
+        server.sessions_opened(),
+        0,
+        "{kind}: refused connects opened no session"
+    );
+    let session = connect_to(transport, &server).await;
+    assert_eq!(
+        call_text(&session, "echo", json!({"message": "served"}))
+            .await
+            .ok()
+            .as_deref(),
+        Some("served"),
+        "{kind}: the server serves again once the reject switch is off"
     );
 }
 
@@ -548,6 +741,8 @@ macro_rules! transport_conformance {
             $crate::transport_conformance!(@test ($transport) internal_headers_never_reach_the_server check_internal_headers_never_reach_the_server);
             $crate::transport_conformance!(@test ($transport) dead_port_fails_fast check_dead_port_fails_fast);
             $crate::transport_conformance!(@test ($transport) silent_server_times_out check_silent_server_times_out);
+            $crate::transport_conformance!(@test ($transport) unauthorized_does_not_count check_unauthorized_does_not_count);
+            $crate::transport_conformance!(@test ($transport) error_statuses_are_categorized check_error_statuses_are_categorized);
         }
     };
     (@test ($transport:expr) $test:ident $check:ident) => {

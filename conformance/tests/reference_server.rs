@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 
 use mcp_pool_conformance::{DuplexTransport, ReferenceServer, ServerOptions};
 use mcp_pool_traits::{
-    ClientSession, ConnectRequest, Endpoint, Transport, TransportError, TransportKind,
+    ClientSession, ConnectRequest, Endpoint, FailureKind, Transport, TransportError, TransportKind,
     default_client_config, is_transport_failure,
 };
 use rmcp::{
@@ -608,8 +608,29 @@ async fn duplex_transport_faults() {
     transport.set_fail_connects(true);
     let error = duplex_connect(&transport, BOUND).await.unwrap_err();
     assert!(matches!(error, TransportError::Connect { .. }), "{error:?}");
+    assert_eq!(error.kind(), FailureKind::ConnectionRefused);
+    assert!(error.counts_against_endpoint());
     assert_eq!(transport.sessions_opened(), 0);
     transport.set_fail_connects(false);
+
+    // One caller's bad token: Unauthorized, which does not count against the endpoint.
+    let required = http::HeaderValue::from_static("Bearer right");
+    transport.set_required_authorization(Some(required.clone()));
+    let error = duplex_connect(&transport, BOUND).await.unwrap_err();
+    assert_eq!(error.kind(), FailureKind::Unauthorized, "{error}");
+    assert!(!error.counts_against_endpoint());
+    assert_eq!(transport.sessions_opened(), 0);
+    let endpoint = duplex_endpoint();
+    let client = default_client_config();
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::AUTHORIZATION, required);
+    let authorized = transport
+        .connect(ConnectRequest::new(&endpoint, &headers, BOUND, &client))
+        .await
+        .unwrap();
+    drop(authorized);
+    transport.set_required_authorization(None);
+    transport.wait_sessions_alive(0, BOUND).await.unwrap();
 
     // A hanging upstream leaves initialize unanswered: the connect times out.
     transport.set_hang(true);
@@ -619,6 +640,7 @@ async fn duplex_transport_faults() {
         matches!(error, TransportError::Timeout { timeout: t, .. } if t == timeout),
         "{error:?}"
     );
+    assert!(error.counts_against_endpoint());
     // The abandoned session ends with its client side.
     transport.wait_sessions_alive(0, BOUND).await.unwrap();
 

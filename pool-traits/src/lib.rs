@@ -5,6 +5,7 @@
 mod backend;
 mod config;
 mod endpoint;
+mod failure;
 mod id;
 mod identity;
 mod redact;
@@ -14,6 +15,7 @@ mod transport;
 pub use backend::{BackendError, Claim, ConfigChange, SavedConfig, StateBackend};
 pub use config::{ConfigError, PoolConfig, RANGES, StrategyKind, check_range};
 pub use endpoint::{Endpoint, InvalidEndpoint, MAX_WEIGHT, TransportKind, UnknownTransport};
+pub use failure::FailureKind;
 pub use id::{ID_RULE, InvalidId, ServerId, StateId};
 pub use identity::{
     DEFAULT_IDENTITY_HEADERS, Digest256, INTERNAL_HEADERS, IdentityConfig, IdentityExtractor,

@@ -9,7 +9,9 @@ use rmcp::{
     service::RunningService,
 };
 
-use crate::{Endpoint, RedactedHeaders, TransportKind, forwardable_headers, redact_url};
+use crate::{
+    Endpoint, FailureKind, RedactedHeaders, TransportKind, forwardable_headers, redact_url,
+};
 
 /// An initialized upstream MCP session, as rmcp hands it out. Derefs to
 /// [`Peer<RoleClient>`](rmcp::Peer).
@@ -97,6 +99,10 @@ pub fn default_client_config() -> ClientConfig {
 ///
 /// The URLs it holds have their user-info and credential-looking query values hidden
 /// ([`redact_url`]): build it with [`connect`](Self::connect) and [`timeout`](Self::timeout).
+///
+/// [`kind`](Self::kind) says why, in categories ([`FailureKind`]) that tell an endpoint's
+/// failure from a caller's; [`counts_against_endpoint`](Self::counts_against_endpoint) is what
+/// a shared circuit breaker should look at (issue 9, item 12).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
@@ -109,10 +115,12 @@ pub enum TransportError {
         timeout: Duration,
     },
     /// The connection or the handshake failed.
-    #[error("connecting {url} failed: {source}")]
+    #[error("connecting {url} failed ({kind}): {source}")]
     Connect {
         /// The endpoint URL, redacted.
         url: String,
+        /// Why, as a category ([`FailureKind::Other`] when the transport did not say).
+        kind: FailureKind,
         /// The cause.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -123,10 +131,22 @@ pub enum TransportError {
 }
 
 impl TransportError {
-    /// A [`TransportError::Connect`] for `url` (stored [redacted](redact_url)).
+    /// A [`TransportError::Connect`] for `url` (stored [redacted](redact_url)) of kind
+    /// [`FailureKind::Other`] (which counts against the endpoint). Prefer
+    /// [`categorized`](Self::categorized) when the cause is known.
     pub fn connect(url: &str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::categorized(url, FailureKind::Other, source)
+    }
+
+    /// A [`TransportError::Connect`] for `url` that failed for the reason `kind`.
+    pub fn categorized(
+        url: &str,
+        kind: FailureKind,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         Self::Connect {
             url: redact_url(url).into_owned(),
+            kind,
             source: source.into(),
         }
     }
@@ -136,6 +156,33 @@ impl TransportError {
         Self::Timeout {
             url: redact_url(url).into_owned(),
             timeout,
+        }
+    }
+
+    /// Why the session could not be opened: [`FailureKind::Timeout`] for
+    /// [`Timeout`](Self::Timeout), the transport's category for [`Connect`](Self::Connect),
+    /// [`FailureKind::Unsupported`] for [`Unsupported`](Self::Unsupported).
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            Self::Timeout { .. } => FailureKind::Timeout,
+            Self::Connect { kind, .. } => *kind,
+            Self::Unsupported(_) => FailureKind::Unsupported,
+        }
+    }
+
+    /// Whether this failure is the endpoint's (down, slow, broken for everyone) rather than
+    /// the caller's (a refused token, a rate limit): only then may it count towards opening
+    /// the endpoint's circuit breaker, which every tenant shares. See
+    /// [`FailureKind::counts_against_endpoint`] for the rule and its reasons.
+    pub fn counts_against_endpoint(&self) -> bool {
+        self.kind().counts_against_endpoint()
+    }
+
+    /// The endpoint URL, when the error names one.
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            Self::Timeout { url, .. } | Self::Connect { url, .. } => Some(url),
+            Self::Unsupported(_) => None,
         }
     }
 }
@@ -153,7 +200,10 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// returns the running session. Must finish within `request.timeout()`.
     ///
     /// # Errors
-    /// [`TransportError::Timeout`] past the timeout, [`TransportError::Connect`] otherwise.
+    /// [`TransportError::Timeout`] past the timeout, [`TransportError::Connect`] otherwise,
+    /// with the [`FailureKind`] that fits the cause (a pool's circuit breaker counts only
+    /// the endpoint's failures: an HTTP 401 must say [`FailureKind::Unauthorized`], not
+    /// [`FailureKind::Other`]).
     async fn connect(&self, request: ConnectRequest<'_>) -> Result<ClientSession, TransportError>;
 }
 

@@ -15,7 +15,7 @@ mod weighted;
 pub use least_connections::{FULL_SCAN_MAX, LeastConnections, LeastConnectionsSelector};
 pub use none::{NoPooling, NoPoolingSelector};
 pub use round_robin::{RoundRobin, RoundRobinSelector};
-pub use sticky::{Sticky, StickySelector};
+pub use sticky::{MAX_LOST_BINDINGS, Sticky, StickySelector};
 pub use weighted::{Weighted, WeightedSelector, smooth_pick};
 
 /// The built-in strategy of `kind`.

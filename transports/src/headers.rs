@@ -75,7 +75,8 @@ pub(crate) fn single_valued(headers: &HeaderMap) -> HashMap<HeaderName, HeaderVa
 }
 
 /// Runs `connecting` (connect + `initialize`) within `timeout`, mapping its error and the
-/// timeout to [`TransportError`](mcp_pool_traits::TransportError)s naming `url` (redacted).
+/// timeout to [`TransportError`](mcp_pool_traits::TransportError)s naming `url` (redacted),
+/// the error categorized by [`failure_kind`](crate::failure_kind).
 pub(crate) async fn bounded<E>(
     url: &str,
     timeout: std::time::Duration,
@@ -86,7 +87,13 @@ where
 {
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(session)) => Ok(session),
-        Ok(Err(error)) => Err(mcp_pool_traits::TransportError::connect(url, error)),
+        Ok(Err(error)) => {
+            let error = error.into();
+            let kind = crate::failure_kind(error.as_ref());
+            Err(mcp_pool_traits::TransportError::categorized(
+                url, kind, error,
+            ))
+        }
         Err(_elapsed) => Err(mcp_pool_traits::TransportError::timeout(url, timeout)),
     }
 }

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+mod failure;
 mod headers;
 pub mod sse;
 mod streamable_http;
@@ -10,6 +11,7 @@ pub mod websocket;
 #[cfg(feature = "server")]
 pub mod server;
 
+pub use failure::failure_kind;
 pub use sse::{Sse, SseClientTransport, SseError};
 pub use streamable_http::{
     IDLE_CONNECTION_TIMEOUT, MAX_STREAM_RESUMES, StreamableHttp, default_retry_policy, http_client,

@@ -2,7 +2,16 @@
 //! task per TCP connection, the three transports' routes (streamable HTTP, legacy SSE,
 //! WebSocket), and the middleware that counts and records requests.
 
-use std::{collections::BTreeSet, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU16, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Router,
@@ -10,7 +19,10 @@ use axum::{
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
-use http::{HeaderMap, Method, StatusCode};
+use http::{
+    HeaderMap, HeaderValue, Method, StatusCode,
+    header::{AUTHORIZATION, WWW_AUTHENTICATE},
+};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
 use mcp_pool_transports::server::{
@@ -57,6 +69,8 @@ pub(crate) struct Shared {
     /// Shared with the WebSocket sessions' handlers, which hold their requests themselves.
     pub(crate) hang: Arc<watch::Sender<bool>>,
     pub(crate) headers: Mutex<HeaderLog>,
+    /// The status every HTTP request is answered with instead of being served; 0 for none.
+    pub(crate) reject: AtomicU16,
 }
 
 /// What the server recorded about request headers.
@@ -182,6 +196,10 @@ impl Run {
             Observe {
                 shared,
                 shutdown: shutdown.clone(),
+                authorization: options
+                    .bearer_token
+                    .as_deref()
+                    .map(|token| Arc::from(format!("Bearer {token}"))),
             },
             observe,
         );
@@ -289,9 +307,43 @@ async fn serve_connection(stream: TcpStream, router: Router, shutdown: Cancellat
 struct Observe {
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    /// The `Authorization` value every request must carry, when a bearer token is required.
+    authorization: Option<Arc<str>>,
 }
 
-/// Counts and records every request, and holds it while the hang switch is on.
+/// The challenge sent with a 401 (RFC 6750 §3).
+const CHALLENGE: &str = "Bearer realm=\"mcp-pool-reference\"";
+
+impl Observe {
+    /// The answer to `request` instead of serving it: the reject switch's status, or a 401
+    /// when a required bearer token is missing or wrong.
+    fn refusal(&self, request: &Request) -> Option<Response> {
+        let reject = self.shared.reject.load(Ordering::Relaxed);
+        if let Some(status) = (reject != 0)
+            .then(|| StatusCode::from_u16(reject).ok())
+            .flatten()
+        {
+            let body = format!("reference server: answering every request with {status}");
+            return Some((status, body).into_response());
+        }
+        let required = self.authorization.as_deref()?;
+        let given = request.headers().get(AUTHORIZATION);
+        if given.is_some_and(|given| given.as_bytes() == required.as_bytes()) {
+            return None;
+        }
+        Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE))],
+                "reference server: a valid bearer token is required",
+            )
+                .into_response(),
+        )
+    }
+}
+
+/// Counts and records every request, holds it while the hang switch is on, and refuses it
+/// (reject switch, bearer token) before it reaches a transport.
 async fn observe(State(observe): State<Observe>, request: Request, next: Next) -> Response {
     observe.shared.counters.http_request();
     observe
@@ -305,7 +357,10 @@ async fn observe(State(observe): State<Observe>, request: Request, next: Next) -
         let _ = hang.wait_for(|hanging| !*hanging).await;
     };
     tokio::select! {
-        () = released => next.run(request).await,
+        () = released => match observe.refusal(&request) {
+            Some(refusal) => refusal,
+            None => next.run(request).await,
+        },
         () = observe.shutdown.cancelled() => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }

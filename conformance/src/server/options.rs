@@ -24,6 +24,11 @@ pub struct ServerOptions {
     /// How long a session may stay idle (no request, no message) before the server ends it on
     /// its own; `None` never ends idle sessions. Requests on an ended session get HTTP 404.
     pub session_idle_timeout: Option<Duration>,
+    /// A bearer token every HTTP request must carry (`Authorization: Bearer <token>`), over
+    /// every transport, or `None` to require none. A request without it is answered
+    /// `401 Unauthorized` with `WWW-Authenticate: Bearer realm="mcp-pool-reference"`
+    /// (RFC 6750 §3) and opens no session.
+    pub bearer_token: Option<String>,
 }
 
 impl Default for ServerOptions {
@@ -32,6 +37,7 @@ impl Default for ServerOptions {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             sse_retry: None,
             session_idle_timeout: Some(Duration::from_secs(300)),
+            bearer_token: None,
         }
     }
 }
@@ -46,6 +52,13 @@ impl ServerOptions {
     /// The same options with SSE priming events announcing `retry` (`None`: no priming).
     pub fn with_sse_retry(mut self, retry: Option<Duration>) -> Self {
         self.sse_retry = retry;
+        self
+    }
+
+    /// The same options requiring `Authorization: Bearer <token>` on every request (`None`:
+    /// no token required); see [`bearer_token`](Self::bearer_token).
+    pub fn with_bearer_token(mut self, token: Option<&str>) -> Self {
+        self.bearer_token = token.map(str::to_owned);
         self
     }
 
