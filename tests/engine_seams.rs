@@ -408,10 +408,8 @@ async fn only_headers_in_the_key_are_forwarded_upstream() {
 // own failures still do.
 #[tokio::test(start_paused = true)]
 async fn a_callers_401s_do_not_open_the_circuit_for_other_callers() {
-    let breaker = mcp_pool::breaker::BreakerConfig {
-        failure_threshold: 2,
-        reset_timeout: Duration::from_secs(60),
-    };
+    let mut breaker = mcp_pool::breaker::BreakerConfig::default();
+    breaker.failure_threshold = 2;
     let (pool, id, transport) = duplex_pool(config(2), Pool::builder().circuit_breaker(breaker));
     transport.set_required_authorization(Some("Bearer good".parse().unwrap()));
     let with_token = |token: &str| {

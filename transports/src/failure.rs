@@ -182,7 +182,9 @@ fn status(status: StatusCode) -> Option<FailureKind> {
 fn sse(error: &SseError) -> Option<FailureKind> {
     match error {
         SseError::NotAnEventStream { status: s, .. } => status(*s),
-        SseError::PostRejected(s) => status(*s),
+        // A redirect is the endpoint's (it moved, for everyone): not followed, counted.
+        SseError::PostRejected(s) | SseError::Redirected(s) => status(*s),
+        SseError::PostResponseTooLarge => Some(FailureKind::Protocol),
         SseError::NoEndpoint(_) | SseError::BadEndpoint { .. } => Some(FailureKind::Protocol),
         // The cause decides (connect, TLS, DNS, …).
         SseError::Http(_) => None,
