@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     Lease, PoolBuilder, PoolError, ServerConfig,
-    key_pool::{AcquireArgs, AcquireError, KeyPool, Next},
+    key_pool::{AcquireArgs, AcquireError, FirstStep, KeyPool, Next},
     limits::Cap,
     server::{ServerCounters, ServerEntry},
     shared::{FastHash, Shared},
@@ -107,6 +107,15 @@ impl std::fmt::Debug for AcquireRequest<'_> {
             .field("affinity", &self.affinity)
             .finish()
     }
+}
+
+/// What one synchronous acquire attempt ended with.
+enum Attempt {
+    Lease(Lease),
+    /// The key was removed under the attempt: look it up again.
+    Again,
+    /// Create or wait on this key.
+    Slow(Arc<KeyPool>, Arc<ServerEntry>, FirstStep),
 }
 
 /// A pool of initialized upstream MCP sessions, keyed by (user, identity, server, transport).
@@ -360,8 +369,7 @@ impl Pool {
     /// [`PoolError::Create`] when the session could not be opened, [`PoolError::NoEndpoint`]
     /// when the server has no endpoint over the transport, [`PoolError::Closed`].
     pub async fn acquire_with(&self, request: AcquireRequest<'_>) -> Result<Lease, PoolError> {
-        let shared = &self.inner.shared;
-        if shared.is_closed() {
+        if self.inner.shared.is_closed() {
             return Err(PoolError::Closed);
         }
         let headers = request.headers.unwrap_or(&EMPTY_HEADERS);
@@ -371,76 +379,101 @@ impl Pool {
         let ctx = SelectContext {
             affinity: request.affinity,
         };
-        // Set on the first step that is not a hit: `timeout` bounds the whole acquire, retries
-        // included.
+        match self.attempt(&request, principal, &ctx)? {
+            Attempt::Lease(lease) => Ok(lease),
+            // The slow path (create, wait, retry) lives in its own boxed future: the future of
+            // a hit stays small (moving a large one costs more than the whole hit).
+            slow => Box::pin(self.acquire_slow(request, headers, principal, ctx, slow)).await,
+        }
+    }
+
+    /// One synchronous attempt: a hit returns the lease; anything else says what to do next.
+    /// The hit path runs under read locks of the server and key maps and the key's mutex: no
+    /// reference count, clock read or allocation beyond the lease's own.
+    fn attempt(
+        &self,
+        request: &AcquireRequest<'_>,
+        principal: Principal,
+        ctx: &SelectContext,
+    ) -> Result<Attempt, PoolError> {
+        let shared = &self.inner.shared;
+        let servers = shared.servers.load();
+        let server = servers
+            .get(request.server)
+            .ok_or_else(|| PoolError::UnknownServer(request.server.clone()))?;
+        let transport = request
+            .transport
+            .unwrap_or_else(|| server.default_transport());
+        let id = KeyId {
+            server: server.index,
+            principal,
+            transport,
+        };
+        let keys = self.inner.keys.pin();
+        let key_pool = match keys.get(&id) {
+            Some(key_pool) => key_pool,
+            None => {
+                if keys.len() >= shared.limits.max_keys as usize && !self.evict_idle_key() {
+                    return Err(PoolError::KeyLimit {
+                        max_keys: shared.limits.max_keys,
+                    });
+                }
+                let key = PoolKey::new(principal, server.id.clone(), transport);
+                let new = Arc::new(KeyPool::new(key, shared.clone(), server.clone()));
+                match keys.try_insert(id, new) {
+                    Ok(inserted) => {
+                        self.register_subject(inserted);
+                        inserted
+                    }
+                    Err(occupied) => occupied.current,
+                }
+            }
+        };
+        Ok(match key_pool.try_acquire(server, ctx) {
+            Ok(lease) => Attempt::Lease(lease),
+            Err(Next::Removed) => Attempt::Again,
+            Err(Next::Closed) => return Err(PoolError::Closed),
+            Err(Next::Slow(first)) => Attempt::Slow(key_pool.clone(), server.clone(), first),
+        })
+    }
+
+    /// The rest of an acquire that was not a hit: create or wait, retried (after a key
+    /// removal, an endpoint change under a creation, room made under a cap) within one
+    /// deadline: `timeout` bounds the whole acquire.
+    async fn acquire_slow(
+        &self,
+        request: AcquireRequest<'_>,
+        headers: &HeaderMap,
+        principal: Principal,
+        ctx: SelectContext,
+        mut next: Attempt,
+    ) -> Result<Lease, PoolError> {
         let mut clock: Option<(Instant, Instant)> = None;
         // What a creation may send upstream: the identity headers and the allow-listed ones
-        // only, all of which are hashed into the key (DESIGN §2.11). Not needed on a hit.
-        let mut forwarded: Option<HeaderMap> = None;
+        // only, all of which are hashed into the key (DESIGN §2.11).
+        let forwarded = self.inner.identity.forwarded_headers(headers);
         loop {
-            // The hit path runs under read locks of the server and key maps and the key's
-            // mutex: no reference count, clock read or allocation beyond the lease's own.
-            let (key_pool, server, first) = {
-                let servers = shared.servers.load();
-                let server = servers
-                    .get(request.server)
-                    .ok_or_else(|| PoolError::UnknownServer(request.server.clone()))?;
-                let transport = request
-                    .transport
-                    .unwrap_or_else(|| server.default_transport());
-                let id = KeyId {
-                    server: server.index,
-                    principal,
-                    transport,
-                };
-                let keys = self.inner.keys.pin();
-                let key_pool = match keys.get(&id) {
-                    Some(key_pool) => key_pool,
-                    None => {
-                        if keys.len() >= shared.limits.max_keys as usize && !self.evict_idle_key() {
-                            return Err(PoolError::KeyLimit {
-                                max_keys: shared.limits.max_keys,
-                            });
-                        }
-                        let key = PoolKey::new(principal, server.id.clone(), transport);
-                        let new = Arc::new(KeyPool::new(key, shared.clone(), server.clone()));
-                        match keys.try_insert(id, new) {
-                            Ok(inserted) => {
-                                self.register_subject(inserted);
-                                inserted
-                            }
-                            Err(occupied) => occupied.current,
-                        }
-                    }
-                };
-                let attempt = key_pool
-                    .try_acquire(server, &ctx)
-                    .map_err(|next| (key_pool.clone(), next));
-                match attempt {
-                    Ok(lease) => return Ok(lease),
-                    Err((key_pool, next)) => (key_pool, server.clone(), next),
+            let (key_pool, server, first) = match next {
+                Attempt::Lease(lease) => return Ok(lease),
+                Attempt::Again => {
+                    next = self.attempt(&request, principal, &ctx)?;
+                    continue;
                 }
-            };
-            let first = match first {
-                Next::Removed => continue,
-                Next::Closed => return Err(PoolError::Closed),
-                Next::Slow(first) => first,
+                Attempt::Slow(key_pool, server, first) => (key_pool, server, first),
             };
             let (started, deadline) = *clock.get_or_insert_with(|| {
                 let now = Instant::now();
                 (now, now + server.config.timeout)
             });
-            let forwarded =
-                &*forwarded.get_or_insert_with(|| self.inner.identity.forwarded_headers(headers));
             let args = AcquireArgs {
                 ctx,
                 started,
-                headers: forwarded,
+                headers: &forwarded,
                 deadline,
             };
             match key_pool.acquire_slow_recorded(first, args).await {
                 Ok(lease) => return Ok(lease),
-                Err(AcquireError::Removed | AcquireError::Retry) => continue,
+                Err(AcquireError::Removed | AcquireError::Retry) => {}
                 Err(AcquireError::Capped(cap)) => {
                     if !self.make_room(cap, &key_pool).await {
                         return Err(self.cap_error(cap, &key_pool));
@@ -448,6 +481,7 @@ impl Pool {
                 }
                 Err(AcquireError::Pool(error)) => return Err(error),
             }
+            next = self.attempt(&request, principal, &ctx)?;
         }
     }
 

@@ -366,7 +366,9 @@ async fn debug_output_carries_no_credential() {
 // them is part of the key.
 #[tokio::test]
 async fn only_headers_in_the_key_are_forwarded_upstream() {
-    let upstream = mcp_pool_conformance::ReferenceServer::start().await.unwrap();
+    let upstream = mcp_pool_conformance::ReferenceServer::start()
+        .await
+        .unwrap();
     let identity = mcp_pool::IdentityConfig::default()
         .with_forwarded_headers([http::HeaderName::from_static("x-region")]);
     let (pool, id) = http_pool_with(&upstream, config(2), Pool::builder().identity(identity));
@@ -386,7 +388,10 @@ async fn only_headers_in_the_key_are_forwarded_upstream() {
     let seen = upstream.last_request_headers();
     assert_eq!(seen.get("authorization").unwrap(), "Bearer t0ken");
     assert_eq!(seen.get("x-region").unwrap(), "eu");
-    assert!(seen.get("x-auth-token").is_none(), "not in the key: not forwarded");
+    assert!(
+        seen.get("x-auth-token").is_none(),
+        "not in the key: not forwarded"
+    );
     assert!(seen.get("last-event-id").is_none());
     let first_key = lease.key().clone();
     drop(lease);
@@ -395,13 +400,21 @@ async fn only_headers_in_the_key_are_forwarded_upstream() {
         .acquire_with(AcquireRequest::new(&id).headers(&other_token))
         .await
         .unwrap();
-    assert_eq!(same.key(), &first_key, "a header that is not forwarded does not split keys");
+    assert_eq!(
+        same.key(),
+        &first_key,
+        "a header that is not forwarded does not split keys"
+    );
     let other_region = headers("creds-of-alice", "us");
     let other = pool
         .acquire_with(AcquireRequest::new(&id).headers(&other_region))
         .await
         .unwrap();
-    assert_ne!(other.key(), &first_key, "a forwarded header is part of the key");
+    assert_ne!(
+        other.key(),
+        &first_key,
+        "a forwarded header is part of the key"
+    );
 }
 
 // Item 12: a caller's bad credential does not open the circuit for everyone; the endpoint's
