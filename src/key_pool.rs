@@ -1716,4 +1716,72 @@ mod tests {
         drop(st);
         drop(lease);
     }
+    /// Fault injection: every connect waits `delay` on the paused clock first.
+    #[derive(Debug)]
+    struct Delayed(DuplexTransport, std::time::Duration);
+
+    #[async_trait::async_trait]
+    impl mcp_pool_traits::Transport for Delayed {
+        fn kind(&self) -> TransportKind {
+            TransportKind::StreamableHttp
+        }
+
+        async fn connect(
+            &self,
+            request: mcp_pool_traits::ConnectRequest<'_>,
+        ) -> Result<mcp_pool_traits::ClientSession, mcp_pool_traits::TransportError> {
+            tokio::time::sleep(self.1).await;
+            self.0.connect(request).await
+        }
+    }
+
+    // Issue 9, item 8: a key found idle by maintenance gets an acquire before it is removed:
+    // the removal must not go ahead (the acquire would end with `PoolError::Closed` on an
+    // open pool).
+    #[tokio::test(start_paused = true)]
+    async fn a_key_that_got_busy_after_it_was_found_idle_is_not_removed() {
+        let id = ServerId::new("busy").unwrap();
+        let endpoint =
+            Endpoint::new("http://busy.invalid/mcp", TransportKind::StreamableHttp).unwrap();
+        let inner = DuplexTransport::new(TransportKind::StreamableHttp);
+        let pool = Pool::builder()
+            .transport(Arc::new(Delayed(inner, std::time::Duration::from_secs(1))))
+            .server(ServerConfig::new(id.clone(), endpoint).pool(PoolConfig::enabled()))
+            .build()
+            .unwrap();
+        let user = Principal::user("u");
+        let key_id = KeyId {
+            server: 0,
+            principal: user,
+            transport: TransportKind::StreamableHttp,
+        };
+        // A key whose only session is gone: idle, with nothing in it.
+        let lease = pool.acquire(&id, user).await.unwrap();
+        lease.mark_broken();
+        drop(lease);
+        let key = pool.inner.keys.pin().get(&key_id).cloned().unwrap();
+        let (idle, now) = (
+            std::time::Duration::from_secs(600),
+            tokio::time::Instant::now(),
+        );
+        assert!(
+            !key.reap(now, idle).idle_key,
+            "its release was just settled"
+        );
+        assert!(key.reap(now + idle, idle).idle_key);
+        // Then an acquire reserves a creation on it.
+        let acquire = tokio::spawn({
+            let (pool, id) = (pool.clone(), id.clone());
+            async move { pool.acquire(&id, user).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert_eq!(key.stats().sessions_creating, 1);
+        assert!(!key.try_remove(
+            &pool.inner.keys,
+            None,
+            mcp_pool_traits::EvictionReason::KeyEvicted
+        ));
+        let lease = acquire.await.unwrap().expect("a lease, not Closed");
+        assert!(!lease.is_hit());
+    }
 }
