@@ -458,3 +458,73 @@ async fn a_callers_401s_do_not_open_the_circuit_for_other_callers() {
         .unwrap_err();
     assert!(matches!(error, PoolError::CircuitOpen { .. }), "{error}");
 }
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Item 17: a token and a URL password appear in no Debug, Display, error, log line, metric or
+// stats output of the pool, also when a creation fails.
+#[tokio::test]
+async fn secrets_reach_no_log_error_metric_or_stats() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let _metrics = metrics::set_default_local_recorder(&recorder);
+
+    let id = server_id("guarded");
+    // Nothing listens on port 1: the creation fails and is reported.
+    let endpoint = endpoint("http://alice:pw123hunter@127.0.0.1:1/mcp");
+    let pool = Pool::builder()
+        .metrics(true)
+        .server(ServerConfig::new(id.clone(), endpoint).pool(config(1)))
+        .build()
+        .unwrap();
+    let mut headers = http::HeaderMap::new();
+    headers.insert("authorization", "Bearer s3cr3t-t0ken".parse().unwrap());
+    let error = pool
+        .acquire_with(AcquireRequest::new(&id).headers(&headers))
+        .await
+        .unwrap_err();
+    let mut outputs = vec![
+        error.to_string(),
+        format!("{error:?}"),
+        format!("{pool:?}"),
+        format!("{:?}", pool.stats()),
+        serde_json::to_string(&pool.stats()).unwrap(),
+        metrics.render(),
+    ];
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        outputs.push(cause.to_string());
+        source = cause.source();
+    }
+    pool.close().await;
+    outputs.push(String::from_utf8(logs.0.lock().unwrap().clone()).unwrap());
+    assert!(
+        outputs.last().is_some_and(|l| !l.is_empty()),
+        "something was logged"
+    );
+    for text in &outputs {
+        for secret in ["pw123hunter", "s3cr3t-t0ken"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+}
