@@ -75,6 +75,56 @@ struct Registry {
     sessions: BTreeMap<u64, Entry>,
 }
 
+/// The server's end of a session's pipe: reading end-of-stream (the client closed or dropped
+/// its end) cancels `closed`, so the session ends even while a request is held by a hang
+/// switch (as an HTTP server ends a session on `DELETE`).
+struct ServerEnd {
+    pipe: tokio::io::DuplexStream,
+    closed: CancellationToken,
+}
+
+impl tokio::io::AsyncRead for ServerEnd {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.pipe).poll_read(cx, buf);
+        if matches!(poll, std::task::Poll::Ready(Ok(())))
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+        {
+            self.closed.cancel();
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for ServerEnd {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.pipe).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.pipe).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.pipe).poll_shutdown(cx)
+    }
+}
+
 /// Removes a session from the registry when its server task ends, however it ends.
 struct Unregister {
     registry: Arc<Mutex<Registry>>,
@@ -318,6 +368,11 @@ impl Transport for DuplexTransport {
         // a session whose `initialize` is held by the hang switch ends with it.
         let abandoned = CancellationToken::new();
         let server_abandoned = abandoned.clone();
+        let client_closed = CancellationToken::new();
+        let server_side = ServerEnd {
+            pipe: server_side,
+            closed: client_closed.clone(),
+        };
         tokio::spawn(async move {
             // Held until the session ends, whichever way: the client closing or dropping its
             // end ends `serve` or `waiting`; a kill ends it from this side.
@@ -332,6 +387,7 @@ impl Transport for DuplexTransport {
                 () = serve => {}
                 () = server_abandoned.cancelled() => {}
                 () = kill.cancelled() => {}
+                () = client_closed.cancelled() => {}
             }
         });
         let abandon_on_failure = abandoned.drop_guard();
