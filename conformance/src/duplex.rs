@@ -338,8 +338,22 @@ impl Transport for DuplexTransport {
         {
             return Err(timed_out());
         }
-        let (client_side, server_side) = tokio::io::duplex(PIPE_BUFFER_BYTES);
+        // Client and server talk through a relay task, so that a kill cuts the pipe at once,
+        // whatever the server's handler is doing (an rmcp server finishes the requests in
+        // flight before it lets its transport go).
+        let (client_side, relay_client) = tokio::io::duplex(PIPE_BUFFER_BYTES);
+        let (relay_server, server_side) = tokio::io::duplex(PIPE_BUFFER_BYTES);
         let kill = CancellationToken::new();
+        let relay_kill = kill.clone();
+        tokio::spawn(async move {
+            let (mut from_client, mut to_client) = tokio::io::split(relay_client);
+            let (mut from_server, mut to_server) = tokio::io::split(relay_server);
+            tokio::select! {
+                _ = tokio::io::copy(&mut from_client, &mut to_server) => {}
+                _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
+                () = relay_kill.cancelled() => {}
+            }
+        });
         let session_hang = Arc::new(watch::Sender::new(false));
         let id = {
             let mut registry = self.registry.lock();

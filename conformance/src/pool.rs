@@ -986,12 +986,9 @@ impl Model {
             self.new_epoch();
         }
         for ceiling in &mut self.ceiling {
-            // A raise applies at once; a cut leaves what the key holds until it shrinks.
-            *ceiling = if new.max_size >= old.max_size {
-                new.max_size
-            } else {
-                (*ceiling).max(new.max_size)
-            };
+            // A raise applies at once; a cut leaves what the key holds until it shrinks (the
+            // next checks lower the ceiling as the key does).
+            *ceiling = (*ceiling).max(new.max_size);
         }
     }
 
@@ -1597,6 +1594,12 @@ impl Model {
             self.observe().await?;
             self.held.clear();
         }
+        self.held.clear();
+        // Background creations (min_size refills) started under a slow connect end within the
+        // create timeout.
+        tokio::time::sleep(self.scenario.create_timeout).await;
+        settle().await;
+        self.observe().await?;
         self.held.clear();
         if !self.pending.is_empty() {
             fail(
