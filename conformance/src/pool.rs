@@ -652,7 +652,7 @@ fn is_cancelled(error: &tokio::task::JoinError) -> Result<(), String> {
     if error.is_cancelled() {
         Ok(())
     } else {
-        Err(format!("a task panicked: {error}"))
+        fail("panic", format!("a task panicked: {error}"))
     }
 }
 
