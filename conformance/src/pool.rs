@@ -339,7 +339,7 @@ fn config_changes(strategy: StrategyKind) -> impl Strategy<Value = ConfigChange>
         )
 }
 
-/// Sequences of 1 to `max_len` ops whose configuration changes mostly keep `strategy` (one in
+/// Sequences of 1 to `max_len` ops (a `Close` ends a run: about one op in 110 is one) whose configuration changes mostly keep `strategy` (one in
 /// four switches to any of the five). Acquires and releases dominate, so keys fill up and
 /// queue; clock advances are mostly short (under 5 s) and sometimes cross idle times and
 /// lifetimes (up to 250 s).
@@ -361,26 +361,26 @@ pub fn pool_ops(strategy: StrategyKind, max_len: usize) -> impl Strategy<Value =
         1 => 200u16..=2500,
     ];
     let op = prop_oneof![
-        16 => (any::<u8>(), prop::option::weighted(0.6, any::<u8>()))
+        32 => (any::<u8>(), prop::option::weighted(0.6, any::<u8>()))
             .prop_map(|(principal, conversation)| PoolOp::Acquire { principal, conversation }),
-        10 => any::<u8>().prop_map(PoolOp::Release),
-        2 => any::<u8>().prop_map(PoolOp::Break),
-        4 => (any::<u8>(), tool).prop_map(|(n, tool)| PoolOp::Call(n, tool)),
-        2 => any::<u8>().prop_map(PoolOp::AbortCall),
-        2 => any::<u8>().prop_map(PoolOp::CancelAcquire),
-        2 => config_changes(strategy).prop_map(PoolOp::Configure),
-        1 => (1u8..8, [1u8..=3, 1u8..=3, 1u8..=3])
+        20 => any::<u8>().prop_map(PoolOp::Release),
+        4 => any::<u8>().prop_map(PoolOp::Break),
+        8 => (any::<u8>(), tool).prop_map(|(n, tool)| PoolOp::Call(n, tool)),
+        4 => any::<u8>().prop_map(PoolOp::AbortCall),
+        4 => any::<u8>().prop_map(PoolOp::CancelAcquire),
+        4 => config_changes(strategy).prop_map(PoolOp::Configure),
+        2 => (1u8..8, [1u8..=3, 1u8..=3, 1u8..=3])
             .prop_map(|(mask, weights)| PoolOp::Endpoints { mask, weights }),
-        1 => (any::<u8>(), any::<u8>())
+        2 => (any::<u8>(), any::<u8>())
             .prop_map(|(principal, conversation)| PoolOp::Unbind { principal, conversation }),
-        1 => Just(PoolOp::Drain),
-        7 => advance.prop_map(PoolOp::Advance),
-        1 => any::<u8>().prop_map(PoolOp::Kill),
-        1 => any::<u8>().prop_map(PoolOp::Hang),
-        2 => fault.prop_map(PoolOp::Connect),
+        2 => Just(PoolOp::Drain),
+        14 => advance.prop_map(PoolOp::Advance),
+        2 => any::<u8>().prop_map(PoolOp::Kill),
+        2 => any::<u8>().prop_map(PoolOp::Hang),
+        4 => fault.prop_map(PoolOp::Connect),
         1 => Just(PoolOp::Close),
     ];
-    prop::collection::vec(op, 1..=max_len)
+    prop::collection::vec(op, 1..=max_len.max(1))
 }
 
 /// Runs `ops` against a fresh pool built from `scenario`, on a new current-thread runtime with
