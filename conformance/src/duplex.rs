@@ -1,10 +1,28 @@
 //! [`DuplexTransport`]: an in-process [`Transport`] that serves a fresh [`ReferenceHandler`]
 //! over a `tokio::io::duplex` pipe for each session.
 //!
-//! No sockets and no timers of its own: the transport for tests on tokio's paused clock
-//! (`#[tokio::test(start_paused = true)]`), where real sockets cannot be used.
+//! No sockets and no timers of its own beyond the fault switches: the transport for tests on
+//! tokio's paused clock (`#[tokio::test(start_paused = true)]`), where real sockets cannot be
+//! used.
+//!
+//! Fault injection, for the pool's property and cancellation tests:
+//!
+//! | switch | effect |
+//! |---|---|
+//! | [`set_fail_connects`](DuplexTransport::set_fail_connects) | connects fail at once (connection refused) |
+//! | [`set_connect_delay`](DuplexTransport::set_connect_delay) | connects wait this long before the session opens (a slow network) |
+//! | [`set_connect_hang`](DuplexTransport::set_connect_hang) | connects wait until the switch is off, bounded by the connect timeout (a black-holed SYN) |
+//! | [`set_hang`](DuplexTransport::set_hang) | every session leaves `initialize`, `ping` and `tools/call` unanswered |
+//! | [`hang_session`](DuplexTransport::hang_session) | the same, for one session |
+//! | [`kill_session`](DuplexTransport::kill_session) | one session's server side ends (upstream death): its pipe closes |
+//!
+//! Each upstream session has a number, sent as the `instructions` of its `initialize` result:
+//! [`session_of`](DuplexTransport::session_of) reads it from a client peer (a pool lease), and
+//! [`upstream_sessions`](DuplexTransport::upstream_sessions) lists the sessions alive with their
+//! endpoint URL.
 
 use std::{
+    collections::BTreeMap,
     io,
     sync::{
         Arc,
@@ -15,7 +33,9 @@ use std::{
 
 use mcp_pool_traits::{
     ClientSession, ConnectRequest, FailureKind, Transport, TransportError, TransportKind,
+    rmcp::{Peer, RoleClient},
 };
+use parking_lot::Mutex;
 use rmcp::ServiceExt as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +44,98 @@ use crate::server::{Counters, ReferenceHandler, ServerStats, SessionGuard, WaitT
 
 /// Bytes buffered in each direction of a session's pipe.
 const PIPE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// What [`DuplexTransport::session_of`] looks for in the `instructions` of a session.
+const TAG_PREFIX: &str = "duplex-session-";
+
+/// One upstream session alive on a [`DuplexTransport`], as
+/// [`upstream_sessions`](DuplexTransport::upstream_sessions) lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UpstreamSession {
+    /// Its number, unique per transport (shared by clones).
+    pub id: u64,
+    /// The endpoint URL it was opened for.
+    pub url: String,
+    /// Whether its `initialize` completed and the connect returned it.
+    pub initialized: bool,
+}
+
+#[derive(Debug)]
+struct Entry {
+    url: String,
+    initialized: bool,
+    kill: CancellationToken,
+    hang: Arc<watch::Sender<bool>>,
+}
+
+#[derive(Debug, Default)]
+struct Registry {
+    next: u64,
+    sessions: BTreeMap<u64, Entry>,
+}
+
+/// The server's end of a session's pipe: reading end-of-stream (the client closed or dropped
+/// its end) cancels `closed`, so the session ends even while a request is held by a hang
+/// switch (as an HTTP server ends a session on `DELETE`).
+struct ServerEnd {
+    pipe: tokio::io::DuplexStream,
+    closed: CancellationToken,
+}
+
+impl tokio::io::AsyncRead for ServerEnd {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut self.pipe).poll_read(cx, buf);
+        if matches!(poll, std::task::Poll::Ready(Ok(())))
+            && buf.filled().len() == before
+            && buf.remaining() > 0
+        {
+            self.closed.cancel();
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for ServerEnd {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.pipe).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.pipe).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.pipe).poll_shutdown(cx)
+    }
+}
+
+/// Removes a session from the registry when its server task ends, however it ends.
+struct Unregister {
+    registry: Arc<Mutex<Registry>>,
+    id: u64,
+}
+
+impl Drop for Unregister {
+    fn drop(&mut self) {
+        self.registry.lock().sessions.remove(&self.id);
+    }
+}
 
 /// An in-process [`Transport`]: each [`connect`](Transport::connect) starts a fresh
 /// [`ReferenceHandler`] on a task, joined to the client by a `tokio::io::duplex` pipe, and
@@ -41,7 +153,10 @@ pub struct DuplexTransport {
     fail_connects: Arc<AtomicBool>,
     hang: Arc<watch::Sender<bool>>,
     /// The `authorization` value connects must carry, when one is required.
-    authorization: Arc<parking_lot::Mutex<Option<http::HeaderValue>>>,
+    authorization: Arc<Mutex<Option<http::HeaderValue>>>,
+    connect_delay: Arc<Mutex<Duration>>,
+    connect_hang: Arc<watch::Sender<bool>>,
+    registry: Arc<Mutex<Registry>>,
 }
 
 impl DuplexTransport {
@@ -54,7 +169,75 @@ impl DuplexTransport {
             fail_connects: Arc::default(),
             hang: Arc::new(watch::Sender::new(false)),
             authorization: Arc::default(),
+            connect_delay: Arc::default(),
+            connect_hang: Arc::new(watch::Sender::new(false)),
+            registry: Arc::default(),
         }
+    }
+
+    /// Every later [`connect`](Transport::connect) waits `delay` (on tokio's clock) before its
+    /// session opens; `Duration::ZERO` turns the delay off. The wait counts against the
+    /// connect timeout: a connect whose delay outlasts it ends with
+    /// [`TransportError::Timeout`].
+    pub fn set_connect_delay(&self, delay: Duration) {
+        *self.connect_delay.lock() = delay;
+    }
+
+    /// While `true`, a [`connect`](Transport::connect) waits, before its session opens, until
+    /// the switch is turned off or its timeout ends it with [`TransportError::Timeout`].
+    pub fn set_connect_hang(&self, hang: bool) {
+        self.connect_hang.send_replace(hang);
+    }
+
+    /// Holds (`true`) or lets go (`false`) `initialize`, `ping` and `tools/call` of upstream
+    /// session `id` alone, as [`set_hang`](Self::set_hang) does for all. Returns whether the
+    /// session is alive.
+    pub fn hang_session(&self, id: u64, hang: bool) -> bool {
+        match self.registry.lock().sessions.get(&id) {
+            Some(entry) => {
+                entry.hang.send_replace(hang);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Ends upstream session `id` from the server side (an upstream crash or restart): its
+    /// pipe closes, the client sees the transport end. Returns whether the session was alive.
+    pub fn kill_session(&self, id: u64) -> bool {
+        match self.registry.lock().sessions.get(&id) {
+            Some(entry) => {
+                entry.kill.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The upstream sessions alive now, by number. A killed session leaves the list once its
+    /// server task has ended (the next time the runtime runs it).
+    pub fn upstream_sessions(&self) -> Vec<UpstreamSession> {
+        self.registry
+            .lock()
+            .sessions
+            .iter()
+            .map(|(&id, e)| UpstreamSession {
+                id,
+                url: e.url.clone(),
+                initialized: e.initialized,
+            })
+            .collect()
+    }
+
+    /// The number of the upstream session behind `peer`, a client of this transport (for
+    /// example a pool lease), read from its `initialize` result; `None` for another peer.
+    pub fn session_of(peer: &Peer<RoleClient>) -> Option<u64> {
+        peer.peer_info()?
+            .instructions
+            .as_deref()?
+            .strip_prefix(TAG_PREFIX)?
+            .parse()
+            .ok()
     }
 
     /// While `true`, [`connect`](Transport::connect) fails at once with
@@ -160,17 +343,77 @@ impl Transport for DuplexTransport {
                 ),
             ));
         }
-        let (client_side, server_side) = tokio::io::duplex(PIPE_BUFFER_BYTES);
+        let timeout = request.timeout();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let timed_out = || TransportError::timeout(url, timeout);
+        let delay = *self.connect_delay.lock();
+        if !delay.is_zero() {
+            if delay >= timeout {
+                tokio::time::sleep_until(deadline).await;
+                return Err(timed_out());
+            }
+            tokio::time::sleep(delay).await;
+        }
+        let mut connect_hang = self.connect_hang.subscribe();
+        if tokio::time::timeout_at(deadline, connect_hang.wait_for(|hanging| !*hanging))
+            .await
+            .is_err()
+        {
+            return Err(timed_out());
+        }
+        // Client and server talk through a relay task, so that a kill cuts the pipe at once,
+        // whatever the server's handler is doing (an rmcp server finishes the requests in
+        // flight before it lets its transport go).
+        let (client_side, relay_client) = tokio::io::duplex(PIPE_BUFFER_BYTES);
+        let (relay_server, server_side) = tokio::io::duplex(PIPE_BUFFER_BYTES);
+        let kill = CancellationToken::new();
+        let relay_kill = kill.clone();
+        tokio::spawn(async move {
+            let (mut from_client, mut to_client) = tokio::io::split(relay_client);
+            let (mut from_server, mut to_server) = tokio::io::split(relay_server);
+            tokio::select! {
+                _ = tokio::io::copy(&mut from_client, &mut to_server) => {}
+                _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
+                () = relay_kill.cancelled() => {}
+            }
+        });
+        let session_hang = Arc::new(watch::Sender::new(false));
+        let id = {
+            let mut registry = self.registry.lock();
+            let id = registry.next;
+            registry.next += 1;
+            registry.sessions.insert(
+                id,
+                Entry {
+                    url: url.to_string(),
+                    initialized: false,
+                    kill: kill.clone(),
+                    hang: session_hang.clone(),
+                },
+            );
+            id
+        };
+        let unregister = Unregister {
+            registry: self.registry.clone(),
+            id,
+        };
         let handler =
-            ReferenceHandler::with_counters(self.counters.clone(), Some(self.hang.clone()));
+            ReferenceHandler::with_counters(self.counters.clone(), Some(self.hang.clone()))
+                .with_session(session_hang, format!("{TAG_PREFIX}{id}"));
         let session = SessionGuard::open(self.counters.clone());
         // Cancelled when this connect gives up (error, timeout, or the caller dropping it), so
         // a session whose `initialize` is held by the hang switch ends with it.
         let abandoned = CancellationToken::new();
         let server_abandoned = abandoned.clone();
+        let client_closed = CancellationToken::new();
+        let server_side = ServerEnd {
+            pipe: server_side,
+            closed: client_closed.clone(),
+        };
         tokio::spawn(async move {
             // Held until the session ends, whichever way: the client closing or dropping its
-            // end ends `serve` or `waiting`.
+            // end ends `serve` or `waiting`; a kill ends it from this side.
+            let _unregister = unregister;
             let _session = session;
             let serve = async {
                 if let Ok(server) = handler.serve(server_side).await {
@@ -180,25 +423,26 @@ impl Transport for DuplexTransport {
             tokio::select! {
                 () = serve => {}
                 () = server_abandoned.cancelled() => {}
+                () = kill.cancelled() => {}
+                () = client_closed.cancelled() => {}
             }
         });
         let abandon_on_failure = abandoned.drop_guard();
-        let timeout = request.timeout();
         let initialized =
-            tokio::time::timeout(timeout, request.client().clone().serve(client_side)).await;
+            tokio::time::timeout_at(deadline, request.client().clone().serve(client_side)).await;
         match initialized {
             Ok(Ok(client)) => {
                 abandon_on_failure.disarm();
+                if let Some(entry) = self.registry.lock().sessions.get_mut(&id) {
+                    entry.initialized = true;
+                }
                 Ok(client)
             }
             Ok(Err(error)) => {
                 let kind = mcp_pool_transports::failure_kind(&error);
                 Err(TransportError::categorized(url, kind, error))
             }
-            Err(_elapsed) => Err(TransportError::Timeout {
-                url: url.to_string(),
-                timeout,
-            }),
+            Err(_elapsed) => Err(timed_out()),
         }
     }
 }

@@ -11,5 +11,5 @@ pub mod server;
 pub mod strategy;
 pub mod transport;
 
-pub use duplex::DuplexTransport;
+pub use duplex::{DuplexTransport, UpstreamSession};
 pub use server::{ReferenceHandler, ReferenceServer, ServerOptions, ServerStats, WaitTimeout};

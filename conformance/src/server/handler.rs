@@ -74,6 +74,12 @@ pub struct ReferenceHandler {
     /// While `true`, `initialize`, `ping` and `tools/call` wait before answering. Used by the
     /// duplex transport; the HTTP server holds requests in its HTTP layer instead.
     hang: Option<Arc<watch::Sender<bool>>>,
+    /// A second hang switch for this session alone (the duplex transport's
+    /// `hang_session`).
+    session_hang: Option<Arc<watch::Sender<bool>>>,
+    /// Sent as the `instructions` of the `initialize` result, so that a client can tell which
+    /// upstream session it holds (the duplex transport's `session_of`).
+    tag: Option<String>,
 }
 
 impl Default for ReferenceHandler {
@@ -97,12 +103,21 @@ impl ReferenceHandler {
             counters,
             counter: AtomicU64::new(0),
             hang,
+            session_hang: None,
+            tag: None,
         }
     }
 
-    /// Returns once the hang switch is off (at once without one).
+    /// Adds a hang switch of this session alone and a tag sent as `instructions`.
+    pub(crate) fn with_session(mut self, hang: Arc<watch::Sender<bool>>, tag: String) -> Self {
+        self.session_hang = Some(hang);
+        self.tag = Some(tag);
+        self
+    }
+
+    /// Returns once both hang switches are off (at once without any).
     async fn pass_hang(&self) {
-        if let Some(hang) = &self.hang {
+        for hang in [&self.hang, &self.session_hang].into_iter().flatten() {
             let mut hang = hang.subscribe();
             // Fails only when the sender is dropped, and `self` holds it.
             let _ = hang.wait_for(|hanging| !*hanging).await;
@@ -150,8 +165,12 @@ impl ReferenceHandler {
 #[tool_handler(router = TOOL_ROUTER)]
 impl ServerHandler for ReferenceHandler {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION")))
+        let info = ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new(SERVER_NAME, env!("CARGO_PKG_VERSION")));
+        match &self.tag {
+            Some(tag) => info.with_instructions(tag.clone()),
+            None => info,
+        }
     }
 
     async fn initialize(
