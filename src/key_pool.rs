@@ -59,6 +59,10 @@ struct Slot {
     last_checked: Instant,
     /// Whether the `mcp_pool_sessions` gauge counts it as `active` (else `idle`).
     gauge_active: bool,
+    /// Created while the server did not pool (pooling off, strategy `none`): a per-request
+    /// session, closed when released even if pooling was turned on meanwhile — it served one
+    /// request and belongs to no conversation.
+    per_request: bool,
 }
 
 impl Slot {
@@ -75,6 +79,7 @@ impl Slot {
             release_seq: seq,
             last_checked: now,
             gauge_active: false,
+            per_request: false,
         }
     }
 }
@@ -107,6 +112,9 @@ pub(crate) struct Reserved {
     target: Endpoint,
     attempt: Attempt,
     token: TaskTrackerToken,
+    /// The affinity the session is created for, when the strategy binds (see
+    /// [`KeyState::creating_for`]).
+    affinity: Option<SelectContext>,
 }
 
 /// What a waiter is handed.
@@ -185,6 +193,11 @@ pub(crate) struct KeyState {
     transport: TransportKind,
     server: Arc<ServerEntry>,
     selector: Box<dyn Selector>,
+    /// `selector.binds()`, read once per selector.
+    binds: bool,
+    /// Affinities with a creation in flight, when the selector binds: one conversation never
+    /// gets two sessions created for it at once.
+    creating_for: Vec<SelectContext>,
     /// Views and slots of the active sessions, index for index.
     views: Vec<SessionView>,
     slots: Vec<Slot>,
@@ -294,12 +307,15 @@ impl KeyPool {
         let size = server.config.size;
         let server_state = server.counters.clone();
         let now = Instant::now();
+        let selector = server.strategy.selector();
         Self {
             state: Mutex::new(KeyState {
                 shared: shared.clone(),
                 subject: limits::subject(&key.principal()),
                 transport: key.transport,
-                selector: server.strategy.selector(),
+                binds: selector.binds(),
+                creating_for: Vec::new(),
+                selector,
                 server,
                 views: Vec::new(),
                 slots: Vec::new(),
@@ -591,7 +607,7 @@ impl KeyPool {
             {
                 return;
             }
-            match st.reserve_create(&SelectContext::default()) {
+            match st.reserve_create(&SelectContext::default(), false) {
                 Ok(reserved) => reserved,
                 Err(_) => return,
             }
@@ -650,6 +666,13 @@ impl KeyPool {
         let mut i = st.views.len();
         while i > 0 {
             i -= 1;
+            if st.slots[i].peer.is_transport_closed() {
+                // Dead (SSE, WebSocket and in-process sessions say so), maybe with leases
+                // out: a conversation waiting for it is served a new session now, not when
+                // the lease comes back.
+                st.retire(i, EvictionReason::Broken);
+                continue;
+            }
             if st.views[i].in_flight > 0 {
                 continue;
             }
@@ -1013,6 +1036,7 @@ impl KeyState {
         if !Arc::ptr_eq(&old.strategy, &server.strategy) {
             self.retire_all(EvictionReason::Drained);
             self.selector = server.strategy.selector();
+            self.binds = self.selector.binds();
             let metrics = KeyMetrics::new(
                 &server.id,
                 key.transport,
@@ -1125,6 +1149,14 @@ impl KeyState {
     /// Serves an acquire right now if possible: a session with capacity (hit), or a reserved
     /// creation (miss). `None` means wait.
     fn try_serve(&mut self, ctx: &SelectContext) -> Option<Grant> {
+        if !self.creating_for.is_empty()
+            && self.binds
+            && self.server.pools()
+            && self.creating_for.contains(ctx)
+        {
+            // The conversation's session is being created: it serves this acquire too.
+            return None;
+        }
         loop {
             let selection = if self.server.pools() {
                 self.selector.select(&self.views, ctx)
@@ -1169,7 +1201,7 @@ impl KeyState {
             let victim = self.least_recently_used_idle()?;
             self.retire(victim, EvictionReason::Capacity);
         }
-        Some(match self.reserve_create(ctx) {
+        Some(match self.reserve_create(ctx, true) {
             Ok(reserved) => {
                 self.counters.misses += 1;
                 self.metrics.misses.increment(1);
@@ -1183,7 +1215,11 @@ impl KeyState {
 
     /// Reserves a creation slot on the endpoint the selector picks, counted against the
     /// pool-wide caps.
-    fn reserve_create(&mut self, ctx: &SelectContext) -> Result<Reserved, Refusal> {
+    fn reserve_create(
+        &mut self,
+        ctx: &SelectContext,
+        for_acquire: bool,
+    ) -> Result<Reserved, Refusal> {
         let now = Instant::now();
         let shared = self.shared.clone();
         let counters = self.server.counters.clone();
@@ -1220,7 +1256,9 @@ impl KeyState {
                             .filter(|&i| self.server.endpoints[i].transport == transport)
                             .filter_map(|i| match health.endpoints[i].breaker.state() {
                                 BreakerState::Open { until } => Some(until),
-                                _ => None,
+                                // Its probe is out: retry as soon as it reports.
+                                BreakerState::HalfOpen => Some(now),
+                                BreakerState::Closed => None,
                             })
                             .min();
                         at.map_or(Refusal::NoEndpoint, Refusal::CircuitOpen)
@@ -1257,11 +1295,16 @@ impl KeyState {
         }
         self.creating += 1;
         self.creating_by_endpoint[endpoint] += 1;
+        let affinity = (for_acquire && self.binds && self.server.pools()).then_some(*ctx);
+        if let Some(ctx) = affinity {
+            self.creating_for.push(ctx);
+        }
         Ok(Reserved {
             endpoint,
             target: self.server.endpoints[endpoint].clone(),
             attempt,
             token: shared.closing.token(),
+            affinity,
         })
     }
 
@@ -1297,10 +1340,20 @@ impl KeyState {
         }
     }
 
-    /// Gives back a creation slot whose session was never made.
-    fn unreserve(&mut self, endpoint: usize) {
+    /// A creation ended (filled or not): its slot and its affinity's turn are free.
+    fn end_creation(&mut self, endpoint: usize, affinity: Option<SelectContext>) {
         self.creating -= 1;
         self.creating_by_endpoint[endpoint] -= 1;
+        if let Some(ctx) = affinity
+            && let Some(i) = self.creating_for.iter().position(|c| *c == ctx)
+        {
+            self.creating_for.swap_remove(i);
+        }
+    }
+
+    /// Gives back a creation slot whose session was never made.
+    fn unreserve(&mut self, endpoint: usize, affinity: Option<SelectContext>) {
+        self.end_creation(endpoint, affinity);
         self.shared.limits.release(self.subject);
     }
 
@@ -1344,7 +1397,7 @@ impl KeyState {
             }
             Grant::Create(reserved) => {
                 self.record_creation(reserved.endpoint, reserved.attempt, Outcome::Cancelled);
-                self.unreserve(reserved.endpoint);
+                self.unreserve(reserved.endpoint, reserved.affinity);
                 self.counters.misses -= 1;
             }
             Grant::NoEndpoint | Grant::Capped(_) | Grant::CircuitOpen(_) => {}
@@ -1367,7 +1420,7 @@ impl KeyState {
             self.observe_load();
             let reason = if broken {
                 Some(EvictionReason::Broken)
-            } else if !self.server.pools() {
+            } else if !self.server.pools() || self.slots[i].per_request {
                 Some(EvictionReason::Unpooled)
             } else if self.is_expired(i) {
                 Some(EvictionReason::Lifetime)
@@ -1480,6 +1533,7 @@ struct Reservation {
     attempt: Option<Attempt>,
     /// Keeps [`Pool::close`](crate::Pool::close) waiting until the creation ended.
     _token: TaskTrackerToken,
+    affinity: Option<SelectContext>,
 }
 
 impl Reservation {
@@ -1492,6 +1546,7 @@ impl Reservation {
             user_slot: None,
             attempt: Some(reserved.attempt),
             _token: reserved.token,
+            affinity: reserved.affinity,
         }
     }
 
@@ -1539,8 +1594,7 @@ impl Reservation {
         for_acquire: Option<(&SelectContext, &HeaderMap)>,
     ) -> Filled {
         self.armed = false;
-        st.creating -= 1;
-        st.creating_by_endpoint[self.endpoint] -= 1;
+        st.end_creation(self.endpoint, self.affinity);
         if let Some(attempt) = self.attempt.take() {
             st.record_creation(self.endpoint, attempt, Outcome::Success);
         }
@@ -1558,6 +1612,9 @@ impl Reservation {
             Some((Discard::Closed, EvictionReason::Closed))
         } else if !current {
             Some((Discard::Stale, EvictionReason::Drained))
+        } else if for_acquire.is_none() && !st.server.pools() {
+            // Warm-up for a server that stopped pooling meanwhile: nothing may use it.
+            Some((Discard::Closed, EvictionReason::Unpooled))
         } else {
             None
         };
@@ -1567,16 +1624,19 @@ impl Reservation {
             return Filled::Discarded(discard);
         }
         let lease = for_acquire.is_some();
+        let pooled = st.server.pools();
         let binding = match for_acquire {
-            Some((ctx, headers)) => {
+            Some((ctx, headers)) if pooled => {
                 st.warm = true;
                 if st.headers.0 != *headers {
                     st.headers = ForwardedHeaders(headers.clone());
                 }
                 st.selector.on_created(id, ctx)
             }
-            None => Binding::Unbound,
+            // A per-request session binds nothing; a background one binds no affinity.
+            _ => Binding::Unbound,
         };
+        slot.per_request = !pooled;
         if binding == Binding::Rebound {
             st.counters.rebinds += 1;
             st.metrics.rebinds.increment(1);
@@ -1617,7 +1677,7 @@ impl Drop for Reservation {
             if let Some(attempt) = self.attempt.take() {
                 st.record_creation(self.endpoint, attempt, Outcome::Cancelled);
             }
-            st.unreserve(self.endpoint);
+            st.unreserve(self.endpoint, self.affinity);
             st.serve_waiters();
         }
         let subject = limits::subject(&self.key.key.principal());

@@ -125,6 +125,56 @@ impl tokio::io::AsyncWrite for ServerEnd {
     }
 }
 
+/// The client's end of a session's pipe. Dropped — the client session's loop ended: it was
+/// closed, cancelled or dropped — it takes the session out of the registry at once and cuts the
+/// pipe, as an HTTP server has ended a session by the time it answers `DELETE`: what
+/// [`DuplexTransport::upstream_sessions`] lists never lags behind a pool's `close()`.
+struct ClientEnd {
+    pipe: tokio::io::DuplexStream,
+    _unregister: Unregister,
+    kill: CancellationToken,
+}
+
+impl Drop for ClientEnd {
+    fn drop(&mut self) {
+        self.kill.cancel();
+    }
+}
+
+impl tokio::io::AsyncRead for ClientEnd {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.pipe).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for ClientEnd {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.pipe).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.pipe).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.pipe).poll_shutdown(cx)
+    }
+}
+
 /// Removes a session from the registry when its server task ends, however it ends.
 struct Unregister {
     registry: Arc<Mutex<Registry>>,
@@ -214,8 +264,15 @@ impl DuplexTransport {
         }
     }
 
+    /// How many sessions this transport started (the next session's number): sessions
+    /// numbered from here on were opened after this call.
+    pub fn sessions_started(&self) -> u64 {
+        self.registry.lock().next
+    }
+
     /// The upstream sessions alive now, by number. A killed session leaves the list once its
-    /// server task has ended (the next time the runtime runs it).
+    /// server task has ended (the next time the runtime runs it); a session its client closed
+    /// or dropped leaves it at once.
     pub fn upstream_sessions(&self) -> Vec<UpstreamSession> {
         self.registry
             .lock()
@@ -396,6 +453,14 @@ impl Transport for DuplexTransport {
         let unregister = Unregister {
             registry: self.registry.clone(),
             id,
+        };
+        let client_side = ClientEnd {
+            pipe: client_side,
+            _unregister: Unregister {
+                registry: self.registry.clone(),
+                id,
+            },
+            kill: kill.clone(),
         };
         let handler =
             ReferenceHandler::with_counters(self.counters.clone(), Some(self.hang.clone()))

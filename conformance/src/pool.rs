@@ -479,6 +479,10 @@ struct Model {
     fault_aftermath: Option<Instant>,
     /// Bumped by every change of strategy, pooling or endpoints: sticky bindings start over.
     epoch: u64,
+    /// The first upstream session number of the current epoch: a session from here on was
+    /// created (and so bound, under sticky) in this epoch, even for an acquire that queued
+    /// before it began.
+    epoch_tag: u64,
     pending: Vec<Pending>,
     held: Vec<Held>,
     calls: Vec<Call>,
@@ -487,6 +491,10 @@ struct Model {
     /// Under sticky: who each session was handed to.
     affinity_of: HashMap<SessionId, Affinity>,
     bound: HashMap<Affinity, Bound>,
+    /// Upstream sessions killed, and when: a pool learns of a death with a lease out only when
+    /// the lease comes back or at its next maintenance pass (rmcp signals it by no event), so a
+    /// conversation may wait on its dead bound session for up to one `cleanup_interval`.
+    killed: HashMap<u64, Instant>,
     /// Affinities whose next lease the model knows nothing about (after an epoch change).
     known: HashSet<Affinity>,
     expect: HashMap<Affinity, Expect>,
@@ -570,6 +578,7 @@ async fn run(
         fault: ConnectFault::Healthy,
         fault_aftermath: None,
         epoch: 0,
+        epoch_tag: 0,
         pending: Vec::new(),
         held: Vec::new(),
         calls: Vec::new(),
@@ -577,6 +586,7 @@ async fn run(
         tag_owner: HashMap::new(),
         affinity_of: HashMap::new(),
         bound: HashMap::new(),
+        killed: HashMap::new(),
         known: HashSet::new(),
         expect: HashMap::new(),
         retired: HashMap::new(),
@@ -700,6 +710,7 @@ impl Model {
     /// Starts a new epoch: sticky bindings start over, what the model knew of them is void.
     fn new_epoch(&mut self) {
         self.epoch += 1;
+        self.epoch_tag = self.transport.sessions_started();
         self.bound.clear();
         self.known.clear();
         self.expect.clear();
@@ -925,6 +936,7 @@ impl Model {
                         }
                     }
                     self.transport.kill_session(tag);
+                    self.killed.insert(tag, Instant::now());
                 }
             }
             PoolOp::Hang(n) => {
@@ -1144,7 +1156,8 @@ impl Model {
         }
         let affinity = pending.affinity;
         let rebound = lease.is_rebound();
-        let same_epoch = pending.epoch == self.epoch;
+        let same_epoch =
+            pending.epoch == self.epoch || tag.is_some_and(|t| t >= self.epoch_tag);
         if same_epoch && !self.sticky() && self.pools() && rebound {
             fail(
                 "rebound",
@@ -1508,23 +1521,46 @@ impl Model {
             return Ok(());
         }
         let alive = self.alive_tags();
-        // Sticky conversations whose bound session is alive and busy wait by design.
+        // A killed session the pool may not have noticed yet (see `killed`).
+        let unnoticed = |t: &u64| {
+            self.killed
+                .get(t)
+                .is_some_and(|at| at.elapsed() <= self.scenario.cleanup_interval)
+        };
+        // Sticky conversations whose bound session is alive (or not yet noticed dead) and
+        // busy wait by design.
+        let busy_binding = |affinity: &Affinity| {
+            self.bound.get(affinity).is_some_and(|b| {
+                b.tag.is_some_and(|t| alive.contains(&t) || unnoticed(&t))
+                    && (self.leases_on(b.session) >= self.config.session_concurrency
+                        || key.sessions_checking > 0)
+            })
+        };
         let legit = if self.sticky() {
             self.pending
                 .iter()
                 .map(|w| &w.info)
-                .filter(|w| w.affinity.0 == p && w.epoch == self.epoch)
-                .filter(|w| {
-                    self.bound.get(&w.affinity).is_some_and(|b| {
-                        b.tag.is_some_and(|t| alive.contains(&t))
-                            && (self.leases_on(b.session) >= self.config.session_concurrency
-                                || key.sessions_checking > 0)
-                    })
-                })
+                // Also a waiter that queued before an epoch change: it waits on its
+                // affinity's binding of the current epoch (`bound` holds only those).
+                .filter(|w| w.affinity.0 == p && busy_binding(&w.affinity))
                 .count() as u32
         } else {
             0
         };
+        // A conversation has at most one session created for it at a time: while a creation
+        // is in flight, all but one of an unbound conversation's acquires wait for it.
+        let legit = legit
+            + if self.sticky() && self.pools() && key.sessions_creating > 0 {
+                let mut per_affinity: HashMap<Affinity, u32> = HashMap::new();
+                for w in self.pending.iter().map(|w| &w.info) {
+                    if w.affinity.0 == p && !busy_binding(&w.affinity) {
+                        *per_affinity.entry(w.affinity).or_default() += 1;
+                    }
+                }
+                per_affinity.values().map(|n| n - 1).sum()
+            } else {
+                0
+            };
         if key.waiters <= legit {
             return Ok(());
         }

@@ -278,3 +278,62 @@ mod pinned {
         );
     }
 }
+
+mod scratch {
+    use std::time::Duration;
+
+    use mcp_pool::{PoolConfig, StrategyKind};
+    use mcp_pool_conformance::pool::{ConfigChange, PoolOp, Scenario, check_pool_properties};
+
+    fn acq(p: u8) -> PoolOp {
+        PoolOp::Acquire {
+            principal: p,
+            conversation: None,
+        }
+    }
+
+    #[test]
+    fn scratch_close() {
+        let scenario = Scenario {
+            config: PoolConfig {
+                enabled: false,
+                max_size: 1,
+                size: 1,
+                min_size: 1,
+                timeout: Duration::from_secs(1),
+                max_idle_time: Duration::from_secs(60),
+                max_lifetime: Duration::from_secs(60),
+                health_check_interval: Duration::from_secs(10),
+                ..PoolConfig::default()
+            },
+            principals: 3,
+            conversations: 0,
+            cleanup_interval: Duration::from_secs(1),
+            key_idle_timeout: Duration::from_secs(20),
+            create_timeout: Duration::from_secs(2),
+            user_limit: None,
+            max_sessions: None,
+            max_keys: None,
+        };
+        let ops = [
+            PoolOp::Configure(ConfigChange {
+                enabled: true,
+                strategy: StrategyKind::RoundRobin,
+                min_size: 3,
+                size: 3,
+                max_size: 4,
+                session_concurrency: 1,
+                timeout_secs: 1,
+            }),
+            acq(91),
+            acq(11),
+            acq(179),
+            acq(101),
+            acq(66),
+            acq(2),
+        ];
+        if let Err(v) = check_pool_properties(&scenario, &ops) {
+            panic!("{v}");
+        }
+    }
+}

@@ -195,6 +195,14 @@ pub trait Selector: Send + fmt::Debug + 'static {
     /// A session left the key.
     fn on_removed(&mut self, _session: SessionId, _reason: EvictionReason) {}
 
+    /// Whether [`on_created`](Self::on_created) binds the new session to the request's
+    /// affinity (sticky). The pool then creates at most one session at a time per affinity:
+    /// other acquires of that affinity wait for it instead of creating a second session for
+    /// the same conversation. Read once per selector.
+    fn binds(&self) -> bool {
+        false
+    }
+
     /// Ends the binding of `affinity`, if any, returning the session it was bound to. The pool
     /// then retires that session: a session once bound is never handed to another affinity.
     fn unbind(&mut self, _affinity: &SelectContext) -> Option<SessionId> {

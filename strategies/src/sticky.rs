@@ -160,6 +160,10 @@ impl StickySelector {
 }
 
 impl Selector for StickySelector {
+    fn binds(&self) -> bool {
+        true
+    }
+
     fn select(&mut self, sessions: &[SessionView], ctx: &SelectContext) -> Selection {
         let affinity = affinity(ctx);
         match self.by_affinity.get(&affinity) {
