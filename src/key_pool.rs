@@ -1022,8 +1022,9 @@ impl KeyState {
     /// A new strategy gets a fresh selector and the sessions are retired (in-use ones when
     /// released): sessions shared under one strategy must not become, say, exclusive sticky
     /// sessions carrying other conversations' state. Sessions whose endpoint was removed or
-    /// now points elsewhere are retired. With pooling off (or strategy `none`) idle sessions
-    /// close at once: nothing may hand them out, so they must not hold room. A lower
+    /// now points elsewhere are retired. With pooling off (or strategy `none`) every session is
+    /// retired: idle ones close at once (nothing may hand them out, so they must not hold
+    /// room), in-use ones when released. A lower
     /// `max_size` closes idle sessions above it.
     fn update_server(&mut self, server: &Arc<ServerEntry>, key: &PoolKey) -> bool {
         if server.generation <= self.server.generation {
@@ -1063,7 +1064,9 @@ impl KeyState {
             };
             if !kept {
                 self.retire(i, EvictionReason::Drained);
-            } else if !server.pools() && self.views[i].in_flight == 0 {
+            } else if !server.pools() {
+                // Pooling off: every session goes (in-use ones when released), also if pooling
+                // comes back before that — a conversation then starts afresh.
                 self.retire(i, EvictionReason::Unpooled);
             } else {
                 self.views[i].capacity = server.config.session_concurrency;
@@ -1167,14 +1170,22 @@ impl KeyState {
                 Selection::Session(i)
                     if self.views.get(i).is_some_and(SessionView::has_capacity) =>
                 {
-                    if self.slots[i].peer.is_transport_closed() {
-                        // SSE and WebSocket sessions report their death (one atomic load):
-                        // never hand one out; select again without it.
-                        self.retire(i, EvictionReason::Broken);
-                        continue;
-                    }
-                    if self.is_expired(i) {
-                        self.retire(i, EvictionReason::Lifetime);
+                    let unusable = if self.slots[i].peer.is_transport_closed() {
+                        // SSE, WebSocket and in-process sessions report their death (one
+                        // atomic load): never hand one out; select again without it.
+                        Some(EvictionReason::Broken)
+                    } else if self.is_expired(i) {
+                        Some(EvictionReason::Lifetime)
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = unusable {
+                        if self.binds && self.slots[i].use_count == 0 {
+                            // A warm session the strategy just bound to this affinity: it
+                            // never served it, so no conversation state was lost with it.
+                            self.selector.unbind(ctx);
+                        }
+                        self.retire(i, reason);
                         continue;
                     }
                     Some(self.take(i))
@@ -1443,14 +1454,17 @@ impl KeyState {
         }
     }
 
-    /// Removes active session `i`: closed now if idle, else retiring until its leases return.
+    /// Removes active session `i`: closed now if no lease is out on it, else retiring until its
+    /// leases return.
     fn retire(&mut self, i: usize, reason: EvictionReason) {
         let view = self.views.remove(i);
         let slot = self.slots.remove(i);
         self.selector.on_removed(view.id, reason);
         self.counters.evictions += 1;
         self.metrics.evicted(reason);
-        if view.in_flight == 0 {
+        if view.in_flight == slot.checking {
+            // No lease out (a health check in progress holds no conversation: closing the
+            // session ends the check too).
             self.metrics.session(slot.gauge_active, -1.0);
             self.close(slot, view.id, reason);
         } else {

@@ -1028,6 +1028,7 @@ impl Model {
             }
         }
         let now = Instant::now();
+        let mut finished = Vec::new();
         let mut i = 0;
         while i < self.pending.len() {
             if !self.pending[i].task.is_finished() {
@@ -1053,13 +1054,20 @@ impl Model {
                 info: pending,
             } = self.pending.swap_remove(i);
             match task.await {
-                Ok(Ok(lease)) => self.check_lease(&pending, lease)?,
+                Ok(Ok(lease)) => finished.push((pending, lease)),
                 Ok(Err(error)) => {
                     self.report.errors += 1;
                     self.check_error(&pending, &error)?;
                 }
                 Err(e) => is_cancelled(&e)?,
             }
+        }
+        // Leases granted since the last look are checked in grant order as far as it can be
+        // told: a rebound lease first (when several leases of one conversation were granted
+        // at once, the first one on the new session is the one that says so).
+        finished.sort_by_key(|(_, lease)| !lease.is_rebound());
+        for (pending, lease) in finished {
+            self.check_lease(&pending, lease)?;
         }
         Ok(())
     }
