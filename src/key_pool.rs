@@ -115,6 +115,8 @@ pub(crate) struct Reserved {
     /// The affinity the session is created for, when the strategy binds (see
     /// [`KeyState::creating_for`]).
     affinity: Option<SelectContext>,
+    /// [`KeyState::selector_epoch`] at reservation.
+    selector_epoch: u64,
 }
 
 /// What a waiter is handed.
@@ -195,6 +197,9 @@ pub(crate) struct KeyState {
     selector: Box<dyn Selector>,
     /// `selector.binds()`, read once per selector.
     binds: bool,
+    /// Counts selector replacements (strategy changes): a creation reserved under an earlier
+    /// selector is stale when it finishes.
+    selector_epoch: u64,
     /// Affinities with a creation in flight, when the selector binds: one conversation never
     /// gets two sessions created for it at once.
     creating_for: Vec<SelectContext>,
@@ -314,6 +319,7 @@ impl KeyPool {
                 subject: limits::subject(&key.principal()),
                 transport: key.transport,
                 binds: selector.binds(),
+                selector_epoch: 0,
                 creating_for: Vec::new(),
                 selector,
                 server,
@@ -1038,6 +1044,7 @@ impl KeyState {
             self.retire_all(EvictionReason::Drained);
             self.selector = server.strategy.selector();
             self.binds = self.selector.binds();
+            self.selector_epoch += 1;
             let metrics = KeyMetrics::new(
                 &server.id,
                 key.transport,
@@ -1316,6 +1323,7 @@ impl KeyState {
             attempt,
             token: shared.closing.token(),
             affinity,
+            selector_epoch: self.selector_epoch,
         })
     }
 
@@ -1530,7 +1538,7 @@ enum Filled {
 enum Discard {
     /// The key was removed (the pool closed).
     Closed,
-    /// Its endpoint was removed or changed by a reconfiguration meanwhile.
+    /// Its endpoint was removed or changed, or the strategy changed, meanwhile.
     Stale,
 }
 
@@ -1548,6 +1556,7 @@ struct Reservation {
     /// Keeps [`Pool::close`](crate::Pool::close) waiting until the creation ended.
     _token: TaskTrackerToken,
     affinity: Option<SelectContext>,
+    selector_epoch: u64,
 }
 
 impl Reservation {
@@ -1561,6 +1570,7 @@ impl Reservation {
             attempt: Some(reserved.attempt),
             _token: reserved.token,
             affinity: reserved.affinity,
+            selector_epoch: reserved.selector_epoch,
         }
     }
 
@@ -1617,11 +1627,13 @@ impl Reservation {
         let now = Instant::now();
         st.release_seq += 1;
         let mut slot = Slot::new(session, self.user_slot.take(), now, st.release_seq);
-        let current = st
-            .server
-            .endpoints
-            .get(self.endpoint)
-            .is_some_and(|e| same_endpoint(e, &self.target));
+        // Reserved under the current strategy, on an endpoint that still points where it did.
+        let current = st.selector_epoch == self.selector_epoch
+            && st
+                .server
+                .endpoints
+                .get(self.endpoint)
+                .is_some_and(|e| same_endpoint(e, &self.target));
         let discard = if st.removed || shared.is_closed() {
             Some((Discard::Closed, EvictionReason::Closed))
         } else if !current {
@@ -1629,6 +1641,9 @@ impl Reservation {
         } else if for_acquire.is_none() && !st.server.pools() {
             // Warm-up for a server that stopped pooling meanwhile: nothing may use it.
             Some((Discard::Closed, EvictionReason::Unpooled))
+        } else if for_acquire.is_none() && st.total() >= st.server.config.max_size {
+            // Warm-up above a `max_size` lowered meanwhile.
+            Some((Discard::Closed, EvictionReason::Drained))
         } else {
             None
         };
@@ -1667,6 +1682,8 @@ impl Reservation {
         let peer = slot.peer.clone();
         st.slots.push(slot);
         st.metrics.session(lease, 1.0);
+        // `max_size` may have been lowered while this session was being created.
+        st.shrink_to_max();
         let filled = if lease {
             Filled::Lease(Lease::new(
                 self.key.clone(),
