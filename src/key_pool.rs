@@ -1076,7 +1076,9 @@ impl KeyState {
                 // comes back before that — a conversation then starts afresh.
                 self.retire(i, EvictionReason::Unpooled);
             } else {
-                self.views[i].capacity = server.config.session_concurrency;
+                if !self.slots[i].per_request {
+                    self.views[i].capacity = server.config.session_concurrency;
+                }
                 self.views[i].weight = server.endpoints[e].weight;
             }
         }
@@ -1674,7 +1676,12 @@ impl Reservation {
             id,
             endpoint: self.endpoint,
             in_flight: u32::from(lease),
-            capacity: st.server.config.session_concurrency,
+            // A per-request session serves the acquire it was made for, and no other.
+            capacity: if pooled {
+                st.server.config.session_concurrency
+            } else {
+                1
+            },
             weight: self.target.weight,
         });
         slot.use_count = u64::from(lease);
