@@ -117,6 +117,9 @@ pub(crate) struct Reserved {
     affinity: Option<SelectContext>,
     /// [`KeyState::selector_epoch`] at reservation.
     selector_epoch: u64,
+    /// Whether the server pooled at reservation: a creation made for a per-request acquire
+    /// stays a per-request session even if pooling was turned on meanwhile.
+    pooled: bool,
 }
 
 /// What a waiter is handed.
@@ -1326,6 +1329,7 @@ impl KeyState {
             token: shared.closing.token(),
             affinity,
             selector_epoch: self.selector_epoch,
+            pooled: self.server.pools(),
         })
     }
 
@@ -1559,6 +1563,7 @@ struct Reservation {
     _token: TaskTrackerToken,
     affinity: Option<SelectContext>,
     selector_epoch: u64,
+    pooled: bool,
 }
 
 impl Reservation {
@@ -1573,6 +1578,7 @@ impl Reservation {
             _token: reserved.token,
             affinity: reserved.affinity,
             selector_epoch: reserved.selector_epoch,
+            pooled: reserved.pooled,
         }
     }
 
@@ -1655,7 +1661,7 @@ impl Reservation {
             return Filled::Discarded(discard);
         }
         let lease = for_acquire.is_some();
-        let pooled = st.server.pools();
+        let pooled = self.pooled && st.server.pools();
         let binding = match for_acquire {
             Some((ctx, headers)) if pooled => {
                 st.warm = true;
