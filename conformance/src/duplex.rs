@@ -403,6 +403,14 @@ impl Transport for DuplexTransport {
         let timeout = request.timeout();
         let deadline = tokio::time::Instant::now() + timeout;
         let timed_out = || TransportError::timeout(url, timeout);
+        // Numbered when the connect starts, so that numbers follow the order of the pool's
+        // creations, not of their (possibly slow) completions.
+        let id = {
+            let mut registry = self.registry.lock();
+            let id = registry.next;
+            registry.next += 1;
+            id
+        };
         let delay = *self.connect_delay.lock();
         if !delay.is_zero() {
             if delay >= timeout {
@@ -435,10 +443,8 @@ impl Transport for DuplexTransport {
             }
         });
         let session_hang = Arc::new(watch::Sender::new(false));
-        let id = {
+        {
             let mut registry = self.registry.lock();
-            let id = registry.next;
-            registry.next += 1;
             registry.sessions.insert(
                 id,
                 Entry {
@@ -448,8 +454,7 @@ impl Transport for DuplexTransport {
                     hang: session_hang.clone(),
                 },
             );
-            id
-        };
+        }
         let unregister = Unregister {
             registry: self.registry.clone(),
             id,
