@@ -200,6 +200,9 @@ pub(crate) struct KeyState {
     selector: Box<dyn Selector>,
     /// `selector.binds()`, read once per selector.
     binds: bool,
+    /// `server.pools()` (pooling on and a strategy that pools), read once per snapshot: the
+    /// hit and release paths make no virtual call for it.
+    pools: bool,
     /// Counts selector replacements (strategy changes): a creation reserved under an earlier
     /// selector is stale when it finishes.
     selector_epoch: u64,
@@ -234,6 +237,10 @@ pub(crate) struct KeyState {
     /// When the maintenance last looked at the key: a lower bound of the clock that releases
     /// use to decide whether a session may have outlived `max_lifetime`.
     last_tick: Instant,
+    /// Sessions created at or before this instant may be past `max_lifetime` (the clock is
+    /// at most two cleanup intervals past `last_tick`): only their expiry costs a clock read.
+    /// `None`: none can be yet.
+    expiry_cutoff: Option<Instant>,
     /// The autoscaler's target size, within [min_size, max_size] (the configured `size` when
     /// autoscaling is off).
     target: u32,
@@ -316,38 +323,42 @@ impl KeyPool {
         let server_state = server.counters.clone();
         let now = Instant::now();
         let selector = server.strategy.selector();
+        let mut state = KeyState {
+            shared: shared.clone(),
+            subject: limits::subject(&key.principal()),
+            transport: key.transport,
+            binds: selector.binds(),
+            pools: server.pools(),
+            selector_epoch: 0,
+            creating_for: Vec::new(),
+            selector,
+            server,
+            views: Vec::new(),
+            slots: Vec::new(),
+            retiring: Vec::new(),
+            creating: 0,
+            creating_by_endpoint: vec![0; endpoints],
+            endpoint_scratch: Vec::with_capacity(endpoints),
+            waiters: VecDeque::new(),
+            headers: ForwardedHeaders::default(),
+            warm: false,
+            last_health_check: now,
+            health_running: false,
+            release_seq: 0,
+            released: false,
+            last_tick: now,
+            expiry_cutoff: None,
+            target: size,
+            scale: ScaleStats::new(),
+            last_rebalance: now,
+            last_used: now,
+            removed: false,
+            counters: KeyCounters::default(),
+            metrics,
+        };
+        state.refresh_expiry_cutoff();
         Self {
-            state: Mutex::new(KeyState {
-                shared: shared.clone(),
-                subject: limits::subject(&key.principal()),
-                transport: key.transport,
-                binds: selector.binds(),
-                selector_epoch: 0,
-                creating_for: Vec::new(),
-                selector,
-                server,
-                views: Vec::new(),
-                slots: Vec::new(),
-                retiring: Vec::new(),
-                creating: 0,
-                creating_by_endpoint: vec![0; endpoints],
-                endpoint_scratch: Vec::with_capacity(endpoints),
-                waiters: VecDeque::new(),
-                headers: ForwardedHeaders::default(),
-                warm: false,
-                last_health_check: now,
-                health_running: false,
-                release_seq: 0,
-                released: false,
-                last_tick: now,
-                target: size,
-                scale: ScaleStats::new(),
-                last_rebalance: now,
-                last_used: now,
-                removed: false,
-                counters: KeyCounters::default(),
-                metrics,
-            }),
+            state: Mutex::new(state),
             server_index,
             server_state,
             key,
@@ -357,6 +368,7 @@ impl KeyPool {
 
     /// The synchronous first step of an acquire, under the key's lock: a hit returns the lease
     /// at once (no clock read, no allocation); anything else says what to do next.
+    #[inline]
     pub(crate) fn try_acquire(
         self: &Arc<Self>,
         server: &Arc<ServerEntry>,
@@ -596,6 +608,7 @@ impl KeyPool {
     }
 
     /// Returns a lease's session.
+    #[inline]
     pub(crate) fn release(&self, id: SessionId, broken: bool) {
         let mut st = self.state.lock();
         st.counters.releases += 1;
@@ -611,7 +624,7 @@ impl KeyPool {
             let mut st = self.state.lock();
             if st.removed
                 || self.shared.is_closed()
-                || !st.server.pools()
+                || !st.pools
                 || st.total() >= st.server.config.max_size
             {
                 return;
@@ -671,6 +684,7 @@ impl KeyPool {
         }
         st.settle_use(now);
         st.last_tick = now;
+        st.refresh_expiry_cutoff();
         let config = st.server.config.clone();
         let mut i = st.views.len();
         while i > 0 {
@@ -701,7 +715,7 @@ impl KeyPool {
         }
         st.serve_waiters();
         let idle_key = st.is_idle() && now.duration_since(st.last_used) >= key_idle;
-        let missing = if st.server.pools() && st.warm && !st.removed {
+        let missing = if st.pools && st.warm && !st.removed {
             config.min_size.saturating_sub(st.total())
         } else {
             0
@@ -768,7 +782,7 @@ impl KeyPool {
         let mut st = self.state.lock();
         if st.removed
             || st.health_running
-            || !st.server.pools()
+            || !st.pools
             || now.duration_since(st.last_health_check) < st.server.config.health_check_interval
         {
             return false;
@@ -853,7 +867,7 @@ impl KeyPool {
         let config = st.server.config.clone();
         if st.removed
             || !config.auto_scale
-            || !st.server.pools()
+            || !st.pools
             || now.duration_since(st.last_rebalance) < config.rebalance_interval
         {
             return 0;
@@ -892,7 +906,7 @@ impl KeyPool {
     /// Sessions missing to reach `min_size` (0 unless the key is warm and pooled).
     pub(crate) fn missing_for_min_size(&self) -> u32 {
         let st = self.state.lock();
-        if st.removed || !st.warm || !st.server.pools() {
+        if st.removed || !st.warm || !st.pools {
             return 0;
         }
         st.server.config.min_size.saturating_sub(st.total())
@@ -1035,11 +1049,13 @@ impl KeyState {
     /// retired: idle ones close at once (nothing may hand them out, so they must not hold
     /// room), in-use ones when released. A lower
     /// `max_size` closes idle sessions above it.
+    #[inline]
     fn update_server(&mut self, server: &Arc<ServerEntry>, key: &PoolKey) -> bool {
         if server.generation <= self.server.generation {
             return false;
         }
         let old = std::mem::replace(&mut self.server, server.clone());
+        self.pools = server.pools();
         if self.creating_by_endpoint.len() < server.endpoints.len() {
             self.creating_by_endpoint.resize(server.endpoints.len(), 0);
         }
@@ -1085,6 +1101,7 @@ impl KeyState {
                 self.views[i].weight = server.endpoints[e].weight;
             }
         }
+        self.refresh_expiry_cutoff();
         let config = &self.server.config;
         self.target = if config.auto_scale {
             self.target.clamp(config.min_size, config.max_size)
@@ -1095,17 +1112,21 @@ impl KeyState {
         true
     }
 
-    /// Whether `slot` may be past `max_lifetime`: the clock is at most about one cleanup
-    /// interval past the last maintenance pass (two, for a late pass).
-    fn may_be_expired(&self, slot: &Slot) -> bool {
+    /// Recomputes [`expiry_cutoff`](Self::expiry_cutoff) after the maintenance pass moved
+    /// `last_tick` or a reconfiguration changed `max_lifetime`: the clock is at most about one
+    /// cleanup interval past the last pass (two, for a late pass).
+    fn refresh_expiry_cutoff(&mut self) {
         let horizon = self.last_tick + self.shared.cleanup_interval * 2;
-        horizon.saturating_duration_since(slot.created_at) >= self.server.config.max_lifetime
+        self.expiry_cutoff = horizon.checked_sub(self.server.config.max_lifetime);
     }
 
-    /// Whether session `i` is past `max_lifetime`: reads the clock only when it may be.
+    /// Whether session `i` is past `max_lifetime`: one comparison, and a clock read only for a
+    /// session that may be.
+    #[inline]
     fn is_expired(&self, i: usize) -> bool {
         let slot = &self.slots[i];
-        self.may_be_expired(slot)
+        self.expiry_cutoff
+            .is_some_and(|cutoff| slot.created_at <= cutoff)
             && Instant::now().duration_since(slot.created_at) >= self.server.config.max_lifetime
     }
 
@@ -1123,6 +1144,7 @@ impl KeyState {
     }
 
     /// Feeds the autoscaler's statistics (only when it is on: the sum is O(sessions)).
+    #[inline]
     fn observe_load(&mut self) {
         if self.server.config.auto_scale {
             let in_use: u32 = self.views.iter().map(|v| v.in_flight).sum();
@@ -1152,6 +1174,7 @@ impl KeyState {
 
     /// Keeps the `mcp_pool_sessions` gauge in step with session `i`: active while a lease
     /// (not a health check) is out on it.
+    #[inline]
     fn sync_gauge(&mut self, i: usize) {
         let active = self.views[i].in_flight > self.slots[i].checking;
         let slot = &mut self.slots[i];
@@ -1163,17 +1186,18 @@ impl KeyState {
 
     /// Serves an acquire right now if possible: a session with capacity (hit), or a reserved
     /// creation (miss). `None` means wait.
+    #[inline]
     fn try_serve(&mut self, ctx: &SelectContext) -> Option<Grant> {
         if !self.creating_for.is_empty()
             && self.binds
-            && self.server.pools()
+            && self.pools
             && self.creating_for.contains(ctx)
         {
             // The conversation's session is being created: it serves this acquire too.
             return None;
         }
         loop {
-            let selection = if self.server.pools() {
+            let selection = if self.pools {
                 self.selector.select(&self.views, ctx)
             } else {
                 Selection::Create
@@ -1318,7 +1342,7 @@ impl KeyState {
         }
         self.creating += 1;
         self.creating_by_endpoint[endpoint] += 1;
-        let affinity = (for_acquire && self.binds && self.server.pools()).then_some(*ctx);
+        let affinity = (for_acquire && self.binds && self.pools).then_some(*ctx);
         if let Some(ctx) = affinity {
             self.creating_for.push(ctx);
         }
@@ -1329,7 +1353,7 @@ impl KeyState {
             token: shared.closing.token(),
             affinity,
             selector_epoch: self.selector_epoch,
-            pooled: self.server.pools(),
+            pooled: self.pools,
         })
     }
 
@@ -1396,6 +1420,7 @@ impl KeyState {
     }
 
     /// Hands out one lease on active session `i`.
+    #[inline]
     fn take(&mut self, i: usize) -> Grant {
         self.views[i].in_flight += 1;
         let (id, endpoint) = (self.views[i].id, self.views[i].endpoint);
@@ -1434,6 +1459,7 @@ impl KeyState {
     ///
     /// A release reads the clock only for a session that may have reached `max_lifetime`:
     /// idle times are measured at the maintenance's granularity (`cleanup_interval`).
+    #[inline]
     fn give_back(&mut self, id: SessionId, broken: bool) {
         self.released = true;
         if let Some(i) = self.views.iter().position(|v| v.id == id) {
@@ -1445,7 +1471,7 @@ impl KeyState {
             self.observe_load();
             let reason = if broken {
                 Some(EvictionReason::Broken)
-            } else if !self.server.pools() || self.slots[i].per_request {
+            } else if !self.pools || self.slots[i].per_request {
                 Some(EvictionReason::Unpooled)
             } else if self.is_expired(i) {
                 Some(EvictionReason::Lifetime)
@@ -1496,6 +1522,7 @@ impl KeyState {
     /// that may free room ends here: releases, evictions, creations (with
     /// `session_concurrency` > 1 a new session serves more than the acquire it was made for),
     /// failed creations, reconfiguration (DESIGN §2.1, §2.10).
+    #[inline]
     fn serve_waiters(&mut self) {
         let mut i = 0;
         while i < self.waiters.len() {
@@ -1646,7 +1673,7 @@ impl Reservation {
             Some((Discard::Closed, EvictionReason::Closed))
         } else if !current {
             Some((Discard::Stale, EvictionReason::Drained))
-        } else if for_acquire.is_none() && !st.server.pools() {
+        } else if for_acquire.is_none() && !st.pools {
             // Warm-up for a server that stopped pooling meanwhile: nothing may use it.
             Some((Discard::Closed, EvictionReason::Unpooled))
         } else if for_acquire.is_none() && st.total() >= st.server.config.max_size {
@@ -1661,7 +1688,7 @@ impl Reservation {
             return Filled::Discarded(discard);
         }
         let lease = for_acquire.is_some();
-        let pooled = self.pooled && st.server.pools();
+        let pooled = self.pooled && st.pools;
         let binding = match for_acquire {
             Some((ctx, headers)) if pooled => {
                 st.warm = true;

@@ -38,6 +38,7 @@ pub struct Lease {
 }
 
 impl Lease {
+    #[inline]
     pub(crate) fn new(
         key: Arc<KeyPool>,
         id: SessionId,
@@ -169,6 +170,7 @@ impl fmt::Debug for Lease {
 }
 
 impl Drop for Lease {
+    #[inline]
     fn drop(&mut self) {
         let broken = self.is_broken() || std::thread::panicking();
         self.key.release(self.id, broken);

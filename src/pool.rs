@@ -351,13 +351,12 @@ impl Pool {
     ///
     /// # Errors
     /// As [`acquire_with`](Self::acquire_with).
-    pub async fn acquire(
-        &self,
-        server: &ServerId,
+    pub fn acquire<'a>(
+        &'a self,
+        server: &'a ServerId,
         principal: Principal,
-    ) -> Result<Lease, PoolError> {
+    ) -> impl Future<Output = Result<Lease, PoolError>> + Send + 'a {
         self.acquire_with(AcquireRequest::new(server).principal(principal))
-            .await
     }
 
     /// Acquires a session: an idle one of the key (a hit), a new one when the key is below

@@ -1164,8 +1164,7 @@ impl Model {
         }
         let affinity = pending.affinity;
         let rebound = lease.is_rebound();
-        let same_epoch =
-            pending.epoch == self.epoch || tag.is_some_and(|t| t >= self.epoch_tag);
+        let same_epoch = pending.epoch == self.epoch || tag.is_some_and(|t| t >= self.epoch_tag);
         if same_epoch && !self.sticky() && self.pools() && rebound {
             fail(
                 "rebound",
