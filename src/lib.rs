@@ -29,7 +29,7 @@ pub use error::PoolError;
 pub use health::{HealthCheckConfig, HealthCheckMethod, HealthOutcome, check_session};
 pub use lease::Lease;
 pub use limits::{DEFAULT_MAX_KEYS, DEFAULT_MAX_SESSIONS, DEFAULT_USER_LIMIT};
-pub use pool::{AcquireRequest, Pool};
+pub use pool::{Acquire, AcquireRequest, Pool};
 pub use score::{HealthScore, HealthStatus};
 pub use server::ServerConfig;
 pub use settings::{ENV_VARIABLES, PoolConfigOverride, Settings, SettingsError};

@@ -2,7 +2,11 @@
 
 use std::{
     collections::HashMap,
+    fmt,
+    future::Future,
+    pin::Pin,
     sync::{Arc, Weak, atomic::Ordering},
+    task::{Context, Poll},
 };
 
 use http::HeaderMap;
@@ -92,9 +96,9 @@ impl<'a> AcquireRequest<'a> {
     }
 }
 
-impl std::fmt::Debug for AcquireRequest<'_> {
+impl fmt::Debug for AcquireRequest<'_> {
     /// Header names only: their values are credentials.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AcquireRequest")
             .field("server", self.server)
             .field("principal", &self.principal)
@@ -106,6 +110,68 @@ impl std::fmt::Debug for AcquireRequest<'_> {
             .field("transport", &self.transport)
             .field("affinity", &self.affinity)
             .finish()
+    }
+}
+
+/// The future of [`Pool::acquire`] and [`Pool::acquire_with`], resolving to a [`Lease`].
+///
+/// Its first poll makes the synchronous attempt: a hit completes there, without allocating;
+/// a miss or a wait goes on in a boxed future (so the future of a hit stays small: moving a
+/// large future costs more than the hit itself). Cancel-safe: dropping it at any point
+/// leaks nothing.
+#[must_use = "futures do nothing unless polled"]
+pub struct Acquire<'a> {
+    state: AcquireState<'a>,
+}
+
+type SlowAcquire<'a> = Pin<Box<dyn Future<Output = Result<Lease, PoolError>> + Send + 'a>>;
+
+enum AcquireState<'a> {
+    Start {
+        pool: &'a Pool,
+        request: AcquireRequest<'a>,
+    },
+    Slow(SlowAcquire<'a>),
+    Done,
+}
+
+enum Started<'a> {
+    Lease(Lease),
+    Slow(SlowAcquire<'a>),
+}
+
+impl Future for Acquire<'_> {
+    type Output = Result<Lease, PoolError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let mut slow = match std::mem::replace(&mut this.state, AcquireState::Done) {
+            AcquireState::Start { pool, request } => match pool.start(request) {
+                Ok(Started::Lease(lease)) => return Poll::Ready(Ok(lease)),
+                Ok(Started::Slow(slow)) => slow,
+                Err(error) => return Poll::Ready(Err(error)),
+            },
+            AcquireState::Slow(slow) => slow,
+            AcquireState::Done => panic!("`Acquire` polled after it completed"),
+        };
+        let poll = slow.as_mut().poll(cx);
+        if poll.is_pending() {
+            this.state = AcquireState::Slow(slow);
+        }
+        poll
+    }
+}
+
+impl fmt::Debug for Acquire<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            AcquireState::Start { request, .. } => {
+                return f.debug_struct("Acquire").field("request", request).finish();
+            }
+            AcquireState::Slow(_) => "waiting or creating",
+            AcquireState::Done => "done",
+        };
+        f.debug_struct("Acquire").field("state", &state).finish()
     }
 }
 
@@ -128,11 +194,21 @@ pub struct Pool {
 
 /// The key map's key: a [`PoolKey`] with the server as its index, so that looking a key up
 /// clones nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct KeyId {
     pub(crate) server: u32,
     pub(crate) principal: Principal,
     pub(crate) transport: TransportKind,
+}
+
+impl std::hash::Hash for KeyId {
+    /// 8 bytes of each digest (uniform already; the map's hasher is seeded), not all 64: on
+    /// every acquire. Equality compares whole keys.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from(self.server) << 8 | self.transport as u64);
+        state.write_u64(self.principal.user.prefix_u64());
+        state.write_u64(self.principal.identity.prefix_u64());
+    }
 }
 
 impl KeyId {
@@ -351,11 +427,7 @@ impl Pool {
     ///
     /// # Errors
     /// As [`acquire_with`](Self::acquire_with).
-    pub fn acquire<'a>(
-        &'a self,
-        server: &'a ServerId,
-        principal: Principal,
-    ) -> impl Future<Output = Result<Lease, PoolError>> + Send + 'a {
+    pub fn acquire<'a>(&'a self, server: &'a ServerId, principal: Principal) -> Acquire<'a> {
         self.acquire_with(AcquireRequest::new(server).principal(principal))
     }
 
@@ -363,11 +435,25 @@ impl Pool {
     /// `max_size` (a miss), or the next one released, in FIFO order, within the server's
     /// acquire `timeout`. Cancel-safe: dropping the future leaks nothing.
     ///
+    /// The returned [`Acquire`] future does nothing until polled; a hit completes on its first
+    /// poll without allocating.
+    ///
     /// # Errors
     /// [`PoolError::UnknownServer`], [`PoolError::Timeout`] (naming the server),
     /// [`PoolError::Create`] when the session could not be opened, [`PoolError::NoEndpoint`]
     /// when the server has no endpoint over the transport, [`PoolError::Closed`].
-    pub async fn acquire_with(&self, request: AcquireRequest<'_>) -> Result<Lease, PoolError> {
+    pub fn acquire_with<'a>(&'a self, request: AcquireRequest<'a>) -> Acquire<'a> {
+        Acquire {
+            state: AcquireState::Start {
+                pool: self,
+                request,
+            },
+        }
+    }
+
+    /// The synchronous first attempt of [`Acquire`]: a hit returns the lease; anything else
+    /// the rest of the acquire, as a boxed future.
+    fn start<'a>(&'a self, request: AcquireRequest<'a>) -> Result<Started<'a>, PoolError> {
         if self.inner.shared.is_closed() {
             return Err(PoolError::Closed);
         }
@@ -378,12 +464,12 @@ impl Pool {
         let ctx = SelectContext {
             affinity: request.affinity,
         };
-        match self.attempt(&request, principal, &ctx)? {
-            Attempt::Lease(lease) => Ok(lease),
-            // The slow path (create, wait, retry) lives in its own boxed future: the future of
-            // a hit stays small (moving a large one costs more than the whole hit).
-            slow => Box::pin(self.acquire_slow(request, headers, principal, ctx, slow)).await,
-        }
+        Ok(match self.attempt(&request, principal, &ctx)? {
+            Attempt::Lease(lease) => Started::Lease(lease),
+            slow => Started::Slow(Box::pin(
+                self.acquire_slow(request, headers, principal, ctx, slow),
+            )),
+        })
     }
 
     /// One synchronous attempt: a hit returns the lease; anything else says what to do next.

@@ -44,6 +44,20 @@ impl Digest256 {
         matches!(self, Self::Anonymous)
     }
 
+    /// The first 8 bytes as a number (0 for [`Anonymous`](Self::Anonymous)): a digest is
+    /// uniformly distributed already, so maps keyed by digests can hash this instead of all
+    /// 32 bytes (equality still compares the whole digest).
+    pub fn prefix_u64(&self) -> u64 {
+        match self {
+            Self::Anonymous => 0,
+            Self::Sha256(d) => {
+                let mut prefix = [0; 8];
+                prefix.copy_from_slice(&d[..8]);
+                u64::from_le_bytes(prefix)
+            }
+        }
+    }
+
     /// The first 8 hex characters (or `anonymous`): what stats and logs show.
     pub fn short(&self) -> String {
         match self {
