@@ -203,8 +203,8 @@ pub(crate) struct KeyState {
     /// `server.pools()` (pooling on and a strategy that pools), read once per snapshot: the
     /// hit and release paths make no virtual call for it.
     pools: bool,
-    /// Counts selector replacements (strategy changes): a creation reserved under an earlier
-    /// selector is stale when it finishes.
+    /// Counts changes of the rules sessions are handed out by (strategy, pooling on or off): a
+    /// creation reserved under earlier rules serves its acquire once and binds nothing.
     selector_epoch: u64,
     /// Affinities with a creation in flight, when the selector binds: one conversation never
     /// gets two sessions created for it at once.
@@ -1056,6 +1056,12 @@ impl KeyState {
         }
         let old = std::mem::replace(&mut self.server, server.clone());
         self.pools = server.pools();
+        if !Arc::ptr_eq(&old.strategy, &server.strategy) || old.pools() != server.pools() {
+            // Creations in flight were reserved under other rules: they will serve their
+            // acquire once and bind nothing (see `Reservation::fill`).
+            self.selector_epoch += 1;
+            self.creating_for.clear();
+        }
         if self.creating_by_endpoint.len() < server.endpoints.len() {
             self.creating_by_endpoint.resize(server.endpoints.len(), 0);
         }
@@ -1063,7 +1069,6 @@ impl KeyState {
             self.retire_all(EvictionReason::Drained);
             self.selector = server.strategy.selector();
             self.binds = self.selector.binds();
-            self.selector_epoch += 1;
             let metrics = KeyMetrics::new(
                 &server.id,
                 key.transport,
@@ -1390,10 +1395,14 @@ impl KeyState {
     }
 
     /// A creation ended (filled or not): its slot and its affinity's turn are free.
-    fn end_creation(&mut self, endpoint: usize, affinity: Option<SelectContext>) {
+    ///
+    /// `epoch` is the reservation's [`selector_epoch`](Self::selector_epoch): an affinity
+    /// reserved under earlier rules was already forgotten (and may have a new creation now).
+    fn end_creation(&mut self, endpoint: usize, affinity: Option<SelectContext>, epoch: u64) {
         self.creating -= 1;
         self.creating_by_endpoint[endpoint] -= 1;
         if let Some(ctx) = affinity
+            && epoch == self.selector_epoch
             && let Some(i) = self.creating_for.iter().position(|c| *c == ctx)
         {
             self.creating_for.swap_remove(i);
@@ -1401,8 +1410,8 @@ impl KeyState {
     }
 
     /// Gives back a creation slot whose session was never made.
-    fn unreserve(&mut self, endpoint: usize, affinity: Option<SelectContext>) {
-        self.end_creation(endpoint, affinity);
+    fn unreserve(&mut self, endpoint: usize, affinity: Option<SelectContext>, epoch: u64) {
+        self.end_creation(endpoint, affinity, epoch);
         self.shared.limits.release(self.subject);
     }
 
@@ -1447,7 +1456,11 @@ impl KeyState {
             }
             Grant::Create(reserved) => {
                 self.record_creation(reserved.endpoint, reserved.attempt, Outcome::Cancelled);
-                self.unreserve(reserved.endpoint, reserved.affinity);
+                self.unreserve(
+                    reserved.endpoint,
+                    reserved.affinity,
+                    reserved.selector_epoch,
+                );
                 self.counters.misses -= 1;
             }
             Grant::NoEndpoint | Grant::Capped(_) | Grant::CircuitOpen(_) => {}
@@ -1571,7 +1584,7 @@ enum Filled {
 enum Discard {
     /// The key was removed (the pool closed).
     Closed,
-    /// Its endpoint was removed or changed, or the strategy changed, meanwhile.
+    /// Its endpoint was removed or changed meanwhile.
     Stale,
 }
 
@@ -1653,7 +1666,7 @@ impl Reservation {
         for_acquire: Option<(&SelectContext, &HeaderMap)>,
     ) -> Filled {
         self.armed = false;
-        st.end_creation(self.endpoint, self.affinity);
+        st.end_creation(self.endpoint, self.affinity, self.selector_epoch);
         if let Some(attempt) = self.attempt.take() {
             st.record_creation(self.endpoint, attempt, Outcome::Success);
         }
@@ -1662,20 +1675,21 @@ impl Reservation {
         let now = Instant::now();
         st.release_seq += 1;
         let mut slot = Slot::new(session, self.user_slot.take(), now, st.release_seq);
-        // Reserved under the current strategy, on an endpoint that still points where it did.
-        let current = st.selector_epoch == self.selector_epoch
-            && st
-                .server
-                .endpoints
-                .get(self.endpoint)
-                .is_some_and(|e| same_endpoint(e, &self.target));
+        // On an endpoint that still points where it did.
+        let current = st
+            .server
+            .endpoints
+            .get(self.endpoint)
+            .is_some_and(|e| same_endpoint(e, &self.target));
+        // Reserved under the current strategy and pooling mode.
+        let same_rules = st.selector_epoch == self.selector_epoch;
         let discard = if st.removed || shared.is_closed() {
             Some((Discard::Closed, EvictionReason::Closed))
         } else if !current {
             Some((Discard::Stale, EvictionReason::Drained))
-        } else if for_acquire.is_none() && !st.pools {
-            // Warm-up for a server that stopped pooling meanwhile: nothing may use it.
-            Some((Discard::Closed, EvictionReason::Unpooled))
+        } else if for_acquire.is_none() && !(st.pools && same_rules) {
+            // Warm-up for a server whose strategy or pooling changed meanwhile.
+            Some((Discard::Closed, EvictionReason::Drained))
         } else if for_acquire.is_none() && st.total() >= st.server.config.max_size {
             // Warm-up above a `max_size` lowered meanwhile.
             Some((Discard::Closed, EvictionReason::Drained))
@@ -1688,7 +1702,9 @@ impl Reservation {
             return Filled::Discarded(discard);
         }
         let lease = for_acquire.is_some();
-        let pooled = self.pooled && st.pools;
+        // A creation reserved under other rules serves its acquire once, as a per-request
+        // session: it binds nothing and closes when released.
+        let pooled = self.pooled && st.pools && same_rules;
         let binding = match for_acquire {
             Some((ctx, headers)) if pooled => {
                 st.warm = true;
@@ -1748,7 +1764,7 @@ impl Drop for Reservation {
             if let Some(attempt) = self.attempt.take() {
                 st.record_creation(self.endpoint, attempt, Outcome::Cancelled);
             }
-            st.unreserve(self.endpoint, self.affinity);
+            st.unreserve(self.endpoint, self.affinity, self.selector_epoch);
             st.serve_waiters();
         }
         let subject = limits::subject(&self.key.key.principal());
