@@ -101,29 +101,36 @@ impl tokio::io::AsyncRead for ServerEnd {
     }
 }
 
-impl tokio::io::AsyncWrite for ServerEnd {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.pipe).poll_write(cx, buf)
-    }
+/// `AsyncWrite` for a pipe end: everything goes to its `pipe`.
+macro_rules! write_to_pipe {
+    ($end:ty) => {
+        impl tokio::io::AsyncWrite for $end {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<io::Result<usize>> {
+                std::pin::Pin::new(&mut self.pipe).poll_write(cx, buf)
+            }
 
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.pipe).poll_flush(cx)
-    }
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<io::Result<()>> {
+                std::pin::Pin::new(&mut self.pipe).poll_flush(cx)
+            }
 
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.pipe).poll_shutdown(cx)
-    }
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<io::Result<()>> {
+                std::pin::Pin::new(&mut self.pipe).poll_shutdown(cx)
+            }
+        }
+    };
 }
+
+write_to_pipe!(ServerEnd);
 
 /// The client's end of a session's pipe. Dropped — the client session's loop ended: it was
 /// closed, cancelled or dropped — it takes the session out of the registry at once and cuts the
@@ -151,29 +158,7 @@ impl tokio::io::AsyncRead for ClientEnd {
     }
 }
 
-impl tokio::io::AsyncWrite for ClientEnd {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.pipe).poll_write(cx, buf)
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.pipe).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.pipe).poll_shutdown(cx)
-    }
-}
+write_to_pipe!(ClientEnd);
 
 /// Removes a session from the registry when its server task ends, however it ends.
 struct Unregister {

@@ -708,6 +708,18 @@ impl Model {
     }
 
     /// Starts a new epoch: sticky bindings start over, what the model knew of them is void.
+    /// The `n`-th (wrapping) initialized upstream session alive now, if any.
+    fn pick_initialized(&self, n: u8) -> Option<u64> {
+        let alive: Vec<u64> = self
+            .transport
+            .upstream_sessions()
+            .into_iter()
+            .filter(|s| s.initialized)
+            .map(|s| s.id)
+            .collect();
+        (!alive.is_empty()).then(|| alive[usize::from(n) % alive.len()])
+    }
+
     fn new_epoch(&mut self) {
         self.epoch += 1;
         self.epoch_tag = self.transport.sessions_started();
@@ -913,15 +925,7 @@ impl Model {
                 }
             }
             PoolOp::Kill(n) => {
-                let alive: Vec<u64> = self
-                    .transport
-                    .upstream_sessions()
-                    .into_iter()
-                    .filter(|s| s.initialized)
-                    .map(|s| s.id)
-                    .collect();
-                if !alive.is_empty() {
-                    let tag = alive[usize::from(n) % alive.len()];
+                if let Some(tag) = self.pick_initialized(n) {
                     if self.sticky() {
                         for (affinity, bound) in &self.bound {
                             if bound.tag == Some(tag) {
@@ -940,16 +944,8 @@ impl Model {
                 }
             }
             PoolOp::Hang(n) => {
-                let alive: Vec<u64> = self
-                    .transport
-                    .upstream_sessions()
-                    .into_iter()
-                    .filter(|s| s.initialized)
-                    .map(|s| s.id)
-                    .collect();
-                if !alive.is_empty() {
-                    self.transport
-                        .hang_session(alive[usize::from(n) % alive.len()], true);
+                if let Some(tag) = self.pick_initialized(n) {
+                    self.transport.hang_session(tag, true);
                 }
             }
             PoolOp::Connect(fault) => {
