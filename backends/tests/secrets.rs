@@ -39,6 +39,24 @@ fn assert_no_password(text: &str) {
 }
 
 /// Everything logged by this test binary, at every level, `log` records included.
+/// A connect to `url` that must fail (at once, or at the first `ping`) without the password
+/// in the backend's `Debug` or anywhere in the error chain.
+#[cfg(any(feature = "redis", feature = "postgres"))]
+async fn assert_fails_without_password<B: std::fmt::Debug>(
+    url: &str,
+    connected: Result<B, mcp_pool_traits::BackendError>,
+    ping: impl AsyncFnOnce(&B) -> Result<(), mcp_pool_traits::BackendError>,
+) {
+    let error = match connected {
+        Ok(backend) => {
+            assert_no_password(&format!("{backend:?}"));
+            ping(&backend).await.expect_err(&format!("{url} must fail"))
+        }
+        Err(error) => error,
+    };
+    assert_no_password(&everything_printed(&error));
+}
+
 fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
     static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
     LOGS.get_or_init(|| {
@@ -122,14 +140,10 @@ async fn failing_redis_connects_print_and_log_no_password() {
     }
     for url in urls {
         let config = RedisConfig::new(url.clone()).operation_timeout(Duration::from_millis(500));
-        let error = match RedisBackend::connect(config).await {
-            Ok(backend) => {
-                assert_no_password(&format!("{backend:?}"));
-                backend.ping().await.expect_err(&format!("{url} must fail"))
-            }
-            Err(error) => error,
-        };
-        assert_no_password(&everything_printed(&error));
+        assert_fails_without_password(&url, RedisBackend::connect(config).await, async |b| {
+            b.ping().await
+        })
+        .await;
     }
     drop(logs);
     assert_no_password(&logged());
@@ -154,14 +168,10 @@ async fn failing_postgres_connects_print_and_log_no_password() {
     }
     for url in urls {
         let config = DatabaseConfig::new(url.clone()).operation_timeout(Duration::from_millis(500));
-        let error = match DatabaseBackend::connect(config).await {
-            Ok(backend) => {
-                assert_no_password(&format!("{backend:?}"));
-                backend.ping().await.expect_err(&format!("{url} must fail"))
-            }
-            Err(error) => error,
-        };
-        assert_no_password(&everything_printed(&error));
+        assert_fails_without_password(&url, DatabaseBackend::connect(config).await, async |b| {
+            b.ping().await
+        })
+        .await;
     }
     drop(logs);
     assert_no_password(&logged());

@@ -1610,18 +1610,24 @@ impl Model {
         )
     }
 
-    /// The run ended without `close()`: every lease comes back, every pending acquire ends
-    /// (served, or timed out with a legitimate wait), the keys settle, then `close()`.
-    async fn finish_open(mut self) -> Result<RunReport, String> {
-        self.transport.set_fail_connects(false);
-        self.transport.set_connect_hang(false);
-        self.transport.set_connect_delay(Duration::ZERO);
+    /// Aborts every tool call still running (their leases drop with them).
+    async fn abort_calls(&mut self) -> Result<(), String> {
         for call in std::mem::take(&mut self.calls) {
             call.task.abort();
             if let Err(e) = call.task.await {
                 is_cancelled(&e)?;
             }
         }
+        Ok(())
+    }
+
+    /// The run ended without `close()`: every lease comes back, every pending acquire ends
+    /// (served, or timed out with a legitimate wait), the keys settle, then `close()`.
+    async fn finish_open(mut self) -> Result<RunReport, String> {
+        self.transport.set_fail_connects(false);
+        self.transport.set_connect_hang(false);
+        self.transport.set_connect_delay(Duration::ZERO);
+        self.abort_calls().await?;
         self.held.clear();
         settle().await;
         self.observe().await?;
@@ -1712,12 +1718,7 @@ impl Model {
             )?;
         }
         self.check_state()?;
-        for call in std::mem::take(&mut self.calls) {
-            call.task.abort();
-            if let Err(e) = call.task.await {
-                is_cancelled(&e)?;
-            }
-        }
+        self.abort_calls().await?;
         self.held.clear();
         settle().await;
         // Creations still in flight (slow connects) end and are closed too.
