@@ -16,7 +16,7 @@ use std::{process::ExitCode, time::Duration};
 use mcp_pool::{
     Endpoint, Pool, PoolConfig, Principal, ServerConfig, ServerId, Transport,
     rmcp::model::{CallToolRequestParams, CallToolResult},
-    traits::{ConnectRequest, default_client_config},
+    traits::{ConnectRequest, SessionHandler, default_client_config},
 };
 use mcp_pool_conformance::ReferenceServer;
 use mcp_pool_transports::StreamableHttp;
@@ -64,12 +64,13 @@ async fn pooled_calls(pool: &Pool, server: &ServerId, user: &str) -> Result<Vec<
 
 async fn fresh_calls(endpoint: &Endpoint) -> Result<Vec<Duration>, Error> {
     let transport = StreamableHttp::new()?;
-    let client = default_client_config();
+    let handler = SessionHandler::new(default_client_config(), None);
     let headers = http::HeaderMap::new();
     let mut samples = Vec::with_capacity(CALLS);
     for i in 0..CALLS {
         let started = Instant::now();
-        let request = ConnectRequest::new(endpoint, &headers, Duration::from_secs(10), &client);
+        let request =
+            ConnectRequest::new(endpoint, &headers, Duration::from_secs(10), handler.clone());
         let mut session = transport.connect(request).await?;
         let result = session.call_tool(echo(&format!("fresh {i}"))).await?;
         session.close().await?;
@@ -183,12 +184,12 @@ async fn run() -> Result<bool, Error> {
 
 async fn fresh_calls_warm_up(endpoint: &Endpoint) -> Result<(), Error> {
     let transport = StreamableHttp::new()?;
-    let client = default_client_config();
+    let handler = SessionHandler::new(default_client_config(), None);
     let request = ConnectRequest::new(
         endpoint,
         &http::HeaderMap::new(),
         Duration::from_secs(10),
-        &client,
+        handler,
     );
     transport.connect(request).await?.close().await?;
     Ok(())

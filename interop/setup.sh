@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the interop peers of tests/interop.rs, pinned, inside the checkout:
 #   .cache/interop/venv   the official MCP Python SDK (interop/python/requirements.txt)
-#   .cache/interop/node   the official MCP TypeScript SDK (interop/node/package-lock.json)
+#   .cache/interop/node   the official MCP TypeScript SDK and @modelcontextprotocol/server-everything
+#                         (interop/node/package-lock.json)
 # Idempotent: a stamp holding the hash of the pin file skips an install already done, so a
 # second run takes well under a second. Needs python3 (3.10+) with venv, and node 18+ with npm.
 #
@@ -32,12 +33,13 @@ fi
 node_dir="$cache/node"
 want="$(hash_of "$root/interop/node/package.json" "$root/interop/node/package-lock.json")"
 if [[ "$(cat "$node_dir/.installed" 2>/dev/null)" != "$want" ]]; then
-  echo "interop: installing the MCP TypeScript SDK into $node_dir"
+  echo "interop: installing the MCP TypeScript SDK and server-everything into $node_dir"
   rm -rf "$node_dir"
   mkdir -p "$node_dir"
   cp "$root/interop/node/package.json" "$root/interop/node/package-lock.json" "$node_dir/"
   (cd "$node_dir" && npm ci --silent --no-audit --no-fund --ignore-scripts)
   NODE_PATH="$node_dir/node_modules" node -e "require('@modelcontextprotocol/sdk/server/mcp.js')"
+  test -f "$node_dir/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
   echo "$want" > "$node_dir/.installed"
 fi
 echo "interop: peers ready in $cache"

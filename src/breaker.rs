@@ -1,24 +1,30 @@
 //! [`CircuitBreaker`]: stops creating sessions on an endpoint that keeps failing (DESIGN §7,
-//! issue 6).
+//! issues 6 and 10).
 //!
 //! One breaker per endpoint, counting session creations:
 //!
 //! ```text
-//!            N consecutive failures                 reset period over:
+//!            N consecutive failures                 open period over:
 //!  Closed ──────────────────────────► Open{until} ─── first try_acquire ──► HalfOpen
-//!    ▲                                    ▲                                  │ one probe
+//!    ▲     (open for 1 s)                 ▲                                  │ one probe
 //!    │            probe succeeds          │      probe fails                 │
 //!    └────────────────────────────────────┼──────────────────────────────────┤
-//!                                         └──────────────────────────────────┘
+//!       (backoff back to 1 s)             └──────────────────────────────────┘
+//!                                          (open for twice as long, at most reset_timeout)
 //! ```
 //!
 //! - **Closed**: every creation may go ahead. A success resets the count of consecutive
 //!   failures; the `failure_threshold`-th consecutive failure opens the breaker.
-//! - **Open**: every creation is refused with the time it may retry, until `reset_timeout` has
-//!   passed since it opened.
+//! - **Open**: every creation is refused with the time it may retry, until the open period
+//!   has passed since it opened. The period backs off exponentially (issue 10): the first
+//!   open lasts [`INITIAL_RESET_TIMEOUT`] (1 s), each failed probe doubles it, and
+//!   `reset_timeout` caps it; a successful probe starts the next open at 1 s again. An upstream
+//!   that restarts in 3 s is thus probed after 1 s and 3 s, not refused for a whole
+//!   `reset_timeout`, while one that stays down is probed at most once per `reset_timeout`.
 //! - **HalfOpen**: the first [`try_acquire`](CircuitBreaker::try_acquire) at or after that time
-//!   gets the one probe; everyone else is refused until the probe reports. Its success closes
-//!   the breaker, its failure opens it again for another `reset_timeout`.
+//!   gets the one probe; everyone else is refused until the probe reports, with the current
+//!   open period as the time to retry in. Its success closes the breaker, its failure opens it
+//!   again for the next period.
 //! - **Cancellation** (the acquire was dropped, the pool closed) is no evidence either way: it
 //!   changes no count, and a cancelled probe gives its slot back so the next caller probes.
 //! - The breaker only changes state on evidence gathered in its current state: the outcome of
@@ -35,8 +41,13 @@ use tokio::time::Instant;
 
 /// Default consecutive creation failures that open a breaker: 5.
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
-/// Default time a breaker stays open before it allows a probe: 60 s.
+/// Default cap on the time a breaker stays open before it allows a probe: 60 s.
 pub const DEFAULT_RESET_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a breaker stays open the first time (after the consecutive failures that opened it,
+/// or after a successful probe): 1 s, or `reset_timeout` if that is shorter. Each failed probe
+/// doubles it up to `reset_timeout` (issue 10: a 3-second restart must not cost 60 s of
+/// refusals).
+pub const INITIAL_RESET_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Settings of a [`CircuitBreaker`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +55,8 @@ pub const DEFAULT_RESET_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct BreakerConfig {
     /// Consecutive creation failures that open the breaker, 1-1000 (default 5).
     pub failure_threshold: u32,
-    /// How long the breaker stays open before one probe may go ahead, 1-3600 s (default 60 s).
+    /// The longest the breaker stays open before one probe may go ahead, 1-3600 s (default
+    /// 60 s): the cap of the exponential backoff that starts at [`INITIAL_RESET_TIMEOUT`].
     pub reset_timeout: Duration,
 }
 
@@ -133,8 +145,9 @@ impl Attempt {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}", if *probing { "circuit half-open: a probe is in flight" } else { "circuit open" })]
 pub struct Open {
-    /// When the breaker may allow an attempt again: the end of the reset period, or `now`
-    /// while a probe is in flight (it may close the breaker any moment).
+    /// When to try again: the end of the open period, or, while a probe is in flight, the
+    /// refusal's time plus the current open period (by then the probe has usually reported;
+    /// if it failed, the next refusal says how long the breaker opened for).
     pub retry_at: Instant,
     /// `true` when refused because a half-open probe is in flight.
     pub probing: bool,
@@ -159,6 +172,9 @@ pub struct CircuitBreaker {
     /// Advanced on every state change; attempts carry the generation they were granted in.
     generation: u64,
     consecutive_failures: u32,
+    /// Probes that failed since the breaker last closed: the open period is
+    /// `INITIAL_RESET_TIMEOUT · 2^failed_probes`, capped by `reset_timeout`.
+    failed_probes: u32,
     probe_out: bool,
     trips: u64,
 }
@@ -180,6 +196,7 @@ impl CircuitBreaker {
             state: BreakerState::Closed,
             generation: 0,
             consecutive_failures: 0,
+            failed_probes: 0,
             probe_out: false,
             trips: 0,
         }
@@ -193,24 +210,19 @@ impl CircuitBreaker {
     /// Asks to create a session at `now`.
     ///
     /// # Errors
-    /// [`Open`] while the breaker is open (with the end of the reset period), or half-open with
-    /// the probe out.
+    /// [`Open`] while the breaker is open (with the end of the open period), or half-open with
+    /// the probe out (with `now` plus the current open period).
     pub fn try_acquire(&mut self, now: Instant) -> Result<Attempt, Open> {
+        if let Some(refused) = self.refusal(now) {
+            return Err(refused);
+        }
         match self.state {
             BreakerState::Closed => Ok(self.attempt(false)),
-            BreakerState::Open { until } if now < until => Err(Open {
-                retry_at: until,
-                probing: false,
-            }),
             BreakerState::Open { .. } => {
                 self.transition(BreakerState::HalfOpen);
                 self.probe_out = true;
                 Ok(self.attempt(true))
             }
-            BreakerState::HalfOpen if self.probe_out => Err(Open {
-                retry_at: now,
-                probing: true,
-            }),
             BreakerState::HalfOpen => {
                 self.probe_out = true;
                 Ok(self.attempt(true))
@@ -229,10 +241,12 @@ impl CircuitBreaker {
             match outcome {
                 Outcome::Success => {
                     self.consecutive_failures = 0;
+                    self.failed_probes = 0;
                     self.transition(BreakerState::Closed);
                     false
                 }
                 Outcome::Failure => {
+                    self.failed_probes = self.failed_probes.saturating_add(1);
                     self.trip(now);
                     true
                 }
@@ -264,12 +278,44 @@ impl CircuitBreaker {
         self.state
     }
 
+    /// How long the breaker stays open the next time it opens (or, while open, the period it
+    /// opened for): [`INITIAL_RESET_TIMEOUT`] doubled per failed probe since it last closed,
+    /// at most `reset_timeout`.
+    pub fn open_period(&self) -> Duration {
+        let cap = self.config.reset_timeout;
+        // 2^6 s = 64 s already exceeds the default cap; 2^31 s exceeds any valid one.
+        let factor = 1u32 << self.failed_probes.min(31);
+        INITIAL_RESET_TIMEOUT
+            .checked_mul(factor)
+            .map_or(cap, |period| period.min(cap))
+    }
+
+    /// Whether the breaker is anything but closed: open (even past its open period, until a
+    /// probe succeeds) or half-open. The server's health status counts such an endpoint as
+    /// down (see [`ServerStats::health_status`](crate::ServerStats::health_status)).
+    pub fn is_tripped(&self) -> bool {
+        !matches!(self.state, BreakerState::Closed)
+    }
+
     /// Whether an attempt at `now` would be refused, without taking one.
     pub fn is_open(&self, now: Instant) -> bool {
+        self.refusal(now).is_some()
+    }
+
+    /// The refusal an attempt at `now` would get, without taking one: what
+    /// [`try_acquire`](Self::try_acquire) would return as its error, or `None` if it would
+    /// grant an attempt (closed, or open past its period: that attempt is the probe).
+    pub fn refusal(&self, now: Instant) -> Option<Open> {
         match self.state {
-            BreakerState::Closed => false,
-            BreakerState::Open { until } => now < until,
-            BreakerState::HalfOpen => self.probe_out,
+            BreakerState::Closed => None,
+            BreakerState::Open { until } => (now < until).then_some(Open {
+                retry_at: until,
+                probing: false,
+            }),
+            BreakerState::HalfOpen => self.probe_out.then(|| Open {
+                retry_at: now + self.open_period(),
+                probing: true,
+            }),
         }
     }
 
@@ -294,7 +340,7 @@ impl CircuitBreaker {
         self.trips += 1;
         self.consecutive_failures = 0;
         self.transition(BreakerState::Open {
-            until: now + self.config.reset_timeout,
+            until: now + self.open_period(),
         });
     }
 
@@ -309,6 +355,7 @@ mod tests {
     use super::*;
 
     const RESET: Duration = Duration::from_secs(60);
+    const FIRST: Duration = INITIAL_RESET_TIMEOUT;
 
     fn breaker() -> CircuitBreaker {
         CircuitBreaker::new(BreakerConfig::new(3, RESET))
@@ -341,7 +388,13 @@ mod tests {
         assert_eq!(fail(&mut b, 4, now), 0);
         assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(fail(&mut b, 1, now), 1);
-        assert_eq!(b.state(), BreakerState::Open { until: now + RESET });
+        assert_eq!(
+            b.state(),
+            BreakerState::Open {
+                until: now + Duration::from_secs(1)
+            },
+            "the first open lasts 1 s, not the 60 s cap"
+        );
     }
 
     #[test]
@@ -381,20 +434,21 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn open_refuses_until_the_reset_period_is_over() {
+    async fn open_refuses_until_the_open_period_is_over() {
         let opened = Instant::now();
         let mut b = open_at(opened);
         assert!(b.is_open(opened));
+        assert!(b.is_tripped());
         assert_eq!(
             b.try_acquire(opened),
             Err(Open {
-                retry_at: opened + RESET,
+                retry_at: opened + FIRST,
                 probing: false
             })
         );
-        tokio::time::advance(RESET - Duration::from_millis(1)).await;
+        tokio::time::advance(FIRST - Duration::from_millis(1)).await;
         let err = b.try_acquire(Instant::now()).unwrap_err();
-        assert_eq!(err.retry_at, opened + RESET);
+        assert_eq!(err.retry_at, opened + FIRST);
         assert_eq!(err.to_string(), "circuit open");
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!b.is_open(Instant::now()));
@@ -417,7 +471,11 @@ mod tests {
         assert!(probe.is_probe());
         let refused = second.unwrap_err();
         assert!(refused.probing);
-        assert_eq!(refused.retry_at, now);
+        assert_eq!(
+            refused.retry_at,
+            now + FIRST,
+            "retry in the current open period, not at once"
+        );
         assert_eq!(
             refused.to_string(),
             "circuit half-open: a probe is in flight"
@@ -429,7 +487,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_failed_probe_reopens_for_another_reset_period() {
+    async fn a_failed_probe_reopens_for_twice_the_period() {
         let mut b = open_at(Instant::now());
         tokio::time::advance(RESET).await;
         let probe = b.try_acquire(Instant::now()).unwrap();
@@ -439,16 +497,79 @@ mod tests {
         assert_eq!(
             b.state(),
             BreakerState::Open {
-                until: failed_at + RESET
+                until: failed_at + 2 * FIRST
             }
         );
         assert_eq!(b.trips(), 2);
         assert_eq!(
             b.try_acquire(failed_at).unwrap_err().retry_at,
-            failed_at + RESET
+            failed_at + 2 * FIRST
         );
-        tokio::time::advance(RESET).await;
+        tokio::time::advance(2 * FIRST).await;
         assert!(b.try_acquire(Instant::now()).unwrap().is_probe());
+    }
+
+    /// Fails the probe of an open breaker `b` once its period is over; returns how long the
+    /// breaker then opened for.
+    async fn fail_next_probe(b: &mut CircuitBreaker) -> Duration {
+        let BreakerState::Open { until } = b.state() else {
+            panic!("not open: {:?}", b.state());
+        };
+        tokio::time::advance(until.saturating_duration_since(Instant::now())).await;
+        let now = Instant::now();
+        let probe = b.try_acquire(now).expect("the probe");
+        assert!(b.record(probe, Outcome::Failure, now));
+        match b.state() {
+            BreakerState::Open { until } => until - now,
+            other => panic!("a failed probe left the breaker {other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_open_period_doubles_per_failed_probe_up_to_reset_timeout() {
+        let mut b = open_at(Instant::now());
+        assert_eq!(b.open_period(), FIRST);
+        let mut periods = vec![b.open_period()];
+        for _ in 0..8 {
+            periods.push(fail_next_probe(&mut b).await);
+        }
+        let secs: Vec<u64> = periods.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(b.trips(), 9);
+        // A probe refused meanwhile is told the current period.
+        tokio::time::advance(RESET).await;
+        let now = Instant::now();
+        let probe = b.try_acquire(now).unwrap();
+        assert_eq!(b.try_acquire(now).unwrap_err().retry_at, now + RESET);
+        b.record(probe, Outcome::Cancelled, now);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_successful_probe_starts_the_backoff_again_at_one_second() {
+        let mut b = open_at(Instant::now());
+        for _ in 0..3 {
+            fail_next_probe(&mut b).await;
+        }
+        assert_eq!(b.open_period(), 8 * FIRST);
+        tokio::time::advance(8 * FIRST).await;
+        let probe = b.try_acquire(Instant::now()).unwrap();
+        b.record(probe, Outcome::Success, Instant::now());
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(!b.is_tripped());
+        assert_eq!(b.open_period(), FIRST);
+        let now = Instant::now();
+        assert_eq!(fail(&mut b, 3, now), 1);
+        assert_eq!(b.state(), BreakerState::Open { until: now + FIRST });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reset_timeout_below_one_second_caps_even_the_first_open() {
+        let cap = Duration::from_millis(300);
+        let mut b = CircuitBreaker::new(BreakerConfig::new(1, cap));
+        let now = Instant::now();
+        assert_eq!(fail(&mut b, 1, now), 1);
+        assert_eq!(b.state(), BreakerState::Open { until: now + cap });
+        assert_eq!(fail_next_probe(&mut b).await, cap);
     }
 
     #[tokio::test(start_paused = true)]
@@ -498,7 +619,7 @@ mod tests {
         assert_eq!(fail(&mut b, 3, now), 1);
         assert!(!b.record(late_success, Outcome::Success, now));
         assert!(!b.record(late_failure, Outcome::Failure, now));
-        assert_eq!(b.state(), BreakerState::Open { until: now + RESET });
+        assert_eq!(b.state(), BreakerState::Open { until: now + FIRST });
         assert_eq!(b.trips(), 1);
 
         // A closed-state attempt reporting after the half-open probe closed the breaker again

@@ -2,9 +2,10 @@
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use http::HeaderName;
 use mcp_pool_traits::{
-    IdentityConfig, StateBackend, Transport, TransportKind, check_range, default_client_config,
-    rmcp::model::ClientConfig,
+    ConfigError, IdentityConfig, StateBackend, Transport, TransportKind, check_range,
+    default_client_config, rmcp::model::ClientConfig,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -20,24 +21,60 @@ use crate::{
 
 /// Default bound on connect + `initialize` of one session (the reference pool's 30 s).
 pub const DEFAULT_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The shortest `create_timeout` accepted: 1 ms (zero would fail every creation).
+pub const MIN_CREATE_TIMEOUT: Duration = Duration::from_millis(1);
+/// The longest `create_timeout` accepted: 300 s, the longest acquire `timeout` of the seed
+/// setup guide (DESIGN §6); a creation for an acquire is cut to what is left of it anyway.
+pub const MAX_CREATE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default period of the background maintenance task (`SESSION_POOL_CLEANUP_INTERVAL`).
 pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
 /// Default time after which a key with nothing in use is removed with its sessions (the
 /// reference pool's `idle_pool_eviction_seconds`).
 pub const DEFAULT_KEY_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Default [`PoolBuilder::trace_headers`]: W3C Trace Context (`traceparent`, `tracestate`) and
+/// the common correlation ids.
+pub const DEFAULT_TRACE_HEADERS: [&str; 4] = [
+    "traceparent",
+    "tracestate",
+    "x-request-id",
+    "x-correlation-id",
+];
+/// Default [`PoolBuilder::cancel_grace`]: 5 s (the health check's default timeout).
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(5);
+/// Default [`PoolBuilder::event_debounce`]: 250 ms.
+pub const DEFAULT_EVENT_DEBOUNCE: Duration = Duration::from_millis(250);
+
 /// Builds a [`Pool`].
 ///
-/// ```no_run
-/// # async fn run() -> Result<(), mcp_pool::PoolError> {
-/// use mcp_pool::{Endpoint, Pool, PoolConfig, ServerConfig, ServerId, TransportKind};
+/// ```
+/// use std::time::Duration;
 ///
+/// use mcp_pool::{Endpoint, Pool, PoolConfig, Principal, ServerConfig, ServerId, TransportKind};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # // The conformance crate's reference MCP server stands in for a real upstream.
+/// # let upstream = mcp_pool_conformance::ReferenceServer::start().await?;
+/// # let url = upstream.url();
+/// let search = ServerId::new("search")?;
 /// let server = ServerConfig::new(
-///     ServerId::new("search").unwrap(),
-///     Endpoint::new("http://127.0.0.1:8000/mcp", TransportKind::StreamableHttp).unwrap(),
+///     search.clone(),
+///     Endpoint::new(url, TransportKind::StreamableHttp)?, // e.g. "http://127.0.0.1:8000/mcp"
 /// )
+/// // At most 4 sessions per key; `size` (default 5) follows `max_size` down to 4.
 /// .pool(PoolConfig { max_size: 4, ..PoolConfig::enabled() });
-/// let pool = Pool::builder().server(server).build()?;
+/// let pool = Pool::builder()
+///     .server(server)
+///     .create_timeout(Duration::from_secs(10))
+///     .build()?;
+/// assert_eq!(pool.server_config(&search).map(|c| c.size), Some(4));
+///
+/// let lease = pool.acquire(&search, Principal::user("alice")).await?;
+/// let tools = lease.list_all_tools().await?;
+/// assert!(tools.iter().any(|tool| tool.name == "echo"));
+/// drop(lease);
+/// pool.close().await;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Default)]
@@ -56,6 +93,9 @@ pub struct PoolBuilder {
     metrics: Option<bool>,
     breaker: Option<BreakerConfig>,
     health: Option<HealthCheckConfig>,
+    trace_headers: Option<Vec<HeaderName>>,
+    cancel_grace: Option<Duration>,
+    event_debounce: Option<Duration>,
 }
 
 impl PoolBuilder {
@@ -86,8 +126,9 @@ impl PoolBuilder {
         self
     }
 
-    /// Bound on connect + `initialize` of one session (default 30 s), also cut to what is left
-    /// of the acquire timeout.
+    /// Bound on connect + `initialize` of one session, [`MIN_CREATE_TIMEOUT`] (1 ms) to
+    /// [`MAX_CREATE_TIMEOUT`] (300 s), default 30 s; for an acquire it is also cut to what is
+    /// left of the acquire timeout. Checked by [`build`](Self::build).
     pub fn create_timeout(mut self, timeout: Duration) -> Self {
         self.create_timeout = Some(timeout);
         self
@@ -139,7 +180,7 @@ impl PoolBuilder {
     }
 
     /// Settings of every endpoint's circuit breaker (default: 5 consecutive creation failures
-    /// open it for 60 s).
+    /// open it for 1 s, doubling per failed probe up to 60 s; see [`crate::breaker`]).
     pub fn circuit_breaker(mut self, config: BreakerConfig) -> Self {
         self.breaker = Some(config);
         self
@@ -158,16 +199,55 @@ impl PoolBuilder {
         self
     }
 
+    /// The headers of a downstream request that travel with each call made with
+    /// [`CallOptions::headers`](crate::CallOptions::headers) (default
+    /// [`DEFAULT_TRACE_HEADERS`]: W3C Trace Context's `traceparent` and `tracestate`,
+    /// `x-request-id`, `x-correlation-id`). They are not part of the key: never put a
+    /// credential here (use [`IdentityConfig::with_forwarded_headers`](mcp_pool_traits::IdentityConfig::with_forwarded_headers)).
+    /// Names in [`NEVER_FORWARDED`](mcp_pool_traits::NEVER_FORWARDED) are dropped.
+    pub fn trace_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.trace_headers = Some(names.into_iter().collect());
+        self
+    }
+
+    /// How long the server of a session whose call was abandoned (timed out, or dropped by
+    /// its caller) has to answer a probe before the session is evicted, 1 ms-60 s (default
+    /// [`DEFAULT_CANCEL_GRACE`], 5 s). The session serves nobody until it answered.
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = Some(grace);
+        self
+    }
+
+    /// The window that coalesces a burst of a server's `*/list_changed` notifications into
+    /// one [`ServerEvent`](mcp_pool_traits::ServerEvent) at its start and one at its end,
+    /// 1 ms-60 s (default [`DEFAULT_EVENT_DEBOUNCE`], 250 ms).
+    pub fn event_debounce(mut self, window: Duration) -> Self {
+        self.event_debounce = Some(window);
+        self
+    }
+
     /// Validates everything and starts the pool's maintenance task.
     ///
     /// # Errors
-    /// The first invalid server or setting; nothing is started then.
+    /// The first invalid server or setting; nothing is started then. A
+    /// [`create_timeout`](Self::create_timeout) outside 1 ms-300 s is
+    /// [`PoolError::Config`] with [`ConfigError::DurationOutOfRange`].
     ///
     /// # Panics
     /// Outside a Tokio runtime.
     pub fn build(self) -> Result<Pool, PoolError> {
         let cleanup_interval = self.cleanup_interval.unwrap_or(DEFAULT_CLEANUP_INTERVAL);
         check_range("cleanup_interval", cleanup_interval.as_secs())?;
+        let create_timeout = self.create_timeout.unwrap_or(DEFAULT_CREATE_TIMEOUT);
+        if !(MIN_CREATE_TIMEOUT..=MAX_CREATE_TIMEOUT).contains(&create_timeout) {
+            return Err(ConfigError::DurationOutOfRange {
+                field: "create_timeout",
+                value: create_timeout,
+                min: MIN_CREATE_TIMEOUT,
+                max: MAX_CREATE_TIMEOUT,
+            }
+            .into());
+        }
         for (field, value) in [
             ("user_limit", self.user_limit),
             ("max_sessions", self.max_sessions),
@@ -184,6 +264,29 @@ impl PoolBuilder {
         breaker.validate()?;
         let health = self.health.unwrap_or_default();
         health.validate()?;
+        let cancel_grace = self.cancel_grace.unwrap_or(DEFAULT_CANCEL_GRACE);
+        let event_debounce = self.event_debounce.unwrap_or(DEFAULT_EVENT_DEBOUNCE);
+        for (field, value) in [
+            ("cancel_grace", cancel_grace),
+            ("event_debounce", event_debounce),
+        ] {
+            if !(Duration::from_millis(1)..=Duration::from_secs(60)).contains(&value) {
+                return Err(PoolError::Config(ConfigError::OutOfRange {
+                    field,
+                    value: value.as_millis().try_into().unwrap_or(u64::MAX),
+                    min: 1,
+                    max: 60_000,
+                    unit: " ms",
+                }));
+            }
+        }
+        let mut probe = health.clone();
+        probe.timeout = cancel_grace;
+        probe.timeout_moves_on = false;
+        let trace_headers = self
+            .trace_headers
+            .unwrap_or_else(|| DEFAULT_TRACE_HEADERS.map(HeaderName::from_static).to_vec());
+        let identity = self.identity.unwrap_or_default();
         let defaults =
             mcp_pool_transports::defaults().map_err(|e| PoolError::Setup(e.to_string()))?;
         // Registered transports replace the built-in one of their kind.
@@ -197,7 +300,7 @@ impl PoolBuilder {
             transports,
             SharedSettings {
                 client_config: self.client_config.unwrap_or_else(default_client_config),
-                create_timeout: self.create_timeout.unwrap_or(DEFAULT_CREATE_TIMEOUT),
+                create_timeout,
                 limits: Limits::new(
                     self.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS),
                     self.user_limit.unwrap_or(DEFAULT_USER_LIMIT),
@@ -206,6 +309,10 @@ impl PoolBuilder {
                 metrics_enabled: self.metrics.unwrap_or(true),
                 breaker,
                 cleanup_interval,
+                identity: identity.clone(),
+                trace_headers,
+                probe,
+                event_debounce,
             },
         ));
         let backend = self
@@ -215,7 +322,7 @@ impl PoolBuilder {
             inner: Arc::new(PoolInner {
                 shared,
                 keys: papaya::HashMap::default(),
-                identity: self.identity.unwrap_or_default(),
+                identity,
                 backend,
                 shutdown: CancellationToken::new(),
                 server_slots: Default::default(),

@@ -2,9 +2,16 @@
 
 use std::time::Duration;
 
-use mcp_pool_traits::{ConfigError, InvalidEndpoint, ServerId, TransportError, TransportKind};
+use mcp_pool_traits::{
+    ConfigError, InvalidEndpoint, ServerId, TransportError, TransportKind, rmcp::ServiceError,
+};
 
 /// Why an acquire or a pool operation failed.
+///
+/// Messages are complete and meant for people (issue 10, item 6): each names the server and,
+/// where one endpoint is concerned, its URL (user-info redacted) and the cause in words. A
+/// message either includes its cause or exposes it as [`source`](std::error::Error::source),
+/// never both, so printing the chain (the error, then each `source()`) repeats nothing.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PoolError {
@@ -30,14 +37,16 @@ pub enum PoolError {
         /// Acquires still waiting behind this one.
         waiters: usize,
     },
-    /// A new session could not be opened.
-    #[error("creating a session for server {server} failed: {source}")]
+    /// A new session could not be opened: `server <id>: cannot open an MCP session at <url>:
+    /// <cause>` (the [`TransportError`]'s message, which this one includes: it is not the
+    /// `source()`).
+    #[error("server {server}: {error}")]
     Create {
         /// The server.
         server: ServerId,
-        /// The transport's error.
-        #[source]
-        source: TransportError,
+        /// The transport's error: [`kind`](TransportError::kind) for its category,
+        /// [`url`](TransportError::url) and [`cause`](TransportError::cause) for its parts.
+        error: TransportError,
     },
     /// The server has no endpoint the acquire can use.
     #[error("server {server} has no available endpoint over {transport}")]
@@ -76,32 +85,59 @@ pub enum PoolError {
         max_keys: u32,
     },
     /// The state backend failed: only shared features (saved configs, limits across workers)
-    /// are affected; local pooling keeps working.
-    #[error("state backend: {0}")]
+    /// are affected; local pooling keeps working. Its message is the backend's (which names
+    /// the backend).
+    #[error(transparent)]
     Backend(#[from] mcp_pool_traits::BackendError),
-    /// Every endpoint of the server over this transport has an open circuit breaker: the
-    /// acquire fails at once instead of waiting for creations bound to fail.
+    /// Every endpoint of the server over this transport has an open circuit breaker (or a
+    /// half-open one whose probe is in flight): the acquire fails at once instead of waiting
+    /// for creations bound to fail. Counted as a failed operation in the server's health
+    /// score.
     #[error(
-        "every endpoint of server {server} ({transport}) has an open circuit after repeated \
-         connection failures; the next attempt is allowed in {retry_in:?}"
+        "server {server} ({transport}): every endpoint's circuit breaker is open after repeated \
+         connection failures{}; retry in {}",
+        if *probing { " and a probe is checking whether it is back" } else { "" },
+        Secs(*retry_in)
     )]
     CircuitOpen {
         /// The server.
         server: ServerId,
         /// The transport of the key.
         transport: TransportKind,
-        /// Until the first endpoint allows a probe again.
+        /// When to try again: until the earliest endpoint allows a probe, or, while a probe
+        /// is in flight, the breaker's current open period (1 s doubling per failed probe up
+        /// to `reset_timeout`, see [`breaker`](crate::breaker)).
         retry_in: Duration,
+        /// `true` when a half-open probe is in flight on the endpoint that decides
+        /// `retry_in`: its success closes the breaker at once.
+        probing: bool,
     },
     /// The pool was closed with [`Pool::close`](crate::Pool::close).
     #[error("the pool is closed")]
     Closed,
-    /// A configuration was rejected; nothing of it was applied.
+    /// A configuration was rejected; nothing of it was applied. The message includes the
+    /// [`ConfigError`]'s (it is not the `source()`).
     #[error("invalid configuration: {0}")]
-    Config(#[from] ConfigError),
+    Config(ConfigError),
     /// The pool could not be set up (its HTTP client failed to initialize).
     #[error("the pool could not be set up: {0}")]
     Setup(String),
+    /// A call on a session failed ([`Pool::call`](crate::Pool::call)): the server answered
+    /// with a JSON-RPC error, the call timed out, or the transport failed. Its message is
+    /// `server <id>: the call at <url> failed: <cause>`, the cause in words
+    /// ([`failure_cause`](mcp_pool_transports::failure_cause)); rmcp's error is kept in
+    /// `error` for programs (not as the `source()`: its message names Rust types).
+    #[error("server {server}: the call at {url} failed: {cause}")]
+    Call {
+        /// The server.
+        server: ServerId,
+        /// The endpoint URL, user-info redacted.
+        url: String,
+        /// What went wrong, in words.
+        cause: String,
+        /// rmcp's error (boxed: it is large, and `PoolError` travels on the acquire path).
+        error: Box<ServiceError>,
+    },
     /// A server definition was rejected; nothing of it was applied.
     #[error("invalid server {server}: {message}")]
     InvalidServer {
@@ -112,7 +148,39 @@ pub enum PoolError {
     },
 }
 
+/// A duration for people: seconds, rounded up to a tenth (`1 s`, `2.5 s`, `0.1 s`), `0 s`
+/// only when it is zero.
+struct Secs(Duration);
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tenths = self.0.as_nanos().div_ceil(100_000_000);
+        match (tenths / 10, tenths % 10) {
+            (whole, 0) => write!(f, "{whole} s"),
+            (whole, tenth) => write!(f, "{whole}.{tenth} s"),
+        }
+    }
+}
+
+impl From<ConfigError> for PoolError {
+    fn from(error: ConfigError) -> Self {
+        Self::Config(error)
+    }
+}
+
 impl PoolError {
+    /// A failed call on `lease`'s session.
+    pub(crate) fn call(lease: &crate::Lease, error: ServiceError) -> Self {
+        let url = lease.endpoint_url();
+        let cause = mcp_pool_transports::failure_cause(&error).replace(&url, "the endpoint");
+        Self::Call {
+            server: lease.key().server.clone(),
+            url,
+            cause,
+            error: Box::new(error),
+        }
+    }
+
     pub(crate) fn invalid_endpoint(server: &ServerId, error: InvalidEndpoint) -> Self {
         Self::InvalidServer {
             server: server.clone(),
@@ -123,5 +191,21 @@ impl PoolError {
     /// Whether this is an acquire timeout.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Timeout { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_seconds_rounded_up_to_a_tenth() {
+        let show = |d: Duration| Secs(d).to_string();
+        assert_eq!(show(Duration::ZERO), "0 s");
+        assert_eq!(show(Duration::from_nanos(1)), "0.1 s");
+        assert_eq!(show(Duration::from_millis(999)), "1 s");
+        assert_eq!(show(Duration::from_millis(1001)), "1.1 s");
+        assert_eq!(show(Duration::from_millis(2500)), "2.5 s");
+        assert_eq!(show(Duration::from_secs(60)), "60 s");
     }
 }

@@ -11,9 +11,8 @@ use std::{collections::VecDeque, sync::Arc};
 use http::HeaderMap;
 use mcp_pool_traits::{
     Binding, ClientSession, ConnectRequest, Digest256, Endpoint, EndpointView, EvictionReason,
-    PoolKey, SelectContext, Selection, Selector, SessionId, SessionView, StateId, TransportError,
-    TransportKind,
-    rmcp::{Peer, RoleClient},
+    PoolKey, SelectContext, Selection, Selector, SessionHandler, SessionId, SessionView, StateId,
+    TransportError, TransportKind,
 };
 use parking_lot::Mutex;
 use tokio::{
@@ -25,8 +24,9 @@ use tokio_util::task::task_tracker::TaskTrackerToken;
 use crate::{
     Lease, PoolError,
     autoscale::{ScaleInputs, ScaleStats, decide},
-    breaker::{Attempt, BreakerState, Outcome},
+    breaker::{Attempt, Open, Outcome},
     health::HealthOutcome,
+    lease::Link,
     limits::{self, Cap},
     metrics::KeyMetrics,
     pool::KeyId,
@@ -43,12 +43,16 @@ struct Slot {
     user_slot: Option<StateId>,
     /// Shared by the leases on this session: one reference count instead of a `Peer` clone
     /// (about ten of them) per acquire.
-    peer: Arc<Peer<RoleClient>>,
+    peer: Arc<Link>,
     created_at: Instant,
     last_used: Instant,
     use_count: u64,
-    /// Capacity taken by a health check in progress (0 when none).
+    /// Capacity taken by a health check in progress, or by the probe of an abandoned call
+    /// (0 when none).
     checking: u32,
+    /// Whether `checking` is the probe of an abandoned call (issue 10, item 3), not a periodic
+    /// health check: probes are per session and not limited to one per key.
+    probing: bool,
     /// Released since `last_used` was last brought up to date: releases read no clock, the
     /// maintenance and health passes fold this into `last_used` (see [`KeyState::settle_use`]).
     released: bool,
@@ -68,13 +72,14 @@ struct Slot {
 impl Slot {
     fn new(session: ClientSession, user_slot: Option<StateId>, now: Instant, seq: u64) -> Self {
         Self {
-            peer: Arc::new(session.peer().clone()),
+            peer: Arc::new(Link::new(&session)),
             session,
             user_slot,
             created_at: now,
             last_used: now,
             use_count: 0,
             checking: 0,
+            probing: false,
             released: false,
             release_seq: seq,
             last_checked: now,
@@ -99,7 +104,7 @@ struct Retiring {
 pub(crate) enum Refusal {
     NoEndpoint,
     Capped(Cap),
-    CircuitOpen(Instant),
+    CircuitOpen(Open),
 }
 
 /// A creation slot reserved under the key's lock: the endpoint (as it was then: a
@@ -128,13 +133,13 @@ pub(crate) enum Grant {
     /// A lease on an existing session (its `in_flight` already counts it).
     Session {
         id: SessionId,
-        peer: Arc<Peer<RoleClient>>,
+        peer: Arc<Link>,
         endpoint: usize,
     },
     /// Permission to create a session (`creating` already counts it).
     Create(Reserved),
     /// Every endpoint's circuit is open; the earliest retry.
-    CircuitOpen(Instant),
+    CircuitOpen(Open),
     /// No endpoint of the key's transport is available.
     NoEndpoint,
     /// A pool-wide cap stops a new session.
@@ -160,6 +165,7 @@ pub(crate) struct KeyCounters {
     pub(crate) evictions: u64,
     pub(crate) rebinds: u64,
     pub(crate) create_failures: u64,
+    pub(crate) call_retries: u64,
 }
 
 impl KeyCounters {
@@ -171,6 +177,7 @@ impl KeyCounters {
         self.evictions += other.evictions;
         self.rebinds += other.rebinds;
         self.create_failures += other.create_failures;
+        self.call_retries += other.call_retries;
     }
 }
 
@@ -306,7 +313,7 @@ pub(crate) enum FirstStep {
     Wait(WaiterGuard),
     NoEndpoint,
     Capped(Cap),
-    CircuitOpen(Instant),
+    CircuitOpen(Open),
 }
 
 impl KeyPool {
@@ -514,11 +521,17 @@ impl KeyPool {
         }
     }
 
-    fn circuit_open(&self, retry_at: Instant) -> PoolError {
+    /// The error of an acquire refused by open circuits, counted as a failed operation in
+    /// the server's health score (issue 10: an outage seen only as refusals must not leave
+    /// the score at 99).
+    fn circuit_open(&self, open: Open) -> PoolError {
+        let now = Instant::now();
+        self.server_state.health.lock().record_refusal(now);
         PoolError::CircuitOpen {
             server: self.key.server.clone(),
             transport: self.key.transport,
-            retry_in: retry_at.saturating_duration_since(Instant::now()),
+            retry_in: open.retry_at.saturating_duration_since(now),
+            probing: open.probing,
         }
     }
 
@@ -585,7 +598,7 @@ impl KeyPool {
                 drop(reservation);
                 Err(PoolError::Create {
                     server: self.key.server.clone(),
-                    source,
+                    error: source,
                 }
                 .into())
             }
@@ -603,8 +616,100 @@ impl KeyPool {
             .transports
             .get(&endpoint.transport)
             .ok_or(TransportError::Unsupported(endpoint.transport))?;
-        let request = ConnectRequest::new(endpoint, headers, timeout, &self.shared.client_config);
+        let client = self.state.lock().server.client.clone();
+        let handler = SessionHandler::new(client, Some(self.server_state.events.clone()));
+        let request = ConnectRequest::new(endpoint, headers, timeout, handler);
         transport.connect(request).await
+    }
+
+    /// Returns the session of a lease whose call was abandoned (timed out, or dropped before
+    /// its reply): the session stays out of use, as if checked, until a probe (the health
+    /// check chain within [`PoolBuilder::cancel_grace`](crate::PoolBuilder::cancel_grace))
+    /// shows the server still answers; else it is evicted (issue 10, item 3).
+    pub(crate) fn release_in_doubt(self: &Arc<Self>, id: SessionId) {
+        let link = {
+            let mut st = self.state.lock();
+            st.counters.releases += 1;
+            let link = st.hold_for_probe(id);
+            st.serve_waiters();
+            link
+        };
+        let Some(link) = link else { return };
+        let key = self.clone();
+        self.spawn_tracked(async move {
+            let outcome = crate::health::check_session(&link.peer, &key.shared.probe).await;
+            if !outcome.is_healthy() {
+                tracing::info!(
+                    key = %key.key.short(),
+                    session = %id,
+                    "the server did not answer after an abandoned call: evicting the session"
+                );
+            }
+            if key.health_checked(id, &outcome) {
+                key.refill_min_size();
+            }
+        });
+    }
+
+    /// Runs `task` on the pool's runtime, tracked: [`Pool::close`](crate::Pool::close) waits
+    /// for it.
+    pub(crate) fn spawn_tracked(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.shared.closing.spawn_on(task, &self.shared.runtime);
+    }
+
+    /// Counts a call retried for `reason` (the metric; the stats' `call_retries`).
+    pub(crate) fn count_retry(&self, reason: &'static str) {
+        let mut st = self.state.lock();
+        st.counters.call_retries += 1;
+        st.metrics.retried(reason);
+    }
+
+    /// The URL of endpoint `i` of the server, user-info redacted (empty when the server no
+    /// longer has it).
+    pub(crate) fn endpoint_url(&self, i: usize) -> String {
+        self.state
+            .lock()
+            .server
+            .endpoints
+            .get(i)
+            .map(|e| mcp_pool_traits::redact_url(&e.url).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The server's `call_timeout`.
+    pub(crate) fn call_timeout(&self) -> Duration {
+        self.state.lock().server.call_timeout
+    }
+
+    /// Whether the server's strategy binds conversations to sessions (sticky): a call that
+    /// failed on one must not be retried invisibly on another.
+    pub(crate) fn binds(&self) -> bool {
+        self.state.lock().binds
+    }
+
+    /// The per-call headers of a downstream request's `headers`: its trace headers, and its
+    /// forwarded credentials when they hash to this key's identity (DESIGN §2.11).
+    pub(crate) fn call_headers(&self, headers: &HeaderMap) -> mcp_pool_traits::CallHeaders {
+        let mut trace = HeaderMap::new();
+        for name in &self.shared.trace_headers {
+            for value in headers.get_all(name) {
+                trace.append(name.clone(), value.clone());
+            }
+        }
+        let identity = &self.shared.identity;
+        let credentials = if identity.identity(headers) == self.key.principal().identity {
+            identity.forwarded_headers(headers)
+        } else {
+            tracing::debug!(
+                key = %self.key.short(),
+                "per-call credentials of another identity: not sent on this session"
+            );
+            HeaderMap::new()
+        };
+        mcp_pool_traits::CallHeaders::new(
+            mcp_pool_traits::forwardable_headers(&trace),
+            mcp_pool_traits::forwardable_headers(&credentials),
+        )
     }
 
     /// Returns a lease's session.
@@ -796,7 +901,7 @@ impl KeyPool {
     /// `health_check_interval` (a session in use proves itself through its calls, which count
     /// in the health score) — taken out of use until [`health_checked`](Self::health_checked)
     /// gives it back. `None` ends the round.
-    pub(crate) fn health_take(&self) -> Option<(SessionId, Arc<Peer<RoleClient>>)> {
+    pub(crate) fn health_take(&self) -> Option<(SessionId, Arc<Link>)> {
         let mut st = self.state.lock();
         let now = Instant::now();
         st.settle_use(now);
@@ -841,10 +946,16 @@ impl KeyPool {
         }
         if let Some(i) = st.views.iter().position(|v| v.id == id) {
             let marked = std::mem::take(&mut st.slots[i].checking);
+            st.slots[i].probing = false;
             st.views[i].in_flight -= marked;
             st.slots[i].last_checked = now;
             if failed {
                 st.retire(i, EvictionReason::Health);
+            } else if st.views[i].in_flight == 0 && st.total() > st.server.config.max_size {
+                // max_size was lowered while this session was out of use for its check.
+                st.retire(i, EvictionReason::Drained);
+            } else {
+                st.sync_gauge(i);
             }
         } else if let Some(i) = st.retiring.iter().position(|r| r.id == id) {
             // Retired (drained) while checked: its check held `checking` of its in-flight count.
@@ -900,6 +1011,14 @@ impl KeyPool {
             decision.target.saturating_sub(st.total())
         } else {
             0
+        }
+    }
+
+    /// Creates, in the background, the sessions missing to reach `min_size` (after sessions
+    /// failed their checks).
+    pub(crate) fn refill_min_size(self: &Arc<Self>) {
+        for _ in 0..self.missing_for_min_size() {
+            self.spawn_create();
         }
     }
 
@@ -967,7 +1086,16 @@ impl KeyPool {
                 sessions_active: active,
                 sessions_available: st.views.iter().filter(|v| v.has_capacity()).count() as u32,
                 sessions_idle: st.views.iter().filter(|v| v.in_flight == 0).count() as u32,
-                sessions_checking: st.slots.iter().filter(|s| s.checking > 0).count() as u32,
+                sessions_checking: st
+                    .slots
+                    .iter()
+                    .filter(|s| s.checking > 0 && !s.probing)
+                    .count() as u32,
+                sessions_probing: st
+                    .slots
+                    .iter()
+                    .filter(|s| s.checking > 0 && s.probing)
+                    .count() as u32,
                 sessions_creating: st.creating,
                 waiters: st.waiters.len() as u32,
                 target_size: st.target,
@@ -1297,23 +1425,19 @@ impl KeyState {
                     && !health.endpoints[i].breaker.is_open(now),
             });
         }
-        let mut retry_at: Option<Instant> = None;
+        let mut refused: Option<Open> = None;
         let (endpoint, attempt) = loop {
             let Some(endpoint) = self.selector.select_endpoint(&self.endpoint_scratch, ctx) else {
-                return Err(match (any_of_transport, retry_at) {
-                    (true, Some(at)) => Refusal::CircuitOpen(at),
+                return Err(match (any_of_transport, refused) {
+                    (true, Some(open)) => Refusal::CircuitOpen(open),
                     (true, None) => {
-                        // Every endpoint of the transport was open before asking.
-                        let at = (0..self.server.endpoints.len())
+                        // Every endpoint of the transport was open before asking (a probe
+                        // in flight included): the earliest retry.
+                        let open = (0..self.server.endpoints.len())
                             .filter(|&i| self.server.endpoints[i].transport == transport)
-                            .filter_map(|i| match health.endpoints[i].breaker.state() {
-                                BreakerState::Open { until } => Some(until),
-                                // Its probe is out: retry as soon as it reports.
-                                BreakerState::HalfOpen => Some(now),
-                                BreakerState::Closed => None,
-                            })
-                            .min();
-                        at.map_or(Refusal::NoEndpoint, Refusal::CircuitOpen)
+                            .filter_map(|i| health.endpoints[i].breaker.refusal(now))
+                            .min_by_key(|open| open.retry_at);
+                        open.map_or(Refusal::NoEndpoint, Refusal::CircuitOpen)
                     }
                     (false, _) => Refusal::NoEndpoint,
                 });
@@ -1335,7 +1459,9 @@ impl KeyState {
                 Err(open) => {
                     // Half-open with its probe out: try another endpoint.
                     self.endpoint_scratch[endpoint].available = false;
-                    retry_at = Some(retry_at.map_or(open.retry_at, |r| r.min(open.retry_at)));
+                    refused = Some(
+                        refused.map_or(open, |r| if open.retry_at < r.retry_at { open } else { r }),
+                    );
                 }
             }
         };
@@ -1500,11 +1626,43 @@ impl KeyState {
         } else if let Some(i) = self.retiring.iter().position(|r| r.id == id) {
             let retiring = &mut self.retiring[i];
             retiring.in_flight -= 1;
-            if retiring.in_flight == 0 {
+            // What is left may be a check or the probe of an abandoned call: it holds no
+            // conversation, and closing the session ends it too.
+            if retiring.in_flight == retiring.slot.checking {
                 let r = self.retiring.swap_remove(i);
                 self.close_retired(r);
             }
         }
+    }
+
+    /// Takes back one lease of session `id` whose call was abandoned, and holds the session
+    /// for a probe: every unit of its capacity taken, so no acquire picks it, and counted as
+    /// `checking` so that [`KeyPool::health_checked`] gives it back (or closes it). Returns the
+    /// session to probe; `None` when it needs no probe (it is retiring, or the release
+    /// retires it anyway).
+    fn hold_for_probe(&mut self, id: SessionId) -> Option<Arc<Link>> {
+        let Some(i) = self.views.iter().position(|v| v.id == id) else {
+            self.give_back(id, false);
+            return None;
+        };
+        if !self.pools || self.slots[i].per_request || self.is_expired(i) {
+            self.give_back(id, false);
+            return None;
+        }
+        self.released = true;
+        self.release_seq += 1;
+        let view = &mut self.views[i];
+        // The capacity may have been lowered under leases still out.
+        let free = view.capacity.saturating_sub(view.in_flight);
+        view.in_flight += free;
+        let slot = &mut self.slots[i];
+        slot.checking += free + 1;
+        slot.probing = true;
+        slot.release_seq = self.release_seq;
+        slot.released = true;
+        let link = slot.peer.clone();
+        self.sync_gauge(i);
+        Some(link)
     }
 
     /// Removes active session `i`: closed now if no lease is out on it, else retiring until its

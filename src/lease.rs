@@ -1,4 +1,5 @@
-//! [`Lease`]: a session checked out of the pool.
+//! [`Lease`]: a session checked out of the pool, and [`CallOptions`]: what one call on it
+//! carries besides its request (issue 10).
 
 use std::{
     fmt,
@@ -7,32 +8,173 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    time::Duration,
 };
 
+use http::HeaderMap;
 use mcp_pool_traits::{
-    PoolKey, SessionId, is_transport_failure,
+    CallHeaders, ClientSession, PoolKey, ServerRequestHandler, SessionHandler, SessionId,
+    is_transport_failure,
     rmcp::{
         Peer, RoleClient, ServiceError,
-        model::{CallToolRequestParams, CallToolResult, ListToolsResult, PaginatedRequestParams},
+        model::{
+            CallToolRequest, CallToolRequestParams, CallToolResult, CancelledNotification,
+            CancelledNotificationParam, ClientNotification, ClientRequest, GetExtensions,
+            ListToolsRequest, ListToolsResult, PaginatedRequestParams, RequestId,
+            ServerNotification, ServerResult,
+        },
+        service::PeerRequestOptions,
     },
 };
+use tokio::sync::{broadcast, mpsc};
 
 use crate::key_pool::KeyPool;
+
+/// What the leases of one session share: the rmcp peer and the session's handler (where the
+/// server's notifications and requests are routed). One reference count per acquire instead
+/// of a `Peer` clone (about ten of them).
+pub(crate) struct Link {
+    pub(crate) peer: Peer<RoleClient>,
+    pub(crate) handler: SessionHandler,
+}
+
+impl Link {
+    pub(crate) fn new(session: &ClientSession) -> Self {
+        Self {
+            peer: session.peer().clone(),
+            handler: session.service().clone(),
+        }
+    }
+}
+
+impl Deref for Link {
+    type Target = Peer<RoleClient>;
+
+    fn deref(&self) -> &Peer<RoleClient> {
+        &self.peer
+    }
+}
+
+impl fmt::Debug for Link {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Link")
+            .field("handler", &self.handler)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What one call on a lease carries besides its request: a deadline, the downstream request's
+/// headers, where the server's notifications for the call go, and who answers the server's
+/// requests during it. `CallOptions::default()` uses the server's `call_timeout` and sends no
+/// per-call headers; notifications of the call are dropped and requests of the server are
+/// answered with a JSON-RPC error.
+#[derive(Clone, Default)]
+pub struct CallOptions {
+    timeout: Option<Duration>,
+    headers: Option<HeaderMap>,
+    notifications: Option<mpsc::Sender<ServerNotification>>,
+    requests: Option<Arc<dyn ServerRequestHandler>>,
+}
+
+impl fmt::Debug for CallOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallOptions")
+            .field("timeout", &self.timeout)
+            .field(
+                "headers",
+                &self.headers.as_ref().map(mcp_pool_traits::RedactedHeaders),
+            )
+            .field("notifications", &self.notifications.is_some())
+            .field("requests", &self.requests.is_some())
+            .finish()
+    }
+}
+
+impl CallOptions {
+    /// The defaults (see the type's docs).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fails the call with [`ServiceError::Timeout`] after `timeout` instead of the server's
+    /// `call_timeout` ([`ServerConfig::call_timeout`](crate::ServerConfig::call_timeout)).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// The downstream request's headers. The call's upstream request carries, on streamable
+    /// HTTP and SSE:
+    /// - its trace and correlation headers ([`PoolBuilder::trace_headers`](crate::PoolBuilder::trace_headers),
+    ///   default [`DEFAULT_TRACE_HEADERS`](crate::DEFAULT_TRACE_HEADERS));
+    /// - its forwarded credentials (the identity headers and the allow-list of
+    ///   [`IdentityConfig`](mcp_pool_traits::IdentityConfig)), which also replace the
+    ///   session's for its later requests (the `DELETE` at close included) — but only when they
+    ///   hash to the lease's identity: another identity's credentials are never sent on this
+    ///   session (DESIGN §2.11); the session's own are sent then.
+    ///
+    /// WebSocket sends headers only in its handshake: per-call headers do not reach a
+    /// WebSocket upstream, and a rotated token takes effect with the next session.
+    pub fn headers(mut self, headers: HeaderMap) -> Self {
+        self.headers = Some(headers);
+        self
+    }
+
+    /// Whether [`headers`](Self::headers) was set.
+    pub(crate) fn has_headers(&self) -> bool {
+        self.headers.is_some()
+    }
+
+    /// Where the server's notifications for this call go: its `notifications/progress` (by
+    /// the call's progress token, exact at any `session_concurrency`) and its logging while it
+    /// is the only call in flight on the session. A full channel drops the notification.
+    pub fn notifications(mut self, sink: mpsc::Sender<ServerNotification>) -> Self {
+        self.notifications = Some(sink);
+        self
+    }
+
+    /// Who answers the server's requests during this call (`sampling/createMessage`,
+    /// `elicitation/create`, `roots/list`). The server only makes them if the client
+    /// advertised the capability: [`ServerConfig::client_capabilities`](crate::ServerConfig::client_capabilities).
+    pub fn requests(mut self, handler: Arc<dyn ServerRequestHandler>) -> Self {
+        self.requests = Some(handler);
+        self
+    }
+}
+
+/// Whether a failed call was handed to the session (it may have reached the server) or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// The session refused the request: it was closed. Never reached the server.
+    NotSent,
+    /// The request went to the transport.
+    Sent,
+}
 
 /// A session checked out of the pool. Derefs to rmcp's [`Peer<RoleClient>`], so the rmcp API
 /// works as usual; dropping the lease returns the session (also on panic and cancellation).
 ///
+/// Calls made with [`send`](Self::send) (or [`call_tool`](Self::call_tool),
+/// [`list_tools`](Self::list_tools) and their `_with` forms) carry a whole MCP exchange:
+/// [`CallOptions`] routes the server's notifications and requests to the caller, sends the
+/// downstream request's trace headers and current credentials, and bounds the call by a
+/// deadline. Calls made on the [`Peer`] directly have none of that.
+///
 /// A session that failed at the transport level must not be handed out again: calls through
-/// [`call_tool`](Self::call_tool), [`list_tools`](Self::list_tools) or
-/// [`check`](Self::check) mark the lease broken on a transport error (rmcp's streamable HTTP
-/// client never reports its own death, DESIGN §2.7), and [`mark_broken`](Self::mark_broken) does
-/// so explicitly. A broken lease's session is evicted when the lease is dropped.
+/// the lease's methods and [`check`](Self::check) mark the lease broken on a transport error
+/// (rmcp's streamable HTTP client never reports its own death, DESIGN §2.7), and
+/// [`mark_broken`](Self::mark_broken) does so explicitly. A broken lease's session is evicted
+/// when the lease is dropped. A call that timed out or was dropped before its reply leaves the
+/// session in doubt: when the lease is dropped the session is probed (the health check chain,
+/// bounded by [`PoolBuilder::cancel_grace`](crate::PoolBuilder::cancel_grace)) before anyone
+/// else gets it, and evicted if the server does not answer.
 pub struct Lease {
     key: Arc<KeyPool>,
     id: SessionId,
-    peer: Arc<Peer<RoleClient>>,
+    link: Arc<Link>,
     endpoint: usize,
     broken: AtomicBool,
+    suspect: AtomicBool,
     hit: bool,
     rebound: bool,
 }
@@ -42,7 +184,7 @@ impl Lease {
     pub(crate) fn new(
         key: Arc<KeyPool>,
         id: SessionId,
-        peer: Arc<Peer<RoleClient>>,
+        link: Arc<Link>,
         endpoint: usize,
         hit: bool,
         rebound: bool,
@@ -50,9 +192,10 @@ impl Lease {
         Self {
             key,
             id,
-            peer,
+            link,
             endpoint,
             broken: AtomicBool::new(false),
+            suspect: AtomicBool::new(false),
             hit,
             rebound,
         }
@@ -81,7 +224,16 @@ impl Lease {
 
     /// The rmcp peer (also reachable through `Deref`).
     pub fn peer(&self) -> &Peer<RoleClient> {
-        &self.peer
+        &self.link.peer
+    }
+
+    /// The session's notifications that belong to no call — `*/list_changed`,
+    /// `resources/updated`, logging outside a call — from now on. The receiver lives as long
+    /// as the session, across leases: a sticky conversation subscribes once. It lags (and
+    /// says so) past [`SESSION_EVENTS_CAPACITY`](mcp_pool_traits::SESSION_EVENTS_CAPACITY)
+    /// unread notifications.
+    pub fn subscribe(&self) -> broadcast::Receiver<ServerNotification> {
+        self.link.handler.subscribe()
     }
 
     /// Marks the session unusable: it is evicted when the lease is dropped.
@@ -125,27 +277,182 @@ impl Lease {
         self.endpoint
     }
 
-    /// `tools/call`, evicting the session on a transport failure.
+    /// The URL of the session's endpoint, user-info redacted.
+    pub fn endpoint_url(&self) -> String {
+        self.key.endpoint_url(self.endpoint)
+    }
+
+    pub(crate) fn binds(&self) -> bool {
+        self.key.binds()
+    }
+
+    pub(crate) fn count_retry(&self, reason: &'static str) {
+        self.key.count_retry(reason);
+    }
+
+    /// Sends `request` and waits for its result, with what `options` carries (see
+    /// [`CallOptions`]).
+    ///
+    /// When the deadline passes, or the returned future is dropped before the reply, the
+    /// server gets `notifications/cancelled` for the request, and the session is probed
+    /// before it serves anyone else (see [`Lease`]).
     ///
     /// # Errors
-    /// rmcp's [`ServiceError`]: a JSON-RPC error from the server leaves the session pooled, a
-    /// transport failure marks the lease broken.
+    /// rmcp's [`ServiceError`]: [`McpError`](ServiceError::McpError) when the server answered
+    /// with a JSON-RPC error (the session stays pooled); [`Timeout`](ServiceError::Timeout)
+    /// past the deadline; a transport failure ([`is_transport_failure`]), which marks the
+    /// lease broken.
+    pub async fn send(
+        &self,
+        request: ClientRequest,
+        options: CallOptions,
+    ) -> Result<ServerResult, ServiceError> {
+        self.send_staged(request, options).await.map_err(|(e, _)| e)
+    }
+
+    /// [`send`](Self::send), saying on failure whether the request reached the transport.
+    pub(crate) async fn send_staged(
+        &self,
+        mut request: ClientRequest,
+        options: CallOptions,
+    ) -> Result<ServerResult, (ServiceError, Stage)> {
+        let CallOptions {
+            timeout,
+            headers,
+            notifications,
+            requests,
+        } = options;
+        let headers = headers
+            .map(|h| self.key.call_headers(&h))
+            .filter(|h| !h.is_empty());
+        if let Some(headers) = &headers {
+            request.extensions_mut().insert(headers.clone());
+        }
+        let timeout = timeout.unwrap_or_else(|| self.key.call_timeout());
+        let route = self.link.handler.begin_call(notifications, requests);
+        let handle = match self
+            .link
+            .peer
+            .send_request_with_option(request, PeerRequestOptions::no_options())
+            .await
+        {
+            Ok(handle) => handle,
+            Err(error) => {
+                let error = self.check::<()>(Err(error)).unwrap_err();
+                return Err((error, Stage::NotSent));
+            }
+        };
+        route.bind(&handle.id, &handle.progress_token);
+        let mut pending = Pending {
+            lease: self,
+            id: Some(handle.id),
+            headers,
+        };
+        let result = match tokio::time::timeout(timeout, handle.rx).await {
+            Ok(Ok(result)) => result,
+            // The service loop ended without answering: the session died under the call.
+            Ok(Err(_closed)) => Err(ServiceError::TransportClosed),
+            Err(_elapsed) => {
+                pending.cancel("the call's deadline passed");
+                Err(ServiceError::Timeout { timeout })
+            }
+        };
+        pending.id = None;
+        drop(route);
+        self.check(result).map_err(|e| (e, Stage::Sent))
+    }
+
+    /// `tools/call` with the server's `call_timeout`, no per-call headers, no routing.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); a reply of another kind (an MRTR `input_required` result, a
+    /// task) is [`ServiceError::UnexpectedResponse`] (use the [`Peer`] for those).
     pub async fn call_tool(
         &self,
         params: CallToolRequestParams,
     ) -> Result<CallToolResult, ServiceError> {
-        self.check(self.peer.call_tool(params).await)
+        self.call_tool_with(params, CallOptions::default()).await
     }
 
-    /// `tools/list`, evicting the session on a transport failure.
+    /// `tools/call` with `options`.
     ///
     /// # Errors
     /// As [`call_tool`](Self::call_tool).
+    pub async fn call_tool_with(
+        &self,
+        params: CallToolRequestParams,
+        options: CallOptions,
+    ) -> Result<CallToolResult, ServiceError> {
+        let request = ClientRequest::CallToolRequest(CallToolRequest::new(params));
+        match self.send(request, options).await? {
+            ServerResult::CallToolResult(result) => Ok(result),
+            _ => Err(ServiceError::UnexpectedResponse),
+        }
+    }
+
+    /// `tools/list` with the server's `call_timeout`.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
     pub async fn list_tools(
         &self,
         params: Option<PaginatedRequestParams>,
     ) -> Result<ListToolsResult, ServiceError> {
-        self.check(self.peer.list_tools(params).await)
+        self.list_tools_with(params, CallOptions::default()).await
+    }
+
+    /// `tools/list` with `options`.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub async fn list_tools_with(
+        &self,
+        params: Option<PaginatedRequestParams>,
+        options: CallOptions,
+    ) -> Result<ListToolsResult, ServiceError> {
+        let request = ClientRequest::ListToolsRequest(match params {
+            Some(params) => ListToolsRequest::with_param(params),
+            None => ListToolsRequest::default(),
+        });
+        match self.send(request, options).await? {
+            ServerResult::ListToolsResult(result) => Ok(result),
+            _ => Err(ServiceError::UnexpectedResponse),
+        }
+    }
+}
+
+/// A request on the wire without its reply: dropped armed (the caller gave up, or the
+/// deadline passed), it tells the server (`notifications/cancelled`) and puts the session in
+/// doubt until a probe clears it.
+struct Pending<'a> {
+    lease: &'a Lease,
+    id: Option<RequestId>,
+    headers: Option<CallHeaders>,
+}
+
+impl Pending<'_> {
+    fn cancel(&mut self, reason: &str) {
+        let Some(id) = self.id.take() else { return };
+        self.lease.suspect.store(true, Ordering::Relaxed);
+        let mut notification = CancelledNotification::new(CancelledNotificationParam::new(
+            Some(id),
+            Some(reason.to_owned()),
+        ));
+        if let Some(headers) = self.headers.take() {
+            notification.extensions.insert(headers);
+        }
+        let peer = self.lease.link.peer.clone();
+        self.lease.key.spawn_tracked(async move {
+            let _ = peer
+                .send_notification(ClientNotification::CancelledNotification(notification))
+                .await;
+        });
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.cancel("the caller stopped waiting for the call");
     }
 }
 
@@ -153,7 +460,7 @@ impl Deref for Lease {
     type Target = Peer<RoleClient>;
 
     fn deref(&self) -> &Peer<RoleClient> {
-        &self.peer
+        &self.link.peer
     }
 }
 
@@ -173,6 +480,10 @@ impl Drop for Lease {
     #[inline]
     fn drop(&mut self) {
         let broken = self.is_broken() || std::thread::panicking();
-        self.key.release(self.id, broken);
+        if !broken && self.suspect.load(Ordering::Relaxed) {
+            self.key.release_in_doubt(self.id);
+        } else {
+            self.key.release(self.id, broken);
+        }
     }
 }

@@ -23,20 +23,23 @@ mod workers;
 pub use autoscale::{ScaleDecision, ScaleStats};
 pub use breaker::{BreakerState, CircuitBreaker};
 pub use builder::{
-    DEFAULT_CLEANUP_INTERVAL, DEFAULT_CREATE_TIMEOUT, DEFAULT_KEY_IDLE_TIMEOUT, PoolBuilder,
+    DEFAULT_CANCEL_GRACE, DEFAULT_CLEANUP_INTERVAL, DEFAULT_CREATE_TIMEOUT, DEFAULT_EVENT_DEBOUNCE,
+    DEFAULT_KEY_IDLE_TIMEOUT, DEFAULT_TRACE_HEADERS, MAX_CREATE_TIMEOUT, MIN_CREATE_TIMEOUT,
+    PoolBuilder,
 };
 pub use error::PoolError;
 pub use health::{HealthCheckConfig, HealthCheckMethod, HealthOutcome, check_session};
-pub use lease::Lease;
+pub use lease::{CallOptions, Lease};
 pub use limits::{DEFAULT_MAX_KEYS, DEFAULT_MAX_SESSIONS, DEFAULT_USER_LIMIT};
 pub use pool::{Acquire, AcquireRequest, Pool};
 pub use score::{HealthScore, HealthStatus};
-pub use server::ServerConfig;
-pub use settings::{ENV_VARIABLES, PoolConfigOverride, Settings, SettingsError};
+pub use server::{DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT, ServerConfig};
+pub use settings::{ENV_VARIABLES, PoolConfigOverride, Settings, SettingsError, SettingsWarning};
 pub use stats::{EndpointStats, KeyStats, PoolStats, ServerStats};
 
 pub use mcp_pool_traits::{
-    self as traits, AffinityKey, Digest256, Endpoint, EvictionReason, IdentityConfig,
-    IdentityExtractor, PoolConfig, PoolKey, Principal, ServerId, SessionId, StateBackend, Strategy,
-    StrategyKind, Transport, TransportKind, rmcp,
+    self as traits, AffinityKey, CallHeaders, Digest256, Endpoint, EvictionReason, IdentityConfig,
+    IdentityExtractor, PoolConfig, PoolKey, Principal, ServerEvent, ServerEventKind, ServerId,
+    ServerRequestHandler, SessionId, StateBackend, Strategy, StrategyKind, Transport,
+    TransportKind, rmcp,
 };

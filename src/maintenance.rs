@@ -132,9 +132,7 @@ pub(crate) fn spawn_health(pool: &Pool, config: HealthCheckConfig) {
                         failures += u32::from(key.health_checked(id, &outcome));
                     }
                     if failures > 0 {
-                        for _ in 0..key.missing_for_min_size() {
-                            key.spawn_create();
-                        }
+                        key.refill_min_size();
                     }
                 },
                 &shared.runtime,

@@ -26,6 +26,10 @@ pub const REBINDS_TOTAL: &str = "mcp_pool_rebinds_total";
 pub const AUTOSCALE_DECISIONS_TOTAL: &str = "mcp_pool_autoscale_decisions_total";
 /// Acquires whose principal had no identity header (counter).
 pub const ANONYMOUS_ACQUIRES_TOTAL: &str = "mcp_pool_anonymous_acquires_total";
+/// Calls retried once on another session because the first attempt provably never reached
+/// the server's handler, label `reason` = `unauthorized`, `session_expired`, `connect` or
+/// `session_closed` (counter; issue 10, item 4).
+pub const CALL_RETRIES_TOTAL: &str = "mcp_pool_call_retries_total";
 /// Sessions, label `state` = `active` (leases out) or `idle` (gauge).
 pub const SESSIONS: &str = "mcp_pool_sessions";
 /// Acquires waiting for a session (gauge).
@@ -110,30 +114,27 @@ impl KeyMetrics {
 
     /// Counts one eviction. Not on the hit path, so the handle is looked up each time.
     pub(crate) fn evicted(&self, reason: EvictionReason) {
-        if !self.enabled {
-            return;
-        }
-        let labels: Vec<Label> = self
-            .labels
-            .iter()
-            .cloned()
-            .chain([Label::new("reason", reason.as_str())])
-            .collect();
-        metrics::counter!(EVICTIONS_TOTAL, labels).increment(1);
+        self.count(EVICTIONS_TOTAL, Label::new("reason", reason.as_str()));
     }
 
     /// Counts one autoscaler decision.
     pub(crate) fn autoscale(&self, action: &'static str) {
+        self.count(AUTOSCALE_DECISIONS_TOTAL, Label::new("action", action));
+    }
+
+    /// Counts one retried call.
+    pub(crate) fn retried(&self, reason: &'static str) {
+        self.count(CALL_RETRIES_TOTAL, Label::new("reason", reason));
+    }
+
+    /// Increments counter `name` with this key's labels and `extra`, looking the handle up
+    /// (for counters off the hit path, whose extra label varies).
+    fn count(&self, name: &'static str, extra: Label) {
         if !self.enabled {
             return;
         }
-        let labels: Vec<Label> = self
-            .labels
-            .iter()
-            .cloned()
-            .chain([Label::new("action", action)])
-            .collect();
-        metrics::counter!(AUTOSCALE_DECISIONS_TOTAL, labels).increment(1);
+        let labels: Vec<Label> = self.labels.iter().cloned().chain([extra]).collect();
+        metrics::counter!(name, labels).increment(1);
     }
 
     /// Moves one session from idle to active (`true`) or back (`false`).

@@ -12,14 +12,20 @@ use std::{
 use http::HeaderMap;
 use mcp_pool_traits::{
     AffinityKey, Digest256, EvictionReason, IdentityConfig, PoolConfig, PoolKey, Principal,
-    SelectContext, ServerId, StateBackend, Strategy, TransportKind,
+    SelectContext, ServerEvents, ServerId, StateBackend, Strategy, TransportKind,
+    rmcp::model::{ClientRequest, ServerResult},
 };
+use mcp_pool_transports::{CallFailure, NotDelivered, call_failure};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+/// Events a slow subscriber of [`Pool::server_events`] may fall behind by before it lags.
+pub(crate) const SERVER_EVENTS_CAPACITY: usize = 64;
+
 use crate::{
-    Lease, PoolBuilder, PoolError, ServerConfig,
+    CallOptions, Lease, PoolBuilder, PoolError, ServerConfig,
     key_pool::{AcquireArgs, AcquireError, FirstStep, KeyPool, Next},
+    lease::Stage,
     limits::Cap,
     server::{ServerCounters, ServerEntry},
     shared::{FastHash, Shared},
@@ -290,7 +296,14 @@ impl Pool {
             let next = slots.len() as u32;
             let (index, counters) = slots
                 .entry(server.id.clone())
-                .or_insert_with(|| (next, Arc::default()))
+                .or_insert_with(|| {
+                    let events = ServerEvents::new(
+                        server.id.clone(),
+                        self.inner.shared.event_debounce,
+                        SERVER_EVENTS_CAPACITY,
+                    );
+                    (next, Arc::new(ServerCounters::new(events)))
+                })
                 .clone();
             let previous = self.inner.shared.server(&server.id);
             if let Some(previous) = &previous {
@@ -313,6 +326,15 @@ impl Pool {
                 strategy,
                 generation: self.inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
                 counters,
+                call_timeout: server.call_timeout,
+                client: {
+                    let mut client = self.inner.shared.client_config.clone();
+                    if let Some(capabilities) = &server.capabilities {
+                        client.capabilities = capabilities.clone();
+                    }
+                    client
+                },
+                capabilities: server.capabilities,
             });
             self.inner.shared.servers.rcu(|servers| {
                 let mut servers = HashMap::clone(servers);
@@ -336,6 +358,8 @@ impl Pool {
     /// # Errors
     /// [`PoolError::UnknownServer`], [`PoolError::Config`]; nothing is applied then.
     pub fn set_pool_config(&self, server: &ServerId, config: PoolConfig) -> Result<(), PoolError> {
+        // Sizes left at their defaults follow the ones set, as `ServerConfig::pool` does.
+        let config = config.normalized();
         let current = self
             .inner
             .shared
@@ -351,6 +375,8 @@ impl Pool {
             endpoints: current.endpoints.to_vec(),
             pool: config,
             strategy: custom,
+            call_timeout: current.call_timeout,
+            capabilities: current.capabilities.clone(),
         };
         if next.strategy.is_none() && current.config.strategy == next.pool.strategy {
             // Same built-in strategy: keep the instance so keys keep their selectors.
@@ -374,6 +400,7 @@ impl Pool {
         if self.inner.shared.server(server).is_none() {
             return Err(PoolError::UnknownServer(server.clone()));
         }
+        let config = config.normalized();
         config.validate()?;
         let version = self.inner.backend.put_config(server, &config).await?;
         // Not applied when a newer save (by another pool) was applied meanwhile.
@@ -439,9 +466,22 @@ impl Pool {
     /// poll without allocating.
     ///
     /// # Errors
-    /// [`PoolError::UnknownServer`], [`PoolError::Timeout`] (naming the server),
-    /// [`PoolError::Create`] when the session could not be opened, [`PoolError::NoEndpoint`]
-    /// when the server has no endpoint over the transport, [`PoolError::Closed`].
+    /// Every message names the server; see [`PoolError`] for the shapes.
+    /// - [`PoolError::UnknownServer`]: no server with this id was added.
+    /// - [`PoolError::Closed`]: [`close`](Self::close) was called (also while waiting).
+    /// - [`PoolError::Timeout`]: no session within the server's acquire `timeout`.
+    /// - [`PoolError::Create`]: the session the acquire created could not be opened: the
+    ///   endpoint URL (user-info redacted) and the cause in words (connection refused, DNS
+    ///   failure, invalid URL, TLS, HTTP status with content type and body excerpt, a
+    ///   non-MCP answer, connect timeout); [`TransportError::kind`] for its category.
+    /// - [`PoolError::CircuitOpen`]: every endpoint of the transport has an open circuit
+    ///   breaker (or its half-open probe is in flight), with the delay to retry in.
+    /// - [`PoolError::NoEndpoint`]: the server has no endpoint over the requested transport.
+    /// - [`PoolError::SessionLimit`], [`PoolError::UserLimit`], [`PoolError::KeyLimit`]: a
+    ///   pool-wide cap (sessions, sessions of this user, keys) is reached with nothing idle
+    ///   to close.
+    ///
+    /// [`TransportError::kind`]: mcp_pool_traits::TransportError::kind
     pub fn acquire_with<'a>(&'a self, request: AcquireRequest<'a>) -> Acquire<'a> {
         Acquire {
             state: AcquireState::Start {
@@ -449,6 +489,84 @@ impl Pool {
                 request,
             },
         }
+    }
+
+    /// Acquires a session with `request` and sends `call` on it with `options` (see
+    /// [`Lease::send`](crate::Lease::send)), the downstream request's headers
+    /// ([`AcquireRequest::headers`]) travelling with the call unless `options` names others.
+    /// What a gateway does per downstream request.
+    ///
+    /// A first attempt that provably never reached the server's handler is retried once, on
+    /// another session, invisibly (issue 10, items 2 and 4; counted in
+    /// `mcp_pool_call_retries_total`):
+    /// - HTTP 401 on a pooled session (the session is evicted; the retry sends the current
+    ///   request's credentials);
+    /// - HTTP 404 (the server expired the session), a refused connection, a session found
+    ///   closed when the call was handed to it.
+    ///
+    /// Not on a server whose strategy binds conversations (sticky): its session held the
+    /// conversation's state, so the error is returned and the conversation's next lease says
+    /// [`is_rebound`](crate::Lease::is_rebound). Never a call that may have run (a reset after
+    /// the request was sent, a timeout, a JSON-RPC error).
+    ///
+    /// # Errors
+    /// The acquire's errors (see [`acquire_with`](Self::acquire_with)), and
+    /// [`PoolError::Call`] when the call failed.
+    pub async fn call(
+        &self,
+        request: AcquireRequest<'_>,
+        call: ClientRequest,
+        options: CallOptions,
+    ) -> Result<ServerResult, PoolError> {
+        let options = match request.headers {
+            Some(headers) if !options.has_headers() => options.headers(headers.clone()),
+            _ => options,
+        };
+        let mut retried = false;
+        loop {
+            let lease = self.acquire_with(request).await?;
+            let (error, stage) = match lease.send_staged(call.clone(), options.clone()).await {
+                Ok(result) => return Ok(result),
+                Err(failed) => failed,
+            };
+            let reason = if retried || lease.binds() {
+                None
+            } else if stage == Stage::NotSent {
+                Some(NotDelivered::SessionClosed.as_str())
+            } else {
+                match call_failure(&error) {
+                    Some(CallFailure::Unauthorized) if lease.is_hit() => Some("unauthorized"),
+                    Some(CallFailure::NotDelivered(why)) => Some(why.as_str()),
+                    _ => None,
+                }
+            };
+            let Some(reason) = reason else {
+                return Err(PoolError::call(&lease, error));
+            };
+            tracing::debug!(
+                key = %lease.key().short(),
+                reason,
+                "the call never reached the server: retrying it once on another session"
+            );
+            lease.mark_broken();
+            lease.count_retry(reason);
+            drop(lease);
+            retried = true;
+        }
+    }
+
+    /// The `*/list_changed` and `resources/updated` notifications of every session of
+    /// `server`, debounced ([`PoolBuilder::event_debounce`](crate::PoolBuilder::event_debounce)):
+    /// a gateway refreshes the server's catalog on each. `None` for an unknown server.
+    pub fn server_events(
+        &self,
+        server: &ServerId,
+    ) -> Option<tokio::sync::broadcast::Receiver<mcp_pool_traits::ServerEvent>> {
+        self.inner
+            .server_slots
+            .lock()
+            .get(server)
+            .map(|(_, counters)| counters.events.subscribe())
     }
 
     /// The synchronous first attempt of [`Acquire`]: a hit returns the lease; anything else
@@ -709,6 +827,23 @@ impl Pool {
         for key in self.all_keys() {
             key.drain();
         }
+    }
+
+    /// [`drain`](Self::drain) for one server: closes its sessions (idle ones now, leased ones
+    /// when released) and keeps it usable. The gateway's `POST /servers/{id}/pool/drain`.
+    ///
+    /// # Errors
+    /// [`PoolError::UnknownServer`] when `server` is not configured.
+    pub fn drain_server(&self, server: &ServerId) -> Result<(), PoolError> {
+        if self.inner.shared.server(server).is_none() {
+            return Err(PoolError::UnknownServer(server.clone()));
+        }
+        for key in self.all_keys() {
+            if key.key.server == *server {
+                key.drain();
+            }
+        }
+        Ok(())
     }
 
     /// Closes every session and refuses new acquires; queued acquires fail with

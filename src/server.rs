@@ -1,8 +1,11 @@
 //! Upstream server definitions.
 
-use std::{fmt, sync::Arc};
+use std::{fmt, sync::Arc, time::Duration};
 
-use mcp_pool_traits::{Endpoint, PoolConfig, ServerId, Strategy, TransportKind};
+use mcp_pool_traits::{
+    Endpoint, PoolConfig, ServerEvents, ServerId, Strategy, TransportKind,
+    rmcp::model::{ClientCapabilities, ClientConfig},
+};
 
 use parking_lot::Mutex;
 
@@ -12,7 +15,7 @@ use crate::{
     PoolError,
     breaker::{BreakerConfig, CircuitBreaker},
     key_pool::KeyCounters,
-    score::HealthScore,
+    score::{HealthScore, HealthStatus},
 };
 
 /// An upstream MCP server: its endpoints (replicas), its pool configuration and, optionally, a
@@ -23,6 +26,8 @@ pub struct ServerConfig {
     pub(crate) endpoints: Vec<Endpoint>,
     pub(crate) pool: PoolConfig,
     pub(crate) strategy: Option<Arc<dyn Strategy>>,
+    pub(crate) call_timeout: Duration,
+    pub(crate) capabilities: Option<ClientCapabilities>,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -32,6 +37,8 @@ impl fmt::Debug for ServerConfig {
             .field("endpoints", &self.endpoints)
             .field("pool", &self.pool)
             .field("strategy", &self.strategy.as_ref().map(|s| s.name()))
+            .field("call_timeout", &self.call_timeout)
+            .field("capabilities", &self.capabilities)
             .finish()
     }
 }
@@ -44,7 +51,41 @@ impl ServerConfig {
             endpoints: vec![endpoint],
             pool: PoolConfig::enabled(),
             strategy: None,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            capabilities: None,
         }
+    }
+
+    /// A server with these endpoints and pool configuration (what a configuration file
+    /// describes); the other settings at their defaults.
+    pub(crate) fn from_parts(id: ServerId, endpoints: Vec<Endpoint>, pool: PoolConfig) -> Self {
+        Self {
+            id,
+            endpoints,
+            pool,
+            strategy: None,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            capabilities: None,
+        }
+    }
+
+    /// How long a call on a lease of this server may take before it fails with
+    /// `ServiceError::Timeout` and the server is sent `notifications/cancelled`, 1 ms-3600 s
+    /// (default [`DEFAULT_CALL_TIMEOUT`], 60 s, as the official TypeScript SDK's request
+    /// timeout). A call overrides it with [`CallOptions::timeout`](crate::CallOptions::timeout).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// The client capabilities advertised in `initialize` to this server (default: the pool's
+    /// client config, [`PoolBuilder::client_config`](crate::PoolBuilder::client_config), which
+    /// advertises none). A server only asks for sampling, elicitation or roots when the client
+    /// advertised them; advertise what the callers' [`ServerRequestHandler`](mcp_pool_traits::ServerRequestHandler)s
+    /// answer. Part of the session's setup: a change applies to sessions created after it.
+    pub fn client_capabilities(mut self, capabilities: ClientCapabilities) -> Self {
+        self.capabilities = Some(capabilities);
+        self
     }
 
     /// Adds a replica.
@@ -53,9 +94,13 @@ impl ServerConfig {
         self
     }
 
-    /// Replaces the pool configuration (validated when the server is added).
+    /// Replaces the pool configuration, [normalized](PoolConfig::normalized): sizes left at
+    /// their defaults follow the sizes set, so `PoolConfig { max_size: 4,
+    /// ..PoolConfig::enabled() }` is a pool of `size` 4 rather than an error blaming the default
+    /// `size` 5. Validated when the server is added; sizes set that contradict each other
+    /// are rejected then, naming both.
     pub fn pool(mut self, pool: PoolConfig) -> Self {
-        self.pool = pool;
+        self.pool = pool.normalized();
         self
     }
 
@@ -80,6 +125,16 @@ impl ServerConfig {
         &self.pool
     }
 
+    /// The call deadline set with [`call_timeout`](Self::call_timeout).
+    pub fn configured_call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// The capabilities set with [`client_capabilities`](Self::client_capabilities), if any.
+    pub fn configured_client_capabilities(&self) -> Option<&ClientCapabilities> {
+        self.capabilities.as_ref()
+    }
+
     pub(crate) fn validate(&self) -> Result<(), PoolError> {
         if self.endpoints.is_empty() {
             return Err(PoolError::InvalidServer {
@@ -93,17 +148,43 @@ impl ServerConfig {
                 .map_err(|e| PoolError::invalid_endpoint(&self.id, e))?;
         }
         self.pool.validate()?;
+        if !(Duration::from_millis(1)..=MAX_CALL_TIMEOUT).contains(&self.call_timeout) {
+            return Err(PoolError::InvalidServer {
+                server: self.id.clone(),
+                message: format!(
+                    "call_timeout {:?} is out of range: 1 ms to 3600 s",
+                    self.call_timeout
+                ),
+            });
+        }
         Ok(())
     }
 }
 
+/// Default [`ServerConfig::call_timeout`]: 60 s.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Largest [`ServerConfig::call_timeout`]: one hour.
+pub const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// State of a server that outlives its keys and its reconfigurations: the totals of keys
-/// already gone (live keys count in their own [`KeyCounters`]; stats add both), and its
-/// health: a score for the server and, per endpoint, a score and a circuit breaker.
-#[derive(Debug, Default)]
+/// already gone (live keys count in their own [`KeyCounters`]; stats add both), its health (a
+/// score for the server and, per endpoint, a score and a circuit breaker), and its event hub.
+#[derive(Debug)]
 pub(crate) struct ServerCounters {
     pub(crate) retired: Mutex<KeyCounters>,
     pub(crate) health: Mutex<ServerHealth>,
+    /// The server's `*/list_changed` and `resources/updated`, from every session.
+    pub(crate) events: ServerEvents,
+}
+
+impl ServerCounters {
+    pub(crate) fn new(events: ServerEvents) -> Self {
+        Self {
+            retired: Mutex::default(),
+            health: Mutex::default(),
+            events,
+        }
+    }
 }
 
 /// Health of a server and its endpoints (DESIGN §7).
@@ -111,6 +192,8 @@ pub(crate) struct ServerCounters {
 pub(crate) struct ServerHealth {
     pub(crate) score: Option<HealthScore>,
     pub(crate) endpoints: Vec<EndpointHealth>,
+    /// Acquires refused because every endpoint's circuit was open, since the pool started.
+    pub(crate) circuit_refusals: u64,
 }
 
 /// One endpoint's breaker and score.
@@ -143,6 +226,46 @@ impl ServerHealth {
         }
     }
 
+    /// Whether each of the first `endpoints` endpoints (the server's current list) has a
+    /// breaker that is not closed: open, even past its period, or half-open. `false` before
+    /// any endpoint has a breaker.
+    pub(crate) fn all_tripped(&self, endpoints: usize) -> bool {
+        endpoints > 0
+            && self.endpoints.len() >= endpoints
+            && self.endpoints[..endpoints]
+                .iter()
+                .all(|e| e.breaker.is_tripped())
+    }
+
+    /// The server's score at `now` and its status against `threshold` percent: by the score,
+    /// except that a server whose every endpoint is tripped (see
+    /// [`all_tripped`](Self::all_tripped)) is [`Unhealthy`](HealthStatus::Unhealthy)
+    /// whatever successes the window still holds (issue 10: a 20 s outage reported `healthy`
+    /// with a score of 99).
+    pub(crate) fn status(
+        &self,
+        endpoints: usize,
+        now: Instant,
+        threshold: u8,
+    ) -> (Option<u8>, HealthStatus) {
+        let score = self.score.as_ref().and_then(|s| s.score(now));
+        let status = if self.all_tripped(endpoints) {
+            HealthStatus::Unhealthy
+        } else {
+            HealthStatus::from_score(score, threshold)
+        };
+        (score, status)
+    }
+
+    /// Records an acquire refused by open circuits: counted, and a failure in the server's
+    /// score (not in an endpoint's: no endpoint was tried).
+    pub(crate) fn record_refusal(&mut self, now: Instant) {
+        self.circuit_refusals += 1;
+        self.score
+            .get_or_insert_with(|| HealthScore::new(now))
+            .record(now, false);
+    }
+
     /// Records one operation's outcome for the server and, if known, its endpoint.
     pub(crate) fn record(&mut self, endpoint: Option<usize>, success: bool, now: Instant) {
         if let Some(score) = &mut self.score {
@@ -168,6 +291,12 @@ pub(crate) struct ServerEntry {
     pub(crate) strategy: Arc<dyn Strategy>,
     pub(crate) generation: u64,
     pub(crate) counters: Arc<ServerCounters>,
+    pub(crate) call_timeout: Duration,
+    /// The server's own capabilities, if set (kept for reconfigurations).
+    pub(crate) capabilities: Option<ClientCapabilities>,
+    /// The `initialize` parameters of its sessions (the pool's, with the server's
+    /// capabilities).
+    pub(crate) client: ClientConfig,
 }
 
 impl ServerEntry {

@@ -10,14 +10,17 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
+use http::HeaderName;
 use mcp_pool_traits::{
-    ClientSession, Digest256, EvictionReason, ServerId, SessionId, StateId, Transport,
-    TransportKind, rmcp::model::ClientConfig,
+    ClientSession, Digest256, EvictionReason, IdentityConfig, ServerId, SessionId, StateId,
+    Transport, TransportKind, rmcp::model::ClientConfig,
 };
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
 
-use crate::{breaker::BreakerConfig, limits::Limits, server::ServerEntry};
+use crate::{
+    breaker::BreakerConfig, health::HealthCheckConfig, limits::Limits, server::ServerEntry,
+};
 
 /// The hasher of the pool's maps: keys are hashes and validated ids, not attacker-chosen
 /// strings, so a fast seeded hash is enough (foldhash is randomly seeded per map).
@@ -44,6 +47,15 @@ pub(crate) struct Shared {
     pub(crate) cleanup_interval: Duration,
     /// The user limit across workers, when the backend is shared.
     pub(crate) user_slots: std::sync::OnceLock<Arc<crate::workers::UserSlots>>,
+    /// How identities are derived: per-call credentials are only sent on a session of their
+    /// own identity.
+    pub(crate) identity: IdentityConfig,
+    /// Headers of a downstream request that travel with each call (trace, correlation).
+    pub(crate) trace_headers: Vec<HeaderName>,
+    /// The check of a session whose call was abandoned (its timeout: the cancel grace).
+    pub(crate) probe: HealthCheckConfig,
+    /// The window that coalesces a burst of a server's `*/list_changed` notifications.
+    pub(crate) event_debounce: Duration,
     next_session: AtomicU64,
     next_waiter: AtomicU64,
 }
@@ -57,6 +69,10 @@ pub(crate) struct SharedSettings {
     pub(crate) metrics_enabled: bool,
     pub(crate) breaker: BreakerConfig,
     pub(crate) cleanup_interval: Duration,
+    pub(crate) identity: IdentityConfig,
+    pub(crate) trace_headers: Vec<HeaderName>,
+    pub(crate) probe: HealthCheckConfig,
+    pub(crate) event_debounce: Duration,
 }
 
 impl Shared {
@@ -72,6 +88,10 @@ impl Shared {
             metrics_enabled,
             breaker,
             cleanup_interval,
+            identity,
+            trace_headers,
+            probe,
+            event_debounce,
         } = settings;
         Self {
             runtime,
@@ -86,6 +106,10 @@ impl Shared {
             breaker,
             cleanup_interval,
             user_slots: std::sync::OnceLock::new(),
+            identity,
+            trace_headers,
+            probe,
+            event_debounce,
             next_session: AtomicU64::new(1),
             next_waiter: AtomicU64::new(1),
         }

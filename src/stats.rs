@@ -55,11 +55,21 @@ pub struct ServerStats {
     pub create_failures: u64,
     /// Sticky sessions replaced after they died.
     pub rebinds: u64,
-    /// Share of successful operations (creates, calls through leases, health checks) over the
-    /// last 5 minutes, in percent; `None` before any.
+    /// Calls retried once on another session because the first attempt provably never reached
+    /// the server ([`Pool::call`](crate::Pool::call)).
+    pub call_retries: u64,
+    /// Acquires refused at once because every endpoint's circuit breaker was open
+    /// ([`PoolError::CircuitOpen`](crate::PoolError::CircuitOpen)); each also counts as a
+    /// failure in `health_score`.
+    pub circuit_refusals: u64,
+    /// Share of successful operations over the last 5 minutes, in percent; `None` before any.
+    /// Operations: session creations, calls through leases, health checks, and acquires
+    /// refused by open circuit breakers (each a failure).
     pub health_score: Option<u8>,
-    /// `healthy` at or above `health_check_threshold`, `degraded` from half of it, else
-    /// `unhealthy`; `unknown` without data (see [`HealthStatus`]).
+    /// `unhealthy` while every endpoint's circuit breaker is open or half-open (whatever the
+    /// score); otherwise by the score: `healthy` at or above `health_check_threshold`,
+    /// `degraded` from half of it, else `unhealthy`; `unknown` without data (see
+    /// [`HealthStatus`]).
     pub health_status: HealthStatus,
     /// Per endpoint: health and circuit breaker.
     pub endpoints: Vec<EndpointStats>,
@@ -79,7 +89,8 @@ pub struct EndpointStats {
     pub weight: u32,
     /// Share of successful operations on it over the last 5 minutes, in percent.
     pub health_score: Option<u8>,
-    /// Its status, by the server's threshold.
+    /// Its status: `unhealthy` while its circuit is open or half-open, otherwise by its score
+    /// against the server's threshold.
     pub health_status: HealthStatus,
     /// `closed`, `open` or `half_open`.
     pub circuit: &'static str,
@@ -100,7 +111,8 @@ impl ServerStats {
         let threshold = entry.config.health_check_threshold;
         let now = Instant::now();
         let health = c.health.lock();
-        let health_score = health.score.as_ref().and_then(|s| s.score(now));
+        let (health_score, health_status) = health.status(entry.endpoints.len(), now, threshold);
+        let circuit_refusals = health.circuit_refusals;
         let endpoints = entry
             .endpoints
             .iter()
@@ -108,6 +120,13 @@ impl ServerStats {
             .map(|(i, endpoint)| {
                 let e = health.endpoints.get(i);
                 let score = e.and_then(|e| e.score.score(now));
+                // An endpoint whose breaker refuses creations is down, whatever its window
+                // still holds.
+                let status = if e.is_some_and(|e| e.breaker.is_tripped()) {
+                    HealthStatus::Unhealthy
+                } else {
+                    HealthStatus::from_score(score, threshold)
+                };
                 let (circuit, retry) = match e.map(|e| e.breaker.state()) {
                     None | Some(BreakerState::Closed) => ("closed", None),
                     Some(BreakerState::HalfOpen) => ("half_open", None),
@@ -121,7 +140,7 @@ impl ServerStats {
                     transport: endpoint.transport,
                     weight: endpoint.weight,
                     health_score: score,
-                    health_status: HealthStatus::from_score(score, threshold),
+                    health_status: status,
                     circuit,
                     circuit_retry_in_secs: retry,
                     circuit_trips: e.map_or(0, |e| e.breaker.trips()),
@@ -150,8 +169,10 @@ impl ServerStats {
             evictions: total.evictions,
             create_failures: total.create_failures,
             rebinds: total.rebinds,
+            call_retries: total.call_retries,
+            circuit_refusals,
             health_score,
-            health_status: HealthStatus::from_score(health_score, threshold),
+            health_status,
             endpoints,
             keys,
         }
@@ -190,6 +211,9 @@ pub struct KeyStats {
     pub sessions_idle: u32,
     /// Sessions taken out of service by a health check in progress (at most one per key).
     pub sessions_checking: u32,
+    /// Sessions out of service after an abandoned call (timed out, or dropped by its caller)
+    /// until a probe shows the server still answers ([`Lease`](crate::Lease)).
+    pub sessions_probing: u32,
     /// Sessions being created.
     pub sessions_creating: u32,
     /// Acquires waiting.
@@ -210,6 +234,9 @@ pub struct KeyStats {
     pub evictions: u64,
     /// Sticky sessions replaced after they died.
     pub rebinds: u64,
+    /// Calls retried once on another session because the first attempt provably never reached
+    /// the server ([`Pool::call`](crate::Pool::call)).
+    pub call_retries: u64,
     /// Session creations that failed.
     pub create_failures: u64,
     #[serde(skip)]
@@ -224,6 +251,7 @@ pub(crate) struct KeySizes {
     pub(crate) sessions_available: u32,
     pub(crate) sessions_idle: u32,
     pub(crate) sessions_checking: u32,
+    pub(crate) sessions_probing: u32,
     pub(crate) sessions_creating: u32,
     pub(crate) waiters: u32,
     pub(crate) target_size: u32,
@@ -237,6 +265,7 @@ impl KeyStats {
             sessions_available,
             sessions_idle,
             sessions_checking,
+            sessions_probing,
             sessions_creating,
             waiters,
             target_size,
@@ -251,6 +280,7 @@ impl KeyStats {
             sessions_available,
             sessions_idle,
             sessions_checking,
+            sessions_probing,
             sessions_creating,
             waiters,
             target_size,
@@ -261,6 +291,7 @@ impl KeyStats {
             timeouts: c.timeouts,
             evictions: c.evictions,
             rebinds: c.rebinds,
+            call_retries: c.call_retries,
             create_failures: c.create_failures,
             counters: c,
         }

@@ -61,10 +61,7 @@ async fn a_server_stopped_under_load_fails_fast_opens_the_breaker_and_recovers_a
     // The breaker is open now: acquires fail at once, saying when they will be retried.
     let error = pool.acquire(&id, user).await.unwrap_err();
     assert!(matches!(error, PoolError::CircuitOpen { .. }), "{error}");
-    assert!(
-        error.to_string().contains("next attempt is allowed in"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("retry in"), "{error}");
     let endpoint = &pool.stats().servers[0].endpoints[0];
     assert_eq!(endpoint.circuit, "open");
     assert!(endpoint.circuit_trips >= 1);

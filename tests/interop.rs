@@ -4,13 +4,15 @@
 //! |---|---|---|
 //! | Python SDK (`mcp` from PyPI), FastMCP / `MCPServer` | streamable HTTP, legacy SSE | `interop/python/server.py` |
 //! | TypeScript SDK (`@modelcontextprotocol/sdk` from npm) | streamable HTTP | `interop/node/server.cjs` |
+//! | `@modelcontextprotocol/server-everything` (npm, the MCP reference server) | streamable HTTP, legacy SSE | `interop/node/everything.mjs` |
 //!
 //! Each test starts the peer as a child process on a free loopback port (the peer prints
 //! `LISTENING <port>`), points a pool at it with the matching transport, makes pooled calls,
 //! and reads the peer's own counters (`GET /stats`, counted from the JSON-RPC bodies it
 //! received) to check that many calls went over one `initialize`, that identity headers
 //! arrived and internal ones did not. Then it kills the peer and checks that the pooled
-//! session fails its next call at once, as a transport failure.
+//! session fails its next call at once, as a transport failure. server-everything has no
+//! counters of its own: its tests check pooled calls and session reuse from the pool's side.
 //!
 //! The peers are installed, pinned, by `interop/setup.sh`, and found through
 //! `MCP_POOL_INTEROP_PYTHON` (the venv's python) and `MCP_POOL_INTEROP_NODE_DIR` (the npm
@@ -236,27 +238,32 @@ fn python_peer(python: &str, transport: &str) -> Command {
     command
 }
 
+/// The Python SDK peer over `kind` (streamable HTTP or SSE) and its endpoint; `None` (after
+/// saying why) when the peer is not installed.
+async fn python(kind: TransportKind) -> Option<(PeerServer, Endpoint)> {
+    let python = peer_setting(PYTHON_VAR)?;
+    let (name, transport, path) = match kind {
+        TransportKind::Sse => ("python sse", "sse", "/sse"),
+        _ => ("python streamable-http", "streamable-http", "/mcp"),
+    };
+    let peer = PeerServer::start(name, python_peer(&python, transport)).await;
+    let endpoint = Endpoint::new(peer.url(path), kind).unwrap();
+    Some((peer, endpoint))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_over_streamable_http() {
-    let Some(python) = peer_setting(PYTHON_VAR) else {
+    let Some((peer, endpoint)) = python(TransportKind::StreamableHttp).await else {
         return;
     };
-    let peer = PeerServer::start(
-        "python streamable-http",
-        python_peer(&python, "streamable-http"),
-    )
-    .await;
-    let endpoint = Endpoint::new(peer.url("/mcp"), TransportKind::StreamableHttp).unwrap();
     pooled_calls_reuse_one_session(peer, endpoint).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_over_sse() {
-    let Some(python) = peer_setting(PYTHON_VAR) else {
+    let Some((peer, endpoint)) = python(TransportKind::Sse).await else {
         return;
     };
-    let peer = PeerServer::start("python sse", python_peer(&python, "sse")).await;
-    let endpoint = Endpoint::new(peer.url("/sse"), TransportKind::Sse).unwrap();
     pooled_calls_reuse_one_session(peer, endpoint).await;
 }
 
@@ -273,4 +280,400 @@ async fn typescript_sdk_over_streamable_http() {
     let peer = PeerServer::start("typescript streamable-http", command).await;
     let endpoint = Endpoint::new(peer.url("/mcp"), TransportKind::StreamableHttp).unwrap();
     pooled_calls_reuse_one_session(peer, endpoint).await;
+}
+
+/// `@modelcontextprotocol/server-everything` over `transport` (`streamableHttp` or `sse`),
+/// started by `interop/node/everything.mjs` from the package installed under `node_dir`.
+fn everything_peer(node_dir: &str, transport: &str) -> Command {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/node/everything.mjs");
+    let dist =
+        Path::new(node_dir).join("node_modules/@modelcontextprotocol/server-everything/dist");
+    let mut command = Command::new("node");
+    command.arg(script).arg(transport).arg(dist);
+    command
+}
+
+/// Pooled calls of server-everything's `echo` tool, which answers `"Echo: <message>"`: each
+/// on a lease of the same key, all over one upstream session (one miss, then hits).
+async fn pooled_echo_through_everything(peer: PeerServer, endpoint: Endpoint) {
+    const ECHOES: usize = 5;
+    let name = peer.name;
+    let id = server_id("everything");
+    let pool = Pool::builder()
+        .server(ServerConfig::new(id.clone(), endpoint).pool(PoolConfig {
+            max_size: 2,
+            size: 2,
+            ..PoolConfig::enabled()
+        }))
+        .build()
+        .expect("valid pool");
+    let mut first_session = None;
+    for i in 0..ECHOES {
+        let lease = timeout(BOUND, pool.acquire_with(AcquireRequest::new(&id)))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: acquire hung"))
+            .unwrap_or_else(|e| panic!("{name}: acquire {i}: {e}"));
+        let session = *first_session.get_or_insert(lease.session_id());
+        assert_eq!(
+            lease.session_id(),
+            session,
+            "{name}: call {i} reuses the session"
+        );
+        let message = format!("everything-{i}");
+        let result = timeout(BOUND, lease.call_tool(echo(&message)))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: call {i} hung"))
+            .unwrap_or_else(|e| panic!("{name}: call {i}: {e}"));
+        assert_eq!(
+            text(&result),
+            format!("Echo: {message}"),
+            "{name}: call {i}"
+        );
+    }
+    let server = &pool.stats().servers[0];
+    assert_eq!(
+        (server.hits, server.misses),
+        (ECHOES as u64 - 1, 1),
+        "{name}"
+    );
+    pool.close().await;
+    drop(peer);
+}
+
+/// server-everything over `kind` (streamable HTTP or SSE) and its endpoint; `None` (after
+/// saying why) when it is not installed.
+async fn everything(kind: TransportKind) -> Option<(PeerServer, Endpoint)> {
+    let node_dir = peer_setting(NODE_DIR_VAR)?;
+    let (name, transport, path) = match kind {
+        TransportKind::Sse => ("everything sse", "sse", "/sse"),
+        _ => ("everything streamable-http", "streamableHttp", "/mcp"),
+    };
+    let peer = PeerServer::start(name, everything_peer(&node_dir, transport)).await;
+    let endpoint = Endpoint::new(peer.url(path), kind).unwrap();
+    Some((peer, endpoint))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_everything_over_streamable_http() {
+    let Some((peer, endpoint)) = everything(TransportKind::StreamableHttp).await else {
+        return;
+    };
+    pooled_echo_through_everything(peer, endpoint).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_everything_over_sse() {
+    let Some((peer, endpoint)) = everything(TransportKind::Sse).await else {
+        return;
+    };
+    pooled_echo_through_everything(peer, endpoint).await;
+}
+
+// Issue 10, item 1: what a third-party server sends besides replies reaches the lease holder.
+
+mod exchange {
+    #![allow(deprecated)] // Sampling and logging are deprecated by SEP-2577; servers use them.
+
+    use std::sync::Arc;
+
+    use mcp_pool::{
+        CallOptions, Principal, ServerEventKind, ServerId, ServerRequestHandler,
+        rmcp::{
+            ErrorData,
+            model::{
+                CallToolRequestParams, CallToolResult, ClientCapabilities, ClientResult,
+                CreateMessageResult, ListRootsResult, Root, SamplingMessage, ServerNotification,
+                ServerRequest,
+            },
+        },
+    };
+    use tokio::sync::{broadcast, mpsc};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    /// The downstream client's answers: a sampling reply and one root.
+    #[derive(Debug)]
+    struct Downstream;
+
+    /// The text of the downstream client's sampling reply.
+    const SAMPLED: &str = "a reply from the downstream client";
+
+    #[async_trait::async_trait]
+    impl ServerRequestHandler for Downstream {
+        async fn handle(
+            &self,
+            request: ServerRequest,
+            _cancel: CancellationToken,
+        ) -> Result<ClientResult, ErrorData> {
+            match request {
+                ServerRequest::CreateMessageRequest(_) => Ok(ClientResult::CreateMessageResult(
+                    Box::new(CreateMessageResult::new(
+                        SamplingMessage::assistant_text(SAMPLED),
+                        "interop-model".to_owned(),
+                    )),
+                )),
+                ServerRequest::ListRootsRequest(_) => {
+                    Ok(ClientResult::ListRootsResult(ListRootsResult::new(vec![
+                        Root::new("file:///interop"),
+                    ])))
+                }
+                other => Err(ErrorData::invalid_request(
+                    format!("not answered here: {other:?}"),
+                    None,
+                )),
+            }
+        }
+    }
+
+    fn tool(name: &'static str, args: Value) -> CallToolRequestParams {
+        CallToolRequestParams::new(name)
+            .with_arguments(args.as_object().cloned().unwrap_or_default())
+    }
+
+    fn pool_for(endpoint: Endpoint) -> (Pool, ServerId) {
+        let id = server_id("peer");
+        let mut capabilities = ClientCapabilities::default();
+        capabilities.sampling = Some(Default::default());
+        capabilities.roots = Some(Default::default());
+        let pool = Pool::builder()
+            .server(
+                ServerConfig::new(id.clone(), endpoint)
+                    .pool(PoolConfig::enabled())
+                    .client_capabilities(capabilities),
+            )
+            .build()
+            .expect("valid pool");
+        (pool, id)
+    }
+
+    /// Calls `params` on a lease with a notification sink and the downstream handler; returns
+    /// the result and what reached the sink.
+    async fn call(
+        name: &str,
+        lease: &mcp_pool::Lease,
+        params: CallToolRequestParams,
+    ) -> (CallToolResult, Vec<ServerNotification>) {
+        let (tx, mut rx) = mpsc::channel(256);
+        let options = CallOptions::new()
+            .notifications(tx)
+            .requests(Arc::new(Downstream));
+        let tool = params.name.clone();
+        let result = timeout(
+            Duration::from_secs(30),
+            lease.call_tool_with(params, options),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{name}: {tool} hung"))
+        .unwrap_or_else(|e| panic!("{name}: {tool}: {e}"));
+        (result, std::iter::from_fn(|| rx.try_recv().ok()).collect())
+    }
+
+    fn progress_count(notifications: &[ServerNotification]) -> usize {
+        notifications
+            .iter()
+            .filter(|n| matches!(n, ServerNotification::ProgressNotification(_)))
+            .count()
+    }
+
+    fn is_log(notification: &ServerNotification) -> bool {
+        matches!(
+            notification,
+            ServerNotification::LoggingMessageNotification(_)
+        )
+    }
+
+    /// Waits (bounded: a failure guard, not synchronization) for a notification of the
+    /// session that `wanted` accepts.
+    async fn session_sees(
+        name: &str,
+        session: &mut broadcast::Receiver<ServerNotification>,
+        wanted: impl Fn(&ServerNotification) -> bool,
+    ) {
+        timeout(Duration::from_secs(15), async {
+            loop {
+                match session.recv().await {
+                    Ok(n) if wanted(&n) => return,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => panic!("{name}: session closed"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name}: the notification never came"));
+    }
+
+    async fn server_sees(
+        name: &str,
+        events: &mut broadcast::Receiver<mcp_pool::ServerEvent>,
+        kind: ServerEventKind,
+    ) {
+        timeout(Duration::from_secs(15), async {
+            loop {
+                if events.recv().await.expect("the pool is alive").kind == kind {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{name}: no {kind:?} event"));
+    }
+
+    /// server-everything: progress of `trigger-long-running-operation`, its simulated logging,
+    /// a `resources/list_changed` from `gzip-file-as-resource`, and `trigger-sampling-request`.
+    async fn everything_exchange(peer: PeerServer, endpoint: Endpoint) {
+        let name = peer.name;
+        let (pool, id) = pool_for(endpoint);
+        let mut events = pool.server_events(&id).unwrap();
+        let lease = pool.acquire(&id, Principal::ANONYMOUS).await.unwrap();
+        let mut session = lease.subscribe();
+
+        let (result, got) = call(
+            name,
+            &lease,
+            tool(
+                "trigger-long-running-operation",
+                serde_json::json!({"duration": 1, "steps": 3}),
+            ),
+        )
+        .await;
+        assert!(
+            text(&result).contains("Steps: 3"),
+            "{name}: {}",
+            text(&result)
+        );
+        assert_eq!(progress_count(&got), 3, "{name}: {got:?}");
+
+        let (result, _) = call(
+            name,
+            &lease,
+            tool(
+                "trigger-sampling-request",
+                serde_json::json!({"prompt": "hi", "maxTokens": 10}),
+            ),
+        )
+        .await;
+        assert!(
+            text(&result).contains("LLM sampling result") && text(&result).contains(SAMPLED),
+            "{name}: {}",
+            text(&result)
+        );
+
+        // Logging on the session's standalone stream: after the call, it is the session's.
+        let (_, during) = call(
+            name,
+            &lease,
+            tool("toggle-simulated-logging", serde_json::json!({})),
+        )
+        .await;
+        if !during.iter().any(is_log) {
+            session_sees(name, &mut session, is_log).await;
+        }
+        call(
+            name,
+            &lease,
+            tool("toggle-simulated-logging", serde_json::json!({})),
+        )
+        .await;
+
+        call(
+            name,
+            &lease,
+            tool(
+                "gzip-file-as-resource",
+                serde_json::json!({
+                    "name": "interop.txt.gz",
+                    "data": "data:text/plain;base64,aGVsbG8gaW50ZXJvcA==",
+                    "outputType": "resourceLink",
+                }),
+            ),
+        )
+        .await;
+        server_sees(name, &mut events, ServerEventKind::ResourcesListChanged).await;
+        drop(lease);
+        pool.close().await;
+        drop(peer);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn server_everything_exchange_over_streamable_http() {
+        let Some((peer, endpoint)) = everything(TransportKind::StreamableHttp).await else {
+            return;
+        };
+        everything_exchange(peer, endpoint).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn server_everything_exchange_over_sse() {
+        let Some((peer, endpoint)) = everything(TransportKind::Sse).await else {
+            return;
+        };
+        everything_exchange(peer, endpoint).await;
+    }
+
+    /// The Python SDK server's `progress`, `log`, `notify` and `sample` tools.
+    async fn python_exchange(peer: PeerServer, endpoint: Endpoint) {
+        let name = peer.name;
+        let (pool, id) = pool_for(endpoint);
+        let mut events = pool.server_events(&id).unwrap();
+        let lease = pool.acquire(&id, Principal::ANONYMOUS).await.unwrap();
+        let mut session = lease.subscribe();
+
+        let (result, got) = call(
+            name,
+            &lease,
+            tool("progress", serde_json::json!({"steps": 3})),
+        )
+        .await;
+        assert_eq!(text(&result), "done 3", "{name}");
+        assert_eq!(progress_count(&got), 3, "{name}: {got:?}");
+
+        let (result, got) = call(
+            name,
+            &lease,
+            tool("log", serde_json::json!({"messages": ["one", "two"]})),
+        )
+        .await;
+        assert_eq!(text(&result), "logged 2", "{name}");
+        let mut logs = got.iter().filter(|n| is_log(n)).count();
+        while logs < 2 {
+            session_sees(name, &mut session, is_log).await;
+            logs += 1;
+        }
+
+        let (result, _) = call(
+            name,
+            &lease,
+            tool("sample", serde_json::json!({"prompt": "hi"})),
+        )
+        .await;
+        assert_eq!(text(&result), format!("sampled: {SAMPLED}"), "{name}");
+
+        call(
+            name,
+            &lease,
+            tool("notify", serde_json::json!({"kinds": ["tools"]})),
+        )
+        .await;
+        server_sees(name, &mut events, ServerEventKind::ToolsListChanged).await;
+        drop(lease);
+        pool.close().await;
+        drop(peer);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn python_sdk_exchange_over_streamable_http() {
+        let Some((peer, endpoint)) = python(TransportKind::StreamableHttp).await else {
+            return;
+        };
+        python_exchange(peer, endpoint).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn python_sdk_exchange_over_sse() {
+        let Some((peer, endpoint)) = python(TransportKind::Sse).await else {
+            return;
+        };
+        python_exchange(peer, endpoint).await;
+    }
 }

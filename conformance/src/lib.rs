@@ -12,4 +12,7 @@ pub mod strategy;
 pub mod transport;
 
 pub use duplex::{DuplexTransport, UpstreamSession};
-pub use server::{ReferenceHandler, ReferenceServer, ServerOptions, ServerStats, WaitTimeout};
+pub use server::{
+    LOGGER, MAX_PROGRESS_STEPS, ReferenceHandler, ReferenceServer, SAMPLE_MAX_TOKENS, SERVER_NAME,
+    ServerOptions, ServerStats, UPDATED_RESOURCE, WaitTimeout,
+};

@@ -1536,7 +1536,8 @@ impl Model {
             self.bound.get(affinity).is_some_and(|b| {
                 b.tag.is_some_and(|t| alive.contains(&t) || unnoticed(&t))
                     && (self.leases_on(b.session) >= self.config.session_concurrency
-                        || key.sessions_checking > 0)
+                        || key.sessions_checking > 0
+                        || key.sessions_probing > 0)
             })
         };
         let legit = if self.sticky() {

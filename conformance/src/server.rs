@@ -1,6 +1,8 @@
 //! The reference MCP test server: an rmcp server with the tools `echo`, `counter`, `sleep` and
-//! `fail`, served on loopback over MCP streamable HTTP, legacy HTTP+SSE and WebSocket, with
-//! counters and fault switches for tests.
+//! `fail`, and `progress`, `log`, `notify`, `sample`, `elicit` and `roots`, which send
+//! notifications and requests to the client (see [`ReferenceHandler`]), served on loopback over
+//! MCP streamable HTTP, legacy HTTP+SSE and WebSocket, with counters and fault switches for
+//! tests.
 //!
 //! Every test and example of the workspace uses it as the upstream server (DESIGN §10).
 
@@ -16,7 +18,9 @@ use ::http::HeaderMap;
 use mcp_pool_traits::{Endpoint, TransportKind};
 use tokio::sync::Mutex;
 
-pub use handler::{ReferenceHandler, SERVER_NAME};
+pub use handler::{
+    LOGGER, MAX_PROGRESS_STEPS, ReferenceHandler, SAMPLE_MAX_TOKENS, SERVER_NAME, UPDATED_RESOURCE,
+};
 pub use options::ServerOptions;
 pub(crate) use stats::{Counters, SessionGuard};
 pub use stats::{ServerStats, WaitTimeout};
@@ -82,6 +86,10 @@ impl ReferenceServer {
         let listener = http::bind(options.addr)?;
         options.addr = listener.local_addr()?;
         let shared = Arc::new(Shared::default());
+        *shared.authorization.lock() = options
+            .bearer_token
+            .as_deref()
+            .map(|token| Arc::from(format!("Bearer {token}")));
         let run = Run::spawn(listener, shared.clone(), &options);
         Ok(Self {
             options,
@@ -214,6 +222,13 @@ impl ReferenceServer {
         self.shared
             .reject
             .store(code, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Requires `Authorization: Bearer <token>` on every request from now on (`None`: no
+    /// token), as [`ServerOptions::bearer_token`] does from the start: a token rotated (the
+    /// old one revoked) while sessions are open. Carries over across restarts.
+    pub fn set_bearer_token(&self, token: Option<&str>) {
+        *self.shared.authorization.lock() = token.map(|token| Arc::from(format!("Bearer {token}")));
     }
 
     /// Whether the hang switch is on.

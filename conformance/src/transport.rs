@@ -26,8 +26,8 @@ use std::{
 use futures::future::join_all;
 use http::{HeaderMap, HeaderValue};
 use mcp_pool_traits::{
-    ClientSession, ConnectRequest, Endpoint, FailureKind, Transport, TransportError, TransportKind,
-    default_client_config, is_transport_failure,
+    ClientSession, ConnectRequest, Endpoint, FailureKind, SessionHandler, Transport,
+    TransportError, TransportKind, default_client_config, is_transport_failure,
 };
 use rmcp::{
     ServiceError,
@@ -92,15 +92,7 @@ pub async fn connect(
     create_timeout: Duration,
 ) -> Result<ClientSession, TransportError> {
     let headers = connect_headers();
-    let client = default_client_config();
-    transport
-        .connect(ConnectRequest::new(
-            endpoint,
-            &headers,
-            create_timeout,
-            &client,
-        ))
-        .await
+    connect_with(transport, endpoint, &headers, create_timeout).await
 }
 
 /// Connects `endpoint` with `headers` (instead of [`connect_headers`]) and the pool's default
@@ -114,13 +106,13 @@ pub async fn connect_with(
     headers: &HeaderMap,
     create_timeout: Duration,
 ) -> Result<ClientSession, TransportError> {
-    let client = default_client_config();
+    let handler = SessionHandler::new(default_client_config(), None);
     transport
         .connect(ConnectRequest::new(
             endpoint,
             headers,
             create_timeout,
-            &client,
+            handler,
         ))
         .await
 }

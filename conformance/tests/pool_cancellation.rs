@@ -64,6 +64,8 @@ enum Stage {
 
 const SLOW: Duration = Duration::from_secs(2);
 const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a session whose call was abandoned waits for its probe's answer (issue 10).
+const CANCEL_GRACE: Duration = Duration::from_secs(1);
 
 fn call_params(call: Step) -> CallToolRequestParams {
     let (name, args) = match call {
@@ -113,6 +115,7 @@ async fn case(connect: Step, call: Step, abort: AbortAt) -> Result<(), String> {
             }),
         )
         .create_timeout(CREATE_TIMEOUT)
+        .cancel_grace(CANCEL_GRACE)
         .build()
         .map_err(|e| e.to_string())?;
     let principal = Principal::user("cancel");
@@ -191,9 +194,10 @@ async fn case(connect: Step, call: Step, abort: AbortAt) -> Result<(), String> {
         Err(e) if e.is_cancelled() => {}
         Err(e) => return Err(format!("the task panicked: {e}")),
     }
-    // Whatever was started in the background (a creation the aborted acquire left, closes)
-    // ends within the create timeout.
-    tokio::time::sleep(CREATE_TIMEOUT + Duration::from_secs(1)).await;
+    // Whatever was started in the background (the probe of a session whose call was
+    // abandoned, a creation the aborted acquire or a failed probe left, closes) ends within
+    // the cancel grace and the create timeout.
+    tokio::time::sleep(CANCEL_GRACE + CREATE_TIMEOUT + Duration::from_secs(1)).await;
     settle().await;
     let stats = pool.stats();
     let sessions: u32 = stats.sessions_total;

@@ -10,7 +10,7 @@ use mcp_pool_traits::{
 };
 use rmcp::{
     ServiceError, ServiceExt as _,
-    model::{CallToolRequestParams, ClientConfig},
+    model::CallToolRequestParams,
     transport::{
         StreamableHttpClientTransport,
         common::client_side_sse::NeverRetry,
@@ -49,13 +49,18 @@ async fn connect(server: &ReferenceServer) -> ClientSession {
     connect_with(server, http_client(&[])).await
 }
 
+/// The pool's session handler with its default client config.
+fn handler() -> mcp_pool_traits::SessionHandler {
+    mcp_pool_traits::SessionHandler::new(default_client_config(), None)
+}
+
 async fn connect_with(server: &ReferenceServer, client: reqwest::Client) -> ClientSession {
     let transport = StreamableHttpClientTransport::with_client(
         client,
         StreamableHttpClientTransportConfig::with_uri(server.url())
             .reinit_on_expired_session(false),
     );
-    tokio::time::timeout(BOUND, ClientConfig::default().serve(transport))
+    tokio::time::timeout(BOUND, handler().serve(transport))
         .await
         .expect("initialize timed out")
         .expect("initialize failed")
@@ -367,7 +372,7 @@ async fn priming_events_make_clients_resume_after_stop() {
         .reinit_on_expired_session(false);
     config.retry_config = Arc::new(NeverRetry::default());
     let transport = StreamableHttpClientTransport::with_client(http_client(&[]), config);
-    let session = ClientConfig::default().serve(transport).await.unwrap();
+    let session = handler().serve(transport).await.unwrap();
     let before = server.tool_calls();
     let sleeping =
         tokio::spawn(async move { call(&session, "sleep", json!({"ms": 600_000})).await });
@@ -552,8 +557,7 @@ async fn duplex_connect(
     timeout: Duration,
 ) -> Result<ClientSession, TransportError> {
     let endpoint = duplex_endpoint();
-    let client = default_client_config();
-    let request = ConnectRequest::new(&endpoint, &Default::default(), timeout, &client);
+    let request = ConnectRequest::new(&endpoint, &Default::default(), timeout, handler());
     transport.connect(request).await
 }
 
@@ -621,11 +625,10 @@ async fn duplex_transport_faults() {
     assert!(!error.counts_against_endpoint());
     assert_eq!(transport.sessions_opened(), 0);
     let endpoint = duplex_endpoint();
-    let client = default_client_config();
     let mut headers = http::HeaderMap::new();
     headers.insert(http::header::AUTHORIZATION, required);
     let authorized = transport
-        .connect(ConnectRequest::new(&endpoint, &headers, BOUND, &client))
+        .connect(ConnectRequest::new(&endpoint, &headers, BOUND, handler()))
         .await
         .unwrap();
     drop(authorized);
@@ -786,4 +789,734 @@ async fn hang_holds_connects_and_calls_over_every_transport() {
         assert_eq!(answer.unwrap(), "late", "{kind}");
     }
     assert_eq!(server.tool_calls(), before + 3);
+}
+
+/// The tools that make the reference server talk to its client besides replying (`progress`,
+/// `log`, `notify`, `sample`, `elicit`, `roots`), seen by a plain rmcp client of our own that
+/// records what it receives, over streamable HTTP (real clock) and an in-process duplex pipe
+/// (paused clock).
+mod exchange {
+    #![expect(
+        deprecated,
+        reason = "logging, sampling and roots are MCP 2025-11-25 features under test"
+    )]
+
+    use std::collections::BTreeMap;
+
+    use mcp_pool_conformance::{
+        ReferenceHandler, ReferenceServer,
+        server::{LOGGER, MAX_PROGRESS_STEPS, SAMPLE_MAX_TOKENS, UPDATED_RESOURCE},
+    };
+    use rmcp::{
+        ClientHandler, ErrorData as McpError, RoleClient, ServiceError, ServiceExt as _,
+        model::{
+            CallToolRequest, CallToolRequestParams, CallToolResult, ClientCapabilities,
+            ClientConfig, ClientRequest, CreateMessageRequestParams, CreateMessageResult,
+            ElicitRequestParams, ElicitResult, ElicitationAction, Implementation, ListRootsResult,
+            LoggingLevel, LoggingMessageNotificationParam, ProgressNotificationParam,
+            ProgressToken, Root, SamplingMessage, ServerResult,
+        },
+        service::{NotificationContext, PeerRequestOptions, RequestContext, RunningService},
+        transport::{
+            StreamableHttpClientTransport,
+            streamable_http_client::StreamableHttpClientTransportConfig,
+        },
+    };
+    use serde_json::{Value, json};
+    use tokio::{
+        io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader},
+        sync::mpsc,
+        time::Instant,
+    };
+
+    use super::{BOUND, http_client};
+
+    /// What the test client received from the server besides replies, in arrival order.
+    #[derive(Debug, Clone, PartialEq)]
+    enum Event {
+        Progress(ProgressNotificationParam),
+        Log(LoggingMessageNotificationParam),
+        ToolsChanged,
+        ResourcesChanged,
+        PromptsChanged,
+        ResourceUpdated(String),
+        Sampling(CreateMessageRequestParams),
+        Elicitation(ElicitRequestParams),
+        Roots,
+    }
+
+    /// The text the test client's "model" answers a sampling request with.
+    const SAMPLED: &str = "a reply from the client";
+
+    /// An rmcp client that records every notification and request from the server, and
+    /// answers sampling, elicitation and roots requests — or refuses them with a JSON-RPC
+    /// error carrying `refuse`.
+    struct Recorder {
+        events: mpsc::UnboundedSender<Event>,
+        refuse: Option<&'static str>,
+    }
+
+    impl Recorder {
+        fn record(&self, event: Event) {
+            // The receiver lives as long as the test that reads it.
+            let _ = self.events.send(event);
+        }
+
+        fn refusal(&self) -> Result<(), McpError> {
+            match self.refuse {
+                Some(message) => Err(McpError::internal_error(message, None)),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl ClientHandler for Recorder {
+        fn get_info(&self) -> ClientConfig {
+            ClientConfig::new(
+                ClientCapabilities::builder()
+                    .enable_roots()
+                    .enable_sampling()
+                    .enable_elicitation()
+                    .build(),
+                Implementation::new("recorder", "0"),
+            )
+        }
+
+        async fn create_message(
+            &self,
+            params: CreateMessageRequestParams,
+            _context: RequestContext<RoleClient>,
+        ) -> Result<CreateMessageResult, McpError> {
+            self.record(Event::Sampling(params));
+            self.refusal()?;
+            Ok(CreateMessageResult::new(
+                SamplingMessage::assistant_text(SAMPLED),
+                "test-model".to_owned(),
+            ))
+        }
+
+        async fn create_elicitation(
+            &self,
+            request: ElicitRequestParams,
+            _context: RequestContext<RoleClient>,
+        ) -> Result<ElicitResult, McpError> {
+            self.record(Event::Elicitation(request));
+            self.refusal()?;
+            Ok(ElicitResult::new(ElicitationAction::Accept).with_content(json!({"answer": "yes"})))
+        }
+
+        async fn list_roots(
+            &self,
+            _context: RequestContext<RoleClient>,
+        ) -> Result<ListRootsResult, McpError> {
+            self.record(Event::Roots);
+            self.refusal()?;
+            Ok(ListRootsResult::new(vec![
+                Root::new("file:///work/a"),
+                Root::new("file:///work/b").with_name("b"),
+            ]))
+        }
+
+        async fn on_progress(
+            &self,
+            params: ProgressNotificationParam,
+            _context: NotificationContext<RoleClient>,
+        ) {
+            self.record(Event::Progress(params));
+        }
+
+        async fn on_logging_message(
+            &self,
+            params: LoggingMessageNotificationParam,
+            _context: NotificationContext<RoleClient>,
+        ) {
+            self.record(Event::Log(params));
+        }
+
+        async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+            self.record(Event::ToolsChanged);
+        }
+
+        async fn on_resource_list_changed(&self, _context: NotificationContext<RoleClient>) {
+            self.record(Event::ResourcesChanged);
+        }
+
+        async fn on_prompt_list_changed(&self, _context: NotificationContext<RoleClient>) {
+            self.record(Event::PromptsChanged);
+        }
+
+        async fn on_resource_updated(
+            &self,
+            params: rmcp::model::ResourceUpdatedNotificationParam,
+            _context: NotificationContext<RoleClient>,
+        ) {
+            self.record(Event::ResourceUpdated(params.uri));
+        }
+    }
+
+    type Session = RunningService<RoleClient, Recorder>;
+
+    /// A session with the recorder on one side and the reference server on the other, and
+    /// what the recorder receives. Holds the server, when there is one, as long as the session.
+    struct Peer {
+        session: Session,
+        events: mpsc::UnboundedReceiver<Event>,
+        _server: Option<ReferenceServer>,
+    }
+
+    /// How a test reaches the reference server.
+    #[derive(Debug, Clone, Copy)]
+    enum Via {
+        /// A fresh [`ReferenceServer`] over streamable HTTP.
+        Http,
+        /// A [`ReferenceHandler`] on the other end of a `tokio::io::duplex` pipe.
+        Duplex,
+    }
+
+    async fn open(via: Via, refuse: Option<&'static str>) -> Peer {
+        let (sender, events) = mpsc::unbounded_channel();
+        let recorder = Recorder {
+            events: sender,
+            refuse,
+        };
+        let (session, server) = match via {
+            Via::Http => {
+                let server = ReferenceServer::start().await.unwrap();
+                let transport = StreamableHttpClientTransport::with_client(
+                    http_client(&[]),
+                    StreamableHttpClientTransportConfig::with_uri(server.url())
+                        .reinit_on_expired_session(false),
+                );
+                let session = tokio::time::timeout(BOUND, recorder.serve(transport))
+                    .await
+                    .expect("initialize timed out")
+                    .expect("initialize failed");
+                (session, Some(server))
+            }
+            Via::Duplex => {
+                let (client, server) = tokio::io::duplex(64 * 1024);
+                tokio::spawn(async move {
+                    if let Ok(running) = ReferenceHandler::new().serve(server).await {
+                        let _ = running.waiting().await;
+                    }
+                });
+                let session = tokio::time::timeout(BOUND, recorder.serve(client))
+                    .await
+                    .expect("initialize timed out")
+                    .expect("initialize failed");
+                (session, None)
+            }
+        };
+        Peer {
+            session,
+            events,
+            _server: server,
+        }
+    }
+
+    impl Peer {
+        /// Calls `tool` and returns its whole result.
+        async fn call(
+            &self,
+            tool: &'static str,
+            args: Value,
+        ) -> Result<CallToolResult, ServiceError> {
+            let Value::Object(args) = args else {
+                panic!("tool arguments must be a JSON object");
+            };
+            tokio::time::timeout(
+                BOUND,
+                self.session
+                    .call_tool(CallToolRequestParams::new(tool).with_arguments(args)),
+            )
+            .await
+            .expect("the call neither answered nor failed")
+        }
+
+        /// Calls `tool` and returns the progress token rmcp gave the request and the result.
+        async fn call_with_token(
+            &self,
+            tool: &'static str,
+            args: Value,
+        ) -> (ProgressToken, CallToolResult) {
+            let Value::Object(args) = args else {
+                panic!("tool arguments must be a JSON object");
+            };
+            let request = ClientRequest::CallToolRequest(CallToolRequest::new(
+                CallToolRequestParams::new(tool).with_arguments(args),
+            ));
+            let handle = self
+                .session
+                .send_request_with_option(request, PeerRequestOptions::no_options())
+                .await
+                .unwrap();
+            let token = handle.progress_token.clone();
+            let result = tokio::time::timeout(BOUND, handle.await_response())
+                .await
+                .expect("the call neither answered nor failed")
+                .unwrap();
+            let ServerResult::CallToolResult(result) = result else {
+                panic!("not a tools/call result: {result:?}");
+            };
+            (token, result)
+        }
+
+        /// The next event; fails the test when none comes within [`BOUND`].
+        async fn next(&mut self) -> Event {
+            tokio::time::timeout(BOUND, self.events.recv())
+                .await
+                .expect("no event arrived")
+                .expect("the recorder is gone")
+        }
+
+        /// The next `count` events.
+        async fn take(&mut self, count: usize) -> Vec<Event> {
+            let mut events = Vec::with_capacity(count);
+            for _ in 0..count {
+                events.push(self.next().await);
+            }
+            events
+        }
+    }
+
+    /// The text of a result's single content block.
+    fn text_of(result: &CallToolResult) -> &str {
+        assert_eq!(result.content.len(), 1, "{result:?}");
+        &result.content[0].as_text().expect("text content").text
+    }
+
+    fn is_error(result: &CallToolResult) -> bool {
+        result.is_error == Some(true)
+    }
+
+    /// Emits one test over streamable HTTP (real clock) and one over a duplex pipe (paused
+    /// clock) running `$scenario`.
+    macro_rules! over_both {
+        ($name:ident, $scenario:expr) => {
+            mod $name {
+                use super::*;
+
+                #[tokio::test]
+                async fn http() {
+                    $scenario(Via::Http).await;
+                }
+
+                #[tokio::test(start_paused = true)]
+                async fn duplex() {
+                    $scenario(Via::Duplex).await;
+                }
+            }
+        };
+    }
+
+    async fn declares_capabilities_and_tools(via: Via) {
+        let peer = open(via, None).await;
+        let info = peer.session.peer_info().expect("initialized");
+        let capabilities = &info.capabilities;
+        assert!(capabilities.logging.is_some(), "{capabilities:?}");
+        for list_changed in [
+            capabilities.tools.as_ref().and_then(|c| c.list_changed),
+            capabilities.resources.as_ref().and_then(|c| c.list_changed),
+            capabilities.prompts.as_ref().and_then(|c| c.list_changed),
+        ] {
+            assert_eq!(list_changed, Some(true), "{capabilities:?}");
+        }
+        let tools = peer.session.list_all_tools().await.unwrap();
+        let mut names: Vec<&str> = tools.iter().map(|tool| tool.name.as_ref()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "counter", "echo", "elicit", "fail", "log", "notify", "progress", "roots",
+                "sample", "sleep"
+            ]
+        );
+        // The declared logging capability holds: setLevel is accepted.
+        peer.session
+            .set_level(rmcp::model::SetLevelRequestParams::new(LoggingLevel::Debug))
+            .await
+            .unwrap();
+    }
+    over_both!(capabilities_and_tools, declares_capabilities_and_tools);
+
+    async fn progress_carries_the_call_token(via: Via) {
+        let mut peer = open(via, None).await;
+        let started = Instant::now();
+        let (token, result) = peer
+            .call_with_token("progress", json!({"steps": 3, "delay_ms": 20}))
+            .await;
+        assert_eq!(text_of(&result), "done 3");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(60));
+        let events = peer.take(3).await;
+        for (step, event) in (1..=3).zip(events) {
+            let Event::Progress(progress) = event else {
+                panic!("expected progress, got {event:?}");
+            };
+            assert_eq!(progress.progress_token, token);
+            assert_eq!(progress.progress, f64::from(step));
+            assert_eq!(progress.total, Some(3.0));
+            assert_eq!(
+                progress.message.as_deref(),
+                Some(&*format!("step {step} of 3"))
+            );
+        }
+    }
+    over_both!(progress, progress_carries_the_call_token);
+
+    /// Two progress calls at once on one session: each notification carries the token of the
+    /// call it belongs to, and each call gets exactly its own steps.
+    async fn concurrent_progress_calls_keep_their_tokens(via: Via) {
+        let mut peer = open(via, None).await;
+        let ((first, first_result), (second, second_result)) = tokio::join!(
+            peer.call_with_token("progress", json!({"steps": 2, "delay_ms": 10})),
+            peer.call_with_token("progress", json!({"steps": 4, "delay_ms": 5})),
+        );
+        assert_ne!(first, second);
+        assert_eq!(text_of(&first_result), "done 2");
+        assert_eq!(text_of(&second_result), "done 4");
+        let mut steps: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for event in peer.take(6).await {
+            let Event::Progress(progress) = event else {
+                panic!("expected progress, got {event:?}");
+            };
+            assert!(
+                progress.progress_token == first || progress.progress_token == second,
+                "{progress:?}"
+            );
+            steps
+                .entry(format!("{:?}", progress.progress_token))
+                .or_default()
+                .push(progress.progress);
+        }
+        assert_eq!(steps[&format!("{first:?}")], [1.0, 2.0]);
+        assert_eq!(steps[&format!("{second:?}")], [1.0, 2.0, 3.0, 4.0]);
+    }
+    over_both!(
+        concurrent_progress,
+        concurrent_progress_calls_keep_their_tokens
+    );
+
+    async fn progress_refuses_too_many_steps(via: Via) {
+        let mut peer = open(via, None).await;
+        let result = peer
+            .call("progress", json!({"steps": MAX_PROGRESS_STEPS + 1}))
+            .await
+            .unwrap();
+        assert!(is_error(&result), "{result:?}");
+        assert_eq!(
+            text_of(&result),
+            format!(
+                "progress: steps must be at most 10000, got {}",
+                MAX_PROGRESS_STEPS + 1
+            )
+        );
+        assert!(peer.events.try_recv().is_err(), "progress was sent");
+    }
+    over_both!(progress_bound, progress_refuses_too_many_steps);
+
+    async fn log_sends_one_message_per_string(via: Via) {
+        let mut peer = open(via, None).await;
+        let result = peer
+            .call(
+                "log",
+                json!({"messages": ["first", "second"], "level": "warning"}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(text_of(&result), "logged 2");
+        for (expected, event) in ["first", "second"].into_iter().zip(peer.take(2).await) {
+            let Event::Log(log) = event else {
+                panic!("expected a logging message, got {event:?}");
+            };
+            assert_eq!(log.level, LoggingLevel::Warning);
+            assert_eq!(log.logger.as_deref(), Some(LOGGER));
+            assert_eq!(log.data, json!(expected));
+        }
+
+        // The default level is info.
+        let result = peer
+            .call("log", json!({"messages": ["third"]}))
+            .await
+            .unwrap();
+        assert_eq!(text_of(&result), "logged 1");
+        let Event::Log(log) = peer.next().await else {
+            panic!("expected a logging message");
+        };
+        assert_eq!((log.level, log.data), (LoggingLevel::Info, json!("third")));
+
+        // A level MCP does not define is refused, naming the allowed ones.
+        let result = peer
+            .call("log", json!({"messages": ["x"], "level": "loud"}))
+            .await
+            .unwrap();
+        assert!(is_error(&result), "{result:?}");
+        assert_eq!(
+            text_of(&result),
+            "failed to deserialize parameters: unknown variant `loud`, expected one of `debug`, \
+             `info`, `notice`, `warning`, `error`, `critical`, `alert`, `emergency`"
+        );
+        assert!(peer.events.try_recv().is_err(), "a message was logged");
+    }
+    over_both!(log, log_sends_one_message_per_string);
+
+    /// Every kind `notify` knows, in the order asked.
+    const ALL_KINDS: [&str; 5] = ["tools", "resources", "prompts", "updated", "log"];
+
+    fn expected_notifications() -> Vec<Event> {
+        vec![
+            Event::ToolsChanged,
+            Event::ResourcesChanged,
+            Event::PromptsChanged,
+            Event::ResourceUpdated(UPDATED_RESOURCE.to_owned()),
+            Event::Log(
+                LoggingMessageNotificationParam::new(LoggingLevel::Info, json!("session-level"))
+                    .with_logger(LOGGER),
+            ),
+        ]
+    }
+
+    async fn notify_sends_each_kind_during_the_call(via: Via) {
+        let mut peer = open(via, None).await;
+        let result = peer
+            .call("notify", json!({"kinds": ALL_KINDS}))
+            .await
+            .unwrap();
+        assert_eq!(text_of(&result), "notified");
+        assert_eq!(peer.take(5).await, expected_notifications());
+
+        // An unknown kind is refused, naming the allowed ones.
+        let result = peer
+            .call("notify", json!({"kinds": ["tools", "everything"]}))
+            .await
+            .unwrap();
+        assert!(is_error(&result), "{result:?}");
+        assert_eq!(
+            text_of(&result),
+            "failed to deserialize parameters: unknown variant `everything`, expected one of \
+             `tools`, `resources`, `prompts`, `updated`, `log`"
+        );
+        assert!(peer.events.try_recv().is_err(), "a notification was sent");
+    }
+    over_both!(notify_now, notify_sends_each_kind_during_the_call);
+
+    /// With `after_ms`, the call answers first and the notifications come later, outside any
+    /// request.
+    async fn notify_later_sends_after_the_reply(via: Via) {
+        let mut peer = open(via, None).await;
+        let started = Instant::now();
+        let result = peer
+            .call("notify", json!({"kinds": ALL_KINDS, "after_ms": 200}))
+            .await
+            .unwrap();
+        assert_eq!(text_of(&result), "notified");
+        if matches!(via, Via::Duplex) {
+            // On the paused clock nothing moves the clock 200 ms while the reply travels.
+            assert!(peer.events.try_recv().is_err(), "a notification came first");
+        }
+        assert_eq!(peer.take(5).await, expected_notifications());
+        assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+        // The session still serves calls.
+        let result = peer
+            .call("echo", json!({"message": "after"}))
+            .await
+            .unwrap();
+        assert_eq!(text_of(&result), "after");
+    }
+    over_both!(notify_later, notify_later_sends_after_the_reply);
+
+    async fn sample_asks_the_client(via: Via) {
+        let mut peer = open(via, None).await;
+        let result = peer
+            .call("sample", json!({"prompt": "say hi"}))
+            .await
+            .unwrap();
+        assert!(!is_error(&result), "{result:?}");
+        assert_eq!(text_of(&result), format!("sampled: {SAMPLED}"));
+        let Event::Sampling(request) = peer.next().await else {
+            panic!("expected a sampling request");
+        };
+        assert_eq!(request.max_tokens, SAMPLE_MAX_TOKENS);
+        assert_eq!(request.messages, [SamplingMessage::user_text("say hi")]);
+    }
+    over_both!(sample, sample_asks_the_client);
+
+    async fn elicit_asks_the_client(via: Via) {
+        let mut peer = open(via, None).await;
+        let result = peer
+            .call("elicit", json!({"message": "ok?"}))
+            .await
+            .unwrap();
+        assert!(!is_error(&result), "{result:?}");
+        assert_eq!(text_of(&result), r#"elicited: accept {"answer":"yes"}"#);
+        let Event::Elicitation(ElicitRequestParams::FormElicitationParams {
+            message,
+            requested_schema,
+            ..
+        }) = peer.next().await
+        else {
+            panic!("expected a form elicitation request");
+        };
+        assert_eq!(message, "ok?");
+        assert!(requested_schema.properties.contains_key("answer"));
+    }
+    over_both!(elicit, elicit_asks_the_client);
+
+    async fn roots_asks_the_client(via: Via) {
+        let mut peer = open(via, None).await;
+        let result = peer.call("roots", json!({})).await.unwrap();
+        assert!(!is_error(&result), "{result:?}");
+        assert_eq!(text_of(&result), "roots: file:///work/a,file:///work/b");
+        assert_eq!(peer.next().await, Event::Roots);
+    }
+    over_both!(roots, roots_asks_the_client);
+
+    /// A client that answers each request with a JSON-RPC error: each tool returns an error
+    /// result carrying the client's message, and the session keeps working.
+    async fn client_errors_become_error_results(via: Via) {
+        let mut peer = open(via, Some("no model here")).await;
+        for (tool, args, expected, event) in [
+            (
+                "sample",
+                json!({"prompt": "p"}),
+                "sampling failed: no model here",
+                "sampling",
+            ),
+            (
+                "elicit",
+                json!({"message": "m"}),
+                "elicitation failed: no model here",
+                "elicitation",
+            ),
+            ("roots", json!({}), "roots failed: no model here", "roots"),
+        ] {
+            let result = peer.call(tool, args).await.unwrap();
+            assert!(is_error(&result), "{tool}: {result:?}");
+            assert_eq!(text_of(&result), expected);
+            let received = peer.next().await;
+            let name = match received {
+                Event::Sampling(_) => "sampling",
+                Event::Elicitation(_) => "elicitation",
+                Event::Roots => "roots",
+                other => panic!("unexpected {other:?}"),
+            };
+            assert_eq!(name, event);
+        }
+        let result = peer
+            .call("echo", json!({"message": "still"}))
+            .await
+            .unwrap();
+        assert_eq!(text_of(&result), "still");
+    }
+    over_both!(client_errors, client_errors_become_error_results);
+
+    /// rmcp's default client handler, which declares no capabilities, answers sampling with
+    /// "method not found": the tool reports it rather than hanging.
+    #[tokio::test]
+    async fn sample_without_a_client_handler_fails_cleanly() {
+        let server = ReferenceServer::start().await.unwrap();
+        let transport = StreamableHttpClientTransport::with_client(
+            http_client(&[]),
+            StreamableHttpClientTransportConfig::with_uri(server.url()),
+        );
+        let session = tokio::time::timeout(BOUND, ClientConfig::default().serve(transport))
+            .await
+            .unwrap()
+            .unwrap();
+        let result = tokio::time::timeout(
+            BOUND,
+            session.call_tool(
+                CallToolRequestParams::new("sample")
+                    .with_arguments(json!({"prompt": "p"}).as_object().unwrap().clone()),
+            ),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(is_error(&result), "{result:?}");
+        let text = text_of(&result);
+        assert!(text.starts_with("sampling failed: "), "{text}");
+        assert!(text.contains("sampling/createMessage"), "{text}");
+    }
+
+    /// Over a raw JSON-lines pipe: a `tools/call` without `_meta.progressToken` gets no
+    /// progress notifications; one with a token gets them before its result.
+    #[tokio::test(start_paused = true)]
+    async fn progress_without_a_token_sends_nothing() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            if let Ok(running) = ReferenceHandler::new().serve(server).await {
+                let _ = running.waiting().await;
+            }
+        });
+        let (read, mut write) = tokio::io::split(client);
+        let mut lines = BufReader::new(read).lines();
+        let mut send = async |message: Value| {
+            let mut line = message.to_string();
+            line.push('\n');
+            write.write_all(line.as_bytes()).await.unwrap();
+        };
+        send(json!({
+            "jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"}
+            }
+        }))
+        .await;
+        send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).await;
+        send(json!({
+            "jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "progress", "arguments": {"steps": 3}}
+        }))
+        .await;
+        send(json!({
+            "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {
+                "name": "progress",
+                "arguments": {"steps": 2},
+                "_meta": {"progressToken": "mine"}
+            }
+        }))
+        .await;
+
+        // Everything the server writes, until the answer to request 3.
+        let mut received = Vec::new();
+        loop {
+            let line = tokio::time::timeout(BOUND, lines.next_line())
+                .await
+                .expect("the server went quiet")
+                .unwrap()
+                .expect("the server closed the pipe");
+            let message: Value = serde_json::from_str(&line).unwrap();
+            let done = message["id"] == 3;
+            received.push(message);
+            if done {
+                break;
+            }
+        }
+        let answer = |id: u64| {
+            received
+                .iter()
+                .position(|message| message["id"] == id && message.get("result").is_some())
+                .unwrap_or_else(|| panic!("no answer to {id}: {received:#?}"))
+        };
+        let (second, third) = (answer(2), answer(3));
+        assert_eq!(received[second]["result"]["content"][0]["text"], "done 3");
+        assert_eq!(received[third]["result"]["content"][0]["text"], "done 2");
+        let progress: Vec<(usize, &Value)> = received
+            .iter()
+            .enumerate()
+            .filter(|(_, message)| message["method"] == "notifications/progress")
+            .collect();
+        assert_eq!(progress.len(), 2, "{received:#?}");
+        for (step, (at, notification)) in (1..=2).zip(progress) {
+            assert!(at < third, "progress after the result: {received:#?}");
+            assert_eq!(notification["params"]["progressToken"], "mine");
+            assert_eq!(
+                notification["params"]["progress"].as_f64(),
+                Some(step.into())
+            );
+        }
+    }
 }

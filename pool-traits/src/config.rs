@@ -81,8 +81,9 @@ pub enum ConfigError {
         /// `" seconds"`, `" %"` or empty.
         unit: &'static str,
     },
-    /// Sizes contradict each other.
-    #[error("min_size ({min_size}) <= size ({size}) <= max_size ({max_size}) does not hold")]
+    /// Sizes contradict each other: `min_size <= size <= max_size` does not hold. The message
+    /// names the two fields that disagree.
+    #[error("{}", sizes_message(*min_size, *size, *max_size))]
     Sizes {
         /// The configured min_size.
         min_size: u32,
@@ -90,6 +91,19 @@ pub enum ConfigError {
         size: u32,
         /// The configured max_size.
         max_size: u32,
+    },
+    /// A duration is outside its range (for settings finer than whole seconds, such as
+    /// `create_timeout`).
+    #[error("{field} = {value:?} is out of range: must be {min:?} to {max:?}")]
+    DurationOutOfRange {
+        /// The field name.
+        field: &'static str,
+        /// The rejected value.
+        value: Duration,
+        /// The shortest allowed value.
+        min: Duration,
+        /// The longest allowed value.
+        max: Duration,
     },
     /// A value is not one of the allowed ones.
     #[error("{field} = {value:?} is invalid: must be {allowed}")]
@@ -103,13 +117,62 @@ pub enum ConfigError {
     },
 }
 
+/// The words of [`ConfigError::Sizes`]: the first pair of sizes found out of order.
+fn sizes_message(min_size: u32, size: u32, max_size: u32) -> String {
+    let (lower, upper, why) = if min_size > max_size {
+        (
+            ("min_size", min_size),
+            ("max_size", max_size),
+            "the sessions kept warm cannot exceed the hard cap",
+        )
+    } else if size > max_size {
+        (
+            ("size", size),
+            ("max_size", max_size),
+            "the target size cannot exceed the hard cap",
+        )
+    } else {
+        (
+            ("min_size", min_size),
+            ("size", size),
+            "the target size cannot be below the sessions kept warm",
+        )
+    };
+    format!(
+        "{} ({}) is above {} ({}): {why} (min_size <= size <= max_size); set both, or let the \
+         sizes you did not choose follow with PoolConfig::normalized()",
+        lower.0, lower.1, upper.0, upper.1
+    )
+}
+
+/// Which of the three sizes a user chose; the others follow them (see
+/// [`PoolConfig::follow_sizes`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ChosenSizes {
+    /// `min_size` was chosen.
+    pub min_size: bool,
+    /// `size` was chosen.
+    pub size: bool,
+    /// `max_size` was chosen.
+    pub max_size: bool,
+}
+
 /// Pool settings of one upstream server. Field names, defaults and ranges are those of the seed
 /// setup guide (DESIGN §6). Durations are whole seconds in serialized form.
 ///
-/// Build it with struct update syntax from [`PoolConfig::default`] and call
-/// [`validate`](Self::validate) (the pool does so before applying anything).
+/// Build it with struct update syntax from [`PoolConfig::enabled`] or [`PoolConfig::default`].
+/// [`validate`](Self::validate) (which the pool runs before applying anything) requires
+/// `min_size <= size <= max_size` of the values as they are; since a struct update cannot tell
+/// which sizes were written, [`normalized`](Self::normalized) takes a size still at its default
+/// for one the user did not choose and lets it follow the others.
+/// `mcp_pool::ServerConfig::pool` applies it, so
+/// `PoolConfig { max_size: 4, ..PoolConfig::enabled() }` is a pool of at most 4 sessions whose
+/// `size` is 4, and `PoolConfig { min_size: 12, ..PoolConfig::enabled() }` keeps 12 warm with
+/// `size` and `max_size` 12. Deserialization does the same exactly: sizes absent from the input
+/// follow the ones present (`{"max_size": 3}` gives `size` 3), and sizes present that
+/// contradict each other are left for `validate` to reject.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(from = "PoolConfigFields")]
 pub struct PoolConfig {
     /// Pooling on for this server (default `false`). Off: every acquire gets a fresh session,
     /// closed on release, as with [`StrategyKind::None`].
@@ -123,25 +186,25 @@ pub struct PoolConfig {
     /// Hard cap on sessions per key, idle or in use, 1-1000 (default 10). Never exceeded.
     pub max_size: u32,
     /// Acquire timeout, 1-300 s (default 30 s).
-    #[serde(with = "secs")]
+    #[serde(serialize_with = "secs::serialize")]
     pub timeout: Duration,
     /// An idle session is closed after this, 60-86400 s (default 3600 s).
-    #[serde(with = "secs")]
+    #[serde(serialize_with = "secs::serialize")]
     pub max_idle_time: Duration,
     /// Session age cap (TTL), 60-86400 s (default 3600 s).
-    #[serde(with = "secs")]
+    #[serde(serialize_with = "secs::serialize")]
     pub max_lifetime: Duration,
     /// Leases one session serves at once, 1-256 (default 1 = exclusive checkout).
     pub session_concurrency: u32,
     /// Autoscaler on (default `false`).
     pub auto_scale: bool,
     /// Background health check period, 10-3600 s (default 60 s).
-    #[serde(with = "secs")]
+    #[serde(serialize_with = "secs::serialize")]
     pub health_check_interval: Duration,
     /// Health score (percent) below which the server is unhealthy, 0-100 (default 70).
     pub health_check_threshold: u8,
     /// Autoscaler and rebalancer period, 60-3600 s (default 300 s).
-    #[serde(with = "secs")]
+    #[serde(serialize_with = "secs::serialize")]
     pub rebalance_interval: Duration,
 }
 
@@ -255,23 +318,118 @@ impl PoolConfig {
         Ok(())
     }
 
+    /// This config with the sizes not in `chosen` moved to fit the chosen ones, each kept
+    /// within 1-1000:
+    /// - `size`, not chosen, is clamped into [chosen `min_size`, chosen `max_size`];
+    /// - `min_size`, not chosen, is lowered to `size` when above it;
+    /// - `max_size`, not chosen, is raised to `size` (and `min_size`) when below it.
+    ///
+    /// Chosen sizes never move: when they contradict each other (or one is out of range),
+    /// [`validate`](Self::validate) still fails, naming two chosen fields. This is the rule of
+    /// `SESSION_POOL_SIZE` / `SESSION_POOL_MIN_SIZE` / `SESSION_POOL_MAX_SIZE` and of the
+    /// configuration file: `SESSION_POOL_MAX_SIZE=4` alone gives sizes 1 / 4 / 4,
+    /// `SESSION_POOL_MIN_SIZE=6` alone gives 6 / 6 / 10 (issue 10, item 7).
+    #[must_use]
+    pub fn follow_sizes(mut self, chosen: ChosenSizes) -> Self {
+        let in_range = |v: u32| v.clamp(1, 1000);
+        if !chosen.size {
+            if chosen.max_size {
+                self.size = self.size.min(in_range(self.max_size));
+            }
+            if chosen.min_size {
+                self.size = self.size.max(in_range(self.min_size));
+            }
+            self.size = in_range(self.size);
+        }
+        if !chosen.min_size {
+            self.min_size = in_range(self.min_size.min(self.size));
+            if chosen.max_size {
+                self.min_size = self.min_size.min(in_range(self.max_size));
+            }
+        }
+        if !chosen.max_size {
+            self.max_size = in_range(self.max_size.max(self.size).max(self.min_size));
+        }
+        self
+    }
+
+    /// This config with every size still equal to its default (`min_size` 1, `size` 5,
+    /// `max_size` 10) taken as not chosen, through [`follow_sizes`](Self::follow_sizes). Meant
+    /// for configs built with struct update syntax, where nothing else tells which sizes were
+    /// written: a size written equal to its default follows too, which only ever moves it
+    /// toward the sizes written.
+    #[must_use]
+    pub fn normalized(self) -> Self {
+        let d = Self::default();
+        let chosen = ChosenSizes {
+            min_size: self.min_size != d.min_size,
+            size: self.size != d.size,
+            max_size: self.max_size != d.max_size,
+        };
+        self.follow_sizes(chosen)
+    }
+
     /// Whether sessions are kept between acquires: pooling on and a strategy other than `none`.
     pub fn pools(&self) -> bool {
         self.enabled && self.strategy != StrategyKind::None
     }
 }
 
+/// The serialized form of [`PoolConfig`]: every field optional. Absent fields take their
+/// defaults, and absent sizes follow the present ones ([`PoolConfig::follow_sizes`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PoolConfigFields {
+    enabled: Option<bool>,
+    strategy: Option<StrategyKind>,
+    size: Option<u32>,
+    min_size: Option<u32>,
+    max_size: Option<u32>,
+    timeout: Option<u64>,
+    max_idle_time: Option<u64>,
+    max_lifetime: Option<u64>,
+    session_concurrency: Option<u32>,
+    auto_scale: Option<bool>,
+    health_check_interval: Option<u64>,
+    health_check_threshold: Option<u8>,
+    rebalance_interval: Option<u64>,
+}
+
+impl From<PoolConfigFields> for PoolConfig {
+    fn from(f: PoolConfigFields) -> Self {
+        let d = PoolConfig::default();
+        let secs = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_secs);
+        let chosen = ChosenSizes {
+            min_size: f.min_size.is_some(),
+            size: f.size.is_some(),
+            max_size: f.max_size.is_some(),
+        };
+        PoolConfig {
+            enabled: f.enabled.unwrap_or(d.enabled),
+            strategy: f.strategy.unwrap_or(d.strategy),
+            size: f.size.unwrap_or(d.size),
+            min_size: f.min_size.unwrap_or(d.min_size),
+            max_size: f.max_size.unwrap_or(d.max_size),
+            timeout: secs(f.timeout, d.timeout),
+            max_idle_time: secs(f.max_idle_time, d.max_idle_time),
+            max_lifetime: secs(f.max_lifetime, d.max_lifetime),
+            session_concurrency: f.session_concurrency.unwrap_or(d.session_concurrency),
+            auto_scale: f.auto_scale.unwrap_or(d.auto_scale),
+            health_check_interval: secs(f.health_check_interval, d.health_check_interval),
+            health_check_threshold: f.health_check_threshold.unwrap_or(d.health_check_threshold),
+            rebalance_interval: secs(f.rebalance_interval, d.rebalance_interval),
+        }
+        .follow_sizes(chosen)
+    }
+}
+
 mod secs {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer, Serializer};
+    use serde::Serializer;
 
     pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(super::whole_secs(*d))
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_secs)
     }
 }
 
@@ -352,7 +510,9 @@ mod tests {
             (
                 "sizes",
                 |c| c.min_size = 6,
-                "min_size (6) <= size (5) <= max_size (10) does not hold",
+                "min_size (6) is above size (5): the target size cannot be below the sessions \
+                 kept warm (min_size <= size <= max_size); set both, or let the sizes you did \
+                 not choose follow with PoolConfig::normalized()",
             ),
         ];
         for (field, set, message) in cases {
@@ -377,14 +537,115 @@ mod tests {
     }
 
     #[test]
-    fn partial_json_fills_defaults() {
+    fn partial_json_fills_defaults_and_absent_sizes_follow() {
         let c: PoolConfig = serde_json::from_str(r#"{"enabled": true, "max_size": 3}"#).unwrap();
         assert!(c.enabled);
-        assert_eq!(c.max_size, 3);
-        assert_eq!(
-            c.size, 5,
-            "defaults stay; validate() then rejects size > max_size"
+        assert_eq!((c.min_size, c.size, c.max_size), (1, 3, 3));
+        assert_eq!(c.timeout, Duration::from_secs(30));
+        c.validate().unwrap();
+        let c: PoolConfig = serde_json::from_str(r#"{"min_size": 12}"#).unwrap();
+        assert_eq!((c.min_size, c.size, c.max_size), (12, 12, 12));
+        // Sizes given together are kept as given: validate names the two that disagree.
+        let c: PoolConfig = serde_json::from_str(r#"{"size": 6, "max_size": 4}"#).unwrap();
+        assert_eq!((c.min_size, c.size, c.max_size), (1, 6, 4));
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("size (6) is above max_size (4)"), "{err}");
+        // A full config round-trips unchanged.
+        let full = PoolConfig {
+            min_size: 2,
+            size: 3,
+            max_size: 4,
+            ..PoolConfig::enabled()
+        };
+        let back: PoolConfig =
+            serde_json::from_value(serde_json::to_value(&full).unwrap()).unwrap();
+        assert_eq!(back, full);
+    }
+
+    #[test]
+    fn unchosen_sizes_follow_the_chosen_ones() {
+        let chosen = |min_size, size, max_size| ChosenSizes {
+            min_size,
+            size,
+            max_size,
+        };
+        let sizes = |min_size, size, max_size| PoolConfig {
+            min_size,
+            size,
+            max_size,
+            ..PoolConfig::default()
+        };
+        // (given min/size/max, chosen, expected min/size/max)
+        let cases = [
+            ((1, 5, 4), chosen(false, false, true), (1, 4, 4)),
+            ((6, 5, 10), chosen(true, false, false), (6, 6, 10)),
+            ((12, 5, 10), chosen(true, false, false), (12, 12, 12)),
+            ((1, 20, 10), chosen(false, true, false), (1, 20, 20)),
+            ((3, 2, 10), chosen(false, true, false), (2, 2, 10)),
+            ((3, 5, 2), chosen(false, false, true), (2, 2, 2)),
+            ((2, 3, 4), chosen(true, true, true), (2, 3, 4)),
+            // Chosen sizes that contradict stay as they are; the others never get the blame.
+            ((8, 5, 4), chosen(true, false, true), (8, 8, 4)),
+            ((6, 8, 4), chosen(false, true, true), (4, 8, 4)),
+        ];
+        for (given, chosen, expected) in cases {
+            let c = sizes(given.0, given.1, given.2).follow_sizes(chosen);
+            assert_eq!(
+                (c.min_size, c.size, c.max_size),
+                expected,
+                "{given:?} {chosen:?}"
+            );
+        }
+        let err = sizes(8, 5, 4)
+            .follow_sizes(chosen(true, false, true))
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("min_size (8) is above max_size (4)")
         );
-        assert!(c.validate().is_err());
+        let err = sizes(6, 8, 4)
+            .follow_sizes(chosen(false, true, true))
+            .validate()
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("size (8) is above max_size (4)")
+        );
+        // An out-of-range chosen size is reported as such, not through a follower.
+        let err = sizes(1, 5, 0)
+            .follow_sizes(chosen(false, false, true))
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "max_size = 0 is out of range: must be 1 to 1000"
+        );
+    }
+
+    #[test]
+    fn struct_update_sizes_are_normalized() {
+        let c = PoolConfig {
+            max_size: 4,
+            ..PoolConfig::enabled()
+        };
+        let err = c.validate().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "size (5) is above max_size (4): the target size cannot exceed the hard cap \
+             (min_size <= size <= max_size); set both, or let the sizes you did not choose \
+             follow with PoolConfig::normalized()"
+        );
+        let n = c.normalized();
+        assert_eq!((n.min_size, n.size, n.max_size), (1, 4, 4));
+        n.validate().unwrap();
+        let n = PoolConfig {
+            min_size: 12,
+            ..PoolConfig::enabled()
+        }
+        .normalized();
+        assert_eq!((n.min_size, n.size, n.max_size), (12, 12, 12));
+        assert!(n.enabled);
+        assert_eq!(PoolConfig::enabled().normalized(), PoolConfig::enabled());
     }
 }

@@ -96,8 +96,9 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// An endpoint was malformed.
+/// An endpoint was malformed. Every URL shown is [redacted](crate::redact_url).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidEndpoint {
     /// The URL scheme does not match the transport.
     #[error(
@@ -111,16 +112,39 @@ pub enum InvalidEndpoint {
         /// The accepted prefixes.
         expected: &'static str,
     },
+    /// The URL does not parse, or has no host.
+    #[error(
+        "endpoint url {url:?} is invalid: {reason}; expected {scheme}host[:port][/path] with a \
+         port from 1 to 65535"
+    )]
+    Url {
+        /// The rejected URL, [redacted](crate::redact_url).
+        url: String,
+        /// What the parser found wrong, e.g. `empty host`, `invalid IPv6 address`.
+        reason: String,
+        /// The accepted schemes, as in [`InvalidEndpoint::Scheme`].
+        scheme: &'static str,
+    },
+    /// The port is not a number from 1 to 65535.
+    #[error("endpoint url {url:?} has an invalid port {port:?}: must be a number from 1 to 65535")]
+    Port {
+        /// The rejected URL, [redacted](crate::redact_url).
+        url: String,
+        /// The port as written.
+        port: String,
+    },
     /// The weight is outside 1 to [`MAX_WEIGHT`].
     #[error("endpoint weight {0} is out of range: must be 1 to {MAX_WEIGHT}")]
     Weight(u32),
 }
 
 impl Endpoint {
-    /// An endpoint of weight 1.
+    /// An endpoint of weight 1, its URL checked as [`validate`](Self::validate) does.
     ///
     /// # Errors
-    /// [`InvalidEndpoint::Scheme`] when the URL's scheme does not fit `transport`.
+    /// [`InvalidEndpoint::Scheme`] when the URL's scheme does not fit `transport`,
+    /// [`InvalidEndpoint::Url`] when it does not parse or has no host,
+    /// [`InvalidEndpoint::Port`] when its port is not 1-65535.
     pub fn new(
         url: impl Into<Arc<str>>,
         transport: TransportKind,
@@ -144,10 +168,13 @@ impl Endpoint {
         Ok(self)
     }
 
-    /// Checks the scheme against the transport and the weight against its range.
+    /// Checks the URL and the weight: the scheme fits the transport (`http://` or `https://`
+    /// for streamable HTTP and SSE, `ws://` or `wss://` for WebSocket), the whole URL parses
+    /// (WHATWG URL rules, as `reqwest` applies them when connecting) with a host, an explicit
+    /// port is 1-65535, and the weight is 1 to [`MAX_WEIGHT`].
     ///
     /// # Errors
-    /// The first [`InvalidEndpoint`] found.
+    /// The first [`InvalidEndpoint`] found, in that order.
     pub fn validate(&self) -> Result<(), InvalidEndpoint> {
         let (schemes, expected): (&[&str], _) = match self.transport {
             TransportKind::StreamableHttp | TransportKind::Sse => {
@@ -155,19 +182,65 @@ impl Endpoint {
             }
             TransportKind::WebSocket => (&["ws://", "wss://"], "ws:// or wss://"),
         };
+        let shown = || crate::redact_url(&self.url).into_owned();
         let lower = self.url.get(..8).unwrap_or(&self.url).to_ascii_lowercase();
-        if !schemes.iter().any(|s| lower.starts_with(s)) || self.url.len() <= 8 {
+        if !schemes.iter().any(|s| lower.starts_with(s)) {
             return Err(InvalidEndpoint::Scheme {
-                url: crate::redact_url(&self.url).into_owned(),
+                url: shown(),
                 transport: self.transport,
                 expected,
             });
+        }
+        let scheme = match self.transport {
+            TransportKind::StreamableHttp | TransportKind::Sse => "http(s)://",
+            TransportKind::WebSocket => "ws(s)://",
+        };
+        let invalid = |reason: String| InvalidEndpoint::Url {
+            url: shown(),
+            reason,
+            scheme,
+        };
+        let port = || InvalidEndpoint::Port {
+            url: shown(),
+            port: host_and_port_as_written(&self.url).1.to_owned(),
+        };
+        if host_and_port_as_written(&self.url).0.is_empty() {
+            return Err(invalid("empty host".to_owned()));
+        }
+        match url::Url::parse(&self.url) {
+            Err(url::ParseError::InvalidPort) => return Err(port()),
+            Err(e) => return Err(invalid(e.to_string())),
+            Ok(parsed) => {
+                if parsed.host_str().is_none_or(str::is_empty) {
+                    return Err(invalid("it has no host".to_owned()));
+                }
+                if parsed.port() == Some(0) {
+                    return Err(port());
+                }
+            }
         }
         if !(1..=MAX_WEIGHT).contains(&self.weight) {
             return Err(InvalidEndpoint::Weight(self.weight));
         }
         Ok(())
     }
+}
+
+/// The host and the port of `url` as written: the authority after any user-info (so never a
+/// password), split at the host's `:`; either may be empty. The WHATWG parser skips extra
+/// slashes (`http:///mcp` has host `mcp`), so an empty host is only seen here.
+fn host_and_port_as_written(url: &str) -> (&str, &str) {
+    let rest = url.find("://").map_or(url, |i| &url[i + 3..]);
+    let authority = &rest[..rest.find(['/', '?', '#', '\\']).unwrap_or(rest.len())];
+    let host_port = authority
+        .rfind('@')
+        .map_or(authority, |at| &authority[at + 1..]);
+    let split = match host_port.strip_prefix('[') {
+        Some(v6) => v6.find(']').map_or(host_port.len(), |end| end + 2),
+        None => host_port.find(':').unwrap_or(host_port.len()),
+    };
+    let (host, port) = host_port.split_at(split);
+    (host, port.strip_prefix(':').unwrap_or(port))
 }
 
 #[cfg(test)]
@@ -210,5 +283,62 @@ mod tests {
             .with_weight(0)
             .unwrap_err();
         assert_eq!(err, InvalidEndpoint::Weight(0));
+    }
+
+    #[test]
+    fn urls_are_parsed_whole_with_host_and_port() {
+        let http = TransportKind::StreamableHttp;
+        for ok in [
+            "http://127.0.0.1:1/mcp",
+            "https://example.test:65535/mcp?x=1",
+            "http://[::1]:8080/mcp",
+            "http://example.test",
+        ] {
+            Endpoint::new(ok, http).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let cases = [
+            (
+                "http://127.0.0.1:70000/mcp",
+                http,
+                r#"endpoint url "http://127.0.0.1:70000/mcp" has an invalid port "70000": must be a number from 1 to 65535"#,
+            ),
+            (
+                "http://alice:pw123@example.test:0/mcp",
+                http,
+                r#"endpoint url "http://***@example.test:0/mcp" has an invalid port "0": must be a number from 1 to 65535"#,
+            ),
+            (
+                "ws://[::1]:99999/mcp",
+                TransportKind::WebSocket,
+                r#"endpoint url "ws://[::1]:99999/mcp" has an invalid port "99999": must be a number from 1 to 65535"#,
+            ),
+            (
+                "http://example.test:80a/mcp",
+                http,
+                r#"endpoint url "http://example.test:80a/mcp" has an invalid port "80a": must be a number from 1 to 65535"#,
+            ),
+            (
+                "http:///mcp",
+                http,
+                r#"endpoint url "http:///mcp" is invalid: empty host; expected http(s)://host[:port][/path] with a port from 1 to 65535"#,
+            ),
+            (
+                "http://",
+                http,
+                r#"endpoint url "http://" is invalid: empty host; expected http(s)://host[:port][/path] with a port from 1 to 65535"#,
+            ),
+            (
+                "wss://exa mple.test/mcp",
+                TransportKind::WebSocket,
+                r#"endpoint url "wss://exa mple.test/mcp" is invalid: invalid international domain name; expected ws(s)://host[:port][/path] with a port from 1 to 65535"#,
+            ),
+        ];
+        for (url, transport, message) in cases {
+            let err = Endpoint::new(url, transport).expect_err(url);
+            assert_eq!(err.to_string(), message, "{url}");
+        }
+        assert_eq!(host_and_port_as_written("http://u:p@h:12/x"), ("h", "12"));
+        assert_eq!(host_and_port_as_written("http://h/x:3"), ("h", ""));
+        assert_eq!(host_and_port_as_written("http://[::1]:7/x"), ("[::1]", "7"));
     }
 }

@@ -5,6 +5,7 @@
 mod backend;
 mod config;
 mod endpoint;
+mod exchange;
 mod failure;
 mod id;
 mod identity;
@@ -13,8 +14,12 @@ mod strategy;
 mod transport;
 
 pub use backend::{BackendError, Claim, ConfigChange, SavedConfig, StateBackend};
-pub use config::{ConfigError, PoolConfig, RANGES, StrategyKind, check_range};
+pub use config::{ChosenSizes, ConfigError, PoolConfig, RANGES, StrategyKind, check_range};
 pub use endpoint::{Endpoint, InvalidEndpoint, MAX_WEIGHT, TransportKind, UnknownTransport};
+pub use exchange::{
+    CallHeaders, CallRoute, SESSION_EVENTS_CAPACITY, ServerEvent, ServerEventKind, ServerEvents,
+    ServerRequestHandler, SessionHandler,
+};
 pub use failure::FailureKind;
 pub use id::{ID_RULE, InvalidId, ServerId, StateId};
 pub use identity::{

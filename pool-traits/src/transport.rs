@@ -10,12 +10,14 @@ use rmcp::{
 };
 
 use crate::{
-    Endpoint, FailureKind, RedactedHeaders, TransportKind, forwardable_headers, redact_url,
+    Endpoint, FailureKind, RedactedHeaders, SessionHandler, TransportKind, forwardable_headers,
+    redact_url,
 };
 
-/// An initialized upstream MCP session, as rmcp hands it out. Derefs to
+/// An initialized upstream MCP session, as rmcp hands it out, served by the pool's
+/// [`SessionHandler`] (which routes the server's notifications and requests). Derefs to
 /// [`Peer<RoleClient>`](rmcp::Peer).
-pub type ClientSession = RunningService<RoleClient, ClientConfig>;
+pub type ClientSession = RunningService<RoleClient, SessionHandler>;
 
 /// What a transport needs to open one session.
 ///
@@ -26,12 +28,12 @@ pub struct ConnectRequest<'a> {
     endpoint: &'a Endpoint,
     headers: HeaderMap,
     timeout: Duration,
-    client: &'a ClientConfig,
+    handler: SessionHandler,
 }
 
 impl<'a> ConnectRequest<'a> {
     /// A request to connect `endpoint` sending `headers` on every upstream HTTP request, with
-    /// connect + `initialize` bounded by `timeout`.
+    /// connect + `initialize` bounded by `timeout`, the session served by `handler`.
     ///
     /// Pass the headers of [`IdentityConfig::forwarded_headers`](crate::IdentityConfig::forwarded_headers)
     /// (identity headers and the allow-list, all hashed into the key), not a downstream
@@ -44,13 +46,13 @@ impl<'a> ConnectRequest<'a> {
         endpoint: &'a Endpoint,
         headers: &HeaderMap,
         timeout: Duration,
-        client: &'a ClientConfig,
+        handler: SessionHandler,
     ) -> Self {
         Self {
             endpoint,
             headers: forwardable_headers(headers),
             timeout,
-            client,
+            handler,
         }
     }
 
@@ -71,8 +73,15 @@ impl<'a> ConnectRequest<'a> {
     }
 
     /// The `initialize` parameters (client info and capabilities) to send.
-    pub fn client(&self) -> &'a ClientConfig {
-        self.client
+    pub fn client(&self) -> &ClientConfig {
+        self.handler.info()
+    }
+
+    /// The service to run the session with: serve it over the transport
+    /// (`request.handler().serve(transport)`, rmcp's `ServiceExt`), so that the server's
+    /// notifications and requests reach the pool.
+    pub fn handler(&self) -> SessionHandler {
+        self.handler.clone()
     }
 }
 
@@ -98,7 +107,14 @@ pub fn default_client_config() -> ClientConfig {
 /// A session could not be opened.
 ///
 /// The URLs it holds have their user-info and credential-looking query values hidden
-/// ([`redact_url`]): build it with [`connect`](Self::connect) and [`timeout`](Self::timeout).
+/// ([`redact_url`]): build it with [`categorized`](Self::categorized),
+/// [`with_cause`](Self::with_cause) or [`timeout`](Self::timeout).
+///
+/// Its message is complete and meant for people (issue 10, item 6): the endpoint URL and the
+/// cause in words, e.g. `cannot open an MCP session at http://127.0.0.1:8000/mcp: connection
+/// refused (nothing listens at this address)`. It has no [`source`](std::error::Error::source):
+/// the transport's own error, whose text may name Rust types or repeat the cause, is kept in
+/// [`Connect::error`](Self::Connect::error) for programs.
 ///
 /// [`kind`](Self::kind) says why, in categories ([`FailureKind`]) that tell an endpoint's
 /// failure from a caller's; [`counts_against_endpoint`](Self::counts_against_endpoint) is what
@@ -107,7 +123,9 @@ pub fn default_client_config() -> ClientConfig {
 #[non_exhaustive]
 pub enum TransportError {
     /// Connect + initialize did not finish within the create timeout.
-    #[error("connecting {url} timed out after {timeout:?} (connect + initialize)")]
+    #[error(
+        "cannot open an MCP session at {url}: connect + initialize timed out after {timeout:?}"
+    )]
     Timeout {
         /// The endpoint URL, redacted.
         url: String,
@@ -115,20 +133,30 @@ pub enum TransportError {
         timeout: Duration,
     },
     /// The connection or the handshake failed.
-    #[error("connecting {url} failed ({kind}): {source}")]
+    #[error("cannot open an MCP session at {url}: {cause}")]
     Connect {
         /// The endpoint URL, redacted.
         url: String,
         /// Why, as a category ([`FailureKind::Other`] when the transport did not say).
         kind: FailureKind,
-        /// The cause.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        /// Why, in words: the root cause (`connection refused (nothing listens at this
+        /// address)`, `DNS failure: …`, `HTTP 404 Not Found (text/html): "Not Found"`), with
+        /// no Rust type names, bodies cut to a short excerpt and the endpoint URL redacted.
+        cause: String,
+        /// The transport's own error, for programs (downcast it); not part of the message.
+        error: Box<dyn std::error::Error + Send + Sync>,
     },
     /// No transport is registered for this kind.
-    #[error("no transport is registered for {0}")]
+    #[error(
+        "cannot open an MCP session over {0}: no transport is registered for it \
+         (PoolBuilder::transport)"
+    )]
     Unsupported(TransportKind),
 }
+
+/// The longest [`TransportError::Connect::cause`] built from an error's messages, in bytes
+/// (an excerpt ends with `…`).
+const MAX_CAUSE_BYTES: usize = 400;
 
 impl TransportError {
     /// A [`TransportError::Connect`] for `url` (stored [redacted](redact_url)) of kind
@@ -138,16 +166,39 @@ impl TransportError {
         Self::categorized(url, FailureKind::Other, source)
     }
 
-    /// A [`TransportError::Connect`] for `url` that failed for the reason `kind`.
+    /// A [`TransportError::Connect`] for `url` that failed for the reason `kind`. Its cause in
+    /// words is `source`'s message followed by those of its causes (`source()`), each once:
+    /// a cause whose text its parent already includes is skipped; at most 400 bytes. Use
+    /// [`with_cause`](Self::with_cause) to word it yourself.
     pub fn categorized(
         url: &str,
         kind: FailureKind,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
+        let error = source.into();
+        let cause = chain_text(error.as_ref());
+        Self::with_cause(url, kind, cause, error)
+    }
+
+    /// A [`TransportError::Connect`] for `url` that failed for the reason `kind`, with its
+    /// cause in words (`cause`; `url` appearing in it is redacted too) and the transport's
+    /// own `error`.
+    pub fn with_cause(
+        url: &str,
+        kind: FailureKind,
+        cause: impl Into<String>,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        let redacted = redact_url(url);
+        let mut cause = cause.into();
+        if redacted != url && cause.contains(url) {
+            cause = cause.replace(url, &redacted);
+        }
         Self::Connect {
-            url: redact_url(url).into_owned(),
+            url: redacted.into_owned(),
             kind,
-            source: source.into(),
+            cause,
+            error: error.into(),
         }
     }
 
@@ -185,6 +236,45 @@ impl TransportError {
             Self::Unsupported(_) => None,
         }
     }
+
+    /// The cause in words, without the URL: the `cause` of [`Connect`](Self::Connect), what
+    /// timed out for [`Timeout`](Self::Timeout), the missing transport for
+    /// [`Unsupported`](Self::Unsupported).
+    pub fn cause(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Self::Connect { cause, .. } => cause.as_str().into(),
+            Self::Timeout { timeout, .. } => {
+                format!("connect + initialize timed out after {timeout:?}").into()
+            }
+            Self::Unsupported(kind) => format!("no transport is registered for {kind}").into(),
+        }
+    }
+}
+
+/// `error`'s message and its causes', each once (a cause whose text the message so far already
+/// includes is skipped), joined by `: `, at most [`MAX_CAUSE_BYTES`].
+fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut next = error.source();
+    // Chains are a handful deep; the bound stops a cyclic `source()`.
+    for _ in 0..32 {
+        let Some(cause) = next else { break };
+        let message = cause.to_string();
+        if !message.is_empty() && !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        next = cause.source();
+    }
+    if text.len() > MAX_CAUSE_BYTES {
+        let mut end = MAX_CAUSE_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }
 
 /// Opens initialized MCP client sessions over one kind of transport (DESIGN §9).
@@ -226,6 +316,75 @@ pub fn is_transport_failure(error: &ServiceError) -> bool {
 mod tests {
     use super::*;
 
+    /// An error whose message includes its source's (the pattern `chain_text` must not repeat).
+    #[derive(Debug, thiserror::Error)]
+    #[error("handshake failed: {0}")]
+    struct Including(#[source] std::io::Error);
+
+    /// An error whose message leaves its source's to `source()`.
+    #[derive(Debug, thiserror::Error)]
+    #[error("request failed")]
+    struct Exposing(#[source] Including);
+
+    #[test]
+    fn a_categorized_cause_says_each_message_once_and_has_no_source() {
+        let error = TransportError::categorized(
+            "http://127.0.0.1:1/mcp",
+            FailureKind::ConnectionRefused,
+            Exposing(Including(std::io::Error::other("refused by peer"))),
+        );
+        assert_eq!(
+            error.cause(),
+            "request failed: handshake failed: refused by peer"
+        );
+        assert_eq!(
+            error.to_string(),
+            "cannot open an MCP session at http://127.0.0.1:1/mcp: request failed: handshake \
+             failed: refused by peer"
+        );
+        assert!(std::error::Error::source(&error).is_none());
+        let TransportError::Connect { error: inner, .. } = &error else {
+            panic!("{error:?}");
+        };
+        assert!(
+            inner.downcast_ref::<Exposing>().is_some(),
+            "kept for programs"
+        );
+
+        let long = TransportError::connect("http://x/mcp", "y".repeat(1000));
+        assert_eq!(long.cause().len(), MAX_CAUSE_BYTES + '…'.len_utf8());
+        let timeout = TransportError::timeout("http://x/mcp", Duration::from_secs(5));
+        assert_eq!(
+            timeout.to_string(),
+            "cannot open an MCP session at http://x/mcp: connect + initialize timed out after 5s"
+        );
+        assert_eq!(
+            TransportError::Unsupported(TransportKind::WebSocket).to_string(),
+            "cannot open an MCP session over websocket: no transport is registered for it \
+             (PoolBuilder::transport)"
+        );
+    }
+
+    #[test]
+    fn a_url_in_the_cause_is_redacted_too() {
+        let url = "https://alice:pw123@example.test/mcp";
+        let error = TransportError::with_cause(
+            url,
+            FailureKind::Other,
+            format!("error sending request for url ({url})"),
+            "raw",
+        );
+        let shown = error.to_string();
+        assert!(
+            !shown.contains("pw123") && !shown.contains("alice"),
+            "{shown}"
+        );
+        assert_eq!(
+            error.cause(),
+            "error sending request for url (https://***@example.test/mcp)"
+        );
+    }
+
     #[test]
     fn no_secret_in_debug_or_errors() {
         let endpoint = Endpoint::new(
@@ -237,8 +396,8 @@ mod tests {
         headers.insert("authorization", "Bearer s3cr3t-t0ken".parse().unwrap());
         headers.insert("cookie", "sid=c00kie-value".parse().unwrap());
         headers.insert("last-event-id", "7".parse().unwrap());
-        let client = default_client_config();
-        let request = ConnectRequest::new(&endpoint, &headers, Duration::from_secs(1), &client);
+        let handler = SessionHandler::new(default_client_config(), None);
+        let request = ConnectRequest::new(&endpoint, &headers, Duration::from_secs(1), handler);
         assert!(
             request
                 .headers()

@@ -76,7 +76,8 @@ pub(crate) fn single_valued(headers: &HeaderMap) -> HashMap<HeaderName, HeaderVa
 
 /// Runs `connecting` (connect + `initialize`) within `timeout`, mapping its error and the
 /// timeout to [`TransportError`](mcp_pool_traits::TransportError)s naming `url` (redacted),
-/// the error categorized by [`failure_kind`](crate::failure_kind).
+/// the error categorized by [`failure_kind`](crate::failure_kind) and worded by
+/// [`failure_cause`](crate::failure_cause).
 pub(crate) async fn bounded<E>(
     url: &str,
     timeout: std::time::Duration,
@@ -87,25 +88,19 @@ where
 {
     match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(session)) => Ok(session),
-        Ok(Err(error)) => {
-            let error = error.into();
-            let kind = crate::failure_kind(error.as_ref());
-            Err(mcp_pool_traits::TransportError::categorized(
-                url, kind, error,
-            ))
-        }
+        Ok(Err(error)) => Err(crate::failure::connect_error(url, error.into())),
         Err(_elapsed) => Err(mcp_pool_traits::TransportError::timeout(url, timeout)),
     }
 }
 
-/// `initialize` + `notifications/initialized` over an established `transport`, with the
-/// caller's `client` parameters; the error boxed for [`bounded`].
+/// `initialize` + `notifications/initialized` over an established `transport`, served by the
+/// pool's `handler`; the error boxed for [`bounded`].
 pub(crate) async fn initialize(
-    client: rmcp::model::ClientConfig,
+    handler: mcp_pool_traits::SessionHandler,
     transport: impl rmcp::transport::Transport<rmcp::RoleClient> + 'static,
 ) -> Result<mcp_pool_traits::ClientSession, Box<dyn std::error::Error + Send + Sync>> {
     use rmcp::ServiceExt;
-    client
+    handler
         .serve(transport)
         .await
         .map_err(|error| Box::new(error) as _)

@@ -2,8 +2,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+mod delivery;
 mod failure;
 mod headers;
+mod per_call;
 pub mod sse;
 mod streamable_http;
 pub mod websocket;
@@ -11,12 +13,15 @@ pub mod websocket;
 #[cfg(feature = "server")]
 pub mod server;
 
+pub use delivery::{CallFailure, NotDelivered, call_failure};
 pub use failure::failure_kind;
 pub use sse::{Sse, SseClientTransport, SseError};
 pub use streamable_http::{
     IDLE_CONNECTION_TIMEOUT, MAX_STREAM_RESUMES, StreamableHttp, default_retry_policy, http_client,
 };
 pub use websocket::{WebSocket, WebSocketClientTransport, WebSocketError};
+// The cause in words (issue 10, item 6), next to `failure_kind`'s category.
+pub use failure::failure_cause;
 
 use std::sync::Arc;
 

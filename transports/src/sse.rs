@@ -27,6 +27,7 @@ use sse_stream::{Sse as SseEvent, SseStream};
 
 use crate::{
     headers::{bounded, initialize, upstream_headers},
+    per_call::{SessionCredentials, call_headers},
     streamable_http::http_client,
 };
 
@@ -98,10 +99,10 @@ impl Transport for Sse {
     async fn connect(&self, request: ConnectRequest<'_>) -> Result<ClientSession, TransportError> {
         let url = &request.endpoint().url;
         let headers = upstream_headers(request.headers());
-        let client = request.client().clone();
+        let handler = request.handler();
         let connecting = async {
             let transport = SseClientTransport::connect(self.client.clone(), url, headers).await?;
-            initialize(client, transport).await
+            initialize(handler, transport).await
         };
         bounded(url, request.timeout(), connecting).await
     }
@@ -112,7 +113,7 @@ impl Transport for Sse {
 #[non_exhaustive]
 pub enum SseError {
     /// The SSE URL is not a valid absolute URL.
-    #[error("invalid SSE URL {url:?}: {source}")]
+    #[error("invalid SSE URL {url:?}")]
     InvalidUrl {
         /// The URL given, [redacted](mcp_pool_traits::redact_url).
         url: String,
@@ -120,18 +121,24 @@ pub enum SseError {
         #[source]
         source: url::ParseError,
     },
-    /// The HTTP request failed (connect refused, reset, TLS, …).
-    #[error("HTTP request failed: {0}")]
+    /// The HTTP request failed (connect refused, reset, TLS, …): the cause is its
+    /// [`source`](std::error::Error::source).
+    #[error("the HTTP request failed")]
     Http(#[from] reqwest::Error),
     /// The `GET` of the SSE URL was not answered `200` with an event stream.
     #[error(
-        "the SSE endpoint answered HTTP {status} with content type {content_type:?}, expected 200 text/event-stream"
+        "the SSE endpoint answered HTTP {status} with content type {}, expected 200 \
+         text/event-stream",
+        content_type.as_deref().unwrap_or("(none)")
     )]
     NotAnEventStream {
         /// The response status.
         status: StatusCode,
         /// The response `content-type`, if any.
         content_type: Option<String>,
+        /// The start of the response body (at most [`MAX_ERROR_BODY_BYTES`], decoded lossily),
+        /// for an excerpt in the error's cause.
+        body: String,
     },
     /// The event stream ended, failed or sent a message before its `endpoint` event.
     #[error("the SSE stream sent no `endpoint` event: {0}")]
@@ -162,6 +169,24 @@ pub enum SseError {
     PostResponseTooLarge,
 }
 
+/// How much of an unexpected answer's body [`SseError::NotAnEventStream`] keeps: 4 KiB.
+pub const MAX_ERROR_BODY_BYTES: usize = 4096;
+
+/// The first [`MAX_ERROR_BODY_BYTES`] of `response`'s body, decoded lossily; what could be read
+/// of it when reading fails.
+async fn body_start(response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    let mut chunks = response.bytes_stream();
+    while body.len() < MAX_ERROR_BODY_BYTES {
+        match chunks.next().await {
+            Some(Ok(chunk)) => body.extend_from_slice(&chunk),
+            Some(Err(_)) | None => break,
+        }
+    }
+    body.truncate(MAX_ERROR_BODY_BYTES);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// One open HTTP+SSE session as an rmcp transport: `receive` reads the event stream, `send`
 /// POSTs to the URL of the `endpoint` event.
 ///
@@ -171,6 +196,8 @@ pub struct SseClientTransport {
     client: reqwest::Client,
     message_url: Url,
     headers: Arc<HeaderMap>,
+    /// Credentials brought by the latest request that had any ([`CallHeaders`](mcp_pool_traits::CallHeaders)).
+    credentials: SessionCredentials,
     /// The event stream; `None` once it ended or the transport was closed.
     events: Option<BoxStream<'static, Result<SseEvent, sse_stream::Error>>>,
 }
@@ -218,9 +245,11 @@ impl SseClientTransport {
             return Err(SseError::Redirected(response.status()));
         }
         if response.status() != StatusCode::OK || !is_event_stream {
+            let status = response.status();
             return Err(SseError::NotAnEventStream {
-                status: response.status(),
+                status,
                 content_type,
+                body: body_start(response).await,
             });
         }
         let mut events = event_stream(response.bytes_stream());
@@ -247,6 +276,7 @@ impl SseClientTransport {
             client,
             message_url,
             headers: Arc::new(headers),
+            credentials: SessionCredentials::default(),
             events: Some(events),
         })
     }
@@ -342,10 +372,13 @@ impl rmcp::transport::Transport<RoleClient> for SseClientTransport {
         item: ClientJsonRpcMessage,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
         let body = serde_json::to_vec(&item);
+        let mut headers = HeaderMap::clone(&self.headers);
+        // Replaces the session's same-named headers, keeps every value of a repeated one.
+        headers.extend(self.credentials.for_message(call_headers(&item)));
         let request = self
             .client
             .post(self.message_url.clone())
-            .headers(HeaderMap::clone(&self.headers))
+            .headers(headers)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         async move {
             let response = request.body(body?).send().await?;

@@ -2,7 +2,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::headers::{bounded, single_valued, upstream_headers};
+use crate::{
+    headers::{bounded, single_valued, upstream_headers},
+    per_call::{PerCallClient, SessionCredentials},
+};
 use mcp_pool_traits::{
     ClientSession, ConnectRequest, Transport, TransportError, TransportKind, async_trait,
 };
@@ -28,6 +31,10 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
 /// replaced with a fresh one that has lost the server-side state (DESIGN §2.6).
 /// rmcp sets `Accept: application/json, text/event-stream` on every request. Redirects are not
 /// followed ([`http_client`]): a `3xx` answer fails the connect.
+///
+/// Per-request headers ([`CallHeaders`](mcp_pool_traits::CallHeaders) in a request's
+/// extensions, set by the pool's leases) go on that request's `POST`; their credentials
+/// replace the session's for every later request, the `DELETE` at close included.
 ///
 /// A reply stream that drops mid-call is resumed at most [`MAX_STREAM_RESUMES`] times
 /// ([`default_retry_policy`]): rmcp's default retries forever, so a call in flight when an rmcp
@@ -112,12 +119,11 @@ impl Transport for StreamableHttp {
             .reinit_on_expired_session(false)
             .custom_headers(single_valued(&upstream_headers(request.headers())));
         config.retry_config = self.retry.clone();
-        let transport = StreamableHttpClientTransport::with_client(self.client.clone(), config);
-        bounded(
-            url,
-            request.timeout(),
-            request.client().clone().serve(transport),
-        )
-        .await
+        let client = PerCallClient {
+            client: self.client.clone(),
+            credentials: SessionCredentials::default(),
+        };
+        let transport = StreamableHttpClientTransport::with_client(client, config);
+        bounded(url, request.timeout(), request.handler().serve(transport)).await
     }
 }

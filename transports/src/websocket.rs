@@ -96,11 +96,11 @@ impl Transport for WebSocket {
 
     async fn connect(&self, request: ConnectRequest<'_>) -> Result<ClientSession, TransportError> {
         let url = &request.endpoint().url;
-        let client = request.client().clone();
+        let handler = request.handler();
         let connecting = async {
             let transport =
                 WebSocketClientTransport::connect(url, request.headers(), self.config).await?;
-            initialize(client, transport).await
+            initialize(handler, transport).await
         };
         bounded(url, request.timeout(), connecting).await
     }
@@ -112,13 +112,23 @@ impl Transport for WebSocket {
 pub enum WebSocketError {
     /// The connection or the upgrade failed: refused, TLS, not a WebSocket endpoint (HTTP
     /// status other than 101), or the server did not select the `mcp` subprotocol.
-    #[error("WebSocket handshake failed: {0}")]
+    #[error("the WebSocket handshake failed")]
     Handshake(#[source] tungstenite::Error),
+    /// The URL is not a valid absolute URL (tungstenite would connect port 80 for an
+    /// out-of-range port).
+    #[error("invalid WebSocket URL {url:?}")]
+    InvalidUrl {
+        /// The URL given, [redacted](mcp_pool_traits::redact_url).
+        url: String,
+        /// The parse error.
+        #[source]
+        source: url::ParseError,
+    },
     /// A message could not be serialized.
     #[error("could not serialize a message: {0}")]
     Serialize(#[from] serde_json::Error),
     /// Writing a frame failed: the connection is gone.
-    #[error("sending on the WebSocket failed: {0}")]
+    #[error("sending on the WebSocket failed")]
     Send(#[source] tungstenite::Error),
 }
 
@@ -150,12 +160,16 @@ impl WebSocketClientTransport {
     /// TCP_NODELAY. No timeout of its own: bound it by the caller's.
     ///
     /// # Errors
-    /// [`WebSocketError::Handshake`].
+    /// [`WebSocketError::InvalidUrl`], [`WebSocketError::Handshake`].
     pub async fn connect(
         url: &str,
         headers: &http::HeaderMap,
         config: WebSocketConfig,
     ) -> Result<Self, WebSocketError> {
+        url::Url::parse(url).map_err(|source| WebSocketError::InvalidUrl {
+            url: mcp_pool_traits::redact_url(url).into_owned(),
+            source,
+        })?;
         let mut request = url
             .into_client_request()
             .map_err(WebSocketError::Handshake)?;

@@ -72,12 +72,12 @@ async fn connect(
     kind: TransportKind,
 ) -> Result<(), TransportError> {
     let endpoint = Endpoint::new(url, kind).unwrap();
-    let client = default_client_config();
+    let handler = mcp_pool_traits::SessionHandler::new(default_client_config(), None);
     let request = ConnectRequest::new(
         &endpoint,
         &identity_headers(),
         Duration::from_secs(5),
-        &client,
+        handler,
     );
     transport.connect(request).await.map(drop)
 }

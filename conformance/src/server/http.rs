@@ -71,6 +71,10 @@ pub(crate) struct Shared {
     pub(crate) headers: Mutex<HeaderLog>,
     /// The status every HTTP request is answered with instead of being served; 0 for none.
     pub(crate) reject: AtomicU16,
+    /// The `Authorization` value every request must carry, when a bearer token is required
+    /// (set from [`ServerOptions::bearer_token`], changed by
+    /// [`ReferenceServer::set_bearer_token`](crate::ReferenceServer::set_bearer_token)).
+    pub(crate) authorization: Mutex<Option<Arc<str>>>,
 }
 
 /// What the server recorded about request headers.
@@ -196,10 +200,6 @@ impl Run {
             Observe {
                 shared,
                 shutdown: shutdown.clone(),
-                authorization: options
-                    .bearer_token
-                    .as_deref()
-                    .map(|token| Arc::from(format!("Bearer {token}"))),
             },
             observe,
         );
@@ -307,8 +307,6 @@ async fn serve_connection(stream: TcpStream, router: Router, shutdown: Cancellat
 struct Observe {
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-    /// The `Authorization` value every request must carry, when a bearer token is required.
-    authorization: Option<Arc<str>>,
 }
 
 /// The challenge sent with a 401 (RFC 6750 §3).
@@ -326,7 +324,7 @@ impl Observe {
             let body = format!("reference server: answering every request with {status}");
             return Some((status, body).into_response());
         }
-        let required = self.authorization.as_deref()?;
+        let required = self.shared.authorization.lock().clone()?;
         let given = request.headers().get(AUTHORIZATION);
         if given.is_some_and(|given| given.as_bytes() == required.as_bytes()) {
             return None;

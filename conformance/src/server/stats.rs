@@ -37,6 +37,9 @@ pub struct ServerStats {
     pub initializes: u64,
     /// `tools/call` requests the handler received, whatever the tool and outcome.
     pub tool_calls: u64,
+    /// `sleep` calls the client cancelled (`notifications/cancelled`) before they ended: the
+    /// tool stops at once and answers nothing more.
+    pub calls_cancelled: u64,
 }
 
 /// A wait on the counters (`wait_until`, `wait_sessions_alive`) gave up.
@@ -58,6 +61,7 @@ pub(crate) struct Counters {
     sessions_alive: AtomicU64,
     initializes: AtomicU64,
     tool_calls: AtomicU64,
+    calls_cancelled: AtomicU64,
     /// Notified after every change of a counter, so that waiters need not poll.
     changed: watch::Sender<()>,
 }
@@ -78,6 +82,10 @@ impl Counters {
 
     pub(crate) fn tool_call(&self) {
         self.bump(&self.tool_calls);
+    }
+
+    pub(crate) fn call_cancelled(&self) {
+        self.bump(&self.calls_cancelled);
     }
 
     /// A session was created: counts it as opened and alive.
@@ -106,6 +114,7 @@ impl Counters {
             sessions_alive: self.sessions_alive.load(Ordering::Relaxed),
             initializes: self.initializes.load(Ordering::Relaxed),
             tool_calls: self.tool_calls.load(Ordering::Relaxed),
+            calls_cancelled: self.calls_cancelled.load(Ordering::Relaxed),
         }
     }
 

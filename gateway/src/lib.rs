@@ -1,0 +1,142 @@
+//! `mcp-pool-gateway`: an MCP gateway on [`mcp_pool`] — the seed's REST API for servers and
+//! pools, HS256 JWT auth, an OpenAPI 3.1 document and Prometheus metrics (DESIGN §13,
+//! issue 11). The [`router`] is a library item so it can be embedded and tested in process;
+//! the binary only parses flags and serves it.
+//!
+//! Seams left for later slices of issue 11: the downstream MCP routes
+//! (`/servers/{id}/mcp|sse|ws`) nest into [`router`] beside the REST routes and read the
+//! caller's [`auth::Claims`] from the request extensions (`Claims::user` is the pool key's
+//! user); the persisted server registry replaces the servers read from [`AppState::pool`]
+//! (today: the configuration file's and `--demo`'s, held by the pool).
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use mcp_pool::Pool;
+use metrics_exporter_prometheus::PrometheusHandle;
+use utoipa::{
+    Modify, OpenApi,
+    openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+};
+
+pub use config::{Auth, ConfigError, GatewayConfig};
+pub use error::{ApiError, ErrorBody};
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The pool: the servers and their runtime state.
+    pub pool: Pool,
+    /// How requests are authenticated.
+    pub auth: Auth,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// The Prometheus recorder's handle for `/metrics`; `None` answers 503. Injected so that
+    /// tests building several routers in one process do not fight over the global recorder.
+    pub metrics: Option<PrometheusHandle>,
+}
+
+/// The OpenAPI 3.1 document of the REST API, generated from the handlers.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "mcp-pool-gateway", description = "REST API of the mcp-pool gateway"),
+    paths(
+        api::list_servers, api::get_server, api::get_pool_config, api::put_pool_config,
+        api::pool_stats, api::all_pool_stats, api::pools_health, api::strategies, api::drain,
+        api::health, api::ready, api::metrics, openapi_json
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// This document, OpenAPI 3.1.
+#[utoipa::path(get, path = "/openapi.json", tag = "health",
+    responses((status = 200, content_type = "application/json", body = Object)))]
+async fn openapi_json() -> Response {
+    axum::Json(ApiDoc::openapi()).into_response()
+}
+
+/// The gateway's router: every REST route, auth on all but `/health` and `/ready`, bodies
+/// limited to `state.max_body_bytes` (413), unknown routes 404 and wrong methods 405, each
+/// as `{"detail": …}`.
+pub fn router(state: AppState) -> Router {
+    let protected = Router::new()
+        .route("/servers", get(api::list_servers))
+        .route("/servers/pools", get(api::all_pool_stats))
+        .route("/servers/pools/health", get(api::pools_health))
+        .route("/servers/pools/strategies", get(api::strategies))
+        .route("/servers/{id}", get(api::get_server))
+        .route(
+            "/servers/{id}/pool/config",
+            get(api::get_pool_config).put(api::put_pool_config),
+        )
+        .route("/servers/{id}/pool/stats", get(api::pool_stats))
+        .route("/servers/{id}/pool/drain", post(api::drain))
+        .route("/metrics", get(api::metrics))
+        .route("/openapi.json", get(openapi_json));
+    let protected = match &state.auth {
+        Auth::Required(secret) => protected.route_layer(middleware::from_fn_with_state(
+            secret.clone(),
+            auth::require_bearer,
+        )),
+        Auth::Disabled => protected,
+    };
+    let limit = state.max_body_bytes;
+    Router::new()
+        .route("/health", get(api::health))
+        .route("/ready", get(api::ready))
+        .merge(protected)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "Not Found") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+        })
+        .layer(middleware::from_fn_with_state(limit, body_limit))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// 413 at once for a declared `Content-Length` above the limit; bodies without one are cut
+/// by `DefaultBodyLimit` and answered by [`error::ApiJson`].
+async fn body_limit(State(limit): State<usize>, mut request: Request, next: Next) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return error::too_large(limit).into_response();
+    }
+    request.extensions_mut().insert(error::BodyLimit(limit));
+    next.run(request).await
+}

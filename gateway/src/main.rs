@@ -1,0 +1,195 @@
+//! `mcp-pool-gateway`: serves the gateway's router (see the library's docs).
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use mcp_pool::{Pool, ServerConfig, ServerId, Settings, traits::StateId};
+use mcp_pool_gateway::{AppState, Auth, GatewayConfig, auth};
+
+const AFTER_HELP: &str = "\
+Environment (a .env file in the working directory is read first; the environment wins over it):
+  HOST              address to listen on (default 127.0.0.1); --host wins
+  PORT              port to listen on (default 4444; 0 picks a free one); --port wins
+  JWT_SECRET_KEY    HMAC key of the HS256 bearer tokens; required while AUTH_REQUIRED is true
+  AUTH_REQUIRED     true (default) or false: bearer token on every route but /health and /ready
+  MAX_BODY_BYTES    largest request body in bytes (default 4194304 = 4 MiB; 1 to 1073741824)
+  SESSION_POOL_*, CACHE_TYPE, REDIS_URL, DATABASE_URL, USE_STATEFUL_SESSIONS: the pool's
+                    variables (README \"Configuration\"); they win over the --config file";
+
+/// An MCP gateway on mcp-pool: REST API for servers and pools, JWT auth, OpenAPI, metrics.
+#[derive(Parser, Debug)]
+#[command(name = "mcp-pool-gateway", version, after_help = AFTER_HELP)]
+struct Cli {
+    /// Address to listen on [env: HOST] [default: 127.0.0.1]
+    #[arg(long)]
+    host: Option<String>,
+    /// Port to listen on, 0 for a free one [env: PORT] [default: 4444]
+    #[arg(long)]
+    port: Option<String>,
+    /// TOML file with [settings], [pool] and [[servers]] (the pool's configuration file)
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Serve the reference MCP server in process and register it as server `demo`
+    #[arg(long)]
+    demo: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print an HS256 JWT signed with JWT_SECRET_KEY
+    Token {
+        /// The token's subject (the user)
+        #[arg(long)]
+        sub: String,
+        /// Minutes until it expires
+        #[arg(long, default_value_t = 60)]
+        exp_minutes: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    // A missing .env is normal; a malformed one is not.
+    if let Err(e) = dotenvy::dotenv()
+        && !e.not_found()
+    {
+        eprintln!("error: .env: {e}");
+        return ExitCode::FAILURE;
+    }
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    let lookup = |name: &str| std::env::var(name).ok();
+    if let Some(Command::Token { sub, exp_minutes }) = &cli.command {
+        let secret = lookup("JWT_SECRET_KEY")
+            .filter(|s| !s.is_empty())
+            .ok_or("JWT_SECRET_KEY is not set: the token command signs with it")?;
+        let secret = auth::JwtSecret::new(secret).map_err(|e| e.to_string())?;
+        let ttl = Duration::from_secs(exp_minutes.saturating_mul(60));
+        let token = auth::mint(&secret, sub, ttl, std::time::SystemTime::now())
+            .map_err(|e| e.to_string())?;
+        println!("{token}");
+        return Ok(());
+    }
+    let config = GatewayConfig::from_lookup(cli.host.as_deref(), cli.port.as_deref(), lookup)
+        .map_err(|e| e.to_string())?;
+    let vars = std::env::vars_os()
+        .filter_map(|(n, v)| Some((n.into_string().ok()?, v.into_string().ok()?)));
+    let settings = Settings::from_vars(cli.config.as_ref(), vars).map_err(|e| e.to_string())?;
+    let namespace = StateId::new("gateway").map_err(|e| e.to_string())?;
+    let backend = settings
+        .backend
+        .connect(namespace)
+        .await
+        .map_err(|e| format!("state backend: {e}"))?;
+    let demo = if cli.demo {
+        Some(
+            mcp_pool_conformance::ReferenceServer::start()
+                .await
+                .map_err(|e| format!("--demo: starting the reference server: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let mut servers = settings.servers.clone();
+    if let Some(demo) = &demo {
+        let id = ServerId::new("demo").map_err(|e| e.to_string())?;
+        let pool = settings.pool_config_for(&id);
+        servers.push(ServerConfig::new(id, demo.endpoint()).pool(pool));
+    }
+    let mut builder = settings.builder().backend(backend);
+    if demo.is_some() {
+        builder = builder.server(servers.last().cloned().ok_or("demo server")?);
+    }
+    for server in &servers {
+        let c = server.pool_config();
+        tracing::info!(
+            "creating/updating pool for server {} with strategy={}, min_size={}, max_size={}",
+            server.id(),
+            c.strategy,
+            c.min_size,
+            c.max_size
+        );
+    }
+    let pool: Pool = builder.build().map_err(|e| e.to_string())?;
+    tracing::info!("pool manager initialized with {} servers", servers.len());
+    let metrics = if settings.metrics_enabled {
+        Some(
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| format!("metrics recorder: {e}"))?,
+        )
+    } else {
+        None
+    };
+    if matches!(config.auth, Auth::Disabled) {
+        tracing::warn!("AUTH_REQUIRED=false: the REST API is open to anyone who can reach it");
+    }
+    let state = AppState {
+        pool: pool.clone(),
+        auth: config.auth.clone(),
+        max_body_bytes: config.max_body_bytes,
+        metrics,
+    };
+    let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
+        .await
+        .map_err(|e| format!("binding {}:{}: {e}", config.host, config.port))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!("gateway listening on http://{addr}");
+    axum::serve(listener, mcp_pool_gateway::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("shutting down: closing the pool");
+    pool.close().await;
+    if let Some(demo) = demo {
+        demo.stop().await;
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

@@ -1,0 +1,696 @@
+//! What an upstream server sends on a session besides replies, and where it goes (issue 10,
+//! item 1): [`SessionHandler`] is the rmcp client service of every pooled session.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    fmt,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use http::HeaderMap;
+use rmcp::{
+    ErrorData, RoleClient, Service,
+    model::{
+        ClientConfig, ClientResult, ErrorCode, GetExtensions, ProgressToken, RequestId,
+        ServerNotification, ServerRequest,
+    },
+    service::{InboundStreamOrigin, NotificationContext, RequestContext},
+};
+use tokio::sync::{Notify, broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{RedactedHeaders, ServerId};
+
+/// Progress notifications kept for a call that has not registered its progress token yet (its
+/// request is on the wire before the pool learns the token rmcp gave it).
+const UNCLAIMED_PROGRESS: usize = 64;
+
+/// How long a request of the server waits for the call it names to be registered (the reply
+/// stream can deliver it before `send_request` has returned the request's id).
+const ROUTE_WAIT: Duration = Duration::from_secs(5);
+
+/// Capacity of a session's subscriber channel: a subscriber that falls further behind loses the
+/// oldest notifications (and is told how many, [`broadcast::error::RecvError::Lagged`]).
+pub const SESSION_EVENTS_CAPACITY: usize = 64;
+
+/// Handles the requests an upstream server makes of the client during a call:
+/// `sampling/createMessage`, `elicitation/create`, `roots/list` (and `ping`, which the pool
+/// answers itself). Register one per call: `CallOptions::requests` of the `mcp-pool` crate.
+///
+/// Return a [`ClientResult`] of the matching kind, or an [`ErrorData`] that the server receives
+/// as the JSON-RPC error. `cancel` fires when the server cancels its request
+/// (`notifications/cancelled`) or the session closes.
+#[async_trait::async_trait]
+pub trait ServerRequestHandler: Send + Sync + 'static {
+    /// Answers `request`.
+    async fn handle(
+        &self,
+        request: ServerRequest,
+        cancel: CancellationToken,
+    ) -> Result<ClientResult, ErrorData>;
+}
+
+/// Headers for one upstream request, set by the pool in the request's (never serialized)
+/// extensions (issue 10, item 2). HTTP transports add them to that request's HTTP request,
+/// replacing same-named headers of the session; a transport that cannot send per-request
+/// headers (WebSocket: headers exist only at the handshake) ignores them.
+///
+/// - `trace`: trace and correlation headers of the downstream request (`traceparent`,
+///   `x-request-id`, …): this request only.
+/// - `credentials`: the downstream request's current credentials (the forwarded identity
+///   headers): this request and every later one of the session that carries none of its own
+///   (the reply stream's `GET`, the `DELETE` at close), so that a rotated token replaces a
+///   revoked one.
+///
+/// Its `Debug` shows header names only.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct CallHeaders {
+    /// This request only.
+    pub trace: HeaderMap,
+    /// This request and the session's later ones.
+    pub credentials: HeaderMap,
+}
+
+impl CallHeaders {
+    /// Headers for one request.
+    pub fn new(trace: HeaderMap, credentials: HeaderMap) -> Self {
+        Self { trace, credentials }
+    }
+
+    /// Whether there is nothing to send.
+    pub fn is_empty(&self) -> bool {
+        self.trace.is_empty() && self.credentials.is_empty()
+    }
+}
+
+impl fmt::Debug for CallHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CallHeaders")
+            .field("trace", &RedactedHeaders(&self.trace))
+            .field("credentials", &RedactedHeaders(&self.credentials))
+            .finish()
+    }
+}
+
+/// A change on a server that every user of it may care about: refresh a catalog, re-read a
+/// resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerEvent {
+    /// The server.
+    pub server: ServerId,
+    /// What changed.
+    pub kind: ServerEventKind,
+}
+
+/// What changed on a server ([`ServerEvent`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ServerEventKind {
+    /// `notifications/tools/list_changed`.
+    ToolsListChanged,
+    /// `notifications/prompts/list_changed`.
+    PromptsListChanged,
+    /// `notifications/resources/list_changed`.
+    ResourcesListChanged,
+    /// `notifications/resources/updated` for this URI.
+    ResourceUpdated {
+        /// The resource.
+        uri: String,
+    },
+}
+
+impl ServerEventKind {
+    /// The server-wide change `notification` reports, if it reports one.
+    fn of(notification: &ServerNotification) -> Option<Self> {
+        Some(match notification {
+            ServerNotification::ToolListChangedNotification(_) => Self::ToolsListChanged,
+            ServerNotification::PromptListChangedNotification(_) => Self::PromptsListChanged,
+            ServerNotification::ResourceListChangedNotification(_) => Self::ResourcesListChanged,
+            ServerNotification::ResourceUpdatedNotification(updated) => Self::ResourceUpdated {
+                uri: updated.params.uri.clone(),
+            },
+            _ => return None,
+        })
+    }
+}
+
+/// A server's event hub: every session of the server reports its `*/list_changed` and
+/// `resources/updated` notifications here, debounced: the first of a burst is published at
+/// once, the rest of the burst (same kind within `debounce`) as one more event when the window
+/// ends. A gateway refreshes its catalog once per burst, not once per session.
+#[derive(Clone)]
+pub struct ServerEvents {
+    inner: Arc<EventsInner>,
+}
+
+struct EventsInner {
+    server: ServerId,
+    tx: broadcast::Sender<ServerEvent>,
+    debounce: Duration,
+    windows: Mutex<HashMap<ServerEventKind, bool>>,
+}
+
+impl fmt::Debug for ServerEvents {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerEvents")
+            .field("server", &self.inner.server)
+            .field("debounce", &self.inner.debounce)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerEvents {
+    /// A hub for `server` coalescing bursts within `debounce`, keeping up to `capacity`
+    /// events for slow subscribers.
+    pub fn new(server: ServerId, debounce: Duration, capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(EventsInner {
+                server,
+                tx: broadcast::channel(capacity.max(1)).0,
+                debounce,
+                windows: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The server's events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ServerEvent> {
+        self.inner.tx.subscribe()
+    }
+
+    /// Reports `kind`: published now if no window of this kind is open, else folded into the
+    /// window's one trailing event. Needs a tokio runtime (the trailing event is a timer).
+    pub fn publish(&self, kind: ServerEventKind) {
+        {
+            let mut windows = lock(&self.inner.windows);
+            match windows.get_mut(&kind) {
+                Some(pending) => {
+                    *pending = true;
+                    return;
+                }
+                None => {
+                    windows.insert(kind.clone(), false);
+                }
+            }
+        }
+        self.send(kind.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(this.inner.debounce).await;
+                let again = {
+                    let mut windows = lock(&this.inner.windows);
+                    match windows.get_mut(&kind) {
+                        Some(pending) if *pending => {
+                            *pending = false;
+                            true
+                        }
+                        _ => {
+                            windows.remove(&kind);
+                            false
+                        }
+                    }
+                };
+                if !again {
+                    return;
+                }
+                // The trailing event of the burst; a new window opens behind it.
+                this.send(kind.clone());
+            }
+        });
+    }
+
+    fn send(&self, kind: ServerEventKind) {
+        // No subscriber is not an error: nobody asked.
+        let _ = self.inner.tx.send(ServerEvent {
+            server: self.inner.server.clone(),
+            kind,
+        });
+    }
+}
+
+/// The rmcp client service of a pooled session: it sends the `initialize` parameters (client
+/// info and the capabilities configured for the server) and routes what the server sends.
+/// Cheap to clone.
+///
+/// | the server sends | it reaches |
+/// |---|---|
+/// | `notifications/progress` | the call whose progress token it names, and only it |
+/// | `notifications/message` (logging) while exactly one call is in flight on the session | that call |
+/// | `notifications/message` otherwise, `*/list_changed`, `resources/updated` | the session's subscribers ([`SessionHandler::subscribe`]) |
+/// | `*/list_changed`, `resources/updated` | also the server's subscribers ([`ServerEvents`]), debounced |
+/// | `sampling/createMessage`, `elicitation/create`, `roots/list` | the [`ServerRequestHandler`] of the call it belongs to |
+///
+/// A request of the server belongs to a call when it arrived on that call's response stream
+/// (streamable HTTP marks this, SEP-2260), or, on transports that cannot tell, when that call
+/// is the only one in flight on the session. Without a handler the server gets a JSON-RPC
+/// error at once (`-32601`, method not found), never silence.
+///
+/// Logging has no request id in MCP: with `session_concurrency` > 1 and several calls in flight
+/// a log line cannot be attributed, so it goes to the session's subscribers instead of a
+/// guess. Progress is exact at any concurrency.
+///
+/// Transports serve it: `request.handler().serve(transport)` (rmcp's `ServiceExt`).
+#[derive(Clone)]
+pub struct SessionHandler {
+    inner: Arc<HandlerInner>,
+}
+
+struct HandlerInner {
+    info: ClientConfig,
+    server: Option<ServerEvents>,
+    session: broadcast::Sender<ServerNotification>,
+    routes: Mutex<Routes>,
+    registered: Notify,
+}
+
+#[derive(Default)]
+struct Routes {
+    next: u64,
+    calls: Vec<Call>,
+    unclaimed: VecDeque<ServerNotification>,
+}
+
+struct Call {
+    seq: u64,
+    id: Option<RequestId>,
+    progress: Option<ProgressToken>,
+    notifications: Option<mpsc::Sender<ServerNotification>>,
+    requests: Option<Arc<dyn ServerRequestHandler>>,
+}
+
+impl fmt::Debug for SessionHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let calls = lock(&self.inner.routes).calls.len();
+        f.debug_struct("SessionHandler")
+            .field("client", &self.inner.info.client_info.name)
+            .field("capabilities", &self.inner.info.capabilities)
+            .field("calls_in_flight", &calls)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The routes hold no invariant a panic could break half-way.
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl SessionHandler {
+    /// A handler sending `info` in `initialize` and reporting server-wide changes to `server`
+    /// (none: they reach the session's subscribers only).
+    pub fn new(info: ClientConfig, server: Option<ServerEvents>) -> Self {
+        Self {
+            inner: Arc::new(HandlerInner {
+                info,
+                server,
+                session: broadcast::channel(SESSION_EVENTS_CAPACITY).0,
+                routes: Mutex::new(Routes::default()),
+                registered: Notify::new(),
+            }),
+        }
+    }
+
+    /// The `initialize` parameters.
+    pub fn info(&self) -> &ClientConfig {
+        &self.inner.info
+    }
+
+    /// This session's notifications that belong to no call (see the table on
+    /// [`SessionHandler`]), from now on. The receiver ends when the session closes.
+    pub fn subscribe(&self) -> broadcast::Receiver<ServerNotification> {
+        self.inner.session.subscribe()
+    }
+
+    /// Registers a call about to be sent: it counts as in flight from now on (a log line or a
+    /// server request arriving before [`CallRoute::bind`] reaches it). Dropping the route ends
+    /// the registration.
+    pub fn begin_call(
+        &self,
+        notifications: Option<mpsc::Sender<ServerNotification>>,
+        requests: Option<Arc<dyn ServerRequestHandler>>,
+    ) -> CallRoute {
+        let mut routes = lock(&self.inner.routes);
+        routes.next += 1;
+        let seq = routes.next;
+        routes.calls.push(Call {
+            seq,
+            id: None,
+            progress: None,
+            notifications,
+            requests,
+        });
+        CallRoute {
+            handler: self.clone(),
+            seq,
+        }
+    }
+
+    /// Number of calls registered and not yet ended.
+    pub fn calls_in_flight(&self) -> usize {
+        lock(&self.inner.routes).calls.len()
+    }
+
+    fn to_session(&self, notification: ServerNotification) {
+        let _ = self.inner.session.send(notification);
+    }
+
+    fn route_notification(&self, notification: ServerNotification) {
+        if let Some(kind) = ServerEventKind::of(&notification) {
+            if let Some(server) = &self.inner.server {
+                server.publish(kind);
+            }
+            self.to_session(notification);
+            return;
+        }
+        let mut routes = lock(&self.inner.routes);
+        match &notification {
+            ServerNotification::ProgressNotification(progress) => {
+                let token = &progress.params.progress_token;
+                if let Some(call) = routes
+                    .calls
+                    .iter()
+                    .find(|c| c.progress.as_ref() == Some(token))
+                {
+                    deliver(call, notification);
+                } else if routes.calls.iter().any(|c| c.progress.is_none()) {
+                    // A call whose token is not known yet may own it: keep it for the call.
+                    if routes.unclaimed.len() == UNCLAIMED_PROGRESS {
+                        routes.unclaimed.pop_front();
+                    }
+                    routes.unclaimed.push_back(notification);
+                }
+                // Else: progress of a call that ended; nobody wants it.
+            }
+            ServerNotification::LoggingMessageNotification(_)
+                if routes.calls.len() == 1 && routes.calls[0].notifications.is_some() =>
+            {
+                deliver(&routes.calls[0], notification);
+            }
+            // Cancellations of the server's own requests are handled by rmcp (the request's
+            // token fires); anything else belongs to the session.
+            ServerNotification::CancelledNotification(_) => {}
+            _ => {
+                drop(routes);
+                self.to_session(notification);
+            }
+        }
+    }
+
+    /// The handler of the call `request` belongs to, waiting (bounded) for a call that named
+    /// itself on the wire but is not registered yet.
+    async fn request_handler(
+        &self,
+        origin: Option<&RequestId>,
+    ) -> Option<Arc<dyn ServerRequestHandler>> {
+        let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
+        loop {
+            let registered = self.inner.registered.notified();
+            {
+                let routes = lock(&self.inner.routes);
+                match origin {
+                    Some(id) => {
+                        if let Some(call) = routes.calls.iter().find(|c| c.id.as_ref() == Some(id))
+                        {
+                            return call.requests.clone();
+                        }
+                        if routes.calls.iter().all(|c| c.id.is_some()) {
+                            // The call it names has ended (or never was ours).
+                            return None;
+                        }
+                    }
+                    None => {
+                        return match routes.calls.as_slice() {
+                            [only] => only.requests.clone(),
+                            _ => None,
+                        };
+                    }
+                }
+            }
+            if tokio::time::timeout_at(deadline, registered).await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+fn deliver(call: &Call, notification: ServerNotification) {
+    if let Some(sink) = &call.notifications
+        && sink.try_send(notification).is_err()
+    {
+        tracing::debug!("a call's notification channel is full or closed: notification dropped");
+    }
+}
+
+/// A call's registration on its session ([`SessionHandler::begin_call`]); dropping it ends the
+/// registration.
+#[derive(Debug)]
+pub struct CallRoute {
+    handler: SessionHandler,
+    seq: u64,
+}
+
+impl CallRoute {
+    /// Records the id and progress token rmcp gave the call's request, and hands over the
+    /// progress notifications that arrived before.
+    pub fn bind(&self, id: &RequestId, progress: &ProgressToken) {
+        let mut routes = lock(&self.handler.inner.routes);
+        let Routes {
+            calls, unclaimed, ..
+        } = &mut *routes;
+        if let Some(call) = calls.iter_mut().find(|c| c.seq == self.seq) {
+            call.id = Some(id.clone());
+            call.progress = Some(progress.clone());
+            unclaimed.retain(|n| match n {
+                ServerNotification::ProgressNotification(p)
+                    if &p.params.progress_token == progress =>
+                {
+                    deliver(call, n.clone());
+                    false
+                }
+                _ => true,
+            });
+        }
+        drop(routes);
+        self.handler.inner.registered.notify_waiters();
+    }
+}
+
+impl Drop for CallRoute {
+    fn drop(&mut self) {
+        let mut routes = lock(&self.handler.inner.routes);
+        routes.calls.retain(|c| c.seq != self.seq);
+        if routes.calls.is_empty() {
+            routes.unclaimed.clear();
+        }
+        drop(routes);
+        self.handler.inner.registered.notify_waiters();
+    }
+}
+
+impl Service<RoleClient> for SessionHandler {
+    async fn handle_request(
+        &self,
+        request: ServerRequest,
+        context: RequestContext<RoleClient>,
+    ) -> Result<ClientResult, ErrorData> {
+        if let ServerRequest::PingRequest(_) = request {
+            return Ok(ClientResult::empty(()));
+        }
+        let origin = match request.extensions().get::<InboundStreamOrigin>() {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => Some(id.clone()),
+            _ => None,
+        };
+        let method = match &request {
+            ServerRequest::CreateMessageRequest(_) => "sampling/createMessage".to_owned(),
+            ServerRequest::ElicitRequest(_) => "elicitation/create".to_owned(),
+            ServerRequest::ListRootsRequest(_) => "roots/list".to_owned(),
+            ServerRequest::CustomRequest(custom) => custom.method.clone(),
+            _ => "request".to_owned(),
+        };
+        match self.request_handler(origin.as_ref()).await {
+            Some(handler) => handler.handle(request, context.ct).await,
+            None => Err(ErrorData::new(
+                ErrorCode::METHOD_NOT_FOUND,
+                format!(
+                    "{method}: the client has no handler for this request (no call in flight \
+                     registered one)"
+                ),
+                None,
+            )),
+        }
+    }
+
+    async fn handle_notification(
+        &self,
+        notification: ServerNotification,
+        _context: NotificationContext<RoleClient>,
+    ) -> Result<(), ErrorData> {
+        self.route_notification(notification);
+        Ok(())
+    }
+
+    fn get_info(&self) -> ClientConfig {
+        self.inner.info.clone()
+    }
+}
+
+#[cfg(test)]
+// Logging is deprecated by SEP-2577, and servers still send it: the pool routes it.
+#[allow(deprecated)]
+mod tests {
+    use rmcp::model::{
+        LoggingLevel, LoggingMessageNotificationParam, NumberOrString, ProgressNotificationParam,
+        ToolListChangedNotification,
+    };
+
+    use super::*;
+    use crate::default_client_config;
+
+    fn progress(token: i64, step: f64) -> ServerNotification {
+        ServerNotification::ProgressNotification(rmcp::model::ProgressNotification::new(
+            ProgressNotificationParam::new(ProgressToken(NumberOrString::Number(token)), step),
+        ))
+    }
+
+    fn log(text: &str) -> ServerNotification {
+        ServerNotification::LoggingMessageNotification(
+            rmcp::model::LoggingMessageNotification::new(LoggingMessageNotificationParam::new(
+                LoggingLevel::Info,
+                serde_json::json!(text),
+            )),
+        )
+    }
+
+    fn handler() -> SessionHandler {
+        SessionHandler::new(default_client_config(), None)
+    }
+
+    #[test]
+    fn progress_reaches_only_the_call_whose_token_it_names_even_before_it_is_bound() {
+        let handler = handler();
+        let (tx_a, mut rx_a) = mpsc::channel(8);
+        let (tx_b, mut rx_b) = mpsc::channel(8);
+        let a = handler.begin_call(Some(tx_a), None);
+        let b = handler.begin_call(Some(tx_b), None);
+        // Arrives before either call learned its token.
+        handler.route_notification(progress(2, 1.0));
+        a.bind(
+            &RequestId::Number(1),
+            &ProgressToken(NumberOrString::Number(1)),
+        );
+        b.bind(
+            &RequestId::Number(2),
+            &ProgressToken(NumberOrString::Number(2)),
+        );
+        handler.route_notification(progress(1, 1.0));
+        handler.route_notification(progress(2, 2.0));
+        let token = |n: ServerNotification| match n {
+            ServerNotification::ProgressNotification(p) => {
+                (p.params.progress_token, p.params.progress)
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            token(rx_a.try_recv().unwrap()),
+            (ProgressToken(NumberOrString::Number(1)), 1.0)
+        );
+        assert!(rx_a.try_recv().is_err());
+        assert_eq!(token(rx_b.try_recv().unwrap()).1, 1.0);
+        assert_eq!(token(rx_b.try_recv().unwrap()).1, 2.0);
+        assert!(rx_b.try_recv().is_err());
+    }
+
+    #[test]
+    fn logging_goes_to_the_only_call_in_flight_else_to_the_session() {
+        let handler = handler();
+        let mut session = handler.subscribe();
+        let (tx, mut rx) = mpsc::channel(8);
+        let only = handler.begin_call(Some(tx), None);
+        handler.route_notification(log("during the call"));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(ServerNotification::LoggingMessageNotification(_))
+        ));
+        let other = handler.begin_call(None, None);
+        handler.route_notification(log("two calls: ambiguous"));
+        assert!(rx.try_recv().is_err(), "never a guess");
+        assert!(session.try_recv().is_ok());
+        drop((only, other));
+        handler.route_notification(log("outside any call"));
+        assert!(session.try_recv().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_list_changed_is_published_twice_at_most() {
+        let events = ServerEvents::new(ServerId::new("s").unwrap(), Duration::from_millis(250), 16);
+        let mut rx = events.subscribe();
+        let handler = SessionHandler::new(default_client_config(), Some(events.clone()));
+        let changed = || {
+            ServerNotification::ToolListChangedNotification(ToolListChangedNotification::default())
+        };
+        for _ in 0..10 {
+            handler.route_notification(changed());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The burst's first, at once.
+        assert_eq!(
+            rx.try_recv().unwrap().kind,
+            ServerEventKind::ToolsListChanged
+        );
+        assert!(rx.try_recv().is_err());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        // One trailing event for the rest of the burst.
+        assert_eq!(
+            rx.try_recv().unwrap().kind,
+            ServerEventKind::ToolsListChanged
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(rx.try_recv().is_err());
+        // A later change is published at once again.
+        handler.route_notification(changed());
+        assert!(rx.try_recv().is_ok());
+    }
+
+    #[derive(Debug)]
+    struct Answer;
+
+    #[async_trait::async_trait]
+    impl ServerRequestHandler for Answer {
+        async fn handle(
+            &self,
+            _request: ServerRequest,
+            _cancel: CancellationToken,
+        ) -> Result<ClientResult, ErrorData> {
+            Ok(ClientResult::empty(()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_naming_a_call_not_yet_bound_waits_for_it() {
+        let handler = handler();
+        let route = handler.begin_call(None, Some(Arc::new(Answer)));
+        let id = RequestId::Number(7);
+        let lookup = {
+            let handler = handler.clone();
+            let id = id.clone();
+            tokio::spawn(async move { handler.request_handler(Some(&id)).await.is_some() })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        route.bind(&id, &ProgressToken(NumberOrString::Number(0)));
+        assert!(lookup.await.unwrap(), "found once bound");
+        // Another call's id, with every call bound: no handler, at once.
+        assert!(
+            handler
+                .request_handler(Some(&RequestId::Number(8)))
+                .await
+                .is_none()
+        );
+        drop(route);
+        assert!(handler.request_handler(None).await.is_none());
+    }
+}
