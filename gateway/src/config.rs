@@ -73,6 +73,13 @@ pub enum Auth {
     Disabled,
 }
 
+impl Auth {
+    /// Whether requests need a bearer token.
+    pub fn is_required(&self) -> bool {
+        matches!(self, Auth::Required(_))
+    }
+}
+
 /// The gateway's settings besides the pool's.
 #[derive(Clone)]
 #[non_exhaustive]

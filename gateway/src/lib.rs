@@ -15,6 +15,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod mcp;
 
 use axum::{
     Router,
@@ -22,7 +23,7 @@ use axum::{
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::{any, get, post},
 };
 use mcp_pool::Pool;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -46,6 +47,8 @@ pub struct AppState {
     /// The Prometheus recorder's handle for `/metrics`; `None` answers 503. Injected so that
     /// tests building several routers in one process do not fight over the global recorder.
     pub metrics: Option<PrometheusHandle>,
+    /// The downstream MCP endpoints, one streamable HTTP service per server.
+    pub mcp: std::sync::Arc<mcp::McpEndpoints>,
 }
 
 /// The OpenAPI 3.1 document of the REST API, generated from the handlers.
@@ -103,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/servers/{id}/pool/stats", get(api::pool_stats))
         .route("/servers/{id}/pool/drain", post(api::drain))
+        .route("/servers/{id}/mcp", any(mcp::endpoint))
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(openapi_json));
     let protected = match &state.auth {

@@ -2,6 +2,7 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
+use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use mcp_pool::{Pool, ServerConfig, ServerId, Settings, traits::StateId};
 use mcp_pool_gateway::{AppState, Auth, GatewayConfig, auth};
@@ -155,14 +156,24 @@ async fn run(cli: Cli) -> Result<(), String> {
         auth: config.auth.clone(),
         max_body_bytes: config.max_body_bytes,
         metrics,
+        mcp: Default::default(),
     };
+    let mcp = state.mcp.clone();
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
         .await
         .map_err(|e| format!("binding {}:{}: {e}", config.host, config.port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("gateway listening on http://{addr}");
+    // Streamed responses (SSE) stall ~40 ms per message under Nagle + delayed ACK.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, mcp_pool_gateway::router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            // Open downstream streams would hold the graceful shutdown forever.
+            mcp.shutdown();
+        })
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("shutting down: closing the pool");

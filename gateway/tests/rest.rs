@@ -54,6 +54,7 @@ async fn fixture(max_body_bytes: usize) -> Fixture {
         auth: Auth::Required(secret),
         max_body_bytes,
         metrics: Some(recorder.handle()),
+        mcp: Default::default(),
     });
     Fixture {
         _upstream: upstream,
