@@ -16,10 +16,20 @@
 //! is dropped, and the pool tells the upstream (`notifications/cancelled`) and holds the
 //! session until it answers a probe. A downstream session's end (DELETE, idle timeout) drops
 //! its proxy, which unbinds its sticky upstream session.
+//!
+//! A downstream session id is bound to the principal that created it: a request carrying
+//! another principal's `Mcp-Session-Id` gets HTTP 404, as an unknown session would (the MCP
+//! spec's signal to re-initialize), so a leaked id is worth nothing to another user.
+//! `*/list_changed` from any upstream session of the server reaches every downstream session
+//! of it (debounced by the pool); `resources/updated` reaches those that subscribed to the URI.
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, OnceLock},
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
 };
 
 use axum::{
@@ -29,7 +39,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use mcp_pool::{
-    AcquireRequest, CallOptions, Pool, PoolError, Principal, ServerId, traits::ServerRequestHandler,
+    AcquireRequest, CallOptions, Pool, PoolError, Principal, ServerEvent, ServerEventKind,
+    ServerId, traits::ServerRequestHandler,
 };
 use parking_lot::Mutex;
 use rmcp::{
@@ -44,7 +55,7 @@ use rmcp::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     },
 };
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::{ApiError, AppState, auth::Claims};
@@ -54,19 +65,42 @@ use crate::{ApiError, AppState, auth::Claims};
 const RELAY_CAPACITY: usize = 64;
 
 /// The streamable HTTP service of each server, created on the first request to its endpoint.
-/// Dropped with the gateway: its cancellation token ends every downstream session.
+/// [`shutdown`](Self::shutdown) ends every downstream session.
 #[derive(Default)]
 pub struct McpEndpoints {
-    services: Mutex<HashMap<ServerId, McpService>>,
+    servers: Mutex<HashMap<ServerId, ServerEndpoint>>,
     shutdown: CancellationToken,
 }
 
 type McpService = StreamableHttpService<Proxy, LocalSessionManager>;
 
+#[derive(Clone)]
+struct ServerEndpoint {
+    service: McpService,
+    sessions: Arc<Sessions>,
+    cancel: CancellationToken,
+}
+
+/// The downstream sessions of one server.
+#[derive(Default)]
+struct Sessions {
+    next: AtomicU64,
+    /// Initialized sessions, for server-wide notifications.
+    peers: Mutex<HashMap<u64, Downstream>>,
+    /// Session id → the principal that created it.
+    owners: Mutex<HashMap<String, Principal>>,
+}
+
+struct Downstream {
+    peer: Peer<RoleServer>,
+    /// Resource URIs this session subscribed to.
+    subscriptions: Arc<Mutex<HashSet<String>>>,
+}
+
 impl std::fmt::Debug for McpEndpoints {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("McpEndpoints")
-            .field("servers", &self.services.lock().len())
+            .field("servers", &self.servers.lock().len())
             .finish()
     }
 }
@@ -75,42 +109,121 @@ impl McpEndpoints {
     /// Ends every downstream session (graceful shutdown).
     pub fn shutdown(&self) {
         self.shutdown.cancel();
-        self.services.lock().clear();
+        self.servers.lock().clear();
     }
 
     /// Ends the downstream sessions of `server` (it was deleted or its endpoints changed).
     pub fn forget(&self, server: &ServerId) {
-        if let Some(service) = self.services.lock().remove(server) {
-            service.config.cancellation_token.cancel();
+        if let Some(endpoint) = self.servers.lock().remove(server) {
+            endpoint.cancel.cancel();
         }
     }
 
-    fn service(&self, state: &AppState, server: &ServerId) -> McpService {
-        let mut services = self.services.lock();
-        if let Some(service) = services.get(server) {
-            return service.clone();
+    /// The number of initialized downstream sessions of `server`.
+    pub fn sessions(&self, server: &ServerId) -> usize {
+        self.servers
+            .lock()
+            .get(server)
+            .map_or(0, |e| e.sessions.peers.lock().len())
+    }
+
+    fn endpoint(&self, state: &AppState, server: &ServerId) -> ServerEndpoint {
+        let mut servers = self.servers.lock();
+        if let Some(endpoint) = servers.get(server) {
+            return endpoint.clone();
         }
-        let pool = state.pool.clone();
-        let id = server.clone();
-        let strip_authorization = state.auth.is_required();
+        let cancel = self.shutdown.child_token();
+        let sessions = Arc::new(Sessions::default());
         let config = StreamableHttpServerConfig::default()
             // The gateway is meant to be reached by name; DNS rebinding matters for servers on
-            // a desktop, and the gateway's own auth covers it (documented in the README).
+            // a desktop, and the gateway's own auth covers it.
             .disable_allowed_hosts()
             .with_max_request_body_bytes(state.max_body_bytes)
-            .with_cancellation_token(self.shutdown.child_token());
-        let service = StreamableHttpService::new(
-            move || Ok(Proxy::new(pool.clone(), id.clone(), strip_authorization)),
-            Arc::new(LocalSessionManager::default()),
-            config,
-        );
-        services.insert(server.clone(), service.clone());
-        service
+            .with_cancellation_token(cancel.clone());
+        let factory = {
+            let (pool, id, sessions) = (state.pool.clone(), server.clone(), sessions.clone());
+            let strip_authorization = state.auth.is_required();
+            move || {
+                Ok(Proxy::new(
+                    pool.clone(),
+                    id.clone(),
+                    strip_authorization,
+                    sessions.clone(),
+                ))
+            }
+        };
+        let service =
+            StreamableHttpService::new(factory, Arc::new(LocalSessionManager::default()), config);
+        if let Some(events) = state.pool.server_events(server) {
+            tokio::spawn(fan_out(events, sessions.clone(), cancel.clone()));
+        }
+        let endpoint = ServerEndpoint {
+            service,
+            sessions,
+            cancel,
+        };
+        servers.insert(server.clone(), endpoint.clone());
+        endpoint
+    }
+}
+
+/// Relays the server's `*/list_changed` to every downstream session, `resources/updated` to
+/// those subscribed to the URI, until the endpoint is cancelled.
+async fn fan_out(
+    mut events: broadcast::Receiver<ServerEvent>,
+    sessions: Arc<Sessions>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            () = cancel.cancelled() => return,
+            event = events.recv() => match event {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        let (notification, uri) = match event.kind {
+            ServerEventKind::ToolsListChanged => (
+                ServerNotification::ToolListChangedNotification(Default::default()),
+                None,
+            ),
+            ServerEventKind::PromptsListChanged => (
+                ServerNotification::PromptListChangedNotification(Default::default()),
+                None,
+            ),
+            ServerEventKind::ResourcesListChanged => (
+                ServerNotification::ResourceListChangedNotification(Default::default()),
+                None,
+            ),
+            ServerEventKind::ResourceUpdated { uri } => (
+                ServerNotification::ResourceUpdatedNotification(
+                    rmcp::model::ResourceUpdatedNotification::new(
+                        rmcp::model::ResourceUpdatedNotificationParam::new(uri.clone()),
+                    ),
+                ),
+                Some(uri),
+            ),
+            _ => continue,
+        };
+        let peers: Vec<_> = sessions
+            .peers
+            .lock()
+            .values()
+            .filter(|d| {
+                uri.as_ref()
+                    .is_none_or(|u| d.subscriptions.lock().contains(u))
+            })
+            .map(|d| d.peer.clone())
+            .collect();
+        for peer in peers {
+            let _ = peer.send_notification(notification.clone()).await;
+        }
     }
 }
 
 /// `ANY /servers/{id}/mcp`: the server's streamable HTTP endpoint. 404 `{"detail"}` for a
-/// server the pool does not know.
+/// server the pool does not know, and for a session id that is not the caller's.
 pub(crate) async fn endpoint(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -122,8 +235,105 @@ pub(crate) async fn endpoint(
     else {
         return ApiError::new(StatusCode::NOT_FOUND, "Server not found").into_response();
     };
-    let service = state.mcp.service(&state, &server);
-    service.handle(request).await.map(Body::new)
+    let endpoint = state.mcp.endpoint(&state, &server);
+    let (principal, _) = caller(
+        &state.pool,
+        state.auth.is_required(),
+        request.headers(),
+        request.extensions(),
+    );
+    let session = request
+        .headers()
+        .get(SESSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(session) = &session {
+        let owner = endpoint.sessions.owners.lock().get(session).copied();
+        if owner.is_some_and(|owner| owner != principal) {
+            return ApiError::new(StatusCode::NOT_FOUND, "Session not found").into_response();
+        }
+    }
+    let delete = request.method() == http::Method::DELETE;
+    let request = match checked_json_rpc(request, state.max_body_bytes).await {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    let response = endpoint.service.handle(request).await;
+    let mut owners = endpoint.sessions.owners.lock();
+    match session {
+        Some(session) if delete && response.status().is_success() => {
+            owners.remove(&session);
+        }
+        Some(_) => {}
+        None => {
+            if let Some(created) = response
+                .headers()
+                .get(SESSION_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                owners.insert(created.to_owned(), principal);
+            }
+        }
+    }
+    drop(owners);
+    response.map(Body::new)
+}
+
+/// A POST body that is not JSON gets a JSON-RPC parse error (-32700), and JSON that is no
+/// JSON-RPC message an invalid-request error (-32600), both with HTTP 400 and `id: null` as
+/// JSON-RPC 2.0 §5 says (rmcp would answer 415 in plain text); a body above the limit, 413.
+async fn checked_json_rpc(request: Request, limit: usize) -> Result<Request, Response> {
+    if request.method() != http::Method::POST {
+        return Ok(request);
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
+        return Err(crate::error::too_large(limit).into_response());
+    };
+    let invalid = match serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(&bytes) {
+        Ok(_) => None,
+        Err(error) if error.is_syntax() || error.is_eof() => {
+            Some((ErrorCode::PARSE_ERROR, format!("Parse error: {error}")))
+        }
+        Err(error) => Some((
+            ErrorCode::INVALID_REQUEST,
+            format!("Invalid Request: not a JSON-RPC 2.0 message of MCP: {error}"),
+        )),
+    };
+    if let Some((code, message)) = invalid {
+        let body = serde_json::json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": {"code": code.0, "message": message},
+        });
+        return Err((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
+    }
+    Ok(Request::from_parts(parts, Body::from(bytes)))
+}
+
+/// Counter of forwarded MCP requests by `server`, `method` and `outcome`.
+pub const MCP_REQUESTS: &str = "mcp_gateway_mcp_requests_total";
+/// Histogram of forwarded MCP requests' durations in seconds, by `server` and `method`.
+pub const MCP_REQUEST_SECONDS: &str = "mcp_gateway_mcp_request_duration_seconds";
+
+/// The MCP session header of streamable HTTP.
+const SESSION_HEADER: &str = "mcp-session-id";
+
+/// The principal of a downstream request and the headers the pool sees: with gateway auth on,
+/// `Authorization` carries the gateway's JWT, so it is neither part of the upstream identity
+/// nor forwarded; the user is the JWT's (`sub`, else `email`, else `user_id`).
+fn caller(
+    pool: &Pool,
+    strip_authorization: bool,
+    headers: &http::HeaderMap,
+    extensions: &http::Extensions,
+) -> (Principal, http::HeaderMap) {
+    let mut headers = headers.clone();
+    if strip_authorization {
+        headers.remove(http::header::AUTHORIZATION);
+    }
+    let user = extensions.get::<Claims>().and_then(Claims::user);
+    (pool.principal(user, &headers), headers)
 }
 
 /// One downstream session's handler: forwards each request through the pool.
@@ -139,10 +349,19 @@ pub(crate) struct Proxy {
     principal: OnceLock<Principal>,
     /// The upstream's `initialize` result, advertised downstream.
     upstream: OnceLock<InitializeResult>,
+    /// The server's downstream sessions; this one is `slot` in it once initialized.
+    sessions: Arc<Sessions>,
+    slot: u64,
+    subscriptions: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Proxy {
-    fn new(pool: Pool, server: ServerId, strip_authorization: bool) -> Self {
+    fn new(
+        pool: Pool,
+        server: ServerId,
+        strip_authorization: bool,
+        sessions: Arc<Sessions>,
+    ) -> Self {
         Self {
             pool,
             server,
@@ -150,6 +369,9 @@ impl Proxy {
             strip_authorization,
             principal: OnceLock::new(),
             upstream: OnceLock::new(),
+            slot: sessions.next.fetch_add(1, Ordering::Relaxed),
+            sessions,
+            subscriptions: Default::default(),
         }
     }
 
@@ -161,14 +383,20 @@ impl Proxy {
         context: &RequestContext<RoleServer>,
     ) -> Result<(Principal, http::HeaderMap), ErrorData> {
         let parts = context.extensions.get::<http::request::Parts>();
-        let mut headers = parts.map(|p| p.headers.clone()).unwrap_or_default();
-        if self.strip_authorization {
-            headers.remove(http::header::AUTHORIZATION);
-        }
-        let user = parts
-            .and_then(|p| p.extensions.get::<Claims>())
-            .and_then(Claims::user);
-        let principal = self.pool.principal(user, &headers);
+        let (principal, headers) = match parts {
+            Some(parts) => caller(
+                &self.pool,
+                self.strip_authorization,
+                &parts.headers,
+                &parts.extensions,
+            ),
+            None => caller(
+                &self.pool,
+                self.strip_authorization,
+                &http::HeaderMap::new(),
+                &http::Extensions::new(),
+            ),
+        };
         if *self.principal.get_or_init(|| principal) != principal {
             return Err(ErrorData::invalid_request(
                 "this MCP session belongs to another identity",
@@ -186,6 +414,12 @@ impl Proxy {
         context: RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
         let (principal, headers) = self.caller(&context)?;
+        let method = match &request {
+            // A client names its own methods: one label for all, so they cannot grow the series.
+            ClientRequest::CustomRequest(_) => "other".to_owned(),
+            known => known.method().to_owned(),
+        };
+        let started = Instant::now();
         let downstream_token = context.meta.get_progress_token();
         request.get_meta_mut().extend(forwarded_meta(&context.meta));
 
@@ -204,6 +438,7 @@ impl Proxy {
             tokio::select! {
                 biased;
                 () = context.ct.cancelled() => {
+                    self.record(method, "cancelled", started);
                     return Err(ErrorData::new(ErrorCode::INTERNAL_ERROR, "request cancelled", None));
                 }
                 Some(notification) = notifications.recv() => {
@@ -216,7 +451,36 @@ impl Proxy {
         while let Ok(notification) = notifications.try_recv() {
             relay(&context.peer, notification, downstream_token.as_ref()).await;
         }
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(PoolError::Call { error, .. }) if matches!(**error, ServiceError::McpError(_)) => {
+                "error"
+            }
+            Err(_) => "failed",
+        };
+        self.record(method, label, started);
         outcome.map_err(upstream_error)
+    }
+
+    /// Counts a forwarded request (`mcp_gateway_requests_total`) and its duration
+    /// (`mcp_gateway_request_duration_seconds`), by server and JSON-RPC method; `outcome` is
+    /// `ok`, `error` (the upstream's JSON-RPC error), `failed` (the pool or the transport
+    /// failed) or `cancelled`.
+    fn record(&self, method: String, outcome: &'static str, started: Instant) {
+        let server = self.server.to_string();
+        metrics::histogram!(
+            MCP_REQUEST_SECONDS,
+            "server" => server.clone(),
+            "method" => method.clone()
+        )
+        .record(started.elapsed());
+        metrics::counter!(
+            MCP_REQUESTS,
+            "server" => server,
+            "method" => method,
+            "outcome" => outcome
+        )
+        .increment(1);
     }
 
     async fn forward_as<T>(
@@ -252,6 +516,7 @@ impl Proxy {
 impl Drop for Proxy {
     /// The downstream session ended: its sticky upstream session is released for good.
     fn drop(&mut self) {
+        self.sessions.peers.lock().remove(&self.slot);
         if let Some(principal) = self.principal.get() {
             self.pool.unbind(&self.server, *principal, &self.affinity);
         }
@@ -407,6 +672,13 @@ impl ServerHandler for Proxy {
                 },
             ));
         }
+        self.sessions.peers.lock().insert(
+            self.slot,
+            Downstream {
+                peer: context.peer.clone(),
+                subscriptions: self.subscriptions.clone(),
+            },
+        );
         self.negotiate_initialize(&request)
     }
 
@@ -431,8 +703,11 @@ impl ServerHandler for Proxy {
         params: SubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        let uri = params.uri.clone();
         let request = ClientRequest::SubscribeRequest(McpRequest::new(params));
-        self.forward(request, context).await.map(drop)
+        self.forward(request, context).await?;
+        self.subscriptions.lock().insert(uri);
+        Ok(())
     }
 
     #[allow(deprecated)]
@@ -441,6 +716,7 @@ impl ServerHandler for Proxy {
         params: UnsubscribeRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<(), ErrorData> {
+        self.subscriptions.lock().remove(&params.uri);
         let request = ClientRequest::UnsubscribeRequest(McpRequest::new(params));
         self.forward(request, context).await.map(drop)
     }

@@ -38,11 +38,15 @@ struct Gateway {
 /// A gateway with the servers `rr` (round robin), `sticky` and `off` (pooling disabled), all
 /// on one reference server.
 async fn gateway() -> Gateway {
+    gateway_with(Pool::builder()).await
+}
+
+async fn gateway_with(builder: mcp_pool::PoolBuilder) -> Gateway {
     let upstream = ReferenceServer::start().await.unwrap();
     let server = |id: &str, pool: PoolConfig| {
         ServerConfig::new(ServerId::new(id).unwrap(), upstream.endpoint()).pool(pool)
     };
-    let pool = Pool::builder()
+    let pool = builder
         .server(server("rr", PoolConfig::enabled()))
         .server(server(
             "sticky",
@@ -83,6 +87,7 @@ struct Recorder {
     progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
     sampled: Arc<Mutex<Vec<String>>>,
     sampling: bool,
+    tools_changed: Arc<tokio::sync::Notify>,
 }
 
 impl ClientHandler for Recorder {
@@ -101,6 +106,10 @@ impl ClientHandler for Recorder {
         _context: NotificationContext<RoleClient>,
     ) {
         self.progress.lock().push(params);
+    }
+
+    async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
+        self.tools_changed.notify_one();
     }
 
     async fn create_message(
@@ -357,4 +366,154 @@ async fn mcp_requests_need_a_token_and_a_known_server() {
     assert_eq!(response.status(), 404);
     let detail: serde_json::Value = response.json().await.unwrap();
     assert_eq!(detail, json!({"detail": "Server not found"}));
+}
+
+#[tokio::test]
+async fn tools_list_changed_upstream_reaches_every_downstream_session_of_the_server() {
+    let gw = gateway().await;
+    let alice = gw.client("rr", "alice", Recorder::default()).await;
+    let bob_seen = Recorder::default();
+    let bob = gw.client("rr", "bob", bob_seen.clone()).await;
+    // Bob's session exists upstream too (users never share one), and his stream is open.
+    counter(&bob).await;
+    alice
+        .call_tool(tool("notify", json!({"kinds": ["tools"]})))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), bob_seen.tools_changed.notified())
+        .await
+        .expect("bob hears that the server's tools changed");
+}
+
+#[tokio::test]
+async fn another_identitys_session_id_is_an_unknown_session() {
+    let gw = gateway().await;
+    let http = reqwest::Client::new();
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "curl", "version": "1"}}});
+    let post = |token: String, body: serde_json::Value, session: Option<String>| {
+        let mut request = http
+            .post(format!("{}/servers/sticky/mcp", gw.url))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let response = post(gw.token("alice"), initialize, None).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let ping = json!({"jsonrpc": "2.0", "id": 2, "method": "ping"});
+    let stolen = post(gw.token("mallory"), ping.clone(), Some(session.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        stolen.status(),
+        404,
+        "a session id is worth nothing to another user"
+    );
+    assert_eq!(
+        stolen.json::<serde_json::Value>().await.unwrap(),
+        json!({"detail": "Session not found"})
+    );
+    let own = post(gw.token("alice"), ping, Some(session)).await.unwrap();
+    assert_eq!(own.status(), 200, "its owner still uses it");
+}
+
+#[tokio::test]
+async fn malformed_json_rpc_gets_a_parse_error_and_harms_no_session() {
+    let gw = gateway().await;
+    let client = gw.client("rr", "alice", Recorder::default()).await;
+    assert_eq!(counter(&client).await, "1");
+    let response = reqwest::Client::new()
+        .post(format!("{}/servers/rr/mcp", gw.url))
+        .bearer_auth(gw.token("alice"))
+        .header("accept", "application/json, text/event-stream")
+        .header("content-type", "application/json")
+        .body(r#"{"jsonrpc": "2.0", "id": 1, "method": "#)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 400, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["jsonrpc"], "2.0", "{body}");
+    assert_eq!(
+        body["error"]["code"], -32700,
+        "a JSON-RPC parse error: {body}"
+    );
+    assert_eq!(counter(&client).await, "2", "the other session goes on");
+}
+
+#[tokio::test]
+async fn a_body_above_the_limit_is_413() {
+    let gw = gateway().await;
+    let huge = "x".repeat((4 << 20) + 1);
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": {"pad": huge}});
+    let response = reqwest::Client::new()
+        .post(format!("{}/servers/rr/mcp", gw.url))
+        .bearer_auth(gw.token("alice"))
+        .header("accept", "application/json, text/event-stream")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+}
+
+#[tokio::test]
+async fn sixteen_clients_get_errors_not_hangs_when_the_upstream_dies_then_recover() {
+    let builder = Pool::builder()
+        .create_timeout(Duration::from_secs(2))
+        .circuit_breaker(mcp_pool::breaker::BreakerConfig::new(
+            3,
+            Duration::from_millis(200),
+        ));
+    let gw = gateway_with(builder).await;
+    let mut clients = Vec::new();
+    for i in 0..16 {
+        clients.push(
+            gw.client("rr", &format!("user-{i}"), Recorder::default())
+                .await,
+        );
+    }
+    gw.upstream.stop().await;
+    let calls = clients.iter().map(|c| {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            c.call_tool(tool("echo", json!({"message": "x"}))),
+        )
+    });
+    for outcome in futures::future::join_all(calls).await {
+        let result = outcome.expect("no client hangs while the upstream is down");
+        let Err(rmcp::ServiceError::McpError(error)) = result else {
+            panic!("a JSON-RPC error, got {result:?}");
+        };
+        assert_eq!(error.code, ErrorCode::INTERNAL_ERROR, "{error:?}");
+    }
+    gw.upstream.restart().await.unwrap();
+    for client in &clients {
+        // The breaker lets a probe through after 200 ms: bounded retries until it closes.
+        let mut last = None;
+        for _ in 0..100 {
+            match client
+                .call_tool(tool("echo", json!({"message": "back"})))
+                .await
+            {
+                Ok(result) => {
+                    last = Some(text(&result));
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        assert_eq!(last.as_deref(), Some("back"), "every client recovers");
+    }
 }
