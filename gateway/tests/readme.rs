@@ -1,7 +1,8 @@
-//! The README's "Run the gateway" steps, run against the binary as a child process: start it
-//! with `--demo`, mint a token with the `token` subcommand, PUT the README's body, read the
-//! stats; then SIGTERM shuts it down cleanly. The PUT body is read from the README itself so
-//! the section stays true.
+//! The README's "Run the gateway" section: its shell blocks run as written by bash (with
+//! `cargo run -p mcp-pool-gateway --` standing for the binary cargo test built), and the same
+//! steps against the binary as a child process with closer checks: start-up log lines, 401,
+//! 413, SIGTERM shuts it down cleanly, no secret logged. The PUT body is read from the README
+//! itself so the section stays true.
 
 use std::process::Stdio;
 
@@ -160,4 +161,89 @@ async fn readme_steps_work_against_the_binary() {
     assert!(log.contains("closing the pool"), "{log}");
     assert!(!log.contains(SECRET), "the secret was logged");
     assert!(!log.contains(&token), "the token was logged");
+}
+
+/// The ```sh blocks of the README's "Run the gateway" section.
+fn shell_blocks() -> Vec<String> {
+    let readme = include_str!("../../README.md");
+    let section = readme.split("## Run the gateway").nth(1).unwrap();
+    let section = section.split("\n## ").next().unwrap();
+    section
+        .split("```sh\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_section_runs_as_written() {
+    let blocks = shell_blocks();
+    assert_eq!(blocks.len(), 2, "start, then use: {blocks:?}");
+    let script = format!(
+        r#"set -euo pipefail
+# `cargo run [-q] -p mcp-pool-gateway -- ARGS`: the binary this test run built.
+cargo() {{
+  [ "$1" = run ] || return 99; shift
+  [ "$1" = -q ] && shift
+  [ "$1 $2 $3" = "-p mcp-pool-gateway --" ] || return 98; shift 3
+  exec "{BIN}" "$@"
+}}
+{}
+{}
+wait
+echo
+echo README-DONE
+"#,
+        blocks[0], blocks[1]
+    );
+    let child = tokio::process::Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(std::env::temp_dir())
+        .env_remove("JWT_SECRET_KEY")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let group = child.id().unwrap();
+    let output = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        child.wait_with_output(),
+    )
+    .await;
+    // Whatever happened, nothing the script started outlives the test.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", "--", &format!("-{group}")])
+        .stderr(Stdio::null())
+        .status();
+    let output = output.expect("the README's steps finish").unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.ends_with("README-DONE\n"), "{stdout}\n{stderr}");
+    let result = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("data: ").filter(|d| d.contains(r#""id":2"#)))
+        .unwrap_or_else(|| panic!("a tools/call answer:\n{stdout}"));
+    let result: Value = serde_json::from_str(result).unwrap();
+    assert_eq!(
+        result["result"]["content"][0]["text"],
+        "hello through the gateway"
+    );
+    let stats: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str(l)
+                .ok()
+                .filter(|v: &Value| v.get("server_id").is_some())
+        })
+        .unwrap_or_else(|| panic!("the stats:\n{stdout}"));
+    assert_eq!(stats["enabled"], true);
+    assert!(stats["acquisitions"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(
+        stderr.contains("closing the pool"),
+        "kill %1 shut it down cleanly:\n{stderr}"
+    );
 }
