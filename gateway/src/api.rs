@@ -299,7 +299,7 @@ pub struct StrategyInfo {
 /// A short status answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StatusBody {
-    /// `healthy`, `ready` or `drained`.
+    /// `healthy`, `ready`, `drained` or `reset`.
     pub status: String,
 }
 
@@ -429,10 +429,7 @@ pub async fn pool_stats(
 ) -> Result<Json<PoolStatsView>, ApiError> {
     let (stats, config) = server_stats(&state, &id)?;
     if !config.enabled {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Pooling not enabled for server",
-        ));
+        return Err(crate::ops::pooling_disabled());
     }
     let mut view = PoolStatsView::from(&stats);
     view.enabled = true;

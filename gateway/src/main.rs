@@ -140,7 +140,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     tracing::info!("pool manager initialized with {} servers", servers.len());
     let metrics = if settings.metrics_enabled {
         Some(
-            metrics_exporter_prometheus::PrometheusBuilder::new()
+            mcp_pool_gateway::metrics::prometheus_builder()
                 .install_recorder()
                 .map_err(|e| format!("metrics recorder: {e}"))?,
         )
