@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod ops;
+pub mod reload;
 
 use axum::{
     Router,
