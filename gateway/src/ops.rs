@@ -71,7 +71,8 @@ impl From<&SessionInfo> for SessionView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeBody {
-    /// The new target size, within the pool's [min_size, max_size].
+    /// The new target size, within the pool's [min_size, max_size] (at most 1-1000).
+    #[schema(minimum = 1, maximum = 1000)]
     pub size: u64,
 }
 
