@@ -50,6 +50,17 @@ async fn schemathesis_finds_no_defect_in_the_rest_api() {
     assert!(token.status.success());
     let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
 
+    // Pooling on for `demo`, so that the pool operations reach past their 503 (until the
+    // fuzzer's own PUTs turn it off).
+    let enabled = reqwest::Client::new()
+        .put(format!("{}/servers/demo/pool/config", gw.base))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(enabled.status(), 200);
+
     let config = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/schemathesis.toml");
     let run = tokio::process::Command::new(&schemathesis)
         .args(["--config-file", config, "--no-color", "run"])
