@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the interop peers of tests/interop.rs, pinned, inside the checkout:
-#   .cache/interop/venv   the official MCP Python SDK (interop/python/requirements.txt)
+#   .cache/interop/venv   the official MCP Python SDK and schemathesis (interop/python/requirements.txt)
 #   .cache/interop/node   the official MCP TypeScript SDK and @modelcontextprotocol/server-everything
 #                         (interop/node/package-lock.json)
 # Idempotent: a stamp holding the hash of the pin file skips an install already done, so a
@@ -25,7 +25,8 @@ if [[ "$(cat "$venv/.installed" 2>/dev/null)" != "$want" ]]; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check --no-input \
     -r "$root/interop/python/requirements.txt"
-  "$venv/bin/python" -c "import mcp, uvicorn" # fails the setup if the install is unusable
+  "$venv/bin/python" -c "import mcp, uvicorn, schemathesis" # fails the setup if the install is unusable
+  "$venv/bin/schemathesis" --version
   echo "$want" > "$venv/.installed"
 fi
 

@@ -32,7 +32,7 @@ use crate::{
     pool::KeyId,
     server::ServerEntry,
     shared::{FastHash, Shared},
-    stats::{KeySizes, KeyStats},
+    stats::{KeySizes, KeyStats, SessionInfo, SessionState},
 };
 
 /// A live session of a key.
@@ -1102,6 +1102,69 @@ impl KeyPool {
             },
             st.counters,
         )
+    }
+}
+
+impl KeyPool {
+    /// Its sessions as [`SessionInfo`]s: active ones, then retiring ones.
+    pub(crate) fn sessions(&self, now: Instant) -> Vec<SessionInfo> {
+        let st = self.state.lock();
+        let label = crate::stats::key_label(&self.key);
+        let info = |id: SessionId, slot: &Slot, leases: u32, endpoint: Option<usize>| {
+            let state = if endpoint.is_none() {
+                SessionState::Retiring
+            } else if slot.checking > 0 && slot.probing {
+                SessionState::Probing
+            } else if slot.checking > 0 {
+                SessionState::Checking
+            } else if leases > 0 {
+                SessionState::Leased
+            } else {
+                SessionState::Idle
+            };
+            let idle_since = if slot.released {
+                st.last_tick
+            } else {
+                slot.last_used
+            };
+            SessionInfo {
+                key: label.clone(),
+                session: id.0,
+                transport: self.key.transport,
+                endpoint,
+                url: endpoint
+                    .and_then(|i| st.server.endpoints.get(i))
+                    .map(|e| mcp_pool_traits::redact_url(&e.url).into_owned()),
+                age_secs: now.duration_since(slot.created_at).as_secs_f64(),
+                idle_secs: if leases > 0 {
+                    0.0
+                } else {
+                    now.duration_since(idle_since).as_secs_f64()
+                },
+                use_count: slot.use_count,
+                in_flight: leases,
+                state,
+            }
+        };
+        let active = st
+            .views
+            .iter()
+            .zip(&st.slots)
+            .map(|(v, slot)| info(v.id, slot, v.in_flight - slot.checking, Some(v.endpoint)));
+        let retiring = st.retiring.iter().map(|r| {
+            info(
+                r.id,
+                &r.slot,
+                r.in_flight.saturating_sub(r.slot.checking),
+                None,
+            )
+        });
+        active.chain(retiring).collect()
+    }
+
+    /// Zeroes its counters (`Pool::reset_server`).
+    pub(crate) fn reset_counters(&self) {
+        self.state.lock().counters = KeyCounters::default();
     }
 }
 

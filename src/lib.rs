@@ -35,7 +35,7 @@ pub use pool::{Acquire, AcquireRequest, Pool};
 pub use score::{HealthScore, HealthStatus};
 pub use server::{DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT, ServerConfig};
 pub use settings::{ENV_VARIABLES, PoolConfigOverride, Settings, SettingsError, SettingsWarning};
-pub use stats::{EndpointStats, KeyStats, PoolStats, ServerStats};
+pub use stats::{EndpointStats, KeyStats, PoolStats, ServerStats, SessionInfo, SessionState};
 
 pub use mcp_pool_traits::{
     self as traits, AffinityKey, CallHeaders, Digest256, Endpoint, EvictionReason, IdentityConfig,

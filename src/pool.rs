@@ -29,7 +29,7 @@ use crate::{
     limits::Cap,
     server::{ServerCounters, ServerEntry},
     shared::{FastHash, Shared},
-    stats::{PoolStats, ServerStats},
+    stats::{PoolStats, ServerStats, SessionInfo},
 };
 
 /// What to acquire: a server, for a principal, optionally over a given transport and for a
@@ -835,15 +835,55 @@ impl Pool {
     /// # Errors
     /// [`PoolError::UnknownServer`] when `server` is not configured.
     pub fn drain_server(&self, server: &ServerId) -> Result<(), PoolError> {
+        for key in self.server_keys(server)? {
+            key.drain();
+        }
+        Ok(())
+    }
+
+    /// The sessions of `server` now, every key's (the gateway's
+    /// `GET /servers/{id}/pool/sessions`), ordered by key label then session number.
+    ///
+    /// # Errors
+    /// [`PoolError::UnknownServer`] when `server` is not configured.
+    pub fn sessions(&self, server: &ServerId) -> Result<Vec<SessionInfo>, PoolError> {
+        self.server_keys(server).map(|keys| {
+            let now = Instant::now();
+            let mut sessions: Vec<_> = keys.iter().flat_map(|k| k.sessions(now)).collect();
+            sessions.sort_by(|a, b| (&a.key, a.session).cmp(&(&b.key, b.session)));
+            sessions
+        })
+    }
+
+    /// [`drain_server`](Self::drain_server), then zeroes the server's counters in
+    /// [`ServerStats`] (hits, misses, acquisitions, releases, timeouts, evictions, creation
+    /// failures, rebinds, call retries, circuit refusals). The health score, circuit breakers
+    /// and Prometheus counters are kept (Prometheus counters never go down). The gateway's
+    /// `POST /servers/{id}/pool/reset`.
+    ///
+    /// # Errors
+    /// [`PoolError::UnknownServer`] when `server` is not configured.
+    pub fn reset_server(&self, server: &ServerId) -> Result<(), PoolError> {
+        let keys = self.server_keys(server)?;
+        for key in &keys {
+            key.drain();
+            key.reset_counters();
+        }
+        if let Some(entry) = self.inner.shared.server(server) {
+            *entry.counters.retired.lock() = Default::default();
+            entry.counters.health.lock().circuit_refusals = 0;
+        }
+        Ok(())
+    }
+
+    /// The keys of `server` alive now.
+    fn server_keys(&self, server: &ServerId) -> Result<Vec<Arc<KeyPool>>, PoolError> {
         if self.inner.shared.server(server).is_none() {
             return Err(PoolError::UnknownServer(server.clone()));
         }
-        for key in self.all_keys() {
-            if key.key.server == *server {
-                key.drain();
-            }
-        }
-        Ok(())
+        let mut keys = self.all_keys();
+        keys.retain(|k| k.key.server == *server);
+        Ok(keys)
     }
 
     /// Closes every session and refuses new acquires; queued acquires fail with

@@ -135,7 +135,13 @@ impl ServerConfig {
         self.capabilities.as_ref()
     }
 
-    pub(crate) fn validate(&self) -> Result<(), PoolError> {
+    /// Checks what [`Pool::add_server`](crate::Pool::add_server) checks, without applying
+    /// anything: at least one endpoint, valid endpoint URLs, the pool configuration's ranges,
+    /// the call timeout (1 ms to 3600 s).
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidServer`] or [`PoolError::Config`] naming what is wrong.
+    pub fn validate(&self) -> Result<(), PoolError> {
         if self.endpoints.is_empty() {
             return Err(PoolError::InvalidServer {
                 server: self.id.clone(),

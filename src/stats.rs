@@ -297,3 +297,60 @@ impl KeyStats {
         }
     }
 }
+
+/// What an upstream session is doing at one moment ([`SessionInfo::state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum SessionState {
+    /// No lease out: ready for the next acquire.
+    Idle,
+    /// At least one lease out.
+    Leased,
+    /// Out of service for a periodic health check.
+    Checking,
+    /// Out of service after an abandoned call until a probe shows the server still answers.
+    Probing,
+    /// Taken out of service (drain, eviction, reconfiguration) while leases were out on it: it
+    /// closes when its last lease returns.
+    Retiring,
+}
+
+/// One upstream session of a server ([`Pool::sessions`](crate::Pool::sessions)). Never holds
+/// an identity: its key appears only as an 8-character hash prefix.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct SessionInfo {
+    /// The first 8 hex characters of the SHA-256 of its pool key (user, identity, server,
+    /// transport): sessions of one key share it, and it reveals nothing of the identity.
+    pub key: String,
+    /// The session's number within its key.
+    pub session: u64,
+    /// Its transport.
+    pub transport: TransportKind,
+    /// Index of its endpoint in the server's endpoint list; `None` for a retiring session.
+    pub endpoint: Option<usize>,
+    /// Its endpoint's URL, passwords and secret query values masked; `None` when retiring.
+    pub url: Option<String>,
+    /// Seconds since it was created.
+    pub age_secs: f64,
+    /// Seconds since its last lease returned, 0 while leased. Releases read no clock, so a
+    /// session released since the maintenance's last pass shows the time since that pass
+    /// (idle times are measured at the `cleanup_interval` granularity).
+    pub idle_secs: f64,
+    /// Leases it has served.
+    pub use_count: u64,
+    /// Leases out on it now.
+    pub in_flight: u32,
+    /// What it is doing.
+    pub state: SessionState,
+}
+
+/// The 8-character label of a pool key in [`SessionInfo::key`].
+pub(crate) fn key_label(key: &PoolKey) -> String {
+    mcp_pool_traits::Digest256::of(format!(
+        "{}\n{}\n{}\n{}",
+        key.server, key.transport, key.user, key.identity
+    ))
+    .short()
+}

@@ -104,26 +104,36 @@ pub struct PoolConfigUpdate {
     /// `round_robin`, `least_connections`, `sticky`, `weighted` or `none`.
     pub strategy: Option<String>,
     /// 1-1000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub size: Option<u64>,
     /// 1-1000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub min_size: Option<u64>,
     /// 1-1000.
+    #[schema(minimum = 1, maximum = 1000)]
     pub max_size: Option<u64>,
     /// 1-300 s.
+    #[schema(minimum = 1, maximum = 300)]
     pub timeout: Option<u64>,
     /// 60-86400 s.
+    #[schema(minimum = 60, maximum = 86400)]
     pub max_idle_time: Option<u64>,
     /// Autoscaler on.
     pub auto_scale: Option<bool>,
     /// 10-3600 s.
+    #[schema(minimum = 10, maximum = 3600)]
     pub health_check_interval: Option<u64>,
     /// 60-3600 s.
+    #[schema(minimum = 60, maximum = 3600)]
     pub rebalance_interval: Option<u64>,
     /// 60-86400 s.
+    #[schema(minimum = 60, maximum = 86400)]
     pub max_lifetime: Option<u64>,
     /// 0-100 %.
+    #[schema(minimum = 0, maximum = 100)]
     pub health_check_threshold: Option<u64>,
     /// 1-256.
+    #[schema(minimum = 1, maximum = 256)]
     pub session_concurrency: Option<u64>,
 }
 
@@ -299,7 +309,7 @@ pub struct StrategyInfo {
 /// A short status answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StatusBody {
-    /// `healthy`, `ready` or `drained`.
+    /// `healthy`, `ready`, `drained` or `reset`.
     pub status: String,
 }
 
@@ -390,8 +400,8 @@ pub async fn get_pool_config(
     request_body = PoolConfigUpdate,
     responses((status = 200, body = PoolConfigView), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
-        (status = 503, body = ErrorBody)))]
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn put_pool_config(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -429,10 +439,7 @@ pub async fn pool_stats(
 ) -> Result<Json<PoolStatsView>, ApiError> {
     let (stats, config) = server_stats(&state, &id)?;
     if !config.enabled {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Pooling not enabled for server",
-        ));
+        return Err(crate::ops::pooling_disabled());
     }
     let mut view = PoolStatsView::from(&stats);
     view.enabled = true;
@@ -538,7 +545,7 @@ pub async fn drain(
 }
 
 /// Liveness.
-#[utoipa::path(get, path = "/health", tag = "health", responses((status = 200, body = StatusBody)))]
+#[utoipa::path(get, path = "/health", tag = "health", security(()), responses((status = 200, body = StatusBody)))]
 pub async fn health() -> Json<StatusBody> {
     Json(StatusBody {
         status: "healthy".into(),
@@ -546,7 +553,7 @@ pub async fn health() -> Json<StatusBody> {
 }
 
 /// Readiness: 200 once the pools are loaded, 503 once the pool is closed (shutting down).
-#[utoipa::path(get, path = "/ready", tag = "health",
+#[utoipa::path(get, path = "/ready", tag = "health", security(()),
     responses((status = 200, body = StatusBody), (status = 503, body = ErrorBody)))]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<StatusBody>, ApiError> {
     if state.pool.is_closed() {

@@ -16,6 +16,9 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod mcp;
+pub mod metrics;
+pub mod ops;
+pub mod reload;
 
 use axum::{
     Router,
@@ -58,7 +61,8 @@ pub struct AppState {
     paths(
         api::list_servers, api::get_server, api::get_pool_config, api::put_pool_config,
         api::pool_stats, api::all_pool_stats, api::pools_health, api::strategies, api::drain,
-        api::health, api::ready, api::metrics, openapi_json
+        api::health, api::ready, api::metrics, openapi_json,
+        ops::sessions, ops::resize, ops::reset
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -107,6 +111,9 @@ pub fn router(state: AppState) -> Router {
         .route("/servers/{id}/pool/stats", get(api::pool_stats))
         .route("/servers/{id}/pool/drain", post(api::drain))
         .route("/servers/{id}/mcp", any(mcp::endpoint))
+        .route("/servers/{id}/pool/sessions", get(ops::sessions))
+        .route("/servers/{id}/pool/resize", post(ops::resize))
+        .route("/servers/{id}/pool/reset", post(ops::reset))
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(openapi_json));
     let protected = match &state.auth {
@@ -127,6 +134,7 @@ pub fn router(state: AppState) -> Router {
         })
         .layer(middleware::from_fn_with_state(limit, body_limit))
         .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(metrics::track))
         .with_state(state)
 }
 

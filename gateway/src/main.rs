@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use mcp_pool::{Pool, ServerConfig, ServerId, Settings, traits::StateId};
-use mcp_pool_gateway::{AppState, Auth, GatewayConfig, auth};
+use mcp_pool_gateway::{AppState, Auth, GatewayConfig, auth, reload};
 
 const AFTER_HELP: &str = "\
 Environment (a .env file in the working directory is read first; the environment wins over it):
@@ -15,7 +15,11 @@ Environment (a .env file in the working directory is read first; the environment
   AUTH_REQUIRED     true (default) or false: bearer token on every route but /health and /ready
   MAX_BODY_BYTES    largest request body in bytes (default 4194304 = 4 MiB; 1 to 1073741824)
   SESSION_POOL_*, CACHE_TYPE, REDIS_URL, DATABASE_URL, USE_STATEFUL_SESSIONS: the pool's
-                    variables (README \"Configuration\"); they win over the --config file";
+                    variables (README \"Configuration\"); they win over the --config file
+
+Signals: SIGINT/SIGTERM drain and shut down; SIGHUP re-reads the --config file and applies
+what changed in its servers (changed endpoints drain that server's pool; an invalid file is
+logged and nothing is applied)";
 
 /// An MCP gateway on mcp-pool: REST API for servers and pools, JWT auth, OpenAPI, metrics.
 #[derive(Parser, Debug)]
@@ -141,7 +145,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     tracing::info!("pool manager initialized with {} servers", servers.len());
     let metrics = if settings.metrics_enabled {
         Some(
-            metrics_exporter_prometheus::PrometheusBuilder::new()
+            mcp_pool_gateway::metrics::prometheus_builder()
                 .install_recorder()
                 .map_err(|e| format!("metrics recorder: {e}"))?,
         )
@@ -157,6 +161,18 @@ async fn run(cli: Cli) -> Result<(), String> {
         max_body_bytes: config.max_body_bytes,
         metrics,
         mcp: Default::default(),
+    };
+    // Listening before the address is logged: a SIGHUP from then on reloads, never kills.
+    #[cfg(unix)]
+    let _reloader = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let hangups = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+        tokio::spawn(reload_on_hangup(
+            hangups,
+            pool.clone(),
+            cli.config.clone(),
+            settings.servers.clone(),
+        ))
     };
     let mcp = state.mcp.clone();
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
@@ -182,6 +198,64 @@ async fn run(cli: Cli) -> Result<(), String> {
         demo.stop().await;
     }
     Ok(())
+}
+
+/// On every SIGHUP: re-reads the `--config` file (and the environment, which wins over it)
+/// and applies what changed in its servers ([`reload::reload`]); an invalid file is logged with
+/// the reason and nothing is applied.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    pool: Pool,
+    path: Option<PathBuf>,
+    mut servers: Vec<ServerConfig>,
+) {
+    while hangups.recv().await.is_some() {
+        let Some(path) = &path else {
+            tracing::warn!("SIGHUP: no --config file to reload");
+            continue;
+        };
+        let vars = std::env::vars_os()
+            .filter_map(|(n, v)| Some((n.into_string().ok()?, v.into_string().ok()?)));
+        let next = match Settings::from_vars(Some(path), vars) {
+            Ok(settings) => settings.servers,
+            Err(e) => {
+                tracing::error!("SIGHUP: configuration not reloaded, nothing applied: {e}");
+                continue;
+            }
+        };
+        match reload::reload(&pool, &servers, &next) {
+            Ok(done) => {
+                let changed = |id: String| {
+                    done.added.contains(&id)
+                        || done.drained.contains(&id)
+                        || done.updated.contains(&id)
+                };
+                for server in next.iter().filter(|s| changed(s.id().to_string())) {
+                    let c = server.pool_config();
+                    tracing::info!(
+                        "creating/updating pool for server {} with strategy={}, min_size={}, max_size={}",
+                        server.id(),
+                        c.strategy,
+                        c.min_size,
+                        c.max_size
+                    );
+                }
+                tracing::info!(
+                    "SIGHUP: configuration reloaded from {}: added {:?}, drained (connection changed) {:?}, updated {:?}, kept (removed from the file; needs a restart) {:?}",
+                    path.display(),
+                    done.added,
+                    done.drained,
+                    done.updated,
+                    done.kept
+                );
+                servers = next;
+            }
+            Err(e) => {
+                tracing::error!("SIGHUP: configuration not reloaded: {e}");
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

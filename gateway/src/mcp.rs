@@ -311,11 +311,6 @@ async fn checked_json_rpc(request: Request, limit: usize) -> Result<Request, Res
     Ok(Request::from_parts(parts, Body::from(bytes)))
 }
 
-/// Counter of forwarded MCP requests by `server`, `method` and `outcome`.
-pub const MCP_REQUESTS: &str = "mcp_gateway_mcp_requests_total";
-/// Histogram of forwarded MCP requests' durations in seconds, by `server` and `method`.
-pub const MCP_REQUEST_SECONDS: &str = "mcp_gateway_mcp_request_duration_seconds";
-
 /// The MCP session header of streamable HTTP.
 const SESSION_HEADER: &str = "mcp-session-id";
 
@@ -414,11 +409,7 @@ impl Proxy {
         context: RequestContext<RoleServer>,
     ) -> Result<ServerResult, ErrorData> {
         let (principal, headers) = self.caller(&context)?;
-        let method = match &request {
-            // A client names its own methods: one label for all, so they cannot grow the series.
-            ClientRequest::CustomRequest(_) => "other".to_owned(),
-            known => known.method().to_owned(),
-        };
+        let method = request.method().to_owned();
         let started = Instant::now();
         let downstream_token = context.meta.get_progress_token();
         request.get_meta_mut().extend(forwarded_meta(&context.meta));
@@ -438,7 +429,7 @@ impl Proxy {
             tokio::select! {
                 biased;
                 () = context.ct.cancelled() => {
-                    self.record(method, "cancelled", started);
+                    self.record(&method, "cancelled", started);
                     return Err(ErrorData::new(ErrorCode::INTERNAL_ERROR, "request cancelled", None));
                 }
                 Some(notification) = notifications.recv() => {
@@ -458,29 +449,15 @@ impl Proxy {
             }
             Err(_) => "failed",
         };
-        self.record(method, label, started);
+        self.record(&method, label, started);
         outcome.map_err(upstream_error)
     }
 
-    /// Counts a forwarded request (`mcp_gateway_requests_total`) and its duration
-    /// (`mcp_gateway_request_duration_seconds`), by server and JSON-RPC method; `outcome` is
-    /// `ok`, `error` (the upstream's JSON-RPC error), `failed` (the pool or the transport
-    /// failed) or `cancelled`.
-    fn record(&self, method: String, outcome: &'static str, started: Instant) {
-        let server = self.server.to_string();
-        metrics::histogram!(
-            MCP_REQUEST_SECONDS,
-            "server" => server.clone(),
-            "method" => method.clone()
-        )
-        .record(started.elapsed());
-        metrics::counter!(
-            MCP_REQUESTS,
-            "server" => server,
-            "method" => method,
-            "outcome" => outcome
-        )
-        .increment(1);
+    /// Counts a forwarded request and its duration by server and method
+    /// ([`crate::metrics::record_mcp`]); `outcome` is `ok`, `error` (the upstream's JSON-RPC
+    /// error), `failed` (the pool or the transport failed) or `cancelled`.
+    fn record(&self, method: &str, outcome: &'static str, started: Instant) {
+        crate::metrics::record_mcp(self.server.as_str(), method, outcome, started.elapsed());
     }
 
     async fn forward_as<T>(
