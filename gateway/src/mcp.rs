@@ -33,6 +33,7 @@ use std::{
 };
 
 use axum::{
+    Router,
     body::Body,
     extract::{Path, Request, State},
     http::StatusCode,
@@ -41,6 +42,9 @@ use axum::{
 use mcp_pool::{
     AcquireRequest, CallOptions, Pool, PoolError, Principal, ServerEvent, ServerEventKind,
     ServerId, traits::ServerRequestHandler,
+};
+use mcp_pool_transports::server::{
+    SseServer, SseServerConfig, WebSocketServer, WebSocketServerConfig,
 };
 use parking_lot::Mutex;
 use rmcp::{
@@ -57,6 +61,7 @@ use rmcp::{
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt as _;
 
 use crate::{ApiError, AppState, auth::Claims};
 
@@ -77,6 +82,9 @@ type McpService = StreamableHttpService<Proxy, LocalSessionManager>;
 #[derive(Clone)]
 struct ServerEndpoint {
     service: McpService,
+    /// `GET /servers/{id}/sse` + `POST /servers/{id}/message` (HTTP+SSE, 2024-11-05) and
+    /// `GET /servers/{id}/ws` (WebSocket), served by the transports crate's adapters.
+    legacy: Router,
     sessions: Arc<Sessions>,
     cancel: CancellationToken,
 }
@@ -152,6 +160,19 @@ impl McpEndpoints {
                 ))
             }
         };
+        let prefix = format!("/servers/{server}");
+        let sse = SseServer::new(
+            factory.clone(),
+            SseServerConfig::default()
+                .with_paths(&format!("{prefix}/sse"), &format!("{prefix}/message"))
+                .with_shutdown(cancel.clone()),
+        );
+        let ws = WebSocketServer::new(
+            factory.clone(),
+            WebSocketServerConfig::default()
+                .with_path(&format!("{prefix}/ws"))
+                .with_shutdown(cancel.clone()),
+        );
         let service =
             StreamableHttpService::new(factory, Arc::new(LocalSessionManager::default()), config);
         if let Some(events) = state.pool.server_events(server) {
@@ -159,6 +180,7 @@ impl McpEndpoints {
         }
         let endpoint = ServerEndpoint {
             service,
+            legacy: sse.router().merge(ws.router()),
             sessions,
             cancel,
         };
@@ -277,6 +299,28 @@ pub(crate) async fn endpoint(
     }
     drop(owners);
     response.map(Body::new)
+}
+
+/// `GET /servers/{id}/sse`, `POST /servers/{id}/message` and `GET /servers/{id}/ws`: the
+/// server's HTTP+SSE (protocol 2024-11-05) and WebSocket endpoints; 404 `{"detail"}` for a
+/// server the pool does not know. A session is its connection: it ends when the stream or
+/// socket closes.
+pub(crate) async fn legacy_endpoint(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
+    let Some(server) = ServerId::new(&id)
+        .ok()
+        .filter(|s| state.pool.server_config(s).is_some())
+    else {
+        return ApiError::new(StatusCode::NOT_FOUND, "Server not found").into_response();
+    };
+    let endpoint = state.mcp.endpoint(&state, &server);
+    match endpoint.legacy.oneshot(request).await {
+        Ok(response) => response,
+        Err(infallible) => match infallible {},
+    }
 }
 
 /// A POST body that is not JSON gets a JSON-RPC parse error (-32700), and JSON that is no

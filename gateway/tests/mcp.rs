@@ -7,9 +7,10 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use mcp_pool::{Pool, PoolConfig, ServerConfig, ServerId, StrategyKind};
+use mcp_pool::{Pool, PoolConfig, ServerConfig, ServerId, StrategyKind, TransportKind};
 use mcp_pool_conformance::ReferenceServer;
 use mcp_pool_gateway::{AppState, Auth, auth};
+use mcp_pool_transports::{SseClientTransport, WebSocketClientTransport};
 use parking_lot::Mutex;
 use rmcp::{
     ClientHandler, RoleClient, ServiceExt,
@@ -152,6 +153,43 @@ impl Gateway {
             .serve(StreamableHttpClientTransport::from_config(config))
             .await
             .expect("initialize through the gateway")
+    }
+}
+
+impl Gateway {
+    /// A client over the gateway's HTTP+SSE or WebSocket endpoint of `server`.
+    async fn legacy_client(
+        &self,
+        kind: TransportKind,
+        server: &str,
+        user: &str,
+    ) -> RunningService<RoleClient, Recorder> {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "authorization",
+            format!("Bearer {}", self.token(user)).parse().unwrap(),
+        );
+        let base = format!("{}/servers/{server}", self.url);
+        match kind {
+            TransportKind::Sse => {
+                let transport = SseClientTransport::connect(
+                    reqwest::Client::new(),
+                    &format!("{base}/sse"),
+                    headers,
+                )
+                .await
+                .unwrap();
+                Recorder::default().serve(transport).await.unwrap()
+            }
+            _ => {
+                let url = format!("{}/ws", base.replacen("http", "ws", 1));
+                let transport =
+                    WebSocketClientTransport::connect(&url, &headers, Default::default())
+                        .await
+                        .unwrap();
+                Recorder::default().serve(transport).await.unwrap()
+            }
+        }
     }
 }
 
@@ -516,4 +554,36 @@ async fn sixteen_clients_get_errors_not_hangs_when_the_upstream_dies_then_recove
         }
         assert_eq!(last.as_deref(), Some("back"), "every client recovers");
     }
+}
+
+#[tokio::test]
+async fn the_sse_and_websocket_endpoints_forward_to_the_pool() {
+    let gw = gateway().await;
+    for kind in [TransportKind::Sse, TransportKind::WebSocket] {
+        let first = gw.legacy_client(kind, "sticky", "alice").await;
+        let second = gw.legacy_client(kind, "sticky", "alice").await;
+        let echoed = first
+            .call_tool(tool("echo", json!({"message": "legacy"})))
+            .await
+            .unwrap();
+        assert_eq!(text(&echoed), "legacy", "{kind}");
+        assert_eq!(counter(&first).await, "1", "{kind}");
+        assert_eq!(
+            counter(&second).await,
+            "1",
+            "{kind}: each connection is its own session"
+        );
+        assert_eq!(counter(&first).await, "2", "{kind}");
+        first.cancel().await.unwrap();
+        second.cancel().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_sse_endpoint_needs_a_token() {
+    let gw = gateway().await;
+    let response = reqwest::get(format!("{}/servers/rr/sse", gw.url))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
 }
