@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use mcp_pool::{Pool, ServerConfig, ServerId, Settings, traits::StateId};
-use mcp_pool_gateway::{AppState, Auth, GatewayConfig, auth, reload};
+use mcp_pool_gateway::{AppState, Auth, GatewayConfig, auth, config::GatewayTable, reload};
 
 const AFTER_HELP: &str = "\
 Environment (a .env file in the working directory is read first; the environment wins over it):
@@ -31,7 +31,8 @@ struct Cli {
     /// Port to listen on, 0 for a free one [env: PORT] [default: 4444]
     #[arg(long)]
     port: Option<String>,
-    /// TOML file with [settings], [pool] and [[servers]] (the pool's configuration file)
+    /// TOML file with [settings], [pool] and [[servers]] (the pool's configuration file) and
+    /// [gateway] (host, port, auth_required, max_body_bytes; variables and flags win over it)
     #[arg(long)]
     config: Option<PathBuf>,
     /// Serve the reference MCP server in process and register it as server `demo`
@@ -101,8 +102,18 @@ async fn run(cli: Cli) -> Result<(), String> {
         println!("{token}");
         return Ok(());
     }
-    let config = GatewayConfig::from_lookup(cli.host.as_deref(), cli.port.as_deref(), lookup)
-        .map_err(|e| e.to_string())?;
+    let table = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            GatewayTable::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())?
+        }
+        None => GatewayTable::default(),
+    };
+    let config = GatewayConfig::from_lookup(cli.host.as_deref(), cli.port.as_deref(), |name| {
+        lookup(name).or_else(|| table.var(name))
+    })
+    .map_err(|e| e.to_string())?;
     let vars = std::env::vars_os()
         .filter_map(|(n, v)| Some((n.into_string().ok()?, v.into_string().ok()?)));
     let settings = Settings::from_vars(cli.config.as_ref(), vars).map_err(|e| e.to_string())?;
