@@ -50,8 +50,8 @@ use parking_lot::Mutex;
 use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     model::{
-        ClientRequest, ClientResult, ErrorCode, GetMeta, InitializeRequestParams, InitializeResult,
-        ProgressToken, Request as McpRequest, RequestMetaObject, RequestNoParam,
+        ClientRequest, ClientResult, DiscoverResult, ErrorCode, GetMeta, InitializeRequestParams,
+        InitializeResult, ProgressToken, Request as McpRequest, RequestMetaObject, RequestNoParam,
         RequestOptionalParam, ServerNotification, ServerRequest, ServerResult,
     },
     service::{Peer, RequestContext, ServiceError},
@@ -445,6 +445,38 @@ impl Proxy {
         Ok((principal, headers))
     }
 
+    /// Reads the upstream's `initialize` result from a pooled session of the caller, once per
+    /// downstream session: what [`get_info`](ServerHandler::get_info) then advertises.
+    async fn learn_upstream(&self, context: &RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        if self.upstream.get().is_some() {
+            return Ok(());
+        }
+        let (principal, headers) = self.caller(context)?;
+        let acquire = AcquireRequest::new(&self.server)
+            .principal(principal)
+            .headers(&headers)
+            .downstream_session(&self.affinity);
+        let lease = self
+            .pool
+            .acquire_with(acquire)
+            .await
+            .map_err(upstream_error)?;
+        let info = lease
+            .peer()
+            .peer_info()
+            .map_or_else(InitializeResult::default, |peer| {
+                let mut info = InitializeResult::new(peer.capabilities.clone());
+                info.protocol_version = peer.protocol_version.clone();
+                if let Some(server) = &peer.server_info {
+                    info.server_info = server.clone();
+                }
+                info.instructions = peer.instructions.clone();
+                info
+            });
+        let _ = self.upstream.set(info);
+        Ok(())
+    }
+
     /// Forwards `request` and relays what belongs to it until the upstream answers, the
     /// downstream cancels, or the call fails.
     async fn forward(
@@ -669,30 +701,7 @@ impl ServerHandler for Proxy {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         context.peer.set_peer_info(request.clone());
-        if self.upstream.get().is_none() {
-            let (principal, headers) = self.caller(&context)?;
-            let acquire = AcquireRequest::new(&self.server)
-                .principal(principal)
-                .headers(&headers)
-                .downstream_session(&self.affinity);
-            let lease = self
-                .pool
-                .acquire_with(acquire)
-                .await
-                .map_err(upstream_error)?;
-            let _ = self.upstream.set(lease.peer().peer_info().map_or_else(
-                InitializeResult::default,
-                |peer| {
-                    let mut info = InitializeResult::new(peer.capabilities.clone());
-                    info.protocol_version = peer.protocol_version.clone();
-                    if let Some(server) = &peer.server_info {
-                        info.server_info = server.clone();
-                    }
-                    info.instructions = peer.instructions.clone();
-                    info
-                },
-            ));
-        }
+        self.learn_upstream(&context).await?;
         self.sessions.peers.lock().insert(
             self.slot,
             Downstream {
@@ -701,6 +710,19 @@ impl ServerHandler for Proxy {
             },
         );
         self.negotiate_initialize(&request)
+    }
+
+    /// Protocol 2026-07-28 (no `initialize`, no session): the upstream's capabilities and
+    /// server info, as for `initialize`.
+    async fn discover(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> Result<DiscoverResult, ErrorData> {
+        self.learn_upstream(&context).await?;
+        Ok(DiscoverResult::from_server_info(
+            self.supported_protocol_versions().into_owned(),
+            self.get_info(),
+        ))
     }
 
     async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {

@@ -587,3 +587,42 @@ async fn the_sse_endpoint_needs_a_token() {
         .unwrap();
     assert_eq!(response.status(), 401);
 }
+
+#[tokio::test]
+async fn a_2026_07_28_client_without_sessions_is_served_through_the_pool() {
+    use rmcp::{
+        model::ProtocolVersion,
+        service::{ClientLifecycleMode, ClientServiceExt},
+    };
+    let gw = gateway().await;
+    let config =
+        StreamableHttpClientTransportConfig::with_uri(format!("{}/servers/rr/mcp", gw.url))
+            .auth_header(gw.token("alice"));
+    let client = Recorder::default()
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_config(config),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("server/discover through the gateway");
+    let info = client.peer_info().unwrap();
+    assert_eq!(info.protocol_version, ProtocolVersion::V_2026_07_28);
+    assert!(
+        info.capabilities.tools.is_some(),
+        "the upstream's tools are advertised"
+    );
+    for message in ["one", "two"] {
+        let result = client
+            .call_tool(tool("echo", json!({ "message": message })))
+            .await
+            .unwrap();
+        assert_eq!(text(&result), message);
+    }
+    assert_eq!(
+        gw.upstream.sessions_opened(),
+        1,
+        "stateless downstream requests share the pooled upstream session"
+    );
+}
