@@ -1,5 +1,8 @@
-//! The downstream MCP endpoint `/servers/{id}/mcp` (issue 11, item 3): rmcp's streamable HTTP
-//! server facing the client, the pool facing the upstream.
+//! The downstream MCP endpoints of each server (issue 11, item 3): `/servers/{id}/mcp` (rmcp's
+//! streamable HTTP server: protocol 2025-03-26 to 2025-11-25 with gateway-issued
+//! `Mcp-Session-Id`s, and 2026-07-28 without sessions), `/servers/{id}/sse` +
+//! `/servers/{id}/message` (HTTP+SSE, 2024-11-05) and `/servers/{id}/ws` (WebSocket), the last
+//! two on the transports crate's server adapters; the pool faces the upstream.
 //!
 //! Each downstream session gets its own [`Proxy`]; every request it receives is forwarded with
 //! [`Pool::call`]: the principal is the JWT's user (`sub`, else `email`, else `user_id`) and the
@@ -82,6 +85,8 @@ type McpService = StreamableHttpService<Proxy, LocalSessionManager>;
 #[derive(Clone)]
 struct ServerEndpoint {
     service: McpService,
+    /// The streamable HTTP sessions (rmcp ends idle ones after 5 minutes).
+    manager: Arc<LocalSessionManager>,
     /// `GET /servers/{id}/sse` + `POST /servers/{id}/message` (HTTP+SSE, 2024-11-05) and
     /// `GET /servers/{id}/ws` (WebSocket), served by the transports crate's adapters.
     legacy: Router,
@@ -173,13 +178,14 @@ impl McpEndpoints {
                 .with_path(&format!("{prefix}/ws"))
                 .with_shutdown(cancel.clone()),
         );
-        let service =
-            StreamableHttpService::new(factory, Arc::new(LocalSessionManager::default()), config);
+        let manager = Arc::new(LocalSessionManager::default());
+        let service = StreamableHttpService::new(factory, manager.clone(), config);
         if let Some(events) = state.pool.server_events(server) {
             tokio::spawn(fan_out(events, sessions.clone(), cancel.clone()));
         }
         let endpoint = ServerEndpoint {
             service,
+            manager,
             legacy: sse.router().merge(ws.router()),
             sessions,
             cancel,
@@ -251,11 +257,9 @@ pub(crate) async fn endpoint(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let Some(server) = ServerId::new(&id)
-        .ok()
-        .filter(|s| state.pool.server_config(s).is_some())
-    else {
-        return ApiError::new(StatusCode::NOT_FOUND, "Server not found").into_response();
+    let server = match known_server(&state, &id) {
+        Ok(server) => server,
+        Err(response) => return response,
     };
     let endpoint = state.mcp.endpoint(&state, &server);
     let (principal, _) = caller(
@@ -294,11 +298,26 @@ pub(crate) async fn endpoint(
                 .and_then(|v| v.to_str().ok())
             {
                 owners.insert(created.to_owned(), principal);
+                // Sessions that timed out never say so: forget their owners now and then.
+                if owners.len() > 64
+                    && let Ok(live) = endpoint.manager.sessions.try_read()
+                    && owners.len() > 2 * live.len()
+                {
+                    owners.retain(|id, _| live.contains_key(id.as_str()));
+                }
             }
         }
     }
     drop(owners);
     response.map(Body::new)
+}
+
+/// The server `id` names, or 404 `{"detail": "Server not found"}`.
+fn known_server(state: &AppState, id: &str) -> Result<ServerId, Response> {
+    ServerId::new(id)
+        .ok()
+        .filter(|s| state.pool.server_config(s).is_some())
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Server not found").into_response())
 }
 
 /// `GET /servers/{id}/sse`, `POST /servers/{id}/message` and `GET /servers/{id}/ws`: the
@@ -310,11 +329,9 @@ pub(crate) async fn legacy_endpoint(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let Some(server) = ServerId::new(&id)
-        .ok()
-        .filter(|s| state.pool.server_config(s).is_some())
-    else {
-        return ApiError::new(StatusCode::NOT_FOUND, "Server not found").into_response();
+    let server = match known_server(&state, &id) {
+        Ok(server) => server,
+        Err(response) => return response,
     };
     let endpoint = state.mcp.endpoint(&state, &server);
     match endpoint.legacy.oneshot(request).await {

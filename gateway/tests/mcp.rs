@@ -57,6 +57,16 @@ async fn gateway_with(builder: mcp_pool::PoolBuilder) -> Gateway {
             },
         ))
         .server(server("off", PoolConfig::default()))
+        .server(server(
+            "shared",
+            PoolConfig {
+                size: 1,
+                min_size: 1,
+                max_size: 1,
+                session_concurrency: 4,
+                ..PoolConfig::enabled()
+            },
+        ))
         .build()
         .unwrap();
     let secret = auth::JwtSecret::new(SECRET).unwrap();
@@ -625,4 +635,27 @@ async fn a_2026_07_28_client_without_sessions_is_served_through_the_pool() {
         1,
         "stateless downstream requests share the pooled upstream session"
     );
+}
+
+#[tokio::test]
+async fn concurrent_calls_sharing_one_upstream_session_get_only_their_own_progress() {
+    let gw = gateway().await;
+    let (first_seen, second_seen) = (Recorder::default(), Recorder::default());
+    let first = gw.client("shared", "alice", first_seen.clone()).await;
+    let second = gw.client("shared", "alice", second_seen.clone()).await;
+    let (a, b) = tokio::join!(
+        first.call_tool(tool("progress", json!({"steps": 4, "delay_ms": 5}))),
+        second.call_tool(tool("progress", json!({"steps": 6, "delay_ms": 3}))),
+    );
+    assert_eq!(text(&a.unwrap()), "done 4");
+    assert_eq!(text(&b.unwrap()), "done 6");
+    assert_eq!(
+        gw.upstream.sessions_opened(),
+        1,
+        "both calls ran on one upstream session"
+    );
+    let steps =
+        |seen: &Recorder| -> Vec<f64> { seen.progress.lock().iter().map(|p| p.progress).collect() };
+    assert_eq!(steps(&first_seen), [1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(steps(&second_seen), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
 }
