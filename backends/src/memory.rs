@@ -9,13 +9,15 @@ use std::{
 
 use futures::stream::BoxStream;
 use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, ServerId, StateBackend, StateId,
+    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, SavedServer, ServerChange,
+    ServerId, ServerRecord, StateBackend, StateId,
 };
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::{
     fanout::Fanout,
+    records::{Change, Kind, Versioned},
     rules::{LiveClaim, check_limit, decide_claim, ttl_rounded},
 };
 
@@ -63,8 +65,8 @@ struct Store {
 
 #[derive(Default)]
 struct Space {
-    /// Per server: the latest change, a deletion kept as a tombstone (`config: None`).
-    configs: BTreeMap<ServerId, ConfigChange>,
+    /// Per kind and server: the latest change, a deletion kept as a tombstone.
+    records: BTreeMap<(Kind, ServerId), Change>,
     claims: HashMap<StateId, ClaimRecord>,
     heartbeats: HashMap<StateId, Instant>,
     slots: HashMap<StateId, HashMap<StateId, Instant>>,
@@ -91,16 +93,18 @@ impl Space {
         })
     }
 
-    /// Records `config` (or a deletion) for `server` under the next version; the change to
+    /// The latest change of kind `C` of `server`.
+    fn latest<C: Versioned>(&self, server: &ServerId) -> Option<C> {
+        C::unwrap(self.records.get(&(C::KIND, server.clone()))?)
+    }
+
+    /// Records `value` (or a deletion) for `server` under the next version; the change to
     /// announce.
-    fn record(&mut self, server: &ServerId, config: Option<PoolConfig>) -> ConfigChange {
-        let version = self.configs.get(server).map_or(0, |c| c.version) + 1;
-        let change = ConfigChange {
-            server: server.clone(),
-            config,
-            version,
-        };
-        self.configs.insert(server.clone(), change.clone());
+    fn record<C: Versioned>(&mut self, server: &ServerId, value: Option<C::Value>) -> Change {
+        let version = self.latest::<C>(server).map_or(0, |c| c.version()) + 1;
+        let change = C::new(server.clone(), value, version).wrap();
+        self.records
+            .insert((C::KIND, server.clone()), change.clone());
         change
     }
 
@@ -149,6 +153,39 @@ impl MemoryBackend {
         let mut spaces = self.store.spaces.lock();
         f(spaces.entry(self.namespace.clone()).or_default())
     }
+
+    /// Stores `value` (`None`: deletes it if stored) under the next version and tells the
+    /// watchers, under the lock so that they see a server's changes in version order. The
+    /// version, or `None` for a delete of nothing.
+    fn write<C: Versioned>(&self, server: &ServerId, value: Option<C::Value>) -> Option<u64> {
+        self.with_space(|s| {
+            let stored = s.latest::<C>(server).is_some_and(|c| c.value().is_some());
+            if value.is_none() && !stored {
+                return None;
+            }
+            let change = s.record::<C>(server, value);
+            let version = C::unwrap(&change).map(|c| c.version());
+            self.store.fanout.send_change(&self.namespace, change);
+            version
+        })
+    }
+
+    fn read<C: Versioned>(&self, server: &ServerId) -> Option<(C::Value, u64)> {
+        self.with_space(|s| {
+            let change = s.latest::<C>(server)?;
+            Some((change.value()?.clone(), change.version()))
+        })
+    }
+
+    fn list<C: Versioned>(&self) -> Vec<C> {
+        self.with_space(|s| {
+            s.records
+                .iter()
+                .filter(|((kind, _), _)| *kind == C::KIND)
+                .filter_map(|(_, change)| C::unwrap(change))
+                .collect()
+        })
+    }
 }
 
 impl Default for MemoryBackend {
@@ -184,42 +221,52 @@ impl StateBackend for MemoryBackend {
         server: &ServerId,
         config: &PoolConfig,
     ) -> Result<u64, BackendError> {
-        // Sent under the lock: watchers see a server's changes in version order.
-        self.with_space(|s| {
-            let change = s.record(server, Some(config.clone()));
-            let version = change.version;
-            self.store.fanout.send_config(&self.namespace, change);
-            Ok(version)
-        })
+        // Invariant: a put always writes.
+        Ok(self
+            .write::<ConfigChange>(server, Some(config.clone()))
+            .expect("a put writes"))
     }
 
     async fn get_config(&self, server: &ServerId) -> Result<Option<SavedConfig>, BackendError> {
-        Ok(self.with_space(|s| {
-            let change = s.configs.get(server)?;
-            Some(SavedConfig {
-                config: change.config.clone()?,
-                version: change.version,
-            })
-        }))
+        Ok(self
+            .read::<ConfigChange>(server)
+            .map(|(config, version)| SavedConfig { config, version }))
     }
 
     async fn list_configs(&self) -> Result<Vec<ConfigChange>, BackendError> {
-        Ok(self.with_space(|s| s.configs.values().cloned().collect()))
+        Ok(self.list())
     }
 
     async fn delete_config(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
-        Ok(self.with_space(|s| {
-            let stored = s.configs.get(server).is_some_and(|c| c.config.is_some());
-            stored.then(|| {
-                let change = s.record(server, None);
-                let version = change.version;
-                self.store.fanout.send_config(&self.namespace, change);
-                version
-            })
-        }))
+        Ok(self.write::<ConfigChange>(server, None))
     }
 
     async fn watch_configs(&self) -> Result<BoxStream<'static, ConfigChange>, BackendError> {
+        Ok(self.store.fanout.watch(&self.namespace))
+    }
+
+    async fn put_server(&self, record: &ServerRecord) -> Result<u64, BackendError> {
+        // Invariant: a put always writes.
+        Ok(self
+            .write::<ServerChange>(&record.id, Some(record.clone()))
+            .expect("a put writes"))
+    }
+
+    async fn get_server(&self, server: &ServerId) -> Result<Option<SavedServer>, BackendError> {
+        Ok(self
+            .read::<ServerChange>(server)
+            .map(|(record, version)| SavedServer { record, version }))
+    }
+
+    async fn list_servers(&self) -> Result<Vec<ServerChange>, BackendError> {
+        Ok(self.list())
+    }
+
+    async fn delete_server(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
+        Ok(self.write::<ServerChange>(server, None))
+    }
+
+    async fn watch_servers(&self) -> Result<BoxStream<'static, ServerChange>, BackendError> {
         Ok(self.store.fanout.watch(&self.namespace))
     }
 

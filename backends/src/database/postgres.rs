@@ -7,7 +7,7 @@ use std::{
 };
 
 use futures::{StreamExt, stream::BoxStream};
-use mcp_pool_traits::{BackendError, ConfigChange, PoolConfig, ServerId, StateId};
+use mcp_pool_traits::{BackendError, StateId};
 use serde::{Deserialize, Serialize};
 use sqlx::{
     PgPool, Postgres, Transaction,
@@ -16,6 +16,7 @@ use sqlx::{
 use tokio::sync::OnceCell;
 
 use super::{DatabaseConfig, DbError, sql::Sql};
+use crate::records::{Change, Versioned};
 
 pub(super) const NAME: &str = "postgres";
 
@@ -51,12 +52,8 @@ static SCHEMA: LazyLock<String> = LazyLock::new(|| {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Notice {
-    Config {
-        ns: String,
-        server: ServerId,
-        config: Option<PoolConfig>,
-        version: u64,
-    },
+    /// A config or server record change.
+    Change { ns: String, change: Change },
     Message {
         ns: String,
         channel: String,
@@ -119,42 +116,31 @@ impl Pg {
     }
 
     /// Sends the change inside `tx`: PostgreSQL delivers it on commit, and only then.
-    pub(super) async fn announce_config(
+    pub(super) async fn announce(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         namespace: &StateId,
-        change: &ConfigChange,
+        change: &Change,
     ) -> Result<(), sqlx::Error> {
-        let notice = Notice::Config {
+        let notice = Notice::Change {
             ns: namespace.to_string(),
-            server: change.server.clone(),
-            config: change.config.clone(),
-            version: change.version,
+            change: change.clone(),
         };
         notify(&mut **tx, &notice).await
     }
 
     /// Nothing to do after commit: the notice went with the transaction.
-    pub(super) fn announced_config(&self, _namespace: &StateId, _change: ConfigChange) {}
+    pub(super) fn announced(&self, _namespace: &StateId, _change: Change) {}
 
-    pub(super) async fn watch(
+    pub(super) async fn watch<C: Versioned>(
         &self,
         namespace: &StateId,
-    ) -> Result<BoxStream<'static, ConfigChange>, DbError> {
+    ) -> Result<BoxStream<'static, C>, DbError> {
         let listener = self.listen().await?;
         let ns = namespace.to_string();
         Ok(notices(listener, move |notice| {
             let change = match notice {
-                Notice::Config {
-                    ns: n,
-                    server,
-                    config,
-                    version,
-                } if n == ns => Some(ConfigChange {
-                    server,
-                    config,
-                    version,
-                }),
+                Notice::Change { ns: n, change } if n == ns => C::unwrap(&change),
                 _ => None,
             };
             async move { change }
@@ -244,7 +230,7 @@ async fn notify<'e, E>(executor: E, notice: &Notice) -> Result<(), sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
-    // Invariant: a Notice holds only strings, numbers and a PoolConfig; it serializes.
+    // Invariant: a Notice holds only strings, numbers and records; it serializes.
     let payload = serde_json::to_string(notice).expect("a notice serializes");
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
@@ -304,4 +290,25 @@ where
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_change_notice_round_trips() {
+        let change = mcp_pool_conformance::backend::sample_record("srv", 1);
+        let notice = Notice::Change {
+            ns: "ns".into(),
+            change: Change::Server(mcp_pool_traits::ServerChange {
+                server: change.id.clone(),
+                record: Some(change),
+                version: 3,
+            }),
+        };
+        let text = serde_json::to_string(&notice).unwrap();
+        let back: Notice = serde_json::from_str(&text).unwrap();
+        assert!(matches!(back, Notice::Change { .. }), "{text}");
+    }
 }

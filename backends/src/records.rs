@@ -1,0 +1,119 @@
+//! The two kinds of versioned per-server records every backend keeps: pool configs and server
+//! records. Both follow one rule set (versions per server, tombstones kept, notification with
+//! the write), so each backend implements it once, generic over [`Versioned`].
+
+use mcp_pool_traits::{ConfigChange, PoolConfig, ServerChange, ServerId, ServerRecord};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+/// Which records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Kind {
+    Config,
+    Server,
+}
+
+impl Kind {
+    /// The word in lock names: `config`, `server`.
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Server => "server",
+        }
+    }
+}
+
+/// A change of either kind, as in-process channels and PostgreSQL notices carry it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "of", rename_all = "snake_case")]
+pub(crate) enum Change {
+    Config(ConfigChange),
+    Server(ServerChange),
+}
+
+/// A change type of one kind of record ([`ConfigChange`], [`ServerChange`]).
+pub(crate) trait Versioned:
+    Clone + Send + Sync + Serialize + DeserializeOwned + 'static
+{
+    /// What is stored.
+    type Value: Clone + Send + Sync + Serialize + DeserializeOwned + 'static;
+    const KIND: Kind;
+    /// The word errors use: `config`, `server record`.
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "postgres", feature = "sqlite")),
+        allow(dead_code)
+    )]
+    const WHAT: &'static str;
+    fn new(server: ServerId, value: Option<Self::Value>, version: u64) -> Self;
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "postgres", feature = "sqlite")),
+        allow(dead_code)
+    )]
+    fn server(&self) -> &ServerId;
+    fn value(&self) -> Option<&Self::Value>;
+    fn version(&self) -> u64;
+    fn wrap(self) -> Change;
+    fn unwrap(change: &Change) -> Option<Self>;
+}
+
+impl Versioned for ConfigChange {
+    type Value = PoolConfig;
+    const KIND: Kind = Kind::Config;
+    const WHAT: &'static str = "config";
+    fn new(server: ServerId, config: Option<PoolConfig>, version: u64) -> Self {
+        Self {
+            server,
+            config,
+            version,
+        }
+    }
+    fn server(&self) -> &ServerId {
+        &self.server
+    }
+    fn value(&self) -> Option<&PoolConfig> {
+        self.config.as_ref()
+    }
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn wrap(self) -> Change {
+        Change::Config(self)
+    }
+    fn unwrap(change: &Change) -> Option<Self> {
+        match change {
+            Change::Config(c) => Some(c.clone()),
+            Change::Server(_) => None,
+        }
+    }
+}
+
+impl Versioned for ServerChange {
+    type Value = ServerRecord;
+    const KIND: Kind = Kind::Server;
+    const WHAT: &'static str = "server record";
+    fn new(server: ServerId, record: Option<ServerRecord>, version: u64) -> Self {
+        Self {
+            server,
+            record,
+            version,
+        }
+    }
+    fn server(&self) -> &ServerId {
+        &self.server
+    }
+    fn value(&self) -> Option<&ServerRecord> {
+        self.record.as_ref()
+    }
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn wrap(self) -> Change {
+        Change::Server(self)
+    }
+    fn unwrap(change: &Change) -> Option<Self> {
+        match change {
+            Change::Server(c) => Some(c.clone()),
+            Change::Config(_) => None,
+        }
+    }
+}
