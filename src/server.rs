@@ -135,7 +135,12 @@ impl ServerConfig {
         self.capabilities.as_ref()
     }
 
-    pub(crate) fn validate(&self) -> Result<(), PoolError> {
+    /// Checks what [`Pool::add_server`](crate::Pool::add_server) checks, without adding it:
+    /// at least one endpoint, each valid, a valid pool config and call timeout.
+    ///
+    /// # Errors
+    /// [`PoolError::InvalidServer`] or [`PoolError::Config`], naming the server and the field.
+    pub fn validate(&self) -> Result<(), PoolError> {
         if self.endpoints.is_empty() {
             return Err(PoolError::InvalidServer {
                 server: self.id.clone(),
@@ -158,6 +163,15 @@ impl ServerConfig {
             });
         }
         Ok(())
+    }
+}
+
+/// A registry record's server: its endpoints and pool config ([normalized](ServerConfig::pool)),
+/// the other settings at their defaults. `name`, `enabled` and `credentials` are the
+/// registry's business.
+impl From<mcp_pool_traits::ServerRecord> for ServerConfig {
+    fn from(record: mcp_pool_traits::ServerRecord) -> Self {
+        Self::from_parts(record.id, record.endpoints, record.pool.normalized())
     }
 }
 

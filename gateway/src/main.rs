@@ -150,8 +150,12 @@ async fn run(cli: Cli) -> Result<(), String> {
     if matches!(config.auth, Auth::Disabled) {
         tracing::warn!("AUTH_REQUIRED=false: the REST API is open to anyone who can reach it");
     }
+    let registry = mcp_pool_gateway::Registry::load(pool.clone(), &servers)
+        .await
+        .map_err(|e| format!("server registry: {e}"))?;
     let state = AppState {
         pool: pool.clone(),
+        registry,
         auth: config.auth.clone(),
         max_body_bytes: config.max_body_bytes,
         metrics,

@@ -29,16 +29,19 @@ async fn fixture(max_body_bytes: usize) -> Fixture {
     // A password in the upstream URL: it must never come back in a response.
     let url = upstream.url().replace("http://", "http://alice:hunter2pw@");
     let endpoint = mcp_pool::Endpoint::new(url, mcp_pool::TransportKind::StreamableHttp).unwrap();
-    let pool = Pool::builder()
+    let servers = [
         // Pooling off, as the seed's servers start.
-        .server(
-            ServerConfig::new(ServerId::new("demo").unwrap(), endpoint).pool(PoolConfig::default()),
-        )
-        .server(
-            ServerConfig::new(ServerId::new("plain").unwrap(), upstream.endpoint())
-                .pool(PoolConfig::enabled()),
-        )
+        ServerConfig::new(ServerId::new("demo").unwrap(), endpoint).pool(PoolConfig::default()),
+        ServerConfig::new(ServerId::new("plain").unwrap(), upstream.endpoint())
+            .pool(PoolConfig::enabled()),
+    ];
+    let pool = servers
+        .iter()
+        .fold(Pool::builder(), |b, s| b.server(s.clone()))
         .build()
+        .unwrap();
+    let registry = mcp_pool_gateway::Registry::load(pool.clone(), &servers)
+        .await
         .unwrap();
     let secret = auth::JwtSecret::new(SECRET).unwrap();
     let token = auth::mint(
@@ -51,6 +54,7 @@ async fn fixture(max_body_bytes: usize) -> Fixture {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let app = mcp_pool_gateway::router(AppState {
         pool: pool.clone(),
+        registry,
         auth: Auth::Required(secret),
         max_body_bytes,
         metrics: Some(recorder.handle()),
