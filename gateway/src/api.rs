@@ -11,8 +11,7 @@ use axum::{
 use mcp_pool::{
     Endpoint, HealthStatus, PoolConfig, ServerId, ServerStats, StrategyKind, TransportKind,
     traits::{
-        CredentialsRef, ID_RULE, MAX_WEIGHT, NEVER_FORWARDED, ServerRecord, check_range,
-        redact_url,
+        CredentialsRef, ID_RULE, MAX_WEIGHT, NEVER_FORWARDED, ServerRecord, check_range, redact_url,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -125,7 +124,11 @@ impl ServerBody {
             (Some(id), path) => {
                 let id = ServerId::new(&id).map_err(|_| invalid("id", &id, ID_RULE))?;
                 if let Some(path) = path.filter(|p| **p != id) {
-                    return Err(invalid("id", id.as_str(), &format!("the path's id {path:?}")));
+                    return Err(invalid(
+                        "id",
+                        id.as_str(),
+                        &format!("the path's id {path:?}"),
+                    ));
                 }
                 id
             }
@@ -150,7 +153,7 @@ impl ServerBody {
         let pool = self
             .pool
             .unwrap_or_default()
-            .apply(&PoolConfig::default())
+            .fresh()
             .map_err(|e| ApiError::unprocessable(format!("pool: {}", e.detail)))?;
         let credentials = self.credentials.map(CredentialsBody::check).transpose()?;
         Ok(ServerRecord {
@@ -200,11 +203,12 @@ impl CredentialsBody {
                  Content-Length, not an internal session header)",
             ));
         }
-        let env_ok = self.env.len() <= 128
-            && self.env.chars().enumerate().all(|(i, c)| {
-                c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
-            })
-            && !self.env.is_empty();
+        let env_ok =
+            self.env.len() <= 128
+                && self.env.chars().enumerate().all(|(i, c)| {
+                    c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
+                })
+                && !self.env.is_empty();
         if !env_ok {
             return Err(invalid(
                 "credentials.env",
@@ -309,7 +313,23 @@ impl PoolConfigUpdate {
     /// # Errors
     /// 422 naming the field, the value and the range; nothing is applied then.
     pub fn apply(&self, current: &PoolConfig) -> Result<PoolConfig, ApiError> {
-        let bad = |e: mcp_pool::traits::ConfigError| ApiError::unprocessable(e.to_string());
+        let c = self.merge(current)?;
+        c.validate().map_err(bad)?;
+        Ok(c)
+    }
+
+    /// A new config: the defaults with the fields present replaced, the sizes not given
+    /// following the ones given ([`PoolConfig::normalized`]).
+    ///
+    /// # Errors
+    /// As [`apply`](Self::apply).
+    pub fn fresh(&self) -> Result<PoolConfig, ApiError> {
+        let c = self.merge(&PoolConfig::default())?.normalized();
+        c.validate().map_err(bad)?;
+        Ok(c)
+    }
+
+    fn merge(&self, current: &PoolConfig) -> Result<PoolConfig, ApiError> {
         let mut c = current.clone();
         let num = |field: &'static str, v: Option<u64>| -> Result<Option<u64>, ApiError> {
             match v {
@@ -357,9 +377,12 @@ impl PoolConfigUpdate {
         if let Some(v) = self.auto_scale {
             c.auto_scale = v;
         }
-        c.validate().map_err(bad)?;
         Ok(c)
     }
+}
+
+fn bad(e: mcp_pool::traits::ConfigError) -> ApiError {
+    ApiError::unprocessable(e.to_string())
 }
 
 /// Health of a pool: `healthy`, `degraded`, `unhealthy` or `unknown` (no data yet).

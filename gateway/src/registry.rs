@@ -207,7 +207,9 @@ impl Registry {
             }
         }
         if !start && in_pool.is_some_and(|o| o.pool != new.pool) {
-            self.pool.save_pool_config(&new.id, new.pool.clone()).await?;
+            self.pool
+                .save_pool_config(&new.id, new.pool.clone())
+                .await?;
         }
         Ok(())
     }
