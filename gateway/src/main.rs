@@ -14,7 +14,10 @@ Environment (a .env file in the working directory is read first; the environment
   AUTH_REQUIRED     true (default) or false: bearer token on every route but /health and /ready
   MAX_BODY_BYTES    largest request body in bytes (default 4194304 = 4 MiB; 1 to 1073741824)
   SESSION_POOL_*, CACHE_TYPE, REDIS_URL, DATABASE_URL, USE_STATEFUL_SESSIONS: the pool's
-                    variables (README \"Configuration\"); they win over the --config file";
+                    variables (README \"Configuration\"); they win over the --config file
+  CACHE_TYPE        where saved pool configs and the server registry live: memory (default),
+                    database (DATABASE_URL=sqlite:FILE keeps them across restarts, or
+                    postgres://…), redis (REDIS_URL)";
 
 /// An MCP gateway on mcp-pool: REST API for servers and pools, JWT auth, OpenAPI, metrics.
 #[derive(Parser, Debug)]
@@ -26,7 +29,8 @@ struct Cli {
     /// Port to listen on, 0 for a free one [env: PORT] [default: 4444]
     #[arg(long)]
     port: Option<String>,
-    /// TOML file with [settings], [pool] and [[servers]] (the pool's configuration file)
+    /// TOML file with [settings], [pool] and [[servers]] (the pool's configuration file); its
+    /// servers seed the registry, whose API changes are kept in the state backend
     #[arg(long)]
     config: Option<PathBuf>,
     /// Serve the reference MCP server in process and register it as server `demo`

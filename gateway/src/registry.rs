@@ -179,9 +179,10 @@ impl Registry {
         Ok(())
     }
 
-    /// Brings the pool from `old` (`None`: not in the pool) to `new`. At `start`, a saved pool
-    /// config is left to the pool; later, a changed `pool` is saved so that it wins over one
-    /// saved earlier through `PUT /servers/{id}/pool/config`.
+    /// Brings the pool from `old` (`None`: no record before) to `new`. The pool config it runs:
+    /// one saved through `PUT /servers/{id}/pool/config` wins at `start` and while the
+    /// record's `pool` is unchanged; a changed `pool` is saved over it, so that the backend,
+    /// every worker and the next start agree.
     async fn apply(
         &self,
         old: Option<&ServerRecord>,
@@ -194,19 +195,20 @@ impl Registry {
         }
         let in_pool = old.filter(|o| o.enabled);
         let reconnect = in_pool.is_none_or(|o| !o.same_connection(new));
+        let pool_changed = old.is_none_or(|o| o.pool != new.pool);
+        let saved = self.pool.backend().get_config(&new.id).await?;
         if reconnect {
-            let mut config = ServerConfig::from(new.clone());
-            if let Some(saved) = self.pool.backend().get_config(&new.id).await?
-                && (start || in_pool.is_some_and(|o| o.pool == new.pool))
-            {
-                config = config.pool(saved.config);
-            }
-            self.pool.add_server(config)?;
+            let config = match &saved {
+                Some(saved) if start || !pool_changed => saved.config.clone(),
+                _ => new.pool.clone(),
+            };
+            self.pool
+                .add_server(ServerConfig::from(new.clone()).pool(config))?;
             if in_pool.is_some() {
                 self.pool.drain_server(&new.id)?;
             }
         }
-        if !start && in_pool.is_some_and(|o| o.pool != new.pool) {
+        if !start && pool_changed && (saved.is_some() || !reconnect) {
             self.pool
                 .save_pool_config(&new.id, new.pool.clone())
                 .await?;
