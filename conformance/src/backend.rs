@@ -514,10 +514,24 @@ pub async fn check_server_records<F: BackendFactory>(factory: &F) {
     );
 }
 
+/// A record larger than a PostgreSQL notice may carry (8000 bytes): 64 endpoints with long
+/// URLs.
+fn large_record(id: &str) -> ServerRecord {
+    let mut record = sample_record(id, 2);
+    record.endpoints = (0..64)
+        .map(|i| Endpoint {
+            url: format!("https://replica-{i}.example.com/{}/mcp", "p".repeat(100)).into(),
+            transport: TransportKind::StreamableHttp,
+            weight: i + 1,
+        })
+        .collect();
+    record
+}
+
 /// Server record changes made through one instance reach watchers of servers on another
 /// instance of the namespace and on itself, in order, with the versions the writes returned
-/// (a delete as `record: None`); config changes never reach a server watcher, nor server
-/// changes a config watcher.
+/// (a delete as `record: None`), a record of over 8000 bytes included; config changes never
+/// reach a server watcher, nor server changes a config watcher.
 pub async fn check_server_change_notified<F: BackendFactory>(factory: &F) {
     let ns = fresh_namespace();
     let (a, b) = (make(factory, &ns).await, make(factory, &ns).await);
@@ -531,10 +545,7 @@ pub async fn check_server_change_notified<F: BackendFactory>(factory: &F) {
         a.put_server(&sample_record("github", 1)).await,
     );
     ok("put_config", a.put_config(&srv, &sample_config(4)).await);
-    let v2 = ok(
-        "put_server",
-        a.put_server(&sample_record("github", 2)).await,
-    );
+    let v2 = ok("put_server", a.put_server(&large_record("github")).await);
     let deleted = ok("delete_server", a.delete_server(&srv).await).expect("a record existed");
     let expected = [
         ServerChange {
@@ -544,7 +555,7 @@ pub async fn check_server_change_notified<F: BackendFactory>(factory: &F) {
         },
         ServerChange {
             server: srv.clone(),
-            record: Some(sample_record("github", 2)),
+            record: Some(large_record("github")),
             version: v2,
         },
         ServerChange {

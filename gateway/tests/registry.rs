@@ -427,3 +427,56 @@ async fn api_changes_survive_a_restart_on_sqlite() {
             .all(|s| s.server.as_str() != "seed")
     );
 }
+
+#[tokio::test]
+async fn a_saved_pool_config_holds_until_the_record_changes_its_pool() {
+    let upstream = ReferenceServer::start().await.unwrap();
+    let backend: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
+    let (_pool, gw) = started(&upstream, backend.clone()).await;
+    let url = upstream.url();
+    let (s, _) = gw
+        .send(
+            "POST",
+            "/servers",
+            Some(&server_body("svc", &url, json!({}))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, body) = gw
+        .send(
+            "PUT",
+            "/servers/svc/pool/config",
+            Some(r#"{"max_size": 8}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+
+    let rename = server_body("svc", &url, json!({"name": "Renamed"}));
+    let (s, _) = gw.send("PUT", "/servers/svc", Some(&rename)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, body) = gw.send("GET", "/servers/svc/pool/config", None).await;
+    assert_eq!(
+        json_of(&body)["max_size"],
+        8,
+        "a rename keeps the saved config"
+    );
+
+    let resized = server_body(
+        "svc",
+        &url,
+        json!({"pool": {"enabled": true, "min_size": 1, "max_size": 6}}),
+    );
+    let (s, _) = gw.send("PUT", "/servers/svc", Some(&resized)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, body) = gw.send("GET", "/servers/svc/pool/config", None).await;
+    assert_eq!(
+        json_of(&body)["max_size"],
+        6,
+        "the record's new pool applies"
+    );
+    let saved = backend.get_config(&id("svc")).await.unwrap().unwrap();
+    assert_eq!(
+        saved.config.max_size, 6,
+        "and is saved over the old saved config"
+    );
+}

@@ -113,7 +113,8 @@ impl DatabaseConfig {
 /// `mcp_pool_claims`, `mcp_pool_heartbeats`, `mcp_pool_slots`, each keyed by `namespace` and
 /// validated ids, with
 /// times as milliseconds of the database's clock; PostgreSQL adds `mcp_pool_messages` for
-/// published payloads too large for a `NOTIFY` (over 3 500 bytes; kept 5 minutes).
+/// published payloads and record changes too large for a `NOTIFY` (over 3 500 bytes; kept 5
+/// minutes).
 ///
 /// # Atomicity
 /// A config put or delete, its version and (PostgreSQL) its `NOTIFY` share one transaction

@@ -10,7 +10,7 @@ use futures::{StreamExt, stream::BoxStream};
 use mcp_pool_traits::{BackendError, StateId};
 use serde::{Deserialize, Serialize};
 use sqlx::{
-    PgPool, Postgres, Transaction,
+    PgConnection, PgPool, Postgres, Transaction,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 use tokio::sync::OnceCell;
@@ -53,7 +53,15 @@ static SCHEMA: LazyLock<String> = LazyLock::new(|| {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Notice {
     /// A config or server record change.
-    Change { ns: String, change: Change },
+    Change {
+        ns: String,
+        /// The change, when small enough.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        change: Option<Change>,
+        /// Else the row of `mcp_pool_messages` holding it (JSON).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
+    },
     Message {
         ns: String,
         channel: String,
@@ -122,9 +130,18 @@ impl Pg {
         namespace: &StateId,
         change: &Change,
     ) -> Result<(), sqlx::Error> {
+        // Invariant: a change holds only strings, numbers and records; it serializes.
+        let json = serde_json::to_string(change).expect("a change serializes");
+        let (change, id) = if json.len() <= INLINE_MAX {
+            (Some(change.clone()), None)
+        } else {
+            // A server record with many endpoints: too large for a notice.
+            (None, Some(stash(&mut **tx, json.as_bytes()).await?))
+        };
         let notice = Notice::Change {
             ns: namespace.to_string(),
-            change: change.clone(),
+            change,
+            id,
         };
         notify(&mut **tx, &notice).await
     }
@@ -137,13 +154,23 @@ impl Pg {
         namespace: &StateId,
     ) -> Result<BoxStream<'static, C>, DbError> {
         let listener = self.listen().await?;
-        let ns = namespace.to_string();
+        let (ns, pool) = (namespace.to_string(), self.pool.clone());
         Ok(notices(listener, move |notice| {
-            let change = match notice {
-                Notice::Change { ns: n, change } if n == ns => C::unwrap(&change),
+            let wanted = match notice {
+                Notice::Change { ns: n, change, id } if n == ns => Some((change, id)),
                 _ => None,
             };
-            async move { change }
+            let pool = pool.clone();
+            async move {
+                let change = match wanted? {
+                    (Some(change), _) => change,
+                    (None, Some(id)) => serde_json::from_slice(&fetch_message(&pool, id).await?)
+                        .inspect_err(|e| tracing::warn!(error = %e, "skipping a bad change"))
+                        .ok()?,
+                    (None, None) => return None,
+                };
+                C::unwrap(&change)
+            }
         }))
     }
 
@@ -157,20 +184,10 @@ impl Pg {
         let (hex, id) = if payload.len() <= INLINE_MAX {
             (Some(hex::encode(payload)), None)
         } else {
-            let id: i64 = sqlx::query_scalar(&format!(
-                "INSERT INTO mcp_pool_messages (created_at, payload) VALUES ({NOW}, $1) \
-                 RETURNING id"
-            ))
-            .bind(payload)
-            .fetch_one(pool)
-            .await?;
-            sqlx::query(&format!(
-                "DELETE FROM mcp_pool_messages WHERE created_at < {NOW} - $1"
-            ))
-            .bind(MESSAGE_KEEP_MS)
-            .execute(pool)
-            .await?;
-            (None, Some(id))
+            (
+                None,
+                Some(stash(&mut *pool.acquire().await?, payload).await?),
+            )
         };
         let notice = Notice::Message {
             ns: namespace.to_string(),
@@ -240,6 +257,24 @@ where
         .map(drop)
 }
 
+/// Stores `payload` in `mcp_pool_messages` for subscribers to read, dropping rows older than
+/// [`MESSAGE_KEEP_MS`]; the new row's id.
+async fn stash(conn: &mut PgConnection, payload: &[u8]) -> Result<i64, sqlx::Error> {
+    let id = sqlx::query_scalar(&format!(
+        "INSERT INTO mcp_pool_messages (created_at, payload) VALUES ({NOW}, $1) RETURNING id"
+    ))
+    .bind(payload)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(&format!(
+        "DELETE FROM mcp_pool_messages WHERE created_at < {NOW} - $1"
+    ))
+    .bind(MESSAGE_KEEP_MS)
+    .execute(&mut *conn)
+    .await?;
+    Ok(id)
+}
+
 async fn fetch_message(pool: &PgPool, id: i64) -> Option<Vec<u8>> {
     let found: Result<Option<Vec<u8>>, _> =
         sqlx::query_scalar("SELECT payload FROM mcp_pool_messages WHERE id = $1")
@@ -301,11 +336,12 @@ mod tests {
         let change = mcp_pool_conformance::backend::sample_record("srv", 1);
         let notice = Notice::Change {
             ns: "ns".into(),
-            change: Change::Server(mcp_pool_traits::ServerChange {
+            change: Some(Change::Server(mcp_pool_traits::ServerChange {
                 server: change.id.clone(),
                 record: Some(change),
                 version: 3,
-            }),
+            })),
+            id: None,
         };
         let text = serde_json::to_string(&notice).unwrap();
         let back: Notice = serde_json::from_str(&text).unwrap();
