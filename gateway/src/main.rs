@@ -141,7 +141,6 @@ async fn run(cli: Cli) -> Result<(), String> {
         );
     }
     let pool: Pool = builder.build().map_err(|e| e.to_string())?;
-    tracing::info!("pool manager initialized with {} servers", servers.len());
     let metrics = if settings.metrics_enabled {
         Some(
             metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -157,6 +156,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     let registry = mcp_pool_gateway::Registry::load(pool.clone(), &servers)
         .await
         .map_err(|e| format!("server registry: {e}"))?;
+    // After the registry: the backend's records may add, change or remove servers.
+    tracing::info!(
+        "pool manager initialized with {} servers",
+        pool.stats().servers.len()
+    );
     let state = AppState {
         pool: pool.clone(),
         registry,

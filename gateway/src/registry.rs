@@ -202,6 +202,13 @@ impl Registry {
                 Some(saved) if start || !pool_changed => saved.config.clone(),
                 _ => new.pool.clone(),
             };
+            tracing::info!(
+                "creating/updating pool for server {} with strategy={}, min_size={}, max_size={}",
+                new.id,
+                config.strategy,
+                config.min_size,
+                config.max_size
+            );
             self.pool
                 .add_server(ServerConfig::from(new.clone()).pool(config))?;
             if in_pool.is_some() {

@@ -358,7 +358,10 @@ async fn openapi_lists_every_route() {
     );
     for (path, method) in [
         ("/servers", "get"),
+        ("/servers", "post"),
         ("/servers/{id}", "get"),
+        ("/servers/{id}", "put"),
+        ("/servers/{id}", "delete"),
         ("/servers/{id}/pool/config", "get"),
         ("/servers/{id}/pool/config", "put"),
         ("/servers/{id}/pool/stats", "get"),
@@ -378,6 +381,8 @@ async fn openapi_lists_every_route() {
     }
     assert!(v["paths"]["/servers/{id}/pool/stats"]["get"]["responses"]["503"].is_object());
     assert!(v["components"]["schemas"]["PoolConfigUpdate"].is_object());
+    assert!(v["components"]["schemas"]["ServerBody"].is_object());
+    assert!(v["paths"]["/servers"]["post"]["responses"]["409"].is_object());
 }
 
 #[test]
