@@ -850,7 +850,8 @@ impl Pool {
     /// [`PoolError::UnknownServer`], stats no longer list it) and its keys are drained and
     /// removed — idle sessions close now, leased ones when released, queued acquires are woken
     /// and look the server up again. The gateway's `DELETE /servers/{id}`. Its saved config,
-    /// if any, stays in the backend. Adding the server again later starts it afresh.
+    /// if any, stays in the backend. Adding the server again later starts it afresh (its
+    /// saved config applies at the next re-list, as for a server added after start).
     ///
     /// # Errors
     /// [`PoolError::UnknownServer`] when `server` is not configured.
@@ -868,6 +869,8 @@ impl Pool {
         if !found {
             return Err(PoolError::UnknownServer(server.clone()));
         }
+        // Forgotten as never seen: if added again, its saved config applies as at start.
+        self.inner.saved_versions.lock().remove(server);
         let keys = self.inner.keys.pin();
         for key in self.all_keys() {
             if key.key.server == *server {
