@@ -480,3 +480,58 @@ async fn a_saved_pool_config_holds_until_the_record_changes_its_pool() {
         "and is saved over the old saved config"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_keeps_api_changes_in_its_sqlite_file() {
+    let upstream = ReferenceServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let envs = [
+        ("AUTH_REQUIRED", "false"),
+        ("CACHE_TYPE", "database"),
+        ("DATABASE_URL", "sqlite:gateway.db"),
+    ];
+    let http = reqwest::Client::new();
+    let mut first = Process::start(&["--demo"], &envs, dir.path()).await;
+    let created = http
+        .post(format!("{}/servers", first.base))
+        .header("content-type", "application/json")
+        .body(server_body("api1", &upstream.url(), json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let deleted = http
+        .delete(format!("{}/servers/demo", first.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    first.stop().await;
+
+    let mut second = Process::start(&["--demo"], &envs, dir.path()).await;
+    let listed: Value = http
+        .get(format!("{}/servers", second.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&Value> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["id"])
+        .collect();
+    assert_eq!(ids, [&json!("api1")], "{listed}");
+    let log = &second.log;
+    assert!(
+        log.contains("creating/updating pool for server api1 with strategy=round_robin"),
+        "{log}"
+    );
+    assert!(
+        log.contains("pool manager initialized with 1 servers"),
+        "{log}"
+    );
+    second.stop().await;
+}

@@ -111,3 +111,73 @@ pub fn detail(body: &str) -> String {
         .unwrap_or_else(|| panic!("no detail: {body}"))
         .to_owned()
 }
+
+/// The gateway binary, run as a child process.
+pub struct Process {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+    /// Its log (stderr) so far.
+    pub log: String,
+    /// `http://ADDR` it listens on.
+    pub base: String,
+}
+
+/// The gateway binary's path.
+pub const BIN: &str = env!("CARGO_BIN_EXE_mcp-pool-gateway");
+
+impl Process {
+    /// Starts the binary with `args` (a free port is added) and `envs` in `dir`, and waits for
+    /// its "gateway listening on" line.
+    pub async fn start(args: &[&str], envs: &[(&str, &str)], dir: &std::path::Path) -> Self {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(BIN)
+            .args(args)
+            .args(["--port", "0"])
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", "info")
+            .current_dir(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut log = String::new();
+        let base = loop {
+            let line = lines
+                .next_line()
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("exited before listening:\n{log}"));
+            log.push_str(&line);
+            log.push('\n');
+            if let Some(addr) = line.split("gateway listening on ").nth(1) {
+                break addr.trim().to_owned();
+            }
+        };
+        Self {
+            child,
+            lines,
+            log,
+            base,
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit (status 0), reading the rest of the log.
+    pub async fn stop(&mut self) {
+        let pid = self.child.id().unwrap().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        while let Some(line) = self.lines.next_line().await.unwrap() {
+            self.log.push_str(&line);
+            self.log.push('\n');
+        }
+        let status = self.child.wait().await.unwrap();
+        assert!(status.success(), "{status}\n{}", self.log);
+    }
+}
