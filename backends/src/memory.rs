@@ -8,10 +8,7 @@ use std::{
 };
 
 use futures::stream::BoxStream;
-use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, SavedServer, ServerChange,
-    ServerId, ServerRecord, StateBackend, StateId,
-};
+use mcp_pool_traits::{BackendError, Claim, ServerId, StateBackend, StateId};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -170,21 +167,45 @@ impl MemoryBackend {
         })
     }
 
-    fn read<C: Versioned>(&self, server: &ServerId) -> Option<(C::Value, u64)> {
-        self.with_space(|s| {
-            let change = s.latest::<C>(server)?;
-            Some((change.value()?.clone(), change.version()))
-        })
+    // The record operations of `crate::records::record_methods`.
+
+    async fn put<C: Versioned>(
+        &self,
+        server: &ServerId,
+        value: &C::Value,
+    ) -> Result<u64, BackendError> {
+        // Invariant: a put always writes.
+        Ok(self
+            .write::<C>(server, Some(value.clone()))
+            .expect("a put writes"))
     }
 
-    fn list<C: Versioned>(&self) -> Vec<C> {
-        self.with_space(|s| {
+    async fn get<C: Versioned>(
+        &self,
+        server: &ServerId,
+    ) -> Result<Option<(C::Value, u64)>, BackendError> {
+        Ok(self.with_space(|s| {
+            let change = s.latest::<C>(server)?;
+            Some((change.value()?.clone(), change.version()))
+        }))
+    }
+
+    async fn list<C: Versioned>(&self) -> Result<Vec<C>, BackendError> {
+        Ok(self.with_space(|s| {
             s.records
                 .iter()
                 .filter(|((kind, _), _)| *kind == C::KIND)
                 .filter_map(|(_, change)| C::unwrap(change))
                 .collect()
-        })
+        }))
+    }
+
+    async fn delete<C: Versioned>(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
+        Ok(self.write::<C>(server, None))
+    }
+
+    async fn watch<C: Versioned>(&self) -> Result<BoxStream<'static, C>, BackendError> {
+        Ok(self.store.fanout.watch(&self.namespace))
     }
 }
 
@@ -216,59 +237,7 @@ impl StateBackend for MemoryBackend {
         NAME
     }
 
-    async fn put_config(
-        &self,
-        server: &ServerId,
-        config: &PoolConfig,
-    ) -> Result<u64, BackendError> {
-        // Invariant: a put always writes.
-        Ok(self
-            .write::<ConfigChange>(server, Some(config.clone()))
-            .expect("a put writes"))
-    }
-
-    async fn get_config(&self, server: &ServerId) -> Result<Option<SavedConfig>, BackendError> {
-        Ok(self
-            .read::<ConfigChange>(server)
-            .map(|(config, version)| SavedConfig { config, version }))
-    }
-
-    async fn list_configs(&self) -> Result<Vec<ConfigChange>, BackendError> {
-        Ok(self.list())
-    }
-
-    async fn delete_config(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
-        Ok(self.write::<ConfigChange>(server, None))
-    }
-
-    async fn watch_configs(&self) -> Result<BoxStream<'static, ConfigChange>, BackendError> {
-        Ok(self.store.fanout.watch(&self.namespace))
-    }
-
-    async fn put_server(&self, record: &ServerRecord) -> Result<u64, BackendError> {
-        // Invariant: a put always writes.
-        Ok(self
-            .write::<ServerChange>(&record.id, Some(record.clone()))
-            .expect("a put writes"))
-    }
-
-    async fn get_server(&self, server: &ServerId) -> Result<Option<SavedServer>, BackendError> {
-        Ok(self
-            .read::<ServerChange>(server)
-            .map(|(record, version)| SavedServer { record, version }))
-    }
-
-    async fn list_servers(&self) -> Result<Vec<ServerChange>, BackendError> {
-        Ok(self.list())
-    }
-
-    async fn delete_server(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
-        Ok(self.write::<ServerChange>(server, None))
-    }
-
-    async fn watch_servers(&self) -> Result<BoxStream<'static, ServerChange>, BackendError> {
-        Ok(self.store.fanout.watch(&self.namespace))
-    }
+    crate::records::record_methods!();
 
     async fn claim(
         &self,

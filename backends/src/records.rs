@@ -117,3 +117,110 @@ impl Versioned for ServerChange {
         }
     }
 }
+
+/// The ten record methods of [`StateBackend`](mcp_pool_traits::StateBackend), for a backend
+/// with inherent async methods generic over [`Versioned`] `C`:
+/// `put(&ServerId, &C::Value) -> Result<u64, _>`,
+/// `get(&ServerId) -> Result<Option<(C::Value, u64)>, _>`, `list() -> Result<Vec<C>, _>`,
+/// `delete(&ServerId) -> Result<Option<u64>, _>` and
+/// `watch() -> Result<BoxStream<'static, C>, _>`. Used inside an `#[async_trait]` impl, which
+/// expands before this macro does: the methods are written as `async_trait` writes them.
+macro_rules! record_methods {
+    () => {
+        fn put_config<'s, 'a, 'b, 'async_trait>(
+            &'s self,
+            server: &'a ::mcp_pool_traits::ServerId,
+            config: &'b ::mcp_pool_traits::PoolConfig,
+        ) -> ::futures::future::BoxFuture<'async_trait, Result<u64, ::mcp_pool_traits::BackendError>>
+        where
+            's: 'async_trait,
+            'a: 'async_trait,
+            'b: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(self.put::<::mcp_pool_traits::ConfigChange>(server, config))
+        }
+
+        fn put_server<'s, 'a, 'async_trait>(
+            &'s self,
+            record: &'a ::mcp_pool_traits::ServerRecord,
+        ) -> ::futures::future::BoxFuture<'async_trait, Result<u64, ::mcp_pool_traits::BackendError>>
+        where
+            's: 'async_trait,
+            'a: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(self.put::<::mcp_pool_traits::ServerChange>(&record.id, record))
+        }
+
+        $crate::records::record_methods!(
+            get_config, list_configs, delete_config, watch_configs, ConfigChange, SavedConfig, config
+        );
+        $crate::records::record_methods!(
+            get_server, list_servers, delete_server, watch_servers, ServerChange, SavedServer, record
+        );
+    };
+    // The get, list, delete and watch methods of one kind: its change type, its saved type and
+    // the saved type's value field.
+    ($get:ident, $list:ident, $delete:ident, $watch:ident, $change:ident, $saved:ident, $field:ident) => {
+        fn $get<'s, 'a, 'async_trait>(
+            &'s self,
+            server: &'a ::mcp_pool_traits::ServerId,
+        ) -> ::futures::future::BoxFuture<
+            'async_trait,
+            Result<Option<::mcp_pool_traits::$saved>, ::mcp_pool_traits::BackendError>,
+        >
+        where
+            's: 'async_trait,
+            'a: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async move {
+                let saved = self.get::<::mcp_pool_traits::$change>(server).await?;
+                Ok(saved.map(|($field, version)| ::mcp_pool_traits::$saved { $field, version }))
+            })
+        }
+
+        fn $list<'s, 'async_trait>(
+            &'s self,
+        ) -> ::futures::future::BoxFuture<
+            'async_trait,
+            Result<Vec<::mcp_pool_traits::$change>, ::mcp_pool_traits::BackendError>,
+        >
+        where
+            's: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(self.list::<::mcp_pool_traits::$change>())
+        }
+
+        fn $delete<'s, 'a, 'async_trait>(
+            &'s self,
+            server: &'a ::mcp_pool_traits::ServerId,
+        ) -> ::futures::future::BoxFuture<'async_trait, Result<Option<u64>, ::mcp_pool_traits::BackendError>>
+        where
+            's: 'async_trait,
+            'a: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(self.delete::<::mcp_pool_traits::$change>(server))
+        }
+
+        fn $watch<'s, 'async_trait>(
+            &'s self,
+        ) -> ::futures::future::BoxFuture<
+            'async_trait,
+            Result<
+                ::futures::stream::BoxStream<'static, ::mcp_pool_traits::$change>,
+                ::mcp_pool_traits::BackendError,
+            >,
+        >
+        where
+            's: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(self.watch::<::mcp_pool_traits::$change>())
+        }
+    };
+}
+pub(crate) use record_methods;

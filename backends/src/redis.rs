@@ -10,10 +10,7 @@ use std::{
 };
 
 use futures::{StreamExt, stream::BoxStream};
-use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, SavedServer, ServerChange,
-    ServerId, ServerRecord, StateBackend, StateId,
-};
+use mcp_pool_traits::{BackendError, Claim, ServerId, StateBackend, StateId};
 use redis::{
     Client, RedisError, Script,
     aio::{ConnectionManager, ConnectionManagerConfig},
@@ -515,51 +512,7 @@ impl StateBackend for RedisBackend {
         NAME
     }
 
-    async fn put_config(
-        &self,
-        server: &ServerId,
-        config: &PoolConfig,
-    ) -> Result<u64, BackendError> {
-        self.put::<ConfigChange>(server, config).await
-    }
-
-    async fn get_config(&self, server: &ServerId) -> Result<Option<SavedConfig>, BackendError> {
-        let saved = self.get::<ConfigChange>(server).await?;
-        Ok(saved.map(|(config, version)| SavedConfig { config, version }))
-    }
-
-    async fn list_configs(&self) -> Result<Vec<ConfigChange>, BackendError> {
-        self.list().await
-    }
-
-    async fn delete_config(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
-        self.delete::<ConfigChange>(server).await
-    }
-
-    async fn watch_configs(&self) -> Result<BoxStream<'static, ConfigChange>, BackendError> {
-        self.watch().await
-    }
-
-    async fn put_server(&self, record: &ServerRecord) -> Result<u64, BackendError> {
-        self.put::<ServerChange>(&record.id, record).await
-    }
-
-    async fn get_server(&self, server: &ServerId) -> Result<Option<SavedServer>, BackendError> {
-        let saved = self.get::<ServerChange>(server).await?;
-        Ok(saved.map(|(record, version)| SavedServer { record, version }))
-    }
-
-    async fn list_servers(&self) -> Result<Vec<ServerChange>, BackendError> {
-        self.list().await
-    }
-
-    async fn delete_server(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
-        self.delete::<ServerChange>(server).await
-    }
-
-    async fn watch_servers(&self) -> Result<BoxStream<'static, ServerChange>, BackendError> {
-        self.watch().await
-    }
+    crate::records::record_methods!();
 
     async fn claim(
         &self,

@@ -136,7 +136,7 @@ impl Pg {
             (Some(change.clone()), None)
         } else {
             // A server record with many endpoints: too large for a notice.
-            (None, Some(stash(&mut **tx, json.as_bytes()).await?))
+            (None, Some(stash(tx, json.as_bytes()).await?))
         };
         let notice = Notice::Change {
             ns: namespace.to_string(),
