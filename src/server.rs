@@ -167,6 +167,15 @@ impl ServerConfig {
     }
 }
 
+/// A registry record's server: its endpoints and pool config ([normalized](ServerConfig::pool)),
+/// the other settings at their defaults. `name`, `enabled` and `credentials` are the
+/// registry's business.
+impl From<mcp_pool_traits::ServerRecord> for ServerConfig {
+    fn from(record: mcp_pool_traits::ServerRecord) -> Self {
+        Self::from_parts(record.id, record.endpoints, record.pool.normalized())
+    }
+}
+
 /// Default [`ServerConfig::call_timeout`]: 60 s.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest [`ServerConfig::call_timeout`]: one hour.

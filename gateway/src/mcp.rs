@@ -259,7 +259,7 @@ pub(crate) async fn endpoint(
 ) -> Response {
     let server = match known_server(&state, &id) {
         Ok(server) => server,
-        Err(response) => return response,
+        Err(error) => return error.into_response(),
     };
     let endpoint = state.mcp.endpoint(&state, &server);
     let (principal, _) = caller(
@@ -313,11 +313,11 @@ pub(crate) async fn endpoint(
 }
 
 /// The server `id` names, or 404 `{"detail": "Server not found"}`.
-fn known_server(state: &AppState, id: &str) -> Result<ServerId, Response> {
+fn known_server(state: &AppState, id: &str) -> Result<ServerId, ApiError> {
     ServerId::new(id)
         .ok()
         .filter(|s| state.pool.server_config(s).is_some())
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Server not found").into_response())
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Server not found"))
 }
 
 /// `GET /servers/{id}/sse`, `POST /servers/{id}/message` and `GET /servers/{id}/ws`: the
@@ -331,7 +331,7 @@ pub(crate) async fn legacy_endpoint(
 ) -> Response {
     let server = match known_server(&state, &id) {
         Ok(server) => server,
-        Err(response) => return response,
+        Err(error) => return error.into_response(),
     };
     let endpoint = state.mcp.endpoint(&state, &server);
     match endpoint.legacy.oneshot(request).await {
@@ -557,7 +557,7 @@ impl Proxy {
         &self,
         request: ClientRequest,
         context: RequestContext<RoleServer>,
-        pick: fn(ServerResult) -> Result<T, ServerResult>,
+        pick: fn(ServerResult) -> Result<T, Box<ServerResult>>,
     ) -> Result<T, ErrorData>
     where
         T: serde::de::DeserializeOwned,
@@ -678,7 +678,7 @@ macro_rules! forward {
             let request = ($build)(params);
             self.forward_as(request, context, |r| match r {
                 ServerResult::$variant(r) => Ok(r),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })
             .await
             .map(Into::into)

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{BIN, Gateway};
+use common::{BIN, Process};
 use mcp_pool_gateway::config::GatewayTable;
 
 const SERVERS: &str = "[[servers]]\nid = \"alpha\"\nendpoints = [{ url = \"http://127.0.0.1:7/mcp\", transport = \"streamable_http\" }]\n";
@@ -67,7 +67,7 @@ async fn the_binary_applies_the_table_and_rejects_a_bad_one() {
     )
     .unwrap();
     // No JWT_SECRET_KEY: start-up succeeds only because the file turned auth off.
-    let gw = Gateway::start(&["--config", path.to_str().unwrap()], &[], &dir).await;
+    let mut gw = Process::start(&["--config", path.to_str().unwrap()], &[], &dir).await;
     let http = reqwest::Client::new();
     let servers = http
         .get(format!("{}/servers", gw.base))

@@ -9,7 +9,7 @@ use std::{
 
 use mcp_pool::{Pool, PoolConfig, ServerConfig, ServerId, StrategyKind, TransportKind};
 use mcp_pool_conformance::ReferenceServer;
-use mcp_pool_gateway::{AppState, Auth, auth};
+use mcp_pool_gateway::{AppState, Auth, Registry, auth};
 use mcp_pool_transports::{SseClientTransport, WebSocketClientTransport};
 use parking_lot::Mutex;
 use rmcp::{
@@ -47,17 +47,17 @@ async fn gateway_with(builder: mcp_pool::PoolBuilder) -> Gateway {
     let server = |id: &str, pool: PoolConfig| {
         ServerConfig::new(ServerId::new(id).unwrap(), upstream.endpoint()).pool(pool)
     };
-    let pool = builder
-        .server(server("rr", PoolConfig::enabled()))
-        .server(server(
+    let servers = [
+        server("rr", PoolConfig::enabled()),
+        server(
             "sticky",
             PoolConfig {
                 strategy: StrategyKind::Sticky,
                 ..PoolConfig::enabled()
             },
-        ))
-        .server(server("off", PoolConfig::default()))
-        .server(server(
+        ),
+        server("off", PoolConfig::default()),
+        server(
             "shared",
             PoolConfig {
                 size: 1,
@@ -66,17 +66,20 @@ async fn gateway_with(builder: mcp_pool::PoolBuilder) -> Gateway {
                 session_concurrency: 4,
                 ..PoolConfig::enabled()
             },
-        ))
+        ),
+    ];
+    let pool = servers
+        .iter()
+        .fold(builder, |b, s| b.server(s.clone()))
         .build()
         .unwrap();
     let secret = auth::JwtSecret::new(SECRET).unwrap();
-    let app = mcp_pool_gateway::router(AppState {
-        pool: pool.clone(),
-        auth: Auth::Required(secret.clone()),
-        max_body_bytes: 4 << 20,
-        metrics: None,
-        mcp: Default::default(),
-    });
+    let registry = Registry::load(pool.clone(), &servers).await.unwrap();
+    let app = mcp_pool_gateway::router(AppState::new(
+        pool.clone(),
+        registry,
+        Auth::Required(secret.clone()),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(async move {

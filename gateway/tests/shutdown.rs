@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Gateway;
+use common::Process;
 use mcp_pool_conformance::ReferenceServer;
 use rmcp::{
     ServiceExt,
@@ -29,7 +29,7 @@ async fn sigterm_drains_every_upstream_session_with_clients_still_connected() {
         ),
     )
     .unwrap();
-    let gw = Gateway::start(
+    let mut gw = Process::start(
         &["--config", config.to_str().unwrap()],
         &[("AUTH_REQUIRED", "false")],
         &dir,
