@@ -335,6 +335,7 @@ impl Pool {
                     client
                 },
                 capabilities: server.capabilities,
+                headers: server.headers,
             });
             self.inner.shared.servers.rcu(|servers| {
                 let mut servers = HashMap::clone(servers);
@@ -377,6 +378,7 @@ impl Pool {
             strategy: custom,
             call_timeout: current.call_timeout,
             capabilities: current.capabilities.clone(),
+            headers: current.headers.clone(),
         };
         if next.strategy.is_none() && current.config.strategy == next.pool.strategy {
             // Same built-in strategy: keep the instance so keys keep their selectors.

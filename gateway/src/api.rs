@@ -566,6 +566,9 @@ impl From<RegistryError> for ApiError {
             RegistryError::NotFound(id) => ApiError::server_not_found(id.as_str()),
             RegistryError::Exists(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             RegistryError::Pool(e) => e.into(),
+            RegistryError::Credentials { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
             RegistryError::Backend(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }

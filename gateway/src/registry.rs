@@ -32,6 +32,29 @@ use mcp_pool::{
     traits::{BackendError, ServerRecord},
 };
 
+/// The pool's configuration of `record`, with its credential header read from the
+/// environment variable the record names.
+///
+/// # Errors
+/// [`RegistryError::Credentials`] when that variable is not set (or not valid as a header).
+fn server_config(record: &ServerRecord) -> Result<ServerConfig, RegistryError> {
+    let config = ServerConfig::from(record.clone());
+    let Some(credentials) = &record.credentials else {
+        return Ok(config);
+    };
+    let missing = || RegistryError::Credentials {
+        server: record.id.clone(),
+        env: credentials.env.clone(),
+    };
+    let value = std::env::var(&credentials.env).map_err(|_| missing())?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::HeaderName::try_from(credentials.header.as_str()).map_err(|_| missing())?,
+        http::HeaderValue::try_from(value).map_err(|_| missing())?,
+    );
+    Ok(config.headers(headers))
+}
+
 /// Why a registry operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -44,6 +67,17 @@ pub enum RegistryError {
     /// The pool rejected the record (its config) or failed.
     #[error(transparent)]
     Pool(#[from] PoolError),
+    /// A record's credentials name an environment variable this gateway does not have.
+    #[error(
+        "server {server}: credentials.env {env} is not set in the gateway's environment: set it \
+         (the credential's value stays out of the registry), or remove the credentials"
+    )]
+    Credentials {
+        /// The server.
+        server: ServerId,
+        /// The variable's name.
+        env: String,
+    },
     /// The state backend failed; nothing was applied.
     #[error("state backend unavailable: {0}")]
     Backend(#[from] BackendError),
@@ -132,7 +166,7 @@ impl Registry {
             return Err(RegistryError::Exists(record.id));
         }
         // Checked before anything is stored: a config the pool rejects is never persisted.
-        ServerConfig::from(record.clone()).validate()?;
+        server_config(&record)?.validate()?;
         self.pool.backend().put_server(&record).await?;
         self.apply(None, &record, false).await?;
         records.insert(record.id.clone(), record);
@@ -149,7 +183,7 @@ impl Registry {
             .get(&record.id)
             .cloned()
             .ok_or_else(|| RegistryError::NotFound(record.id.clone()))?;
-        ServerConfig::from(record.clone()).validate()?;
+        server_config(&record)?.validate()?;
         self.pool.backend().put_server(&record).await?;
         self.apply(Some(&old), &record, false).await?;
         records.insert(record.id.clone(), record);
@@ -245,8 +279,7 @@ impl Registry {
                 config.min_size,
                 config.max_size
             );
-            self.pool
-                .add_server(ServerConfig::from(new.clone()).pool(config))?;
+            self.pool.add_server(server_config(new)?.pool(config))?;
             if in_pool.is_some() {
                 self.pool.drain_server(&new.id)?;
             }

@@ -535,3 +535,94 @@ async fn the_binary_keeps_api_changes_in_its_sqlite_file() {
     );
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_own_credential_reaches_the_upstream_and_nowhere_else() {
+    const TOKEN: &str = "upstream-s3cret-7f2a";
+    let upstream = ReferenceServer::start().await.unwrap();
+    upstream.set_bearer_token(Some(TOKEN));
+    let dir = tempfile::tempdir().unwrap();
+    // The variable holds the header's whole value.
+    let header_value = format!("Bearer {TOKEN}");
+    let mut gateway = Process::start(
+        &[],
+        &[
+            ("AUTH_REQUIRED", "false"),
+            ("UPSTREAM_TOKEN", &header_value),
+        ],
+        dir.path(),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let create = |id: &str, credentials: Value| {
+        http.post(format!("{}/servers", gateway.base))
+            .header("content-type", "application/json")
+            .body(server_body(
+                id,
+                &upstream.url(),
+                json!({ "credentials": credentials }),
+            ))
+            .send()
+    };
+    let missing = create(
+        "nokey",
+        json!({"header": "authorization", "env": "NOT_SET_ANYWHERE"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(missing.status(), 422);
+    let detail = missing.text().await.unwrap();
+    assert!(detail.contains("NOT_SET_ANYWHERE"), "{detail}");
+    let created = create(
+        "keyed",
+        json!({"header": "authorization", "env": "UPSTREAM_TOKEN"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    let plain = create("plain", Value::Null).await.unwrap();
+    assert_eq!(plain.status(), 201);
+
+    let call = |server: &str| {
+        let url = format!("{}/servers/{server}/mcp", gateway.base);
+        async move {
+            let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(url);
+            let client = rmcp::ServiceExt::serve((), transport).await?;
+            let result = client
+                .call_tool(
+                    rmcp::model::CallToolRequestParams::new("echo").with_arguments(
+                        json!({"message": "authorized"})
+                            .as_object()
+                            .unwrap()
+                            .clone(),
+                    ),
+                )
+                .await;
+            Ok::<_, Box<dyn std::error::Error>>(result.is_ok())
+        }
+    };
+    assert!(
+        call("keyed").await.unwrap(),
+        "the server's credential opened the upstream"
+    );
+    assert!(
+        !call("plain").await.unwrap_or(false),
+        "without it the upstream refuses"
+    );
+
+    let listed = http
+        .get(format!("{}/servers", gateway.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        listed.contains("UPSTREAM_TOKEN"),
+        "the reference is shown: {listed}"
+    );
+    assert!(!listed.contains(TOKEN), "the value never is: {listed}");
+    gateway.stop().await;
+    assert!(!gateway.log.contains(TOKEN), "the value is never logged");
+}
