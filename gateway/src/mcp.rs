@@ -110,7 +110,7 @@ impl McpEndpoints {
 }
 
 /// `ANY /servers/{id}/mcp`: the server's streamable HTTP endpoint. 404 `{"detail"}` for a
-/// server the pool does not know.
+/// server the pool does not know; a `DELETE` that ends a session answers 200.
 pub(crate) async fn endpoint(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -123,7 +123,15 @@ pub(crate) async fn endpoint(
         return ApiError::new(StatusCode::NOT_FOUND, "Server not found").into_response();
     };
     let service = state.mcp.service(&state, &server);
-    service.handle(request).await.map(Body::new)
+    let is_delete = request.method() == http::Method::DELETE;
+    let mut response = service.handle(request).await.map(Body::new);
+    // rmcp answers a DELETE that ended the session with 202 Accepted; the official SDKs'
+    // servers answer 200, and the Python SDK client logs any status but 200 and 204 as a
+    // failed session termination.
+    if is_delete && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::OK;
+    }
+    response
 }
 
 /// One downstream session's handler: forwards each request through the pool.

@@ -358,3 +358,46 @@ async fn mcp_requests_need_a_token_and_a_known_server() {
     let detail: serde_json::Value = response.json().await.unwrap();
     assert_eq!(detail, json!({"detail": "Server not found"}));
 }
+
+#[tokio::test]
+async fn deleting_a_session_answers_200_and_ends_it() {
+    // The Python SDK client logs any status but 200 and 204 as a failed termination; rmcp
+    // answers 202.
+    let gw = gateway().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/servers/rr/mcp", gw.url);
+    let token = gw.token("alice");
+    let post = |body: serde_json::Value| {
+        http.post(&url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body)
+    };
+    let initialize = post(json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}
+        }
+    }))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(initialize.status(), 200);
+    let session = initialize.headers()["mcp-session-id"].clone();
+    let deleted = http
+        .delete(&url)
+        .bearer_auth(&token)
+        .header("mcp-session-id", session.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let ping = post(json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
+        .header("mcp-session-id", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ping.status(), 404, "the session is gone");
+}
