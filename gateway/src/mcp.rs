@@ -231,7 +231,7 @@ impl Proxy {
         &self,
         request: ClientRequest,
         context: RequestContext<RoleServer>,
-        pick: fn(ServerResult) -> Result<T, ServerResult>,
+        pick: fn(ServerResult) -> Result<T, Box<ServerResult>>,
     ) -> Result<T, ErrorData>
     where
         T: serde::de::DeserializeOwned,
@@ -351,7 +351,7 @@ macro_rules! forward {
             let request = ($build)(params);
             self.forward_as(request, context, |r| match r {
                 ServerResult::$variant(r) => Ok(r),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })
             .await
             .map(Into::into)
