@@ -194,6 +194,26 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Waits for the client to fail; its `error` event.
+    async fn failure(mut self) -> Value {
+        let mut events = Vec::new();
+        while let Some(line) = timeout(BOUND, self.lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{:?}: hung", self.sdk))
+            .expect("the client's stdout")
+        {
+            events.push(serde_json::from_str::<Value>(&line).unwrap());
+        }
+        let status = timeout(BOUND, self.child.wait()).await.unwrap().unwrap();
+        assert!(!status.success(), "{:?}: {events:?}", self.sdk);
+        named(&events, "error")
+            .first()
+            .map(|e| (*e).clone())
+            .unwrap_or_else(|| panic!("{:?}: no error event: {events:?}", self.sdk))
+    }
+}
+
 /// The events named `name`.
 fn named<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == name).collect()
@@ -442,6 +462,62 @@ async fn a_call_an_sdk_client_cancels_is_cancelled_upstream() {
         assert_eq!(stats.calls_cancelled, 1, "{sdk:?}");
         client.until("cancelled").await;
         client.finish().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_answer_the_upstreams_requests_and_get_its_logging_and_errors() {
+    for sdk in Sdk::installed() {
+        let (_upstream, gw) = reference().await;
+        let events = gw.run(sdk, "rr", "alice", "exchange").await;
+        assert_eq!(named(&events, "pong").len(), 1, "{sdk:?}: {events:?}");
+        let logs: Vec<(&Value, &Value)> = named(&events, "log")
+            .iter()
+            .map(|e| (&e["data"], &e["logger"]))
+            .collect();
+        assert_eq!(
+            logs,
+            [
+                (&"one".into(), &"reference".into()),
+                (&"two".into(), &"reference".into())
+            ],
+            "{sdk:?}: the call's logging, in order"
+        );
+        assert_eq!(
+            call_texts(&events),
+            [
+                "logged 2",
+                "sampled: reply to hello upstream",
+                r#"elicited: accept {"answer":"yes"}"#,
+                "roots: file:///sdk-root",
+            ],
+            "{sdk:?}: {events:?}"
+        );
+        let error = named(&events, "call_error")[0];
+        assert_eq!(error["code"], -32603, "{sdk:?}: {error}");
+        assert!(
+            error["message"].as_str().unwrap().contains("boom-7"),
+            "{sdk:?}: {error}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_without_a_valid_token_are_refused_with_401() {
+    for sdk in Sdk::installed() {
+        let (upstream, gw) = reference().await;
+        let error = sdk
+            .spawn(&gw.mcp("rr"), "not-a-jwt", "basics")
+            .failure()
+            .await;
+        eprintln!("{sdk:?} without a valid token: {error}");
+        // The Python SDK reports an HTTP status only through the client's response hook.
+        assert!(error.to_string().contains("401"), "{sdk:?}: {error}");
+        assert!(
+            !error.to_string().contains("not-a-jwt"),
+            "{sdk:?}: the token is never echoed: {error}"
+        );
+        assert_eq!(upstream.sessions_opened(), 0, "{sdk:?}");
     }
 }
 

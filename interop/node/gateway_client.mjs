@@ -5,9 +5,9 @@
 // Usage: node gateway_client.mjs URL TOKEN SCENARIO
 //   URL: a gateway MCP endpoint (http://127.0.0.1:PORT/servers/ID/mcp); TOKEN: the gateway JWT,
 //   sent as `Authorization: Bearer TOKEN` (requestInit headers).
-//   SCENARIO: basics | progress | cancel | counters (see gateway_client.py).
-// Prints one JSON object per line on stdout ({"event": ...}); on failure an "error" event and
-// exit status 1. The SDK is resolved through NODE_PATH (interop/setup.sh installs it under
+//   SCENARIO: basics | progress | cancel | counters | exchange (see gateway_client.py).
+// Prints one JSON object per line on stdout ({"event": ...}); on failure an "error" event (with
+// the HTTP status as `code` for an HTTP error) and exit status 1. The SDK is resolved through NODE_PATH (interop/setup.sh installs it under
 // .cache/interop/node/node_modules): ES modules ignore NODE_PATH, so it is required from there.
 
 import { createRequire } from 'node:module';
@@ -17,6 +17,9 @@ import readline from 'node:readline';
 const require = createRequire(path.join(process.env.NODE_PATH ?? '.', 'noop.js'));
 const { Client } = require('@modelcontextprotocol/sdk/client/index.js');
 const { StreamableHTTPClientTransport } = require('@modelcontextprotocol/sdk/client/streamableHttp.js');
+const {
+  CreateMessageRequestSchema, ElicitRequestSchema, ListRootsRequestSchema, LoggingMessageNotificationSchema, McpError,
+} = require('@modelcontextprotocol/sdk/types.js');
 
 const [url, token, scenario] = process.argv.slice(2);
 
@@ -35,10 +38,21 @@ async function openSession() {
   const transport = new StreamableHTTPClientTransport(new URL(url), {
     requestInit: { headers: { Authorization: `Bearer ${token}` } },
   });
-  const client = new Client({ name: 'mcp-pool-gateway-test', version: '1.0.0' });
+  const capabilities = { sampling: {}, elicitation: {}, roots: {} };
+  const client = new Client({ name: 'mcp-pool-gateway-test', version: '1.0.0' }, { capabilities });
+  client.setNotificationHandler(LoggingMessageNotificationSchema, ({ params }) =>
+    emit('log', { level: params.level, logger: params.logger, data: params.data }));
+  client.setRequestHandler(CreateMessageRequestSchema, ({ params }) => ({
+    role: 'assistant',
+    content: { type: 'text', text: `reply to ${params.messages[0].content.text}` },
+    model: 'sdk-test',
+  }));
+  client.setRequestHandler(ElicitRequestSchema, () => ({ action: 'accept', content: { answer: 'yes' } }));
+  client.setRequestHandler(ListRootsRequestSchema, () => ({ roots: [{ uri: 'file:///sdk-root' }] }));
   await client.connect(transport);
-  const capabilities = Object.keys(client.getServerCapabilities() ?? {}).sort();
-  emit('initialized', { server: client.getServerVersion()?.name, protocol: transport.protocolVersion, capabilities });
+  const server = client.getServerVersion()?.name;
+  const advertised = Object.keys(client.getServerCapabilities() ?? {}).sort();
+  emit('initialized', { server, protocol: transport.protocolVersion, capabilities: advertised });
   return client;
 }
 
@@ -78,6 +92,21 @@ async function cancel(client) {
   emit('cancelled');
 }
 
+async function exchange(client) {
+  await client.ping();
+  emit('pong');
+  await call(client, 'log', { messages: ['one', 'two'] });
+  await call(client, 'sample', { prompt: 'hello upstream' });
+  await call(client, 'elicit', { message: 'ok?' });
+  await call(client, 'roots', {});
+  try {
+    await call(client, 'fail', { message: 'boom-7' });
+  } catch (error) {
+    if (!(error instanceof McpError)) throw error;
+    emit('call_error', { tool: 'fail', code: error.code, message: error.message });
+  }
+}
+
 async function main() {
   const clients = [];
   try {
@@ -85,7 +114,7 @@ async function main() {
       clients.push(await openSession(), await openSession());
       for (const index of [0, 0, 1, 0, 1]) await call(clients[index], 'counter', {}, index);
     } else {
-      const scenarios = { basics, progress, cancel };
+      const scenarios = { basics, progress, cancel, exchange };
       if (!scenarios[scenario]) throw new Error(`unknown scenario ${JSON.stringify(scenario)}`);
       clients.push(await openSession());
       await scenarios[scenario](clients[0]);
@@ -101,7 +130,8 @@ async function main() {
 main().then(
   () => process.exit(0),
   (error) => {
-    emit('error', { message: `${error.name}: ${error.message}` });
+    // The SDK's StreamableHTTPError carries the HTTP status as `code`.
+    emit('error', { message: `${error.name}: ${error.message}`, code: error.code });
     process.exit(1);
   },
 );

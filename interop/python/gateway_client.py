@@ -12,14 +12,21 @@ sent as `Authorization: Bearer TOKEN`. The script prints one JSON object per lin
   {"event": "prompts", "names": [...]}   {"event": "prompt", "name": name, "text": text}
   {"event": "progress", "progress": p, "total": t, "message": m}
   {"event": "sent"}  {"event": "cancelled"}
-  {"event": "error", "message": m}     then exit status 1
+  {"event": "log", "level": l, "logger": name, "data": d}   a logging notification
+  {"event": "call_error", "tool": name, "code": c, "message": m}   a JSON-RPC error of a call
+  {"event": "pong"}
+  {"event": "error", "message": m, "http_errors": ["POST 401", ...]}   then exit status 1
 Scenarios:
 - basics: list tools, call echo, list resources and read the first, list prompts and get the
   first with {"name": "Ada"} (each skipped when the server lists none);
 - progress: call `progress` (3 steps, 20 ms apart) with a progress callback;
 - cancel: call `sleep` for 60 s, print "sent", wait for a line on stdin, cancel the call (the
   SDK sends notifications/cancelled), print "cancelled";
-- counters: two sessions of this token, `counter` called on sessions 0, 0, 1, 0, 1.
+- counters: two sessions of this token, `counter` called on sessions 0, 0, 1, 0, 1;
+- exchange: ping; call `log` (["one", "two"]), `sample` (the client answers "reply to
+  <prompt>"), `elicit` (it accepts with {"answer": "yes"}), `roots` (it lists file:///sdk-root)
+  and `fail` ("boom-7").
+Every session declares sampling, elicitation and roots, and prints the logging it receives.
 """
 
 import json
@@ -28,8 +35,19 @@ from contextlib import AsyncExitStack
 
 import anyio
 import httpx2
-from mcp import ClientSession
+import mcp.types as types
+from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
+
+
+# "METHOD STATUS" of every HTTP response >= 400, named in the error event: the SDK reports an
+# HTTP error status as a JSON-RPC error without the status.
+HTTP_ERRORS = []
+
+
+async def record_http_error(response) -> None:
+    if response.status_code >= 400:
+        HTTP_ERRORS.append(f"{response.request.method} {response.status_code}")
 
 
 def emit(event: str, **fields) -> None:
@@ -77,10 +95,52 @@ async def cancel(session: ClientSession) -> None:
     emit("cancelled")
 
 
+async def exchange(session: ClientSession) -> None:
+    await session.send_ping()
+    emit("pong")
+    await call(session, "log", {"messages": ["one", "two"]})
+    await call(session, "sample", {"prompt": "hello upstream"})
+    await call(session, "elicit", {"message": "ok?"})
+    await call(session, "roots", {})
+    try:
+        await call(session, "fail", {"message": "boom-7"})
+    except MCPError as error:
+        emit("call_error", tool="fail", code=error.error.code, message=error.error.message)
+
+
+async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+    emit("log", level=params.level, logger=params.logger, data=params.data)
+
+
+async def on_sampling(_context, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+    reply = types.TextContent(type="text", text=f"reply to {params.messages[0].content.text}")
+    return types.CreateMessageResult(role="assistant", content=reply, model="sdk-test")
+
+
+async def on_elicitation(_context, _params) -> types.ElicitResult:
+    return types.ElicitResult(action="accept", content={"answer": "yes"})
+
+
+async def on_roots(_context) -> types.ListRootsResult:
+    return types.ListRootsResult(roots=[types.Root(uri="file:///sdk-root")])
+
+
 async def open_session(stack, url: str, token: str) -> ClientSession:
-    http = await stack.enter_async_context(httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}))
+    http = httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {token}"},
+        event_hooks={"response": [record_http_error]},
+    )
+    http = await stack.enter_async_context(http)
     read, write = await stack.enter_async_context(streamable_http_client(url, http_client=http))
-    session = await stack.enter_async_context(ClientSession(read, write))
+    session = ClientSession(
+        read,
+        write,
+        sampling_callback=on_sampling,
+        elicitation_callback=on_elicitation,
+        list_roots_callback=on_roots,
+        logging_callback=on_log,
+    )
+    session = await stack.enter_async_context(session)
     result = await session.initialize()
     capabilities = result.capabilities.model_dump(exclude_none=True)
     emit(
@@ -100,12 +160,22 @@ async def main(url: str, token: str, scenario: str) -> None:
                 await call(sessions[index], "counter", {}, index)
             return
         session = await open_session(stack, url, token)
-        await {"basics": basics, "progress": progress, "cancel": cancel}[scenario](session)
+        await {"basics": basics, "progress": progress, "cancel": cancel, "exchange": exchange}[scenario](session)
+
+
+def leaves(error: BaseException):
+    """The exceptions inside task-group exception groups."""
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from leaves(inner)
+    else:
+        yield error
 
 
 if __name__ == "__main__":
     try:
         anyio.run(main, *sys.argv[1:4])
     except BaseException as error:  # noqa: BLE001 - every failure becomes one error line
-        emit("error", message=f"{type(error).__name__}: {error}")
+        message = "; ".join(f"{type(e).__name__}: {e}" for e in leaves(error))
+        emit("error", message=message, http_errors=HTTP_ERRORS)
         sys.exit(1)
