@@ -18,7 +18,7 @@ use rmcp::{
         CreateMessageRequestParams, CreateMessageResult, ErrorCode, Implementation,
         ProgressNotificationParam, SamplingMessage,
     },
-    service::{NotificationContext, RequestContext, RunningService},
+    service::{InboundStreamOrigin, NotificationContext, RequestContext, RunningService},
     transport::{
         StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
     },
@@ -82,6 +82,8 @@ async fn gateway() -> Gateway {
 struct Recorder {
     progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
     sampled: Arc<Mutex<Vec<String>>>,
+    /// The HTTP stream each sampling request arrived on.
+    sampling_streams: Arc<Mutex<Vec<Option<InboundStreamOrigin>>>>,
     sampling: bool,
 }
 
@@ -106,8 +108,10 @@ impl ClientHandler for Recorder {
     async fn create_message(
         &self,
         params: CreateMessageRequestParams,
-        _context: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, rmcp::ErrorData> {
+        let origin = context.extensions.get::<InboundStreamOrigin>().cloned();
+        self.sampling_streams.lock().push(origin);
         let prompt = serde_json::to_string(&params.messages).unwrap();
         self.sampled.lock().push(prompt);
         Ok(CreateMessageResult::new(
@@ -241,6 +245,13 @@ async fn sampling_is_asked_of_the_downstream_client() {
     let sampled = recorder.sampled.lock().clone();
     assert_eq!(sampled.len(), 1);
     assert!(sampled[0].contains("hello upstream"), "{sampled:?}");
+    // MCP 2025-11-25: a request related to the client's call SHOULD come on that call's
+    // stream, not the standalone one.
+    let streams = recorder.sampling_streams.lock().clone();
+    assert!(
+        matches!(streams[..], [Some(InboundStreamOrigin::OutboundRequest(_))]),
+        "sampling came on the call's stream: {streams:?}"
+    );
 }
 
 #[tokio::test]
