@@ -53,11 +53,12 @@ use parking_lot::Mutex;
 use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     model::{
-        ClientRequest, ClientResult, DiscoverResult, ErrorCode, GetMeta, InitializeRequestParams,
-        InitializeResult, ProgressToken, Request as McpRequest, RequestMetaObject, RequestNoParam,
-        RequestOptionalParam, ServerNotification, ServerRequest, ServerResult,
+        ClientRequest, ClientResult, DiscoverResult, ErrorCode, GetExtensions, GetMeta,
+        InitializeRequestParams, InitializeResult, ProgressToken, Request as McpRequest, RequestId,
+        RequestMetaObject, RequestNoParam, RequestOptionalParam, ServerNotification, ServerRequest,
+        ServerResult,
     },
-    service::{Peer, RequestContext, ServiceError},
+    service::{OriginatingRequestId, Peer, RequestContext, ServiceError},
     transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     },
@@ -251,7 +252,8 @@ async fn fan_out(
 }
 
 /// `ANY /servers/{id}/mcp`: the server's streamable HTTP endpoint. 404 `{"detail"}` for a
-/// server the pool does not know, and for a session id that is not the caller's.
+/// server the pool does not know, and for a session id that is not the caller's; a `DELETE`
+/// that ends a session answers 200.
 pub(crate) async fn endpoint(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -309,7 +311,14 @@ pub(crate) async fn endpoint(
         }
     }
     drop(owners);
-    response.map(Body::new)
+    let mut response = response.map(Body::new);
+    // rmcp answers a DELETE that ended the session with 202 Accepted; the official SDKs'
+    // servers answer 200, and the Python SDK client logs any status but 200 and 204 as a
+    // failed session termination.
+    if delete && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::OK;
+    }
+    response
 }
 
 /// The server `id` names, or 404 `{"detail": "Server not found"}`.
@@ -511,7 +520,10 @@ impl Proxy {
         let options = CallOptions::new()
             .headers(headers.clone())
             .notifications(sink)
-            .requests(Arc::new(AskDownstream(context.peer.clone())));
+            .requests(Arc::new(AskDownstream {
+                peer: context.peer.clone(),
+                call: context.id.clone(),
+            }));
         let acquire = AcquireRequest::new(&self.server)
             .principal(principal)
             .headers(&headers)
@@ -643,25 +655,47 @@ fn upstream_error(error: PoolError) -> ErrorData {
 }
 
 /// Answers the upstream's requests of a call (sampling, elicitation, roots) by asking the
-/// downstream client of that call.
-struct AskDownstream(Peer<RoleServer>);
+/// downstream client of that call, on that call's response stream (MCP 2025-11-25: requests
+/// related to a client request are sent on its stream, not the standalone one).
+struct AskDownstream {
+    peer: Peer<RoleServer>,
+    /// The downstream request id of the call.
+    call: RequestId,
+}
 
 #[async_trait::async_trait]
 impl ServerRequestHandler for AskDownstream {
     async fn handle(
         &self,
-        request: ServerRequest,
+        mut request: ServerRequest,
         cancel: CancellationToken,
     ) -> Result<ClientResult, ErrorData> {
+        request
+            .extensions_mut()
+            .insert(OriginatingRequestId(self.call.clone()));
+        // Sent from a task of its own: the pool runs this inside the upstream session's
+        // handler of that request, where rmcp would replace the marker with the upstream's
+        // request id (a task-local that does not cross `tokio::spawn`).
+        let peer = self.peer.clone();
+        let mut send = tokio::spawn(async move { peer.send_request(request).await });
         tokio::select! {
-            result = self.0.send_request(request) => result.map_err(|error| match error {
-                ServiceError::McpError(data) => data,
-                other => ErrorData::internal_error(
-                    format!("the downstream client did not answer: {other}"),
+            result = &mut send => match result {
+                Ok(result) => result.map_err(|error| match error {
+                    ServiceError::McpError(data) => data,
+                    other => ErrorData::internal_error(
+                        format!("the downstream client did not answer: {other}"),
+                        None,
+                    ),
+                }),
+                Err(error) => Err(ErrorData::internal_error(
+                    format!("asking the downstream client failed: {error}"),
                     None,
-                ),
-            }),
-            () = cancel.cancelled() => Err(ErrorData::internal_error("cancelled by the server", None)),
+                )),
+            },
+            () = cancel.cancelled() => {
+                send.abort();
+                Err(ErrorData::internal_error("cancelled by the server", None))
+            }
         }
     }
 }

@@ -2,14 +2,13 @@
 //! the gateway served on loopback, the reference server as the upstream.
 #![allow(deprecated)] // Sampling is deprecated by SEP-2577; servers still use it.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
 use mcp_pool::{Pool, PoolConfig, ServerConfig, ServerId, StrategyKind, TransportKind};
 use mcp_pool_conformance::ReferenceServer;
-use mcp_pool_gateway::{AppState, Auth, Registry, auth};
+mod common;
+
+use common::Served;
 use mcp_pool_transports::{SseClientTransport, WebSocketClientTransport};
 use parking_lot::Mutex;
 use rmcp::{
@@ -19,25 +18,22 @@ use rmcp::{
         CreateMessageRequestParams, CreateMessageResult, ErrorCode, Implementation,
         ProgressNotificationParam, SamplingMessage,
     },
-    service::{NotificationContext, RequestContext, RunningService},
+    service::{InboundStreamOrigin, NotificationContext, RequestContext, RunningService},
     transport::{
         StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
     },
 };
 use serde_json::json;
 
-const SECRET: &str = "mcp-test-secret-0123456789abcdef";
-
 struct Gateway {
     upstream: ReferenceServer,
     pool: Pool,
     url: String,
-    secret: auth::JwtSecret,
-    _server: tokio::task::JoinHandle<()>,
+    served: Served,
 }
 
-/// A gateway with the servers `rr` (round robin), `sticky` and `off` (pooling disabled), all
-/// on one reference server.
+/// A gateway with the servers `rr` (round robin), `sticky`, `off` (pooling disabled) and
+/// `shared` (one session for four leases), all on one reference server.
 async fn gateway() -> Gateway {
     gateway_with(Pool::builder()).await
 }
@@ -68,29 +64,12 @@ async fn gateway_with(builder: mcp_pool::PoolBuilder) -> Gateway {
             },
         ),
     ];
-    let pool = servers
-        .iter()
-        .fold(builder, |b, s| b.server(s.clone()))
-        .build()
-        .unwrap();
-    let secret = auth::JwtSecret::new(SECRET).unwrap();
-    let registry = Registry::load(pool.clone(), &servers).await.unwrap();
-    let app = mcp_pool_gateway::router(AppState::new(
-        pool.clone(),
-        registry,
-        Auth::Required(secret.clone()),
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let served = Served::start(&servers, builder).await;
     Gateway {
         upstream,
-        pool,
-        url,
-        secret,
-        _server: server,
+        pool: served.pool.clone(),
+        url: served.url.clone(),
+        served,
     }
 }
 
@@ -100,6 +79,8 @@ async fn gateway_with(builder: mcp_pool::PoolBuilder) -> Gateway {
 struct Recorder {
     progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
     sampled: Arc<Mutex<Vec<String>>>,
+    /// The HTTP stream each sampling request arrived on.
+    sampling_streams: Arc<Mutex<Vec<Option<InboundStreamOrigin>>>>,
     sampling: bool,
     tools_changed: Arc<tokio::sync::Notify>,
 }
@@ -129,8 +110,10 @@ impl ClientHandler for Recorder {
     async fn create_message(
         &self,
         params: CreateMessageRequestParams,
-        _context: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, rmcp::ErrorData> {
+        let origin = context.extensions.get::<InboundStreamOrigin>().cloned();
+        self.sampling_streams.lock().push(origin);
         let prompt = serde_json::to_string(&params.messages).unwrap();
         self.sampled.lock().push(prompt);
         Ok(CreateMessageResult::new(
@@ -142,13 +125,7 @@ impl ClientHandler for Recorder {
 
 impl Gateway {
     fn token(&self, user: &str) -> String {
-        auth::mint(
-            &self.secret,
-            user,
-            Duration::from_secs(600),
-            SystemTime::now(),
-        )
-        .unwrap()
+        self.served.token(user)
     }
 
     async fn client(
@@ -301,6 +278,13 @@ async fn sampling_is_asked_of_the_downstream_client() {
     let sampled = recorder.sampled.lock().clone();
     assert_eq!(sampled.len(), 1);
     assert!(sampled[0].contains("hello upstream"), "{sampled:?}");
+    // MCP 2025-11-25: a request related to the client's call SHOULD come on that call's
+    // stream, not the standalone one.
+    let streams = recorder.sampling_streams.lock().clone();
+    assert!(
+        matches!(streams[..], [Some(InboundStreamOrigin::OutboundRequest(_))]),
+        "sampling came on the call's stream: {streams:?}"
+    );
 }
 
 #[tokio::test]
@@ -661,4 +645,47 @@ async fn concurrent_calls_sharing_one_upstream_session_get_only_their_own_progre
         |seen: &Recorder| -> Vec<f64> { seen.progress.lock().iter().map(|p| p.progress).collect() };
     assert_eq!(steps(&first_seen), [1.0, 2.0, 3.0, 4.0]);
     assert_eq!(steps(&second_seen), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+}
+
+#[tokio::test]
+async fn deleting_a_session_answers_200_and_ends_it() {
+    // The Python SDK client logs any status but 200 and 204 as a failed termination; rmcp
+    // answers 202.
+    let gw = gateway().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/servers/rr/mcp", gw.url);
+    let token = gw.token("alice");
+    let post = |body: serde_json::Value| {
+        http.post(&url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body)
+    };
+    let initialize = post(json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}
+        }
+    }))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(initialize.status(), 200);
+    let session = initialize.headers()["mcp-session-id"].clone();
+    let deleted = http
+        .delete(&url)
+        .bearer_auth(&token)
+        .header("mcp-session-id", session.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let ping = post(json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
+        .header("mcp-session-id", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ping.status(), 404, "the session is gone");
 }

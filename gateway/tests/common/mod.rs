@@ -207,3 +207,46 @@ impl Process {
         assert!(status.success(), "{status}\n{}", self.log);
     }
 }
+
+/// The router served on a loopback port over a pool of `servers` (their registry seeded by
+/// them), auth on with [`SECRET`]: what MCP clients connect to.
+pub struct Served {
+    pub pool: Pool,
+    /// `http://ADDR`.
+    pub url: String,
+    pub secret: auth::JwtSecret,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    pub async fn start(servers: &[ServerConfig], builder: mcp_pool::PoolBuilder) -> Self {
+        let pool = pool_of(servers, builder);
+        let secret = auth::JwtSecret::new(SECRET).unwrap();
+        let registry = Registry::load(pool.clone(), servers).await.unwrap();
+        let app = mcp_pool_gateway::router(AppState::new(
+            pool.clone(),
+            registry,
+            Auth::Required(secret.clone()),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            pool,
+            url,
+            secret,
+            _task: task,
+        }
+    }
+
+    /// A token for `user`, valid 10 minutes.
+    pub fn token(&self, user: &str) -> String {
+        auth::mint(
+            &self.secret,
+            user,
+            Duration::from_secs(600),
+            SystemTime::now(),
+        )
+        .unwrap()
+    }
+}
