@@ -14,9 +14,10 @@ use mcp_pool_conformance::ReferenceServer;
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(10);
-/// The variable the credential tests reference, and a credential value: a body carrying a
-/// value is rejected, and no response ever holds it.
-const TOKEN_ENV: &str = "REGISTRY_TEST_UPSTREAM_TOKEN";
+/// The variable the credential tests reference: one set wherever the tests run (cargo sets it
+/// for the test process), since the gateway reads the credential when it applies the server.
+const TOKEN_ENV: &str = "CARGO_PKG_NAME";
+/// A credential value: a body carrying a value is rejected, and no response ever holds it.
 const TOKEN_VALUE: &str = "upstream-token-value-must-not-leak";
 
 fn id(s: &str) -> ServerId {
