@@ -83,6 +83,31 @@ struct Recorder {
     sampling_streams: Arc<Mutex<Vec<Option<InboundStreamOrigin>>>>,
     sampling: bool,
     tools_changed: Arc<tokio::sync::Notify>,
+    progress_seen: Arc<tokio::sync::Notify>,
+}
+
+impl Recorder {
+    /// The progress values seen, once there are `n` (bounded wait), in ascending order: this
+    /// downstream rmcp client handles each notification in a task of its own, so they may
+    /// reach the recorder after the result and in any order. (The SDK clients of
+    /// sdk_clients.rs see them in order, before the result.)
+    async fn progress(&self, n: usize) -> Vec<ProgressNotificationParam> {
+        let enough = async {
+            loop {
+                let seen = self.progress_seen.notified();
+                if self.progress.lock().len() >= n {
+                    break;
+                }
+                seen.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), enough)
+            .await
+            .unwrap_or_else(|_| panic!("{n} progress notifications: {:?}", self.progress.lock()));
+        let mut progress = self.progress.lock().clone();
+        progress.sort_by(|a, b| a.progress.total_cmp(&b.progress));
+        progress
+    }
 }
 
 impl ClientHandler for Recorder {
@@ -101,6 +126,7 @@ impl ClientHandler for Recorder {
         _context: NotificationContext<RoleClient>,
     ) {
         self.progress.lock().push(params);
+        self.progress_seen.notify_waiters();
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
@@ -251,11 +277,11 @@ async fn progress_reaches_the_calling_client_with_its_own_token() {
         .await
         .unwrap();
     assert_eq!(text(&result), "done 3");
-    let progress = recorder.progress.lock().clone();
+    let progress = recorder.progress(3).await;
     assert_eq!(
         progress.iter().map(|p| p.progress).collect::<Vec<_>>(),
         [1.0, 2.0, 3.0],
-        "every step, in order, before the result"
+        "every step, none twice"
     );
     // rmcp's client numbers its progress tokens per session; the upstream saw the pool's.
     let tokens: Vec<_> = progress.iter().map(|p| p.progress_token.clone()).collect();
@@ -641,10 +667,15 @@ async fn concurrent_calls_sharing_one_upstream_session_get_only_their_own_progre
         1,
         "both calls ran on one upstream session"
     );
-    let steps =
-        |seen: &Recorder| -> Vec<f64> { seen.progress.lock().iter().map(|p| p.progress).collect() };
-    assert_eq!(steps(&first_seen), [1.0, 2.0, 3.0, 4.0]);
-    assert_eq!(steps(&second_seen), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    let steps = |seen: Vec<ProgressNotificationParam>| -> Vec<f64> {
+        seen.iter().map(|p| p.progress).collect()
+    };
+    assert_eq!(steps(first_seen.progress(4).await), [1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(
+        steps(second_seen.progress(6).await),
+        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        "none of the other call's"
+    );
 }
 
 #[tokio::test]
