@@ -546,15 +546,13 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for Tap<T> {
         self.inner.send(item)
     }
 
-    fn receive(&mut self) -> impl Future<Output = Option<RxJsonRpcMessage<RoleClient>>> + Send {
-        async move {
-            let mut message = self.inner.receive().await?;
-            if let rmcp::model::JsonRpcMessage::Notification(n) = &mut message {
-                self.handler.route_notification(n.notification.clone());
-                n.notification.extensions_mut().insert(Routed);
-            }
-            Some(message)
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        let mut message = self.inner.receive().await?;
+        if let rmcp::model::JsonRpcMessage::Notification(n) = &mut message {
+            self.handler.route_notification(n.notification.clone());
+            n.notification.extensions_mut().insert(Routed);
         }
+        Some(message)
     }
 
     fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
