@@ -11,7 +11,7 @@ use mcp_pool_traits::{
     default_client_config, is_transport_failure,
 };
 use rmcp::{
-    ServiceError, ServiceExt as _,
+    ServiceError,
     model::{
         CallToolRequestParams, ErrorCode, GetPromptRequestParams, ReadResourceRequestParams,
         ResourceContents,
