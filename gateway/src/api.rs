@@ -605,7 +605,7 @@ pub async fn get_server(
     request_body = ServerBody,
     responses((status = 201, body = ServerInfo), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn create_server(
     State(state): State<AppState>,
@@ -624,7 +624,7 @@ pub async fn create_server(
     request_body = ServerBody,
     responses((status = 200, body = ServerInfo), (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn replace_server(
     State(state): State<AppState>,

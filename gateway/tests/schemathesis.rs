@@ -86,9 +86,15 @@ async fn schemathesis_finds_no_defect_in_the_rest_api() {
         .unwrap_or_else(|_| panic!("schemathesis ran over {RUN_LIMIT:?}"))
         .unwrap();
     let out = String::from_utf8_lossy(&run.stdout);
+    // The summary line: "1016 generated" (other lines may say "generated" too).
     let generated = out
         .lines()
-        .find(|l| l.contains(" generated"))
+        .find(|l| {
+            l.contains(" generated")
+                && l.split_whitespace()
+                    .next()
+                    .is_some_and(|n| n.parse::<u64>().is_ok())
+        })
         .unwrap_or_else(|| panic!("no count of test cases in:\n{out}"));
     println!("schemathesis: {}", generated.trim());
     assert!(
