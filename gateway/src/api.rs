@@ -692,17 +692,21 @@ pub async fn put_pool_config(
         .server_config(&sid)
         .ok_or_else(|| ApiError::server_not_found(&id))?;
     let next = update.apply(&current)?;
-    tracing::info!(
-        "creating/updating pool for server {id} with strategy={}, min_size={}, max_size={}",
-        next.strategy,
-        next.min_size,
-        next.max_size
-    );
-    state.pool.save_pool_config(&sid, next).await?;
+    crate::log_pool_update(&sid, &next);
+    save_pool_config(&state, &sid, next).await
+}
+
+/// Saves `next` for `sid` (the backend, then this pool) and answers what the pool now runs.
+pub(crate) async fn save_pool_config(
+    state: &AppState,
+    sid: &ServerId,
+    next: PoolConfig,
+) -> Result<Json<PoolConfigView>, ApiError> {
+    state.pool.save_pool_config(sid, next).await?;
     let applied = state
         .pool
-        .server_config(&sid)
-        .ok_or_else(|| ApiError::server_not_found(&id))?;
+        .server_config(sid)
+        .ok_or_else(|| ApiError::server_not_found(sid.as_str()))?;
     Ok(Json((&applied).into()))
 }
 

@@ -58,6 +58,18 @@ pub struct AppState {
     pub mcp: std::sync::Arc<mcp::McpEndpoints>,
 }
 
+/// Logs the line an operator greps for when a server's pool is created or reconfigured (the
+/// seed setup guide's Step 4): `creating/updating pool for server {id} with strategy=…,
+/// min_size=…, max_size=…`.
+pub fn log_pool_update(server: &mcp_pool::ServerId, config: &mcp_pool::PoolConfig) {
+    tracing::info!(
+        "creating/updating pool for server {server} with strategy={}, min_size={}, max_size={}",
+        config.strategy,
+        config.min_size,
+        config.max_size
+    );
+}
+
 impl AppState {
     /// The state of a gateway over `pool` and its `registry` with `auth`: bodies up to 4 MiB,
     /// no `/metrics` recorder, no downstream session yet.

@@ -147,14 +147,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         builder = builder.server(servers.last().cloned().ok_or("demo server")?);
     }
     for server in &servers {
-        let c = server.pool_config();
-        tracing::info!(
-            "creating/updating pool for server {} with strategy={}, min_size={}, max_size={}",
-            server.id(),
-            c.strategy,
-            c.min_size,
-            c.max_size
-        );
+        mcp_pool_gateway::log_pool_update(server.id(), server.pool_config());
     }
     let pool: Pool = builder.build().map_err(|e| e.to_string())?;
     let metrics = if settings.metrics_enabled {
@@ -255,14 +248,7 @@ async fn reload_on_hangup(
                         || done.updated.contains(&id)
                 };
                 for server in next.iter().filter(|s| changed(s.id().to_string())) {
-                    let c = server.pool_config();
-                    tracing::info!(
-                        "creating/updating pool for server {} with strategy={}, min_size={}, max_size={}",
-                        server.id(),
-                        c.strategy,
-                        c.min_size,
-                        c.max_size
-                    );
+                    mcp_pool_gateway::log_pool_update(server.id(), server.pool_config());
                 }
                 tracing::info!(
                     "SIGHUP: configuration reloaded from {}: added {:?}, drained (connection changed) {:?}, updated {:?}, kept (removed from the file; needs a restart) {:?}",

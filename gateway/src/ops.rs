@@ -143,12 +143,7 @@ pub async fn resize(
     };
     let next = update.apply(&current)?;
     tracing::info!("resizing pool for server {id} to size={}", next.size);
-    state.pool.save_pool_config(&sid, next).await?;
-    let applied = state
-        .pool
-        .server_config(&sid)
-        .ok_or_else(|| ApiError::server_not_found(&id))?;
-    Ok(Json((&applied).into()))
+    crate::api::save_pool_config(&state, &sid, next).await
 }
 
 /// Drain a server's pool (idle sessions close now, leased ones on release) and zero its

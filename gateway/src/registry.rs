@@ -272,13 +272,7 @@ impl Registry {
                 Some(saved) if start || !pool_changed => saved.config.clone(),
                 _ => new.pool.clone(),
             };
-            tracing::info!(
-                "creating/updating pool for server {} with strategy={}, min_size={}, max_size={}",
-                new.id,
-                config.strategy,
-                config.min_size,
-                config.max_size
-            );
+            crate::log_pool_update(&new.id, &config);
             self.pool.add_server(server_config(new)?.pool(config))?;
             if in_pool.is_some() {
                 self.pool.drain_server(&new.id)?;
