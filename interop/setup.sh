@@ -3,12 +3,16 @@
 #   .cache/interop/venv   the official MCP Python SDK and schemathesis (interop/python/requirements.txt)
 #   .cache/interop/node   the official MCP TypeScript SDK and @modelcontextprotocol/server-everything
 #                         (interop/node/package-lock.json)
+#   .cache/interop/browser  playwright-core, driving Debian's chromium for the Admin UI tests
+#                         (interop/browser/package-lock.json; no browser download: it uses
+#                         /usr/bin/chromium, which .ci/run installs)
 # Idempotent: a stamp holding the hash of the pin file skips an install already done, so a
 # second run takes well under a second. Needs python3 (3.10+) with venv, and node 18+ with npm.
 #
 # Then run the tests with:
 #   export MCP_POOL_INTEROP_PYTHON="$PWD/.cache/interop/venv/bin/python"
 #   export MCP_POOL_INTEROP_NODE_DIR="$PWD/.cache/interop/node"
+#   export MCP_POOL_BROWSER_DIR="$PWD/.cache/interop/browser"
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="$root/.cache/interop"
@@ -42,5 +46,17 @@ if [[ "$(cat "$node_dir/.installed" 2>/dev/null)" != "$want" ]]; then
   NODE_PATH="$node_dir/node_modules" node -e "require('@modelcontextprotocol/sdk/server/mcp.js')"
   test -f "$node_dir/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
   echo "$want" > "$node_dir/.installed"
+fi
+# Browser: playwright-core only (its postinstall downloads nothing; scripts are off anyway).
+browser_dir="$cache/browser"
+want="$(hash_of "$root/interop/browser/package.json" "$root/interop/browser/package-lock.json")"
+if [[ "$(cat "$browser_dir/.installed" 2>/dev/null)" != "$want" ]]; then
+  echo "interop: installing playwright-core into $browser_dir"
+  rm -rf "$browser_dir"
+  mkdir -p "$browser_dir"
+  cp "$root/interop/browser/package.json" "$root/interop/browser/package-lock.json" "$browser_dir/"
+  (cd "$browser_dir" && npm ci --silent --no-audit --no-fund --ignore-scripts)
+  NODE_PATH="$browser_dir/node_modules" node -e "require('playwright-core')"
+  echo "$want" > "$browser_dir/.installed"
 fi
 echo "interop: peers ready in $cache"

@@ -1,0 +1,145 @@
+//! The Admin UI's routes in process (`oneshot`): the page and its versioned assets are served
+//! without auth and with their cache headers; the API they call still requires the token; the
+//! health view the dashboard reads carries each endpoint's circuit and never a secret.
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Request, StatusCode, header},
+};
+use http_body_util::BodyExt;
+use mcp_pool::{Pool, PoolConfig, ServerConfig, ServerId};
+use mcp_pool_conformance::ReferenceServer;
+use mcp_pool_gateway::{AppState, Auth, admin, auth};
+use serde_json::Value;
+use tower::ServiceExt;
+
+const SECRET: &str = "admin-ui-test-secret-0123456789";
+
+async fn app() -> (ReferenceServer, Router) {
+    let upstream = ReferenceServer::start().await.unwrap();
+    let url = upstream.url().replace("http://", "http://alice:hunter2pw@");
+    let endpoint = mcp_pool::Endpoint::new(url, mcp_pool::TransportKind::StreamableHttp).unwrap();
+    let pool = Pool::builder()
+        .server(
+            ServerConfig::new(ServerId::new("up").unwrap(), endpoint).pool(PoolConfig::enabled()),
+        )
+        .build()
+        .unwrap();
+    let app = mcp_pool_gateway::router(AppState {
+        pool,
+        auth: Auth::Required(auth::JwtSecret::new(SECRET).unwrap()),
+        max_body_bytes: 1 << 20,
+        metrics: None,
+        mcp: Default::default(),
+    });
+    (upstream, app)
+}
+
+async fn get(
+    app: &Router,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, header::HeaderMap, String) {
+    let mut request = Request::get(path);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_page_is_no_cache_and_names_its_versioned_assets() {
+    let (_upstream, app) = app().await;
+    for path in ["/admin", "/admin/"] {
+        let (status, headers, body) = get(&app, path, None).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert_eq!(headers[header::CACHE_CONTROL], "no-cache");
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
+        assert!(
+            headers[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .contains("script-src 'self'")
+        );
+        assert!(body.contains(&format!("/admin/assets/{}/admin.js", *admin::VERSION)));
+    }
+}
+
+#[tokio::test]
+async fn assets_of_this_version_are_immutable_and_others_are_404() {
+    let (_upstream, app) = app().await;
+    let v = &*admin::VERSION;
+    for (file, kind) in [
+        ("admin.js", "text/javascript"),
+        ("admin.css", "text/css"),
+        ("uPlot.iife.min.js", "text/javascript"),
+        ("uPlot.min.css", "text/css"),
+    ] {
+        let (status, headers, body) = get(&app, &format!("/admin/assets/{v}/{file}"), None).await;
+        assert_eq!(status, StatusCode::OK, "{file}");
+        assert_eq!(
+            headers[header::CACHE_CONTROL],
+            "public, max-age=31536000, immutable"
+        );
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with(kind),
+            "{file}"
+        );
+        assert!(!body.is_empty());
+    }
+    let (status, _, body) = get(&app, "/admin/assets/0000000000000000/admin.js", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body.contains("detail"));
+    let (status, _, _) = get(&app, &format!("/admin/assets/{v}/secrets.txt"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn the_api_behind_the_page_still_requires_the_token() {
+    let (_upstream, app) = app().await;
+    let (status, headers, _) = get(&app, "/servers/pools/health", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(headers.contains_key(header::WWW_AUTHENTICATE));
+}
+
+#[tokio::test]
+async fn the_health_view_carries_each_endpoints_circuit_and_no_password() {
+    let (_upstream, app) = app().await;
+    let token = auth::mint(
+        &auth::JwtSecret::new(SECRET).unwrap(),
+        "admin",
+        std::time::Duration::from_secs(60),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
+    let (status, _, body) = get(&app, "/servers/pools/health", Some(&token)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.contains("hunter2pw"), "{body}");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    let up = &health[0];
+    assert_eq!(up["server_id"], "up");
+    assert_eq!(up["hit_rate"], 0.0);
+    assert_eq!(up["endpoints"][0]["circuit"], "closed");
+    assert_eq!(up["endpoints"][0]["status"], "unknown");
+    assert!(up["endpoints"][0]["url"].as_str().unwrap().contains("***@"));
+}
