@@ -79,6 +79,18 @@ async fn the_page_is_no_cache_and_names_its_versioned_assets() {
                 .contains("script-src 'self'")
         );
         assert!(body.contains(&format!("/admin/assets/{}/admin.js", *admin::VERSION)));
+        let etag = headers[header::ETAG].to_str().unwrap().to_owned();
+        let revalidated = app
+            .clone()
+            .oneshot(
+                Request::get(path)
+                    .header(header::IF_NONE_MATCH, &etag)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(revalidated.status(), StatusCode::NOT_MODIFIED, "{path}");
     }
 }
 
