@@ -34,29 +34,27 @@ if [[ "$(cat "$venv/.installed" 2>/dev/null)" != "$want" ]]; then
   echo "$want" > "$venv/.installed"
 fi
 
-# Node: the pinned SDK from the lock file (npm ci: exactly the locked versions).
-node_dir="$cache/node"
-want="$(hash_of "$root/interop/node/package.json" "$root/interop/node/package-lock.json")"
-if [[ "$(cat "$node_dir/.installed" 2>/dev/null)" != "$want" ]]; then
-  echo "interop: installing the MCP TypeScript SDK and server-everything into $node_dir"
-  rm -rf "$node_dir"
-  mkdir -p "$node_dir"
-  cp "$root/interop/node/package.json" "$root/interop/node/package-lock.json" "$node_dir/"
-  (cd "$node_dir" && npm ci --silent --no-audit --no-fund --ignore-scripts)
-  NODE_PATH="$node_dir/node_modules" node -e "require('@modelcontextprotocol/sdk/server/mcp.js')"
-  test -f "$node_dir/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
-  echo "$want" > "$node_dir/.installed"
-fi
-# Browser: playwright-core only (its postinstall downloads nothing; scripts are off anyway).
-browser_dir="$cache/browser"
-want="$(hash_of "$root/interop/browser/package.json" "$root/interop/browser/package-lock.json")"
-if [[ "$(cat "$browser_dir/.installed" 2>/dev/null)" != "$want" ]]; then
-  echo "interop: installing playwright-core into $browser_dir"
-  rm -rf "$browser_dir"
-  mkdir -p "$browser_dir"
-  cp "$root/interop/browser/package.json" "$root/interop/browser/package-lock.json" "$browser_dir/"
-  (cd "$browser_dir" && npm ci --silent --no-audit --no-fund --ignore-scripts)
-  NODE_PATH="$browser_dir/node_modules" node -e "require('playwright-core')"
-  echo "$want" > "$browser_dir/.installed"
-fi
+# npm_ci NAME WHAT CHECK: installs interop/NAME's lock file into .cache/interop/NAME with npm ci
+# (exactly the locked versions, no install scripts), then runs the node snippet CHECK there.
+npm_ci() {
+  local name=$1 what=$2 check=$3
+  local dir="$cache/$name"
+  local want
+  want="$(hash_of "$root/interop/$name/package.json" "$root/interop/$name/package-lock.json")"
+  if [[ "$(cat "$dir/.installed" 2>/dev/null)" != "$want" ]]; then
+    echo "interop: installing $what into $dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$root/interop/$name/package.json" "$root/interop/$name/package-lock.json" "$dir/"
+    (cd "$dir" && npm ci --silent --no-audit --no-fund --ignore-scripts)
+    NODE_PATH="$dir/node_modules" node -e "$check"
+    echo "$want" > "$dir/.installed"
+  fi
+}
+
+# Node: the pinned MCP SDK and server-everything.
+npm_ci node "the MCP TypeScript SDK and server-everything" \
+  "require('@modelcontextprotocol/sdk/server/mcp.js'); require('fs').accessSync(process.env.NODE_PATH + '/@modelcontextprotocol/server-everything/dist/index.js')"
+# Browser: playwright-core only; it drives Debian's chromium and downloads no browser.
+npm_ci browser "playwright-core" "require('playwright-core')"
 echo "interop: peers ready in $cache"

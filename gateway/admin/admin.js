@@ -410,7 +410,15 @@
     const chartBox = el("div", { className: "charts" });
     node.append(head, figures, endpoints, chartBox);
     const charts = CHARTS.map((c) => {
-      const box = el("figure", {}, el("figcaption", { textContent: c.title }));
+      const caption = el("figcaption", { textContent: c.title });
+      if (c.series.length > 1) {
+        for (const [, label, stroke] of c.series) {
+          const key = el("span", { className: "key", textContent: `■ ${label}` });
+          key.style.color = stroke;
+          caption.append(" ", key);
+        }
+      }
+      const box = el("figure", {}, caption);
       chartBox.append(box);
       if (typeof uPlot === "undefined") return null;
       const opts = {

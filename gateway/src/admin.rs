@@ -6,7 +6,7 @@
 //! (CSRF-safe by construction). The pages themselves hold no data and are served without auth;
 //! every figure they show comes from an authenticated API call.
 //!
-//! Caching: `/admin` (the HTML) is `no-cache`, so a new binary's page is picked up at once; the
+//! Caching and size: everything is gzip-compressed for browsers that accept it; `/admin` (the HTML) is `no-cache`, so a new binary's page is picked up at once; the
 //! assets live under `/admin/assets/{version}/…` where `version` is a hash of all the embedded
 //! assets, and are served `immutable` for a year. A request with another version gets 404.
 //!
@@ -22,6 +22,8 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+
+use tower_http::compression::CompressionLayer;
 
 use crate::error::ApiError;
 
@@ -73,12 +75,14 @@ pub static VERSION: LazyLock<String> = LazyLock::new(|| {
 
 static PAGE: LazyLock<String> = LazyLock::new(|| INDEX.replace("{{version}}", &VERSION));
 
-/// The routes of the UI: `/admin`, `/admin/` and `/admin/assets/{version}/{file}`.
+/// The routes of the UI: `/admin`, `/admin/` and `/admin/assets/{version}/{file}`, gzip
+/// for clients that accept it.
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/admin", get(page))
         .route("/admin/", get(page))
         .route("/admin/assets/{version}/{file}", get(asset))
+        .layer(CompressionLayer::new().gzip(true))
 }
 
 fn secure(mut response: Response) -> Response {

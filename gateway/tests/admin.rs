@@ -119,6 +119,17 @@ async fn assets_of_this_version_are_immutable_and_others_are_404() {
         );
         assert!(!body.is_empty());
     }
+    let gzipped = app
+        .clone()
+        .oneshot(
+            Request::get(format!("/admin/assets/{v}/uPlot.iife.min.js"))
+                .header(header::ACCEPT_ENCODING, "gzip")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gzipped.headers()[header::CONTENT_ENCODING], "gzip");
     let (status, _, body) = get(&app, "/admin/assets/0000000000000000/admin.js", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body.contains("detail"));

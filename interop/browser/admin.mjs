@@ -161,9 +161,10 @@ const scenarios = {
     assert.equal(await card.locator(".dot").evaluate((e) => getComputedStyle(e).backgroundColor), "rgb(22, 163, 74)");
     assert.equal(await card.locator("li[data-circuit]").first().getAttribute("data-circuit"), "closed");
     assert.equal(await card.locator("canvas").count() >= 4, true, "four charts");
-    // Let the charts gather a few points of the traffic.
-    await ask("traffic");
-    await page.waitForTimeout(2 * REFRESH * 1000 + 500);
+    // Let the charts gather a few points of steady traffic.
+    await ask("traffic-on");
+    await page.waitForFunction(() => document.querySelectorAll("article.card .u-over").length === 4, null, { timeout: 1000 });
+    await page.waitForTimeout(5 * REFRESH * 1000);
     await shot("admin-pool-health");
     step(`Pool Health lists ${SERVER}: green, score ${score}, circuit closed, charts drawn`);
 
