@@ -152,7 +152,11 @@
   function serverBody(s, overrides = {}) {
     return { id: s.id, name: serverName(s), endpoints: s.endpoints.map(({ url, transport, weight }) => ({ url, transport, weight })), enabled: serverEnabled(s), ...overrides };
   }
+  // The API redacts credentials in URLs (`https://***@host/mcp`): sending one back would
+  // overwrite the real URL, so a server with one is changed only by re-entering it in Edit.
+  const hidesCredentials = (s) => s.endpoints.some((e) => e.url.includes("***"));
   async function toggleServer(s) {
+    if (hidesCredentials(s)) { toast(`Server ${s.id} has an endpoint URL with hidden credentials: use Edit and enter the full URL`, "error"); return; }
     try {
       await api("PUT", `/servers/${encodeURIComponent(s.id)}`, serverBody(s, { enabled: !serverEnabled(s) }));
       toast(`Server ${s.id} ${serverEnabled(s) ? "deactivated" : "activated"}`);
@@ -206,6 +210,7 @@
       weight: Number(r.querySelector("[name=weight]").value),
     }));
     if (endpoints.length === 0 || endpoints.some((e) => !e.url)) { $("sf-error").textContent = "Every endpoint needs a URL, and a server at least one endpoint."; return; }
+    if (endpoints.some((e) => e.url.includes("***"))) { $("sf-error").textContent = "A URL shows *** where the API hid its credentials: enter the full URL again."; return; }
     const body = { id, name: $("sf-name").value.trim() || id, endpoints, enabled: $("sf-enabled").checked };
     try {
       if (editing) await api("PUT", `/servers/${encodeURIComponent(id)}`, body);
