@@ -89,6 +89,22 @@
     const error = await signIn($("signin-token").value.trim());
     if (error) { $("signin-error").textContent = error; $("signin-token").focus(); }
   });
+  // Username and password (ADMIN_USERNAME, ADMIN_PASSWORD on the gateway): exchanged for a token.
+  $("login-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const res = await fetch("/admin/login", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ username: $("login-username").value, password: $("login-password").value }),
+    });
+    $("login-password").value = "";
+    const data = await res.json().catch(() => ({}));
+    if (res.status === 404) { $("login-error").textContent = "This gateway has no username and password sign-in (ADMIN_USERNAME, ADMIN_PASSWORD): paste a token."; return; }
+    if (!res.ok) { $("login-error").textContent = data.detail || `${res.status} ${res.statusText}`; $("login-password").focus(); return; }
+    $("login-error").textContent = "";
+    const error = await signIn(data.access_token);
+    if (error) $("login-error").textContent = error;
+  });
   $("signout").addEventListener("click", () => signOut(""));
 
   // ---- Navigation ----

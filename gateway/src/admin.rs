@@ -10,22 +10,36 @@
 //! assets live under `/admin/assets/{version}/…` where `version` is a hash of all the embedded
 //! assets, and are served `immutable` for a year. A request with another version gets 404.
 //!
+//! Sign-in: a pasted token, or, when the gateway has `ADMIN_USERNAME` and `ADMIN_PASSWORD`,
+//! a username and password that [`login_routes`] exchanges for a token.
+//!
+//! Sign-in: a pasted token, or, when the gateway has `ADMIN_USERNAME` and `ADMIN_PASSWORD`,
+//! a username and password that [`login_routes`] exchanges for a token.
+//!
 //! Vendored: uPlot 1.6.32 (MIT, `gateway/admin/vendor/uplot-1.6.32/LICENSE`), the charts of the
 //! Pool Health page. No build step: the files are the ones npm ships.
 
-use std::sync::LazyLock;
-
-use axum::{
-    Router,
-    extract::Path,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{IntoResponse, Response},
-    routing::get,
+use std::{
+    fmt,
+    sync::{Arc, LazyLock},
+    time::{Duration, SystemTime},
 };
 
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
 use tower_http::compression::CompressionLayer;
 
-use crate::error::ApiError;
+use crate::{
+    ConfigError,
+    auth::{self, JwtSecret},
+    error::{ApiError, ApiJson},
+};
 
 /// The embedded assets: name under `/admin/assets/{version}/`, content type, bytes.
 const ASSETS: &[(&str, &str, &[u8])] = &[
@@ -141,6 +155,120 @@ async fn asset(Path((version, file)): Path<(String, String)>) -> Response {
         )
         .into_response(),
     }
+}
+
+/// The operator's username and password for the UI's sign-in (`ADMIN_USERNAME`,
+/// `ADMIN_PASSWORD`). `Debug` never shows the password.
+#[derive(Clone)]
+pub struct AdminLogin {
+    username: Arc<str>,
+    password: Arc<str>,
+}
+
+impl AdminLogin {
+    /// From the two variables' values: both set and non-empty, or neither (`None`).
+    ///
+    /// # Errors
+    /// When only one of them is set, or the password is shorter than 12 characters.
+    pub fn from_vars(
+        username: Option<String>,
+        password: Option<String>,
+    ) -> Result<Option<Self>, ConfigError> {
+        let username = username.filter(|v| !v.is_empty());
+        let password = password.filter(|v| !v.is_empty());
+        match (username, password) {
+            (None, None) => Ok(None),
+            (Some(u), Some(p)) if p.chars().count() >= 12 => Ok(Some(Self {
+                username: u.into(),
+                password: p.into(),
+            })),
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                "ADMIN_PASSWORD",
+                "***",
+                "at least 12 characters",
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                "ADMIN_USERNAME",
+                "",
+                "a username whenever ADMIN_PASSWORD is set",
+            )),
+            (Some(_), None) => Err(ConfigError::new(
+                "ADMIN_PASSWORD",
+                "",
+                "a password whenever ADMIN_USERNAME is set",
+            )),
+        }
+    }
+
+    /// Whether `username` and `password` are these, comparing every byte of both whatever
+    /// differs first (no early exit that would time a guess).
+    fn accepts(&self, username: &str, password: &str) -> bool {
+        fn same(a: &[u8], b: &[u8]) -> bool {
+            let diff = a
+                .iter()
+                .zip(b)
+                .fold(a.len() ^ b.len(), |acc, (x, y)| acc | usize::from(x ^ y));
+            diff == 0
+        }
+        same(self.username.as_bytes(), username.as_bytes())
+            & same(self.password.as_bytes(), password.as_bytes())
+    }
+}
+
+impl fmt::Debug for AdminLogin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminLogin")
+            .field("username", &self.username)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// The body of `POST /admin/login`.
+#[derive(Deserialize)]
+struct LoginBody {
+    username: String,
+    password: String,
+}
+
+/// The answer of `POST /admin/login`: a bearer token as `mcp-pool-gateway token` mints it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LoginAnswer {
+    /// The HS256 JWT, `sub` = the username.
+    pub access_token: String,
+    /// `bearer`.
+    pub token_type: String,
+    /// Seconds until it expires.
+    pub expires_in: u64,
+}
+
+/// How long a token minted by the sign-in lives: 60 minutes.
+pub const LOGIN_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// `POST /admin/login` (`{"username", "password"}` → [`LoginAnswer`], 401 otherwise), for a
+/// gateway with [`AdminLogin`] configured; merge it into [`crate::router`]. Without it the
+/// route does not exist and the UI says that only tokens sign in.
+pub fn login_routes(login: AdminLogin, secret: JwtSecret) -> Router {
+    Router::new()
+        .route("/admin/login", post(sign_in))
+        .with_state((login, secret))
+}
+
+async fn sign_in(
+    State((login, secret)): State<(AdminLogin, JwtSecret)>,
+    ApiJson(body): ApiJson<LoginBody>,
+) -> Result<Json<LoginAnswer>, ApiError> {
+    if !login.accepts(&body.username, &body.password) {
+        tracing::warn!("admin sign-in refused: wrong username or password");
+        return Err(ApiError::unauthorized("Wrong username or password"));
+    }
+    let token = auth::mint(&secret, &body.username, LOGIN_TOKEN_TTL, SystemTime::now())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(Json(LoginAnswer {
+        access_token: token,
+        token_type: "bearer".into(),
+        expires_in: LOGIN_TOKEN_TTL.as_secs(),
+    }))
 }
 
 #[cfg(test)]

@@ -166,3 +166,67 @@ async fn the_health_view_carries_each_endpoints_circuit_and_no_password() {
     assert_eq!(up["endpoints"][0]["status"], "unknown");
     assert!(up["endpoints"][0]["url"].as_str().unwrap().contains("***@"));
 }
+
+#[tokio::test]
+async fn the_password_sign_in_mints_a_token_for_the_right_pair_only() {
+    let (_upstream, app) = app().await;
+    let secret = auth::JwtSecret::new(SECRET).unwrap();
+    let login =
+        admin::AdminLogin::from_vars(Some("ops".into()), Some("correct horse battery".into()))
+            .unwrap()
+            .unwrap();
+    assert!(!format!("{login:?}").contains("horse"), "{login:?}");
+    let app = app.merge(admin::login_routes(login, secret.clone()));
+    let post = |body: &'static str| {
+        app.clone().oneshot(
+            Request::post("/admin/login")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+    };
+    let ok = post(r#"{"username": "ops", "password": "correct horse battery"}"#)
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let answer: admin::LoginAnswer =
+        serde_json::from_slice(&ok.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(answer.token_type, "bearer");
+    assert_eq!(answer.expires_in, 3600);
+    let claims = auth::verify(&secret, &answer.access_token).unwrap();
+    assert_eq!(claims.user(), Some("ops"));
+    let (status, _, _) = get(&app, "/servers", Some(&answer.access_token)).await;
+    assert_eq!(status, StatusCode::OK, "the minted token opens the API");
+    for wrong in [
+        r#"{"username": "ops", "password": "correct horse battery!"}"#,
+        r#"{"username": "ops", "password": "correct horse batter"}"#,
+        r#"{"username": "root", "password": "correct horse battery"}"#,
+    ] {
+        let refused = post(wrong).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED, "{wrong}");
+        let body = refused.into_body().collect().await.unwrap().to_bytes();
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.contains("Wrong username or password") && !body.contains("horse"),
+            "{body}"
+        );
+    }
+}
+
+#[test]
+fn the_password_sign_in_is_configured_by_both_variables_or_neither() {
+    let some = |v: &str| Some(v.to_owned());
+    assert!(admin::AdminLogin::from_vars(None, None).unwrap().is_none());
+    let e = admin::AdminLogin::from_vars(some("ops"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ADMIN_PASSWORD"), "{e}");
+    let e = admin::AdminLogin::from_vars(None, some("correct horse battery"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("ADMIN_USERNAME") && !e.contains("horse"), "{e}");
+    let e = admin::AdminLogin::from_vars(some("ops"), some("short"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("12 characters") && !e.contains("short"), "{e}");
+}

@@ -41,6 +41,8 @@ use tokio_util::sync::CancellationToken;
 
 const SECRET: &str = "admin-browser-test-secret-0123456789";
 const SERVER: &str = "up";
+/// `ADMIN_PASSWORD` of the gateway (`ADMIN_USERNAME` is `operator`).
+const PASSWORD: &str = "admin-ui-password-for-tests";
 /// The UI's refresh period in these tests, seconds (the default is 5).
 const REFRESH: &str = "2";
 /// Bound on one scenario, browser start included.
@@ -104,7 +106,11 @@ impl Setup {
         .unwrap();
         let gw = Gateway::start(
             &["--config", config.to_str().unwrap()],
-            &[("JWT_SECRET_KEY", SECRET)],
+            &[
+                ("JWT_SECRET_KEY", SECRET),
+                ("ADMIN_USERNAME", "operator"),
+                ("ADMIN_PASSWORD", PASSWORD),
+            ],
             &dir,
         )
         .await;
@@ -204,6 +210,7 @@ where
         .env("ADMIN_SERVER", SERVER)
         .env("ADMIN_SHOTS", &shots)
         .env("ADMIN_REFRESH", REFRESH)
+        .env("ADMIN_PASSWORD", PASSWORD)
         .env("CHROMIUM", chromium)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -377,5 +384,18 @@ async fn the_first_load_of_admin_is_weighed() {
     assert!((20.0 * 1024.0..64.0 * 1024.0).contains(&ui), "{measures:?}");
     // The reload revalidates the page and takes the versioned assets from the cache.
     assert!(measures["reload_ui_bytes"] < ui / 2.0, "{measures:?}");
+    setup.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_username_and_password_sign_in_mints_a_token() {
+    if browser().is_none() {
+        return;
+    }
+    let mut setup = Setup::start("password").await;
+    run_without_asks(&mut setup, "password").await;
+    // The log up to the refusal of the wrong password: no password in it, wrong or right.
+    setup.gw.wait_for("admin sign-in refused").await;
+    assert!(!setup.gw.log.contains(PASSWORD) && !setup.gw.log.contains("not the password"));
     setup.gw.stop().await;
 }

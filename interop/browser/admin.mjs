@@ -233,6 +233,27 @@ const scenarios = {
     console.log(`MEASURE green_after_ms ${green}`);
   },
 
+  // Username and password (the gateway's ADMIN_USERNAME=operator, ADMIN_PASSWORD): a wrong
+  // password is refused, the right one signs in with a minted token.
+  async password() {
+    await page.goto(`${BASE}/admin?refresh=${REFRESH}`);
+    await page.getByText("Sign in with a username and password").click();
+    await page.getByLabel("Username").fill("operator");
+    await page.getByLabel("Password", { exact: true }).fill("not the password");
+    await page.getByRole("button", { name: "Sign in with password" }).click();
+    await page.getByText("Wrong username or password").waitFor();
+    assert.equal(await page.getByLabel("Password", { exact: true }).inputValue(), "", "the password field is cleared");
+    step("a wrong password is refused");
+    await page.getByLabel("Password", { exact: true }).fill(env("ADMIN_PASSWORD"));
+    await page.getByRole("button", { name: "Sign in with password" }).click();
+    await page.getByRole("heading", { name: "Servers" }).waitFor();
+    await row().waitFor();
+    const minted = await page.evaluate(() => sessionStorage.getItem("mcp-pool-admin-token"));
+    assert.equal(JSON.parse(Buffer.from(minted.split(".")[1], "base64url").toString()).sub, "operator");
+    assert.ok(!(await page.content()).includes(env("ADMIN_PASSWORD")), "the password is not in the page");
+    step("the right password signs in with a token minted for operator");
+  },
+
   // Add, deactivate/activate and delete a server (needs the server CRUD routes).
   async crud() {
     await signIn();
