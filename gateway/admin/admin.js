@@ -165,8 +165,13 @@
 
   // Server CRUD: POST /servers, PUT/DELETE /servers/{id} with {id, name, endpoints, enabled}.
   const crudMissing = (e) => e.status === 404 || e.status === 405;
-  function serverBody(s, overrides = {}) {
-    return { id: s.id, name: serverName(s), endpoints: s.endpoints.map(({ url, transport, weight }) => ({ url, transport, weight })), enabled: serverEnabled(s), ...overrides };
+  // PUT /servers/{id} replaces the whole server (absent fields take their defaults), so the
+  // body carries what the server has: its pool config and its credentials reference too.
+  async function serverBody(s, overrides = {}) {
+    const body = { id: s.id, name: serverName(s), endpoints: s.endpoints.map(({ url, transport, weight }) => ({ url, transport, weight })), enabled: serverEnabled(s) };
+    if (s.credentials) body.credentials = s.credentials;
+    try { body.pool = await api("GET", `/servers/${encodeURIComponent(s.id)}/pool/config`); } catch { /* a disabled server has none */ }
+    return { ...body, ...overrides };
   }
   // The API redacts credentials in URLs (`https://***@host/mcp`): sending one back would
   // overwrite the real URL, so a server with one is changed only by re-entering it in Edit.
@@ -174,7 +179,7 @@
   async function toggleServer(s) {
     if (hidesCredentials(s)) { toast(`Server ${s.id} has an endpoint URL with hidden credentials: use Edit and enter the full URL`, "error"); return; }
     try {
-      await api("PUT", `/servers/${encodeURIComponent(s.id)}`, serverBody(s, { enabled: !serverEnabled(s) }));
+      await api("PUT", `/servers/${encodeURIComponent(s.id)}`, await serverBody(s, { enabled: !serverEnabled(s) }));
       toast(`Server ${s.id} ${serverEnabled(s) ? "deactivated" : "activated"}`);
     } catch (e) { toast(crudMissing(e) ? "This gateway cannot change servers (no PUT /servers/{id})" : e.detail, "error"); }
     loadServers();
@@ -227,10 +232,10 @@
     }));
     if (endpoints.length === 0 || endpoints.some((e) => !e.url)) { $("sf-error").textContent = "Every endpoint needs a URL, and a server at least one endpoint."; return; }
     if (endpoints.some((e) => e.url.includes("***"))) { $("sf-error").textContent = "A URL shows *** where the API hid its credentials: enter the full URL again."; return; }
-    const body = { id, name: $("sf-name").value.trim() || id, endpoints, enabled: $("sf-enabled").checked };
+    const fields = { id, name: $("sf-name").value.trim() || id, endpoints, enabled: $("sf-enabled").checked };
     try {
-      if (editing) await api("PUT", `/servers/${encodeURIComponent(id)}`, body);
-      else await api("POST", "/servers", body);
+      if (editing) await api("PUT", `/servers/${encodeURIComponent(id)}`, await serverBody(editing, fields));
+      else await api("POST", "/servers", fields);
     } catch (e) {
       $("sf-error").textContent = crudMissing(e) && !editing ? "This gateway cannot add servers (no POST /servers)" : e.detail;
       return;

@@ -267,6 +267,14 @@ const scenarios = {
     const added = page.locator('tr[data-server="added"]');
     await added.getByText("Added by the UI").waitFor();
     step("Add server: the row appears");
+    await added.getByRole("button", { name: "Edit added" }).click();
+    const edit = page.getByRole("dialog", { name: "Edit server added" });
+    assert.equal(await edit.getByLabel("ID").getAttribute("readonly"), "", "the id is not editable");
+    await edit.getByLabel("Name").fill("Renamed by the UI");
+    await edit.getByRole("button", { name: "Save" }).click();
+    await page.getByRole("status").getByText("Server added saved").waitFor();
+    await added.getByText("Renamed by the UI").waitFor();
+    step("Edit: the name changes");
     await added.getByRole("button", { name: "Deactivate added" }).click();
     await added.getByText("Inactive").waitFor();
     await added.getByRole("button", { name: "Activate added" }).click();
