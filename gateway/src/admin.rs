@@ -6,12 +6,10 @@
 //! (CSRF-safe by construction). The pages themselves hold no data and are served without auth;
 //! every figure they show comes from an authenticated API call.
 //!
-//! Caching and size: everything is gzip-compressed for browsers that accept it; `/admin` (the HTML) is `no-cache`, so a new binary's page is picked up at once; the
-//! assets live under `/admin/assets/{version}/…` where `version` is a hash of all the embedded
-//! assets, and are served `immutable` for a year. A request with another version gets 404.
-//!
-//! Sign-in: a pasted token, or, when the gateway has `ADMIN_USERNAME` and `ADMIN_PASSWORD`,
-//! a username and password that [`login_routes`] exchanges for a token.
+//! Caching and size: everything is gzip-compressed for browsers that accept it. `/admin` (the
+//! HTML) is `no-cache` with an `ETag`, so a new binary's page is picked up at once and a reload
+//! costs a 304; the assets live under `/admin/assets/{version}/…` where `version` is a hash of
+//! the page and every asset, and are served `immutable` for a year. Another version gets 404.
 //!
 //! Sign-in: a pasted token, or, when the gateway has `ADMIN_USERNAME` and `ADMIN_PASSWORD`,
 //! a username and password that [`login_routes`] exchanges for a token.
