@@ -4,12 +4,16 @@
 #   .cache/interop/venv   the official MCP Python SDK and schemathesis (interop/python/requirements.txt)
 #   .cache/interop/node   the official MCP TypeScript SDK and @modelcontextprotocol/server-everything
 #                         (interop/node/package-lock.json)
+#   .cache/interop/browser  playwright-core, driving Debian's chromium for the Admin UI tests
+#                         (interop/browser/package-lock.json; no browser download: it uses
+#                         /usr/bin/chromium, which .ci/run installs)
 # Idempotent: a stamp holding the hash of the pin file skips an install already done, so a
 # second run takes well under a second. Needs python3 (3.10+) with venv, and node 18+ with npm.
 #
 # Then run the tests with:
 #   export MCP_POOL_INTEROP_PYTHON="$PWD/.cache/interop/venv/bin/python"
 #   export MCP_POOL_INTEROP_NODE_DIR="$PWD/.cache/interop/node"
+#   export MCP_POOL_BROWSER_DIR="$PWD/.cache/interop/browser"
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cache="$root/.cache/interop"
@@ -31,17 +35,27 @@ if [[ "$(cat "$venv/.installed" 2>/dev/null)" != "$want" ]]; then
   echo "$want" > "$venv/.installed"
 fi
 
-# Node: the pinned SDK from the lock file (npm ci: exactly the locked versions).
-node_dir="$cache/node"
-want="$(hash_of "$root/interop/node/package.json" "$root/interop/node/package-lock.json")"
-if [[ "$(cat "$node_dir/.installed" 2>/dev/null)" != "$want" ]]; then
-  echo "interop: installing the MCP TypeScript SDK and server-everything into $node_dir"
-  rm -rf "$node_dir"
-  mkdir -p "$node_dir"
-  cp "$root/interop/node/package.json" "$root/interop/node/package-lock.json" "$node_dir/"
-  (cd "$node_dir" && npm ci --silent --no-audit --no-fund --ignore-scripts)
-  NODE_PATH="$node_dir/node_modules" node -e "require('@modelcontextprotocol/sdk/server/mcp.js')"
-  test -f "$node_dir/node_modules/@modelcontextprotocol/server-everything/dist/index.js"
-  echo "$want" > "$node_dir/.installed"
-fi
+# npm_ci NAME WHAT CHECK: installs interop/NAME's lock file into .cache/interop/NAME with npm ci
+# (exactly the locked versions, no install scripts), then runs the node snippet CHECK there.
+npm_ci() {
+  local name=$1 what=$2 check=$3
+  local dir="$cache/$name"
+  local want
+  want="$(hash_of "$root/interop/$name/package.json" "$root/interop/$name/package-lock.json")"
+  if [[ "$(cat "$dir/.installed" 2>/dev/null)" != "$want" ]]; then
+    echo "interop: installing $what into $dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$root/interop/$name/package.json" "$root/interop/$name/package-lock.json" "$dir/"
+    (cd "$dir" && npm ci --silent --no-audit --no-fund --ignore-scripts)
+    NODE_PATH="$dir/node_modules" node -e "$check"
+    echo "$want" > "$dir/.installed"
+  fi
+}
+
+# Node: the pinned MCP SDK and server-everything.
+npm_ci node "the MCP TypeScript SDK and server-everything" \
+  "require('@modelcontextprotocol/sdk/server/mcp.js'); require('fs').accessSync(process.env.NODE_PATH + '/@modelcontextprotocol/server-everything/dist/index.js')"
+# Browser: playwright-core only; it drives Debian's chromium and downloads no browser.
+npm_ci browser "playwright-core" "require('playwright-core')"
 echo "interop: peers ready in $cache"

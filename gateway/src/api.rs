@@ -492,6 +492,23 @@ pub struct PoolHealthView {
     pub active: u32,
     /// Sessions free.
     pub available: u32,
+    /// `hits / (hits + misses)` since start, 0 to 1; 0 before any acquire.
+    pub hit_rate: f64,
+    /// Each endpoint's health and circuit breaker.
+    pub endpoints: Vec<EndpointHealth>,
+}
+
+/// One endpoint's health and circuit breaker state.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EndpointHealth {
+    /// The URL, redacted (`https://***@host/mcp`).
+    pub url: String,
+    /// Health status (`unhealthy` while its circuit is not closed).
+    pub status: Health,
+    /// Score in percent over the last 5 minutes; null before any operation.
+    pub score: Option<u8>,
+    /// `closed`, `open` or `half_open`.
+    pub circuit: String,
 }
 
 /// A strategy: what it does and when to pick it (README "Choosing a strategy").
@@ -766,6 +783,17 @@ pub async fn pools_health(State(state): State<AppState>) -> Json<Vec<PoolHealthV
                 total: s.sessions_total,
                 active: s.sessions_active,
                 available: s.sessions_available,
+                hit_rate: s.hit_rate,
+                endpoints: s
+                    .endpoints
+                    .iter()
+                    .map(|e| EndpointHealth {
+                        url: e.url.clone(),
+                        status: e.health_status.into(),
+                        score: e.health_score,
+                        circuit: e.circuit.to_owned(),
+                    })
+                    .collect(),
             })
             .collect(),
     )

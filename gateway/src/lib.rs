@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
@@ -126,7 +127,8 @@ async fn openapi_json() -> Response {
     axum::Json(ApiDoc::openapi()).into_response()
 }
 
-/// The gateway's router: every REST route, auth on all but `/health` and `/ready`, bodies
+/// The gateway's router: every REST route and the Admin UI's pages ([`admin`]), auth on all
+/// but `/health`, `/ready` and the UI's static files, bodies
 /// limited to `state.max_body_bytes` (413), unknown routes 404 and wrong methods 405, each
 /// as `{"detail": …}`.
 pub fn router(state: AppState) -> Router {
@@ -167,6 +169,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(api::health))
         .route("/ready", get(api::ready))
+        .merge(admin::routes())
         .merge(protected)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "Not Found") })
         .method_not_allowed_fallback(|| async {

@@ -5,7 +5,9 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use mcp_pool::{Pool, ServerConfig, ServerId, Settings, traits::StateId};
-use mcp_pool_gateway::{AppState, Auth, GatewayConfig, Registry, auth, config::GatewayTable};
+use mcp_pool_gateway::{
+    AppState, Auth, GatewayConfig, Registry, admin, auth, config::GatewayTable,
+};
 
 const AFTER_HELP: &str = "\
 Environment (a .env file in the working directory is read first; the environment wins over it):
@@ -14,6 +16,9 @@ Environment (a .env file in the working directory is read first; the environment
   JWT_SECRET_KEY    HMAC key of the HS256 bearer tokens; required while AUTH_REQUIRED is true
   AUTH_REQUIRED     true (default) or false: bearer token on every route but /health and /ready
   MAX_BODY_BYTES    largest request body in bytes (default 4194304 = 4 MiB; 1 to 1073741824)
+  ADMIN_USERNAME, ADMIN_PASSWORD
+                    optional: the Admin UI's (/admin) username and password sign-in, which
+                    mints a 60-minute token; both or neither, the password 12+ characters
   SESSION_POOL_*, CACHE_TYPE, REDIS_URL, DATABASE_URL, USE_STATEFUL_SESSIONS: the pool's
                     variables (README \"Configuration\"); they win over the --config file
   CACHE_TYPE        where saved pool configs and the server registry live: memory (default),
@@ -170,6 +175,18 @@ async fn run(cli: Cli) -> Result<(), String> {
         "pool manager initialized with {} servers",
         pool.stats().servers.len()
     );
+    let login = admin::AdminLogin::from_vars(lookup("ADMIN_USERNAME"), lookup("ADMIN_PASSWORD"))
+        .map_err(|e| e.to_string())?;
+    let login = match (login, &config.auth) {
+        (Some(login), Auth::Required(secret)) => Some(admin::login_routes(login, secret.clone())),
+        (Some(_), Auth::Disabled) => {
+            tracing::warn!(
+                "ADMIN_USERNAME/ADMIN_PASSWORD ignored: AUTH_REQUIRED=false needs no sign-in"
+            );
+            None
+        }
+        (None, _) => None,
+    };
     let state = AppState {
         pool: pool.clone(),
         registry,
@@ -200,7 +217,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, mcp_pool_gateway::router(state))
+    let mut app = mcp_pool_gateway::router(state);
+    if let Some(login) = login {
+        app = app.merge(login);
+    }
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
             // Open downstream streams would hold the graceful shutdown forever.
