@@ -22,18 +22,22 @@ use std::{
 
 use futures::{StreamExt, stream::BoxStream};
 use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, ServerId, StateBackend, StateId,
+    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, SavedServer, ServerChange,
+    ServerId, ServerRecord, StateBackend, StateId,
 };
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
+/// (namespace, server) → its latest change: the value (`None` once deleted: the tombstone
+/// that keeps versions increasing and tells a re-listing watcher of the delete) and its
+/// version. Pool configs and server records follow the same rules, each in its own map.
+type Versioned<T> = HashMap<(StateId, ServerId), (Option<T>, u64)>;
+
 /// What the map holds, keyed by (namespace, id) tuples: no string building, nothing to escape.
 #[derive(Default)]
 struct Tables {
-    /// (namespace, server) → its latest change: the config (`None` once deleted: the
-    /// tombstone that keeps versions increasing and tells a re-listing watcher of the delete)
-    /// and its version.
-    configs: HashMap<(StateId, ServerId), ConfigChange>,
+    configs: Versioned<PoolConfig>,
+    servers: Versioned<ServerRecord>,
     /// (namespace, session) → (owner, expires, owner had a heartbeat when it claimed).
     claims: HashMap<(StateId, StateId), (StateId, Instant, bool)>,
     heartbeats: HashMap<(StateId, StateId), Instant>,
@@ -45,6 +49,7 @@ struct Tables {
 #[derive(Clone, Debug)]
 enum Event {
     Config(StateId, ConfigChange),
+    Server(StateId, ServerChange),
     Message(StateId, StateId, Vec<u8>),
 }
 
@@ -102,23 +107,51 @@ impl MapBackend {
             .is_some_and(|&exp| exp > now)
     }
 
-    /// Stores `config` (`None`: a deletion) under the server's next version and tells every
-    /// watcher; the version. Called under the lock, so that the version is given atomically
-    /// with the write and watchers see a server's changes in version order.
-    fn record(&self, t: &mut Tables, server: &ServerId, config: Option<PoolConfig>) -> u64 {
+    /// Stores `value` (`None`: a deletion, only if something is stored) under the server's
+    /// next version and tells every watcher, with `event` building the change; the version.
+    /// Called under the lock, so that the version is given atomically with the write and
+    /// watchers see a server's changes in version order.
+    fn record<T: Clone>(
+        &self,
+        map: &mut Versioned<T>,
+        server: &ServerId,
+        value: Option<T>,
+        event: impl FnOnce(StateId, ServerId, Option<T>, u64) -> Event,
+    ) -> Option<u64> {
         let key = self.key(server);
-        let version = t.configs.get(&key).map_or(0, |change| change.version) + 1;
-        let change = ConfigChange {
-            server: server.clone(),
-            config,
-            version,
-        };
-        t.configs.insert(key, change.clone());
+        let (stored, last) = map
+            .get(&key)
+            .map_or((false, 0), |(v, version)| (v.is_some(), *version));
+        if value.is_none() && !stored {
+            return None;
+        }
+        let version = last + 1;
+        map.insert(key, (value.clone(), version));
         let _ = self
             .store
             .events
-            .send(Event::Config(self.ns.clone(), change));
-        version
+            .send(event(self.ns.clone(), server.clone(), value, version));
+        Some(version)
+    }
+
+    fn read<T: Clone>(&self, map: &Versioned<T>, server: &ServerId) -> Option<(T, u64)> {
+        let (value, version) = map.get(&self.key(server))?;
+        Some((value.clone()?, *version))
+    }
+
+    /// Every server's latest change in this namespace, ordered by server id.
+    fn list<T: Clone, C>(
+        &self,
+        map: &Versioned<T>,
+        change: impl Fn(ServerId, Option<T>, u64) -> C,
+    ) -> Vec<C> {
+        let mut all: Vec<_> = map
+            .iter()
+            .filter(|((ns, _), _)| *ns == self.ns)
+            .map(|((_, server), (value, version))| (server.clone(), value.clone(), *version))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all.into_iter().map(|(s, v, n)| change(s, v, n)).collect()
     }
 
     fn events<T: Send + 'static>(
@@ -144,6 +177,35 @@ impl MapBackend {
     }
 }
 
+fn config_change(server: ServerId, config: Option<PoolConfig>, version: u64) -> ConfigChange {
+    ConfigChange {
+        server,
+        config,
+        version,
+    }
+}
+
+fn config_event(ns: StateId, server: ServerId, config: Option<PoolConfig>, version: u64) -> Event {
+    Event::Config(ns, config_change(server, config, version))
+}
+
+fn server_change(server: ServerId, record: Option<ServerRecord>, version: u64) -> ServerChange {
+    ServerChange {
+        server,
+        record,
+        version,
+    }
+}
+
+fn server_event(
+    ns: StateId,
+    server: ServerId,
+    record: Option<ServerRecord>,
+    version: u64,
+) -> Event {
+    Event::Server(ns, server_change(server, record, version))
+}
+
 #[mcp_pool_traits::async_trait]
 impl StateBackend for MapBackend {
     fn name(&self) -> &'static str {
@@ -156,44 +218,69 @@ impl StateBackend for MapBackend {
         config: &PoolConfig,
     ) -> Result<u64, BackendError> {
         let mut t = self.store.tables.lock();
-        Ok(self.record(&mut t, server, Some(config.clone())))
+        let version = self.record(&mut t.configs, server, Some(config.clone()), config_event);
+        // Invariant: a put always writes.
+        Ok(version.expect("a put writes"))
     }
 
     async fn get_config(&self, server: &ServerId) -> Result<Option<SavedConfig>, BackendError> {
         let t = self.store.tables.lock();
-        Ok(t.configs.get(&self.key(server)).and_then(|change| {
-            Some(SavedConfig {
-                config: change.config.clone()?,
-                version: change.version,
-            })
-        }))
+        Ok(self
+            .read(&t.configs, server)
+            .map(|(config, version)| SavedConfig { config, version }))
     }
 
     async fn list_configs(&self) -> Result<Vec<ConfigChange>, BackendError> {
         let t = self.store.tables.lock();
-        let mut all: Vec<ConfigChange> = t
-            .configs
-            .iter()
-            .filter(|((ns, _), _)| *ns == self.ns)
-            .map(|(_, change)| change.clone())
-            .collect();
-        all.sort_by(|a, b| a.server.cmp(&b.server));
-        Ok(all)
+        Ok(self.list(&t.configs, config_change))
     }
 
     async fn delete_config(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
         let mut t = self.store.tables.lock();
-        let stored = t
-            .configs
-            .get(&self.key(server))
-            .is_some_and(|change| change.config.is_some());
-        Ok(stored.then(|| self.record(&mut t, server, None)))
+        Ok(self.record(&mut t.configs, server, None, config_event))
     }
 
     async fn watch_configs(&self) -> Result<BoxStream<'static, ConfigChange>, BackendError> {
         let ns = self.ns.clone();
         Ok(self.events(move |ev| match ev {
             Event::Config(n, change) if n == ns => Some(change),
+            _ => None,
+        }))
+    }
+
+    async fn put_server(&self, record: &ServerRecord) -> Result<u64, BackendError> {
+        let mut t = self.store.tables.lock();
+        let version = self.record(
+            &mut t.servers,
+            &record.id,
+            Some(record.clone()),
+            server_event,
+        );
+        // Invariant: a put always writes.
+        Ok(version.expect("a put writes"))
+    }
+
+    async fn get_server(&self, server: &ServerId) -> Result<Option<SavedServer>, BackendError> {
+        let t = self.store.tables.lock();
+        Ok(self
+            .read(&t.servers, server)
+            .map(|(record, version)| SavedServer { record, version }))
+    }
+
+    async fn list_servers(&self) -> Result<Vec<ServerChange>, BackendError> {
+        let t = self.store.tables.lock();
+        Ok(self.list(&t.servers, server_change))
+    }
+
+    async fn delete_server(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
+        let mut t = self.store.tables.lock();
+        Ok(self.record(&mut t.servers, server, None, server_event))
+    }
+
+    async fn watch_servers(&self) -> Result<BoxStream<'static, ServerChange>, BackendError> {
+        let ns = self.ns.clone();
+        Ok(self.events(move |ev| match ev {
+            Event::Server(n, change) if n == ns => Some(change),
             _ => None,
         }))
     }

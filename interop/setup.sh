@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the interop peers of tests/interop.rs, pinned, inside the checkout:
+# Installs the interop peers of tests/interop.rs and gateway/tests/sdk_clients.rs, pinned, inside
+# the checkout:
 #   .cache/interop/venv   the official MCP Python SDK and schemathesis (interop/python/requirements.txt)
 #   .cache/interop/node   the official MCP TypeScript SDK and @modelcontextprotocol/server-everything
 #                         (interop/node/package-lock.json)

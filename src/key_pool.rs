@@ -616,9 +616,22 @@ impl KeyPool {
             .transports
             .get(&endpoint.transport)
             .ok_or(TransportError::Unsupported(endpoint.transport))?;
-        let client = self.state.lock().server.client.clone();
+        let (client, own) = {
+            let state = self.state.lock();
+            (state.server.client.clone(), state.server.headers.clone())
+        };
         let handler = SessionHandler::new(client, Some(self.server_state.events.clone()));
-        let request = ConnectRequest::new(endpoint, headers, timeout, handler);
+        let request = if own.is_empty() {
+            ConnectRequest::new(endpoint, headers, timeout, handler)
+        } else {
+            // The server's own headers win over the caller's of the same name.
+            let mut headers = headers.clone();
+            for name in own.keys() {
+                headers.remove(name);
+            }
+            headers.extend(own);
+            ConnectRequest::new(endpoint, &headers, timeout, handler)
+        };
         transport.connect(request).await
     }
 
@@ -698,7 +711,12 @@ impl KeyPool {
         }
         let identity = &self.shared.identity;
         let credentials = if identity.identity(headers) == self.key.principal().identity {
-            identity.forwarded_headers(headers)
+            let mut credentials = identity.forwarded_headers(headers);
+            // The server's own credentials are never replaced by a caller's.
+            for name in self.state.lock().server.headers.keys() {
+                credentials.remove(name);
+            }
+            credentials
         } else {
             tracing::debug!(
                 key = %self.key.short(),

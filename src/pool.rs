@@ -335,6 +335,7 @@ impl Pool {
                     client
                 },
                 capabilities: server.capabilities,
+                headers: server.headers,
             });
             self.inner.shared.servers.rcu(|servers| {
                 let mut servers = HashMap::clone(servers);
@@ -377,6 +378,7 @@ impl Pool {
             strategy: custom,
             call_timeout: current.call_timeout,
             capabilities: current.capabilities.clone(),
+            headers: current.headers.clone(),
         };
         if next.strategy.is_none() && current.config.strategy == next.pool.strategy {
             // Same built-in strategy: keep the instance so keys keep their selectors.
@@ -884,6 +886,43 @@ impl Pool {
         let mut keys = self.all_keys();
         keys.retain(|k| k.key.server == *server);
         Ok(keys)
+    }
+
+    /// Removes `server`: it is forgotten at once (later acquires fail with
+    /// [`PoolError::UnknownServer`], stats no longer list it) and its keys are drained and
+    /// removed — idle sessions close now, leased ones when released, queued acquires are woken
+    /// and look the server up again. The gateway's `DELETE /servers/{id}`. Its saved config,
+    /// if any, stays in the backend. Adding the server again later starts it afresh (its
+    /// saved config applies at the next re-list, as for a server added after start).
+    ///
+    /// # Errors
+    /// [`PoolError::UnknownServer`] when `server` is not configured.
+    pub fn remove_server(&self, server: &ServerId) -> Result<(), PoolError> {
+        let mut found = false;
+        {
+            // Serialized with installs, so a concurrent add_server is either undone or wins.
+            let _installs = self.inner.server_slots.lock();
+            self.inner.shared.servers.rcu(|servers| {
+                let mut servers = HashMap::clone(servers);
+                found = servers.remove(server).is_some();
+                servers
+            });
+        }
+        if !found {
+            return Err(PoolError::UnknownServer(server.clone()));
+        }
+        // Forgotten as never seen: if added again, its saved config applies as at start.
+        self.inner.saved_versions.lock().remove(server);
+        let keys = self.inner.keys.pin();
+        for key in self.all_keys() {
+            if key.key.server == *server {
+                // Only this key object: a newer one under the same id is removed in its turn.
+                let _ = keys.remove_if(&KeyId::of(&key), |_, k| Arc::ptr_eq(k, &key));
+                key.close();
+            }
+        }
+        self.inner.config_changes.send_modify(|n| *n += 1);
+        Ok(())
     }
 
     /// Closes every session and refuses new acquires; queued acquires fail with

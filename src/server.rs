@@ -2,6 +2,8 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
+use http::HeaderMap;
+
 use mcp_pool_traits::{
     Endpoint, PoolConfig, ServerEvents, ServerId, Strategy, TransportKind,
     rmcp::model::{ClientCapabilities, ClientConfig},
@@ -28,6 +30,7 @@ pub struct ServerConfig {
     pub(crate) strategy: Option<Arc<dyn Strategy>>,
     pub(crate) call_timeout: Duration,
     pub(crate) capabilities: Option<ClientCapabilities>,
+    pub(crate) headers: HeaderMap,
 }
 
 impl fmt::Debug for ServerConfig {
@@ -39,6 +42,7 @@ impl fmt::Debug for ServerConfig {
             .field("strategy", &self.strategy.as_ref().map(|s| s.name()))
             .field("call_timeout", &self.call_timeout)
             .field("capabilities", &self.capabilities)
+            .field("headers", &mcp_pool_traits::RedactedHeaders(&self.headers))
             .finish()
     }
 }
@@ -53,6 +57,7 @@ impl ServerConfig {
             strategy: None,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             capabilities: None,
+            headers: HeaderMap::new(),
         }
     }
 
@@ -66,6 +71,7 @@ impl ServerConfig {
             strategy: None,
             call_timeout: DEFAULT_CALL_TIMEOUT,
             capabilities: None,
+            headers: HeaderMap::new(),
         }
     }
 
@@ -78,6 +84,11 @@ impl ServerConfig {
         self
     }
 
+    /// The names of the headers set with [`headers`](Self::headers).
+    pub fn header_names(&self) -> impl Iterator<Item = &http::HeaderName> {
+        self.headers.keys()
+    }
+
     /// The client capabilities advertised in `initialize` to this server (default: the pool's
     /// client config, [`PoolBuilder::client_config`](crate::PoolBuilder::client_config), which
     /// advertises none). A server only asks for sampling, elicitation or roots when the client
@@ -85,6 +96,17 @@ impl ServerConfig {
     /// answer. Part of the session's setup: a change applies to sessions created after it.
     pub fn client_capabilities(mut self, capabilities: ClientCapabilities) -> Self {
         self.capabilities = Some(capabilities);
+        self
+    }
+
+    /// The server's own upstream headers (its credentials: an API key, a bearer token read
+    /// from the environment), sent on every upstream HTTP request of its sessions (WebSocket:
+    /// the handshake) and winning over a caller's headers of the same name. They are the same
+    /// for every caller, so they are not part of any key; their values are marked sensitive and
+    /// never shown (`Debug` lists names only). Part of the session's setup: a change applies to
+    /// sessions created after it (drain the server to apply it at once).
+    pub fn headers(mut self, headers: HeaderMap) -> Self {
+        self.headers = mcp_pool_traits::forwardable_headers(&headers);
         self
     }
 
@@ -164,6 +186,15 @@ impl ServerConfig {
             });
         }
         Ok(())
+    }
+}
+
+/// A registry record's server: its endpoints and pool config ([normalized](ServerConfig::pool)),
+/// the other settings at their defaults. `name`, `enabled` and `credentials` are the
+/// registry's business.
+impl From<mcp_pool_traits::ServerRecord> for ServerConfig {
+    fn from(record: mcp_pool_traits::ServerRecord) -> Self {
+        Self::from_parts(record.id, record.endpoints, record.pool.normalized())
     }
 }
 
@@ -303,6 +334,8 @@ pub(crate) struct ServerEntry {
     /// The `initialize` parameters of its sessions (the pool's, with the server's
     /// capabilities).
     pub(crate) client: ClientConfig,
+    /// The server's own upstream headers ([`ServerConfig::headers`]).
+    pub(crate) headers: HeaderMap,
 }
 
 impl ServerEntry {

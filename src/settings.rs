@@ -459,6 +459,10 @@ struct File {
     pool: PoolConfigOverride,
     #[serde(default)]
     servers: Vec<FileServer>,
+    /// `[gateway]`: the gateway binary's own table (host, port, auth, body limit); it reads
+    /// and checks it, the library ignores it.
+    #[serde(default, rename = "gateway")]
+    _gateway: Option<serde::de::IgnoredAny>,
 }
 
 /// What the environment says, parsed.

@@ -349,8 +349,12 @@ async fn debug_output_carries_no_credential() {
         .headers(&headers)
         .user("alice@example.test");
     let lease = pool.acquire_with(request).await.unwrap();
+    let endpoint = Endpoint::new("http://127.0.0.1:9/mcp", TransportKind::StreamableHttp).unwrap();
+    let server = ServerConfig::new(id.clone(), endpoint).headers(headers.clone());
+    assert_eq!(server.header_names().count(), 2);
     for text in [
         format!("{pool:?}"),
+        format!("{server:?}"),
         format!("{request:?}"),
         format!("{lease:?}"),
         format!("{:?}", pool.stats()),

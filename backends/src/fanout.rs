@@ -1,20 +1,22 @@
-//! In-process delivery of config changes and published messages, for the backends whose
-//! instances share one process (memory, SQLite).
+//! In-process delivery of record changes (configs, server records) and published messages,
+//! for the backends whose instances share one process (memory, SQLite).
 
 use std::sync::Arc;
 
 use futures::{StreamExt, stream::BoxStream};
-use mcp_pool_traits::{ConfigChange, StateId};
+use mcp_pool_traits::StateId;
 use tokio::sync::broadcast;
+
+use crate::records::{Change, Versioned};
 
 /// Events buffered per receiver before a slow one is cut off (its stream ends; the trait tells
 /// consumers to re-subscribe then).
 const CAPACITY: usize = 1024;
 
 #[derive(Debug)]
-struct ConfigEvent {
+struct ChangeEvent {
     namespace: StateId,
-    change: ConfigChange,
+    change: Change,
 }
 
 #[derive(Debug)]
@@ -24,24 +26,24 @@ struct MessageEvent {
     payload: Vec<u8>,
 }
 
-/// Broadcasts config changes and messages to every in-process subscriber of a namespace.
+/// Broadcasts record changes and messages to every in-process subscriber of a namespace.
 #[derive(Debug, Clone)]
 pub(crate) struct Fanout {
-    configs: broadcast::Sender<Arc<ConfigEvent>>,
+    changes: broadcast::Sender<Arc<ChangeEvent>>,
     messages: broadcast::Sender<Arc<MessageEvent>>,
 }
 
 impl Fanout {
     pub(crate) fn new() -> Self {
         Self {
-            configs: broadcast::channel(CAPACITY).0,
+            changes: broadcast::channel(CAPACITY).0,
             messages: broadcast::channel(CAPACITY).0,
         }
     }
 
-    pub(crate) fn send_config(&self, namespace: &StateId, change: ConfigChange) {
+    pub(crate) fn send_change(&self, namespace: &StateId, change: Change) {
         // An error only means nobody listens.
-        let _ = self.configs.send(Arc::new(ConfigEvent {
+        let _ = self.changes.send(Arc::new(ChangeEvent {
             namespace: namespace.clone(),
             change,
         }));
@@ -55,12 +57,14 @@ impl Fanout {
         }));
     }
 
-    /// Config changes of `namespace` from now on. Ends when every sender is gone or this
+    /// Changes of kind `C` in `namespace` from now on. Ends when every sender is gone or this
     /// receiver fell more than [`CAPACITY`] events behind.
-    pub(crate) fn watch(&self, namespace: &StateId) -> BoxStream<'static, ConfigChange> {
+    pub(crate) fn watch<C: Versioned>(&self, namespace: &StateId) -> BoxStream<'static, C> {
         let namespace = namespace.clone();
-        filtered(self.configs.subscribe(), move |ev: &ConfigEvent| {
-            (ev.namespace == namespace).then(|| ev.change.clone())
+        filtered(self.changes.subscribe(), move |ev: &ChangeEvent| {
+            (ev.namespace == namespace)
+                .then(|| C::unwrap(&ev.change))
+                .flatten()
         })
     }
 

@@ -8,6 +8,7 @@ mod codec;
 mod database;
 mod fanout;
 mod memory;
+mod records;
 #[cfg(feature = "redis")]
 mod redis;
 mod rules;

@@ -8,14 +8,13 @@ use std::{
 };
 
 use futures::stream::BoxStream;
-use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, ServerId, StateBackend, StateId,
-};
+use mcp_pool_traits::{BackendError, Claim, ServerId, StateBackend, StateId};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::{
     fanout::Fanout,
+    records::{Change, Kind, Versioned},
     rules::{LiveClaim, check_limit, decide_claim, ttl_rounded},
 };
 
@@ -63,8 +62,8 @@ struct Store {
 
 #[derive(Default)]
 struct Space {
-    /// Per server: the latest change, a deletion kept as a tombstone (`config: None`).
-    configs: BTreeMap<ServerId, ConfigChange>,
+    /// Per kind and server: the latest change, a deletion kept as a tombstone.
+    records: BTreeMap<(Kind, ServerId), Change>,
     claims: HashMap<StateId, ClaimRecord>,
     heartbeats: HashMap<StateId, Instant>,
     slots: HashMap<StateId, HashMap<StateId, Instant>>,
@@ -91,16 +90,18 @@ impl Space {
         })
     }
 
-    /// Records `config` (or a deletion) for `server` under the next version; the change to
+    /// The latest change of kind `C` of `server`.
+    fn latest<C: Versioned>(&self, server: &ServerId) -> Option<C> {
+        C::unwrap(self.records.get(&(C::KIND, server.clone()))?)
+    }
+
+    /// Records `value` (or a deletion) for `server` under the next version; the change to
     /// announce.
-    fn record(&mut self, server: &ServerId, config: Option<PoolConfig>) -> ConfigChange {
-        let version = self.configs.get(server).map_or(0, |c| c.version) + 1;
-        let change = ConfigChange {
-            server: server.clone(),
-            config,
-            version,
-        };
-        self.configs.insert(server.clone(), change.clone());
+    fn record<C: Versioned>(&mut self, server: &ServerId, value: Option<C::Value>) -> Change {
+        let version = self.latest::<C>(server).map_or(0, |c| c.version()) + 1;
+        let change = C::new(server.clone(), value, version).wrap();
+        self.records
+            .insert((C::KIND, server.clone()), change.clone());
         change
     }
 
@@ -149,6 +150,63 @@ impl MemoryBackend {
         let mut spaces = self.store.spaces.lock();
         f(spaces.entry(self.namespace.clone()).or_default())
     }
+
+    /// Stores `value` (`None`: deletes it if stored) under the next version and tells the
+    /// watchers, under the lock so that they see a server's changes in version order. The
+    /// version, or `None` for a delete of nothing.
+    fn write<C: Versioned>(&self, server: &ServerId, value: Option<C::Value>) -> Option<u64> {
+        self.with_space(|s| {
+            let stored = s.latest::<C>(server).is_some_and(|c| c.value().is_some());
+            if value.is_none() && !stored {
+                return None;
+            }
+            let change = s.record::<C>(server, value);
+            let version = C::unwrap(&change).map(|c| c.version());
+            self.store.fanout.send_change(&self.namespace, change);
+            version
+        })
+    }
+
+    // The record operations of `crate::records::record_methods`.
+
+    async fn put<C: Versioned>(
+        &self,
+        server: &ServerId,
+        value: &C::Value,
+    ) -> Result<u64, BackendError> {
+        // Invariant: a put always writes.
+        Ok(self
+            .write::<C>(server, Some(value.clone()))
+            .expect("a put writes"))
+    }
+
+    async fn get<C: Versioned>(
+        &self,
+        server: &ServerId,
+    ) -> Result<Option<(C::Value, u64)>, BackendError> {
+        Ok(self.with_space(|s| {
+            let change = s.latest::<C>(server)?;
+            Some((change.value()?.clone(), change.version()))
+        }))
+    }
+
+    async fn list<C: Versioned>(&self) -> Result<Vec<C>, BackendError> {
+        Ok(self.with_space(|s| {
+            s.records
+                .iter()
+                .filter(|((kind, _), _)| *kind == C::KIND)
+                .filter_map(|(_, change)| C::unwrap(change))
+                .collect()
+        }))
+    }
+
+    async fn delete<C: Versioned>(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
+        Ok(self.write::<C>(server, None))
+    }
+
+    async fn watch<C: Versioned>(&self) -> Result<BoxStream<'static, C>, BackendError> {
+        Ok(self.store.fanout.watch(&self.namespace))
+    }
 }
 
 impl Default for MemoryBackend {
@@ -179,49 +237,7 @@ impl StateBackend for MemoryBackend {
         NAME
     }
 
-    async fn put_config(
-        &self,
-        server: &ServerId,
-        config: &PoolConfig,
-    ) -> Result<u64, BackendError> {
-        // Sent under the lock: watchers see a server's changes in version order.
-        self.with_space(|s| {
-            let change = s.record(server, Some(config.clone()));
-            let version = change.version;
-            self.store.fanout.send_config(&self.namespace, change);
-            Ok(version)
-        })
-    }
-
-    async fn get_config(&self, server: &ServerId) -> Result<Option<SavedConfig>, BackendError> {
-        Ok(self.with_space(|s| {
-            let change = s.configs.get(server)?;
-            Some(SavedConfig {
-                config: change.config.clone()?,
-                version: change.version,
-            })
-        }))
-    }
-
-    async fn list_configs(&self) -> Result<Vec<ConfigChange>, BackendError> {
-        Ok(self.with_space(|s| s.configs.values().cloned().collect()))
-    }
-
-    async fn delete_config(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
-        Ok(self.with_space(|s| {
-            let stored = s.configs.get(server).is_some_and(|c| c.config.is_some());
-            stored.then(|| {
-                let change = s.record(server, None);
-                let version = change.version;
-                self.store.fanout.send_config(&self.namespace, change);
-                version
-            })
-        }))
-    }
-
-    async fn watch_configs(&self) -> Result<BoxStream<'static, ConfigChange>, BackendError> {
-        Ok(self.store.fanout.watch(&self.namespace))
-    }
+    crate::records::record_methods!();
 
     async fn claim(
         &self,

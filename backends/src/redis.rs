@@ -10,9 +10,7 @@ use std::{
 };
 
 use futures::{StreamExt, stream::BoxStream};
-use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, ServerId, StateBackend, StateId,
-};
+use mcp_pool_traits::{BackendError, Claim, ServerId, StateBackend, StateId};
 use redis::{
     Client, RedisError, Script,
     aio::{ConnectionManager, ConnectionManagerConfig},
@@ -20,6 +18,7 @@ use redis::{
 
 use crate::{
     codec,
+    records::{Kind, Versioned},
     rules::{check_limit, ttl_ms},
     select::redact,
 };
@@ -90,11 +89,12 @@ impl RedisConfig {
 /// |---|---|---|
 /// | `configs` | hash | server id → config JSON |
 /// | `config-versions` | hash | server id → version of its latest put or delete (kept after a delete: the tombstone) |
+/// | `servers`, `server-versions` | hash | the same for server records (JSON) |
 /// | `claim:SESSION` | hash, `PEXPIRE` = claim TTL | `owner`, `tracked` (owner had a heartbeat) |
 /// | `alive:WORKER` | string, `PX` = heartbeat TTL | `1` |
 /// | `slots:COUNTER` | sorted set, expires with its last slot | slot id → expiry (ms, Redis clock) |
 ///
-/// Channels: `config-events` (config changes: the version, a space, JSON) and `chan:CHANNEL`
+/// Channels: `config-events` and `server-events` (changes: the version, a space, JSON) and `chan:CHANNEL`
 /// (published payloads). A config write, its version (`HINCRBY`) and its notification happen in
 /// one Lua script.
 ///
@@ -123,14 +123,17 @@ impl Keys {
         let prefix = format!("mcp-pool:{{{namespace}}}:");
         Self { namespace, prefix }
     }
-    fn configs(&self) -> String {
-        format!("{}configs", self.prefix)
-    }
-    fn config_versions(&self) -> String {
-        format!("{}config-versions", self.prefix)
-    }
-    fn config_events(&self) -> String {
-        format!("{}config-events", self.prefix)
+    /// The records hash, versions hash and events channel of a kind of record.
+    fn records(&self, kind: Kind) -> [String; 3] {
+        let (records, kind) = match kind {
+            Kind::Config => ("configs", "config"),
+            Kind::Server => ("servers", "server"),
+        };
+        [
+            format!("{}{records}", self.prefix),
+            format!("{}{kind}-versions", self.prefix),
+            format!("{}{kind}-events", self.prefix),
+        ]
     }
     fn claim(&self, session: &StateId) -> String {
         format!("{}claim:{session}", self.prefix)
@@ -149,9 +152,9 @@ impl Keys {
     }
 }
 
-// KEYS[1] configs hash, KEYS[2] versions hash, KEYS[3] events channel; ARGV[1] server,
-// ARGV[2] config, ARGV[3] event without its version. Returns the version.
-static PUT_CONFIG: LazyLock<Script> = LazyLock::new(|| {
+// KEYS[1] records hash, KEYS[2] versions hash, KEYS[3] events channel; ARGV[1] server,
+// ARGV[2] record, ARGV[3] event without its version. Returns the version.
+static PUT_RECORD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         local v = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
@@ -161,9 +164,9 @@ static PUT_CONFIG: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
-// As PUT_CONFIG, without ARGV[2]. Returns the version, or 0 (and changes nothing) when no
-// config was stored.
-static DELETE_CONFIG: LazyLock<Script> = LazyLock::new(|| {
+// As PUT_RECORD, without ARGV[2]. Returns the version, or 0 (and changes nothing) when no
+// record was stored.
+static DELETE_RECORD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
         if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -382,6 +385,118 @@ fn map_err(e: &RedisError) -> BackendError {
     }
 }
 
+/// The versioned records of kind `C` (configs, server records): one implementation for both.
+impl RedisBackend {
+    async fn put<C: Versioned>(
+        &self,
+        server: &ServerId,
+        value: &C::Value,
+    ) -> Result<u64, BackendError> {
+        let keys = self.keys.records(C::KIND);
+        let (value, event) = (
+            codec::encode(value),
+            codec::encode_change::<C>(server, Some(value)),
+        );
+        self.exchange(|mut conn| {
+            let mut inv = PUT_RECORD.key(&keys[0]);
+            inv.key(&keys[1])
+                .key(&keys[2])
+                .arg(server.as_str())
+                .arg(&value)
+                .arg(&event);
+            async move { inv.invoke_async::<u64>(&mut conn).await }
+        })
+        .await
+    }
+
+    async fn get<C: Versioned>(
+        &self,
+        server: &ServerId,
+    ) -> Result<Option<(C::Value, u64)>, BackendError> {
+        let [records, versions, _] = self.keys.records(C::KIND);
+        let (text, version): (Option<String>, Option<u64>) = self
+            .exchange(|mut conn| {
+                let pipe = redis::pipe()
+                    .atomic()
+                    .hget(&records, server.as_str())
+                    .hget(&versions, server.as_str())
+                    .clone();
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await?;
+        // A record stored before versions existed counts as version 0.
+        text.map(|t| {
+            Ok((
+                codec::decode::<C>(NAME, server.as_str(), &t)?,
+                version.unwrap_or(0),
+            ))
+        })
+        .transpose()
+    }
+
+    async fn list<C: Versioned>(&self) -> Result<Vec<C>, BackendError> {
+        let [records, versions, _] = self.keys.records(C::KIND);
+        let (stored, versions): (HashMap<String, String>, HashMap<String, u64>) = self
+            .exchange(|mut conn| {
+                let pipe = redis::pipe()
+                    .atomic()
+                    .hgetall(&records)
+                    .hgetall(&versions)
+                    .clone();
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await?;
+        let servers: BTreeSet<&String> = stored.keys().chain(versions.keys()).collect();
+        let mut changes = servers
+            .into_iter()
+            .map(|server| {
+                let value = stored
+                    .get(server)
+                    .map(|text| codec::decode::<C>(NAME, server, text))
+                    .transpose()?;
+                Ok(C::new(
+                    codec::decode_server(NAME, server)?,
+                    value,
+                    versions.get(server).copied().unwrap_or(0),
+                ))
+            })
+            .collect::<Result<Vec<C>, BackendError>>()?;
+        changes.sort_by(|a, b| a.server().cmp(b.server()));
+        Ok(changes)
+    }
+
+    async fn delete<C: Versioned>(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
+        let keys = self.keys.records(C::KIND);
+        let event = codec::encode_change::<C>(server, None);
+        let version: u64 = self
+            .exchange(|mut conn| {
+                let mut inv = DELETE_RECORD.key(&keys[0]);
+                inv.key(&keys[1])
+                    .key(&keys[2])
+                    .arg(server.as_str())
+                    .arg("")
+                    .arg(&event);
+                async move { inv.invoke_async(&mut conn).await }
+            })
+            .await?;
+        Ok((version > 0).then_some(version))
+    }
+
+    async fn watch<C: Versioned>(&self) -> Result<BoxStream<'static, C>, BackendError> {
+        let [_, _, events] = self.keys.records(C::KIND);
+        let pubsub = self.subscription(events).await?;
+        Ok(pubsub
+            .into_on_message()
+            .filter_map(|msg| async move {
+                let text = String::from_utf8_lossy(msg.get_payload_bytes());
+                codec::decode_change(NAME, &text)
+                    .inspect_err(|e| tracing::warn!(error = %e, "skipping a record change"))
+                    .ok()
+            })
+            .boxed())
+    }
+}
+
 impl fmt::Debug for RedisBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBackend")
@@ -397,118 +512,7 @@ impl StateBackend for RedisBackend {
         NAME
     }
 
-    async fn put_config(
-        &self,
-        server: &ServerId,
-        config: &PoolConfig,
-    ) -> Result<u64, BackendError> {
-        let keys = [
-            self.keys.configs(),
-            self.keys.config_versions(),
-            self.keys.config_events(),
-        ];
-        let (value, event) = (
-            codec::encode_config(config),
-            codec::encode_change(server, Some(config)),
-        );
-        self.exchange(|mut conn| {
-            let mut inv = PUT_CONFIG.key(&keys[0]);
-            inv.key(&keys[1])
-                .key(&keys[2])
-                .arg(server.as_str())
-                .arg(&value)
-                .arg(&event);
-            async move { inv.invoke_async::<u64>(&mut conn).await }
-        })
-        .await
-    }
-
-    async fn get_config(&self, server: &ServerId) -> Result<Option<SavedConfig>, BackendError> {
-        let (configs, versions) = (self.keys.configs(), self.keys.config_versions());
-        let (text, version): (Option<String>, Option<u64>) = self
-            .exchange(|mut conn| {
-                let pipe = redis::pipe()
-                    .atomic()
-                    .hget(&configs, server.as_str())
-                    .hget(&versions, server.as_str())
-                    .clone();
-                async move { pipe.query_async(&mut conn).await }
-            })
-            .await?;
-        text.map(|t| {
-            Ok(SavedConfig {
-                config: codec::decode_config(NAME, server.as_str(), &t)?,
-                // A config stored before versions existed counts as version 0.
-                version: version.unwrap_or(0),
-            })
-        })
-        .transpose()
-    }
-
-    async fn list_configs(&self) -> Result<Vec<ConfigChange>, BackendError> {
-        let (configs, versions) = (self.keys.configs(), self.keys.config_versions());
-        let (stored, versions): (HashMap<String, String>, HashMap<String, u64>) = self
-            .exchange(|mut conn| {
-                let pipe = redis::pipe()
-                    .atomic()
-                    .hgetall(&configs)
-                    .hgetall(&versions)
-                    .clone();
-                async move { pipe.query_async(&mut conn).await }
-            })
-            .await?;
-        let servers: BTreeSet<&String> = stored.keys().chain(versions.keys()).collect();
-        let mut changes = servers
-            .into_iter()
-            .map(|server| {
-                let config = stored
-                    .get(server)
-                    .map(|text| codec::decode_config(NAME, server, text))
-                    .transpose()?;
-                Ok(ConfigChange {
-                    server: codec::decode_server(NAME, server)?,
-                    config,
-                    version: versions.get(server).copied().unwrap_or(0),
-                })
-            })
-            .collect::<Result<Vec<_>, BackendError>>()?;
-        changes.sort_by(|a, b| a.server.cmp(&b.server));
-        Ok(changes)
-    }
-
-    async fn delete_config(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
-        let keys = [
-            self.keys.configs(),
-            self.keys.config_versions(),
-            self.keys.config_events(),
-        ];
-        let event = codec::encode_change(server, None);
-        let version: u64 = self
-            .exchange(|mut conn| {
-                let mut inv = DELETE_CONFIG.key(&keys[0]);
-                inv.key(&keys[1])
-                    .key(&keys[2])
-                    .arg(server.as_str())
-                    .arg("")
-                    .arg(&event);
-                async move { inv.invoke_async(&mut conn).await }
-            })
-            .await?;
-        Ok((version > 0).then_some(version))
-    }
-
-    async fn watch_configs(&self) -> Result<BoxStream<'static, ConfigChange>, BackendError> {
-        let pubsub = self.subscription(self.keys.config_events()).await?;
-        Ok(pubsub
-            .into_on_message()
-            .filter_map(|msg| async move {
-                let text = String::from_utf8_lossy(msg.get_payload_bytes());
-                codec::decode_change(NAME, &text)
-                    .inspect_err(|e| tracing::warn!(error = %e, "skipping a config change"))
-                    .ok()
-            })
-            .boxed())
-    }
+    crate::records::record_methods!();
 
     async fn claim(
         &self,
@@ -697,7 +701,21 @@ mod tests {
         assert_eq!(keys.alive(&s), format!("{}abc", keys.alive_prefix()));
         assert_eq!(keys.slots(&s), "mcp-pool:{ns-1}:slots:abc");
         assert_eq!(keys.channel(&s), "mcp-pool:{ns-1}:chan:abc");
-        assert_eq!(keys.configs(), "mcp-pool:{ns-1}:configs");
-        assert_eq!(keys.config_versions(), "mcp-pool:{ns-1}:config-versions");
+        assert_eq!(
+            keys.records(Kind::Config),
+            [
+                "mcp-pool:{ns-1}:configs",
+                "mcp-pool:{ns-1}:config-versions",
+                "mcp-pool:{ns-1}:config-events"
+            ]
+        );
+        assert_eq!(
+            keys.records(Kind::Server),
+            [
+                "mcp-pool:{ns-1}:servers",
+                "mcp-pool:{ns-1}:server-versions",
+                "mcp-pool:{ns-1}:server-events"
+            ]
+        );
     }
 }

@@ -40,8 +40,9 @@ use std::{
 
 use futures::{Stream, StreamExt, future::join_all};
 use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, ServerId, StateBackend, StateId,
-    StrategyKind,
+    BackendError, Claim, ConfigChange, CredentialsRef, Endpoint, PoolConfig, SavedConfig,
+    SavedServer, ServerChange, ServerId, ServerRecord, StateBackend, StateId, StrategyKind,
+    TransportKind,
 };
 use tokio::time::{Instant, sleep, timeout};
 
@@ -406,6 +407,185 @@ pub async fn check_config_change_notified<F: BackendFactory>(factory: &F) {
             version: v11
         }),
         "a config stored through one instance must be read by another, with its version"
+    );
+}
+
+/// A server record unlike the defaults in every field (two endpoints, a weight, a pool config,
+/// disabled, credentials), so a round trip that drops a field shows. `n` varies the name and
+/// the first endpoint's port.
+pub fn sample_record(id: &str, n: u16) -> ServerRecord {
+    ServerRecord {
+        id: server(id),
+        name: format!("Server {id} #{n}"),
+        endpoints: vec![
+            Endpoint {
+                url: format!("http://127.0.0.1:{}/mcp", 9000 + n).into(),
+                transport: TransportKind::StreamableHttp,
+                weight: 2,
+            },
+            Endpoint {
+                url: "ws://127.0.0.1:9999/ws".into(),
+                transport: TransportKind::WebSocket,
+                weight: 1,
+            },
+        ],
+        pool: sample_config(u32::from(n) + 3),
+        enabled: false,
+        credentials: Some(CredentialsRef {
+            header: "authorization".into(),
+            env: "DEMO_TOKEN".into(),
+        }),
+    }
+}
+
+/// Server records: get of a missing id is `None`; put then get returns the record unchanged
+/// with the put's version; put replaces with a higher version; list is ordered by id, a delete
+/// kept as a tombstone (`record: None`) with a version above the last put's, and a put after
+/// it continues above; a delete of nothing answers `None`; server records and pool configs of
+/// one id are separate (neither list shows the other's writes).
+pub async fn check_server_records<F: BackendFactory>(factory: &F) {
+    let b = make(factory, &fresh_namespace()).await;
+    let (a, z) = (server("a-srv"), server("z"));
+    assert_eq!(ok("get_server", b.get_server(&a).await), None);
+    assert!(ok("list_servers", b.list_servers().await).is_empty());
+    assert_eq!(ok("delete_server", b.delete_server(&a).await), None);
+
+    let z1 = ok("put_server", b.put_server(&sample_record("z", 1)).await);
+    let a1 = ok("put_server", b.put_server(&sample_record("a-srv", 1)).await);
+    assert!(a1 >= 1 && z1 >= 1, "versions start at 1, got {a1} and {z1}");
+    let a2 = ok("put_server", b.put_server(&sample_record("a-srv", 2)).await);
+    assert!(a2 > a1, "a second put got version {a2}, not above {a1}");
+    assert_eq!(
+        ok("get_server", b.get_server(&a).await),
+        Some(SavedServer {
+            record: sample_record("a-srv", 2),
+            version: a2
+        }),
+        "get_server must return what put_server stored, field by field, with its version"
+    );
+    ok("put_config", b.put_config(&a, &sample_config(1)).await);
+    assert_eq!(
+        ok("list_servers", b.list_servers().await),
+        vec![
+            ServerChange {
+                server: a.clone(),
+                record: Some(sample_record("a-srv", 2)),
+                version: a2,
+            },
+            ServerChange {
+                server: z.clone(),
+                record: Some(sample_record("z", 1)),
+                version: z1,
+            },
+        ],
+        "list_servers must hold every record, ordered by id, and no config"
+    );
+    assert_eq!(
+        stored_configs(&*b).await,
+        vec![(a.clone(), sample_config(1))],
+        "list_configs must not show server records"
+    );
+    let deleted = ok("delete_server", b.delete_server(&a).await).expect("a stored record");
+    assert!(
+        deleted > a2,
+        "a delete got version {deleted}, not above {a2}"
+    );
+    assert_eq!(ok("delete_server", b.delete_server(&a).await), None);
+    assert_eq!(ok("get_server", b.get_server(&a).await), None);
+    assert_eq!(
+        config_of(&*b, &a).await,
+        Some(sample_config(1)),
+        "deleting a server record must leave its pool config alone"
+    );
+    let listed = ok("list_servers", b.list_servers().await);
+    assert_eq!(
+        listed.first(),
+        Some(&ServerChange {
+            server: a.clone(),
+            record: None,
+            version: deleted,
+        }),
+        "list_servers must keep a deleted record as a tombstone with the delete's version"
+    );
+    let a3 = ok("put_server", b.put_server(&sample_record("a-srv", 3)).await);
+    assert!(
+        a3 > deleted,
+        "a put after a delete got version {a3}, not above the delete's {deleted}"
+    );
+}
+
+/// A record larger than a PostgreSQL notice may carry (8000 bytes): 64 endpoints with long
+/// URLs.
+fn large_record(id: &str) -> ServerRecord {
+    let mut record = sample_record(id, 2);
+    record.endpoints = (0..64)
+        .map(|i| Endpoint {
+            url: format!("https://replica-{i}.example.com/{}/mcp", "p".repeat(100)).into(),
+            transport: TransportKind::StreamableHttp,
+            weight: i + 1,
+        })
+        .collect();
+    record
+}
+
+/// Server record changes made through one instance reach watchers of servers on another
+/// instance of the namespace and on itself, in order, with the versions the writes returned
+/// (a delete as `record: None`), a record of over 8000 bytes included; config changes never
+/// reach a server watcher, nor server changes a config watcher.
+pub async fn check_server_change_notified<F: BackendFactory>(factory: &F) {
+    let ns = fresh_namespace();
+    let (a, b) = (make(factory, &ns).await, make(factory, &ns).await);
+    let mut servers_b = ok("watch_servers", b.watch_servers().await);
+    let mut servers_a = ok("watch_servers", a.watch_servers().await);
+    let mut configs_b = ok("watch_configs", b.watch_configs().await);
+    let srv = server("github");
+
+    let v1 = ok(
+        "put_server",
+        a.put_server(&sample_record("github", 1)).await,
+    );
+    ok("put_config", a.put_config(&srv, &sample_config(4)).await);
+    let v2 = ok("put_server", a.put_server(&large_record("github")).await);
+    let deleted = ok("delete_server", a.delete_server(&srv).await).expect("a record existed");
+    let expected = [
+        ServerChange {
+            server: srv.clone(),
+            record: Some(sample_record("github", 1)),
+            version: v1,
+        },
+        ServerChange {
+            server: srv.clone(),
+            record: Some(large_record("github")),
+            version: v2,
+        },
+        ServerChange {
+            server: srv.clone(),
+            record: None,
+            version: deleted,
+        },
+    ];
+    for (i, want) in expected.iter().enumerate() {
+        let got = next_within(&mut servers_b, "a server change through another instance").await;
+        assert_eq!(&got, want, "server change {i} seen by the other instance");
+        let got = next_within(&mut servers_a, "a server change through this instance").await;
+        assert_eq!(&got, want, "server change {i} seen by the same instance");
+    }
+    let got = next_within(&mut configs_b, "the config change").await;
+    assert_eq!(
+        got.config,
+        Some(sample_config(4)),
+        "a config watcher must see the config change and no server change"
+    );
+    ok("delete_config", a.delete_config(&srv).await);
+    let v3 = ok(
+        "put_server",
+        a.put_server(&sample_record("github", 3)).await,
+    );
+    let got = next_within(&mut servers_b, "the server change after a config delete").await;
+    assert_eq!(
+        (got.record, got.version),
+        (Some(sample_record("github", 3)), v3),
+        "a server watcher must see only server changes"
     );
 }
 
@@ -983,6 +1163,7 @@ pub async fn check_unreachable<F: BackendFactory>(factory: &F, bound: Duration) 
     };
     let (s, w, c) = (id("s"), id("w"), id("c"));
     let (srv, config) = (server("srv"), PoolConfig::default());
+    let record = sample_record("srv", 1);
     let b = &*backend;
     type Op<'a> = futures::future::BoxFuture<'a, Result<(), BackendError>>;
     let ops: Vec<(&str, Op<'_>)> = vec![
@@ -1005,6 +1186,26 @@ pub async fn check_unreachable<F: BackendFactory>(factory: &F, bound: Duration) 
         (
             "watch_configs",
             Box::pin(async { b.watch_configs().await.map(drop) }),
+        ),
+        (
+            "put_server",
+            Box::pin(async { b.put_server(&record).await.map(drop) }),
+        ),
+        (
+            "get_server",
+            Box::pin(async { b.get_server(&srv).await.map(drop) }),
+        ),
+        (
+            "list_servers",
+            Box::pin(async { b.list_servers().await.map(drop) }),
+        ),
+        (
+            "delete_server",
+            Box::pin(async { b.delete_server(&srv).await.map(drop) }),
+        ),
+        (
+            "watch_servers",
+            Box::pin(async { b.watch_servers().await.map(drop) }),
         ),
         (
             "claim",
@@ -1102,6 +1303,8 @@ macro_rules! backend_conformance {
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) config_change_notified check_config_change_notified);
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) config_versions check_config_versions);
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) config_versions_under_contention check_config_versions_under_contention);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) server_records check_server_records);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) server_change_notified check_server_change_notified);
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) claim_first_writer_wins check_claim_first_writer_wins);
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) refresh_and_release_only_by_owner check_refresh_and_release_only_by_owner);
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) claim_expiry check_claim_expiry);

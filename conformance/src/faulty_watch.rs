@@ -13,7 +13,8 @@ use std::{
 
 use futures::{StreamExt, stream::BoxStream};
 use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, ServerId, StateBackend, StateId,
+    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, SavedServer, ServerChange,
+    ServerId, ServerRecord, StateBackend, StateId,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -189,6 +190,26 @@ impl StateBackend for FaultyWatch {
 
     async fn delete_config(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
         self.inner.delete_config(server).await
+    }
+
+    async fn put_server(&self, record: &ServerRecord) -> Result<u64, BackendError> {
+        self.inner.put_server(record).await
+    }
+
+    async fn get_server(&self, server: &ServerId) -> Result<Option<SavedServer>, BackendError> {
+        self.inner.get_server(server).await
+    }
+
+    async fn list_servers(&self) -> Result<Vec<ServerChange>, BackendError> {
+        self.inner.list_servers().await
+    }
+
+    async fn delete_server(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
+        self.inner.delete_server(server).await
+    }
+
+    async fn watch_servers(&self) -> Result<BoxStream<'static, ServerChange>, BackendError> {
+        self.inner.watch_servers().await
     }
 
     async fn watch_configs(&self) -> Result<BoxStream<'static, ConfigChange>, BackendError> {

@@ -19,7 +19,8 @@ use mcp_pool_traits::{Endpoint, TransportKind};
 use tokio::sync::Mutex;
 
 pub use handler::{
-    LOGGER, MAX_PROGRESS_STEPS, ReferenceHandler, SAMPLE_MAX_TOKENS, SERVER_NAME, UPDATED_RESOURCE,
+    GREET_PROMPT, GREETING_RESOURCE, GREETING_TEXT, LOGGER, MAX_PROGRESS_STEPS, ReferenceHandler,
+    SAMPLE_MAX_TOKENS, SERVER_NAME, UPDATED_RESOURCE,
 };
 pub use options::ServerOptions;
 pub(crate) use stats::{Counters, SessionGuard};

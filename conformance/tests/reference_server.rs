@@ -3,14 +3,19 @@
 
 use std::{sync::Arc, time::Duration};
 
-use mcp_pool_conformance::{DuplexTransport, ReferenceServer, ServerOptions};
+use mcp_pool_conformance::{
+    DuplexTransport, GREET_PROMPT, GREETING_RESOURCE, GREETING_TEXT, ReferenceServer, ServerOptions,
+};
 use mcp_pool_traits::{
     ClientSession, ConnectRequest, Endpoint, FailureKind, Transport, TransportError, TransportKind,
     default_client_config, is_transport_failure,
 };
 use rmcp::{
-    ServiceError, ServiceExt as _,
-    model::CallToolRequestParams,
+    ServiceError,
+    model::{
+        CallToolRequestParams, ErrorCode, GetPromptRequestParams, ReadResourceRequestParams,
+        ResourceContents,
+    },
     transport::{
         StreamableHttpClientTransport,
         common::client_side_sse::NeverRetry,
@@ -212,6 +217,59 @@ async fn fail_returns_a_json_rpc_error_and_keeps_the_session() {
         "still here"
     );
     assert_eq!(server.tool_calls(), 3);
+}
+
+#[tokio::test]
+async fn one_resource_and_one_prompt_are_listed_and_read() {
+    let server = ReferenceServer::start().await.unwrap();
+    let session = connect(&server).await;
+
+    let resources = session.list_all_resources().await.unwrap();
+    let uris: Vec<&str> = resources.iter().map(|r| r.uri.as_str()).collect();
+    assert_eq!(uris, [GREETING_RESOURCE]);
+    let read = session
+        .read_resource(ReadResourceRequestParams::new(GREETING_RESOURCE))
+        .await
+        .unwrap();
+    let ResourceContents::TextResourceContents { text, uri, .. } = &read.contents[0] else {
+        panic!("expected a text content: {read:?}");
+    };
+    assert_eq!(
+        (text.as_str(), uri.as_str()),
+        (GREETING_TEXT, GREETING_RESOURCE)
+    );
+    let error = session
+        .read_resource(ReadResourceRequestParams::new("ref://nope"))
+        .await
+        .unwrap_err();
+    let ServiceError::McpError(error) = error else {
+        panic!("expected a JSON-RPC error, got {error:?}");
+    };
+    assert_eq!(error.code, ErrorCode::RESOURCE_NOT_FOUND);
+    assert!(error.message.contains("ref://nope"), "{error:?}");
+
+    let prompts = session.list_all_prompts().await.unwrap();
+    let names: Vec<&str> = prompts.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, [GREET_PROMPT]);
+    let arguments = json!({"name": "Ada"}).as_object().unwrap().clone();
+    let prompt = session
+        .get_prompt(GetPromptRequestParams::new(GREET_PROMPT).with_arguments(arguments))
+        .await
+        .unwrap();
+    assert_eq!(prompt.messages.len(), 1);
+    assert_eq!(
+        prompt.messages[0].content.as_text().unwrap().text,
+        "Hello, Ada!"
+    );
+    let error = session
+        .get_prompt(GetPromptRequestParams::new(GREET_PROMPT))
+        .await
+        .unwrap_err();
+    let ServiceError::McpError(error) = error else {
+        panic!("expected a JSON-RPC error, got {error:?}");
+    };
+    assert_eq!(error.code, ErrorCode::INVALID_PARAMS);
+    assert!(error.message.contains("`name`"), "{error:?}");
 }
 
 #[tokio::test]

@@ -9,7 +9,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use mcp_pool::{
-    HealthStatus, PoolConfig, ServerId, ServerStats, StrategyKind, traits::check_range,
+    Endpoint, HealthStatus, PoolConfig, ServerId, ServerStats, StrategyKind, TransportKind,
+    traits::{
+        CredentialsRef, ID_RULE, MAX_WEIGHT, NEVER_FORWARDED, ServerRecord, check_range, redact_url,
+    },
 };
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -17,6 +20,7 @@ use utoipa::ToSchema;
 use crate::{
     AppState,
     error::{ApiError, ApiJson, ErrorBody},
+    registry::RegistryError,
 };
 
 /// One endpoint (replica) of a server. The URL has passwords and secret query values masked.
@@ -41,6 +45,182 @@ pub struct ServerInfo {
     pub pooling_enabled: bool,
     /// Its strategy's name.
     pub strategy: String,
+    /// Its display name.
+    pub name: String,
+    /// Whether the gateway serves it; a disabled server has no pool (its pool routes answer
+    /// 404).
+    pub enabled: bool,
+    /// Where its upstream credential comes from (names only; the value is never shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<CredentialsBody>,
+}
+
+/// An upstream credential, by reference: the header sent upstream and the environment
+/// variable of the gateway's process that holds its value. The value itself is never accepted
+/// nor returned by the API.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsBody {
+    /// The request header that carries it upstream, e.g. `authorization`.
+    pub header: String,
+    /// The environment variable holding the header's value, e.g. `DEMO_TOKEN`:
+    /// `[A-Za-z_][A-Za-z0-9_]*`, at most 128 characters.
+    pub env: String,
+}
+
+/// One endpoint of a [`ServerBody`].
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointBody {
+    /// `http(s)://` for `streamable_http` and `sse`, `ws(s)://` for `websocket`.
+    pub url: String,
+    /// `streamable_http` (default), `sse` or `websocket`.
+    pub transport: Option<String>,
+    /// Relative weight, 1-1000 (default 1).
+    pub weight: Option<u64>,
+}
+
+/// The body of `POST /servers` and `PUT /servers/{id}` (which replaces the whole server:
+/// absent fields take their defaults).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerBody {
+    /// The id, 1 to 128 characters from `[a-zA-Z0-9_-]`: required by `POST`; on `PUT`,
+    /// optional and equal to the path's.
+    pub id: Option<String>,
+    /// Display name, at most 256 characters (default: the id). Changing it never drains.
+    pub name: Option<String>,
+    /// The replicas, at least one.
+    pub endpoints: Vec<EndpointBody>,
+    /// The pool config; absent fields take the defaults (pooling off, as the seed's servers).
+    pub pool: Option<PoolConfigUpdate>,
+    /// Served by the gateway (default true).
+    pub enabled: Option<bool>,
+    /// The upstream credential, by reference.
+    pub credentials: Option<CredentialsBody>,
+}
+
+/// `field = value is invalid: must be allowed`, as 422.
+fn invalid(field: &str, value: impl std::fmt::Debug, allowed: &str) -> ApiError {
+    ApiError::unprocessable(format!("{field} = {value:?} is invalid: must be {allowed}"))
+}
+
+/// The longest display name accepted, characters.
+const MAX_NAME_CHARS: usize = 256;
+
+impl ServerBody {
+    /// The record this body describes, every field checked; `path_id` is `PUT`'s.
+    ///
+    /// # Errors
+    /// 422 naming the field, its value (URLs redacted) and what is allowed.
+    pub fn into_record(self, path_id: Option<&ServerId>) -> Result<ServerRecord, ApiError> {
+        let id = match (self.id, path_id) {
+            (None, Some(path)) => path.clone(),
+            (None, None) => {
+                return Err(ApiError::unprocessable(format!(
+                    "id is missing: must be {ID_RULE}"
+                )));
+            }
+            (Some(id), path) => {
+                let id = ServerId::new(&id).map_err(|_| invalid("id", &id, ID_RULE))?;
+                if let Some(path) = path.filter(|p| **p != id) {
+                    return Err(invalid(
+                        "id",
+                        id.as_str(),
+                        &format!("the path's id {path:?}"),
+                    ));
+                }
+                id
+            }
+        };
+        let name = self.name.unwrap_or_else(|| id.to_string());
+        if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+            return Err(invalid(
+                "name",
+                &name,
+                "at most 256 characters, no control characters",
+            ));
+        }
+        if self.endpoints.is_empty() {
+            return Err(invalid("endpoints", [(); 0], "at least one endpoint"));
+        }
+        let endpoints = self
+            .endpoints
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| e.into_endpoint(i))
+            .collect::<Result<Vec<_>, _>>()?;
+        let pool = self
+            .pool
+            .unwrap_or_default()
+            .fresh()
+            .map_err(|e| ApiError::unprocessable(format!("pool: {}", e.detail)))?;
+        let credentials = self.credentials.map(CredentialsBody::check).transpose()?;
+        Ok(ServerRecord {
+            id,
+            name,
+            endpoints,
+            pool,
+            enabled: self.enabled.unwrap_or(true),
+            credentials,
+        })
+    }
+}
+
+impl EndpointBody {
+    fn into_endpoint(self, i: usize) -> Result<Endpoint, ApiError> {
+        let transport = match &self.transport {
+            None => TransportKind::StreamableHttp,
+            Some(t) => t.parse().map_err(|_| {
+                invalid(
+                    &format!("endpoints[{i}].transport"),
+                    t,
+                    "streamable_http, sse or websocket",
+                )
+            })?,
+        };
+        let weight = self.weight.unwrap_or(1);
+        let allowed = format!("1 to {MAX_WEIGHT}");
+        let weight = u32::try_from(weight)
+            .ok()
+            .filter(|w| (1..=MAX_WEIGHT).contains(w))
+            .ok_or_else(|| invalid(&format!("endpoints[{i}].weight"), weight, &allowed))?;
+        Endpoint::new(self.url, transport)
+            .and_then(|e| e.with_weight(weight))
+            .map_err(|e| ApiError::unprocessable(format!("endpoints[{i}].url: {e}")))
+    }
+}
+
+impl CredentialsBody {
+    fn check(self) -> Result<CredentialsRef, ApiError> {
+        let header = self.header.to_ascii_lowercase();
+        let valid = http::HeaderName::from_lowercase(header.as_bytes()).is_ok();
+        if !valid || NEVER_FORWARDED.contains(&header.as_str()) {
+            return Err(invalid(
+                "credentials.header",
+                &self.header,
+                "an HTTP header name that may be forwarded (not hop-by-hop, not Host or \
+                 Content-Length, not an internal session header)",
+            ));
+        }
+        let env_ok =
+            self.env.len() <= 128
+                && self.env.chars().enumerate().all(|(i, c)| {
+                    c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())
+                })
+                && !self.env.is_empty();
+        if !env_ok {
+            return Err(invalid(
+                "credentials.env",
+                &self.env,
+                "an environment variable name: [A-Za-z_][A-Za-z0-9_]*, at most 128 characters",
+            ));
+        }
+        Ok(CredentialsRef {
+            header,
+            env: self.env,
+        })
+    }
 }
 
 /// A server's pool configuration. Durations are whole seconds; ranges as DESIGN §6.
@@ -143,7 +323,23 @@ impl PoolConfigUpdate {
     /// # Errors
     /// 422 naming the field, the value and the range; nothing is applied then.
     pub fn apply(&self, current: &PoolConfig) -> Result<PoolConfig, ApiError> {
-        let bad = |e: mcp_pool::traits::ConfigError| ApiError::unprocessable(e.to_string());
+        let c = self.merge(current)?;
+        c.validate().map_err(bad)?;
+        Ok(c)
+    }
+
+    /// A new config: the defaults with the fields present replaced, the sizes not given
+    /// following the ones given ([`PoolConfig::normalized`]).
+    ///
+    /// # Errors
+    /// As [`apply`](Self::apply).
+    pub fn fresh(&self) -> Result<PoolConfig, ApiError> {
+        let c = self.merge(&PoolConfig::default())?.normalized();
+        c.validate().map_err(bad)?;
+        Ok(c)
+    }
+
+    fn merge(&self, current: &PoolConfig) -> Result<PoolConfig, ApiError> {
         let mut c = current.clone();
         let num = |field: &'static str, v: Option<u64>| -> Result<Option<u64>, ApiError> {
             match v {
@@ -191,9 +387,12 @@ impl PoolConfigUpdate {
         if let Some(v) = self.auto_scale {
             c.auto_scale = v;
         }
-        c.validate().map_err(bad)?;
         Ok(c)
     }
+}
+
+fn bad(e: mcp_pool::traits::ConfigError) -> ApiError {
+    ApiError::unprocessable(e.to_string())
 }
 
 /// Health of a pool: `healthy`, `degraded`, `unhealthy` or `unknown` (no data yet).
@@ -333,38 +532,56 @@ fn server_stats(state: &AppState, id: &str) -> Result<(ServerStats, PoolConfig),
     Ok((stats, config))
 }
 
-fn server_info(state: &AppState, s: &ServerStats) -> ServerInfo {
+fn server_info(state: &AppState, r: &ServerRecord) -> ServerInfo {
+    // The pool's config when it serves the server (a saved config may have changed it).
+    let config = state
+        .pool
+        .server_config(&r.id)
+        .unwrap_or_else(|| r.pool.clone());
     ServerInfo {
-        id: s.server.to_string(),
-        endpoints: s
+        id: r.id.to_string(),
+        endpoints: r
             .endpoints
             .iter()
             .map(|e| EndpointInfo {
-                url: e.url.clone(),
+                url: redact_url(&e.url).into_owned(),
                 transport: e.transport.to_string(),
                 weight: e.weight,
             })
             .collect(),
-        pooling_enabled: state
-            .pool
-            .server_config(&s.server)
-            .is_some_and(|c| c.enabled),
-        strategy: s.strategy.clone(),
+        pooling_enabled: config.enabled,
+        strategy: config.strategy.as_str().to_owned(),
+        name: r.name.clone(),
+        enabled: r.enabled,
+        credentials: r.credentials.as_ref().map(|c| CredentialsBody {
+            header: c.header.clone(),
+            env: c.env.clone(),
+        }),
     }
 }
 
-/// List the configured servers.
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::NotFound(id) => ApiError::server_not_found(id.as_str()),
+            RegistryError::Exists(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            RegistryError::Pool(e) => e.into(),
+            RegistryError::Credentials { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
+            RegistryError::Backend(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+        }
+    }
+}
+
+/// List the servers, disabled ones included.
 #[utoipa::path(get, path = "/servers", tag = "servers",
     responses((status = 200, body = Vec<ServerInfo>), (status = 401, body = ErrorBody)))]
 pub async fn list_servers(State(state): State<AppState>) -> Json<Vec<ServerInfo>> {
-    let stats = state.pool.stats();
-    Json(
-        stats
-            .servers
-            .iter()
-            .map(|s| server_info(&state, s))
-            .collect(),
-    )
+    let records = state.registry.list().await;
+    Json(records.iter().map(|r| server_info(&state, r)).collect())
 }
 
 /// One server.
@@ -375,8 +592,70 @@ pub async fn get_server(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<ServerInfo>, ApiError> {
-    let (stats, _) = server_stats(&state, &id)?;
-    Ok(Json(server_info(&state, &stats)))
+    let record = state
+        .registry
+        .get(&server_id(&id)?)
+        .await
+        .ok_or_else(|| ApiError::server_not_found(&id))?;
+    Ok(Json(server_info(&state, &record)))
+}
+
+/// Create a server: persisted in the state backend, its pool created at once (when enabled).
+#[utoipa::path(post, path = "/servers", tag = "servers",
+    request_body = ServerBody,
+    responses((status = 201, body = ServerInfo), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn create_server(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<ServerBody>,
+) -> Result<(StatusCode, Json<ServerInfo>), ApiError> {
+    let record = body.into_record(None)?;
+    state.registry.create(record.clone()).await?;
+    tracing::info!(server = %record.id, enabled = record.enabled, "server created");
+    Ok((StatusCode::CREATED, Json(server_info(&state, &record))))
+}
+
+/// Replace a server. A changed endpoint (URL, transport, weight) or credentials reference
+/// drains its pool; a changed `name` alone does not; `enabled: false` removes its pool.
+#[utoipa::path(put, path = "/servers/{id}", tag = "servers",
+    params(("id" = String, Path, description = "server id")),
+    request_body = ServerBody,
+    responses((status = 200, body = ServerInfo), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 413, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn replace_server(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ServerBody>,
+) -> Result<Json<ServerInfo>, ApiError> {
+    let sid = server_id(&id)?;
+    let record = body.into_record(Some(&sid))?;
+    state.registry.replace(record.clone()).await?;
+    if !record.enabled {
+        // Its downstream sessions end with its pool.
+        state.mcp.forget(&sid);
+    }
+    tracing::info!(server = %sid, enabled = record.enabled, "server replaced");
+    Ok(Json(server_info(&state, &record)))
+}
+
+/// Delete a server: its record and saved pool config; its pool is drained and removed.
+#[utoipa::path(delete, path = "/servers/{id}", tag = "servers",
+    params(("id" = String, Path, description = "server id")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn delete_server(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let sid = server_id(&id)?;
+    state.registry.delete(&sid).await?;
+    state.mcp.forget(&sid);
+    tracing::info!(server = %sid, "server deleted");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A server's pool configuration.

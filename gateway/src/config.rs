@@ -177,6 +177,67 @@ impl GatewayConfig {
     }
 }
 
+/// The `[gateway]` table of the `--config` file: `host`, `port`, `auth_required`,
+/// `max_body_bytes`, each the value of the variable of the same name in upper case when that
+/// variable is not set (flags win over variables, variables over the file). The signing key
+/// is not read from the file: keep it in `JWT_SECRET_KEY` (or `.env`), out of version
+/// control.
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayTable {
+    /// `HOST`.
+    pub host: Option<String>,
+    /// `PORT`.
+    pub port: Option<u16>,
+    /// `AUTH_REQUIRED`.
+    pub auth_required: Option<bool>,
+    /// `MAX_BODY_BYTES`.
+    pub max_body_bytes: Option<usize>,
+}
+
+impl GatewayTable {
+    /// The `[gateway]` table of the TOML text `toml` read from `path` (empty when absent).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, the field and its line when the table has an unknown
+    /// field or a value of the wrong type.
+    pub fn parse(path: &str, toml: &str) -> Result<Self, ConfigError> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            #[serde(default)]
+            gateway: GatewayTable,
+        }
+        toml::from_str::<File>(toml)
+            .map(|file| file.gateway)
+            .map_err(|error| {
+                let line = error
+                    .span()
+                    .map(|span| toml[..span.start].matches('\n').count() + 1);
+                ConfigError::new(
+                    match line {
+                        Some(line) => format!("{path}, line {line}, [gateway]"),
+                        None => format!("{path}, [gateway]"),
+                    },
+                    error.message().to_owned(),
+                    "host (text), port (0-65535), auth_required (true/false), max_body_bytes \
+                     (1 to 1 GiB); JWT_SECRET_KEY stays in the environment",
+                )
+            })
+    }
+
+    /// The value the table gives variable `name` (`HOST`, `PORT`, `AUTH_REQUIRED`,
+    /// `MAX_BODY_BYTES`), as text.
+    pub fn var(&self, name: &str) -> Option<String> {
+        match name {
+            "HOST" => self.host.clone(),
+            "PORT" => self.port.map(|p| p.to_string()),
+            "AUTH_REQUIRED" => self.auth_required.map(|b| b.to_string()),
+            "MAX_BODY_BYTES" => self.max_body_bytes.map(|n| n.to_string()),
+            _ => None,
+        }
+    }
+}
+
 fn parse_port(setting: &str, value: &str) -> Result<u16, ConfigError> {
     value
         .trim()

@@ -6,8 +6,8 @@
 //! Seams left for later slices of issue 11: the downstream MCP routes
 //! (`/servers/{id}/mcp|sse|ws`) nest into [`router`] beside the REST routes and read the
 //! caller's [`auth::Claims`] from the request extensions (`Claims::user` is the pool key's
-//! user); the persisted server registry replaces the servers read from [`AppState::pool`]
-//! (today: the configuration file's and `--demo`'s, held by the pool).
+//! user). Servers live in the [`registry`]: seeded by the configuration file (and `--demo`),
+//! changed through `POST/PUT/DELETE /servers`, persisted in the state backend.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -18,6 +18,7 @@ pub mod error;
 pub mod mcp;
 pub mod metrics;
 pub mod ops;
+pub mod registry;
 pub mod reload;
 
 use axum::{
@@ -37,12 +38,15 @@ use utoipa::{
 
 pub use config::{Auth, ConfigError, GatewayConfig};
 pub use error::{ApiError, ErrorBody};
+pub use registry::Registry;
 
 /// What the handlers share. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
     /// The pool: the servers and their runtime state.
     pub pool: Pool,
+    /// The server registry over `pool` (built by [`Registry::load`]).
+    pub registry: Registry,
     /// How requests are authenticated.
     pub auth: Auth,
     /// Largest request body accepted, bytes.
@@ -54,12 +58,28 @@ pub struct AppState {
     pub mcp: std::sync::Arc<mcp::McpEndpoints>,
 }
 
+impl AppState {
+    /// The state of a gateway over `pool` and its `registry` with `auth`: bodies up to 4 MiB,
+    /// no `/metrics` recorder, no downstream session yet.
+    pub fn new(pool: Pool, registry: Registry, auth: Auth) -> Self {
+        Self {
+            pool,
+            registry,
+            auth,
+            max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
+            metrics: None,
+            mcp: Default::default(),
+        }
+    }
+}
+
 /// The OpenAPI 3.1 document of the REST API, generated from the handlers.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "mcp-pool-gateway", description = "REST API of the mcp-pool gateway"),
     paths(
-        api::list_servers, api::get_server, api::get_pool_config, api::put_pool_config,
+        api::list_servers, api::get_server, api::create_server, api::replace_server,
+        api::delete_server, api::get_pool_config, api::put_pool_config,
         api::pool_stats, api::all_pool_stats, api::pools_health, api::strategies, api::drain,
         api::health, api::ready, api::metrics, openapi_json,
         ops::sessions, ops::resize, ops::reset
@@ -99,11 +119,16 @@ async fn openapi_json() -> Response {
 /// as `{"detail": …}`.
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
-        .route("/servers", get(api::list_servers))
+        .route("/servers", get(api::list_servers).post(api::create_server))
         .route("/servers/pools", get(api::all_pool_stats))
         .route("/servers/pools/health", get(api::pools_health))
         .route("/servers/pools/strategies", get(api::strategies))
-        .route("/servers/{id}", get(api::get_server))
+        .route(
+            "/servers/{id}",
+            get(api::get_server)
+                .put(api::replace_server)
+                .delete(api::delete_server),
+        )
         .route(
             "/servers/{id}/pool/config",
             get(api::get_pool_config).put(api::put_pool_config),

@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use mcp_pool::{Pool, ServerConfig, ServerId, Settings, traits::StateId};
-use mcp_pool_gateway::{AppState, Auth, GatewayConfig, auth, reload};
+use mcp_pool_gateway::{AppState, Auth, GatewayConfig, Registry, auth, config::GatewayTable};
 
 const AFTER_HELP: &str = "\
 Environment (a .env file in the working directory is read first; the environment wins over it):
@@ -16,6 +16,9 @@ Environment (a .env file in the working directory is read first; the environment
   MAX_BODY_BYTES    largest request body in bytes (default 4194304 = 4 MiB; 1 to 1073741824)
   SESSION_POOL_*, CACHE_TYPE, REDIS_URL, DATABASE_URL, USE_STATEFUL_SESSIONS: the pool's
                     variables (README \"Configuration\"); they win over the --config file
+  CACHE_TYPE        where saved pool configs and the server registry live: memory (default),
+                    database (DATABASE_URL=sqlite:FILE keeps them across restarts, or
+                    postgres://…), redis (REDIS_URL)
 
 Signals: SIGINT/SIGTERM drain and shut down; SIGHUP re-reads the --config file and applies
 what changed in its servers (changed endpoints drain that server's pool; an invalid file is
@@ -31,7 +34,9 @@ struct Cli {
     /// Port to listen on, 0 for a free one [env: PORT] [default: 4444]
     #[arg(long)]
     port: Option<String>,
-    /// TOML file with [settings], [pool] and [[servers]] (the pool's configuration file)
+    /// TOML file with [settings], [pool] and [[servers]] (the pool's configuration file; its
+    /// servers seed the registry, whose API changes are kept in the state backend) and
+    /// [gateway] (host, port, auth_required, max_body_bytes; variables and flags win over it)
     #[arg(long)]
     config: Option<PathBuf>,
     /// Serve the reference MCP server in process and register it as server `demo`
@@ -101,8 +106,18 @@ async fn run(cli: Cli) -> Result<(), String> {
         println!("{token}");
         return Ok(());
     }
-    let config = GatewayConfig::from_lookup(cli.host.as_deref(), cli.port.as_deref(), lookup)
-        .map_err(|e| e.to_string())?;
+    let table = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            GatewayTable::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())?
+        }
+        None => GatewayTable::default(),
+    };
+    let config = GatewayConfig::from_lookup(cli.host.as_deref(), cli.port.as_deref(), |name| {
+        lookup(name).or_else(|| table.var(name))
+    })
+    .map_err(|e| e.to_string())?;
     let vars = std::env::vars_os()
         .filter_map(|(n, v)| Some((n.into_string().ok()?, v.into_string().ok()?)));
     let settings = Settings::from_vars(cli.config.as_ref(), vars).map_err(|e| e.to_string())?;
@@ -142,7 +157,6 @@ async fn run(cli: Cli) -> Result<(), String> {
         );
     }
     let pool: Pool = builder.build().map_err(|e| e.to_string())?;
-    tracing::info!("pool manager initialized with {} servers", servers.len());
     let metrics = if settings.metrics_enabled {
         Some(
             mcp_pool_gateway::metrics::prometheus_builder()
@@ -155,8 +169,17 @@ async fn run(cli: Cli) -> Result<(), String> {
     if matches!(config.auth, Auth::Disabled) {
         tracing::warn!("AUTH_REQUIRED=false: the REST API is open to anyone who can reach it");
     }
+    let registry = mcp_pool_gateway::Registry::load(pool.clone(), &servers)
+        .await
+        .map_err(|e| format!("server registry: {e}"))?;
+    // After the registry: the backend's records may add, change or remove servers.
+    tracing::info!(
+        "pool manager initialized with {} servers",
+        pool.stats().servers.len()
+    );
     let state = AppState {
         pool: pool.clone(),
+        registry,
         auth: config.auth.clone(),
         max_body_bytes: config.max_body_bytes,
         metrics,
@@ -169,7 +192,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         let hangups = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
         tokio::spawn(reload_on_hangup(
             hangups,
-            pool.clone(),
+            state.registry.clone(),
             cli.config.clone(),
             settings.servers.clone(),
         ))
@@ -206,7 +229,7 @@ async fn run(cli: Cli) -> Result<(), String> {
 #[cfg(unix)]
 async fn reload_on_hangup(
     mut hangups: tokio::signal::unix::Signal,
-    pool: Pool,
+    registry: Registry,
     path: Option<PathBuf>,
     mut servers: Vec<ServerConfig>,
 ) {
@@ -224,7 +247,7 @@ async fn reload_on_hangup(
                 continue;
             }
         };
-        match reload::reload(&pool, &servers, &next) {
+        match registry.reload_seeds(&servers, &next).await {
             Ok(done) => {
                 let changed = |id: String| {
                     done.added.contains(&id)

@@ -1,5 +1,8 @@
-//! The downstream MCP endpoint `/servers/{id}/mcp` (issue 11, item 3): rmcp's streamable HTTP
-//! server facing the client, the pool facing the upstream.
+//! The downstream MCP endpoints of each server (issue 11, item 3): `/servers/{id}/mcp` (rmcp's
+//! streamable HTTP server: protocol 2025-03-26 to 2025-11-25 with gateway-issued
+//! `Mcp-Session-Id`s, and 2026-07-28 without sessions), `/servers/{id}/sse` +
+//! `/servers/{id}/message` (HTTP+SSE, 2024-11-05) and `/servers/{id}/ws` (WebSocket), the last
+//! two on the transports crate's server adapters; the pool faces the upstream.
 //!
 //! Each downstream session gets its own [`Proxy`]; every request it receives is forwarded with
 //! [`Pool::call`]: the principal is the JWT's user (`sub`, else `email`, else `user_id`) and the
@@ -50,11 +53,12 @@ use parking_lot::Mutex;
 use rmcp::{
     ErrorData, RoleServer, ServerHandler,
     model::{
-        ClientRequest, ClientResult, ErrorCode, GetMeta, InitializeRequestParams, InitializeResult,
-        ProgressToken, Request as McpRequest, RequestMetaObject, RequestNoParam,
-        RequestOptionalParam, ServerNotification, ServerRequest, ServerResult,
+        ClientRequest, ClientResult, DiscoverResult, ErrorCode, GetExtensions, GetMeta,
+        InitializeRequestParams, InitializeResult, ProgressToken, Request as McpRequest, RequestId,
+        RequestMetaObject, RequestNoParam, RequestOptionalParam, ServerNotification, ServerRequest,
+        ServerResult,
     },
-    service::{Peer, RequestContext, ServiceError},
+    service::{OriginatingRequestId, Peer, RequestContext, ServiceError},
     transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     },
@@ -82,6 +86,8 @@ type McpService = StreamableHttpService<Proxy, LocalSessionManager>;
 #[derive(Clone)]
 struct ServerEndpoint {
     service: McpService,
+    /// The streamable HTTP sessions (rmcp ends idle ones after 5 minutes).
+    manager: Arc<LocalSessionManager>,
     /// `GET /servers/{id}/sse` + `POST /servers/{id}/message` (HTTP+SSE, 2024-11-05) and
     /// `GET /servers/{id}/ws` (WebSocket), served by the transports crate's adapters.
     legacy: Router,
@@ -173,13 +179,14 @@ impl McpEndpoints {
                 .with_path(&format!("{prefix}/ws"))
                 .with_shutdown(cancel.clone()),
         );
-        let service =
-            StreamableHttpService::new(factory, Arc::new(LocalSessionManager::default()), config);
+        let manager = Arc::new(LocalSessionManager::default());
+        let service = StreamableHttpService::new(factory, manager.clone(), config);
         if let Some(events) = state.pool.server_events(server) {
             tokio::spawn(fan_out(events, sessions.clone(), cancel.clone()));
         }
         let endpoint = ServerEndpoint {
             service,
+            manager,
             legacy: sse.router().merge(ws.router()),
             sessions,
             cancel,
@@ -245,17 +252,16 @@ async fn fan_out(
 }
 
 /// `ANY /servers/{id}/mcp`: the server's streamable HTTP endpoint. 404 `{"detail"}` for a
-/// server the pool does not know, and for a session id that is not the caller's.
+/// server the pool does not know, and for a session id that is not the caller's; a `DELETE`
+/// that ends a session answers 200.
 pub(crate) async fn endpoint(
     State(state): State<AppState>,
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let Some(server) = ServerId::new(&id)
-        .ok()
-        .filter(|s| state.pool.server_config(s).is_some())
-    else {
-        return ApiError::new(StatusCode::NOT_FOUND, "Server not found").into_response();
+    let server = match known_server(&state, &id) {
+        Ok(server) => server,
+        Err(error) => return error.into_response(),
     };
     let endpoint = state.mcp.endpoint(&state, &server);
     let (principal, _) = caller(
@@ -294,11 +300,33 @@ pub(crate) async fn endpoint(
                 .and_then(|v| v.to_str().ok())
             {
                 owners.insert(created.to_owned(), principal);
+                // Sessions that timed out never say so: forget their owners now and then.
+                if owners.len() > 64
+                    && let Ok(live) = endpoint.manager.sessions.try_read()
+                    && owners.len() > 2 * live.len()
+                {
+                    owners.retain(|id, _| live.contains_key(id.as_str()));
+                }
             }
         }
     }
     drop(owners);
-    response.map(Body::new)
+    let mut response = response.map(Body::new);
+    // rmcp answers a DELETE that ended the session with 202 Accepted; the official SDKs'
+    // servers answer 200, and the Python SDK client logs any status but 200 and 204 as a
+    // failed session termination.
+    if delete && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::OK;
+    }
+    response
+}
+
+/// The server `id` names, or 404 `{"detail": "Server not found"}`.
+fn known_server(state: &AppState, id: &str) -> Result<ServerId, ApiError> {
+    ServerId::new(id)
+        .ok()
+        .filter(|s| state.pool.server_config(s).is_some())
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Server not found"))
 }
 
 /// `GET /servers/{id}/sse`, `POST /servers/{id}/message` and `GET /servers/{id}/ws`: the
@@ -310,11 +338,9 @@ pub(crate) async fn legacy_endpoint(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let Some(server) = ServerId::new(&id)
-        .ok()
-        .filter(|s| state.pool.server_config(s).is_some())
-    else {
-        return ApiError::new(StatusCode::NOT_FOUND, "Server not found").into_response();
+    let server = match known_server(&state, &id) {
+        Ok(server) => server,
+        Err(error) => return error.into_response(),
     };
     let endpoint = state.mcp.endpoint(&state, &server);
     match endpoint.legacy.oneshot(request).await {
@@ -445,6 +471,38 @@ impl Proxy {
         Ok((principal, headers))
     }
 
+    /// Reads the upstream's `initialize` result from a pooled session of the caller, once per
+    /// downstream session: what [`get_info`](ServerHandler::get_info) then advertises.
+    async fn learn_upstream(&self, context: &RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        if self.upstream.get().is_some() {
+            return Ok(());
+        }
+        let (principal, headers) = self.caller(context)?;
+        let acquire = AcquireRequest::new(&self.server)
+            .principal(principal)
+            .headers(&headers)
+            .downstream_session(&self.affinity);
+        let lease = self
+            .pool
+            .acquire_with(acquire)
+            .await
+            .map_err(upstream_error)?;
+        let info = lease
+            .peer()
+            .peer_info()
+            .map_or_else(InitializeResult::default, |peer| {
+                let mut info = InitializeResult::new(peer.capabilities.clone());
+                info.protocol_version = peer.protocol_version.clone();
+                if let Some(server) = &peer.server_info {
+                    info.server_info = server.clone();
+                }
+                info.instructions = peer.instructions.clone();
+                info
+            });
+        let _ = self.upstream.set(info);
+        Ok(())
+    }
+
     /// Forwards `request` and relays what belongs to it until the upstream answers, the
     /// downstream cancels, or the call fails.
     async fn forward(
@@ -462,7 +520,10 @@ impl Proxy {
         let options = CallOptions::new()
             .headers(headers.clone())
             .notifications(sink)
-            .requests(Arc::new(AskDownstream(context.peer.clone())));
+            .requests(Arc::new(AskDownstream {
+                peer: context.peer.clone(),
+                call: context.id.clone(),
+            }));
         let acquire = AcquireRequest::new(&self.server)
             .principal(principal)
             .headers(&headers)
@@ -508,7 +569,7 @@ impl Proxy {
         &self,
         request: ClientRequest,
         context: RequestContext<RoleServer>,
-        pick: fn(ServerResult) -> Result<T, ServerResult>,
+        pick: fn(ServerResult) -> Result<T, Box<ServerResult>>,
     ) -> Result<T, ErrorData>
     where
         T: serde::de::DeserializeOwned,
@@ -594,25 +655,47 @@ fn upstream_error(error: PoolError) -> ErrorData {
 }
 
 /// Answers the upstream's requests of a call (sampling, elicitation, roots) by asking the
-/// downstream client of that call.
-struct AskDownstream(Peer<RoleServer>);
+/// downstream client of that call, on that call's response stream (MCP 2025-11-25: requests
+/// related to a client request are sent on its stream, not the standalone one).
+struct AskDownstream {
+    peer: Peer<RoleServer>,
+    /// The downstream request id of the call.
+    call: RequestId,
+}
 
 #[async_trait::async_trait]
 impl ServerRequestHandler for AskDownstream {
     async fn handle(
         &self,
-        request: ServerRequest,
+        mut request: ServerRequest,
         cancel: CancellationToken,
     ) -> Result<ClientResult, ErrorData> {
+        request
+            .extensions_mut()
+            .insert(OriginatingRequestId(self.call.clone()));
+        // Sent from a task of its own: the pool runs this inside the upstream session's
+        // handler of that request, where rmcp would replace the marker with the upstream's
+        // request id (a task-local that does not cross `tokio::spawn`).
+        let peer = self.peer.clone();
+        let mut send = tokio::spawn(async move { peer.send_request(request).await });
         tokio::select! {
-            result = self.0.send_request(request) => result.map_err(|error| match error {
-                ServiceError::McpError(data) => data,
-                other => ErrorData::internal_error(
-                    format!("the downstream client did not answer: {other}"),
+            result = &mut send => match result {
+                Ok(result) => result.map_err(|error| match error {
+                    ServiceError::McpError(data) => data,
+                    other => ErrorData::internal_error(
+                        format!("the downstream client did not answer: {other}"),
+                        None,
+                    ),
+                }),
+                Err(error) => Err(ErrorData::internal_error(
+                    format!("asking the downstream client failed: {error}"),
                     None,
-                ),
-            }),
-            () = cancel.cancelled() => Err(ErrorData::internal_error("cancelled by the server", None)),
+                )),
+            },
+            () = cancel.cancelled() => {
+                send.abort();
+                Err(ErrorData::internal_error("cancelled by the server", None))
+            }
         }
     }
 }
@@ -629,7 +712,7 @@ macro_rules! forward {
             let request = ($build)(params);
             self.forward_as(request, context, |r| match r {
                 ServerResult::$variant(r) => Ok(r),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })
             .await
             .map(Into::into)
@@ -669,30 +752,7 @@ impl ServerHandler for Proxy {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         context.peer.set_peer_info(request.clone());
-        if self.upstream.get().is_none() {
-            let (principal, headers) = self.caller(&context)?;
-            let acquire = AcquireRequest::new(&self.server)
-                .principal(principal)
-                .headers(&headers)
-                .downstream_session(&self.affinity);
-            let lease = self
-                .pool
-                .acquire_with(acquire)
-                .await
-                .map_err(upstream_error)?;
-            let _ = self.upstream.set(lease.peer().peer_info().map_or_else(
-                InitializeResult::default,
-                |peer| {
-                    let mut info = InitializeResult::new(peer.capabilities.clone());
-                    info.protocol_version = peer.protocol_version.clone();
-                    if let Some(server) = &peer.server_info {
-                        info.server_info = server.clone();
-                    }
-                    info.instructions = peer.instructions.clone();
-                    info
-                },
-            ));
-        }
+        self.learn_upstream(&context).await?;
         self.sessions.peers.lock().insert(
             self.slot,
             Downstream {
@@ -701,6 +761,19 @@ impl ServerHandler for Proxy {
             },
         );
         self.negotiate_initialize(&request)
+    }
+
+    /// Protocol 2026-07-28 (no `initialize`, no session): the upstream's capabilities and
+    /// server info, as for `initialize`.
+    async fn discover(
+        &self,
+        context: RequestContext<RoleServer>,
+    ) -> Result<DiscoverResult, ErrorData> {
+        self.learn_upstream(&context).await?;
+        Ok(DiscoverResult::from_server_info(
+            self.supported_protocol_versions().into_owned(),
+            self.get_info(),
+        ))
     }
 
     async fn ping(&self, context: RequestContext<RoleServer>) -> Result<(), ErrorData> {

@@ -2,14 +2,13 @@
 //! the gateway served on loopback, the reference server as the upstream.
 #![allow(deprecated)] // Sampling is deprecated by SEP-2577; servers still use it.
 
-use std::{
-    sync::Arc,
-    time::{Duration, SystemTime},
-};
+use std::{sync::Arc, time::Duration};
 
 use mcp_pool::{Pool, PoolConfig, ServerConfig, ServerId, StrategyKind, TransportKind};
 use mcp_pool_conformance::ReferenceServer;
-use mcp_pool_gateway::{AppState, Auth, auth};
+mod common;
+
+use common::Served;
 use mcp_pool_transports::{SseClientTransport, WebSocketClientTransport};
 use parking_lot::Mutex;
 use rmcp::{
@@ -19,25 +18,22 @@ use rmcp::{
         CreateMessageRequestParams, CreateMessageResult, ErrorCode, Implementation,
         ProgressNotificationParam, SamplingMessage,
     },
-    service::{NotificationContext, RequestContext, RunningService},
+    service::{InboundStreamOrigin, NotificationContext, RequestContext, RunningService},
     transport::{
         StreamableHttpClientTransport, streamable_http_client::StreamableHttpClientTransportConfig,
     },
 };
 use serde_json::json;
 
-const SECRET: &str = "mcp-test-secret-0123456789abcdef";
-
 struct Gateway {
     upstream: ReferenceServer,
     pool: Pool,
     url: String,
-    secret: auth::JwtSecret,
-    _server: tokio::task::JoinHandle<()>,
+    served: Served,
 }
 
-/// A gateway with the servers `rr` (round robin), `sticky` and `off` (pooling disabled), all
-/// on one reference server.
+/// A gateway with the servers `rr` (round robin), `sticky`, `off` (pooling disabled) and
+/// `shared` (one session for four leases), all on one reference server.
 async fn gateway() -> Gateway {
     gateway_with(Pool::builder()).await
 }
@@ -47,37 +43,33 @@ async fn gateway_with(builder: mcp_pool::PoolBuilder) -> Gateway {
     let server = |id: &str, pool: PoolConfig| {
         ServerConfig::new(ServerId::new(id).unwrap(), upstream.endpoint()).pool(pool)
     };
-    let pool = builder
-        .server(server("rr", PoolConfig::enabled()))
-        .server(server(
+    let servers = [
+        server("rr", PoolConfig::enabled()),
+        server(
             "sticky",
             PoolConfig {
                 strategy: StrategyKind::Sticky,
                 ..PoolConfig::enabled()
             },
-        ))
-        .server(server("off", PoolConfig::default()))
-        .build()
-        .unwrap();
-    let secret = auth::JwtSecret::new(SECRET).unwrap();
-    let app = mcp_pool_gateway::router(AppState {
-        pool: pool.clone(),
-        auth: Auth::Required(secret.clone()),
-        max_body_bytes: 4 << 20,
-        metrics: None,
-        mcp: Default::default(),
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+        ),
+        server("off", PoolConfig::default()),
+        server(
+            "shared",
+            PoolConfig {
+                size: 1,
+                min_size: 1,
+                max_size: 1,
+                session_concurrency: 4,
+                ..PoolConfig::enabled()
+            },
+        ),
+    ];
+    let served = Served::start(&servers, builder).await;
     Gateway {
         upstream,
-        pool,
-        url,
-        secret,
-        _server: server,
+        pool: served.pool.clone(),
+        url: served.url.clone(),
+        served,
     }
 }
 
@@ -87,8 +79,35 @@ async fn gateway_with(builder: mcp_pool::PoolBuilder) -> Gateway {
 struct Recorder {
     progress: Arc<Mutex<Vec<ProgressNotificationParam>>>,
     sampled: Arc<Mutex<Vec<String>>>,
+    /// The HTTP stream each sampling request arrived on.
+    sampling_streams: Arc<Mutex<Vec<Option<InboundStreamOrigin>>>>,
     sampling: bool,
     tools_changed: Arc<tokio::sync::Notify>,
+    progress_seen: Arc<tokio::sync::Notify>,
+}
+
+impl Recorder {
+    /// The progress values seen, once there are `n` (bounded wait), in ascending order: this
+    /// downstream rmcp client handles each notification in a task of its own, so they may
+    /// reach the recorder after the result and in any order. (The SDK clients of
+    /// sdk_clients.rs see them in order, before the result.)
+    async fn progress(&self, n: usize) -> Vec<ProgressNotificationParam> {
+        let enough = async {
+            loop {
+                let seen = self.progress_seen.notified();
+                if self.progress.lock().len() >= n {
+                    break;
+                }
+                seen.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), enough)
+            .await
+            .unwrap_or_else(|_| panic!("{n} progress notifications: {:?}", self.progress.lock()));
+        let mut progress = self.progress.lock().clone();
+        progress.sort_by(|a, b| a.progress.total_cmp(&b.progress));
+        progress
+    }
 }
 
 impl ClientHandler for Recorder {
@@ -107,6 +126,7 @@ impl ClientHandler for Recorder {
         _context: NotificationContext<RoleClient>,
     ) {
         self.progress.lock().push(params);
+        self.progress_seen.notify_waiters();
     }
 
     async fn on_tool_list_changed(&self, _context: NotificationContext<RoleClient>) {
@@ -116,8 +136,10 @@ impl ClientHandler for Recorder {
     async fn create_message(
         &self,
         params: CreateMessageRequestParams,
-        _context: RequestContext<RoleClient>,
+        context: RequestContext<RoleClient>,
     ) -> Result<CreateMessageResult, rmcp::ErrorData> {
+        let origin = context.extensions.get::<InboundStreamOrigin>().cloned();
+        self.sampling_streams.lock().push(origin);
         let prompt = serde_json::to_string(&params.messages).unwrap();
         self.sampled.lock().push(prompt);
         Ok(CreateMessageResult::new(
@@ -129,13 +151,7 @@ impl ClientHandler for Recorder {
 
 impl Gateway {
     fn token(&self, user: &str) -> String {
-        auth::mint(
-            &self.secret,
-            user,
-            Duration::from_secs(600),
-            SystemTime::now(),
-        )
-        .unwrap()
+        self.served.token(user)
     }
 
     async fn client(
@@ -261,11 +277,11 @@ async fn progress_reaches_the_calling_client_with_its_own_token() {
         .await
         .unwrap();
     assert_eq!(text(&result), "done 3");
-    let progress = recorder.progress.lock().clone();
+    let progress = recorder.progress(3).await;
     assert_eq!(
         progress.iter().map(|p| p.progress).collect::<Vec<_>>(),
         [1.0, 2.0, 3.0],
-        "every step, in order, before the result"
+        "every step, none twice"
     );
     // rmcp's client numbers its progress tokens per session; the upstream saw the pool's.
     let tokens: Vec<_> = progress.iter().map(|p| p.progress_token.clone()).collect();
@@ -288,6 +304,13 @@ async fn sampling_is_asked_of_the_downstream_client() {
     let sampled = recorder.sampled.lock().clone();
     assert_eq!(sampled.len(), 1);
     assert!(sampled[0].contains("hello upstream"), "{sampled:?}");
+    // MCP 2025-11-25: a request related to the client's call SHOULD come on that call's
+    // stream, not the standalone one.
+    let streams = recorder.sampling_streams.lock().clone();
+    assert!(
+        matches!(streams[..], [Some(InboundStreamOrigin::OutboundRequest(_))]),
+        "sampling came on the call's stream: {streams:?}"
+    );
 }
 
 #[tokio::test]
@@ -586,4 +609,114 @@ async fn the_sse_endpoint_needs_a_token() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
+}
+
+#[tokio::test]
+async fn a_2026_07_28_client_without_sessions_is_served_through_the_pool() {
+    use rmcp::{
+        model::ProtocolVersion,
+        service::{ClientLifecycleMode, ClientServiceExt},
+    };
+    let gw = gateway().await;
+    let config =
+        StreamableHttpClientTransportConfig::with_uri(format!("{}/servers/rr/mcp", gw.url))
+            .auth_header(gw.token("alice"));
+    let client = Recorder::default()
+        .serve_with_lifecycle(
+            StreamableHttpClientTransport::from_config(config),
+            ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+        )
+        .await
+        .expect("server/discover through the gateway");
+    let info = client.peer_info().unwrap();
+    assert_eq!(info.protocol_version, ProtocolVersion::V_2026_07_28);
+    assert!(
+        info.capabilities.tools.is_some(),
+        "the upstream's tools are advertised"
+    );
+    for message in ["one", "two"] {
+        let result = client
+            .call_tool(tool("echo", json!({ "message": message })))
+            .await
+            .unwrap();
+        assert_eq!(text(&result), message);
+    }
+    assert_eq!(
+        gw.upstream.sessions_opened(),
+        1,
+        "stateless downstream requests share the pooled upstream session"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_calls_sharing_one_upstream_session_get_only_their_own_progress() {
+    let gw = gateway().await;
+    let (first_seen, second_seen) = (Recorder::default(), Recorder::default());
+    let first = gw.client("shared", "alice", first_seen.clone()).await;
+    let second = gw.client("shared", "alice", second_seen.clone()).await;
+    let (a, b) = tokio::join!(
+        first.call_tool(tool("progress", json!({"steps": 4, "delay_ms": 5}))),
+        second.call_tool(tool("progress", json!({"steps": 6, "delay_ms": 3}))),
+    );
+    assert_eq!(text(&a.unwrap()), "done 4");
+    assert_eq!(text(&b.unwrap()), "done 6");
+    assert_eq!(
+        gw.upstream.sessions_opened(),
+        1,
+        "both calls ran on one upstream session"
+    );
+    let steps = |seen: Vec<ProgressNotificationParam>| -> Vec<f64> {
+        seen.iter().map(|p| p.progress).collect()
+    };
+    assert_eq!(steps(first_seen.progress(4).await), [1.0, 2.0, 3.0, 4.0]);
+    assert_eq!(
+        steps(second_seen.progress(6).await),
+        [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        "none of the other call's"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_session_answers_200_and_ends_it() {
+    // The Python SDK client logs any status but 200 and 204 as a failed termination; rmcp
+    // answers 202.
+    let gw = gateway().await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/servers/rr/mcp", gw.url);
+    let token = gw.token("alice");
+    let post = |body: serde_json::Value| {
+        http.post(&url)
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .json(&body)
+    };
+    let initialize = post(json!({
+        "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"}
+        }
+    }))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(initialize.status(), 200);
+    let session = initialize.headers()["mcp-session-id"].clone();
+    let deleted = http
+        .delete(&url)
+        .bearer_auth(&token)
+        .header("mcp-session-id", session.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let ping = post(json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
+        .header("mcp-session-id", session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ping.status(), 404, "the session is gone");
 }

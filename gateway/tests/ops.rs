@@ -9,7 +9,7 @@ use axum::{
 use http_body_util::BodyExt;
 use mcp_pool::{Pool, PoolConfig, Principal, ServerConfig, ServerId};
 use mcp_pool_conformance::ReferenceServer;
-use mcp_pool_gateway::{AppState, Auth, metrics::record_mcp};
+use mcp_pool_gateway::{AppState, Auth, Registry, metrics::record_mcp};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -25,21 +25,21 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let upstream = ReferenceServer::start().await.unwrap();
     let plain = ServerId::new("plain").unwrap();
-    let pool = Pool::builder()
-        .server(
-            ServerConfig::new(ServerId::new("demo").unwrap(), upstream.endpoint())
-                .pool(PoolConfig::default()),
-        )
-        .server(ServerConfig::new(plain.clone(), upstream.endpoint()).pool(PoolConfig::enabled()))
+    let servers = [
+        ServerConfig::new(ServerId::new("demo").unwrap(), upstream.endpoint())
+            .pool(PoolConfig::default()),
+        ServerConfig::new(plain.clone(), upstream.endpoint()).pool(PoolConfig::enabled()),
+    ];
+    let pool = servers
+        .iter()
+        .fold(Pool::builder(), |b, s| b.server(s.clone()))
         .build()
         .unwrap();
+    let registry = Registry::load(pool.clone(), &servers).await.unwrap();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let app = mcp_pool_gateway::router(AppState {
-        pool: pool.clone(),
-        auth: Auth::Disabled,
-        max_body_bytes: 4 << 20,
         metrics: Some(recorder.handle()),
-        mcp: Default::default(),
+        ..AppState::new(pool.clone(), registry, Auth::Disabled)
     });
     Fixture {
         _upstream: upstream,

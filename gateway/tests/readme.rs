@@ -4,12 +4,14 @@
 //! 413, SIGTERM shuts it down cleanly, no secret logged. The PUT body is read from the README
 //! itself so the section stays true.
 
+mod common;
+
 use std::process::Stdio;
 
+use common::{BIN, Process};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_mcp-pool-gateway");
 const SECRET: &str = "readme-test-secret-9f8e7d6c5b4a";
 
 /// The README section's `curl` lines: (the PUT body, the stats path).
@@ -48,30 +50,8 @@ fn readme_steps() -> (String, String) {
 async fn readme_steps_work_against_the_binary() {
     let (put_body, stats_path) = readme_steps();
     let dir = std::env::temp_dir();
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["--demo", "--port", "0"])
-        .env("JWT_SECRET_KEY", SECRET)
-        .env("RUST_LOG", "info")
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    let base = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("exited before listening:\n{log}"));
-        log.push_str(&line);
-        log.push('\n');
-        if let Some(addr) = line.split("gateway listening on ").nth(1) {
-            break addr.trim().to_owned();
-        }
-    };
+    let mut gateway = Process::start(&["--demo"], &[("JWT_SECRET_KEY", SECRET)], &dir).await;
+    let (base, log) = (gateway.base.clone(), gateway.log.clone());
     assert!(
         log.contains("pool manager initialized with 1 servers"),
         "{log}"
@@ -144,20 +124,8 @@ async fn readme_steps_work_against_the_binary() {
     );
 
     // SIGTERM: graceful shutdown, exit 0.
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    while let Some(line) = lines.next_line().await.unwrap() {
-        log.push_str(&line);
-        log.push('\n');
-    }
-    let status = child.wait().await.unwrap();
-    assert!(status.success(), "{status}\n{log}");
+    gateway.stop().await;
+    let log = &gateway.log;
     assert!(log.contains("closing the pool"), "{log}");
     assert!(!log.contains(SECRET), "the secret was logged");
     assert!(!log.contains(&token), "the token was logged");

@@ -1,27 +1,27 @@
 //! The REST API in process (`oneshot`) on a real pool over the reference server on loopback.
 
+mod common;
+
 use std::time::{Duration, SystemTime};
 
 use axum::{
-    Router,
     body::Body,
     http::{Request, StatusCode, header},
 };
+use common::*;
 use http_body_util::BodyExt;
 use mcp_pool::{Pool, PoolConfig, ServerConfig, ServerId};
 use mcp_pool_conformance::ReferenceServer;
-use mcp_pool_gateway::{AppState, Auth, auth};
+use mcp_pool_gateway::auth;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-const SECRET: &str = "test-secret-0123456789abcdef-do-not-leak";
 const SEED_PUT: &str = r#"{"enabled": true, "strategy": "round_robin", "size": 5, "min_size": 2, "max_size": 10, "timeout": 30, "max_idle_time": 3600, "auto_scale": false, "health_check_interval": 60, "rebalance_interval": 300}"#;
 
 struct Fixture {
     _upstream: ReferenceServer,
     pool: Pool,
-    app: Router,
-    token: String,
+    gateway: Gateway,
 }
 
 async fn fixture(max_body_bytes: usize) -> Fixture {
@@ -29,83 +29,27 @@ async fn fixture(max_body_bytes: usize) -> Fixture {
     // A password in the upstream URL: it must never come back in a response.
     let url = upstream.url().replace("http://", "http://alice:hunter2pw@");
     let endpoint = mcp_pool::Endpoint::new(url, mcp_pool::TransportKind::StreamableHttp).unwrap();
-    let pool = Pool::builder()
+    let servers = [
         // Pooling off, as the seed's servers start.
-        .server(
-            ServerConfig::new(ServerId::new("demo").unwrap(), endpoint).pool(PoolConfig::default()),
-        )
-        .server(
-            ServerConfig::new(ServerId::new("plain").unwrap(), upstream.endpoint())
-                .pool(PoolConfig::enabled()),
-        )
-        .build()
-        .unwrap();
-    let secret = auth::JwtSecret::new(SECRET).unwrap();
-    let token = auth::mint(
-        &secret,
-        "admin",
-        Duration::from_secs(600),
-        SystemTime::now(),
-    )
-    .unwrap();
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let app = mcp_pool_gateway::router(AppState {
-        pool: pool.clone(),
-        auth: Auth::Required(secret),
-        max_body_bytes,
-        metrics: Some(recorder.handle()),
-        mcp: Default::default(),
-    });
+        ServerConfig::new(ServerId::new("demo").unwrap(), endpoint).pool(PoolConfig::default()),
+        ServerConfig::new(ServerId::new("plain").unwrap(), upstream.endpoint())
+            .pool(PoolConfig::enabled()),
+    ];
+    let pool = pool_of(&servers, Pool::builder());
+    let mut gateway = gateway(&pool, &servers, max_body_bytes).await;
+    gateway.forbidden.push("hunter2pw".into());
     Fixture {
         _upstream: upstream,
         pool,
-        app,
-        token,
+        gateway,
     }
 }
 
-impl Fixture {
-    async fn send(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, String) {
-        self.send_as(Some(&self.token), method, path, body).await
+impl std::ops::Deref for Fixture {
+    type Target = Gateway;
+    fn deref(&self) -> &Gateway {
+        &self.gateway
     }
-
-    async fn send_as(
-        &self,
-        token: Option<&str>,
-        method: &str,
-        path: &str,
-        body: Option<&str>,
-    ) -> (StatusCode, String) {
-        let mut req = Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let req = match body {
-            Some(b) => req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_owned())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let text = String::from_utf8(bytes.to_vec()).unwrap();
-        assert!(!text.contains(SECRET), "JWT secret in a response: {text}");
-        assert!(
-            !text.contains("hunter2pw"),
-            "upstream password in a response: {text}"
-        );
-        (status, text)
-    }
-}
-
-fn detail(body: &str) -> String {
-    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-    v["detail"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no detail: {body}"))
-        .to_owned()
 }
 
 #[tokio::test]
@@ -414,7 +358,10 @@ async fn openapi_lists_every_route() {
     );
     for (path, method) in [
         ("/servers", "get"),
+        ("/servers", "post"),
         ("/servers/{id}", "get"),
+        ("/servers/{id}", "put"),
+        ("/servers/{id}", "delete"),
         ("/servers/{id}/pool/config", "get"),
         ("/servers/{id}/pool/config", "put"),
         ("/servers/{id}/pool/stats", "get"),
@@ -434,6 +381,8 @@ async fn openapi_lists_every_route() {
     }
     assert!(v["paths"]["/servers/{id}/pool/stats"]["get"]["responses"]["503"].is_object());
     assert!(v["components"]["schemas"]["PoolConfigUpdate"].is_object());
+    assert!(v["components"]["schemas"]["ServerBody"].is_object());
+    assert!(v["paths"]["/servers"]["post"]["responses"]["409"].is_object());
 }
 
 #[test]

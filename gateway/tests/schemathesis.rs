@@ -11,7 +11,7 @@ mod common;
 
 use std::{path::PathBuf, time::Duration};
 
-use common::{BIN, Gateway};
+use common::{BIN, Process};
 
 const SECRET: &str = "schemathesis-test-secret-0123456789";
 /// Test cases per operation and phase: about 1000 requests in all, well under 2 minutes.
@@ -40,7 +40,7 @@ async fn schemathesis_finds_no_defect_in_the_rest_api() {
     );
     let dir = std::env::temp_dir().join(format!("mcp-pool-schemathesis-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let gw = Gateway::start(&["--demo"], &[("JWT_SECRET_KEY", SECRET)], &dir).await;
+    let mut gw = Process::start(&["--demo"], &[("JWT_SECRET_KEY", SECRET)], &dir).await;
     let token = std::process::Command::new(BIN)
         .args(["token", "--sub", "fuzzer", "--exp-minutes", "30"])
         .env("JWT_SECRET_KEY", SECRET)

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::Gateway;
+use common::Process;
 use serde_json::Value;
 
 fn file(alpha_url: &str, alpha_pool: &str, beta: bool) -> String {
@@ -36,7 +36,7 @@ async fn sighup_applies_the_changed_file_and_refuses_an_invalid_one() {
         file(url_a, "{ enabled = true, max_size = 10 }", false),
     )
     .unwrap();
-    let mut gw = Gateway::start(
+    let mut gw = Process::start(
         &["--config", path.to_str().unwrap()],
         &[("AUTH_REQUIRED", "false")],
         &dir,

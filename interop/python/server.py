@@ -8,6 +8,8 @@ Usage: python server.py --transport {streamable-http,sse} [--port PORT]   (port 
 - streamable-http: the MCP endpoint is /mcp. sse (the 2024-11-05 HTTP+SSE transport): the event
   stream is GET /sse, messages are POSTed to the URL its `endpoint` event names (/messages/).
 - Tool `echo(message: str)` returns `message`.
+- Resource `ref://greeting` (text "hello from the Python SDK server") and prompt
+  `greet(name)` (one user message "Hello, <name>!"), as the reference server's.
 - Tools that talk to the client besides replying, named and behaving as the reference server's
   (conformance/src/server/handler.rs) as far as the SDK allows:
   - `progress(steps, delay_ms=0)`: `steps` progress notifications (ctx.report_progress: the
@@ -75,6 +77,18 @@ mcp = FastMCP("mcp-pool-interop-python")
 def echo(message: str) -> str:
     """Returns its `message` argument as one text content."""
     return message
+
+
+@mcp.resource("ref://greeting", name="greeting", mime_type="text/plain")
+def greeting() -> str:
+    """The one resource."""
+    return "hello from the Python SDK server"
+
+
+@mcp.prompt()
+def greet(name: str) -> str:
+    """Greets `name`."""
+    return f"Hello, {name}!"
 
 
 LOGGER = "reference"

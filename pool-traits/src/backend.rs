@@ -8,7 +8,9 @@ use std::{fmt, time::Duration};
 
 use futures::stream::BoxStream;
 
-use crate::{PoolConfig, ServerId, StateId};
+use serde::{Deserialize, Serialize};
+
+use crate::{PoolConfig, SavedServer, ServerChange, ServerId, ServerRecord, StateId};
 
 /// A backend operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,7 +47,7 @@ pub enum BackendError {
 /// delete's). A consumer that remembers the last version it applied per server can therefore
 /// ignore anything at or below it: a duplicate notification, a re-list after a resubscribe, a
 /// stale read, or notifications of concurrent writes that arrive out of order.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigChange {
     /// The server.
     pub server: ServerId,
@@ -144,6 +146,41 @@ pub trait StateBackend: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// [`BackendError`] when the subscription cannot be set up.
     async fn watch_configs(&self) -> Result<BoxStream<'static, ConfigChange>, BackendError>;
+
+    /// Stores the server record `record` under `record.id`, replacing any, and notifies every
+    /// watcher of servers. Returns the version given to this put, with the rules of
+    /// [`put_config`](Self::put_config) (server versions are separate from config versions).
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails.
+    async fn put_server(&self, record: &ServerRecord) -> Result<u64, BackendError>;
+
+    /// The stored record of `server` and its version; `None` when none is stored.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails or the record is corrupt.
+    async fn get_server(&self, server: &ServerId) -> Result<Option<SavedServer>, BackendError>;
+
+    /// The latest change of every server ever stored, ordered by id, deletions kept as
+    /// tombstones (`record: None`), as [`list_configs`](Self::list_configs) does for configs.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails or a record is corrupt.
+    async fn list_servers(&self) -> Result<Vec<ServerChange>, BackendError>;
+
+    /// Deletes the record of `server` and notifies watchers. Returns the version given to the
+    /// delete, or `None` (nothing changes, nobody is notified) when no record was stored.
+    ///
+    /// # Errors
+    /// [`BackendError`] when the backend fails.
+    async fn delete_server(&self, server: &ServerId) -> Result<Option<u64>, BackendError>;
+
+    /// Server record changes made through any instance sharing this backend, from now on, with
+    /// the delivery rules of [`watch_configs`](Self::watch_configs) (re-list now and then).
+    ///
+    /// # Errors
+    /// [`BackendError`] when the subscription cannot be set up.
+    async fn watch_servers(&self) -> Result<BoxStream<'static, ServerChange>, BackendError>;
 
     /// Claims `session` (a downstream session id) for `owner`, first writer wins, for `ttl`.
     /// A claim whose TTL ran out, or whose owner's [`heartbeat`](Self::heartbeat) ran out, can

@@ -15,7 +15,11 @@ use rmcp::{
         ClientConfig, ClientResult, ErrorCode, GetExtensions, ProgressToken, RequestId,
         ServerNotification, ServerRequest,
     },
-    service::{InboundStreamOrigin, NotificationContext, RequestContext},
+    service::{
+        ClientInitializeError, InboundStreamOrigin, NotificationContext, RequestContext,
+        RxJsonRpcMessage, TxJsonRpcMessage,
+    },
+    transport::{IntoTransport, Transport},
 };
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -492,6 +496,70 @@ impl Drop for CallRoute {
     }
 }
 
+/// Serving a session: the transport tap that routes notifications in wire order.
+impl SessionHandler {
+    /// Runs a session over `transport`: rmcp's `serve` (`initialize`, then the service loop),
+    /// with this handler as the client service. What a [`Transport`](crate::Transport)'s
+    /// `connect` calls: `request.handler().serve(transport).await`.
+    ///
+    /// Notifications are routed as the transport receives them, in wire order, before rmcp
+    /// reads the next message: progress and logging a server sends before a call's reply are
+    /// in the call's channel before the reply reaches the caller. (rmcp hands each notification
+    /// to a task of its own, which may run after the reply: routing there could lose or
+    /// reorder a call's last notifications.)
+    ///
+    /// # Errors
+    /// rmcp's [`ClientInitializeError`] when the handshake fails.
+    pub async fn serve<T, E, A>(
+        self,
+        transport: T,
+    ) -> Result<rmcp::service::RunningService<RoleClient, SessionHandler>, ClientInitializeError>
+    where
+        T: IntoTransport<RoleClient, E, A>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let tap = Tap {
+            inner: transport.into_transport(),
+            handler: self.clone(),
+        };
+        rmcp::ServiceExt::serve(self, tap).await
+    }
+}
+
+/// Marks a notification [`Tap`] already routed.
+#[derive(Clone, Copy, Debug)]
+struct Routed;
+
+/// A transport that routes each notification it receives before handing it on.
+struct Tap<T> {
+    inner: T,
+    handler: SessionHandler,
+}
+
+impl<T: Transport<RoleClient>> Transport<RoleClient> for Tap<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.inner.send(item)
+    }
+
+    async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+        let mut message = self.inner.receive().await?;
+        if let rmcp::model::JsonRpcMessage::Notification(n) = &mut message {
+            self.handler.route_notification(n.notification.clone());
+            n.notification.extensions_mut().insert(Routed);
+        }
+        Some(message)
+    }
+
+    fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
+    }
+}
+
 impl Service<RoleClient> for SessionHandler {
     async fn handle_request(
         &self,
@@ -528,9 +596,12 @@ impl Service<RoleClient> for SessionHandler {
     async fn handle_notification(
         &self,
         notification: ServerNotification,
-        _context: NotificationContext<RoleClient>,
+        context: NotificationContext<RoleClient>,
     ) -> Result<(), ErrorData> {
-        self.route_notification(notification);
+        // Served without the tap (rmcp's own `serve`): routed here, in rmcp's order.
+        if context.extensions.get::<Routed>().is_none() {
+            self.route_notification(notification);
+        }
         Ok(())
     }
 

@@ -10,6 +10,7 @@ mod failure;
 mod id;
 mod identity;
 mod redact;
+mod registry;
 mod strategy;
 mod transport;
 
@@ -27,6 +28,7 @@ pub use identity::{
     NEVER_FORWARDED, PoolKey, Principal, forwardable_headers,
 };
 pub use redact::{REDACTED, RedactedHeaders, redact_url};
+pub use registry::{CredentialsRef, SavedServer, ServerChange, ServerRecord};
 pub use strategy::{
     AffinityKey, Binding, EndpointView, EvictionReason, SelectContext, Selection, Selector,
     SessionId, SessionView, Strategy, least_loaded_endpoint,

@@ -99,7 +99,6 @@ pub(crate) async fn initialize(
     handler: mcp_pool_traits::SessionHandler,
     transport: impl rmcp::transport::Transport<rmcp::RoleClient> + 'static,
 ) -> Result<mcp_pool_traits::ClientSession, Box<dyn std::error::Error + Send + Sync>> {
-    use rmcp::ServiceExt;
     handler
         .serve(transport)
         .await

@@ -9,13 +9,10 @@ use crate::{
 use mcp_pool_traits::{
     ClientSession, ConnectRequest, Transport, TransportError, TransportKind, async_trait,
 };
-use rmcp::{
-    ServiceExt,
-    transport::{
-        StreamableHttpClientTransport,
-        common::client_side_sse::{ExponentialBackoff, SseRetryPolicy},
-        streamable_http_client::StreamableHttpClientTransportConfig,
-    },
+use rmcp::transport::{
+    StreamableHttpClientTransport,
+    common::client_side_sse::{ExponentialBackoff, SseRetryPolicy},
+    streamable_http_client::StreamableHttpClientTransportConfig,
 };
 
 /// How long an idle keep-alive connection is kept (reqwest's default, stated for the docs).

@@ -3,7 +3,7 @@
 //! One type, [`DatabaseBackend`], for both: the URL picks the dialect. The operations are
 //! written once (below, in [`StateBackend`]'s impl) over the statements of [`sql`]; what
 //! differs lives in a dialect struct with the same inherent methods in `postgres.rs` and
-//! `sqlite.rs` (`sql`, `ready`, `begin`, `announce_config`, `announced_config`, `watch`,
+//! `sqlite.rs` (`sql`, `ready`, `begin`, `announce`, `announced`, `watch`,
 //! `publish`, `subscribe`): the clock, how a transaction takes its lock, and how
 //! notifications travel. Every write runs in a transaction from `begin`, so that SQLite writers
 //! of one process queue without sleeping.
@@ -23,13 +23,12 @@ use std::{
 };
 
 use futures::stream::BoxStream;
-use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, PoolConfig, SavedConfig, ServerId, StateBackend, StateId,
-};
+use mcp_pool_traits::{BackendError, Claim, ServerId, StateBackend, StateId};
 use sqlx::Row;
 
 use crate::{
     codec,
+    records::{Kind, Versioned},
     rules::{LiveClaim, check_limit, decide_claim, ttl_ms},
 };
 
@@ -107,10 +106,12 @@ impl DatabaseConfig {
 /// # Schema
 /// Created on first use (`CREATE TABLE IF NOT EXISTS`): `mcp_pool_configs`,
 /// `mcp_pool_config_versions` (each server's config version, kept after a delete),
+/// `mcp_pool_servers` and `mcp_pool_server_versions` (server records, likewise),
 /// `mcp_pool_claims`, `mcp_pool_heartbeats`, `mcp_pool_slots`, each keyed by `namespace` and
 /// validated ids, with
 /// times as milliseconds of the database's clock; PostgreSQL adds `mcp_pool_messages` for
-/// published payloads too large for a `NOTIFY` (over 3 500 bytes; kept 5 minutes).
+/// published payloads and record changes too large for a `NOTIFY` (over 3 500 bytes; kept 5
+/// minutes).
 ///
 /// # Atomicity
 /// A config put or delete, its version and (PostgreSQL) its `NOTIFY` share one transaction
@@ -204,7 +205,7 @@ fn parse_id(backend: &'static str, what: &str, text: String) -> Result<StateId, 
 fn parse_version(backend: &'static str, version: i64) -> Result<u64, BackendError> {
     u64::try_from(version).map_err(|_| BackendError::InvalidData {
         backend,
-        message: format!("a stored config version is negative: {version}"),
+        message: format!("a stored record version is negative: {version}"),
     })
 }
 
@@ -341,6 +342,149 @@ impl DatabaseBackend {
     }
 }
 
+/// The versioned records of kind `C` (configs, server records): one implementation for both.
+impl DatabaseBackend {
+    async fn put<C: Versioned>(
+        &self,
+        server: &ServerId,
+        value: &C::Value,
+    ) -> Result<u64, BackendError> {
+        let (ns, text) = (self.namespace.as_str(), codec::encode(value));
+        let lock = format!("{}:{ns}:{server}", C::KIND.as_str());
+        let name = self.name();
+        self.bounded(async {
+            Ok(on_store!(self, db => {
+                let sql = db.sql().records(C::KIND);
+                let mut tx = db.begin(Some(&lock)).await?;
+                let version: i64 = sqlx::query_scalar(&sql.version)
+                    .bind(ns)
+                    .bind(server.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                sqlx::query(&sql.put)
+                    .bind(ns)
+                    .bind(server.as_str())
+                    .bind(&text)
+                    .execute(&mut *tx)
+                    .await?;
+                let version = parse_version(name, version)?;
+                let change = C::new(server.clone(), Some(value.clone()), version).wrap();
+                db.announce(&mut tx, &self.namespace, &change).await?;
+                tx.commit().await?;
+                db.announced(&self.namespace, change);
+                version
+            }))
+        })
+        .await
+    }
+
+    async fn get<C: Versioned>(
+        &self,
+        server: &ServerId,
+    ) -> Result<Option<(C::Value, u64)>, BackendError> {
+        let ns = self.namespace.as_str();
+        let row: Option<(String, i64)> = self
+            .bounded(async {
+                Ok(on_store!(self, db => {
+                    sqlx::query_as(&db.sql().records(C::KIND).get)
+                        .bind(ns)
+                        .bind(server.as_str())
+                        .fetch_optional(db.ready().await?)
+                        .await?
+                }))
+            })
+            .await?;
+        row.map(|(text, version)| {
+            Ok((
+                codec::decode::<C>(self.name(), server.as_str(), &text)?,
+                parse_version(self.name(), version)?,
+            ))
+        })
+        .transpose()
+    }
+
+    async fn list<C: Versioned>(&self) -> Result<Vec<C>, BackendError> {
+        let ns = self.namespace.as_str();
+        let rows: Vec<(String, Option<String>, i64)> = self
+            .bounded(async {
+                Ok(on_store!(self, db => {
+                    sqlx::query_as(&db.sql().records(C::KIND).list)
+                        .bind(ns)
+                        .fetch_all(db.ready().await?)
+                        .await?
+                }))
+            })
+            .await?;
+        let name = self.name();
+        let mut changes = rows
+            .into_iter()
+            .map(|(server, text, version)| {
+                let value = text
+                    .map(|t| codec::decode::<C>(name, &server, &t))
+                    .transpose()?;
+                Ok(C::new(
+                    codec::decode_server(name, &server)?,
+                    value,
+                    parse_version(name, version)?,
+                ))
+            })
+            .collect::<Result<Vec<C>, BackendError>>()?;
+        // Sorted here, not by the database, whose collation may not be byte order.
+        changes.sort_by(|a, b| a.server().cmp(b.server()));
+        Ok(changes)
+    }
+
+    async fn delete<C: Versioned>(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
+        let ns = self.namespace.as_str();
+        let lock = format!("{}:{ns}:{server}", C::KIND.as_str());
+        let name = self.name();
+        self.bounded(async {
+            Ok(on_store!(self, db => {
+                let sql = db.sql().records(C::KIND);
+                let mut tx = db.begin(Some(&lock)).await?;
+                let deleted = sqlx::query(&sql.delete)
+                    .bind(ns)
+                    .bind(server.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                    == 1;
+                if deleted {
+                    let version: i64 = sqlx::query_scalar(&sql.version)
+                        .bind(ns)
+                        .bind(server.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    let version = parse_version(name, version)?;
+                    let change = C::new(server.clone(), None, version).wrap();
+                    db.announce(&mut tx, &self.namespace, &change).await?;
+                    tx.commit().await?;
+                    db.announced(&self.namespace, change);
+                    Some(version)
+                } else {
+                    tx.commit().await?;
+                    None
+                }
+            }))
+        })
+        .await
+    }
+
+    async fn watch<C: Versioned>(&self) -> Result<BoxStream<'static, C>, BackendError> {
+        self.bounded(async { on_store!(self, db => db.watch(&self.namespace).await) })
+            .await
+    }
+}
+
+impl sql::Sql {
+    fn records(&self, kind: Kind) -> &sql::RecordSql {
+        match kind {
+            Kind::Config => &self.configs,
+            Kind::Server => &self.servers,
+        }
+    }
+}
+
 impl fmt::Debug for DatabaseBackend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseBackend")
@@ -362,139 +506,7 @@ impl StateBackend for DatabaseBackend {
         }
     }
 
-    async fn put_config(
-        &self,
-        server: &ServerId,
-        config: &PoolConfig,
-    ) -> Result<u64, BackendError> {
-        let (ns, text) = (self.namespace.as_str(), codec::encode_config(config));
-        let lock = format!("config:{ns}:{server}");
-        let name = self.name();
-        self.bounded(async {
-            Ok(on_store!(self, db => {
-                let mut tx = db.begin(Some(&lock)).await?;
-                let version: i64 = sqlx::query_scalar(&db.sql().config_version)
-                    .bind(ns)
-                    .bind(server.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                sqlx::query(&db.sql().config_put)
-                    .bind(ns)
-                    .bind(server.as_str())
-                    .bind(&text)
-                    .execute(&mut *tx)
-                    .await?;
-                let change = ConfigChange {
-                    server: server.clone(),
-                    config: Some(config.clone()),
-                    version: parse_version(name, version)?,
-                };
-                db.announce_config(&mut tx, &self.namespace, &change).await?;
-                tx.commit().await?;
-                let version = change.version;
-                db.announced_config(&self.namespace, change);
-                version
-            }))
-        })
-        .await
-    }
-
-    async fn get_config(&self, server: &ServerId) -> Result<Option<SavedConfig>, BackendError> {
-        let ns = self.namespace.as_str();
-        let row: Option<(String, i64)> = self
-            .bounded(async {
-                Ok(on_store!(self, db => {
-                    sqlx::query_as(&db.sql().config_get)
-                        .bind(ns)
-                        .bind(server.as_str())
-                        .fetch_optional(db.ready().await?)
-                        .await?
-                }))
-            })
-            .await?;
-        row.map(|(text, version)| {
-            Ok(SavedConfig {
-                config: codec::decode_config(self.name(), server.as_str(), &text)?,
-                version: parse_version(self.name(), version)?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn list_configs(&self) -> Result<Vec<ConfigChange>, BackendError> {
-        let ns = self.namespace.as_str();
-        let rows: Vec<(String, Option<String>, i64)> = self
-            .bounded(async {
-                Ok(on_store!(self, db => {
-                    sqlx::query_as(&db.sql().config_list)
-                        .bind(ns)
-                        .fetch_all(db.ready().await?)
-                        .await?
-                }))
-            })
-            .await?;
-        let name = self.name();
-        let mut changes = rows
-            .into_iter()
-            .map(|(server, text, version)| {
-                let config = text
-                    .map(|t| codec::decode_config(name, &server, &t))
-                    .transpose()?;
-                Ok(ConfigChange {
-                    server: codec::decode_server(name, &server)?,
-                    config,
-                    version: parse_version(name, version)?,
-                })
-            })
-            .collect::<Result<Vec<_>, BackendError>>()?;
-        // Sorted here, not by the database, whose collation may not be byte order.
-        changes.sort_by(|a, b| a.server.cmp(&b.server));
-        Ok(changes)
-    }
-
-    async fn delete_config(&self, server: &ServerId) -> Result<Option<u64>, BackendError> {
-        let ns = self.namespace.as_str();
-        let lock = format!("config:{ns}:{server}");
-        let name = self.name();
-        self.bounded(async {
-            Ok(on_store!(self, db => {
-                let mut tx = db.begin(Some(&lock)).await?;
-                let deleted = sqlx::query(&db.sql().config_delete)
-                    .bind(ns)
-                    .bind(server.as_str())
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    == 1;
-                if deleted {
-                    let version: i64 = sqlx::query_scalar(&db.sql().config_version)
-                        .bind(ns)
-                        .bind(server.as_str())
-                        .fetch_one(&mut *tx)
-                        .await?;
-                    let change = ConfigChange {
-                        server: server.clone(),
-                        config: None,
-                        version: parse_version(name, version)?,
-                    };
-                    db.announce_config(&mut tx, &self.namespace, &change).await?;
-                    tx.commit().await?;
-                    let version = change.version;
-                    db.announced_config(&self.namespace, change);
-                    Some(version)
-                } else {
-                    tx.commit().await?;
-                    None
-                }
-            }))
-        })
-        .await
-    }
-
-    async fn watch_configs(&self) -> Result<BoxStream<'static, ConfigChange>, BackendError> {
-        self.bounded(async { on_store!(self, db => db.watch(&self.namespace).await) })
-            .await
-    }
+    crate::records::record_methods!();
 
     async fn claim(
         &self,

@@ -7,15 +7,16 @@ use std::{
 };
 
 use futures::{StreamExt, stream::BoxStream};
-use mcp_pool_traits::{BackendError, ConfigChange, PoolConfig, ServerId, StateId};
+use mcp_pool_traits::{BackendError, StateId};
 use serde::{Deserialize, Serialize};
 use sqlx::{
-    PgPool, Postgres, Transaction,
+    PgConnection, PgPool, Postgres, Transaction,
     postgres::{PgConnectOptions, PgListener, PgPoolOptions},
 };
 use tokio::sync::OnceCell;
 
 use super::{DatabaseConfig, DbError, sql::Sql};
+use crate::records::{Change, Versioned};
 
 pub(super) const NAME: &str = "postgres";
 
@@ -51,11 +52,15 @@ static SCHEMA: LazyLock<String> = LazyLock::new(|| {
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Notice {
-    Config {
+    /// A config or server record change.
+    Change {
         ns: String,
-        server: ServerId,
-        config: Option<PoolConfig>,
-        version: u64,
+        /// The change, when small enough.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        change: Option<Change>,
+        /// Else the row of `mcp_pool_messages` holding it (JSON).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<i64>,
     },
     Message {
         ns: String,
@@ -119,45 +124,53 @@ impl Pg {
     }
 
     /// Sends the change inside `tx`: PostgreSQL delivers it on commit, and only then.
-    pub(super) async fn announce_config(
+    pub(super) async fn announce(
         &self,
         tx: &mut Transaction<'static, Postgres>,
         namespace: &StateId,
-        change: &ConfigChange,
+        change: &Change,
     ) -> Result<(), sqlx::Error> {
-        let notice = Notice::Config {
+        // Invariant: a change holds only strings, numbers and records; it serializes.
+        let json = serde_json::to_string(change).expect("a change serializes");
+        let (change, id) = if json.len() <= INLINE_MAX {
+            (Some(change.clone()), None)
+        } else {
+            // A server record with many endpoints: too large for a notice.
+            (None, Some(stash(tx, json.as_bytes()).await?))
+        };
+        let notice = Notice::Change {
             ns: namespace.to_string(),
-            server: change.server.clone(),
-            config: change.config.clone(),
-            version: change.version,
+            change,
+            id,
         };
         notify(&mut **tx, &notice).await
     }
 
     /// Nothing to do after commit: the notice went with the transaction.
-    pub(super) fn announced_config(&self, _namespace: &StateId, _change: ConfigChange) {}
+    pub(super) fn announced(&self, _namespace: &StateId, _change: Change) {}
 
-    pub(super) async fn watch(
+    pub(super) async fn watch<C: Versioned>(
         &self,
         namespace: &StateId,
-    ) -> Result<BoxStream<'static, ConfigChange>, DbError> {
+    ) -> Result<BoxStream<'static, C>, DbError> {
         let listener = self.listen().await?;
-        let ns = namespace.to_string();
+        let (ns, pool) = (namespace.to_string(), self.pool.clone());
         Ok(notices(listener, move |notice| {
-            let change = match notice {
-                Notice::Config {
-                    ns: n,
-                    server,
-                    config,
-                    version,
-                } if n == ns => Some(ConfigChange {
-                    server,
-                    config,
-                    version,
-                }),
+            let wanted = match notice {
+                Notice::Change { ns: n, change, id } if n == ns => Some((change, id)),
                 _ => None,
             };
-            async move { change }
+            let pool = pool.clone();
+            async move {
+                let change = match wanted? {
+                    (Some(change), _) => change,
+                    (None, Some(id)) => serde_json::from_slice(&fetch_message(&pool, id).await?)
+                        .inspect_err(|e| tracing::warn!(error = %e, "skipping a bad change"))
+                        .ok()?,
+                    (None, None) => return None,
+                };
+                C::unwrap(&change)
+            }
         }))
     }
 
@@ -171,20 +184,10 @@ impl Pg {
         let (hex, id) = if payload.len() <= INLINE_MAX {
             (Some(hex::encode(payload)), None)
         } else {
-            let id: i64 = sqlx::query_scalar(&format!(
-                "INSERT INTO mcp_pool_messages (created_at, payload) VALUES ({NOW}, $1) \
-                 RETURNING id"
-            ))
-            .bind(payload)
-            .fetch_one(pool)
-            .await?;
-            sqlx::query(&format!(
-                "DELETE FROM mcp_pool_messages WHERE created_at < {NOW} - $1"
-            ))
-            .bind(MESSAGE_KEEP_MS)
-            .execute(pool)
-            .await?;
-            (None, Some(id))
+            (
+                None,
+                Some(stash(&mut *pool.acquire().await?, payload).await?),
+            )
         };
         let notice = Notice::Message {
             ns: namespace.to_string(),
@@ -244,7 +247,7 @@ async fn notify<'e, E>(executor: E, notice: &Notice) -> Result<(), sqlx::Error>
 where
     E: sqlx::Executor<'e, Database = Postgres>,
 {
-    // Invariant: a Notice holds only strings, numbers and a PoolConfig; it serializes.
+    // Invariant: a Notice holds only strings, numbers and records; it serializes.
     let payload = serde_json::to_string(notice).expect("a notice serializes");
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(CHANNEL)
@@ -252,6 +255,24 @@ where
         .execute(executor)
         .await
         .map(drop)
+}
+
+/// Stores `payload` in `mcp_pool_messages` for subscribers to read, dropping rows older than
+/// [`MESSAGE_KEEP_MS`]; the new row's id.
+async fn stash(conn: &mut PgConnection, payload: &[u8]) -> Result<i64, sqlx::Error> {
+    let id = sqlx::query_scalar(&format!(
+        "INSERT INTO mcp_pool_messages (created_at, payload) VALUES ({NOW}, $1) RETURNING id"
+    ))
+    .bind(payload)
+    .fetch_one(&mut *conn)
+    .await?;
+    sqlx::query(&format!(
+        "DELETE FROM mcp_pool_messages WHERE created_at < {NOW} - $1"
+    ))
+    .bind(MESSAGE_KEEP_MS)
+    .execute(&mut *conn)
+    .await?;
+    Ok(id)
 }
 
 async fn fetch_message(pool: &PgPool, id: i64) -> Option<Vec<u8>> {
@@ -304,4 +325,26 @@ where
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_change_notice_round_trips() {
+        let change = mcp_pool_conformance::backend::sample_record("srv", 1);
+        let notice = Notice::Change {
+            ns: "ns".into(),
+            change: Some(Change::Server(mcp_pool_traits::ServerChange {
+                server: change.id.clone(),
+                record: Some(change),
+                version: 3,
+            })),
+            id: None,
+        };
+        let text = serde_json::to_string(&notice).unwrap();
+        let back: Notice = serde_json::from_str(&text).unwrap();
+        assert!(matches!(back, Notice::Change { .. }), "{text}");
+    }
 }

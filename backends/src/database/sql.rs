@@ -2,14 +2,39 @@
 //! milliseconds since the Unix epoch, read by the database itself so that every worker uses one
 //! clock; parameters are `$N` (PostgreSQL's form, which sqlx also accepts for SQLite).
 
+/// The statements on one kind of versioned record, with `{records}`, `{versions}` and
+/// `{value}` replaced by its tables and value column.
+#[derive(Debug)]
+pub(super) struct RecordSql {
+    pub(super) version: String,
+    pub(super) put: String,
+    pub(super) get: String,
+    pub(super) list: String,
+    pub(super) delete: String,
+}
+
+impl RecordSql {
+    fn new(records: &str, versions: &str, value: &str) -> Self {
+        let f = |s: &str| {
+            s.replace("{records}", records)
+                .replace("{versions}", versions)
+                .replace("{value}", value)
+        };
+        Self {
+            version: f(RECORD_VERSION),
+            put: f(RECORD_PUT),
+            get: f(RECORD_GET),
+            list: f(RECORD_LIST),
+            delete: f(RECORD_DELETE),
+        }
+    }
+}
+
 /// Every statement, with `{now}` replaced for one dialect.
 #[derive(Debug)]
 pub(super) struct Sql {
-    pub(super) config_version: String,
-    pub(super) config_put: String,
-    pub(super) config_get: String,
-    pub(super) config_list: String,
-    pub(super) config_delete: String,
+    pub(super) configs: RecordSql,
+    pub(super) servers: RecordSql,
     pub(super) claim_state: String,
     pub(super) claim_write: String,
     pub(super) refresh: String,
@@ -28,11 +53,8 @@ impl Sql {
     pub(super) fn new(now: &str) -> Self {
         let f = |s: &str| s.replace("{now}", now);
         Self {
-            config_version: f(CONFIG_VERSION),
-            config_put: f(CONFIG_PUT),
-            config_get: f(CONFIG_GET),
-            config_list: f(CONFIG_LIST),
-            config_delete: f(CONFIG_DELETE),
+            configs: RecordSql::new("mcp_pool_configs", "mcp_pool_config_versions", "config"),
+            servers: RecordSql::new("mcp_pool_servers", "mcp_pool_server_versions", "record"),
             claim_state: f(CLAIM_STATE),
             claim_write: f(CLAIM_WRITE),
             refresh: f(REFRESH),
@@ -54,12 +76,19 @@ impl Sql {
 /// when it claimed or refreshed (only then does its heartbeat running out end the claim).
 /// `mcp_pool_config_versions` holds the version of each server's latest config put or delete
 /// and keeps it after a delete (the tombstone `list_configs` reports); a config stored before
-/// that table existed counts as version 0 until its next write.
+/// that table existed counts as version 0 until its next write. `mcp_pool_servers` and
+/// `mcp_pool_server_versions` do the same for server records (JSON).
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS mcp_pool_configs (
     namespace TEXT NOT NULL, server TEXT NOT NULL, config TEXT NOT NULL,
     PRIMARY KEY (namespace, server));
 CREATE TABLE IF NOT EXISTS mcp_pool_config_versions (
+    namespace TEXT NOT NULL, server TEXT NOT NULL, version BIGINT NOT NULL,
+    PRIMARY KEY (namespace, server));
+CREATE TABLE IF NOT EXISTS mcp_pool_servers (
+    namespace TEXT NOT NULL, server TEXT NOT NULL, record TEXT NOT NULL,
+    PRIMARY KEY (namespace, server));
+CREATE TABLE IF NOT EXISTS mcp_pool_server_versions (
     namespace TEXT NOT NULL, server TEXT NOT NULL, version BIGINT NOT NULL,
     PRIMARY KEY (namespace, server));
 CREATE TABLE IF NOT EXISTS mcp_pool_claims (
@@ -77,30 +106,30 @@ CREATE TABLE IF NOT EXISTS mcp_pool_slots (
 
 // $1 namespace, $2 server. The server's next version, run in the transaction of the put or
 // delete it numbers (under the server's lock).
-const CONFIG_VERSION: &str = "
-INSERT INTO mcp_pool_config_versions (namespace, server, version) VALUES ($1, $2, 1)
-ON CONFLICT (namespace, server) DO UPDATE SET version = mcp_pool_config_versions.version + 1
+const RECORD_VERSION: &str = "
+INSERT INTO {versions} (namespace, server, version) VALUES ($1, $2, 1)
+ON CONFLICT (namespace, server) DO UPDATE SET version = {versions}.version + 1
 RETURNING version";
-// $1 namespace, $2 server, $3 config JSON.
-const CONFIG_PUT: &str = "
-INSERT INTO mcp_pool_configs (namespace, server, config) VALUES ($1, $2, $3)
-ON CONFLICT (namespace, server) DO UPDATE SET config = excluded.config";
-// $1 namespace, $2 server. The config and its version.
-const CONFIG_GET: &str = "
-SELECT c.config, COALESCE(v.version, 0) FROM mcp_pool_configs c
-LEFT JOIN mcp_pool_config_versions v ON v.namespace = c.namespace AND v.server = c.server
+// $1 namespace, $2 server, $3 value JSON.
+const RECORD_PUT: &str = "
+INSERT INTO {records} (namespace, server, {value}) VALUES ($1, $2, $3)
+ON CONFLICT (namespace, server) DO UPDATE SET {value} = excluded.{value}";
+// $1 namespace, $2 server. The value and its version.
+const RECORD_GET: &str = "
+SELECT c.{value}, COALESCE(v.version, 0) FROM {records} c
+LEFT JOIN {versions} v ON v.namespace = c.namespace AND v.server = c.server
 WHERE c.namespace = $1 AND c.server = $2";
-// $1 namespace. Every versioned server (its config, NULL when deleted), then the configs
+// $1 namespace. Every versioned server (its value, NULL when deleted), then the values
 // stored before versions existed, as version 0. One statement: one snapshot.
-const CONFIG_LIST: &str = "
-SELECT v.server, c.config, v.version FROM mcp_pool_config_versions v
-LEFT JOIN mcp_pool_configs c ON c.namespace = v.namespace AND c.server = v.server
+const RECORD_LIST: &str = "
+SELECT v.server, c.{value}, v.version FROM {versions} v
+LEFT JOIN {records} c ON c.namespace = v.namespace AND c.server = v.server
 WHERE v.namespace = $1
 UNION ALL
-SELECT c.server, c.config, 0 FROM mcp_pool_configs c
-WHERE c.namespace = $1 AND NOT EXISTS (SELECT 1 FROM mcp_pool_config_versions v
+SELECT c.server, c.{value}, 0 FROM {records} c
+WHERE c.namespace = $1 AND NOT EXISTS (SELECT 1 FROM {versions} v
                                        WHERE v.namespace = $1 AND v.server = c.server)";
-const CONFIG_DELETE: &str = "DELETE FROM mcp_pool_configs WHERE namespace = $1 AND server = $2";
+const RECORD_DELETE: &str = "DELETE FROM {records} WHERE namespace = $1 AND server = $2";
 
 // $1 namespace, $2 session, $3 caller. One row: the clock, the live claim (if any) and whether
 // its owner and the caller have live heartbeats.

@@ -9,7 +9,7 @@ use std::{
 };
 
 use futures::stream::BoxStream;
-use mcp_pool_traits::{BackendError, ConfigChange, StateId};
+use mcp_pool_traits::{BackendError, StateId};
 use parking_lot::Mutex;
 use sqlx::{
     Sqlite, SqliteConnection, SqlitePool, Transaction,
@@ -17,7 +17,10 @@ use sqlx::{
 };
 
 use super::{DatabaseConfig, DbError, sql::Sql};
-use crate::fanout::Fanout;
+use crate::{
+    fanout::Fanout,
+    records::{Change, Versioned},
+};
 
 pub(super) const NAME: &str = "sqlite";
 
@@ -145,24 +148,24 @@ impl Lite {
     }
 
     /// Nothing to do inside the transaction: notifications travel within the process.
-    pub(super) async fn announce_config(
+    pub(super) async fn announce(
         &self,
         _tx: &mut Locked,
         _namespace: &StateId,
-        _change: &ConfigChange,
+        _change: &Change,
     ) -> Result<(), sqlx::Error> {
         Ok(())
     }
 
     /// Tells the instances on this file, after the change is committed and readable.
-    pub(super) fn announced_config(&self, namespace: &StateId, change: ConfigChange) {
-        self.hub.fanout.send_config(namespace, change);
+    pub(super) fn announced(&self, namespace: &StateId, change: Change) {
+        self.hub.fanout.send_change(namespace, change);
     }
 
-    pub(super) async fn watch(
+    pub(super) async fn watch<C: Versioned>(
         &self,
         namespace: &StateId,
-    ) -> Result<BoxStream<'static, ConfigChange>, DbError> {
+    ) -> Result<BoxStream<'static, C>, DbError> {
         Ok(self.hub.fanout.watch(namespace))
     }
 

@@ -23,10 +23,13 @@ use rmcp::{
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ClientResult, ContentBlock,
         CreateMessageRequestParams, ElicitRequest, ElicitRequestParams, ElicitationSchema,
-        Implementation, InitializeRequestParams, InitializeResult, LoggingLevel,
-        LoggingMessageNotificationParam, PrimitiveSchemaDefinition, ProgressNotificationParam,
-        ResourceUpdatedNotificationParam, SamplingMessage, ServerCapabilities, ServerConfig,
-        ServerRequest, SetLevelRequestParams, StringSchema,
+        GetPromptRequestParams, GetPromptResponse, GetPromptResult, Implementation,
+        InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourcesResult,
+        LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
+        PrimitiveSchemaDefinition, ProgressNotificationParam, Prompt, PromptArgument,
+        PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+        Resource, ResourceContents, ResourceUpdatedNotificationParam, Role, SamplingMessage,
+        ServerCapabilities, ServerConfig, ServerRequest, SetLevelRequestParams, StringSchema,
     },
     schemars,
     service::RequestContext,
@@ -45,6 +48,15 @@ pub const LOGGER: &str = "reference";
 
 /// The resource URI of the `resources/updated` notification the `notify` tool sends.
 pub const UPDATED_RESOURCE: &str = "ref://counter";
+
+/// The URI of the one resource the reference server lists.
+pub const GREETING_RESOURCE: &str = "ref://greeting";
+
+/// The text of [`GREETING_RESOURCE`].
+pub const GREETING_TEXT: &str = "hello from the reference server";
+
+/// The name of the one prompt the reference server lists (argument `name`).
+pub const GREET_PROMPT: &str = "greet";
 
 /// The most `progress` notifications one `progress` call may ask for: a bound, so that a bad
 /// argument cannot flood a session.
@@ -242,9 +254,15 @@ fn text(text: impl Into<String>) -> CallToolResult {
 /// parameters:" and names what was wrong and what is allowed (e.g. "unknown variant \`loud\`,
 /// expected one of \`debug\`, …").
 ///
+/// One resource and one prompt, so that clients can read both through a pool or a gateway:
+/// - resource [`GREETING_RESOURCE`] (`name` "greeting", `text/plain`) → one text content
+///   [`GREETING_TEXT`]; any other URI → JSON-RPC error -32002 (resource not found) naming it;
+/// - prompt [`GREET_PROMPT`] with the required argument `name` → one user text message
+///   `"Hello, <name>!"`; another prompt name or a missing `name` → JSON-RPC error -32602
+///   (invalid params) saying which.
+///
 /// Capabilities declared: `tools`, `prompts` and `resources` (each `listChanged`) and
-/// `logging`; `logging/setLevel` is accepted and does not filter anything. No prompts or
-/// resources are listed.
+/// `logging`; `logging/setLevel` is accepted and does not filter anything.
 ///
 /// [`ReferenceServer`](crate::ReferenceServer) and [`DuplexTransport`](crate::DuplexTransport)
 /// create one per session; build one with [`ReferenceHandler::new`] to serve it over a
@@ -550,6 +568,74 @@ impl ServerHandler for ReferenceHandler {
     async fn ping(&self, _context: RequestContext<RoleServer>) -> Result<(), McpError> {
         self.pass_hang().await;
         Ok(())
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        let greeting = Resource::new(GREETING_RESOURCE, "greeting").with_mime_type("text/plain");
+        Ok(ListResourcesResult::with_all_items(vec![greeting]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        if request.uri != GREETING_RESOURCE {
+            return Err(McpError::resource_not_found(
+                format!(
+                    "no resource {:?}: the only one is {GREETING_RESOURCE:?}",
+                    request.uri
+                ),
+                None,
+            ));
+        }
+        let contents = ResourceContents::text(GREETING_TEXT, GREETING_RESOURCE);
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        let name = PromptArgument::new("name")
+            .with_description("who to greet")
+            .with_required(true);
+        let greet = Prompt::new(GREET_PROMPT, Some("Greets `name`."), Some(vec![name]));
+        Ok(ListPromptsResult::with_all_items(vec![greet]))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        if request.name != GREET_PROMPT {
+            return Err(McpError::invalid_params(
+                format!(
+                    "no prompt {:?}: the only one is {GREET_PROMPT:?}",
+                    request.name
+                ),
+                None,
+            ));
+        }
+        let name = request
+            .arguments
+            .as_ref()
+            .and_then(|arguments| arguments.get("name"))
+            .and_then(|name| name.as_str())
+            .ok_or_else(|| {
+                McpError::invalid_params(
+                    "prompt \"greet\": the argument `name` (a string) is required",
+                    None,
+                )
+            })?;
+        let message = PromptMessage::new_text(Role::User, format!("Hello, {name}!"));
+        Ok(GetPromptResult::new(vec![message]).into())
     }
 
     async fn call_tool(

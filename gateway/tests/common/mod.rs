@@ -1,8 +1,120 @@
-//! The gateway binary as a child process: start it, read its log, stop it.
+//! Test harnesses: the router in process on a real pool (requests sent with `oneshot`, every
+//! response checked for secrets), and the binary as a child process (start it, read its log,
+//! signal it, stop it).
+#![allow(dead_code)]
 
-#![allow(dead_code)] // each test file uses its own part
+use std::time::{Duration, SystemTime};
 
-use std::{path::Path, process::Stdio, time::Duration};
+use axum::{
+    Router,
+    body::Body,
+    http::{Request, StatusCode, header},
+};
+use http_body_util::BodyExt;
+use mcp_pool::{Pool, ServerConfig};
+use mcp_pool_gateway::{AppState, Auth, Registry, auth};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// The JWT secret of every harness; never in a response.
+pub const SECRET: &str = "test-secret-0123456789abcdef-do-not-leak";
+
+/// A router on `pool` with the registry seeded by `seeds` and the backend's records, auth
+/// required; and a token for it.
+pub async fn gateway(pool: &Pool, seeds: &[ServerConfig], max_body_bytes: usize) -> Gateway {
+    let secret = auth::JwtSecret::new(SECRET).unwrap();
+    let token = auth::mint(
+        &secret,
+        "admin",
+        Duration::from_secs(600),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let registry = Registry::load(pool.clone(), seeds).await.unwrap();
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let app = mcp_pool_gateway::router(AppState {
+        pool: pool.clone(),
+        registry,
+        auth: Auth::Required(secret),
+        max_body_bytes,
+        metrics: Some(recorder.handle()),
+        mcp: Default::default(),
+    });
+    Gateway {
+        app,
+        token,
+        forbidden: Vec::new(),
+    }
+}
+
+/// A pool with `seeds` as its servers.
+pub fn pool_of(seeds: &[ServerConfig], builder: mcp_pool::PoolBuilder) -> Pool {
+    seeds
+        .iter()
+        .fold(builder, |b, s| b.server(s.clone()))
+        .build()
+        .unwrap()
+}
+
+/// A router and a valid token.
+pub struct Gateway {
+    pub app: Router,
+    pub token: String,
+    /// Texts no response may contain besides [`SECRET`] (passwords, credential values).
+    pub forbidden: Vec<String>,
+}
+
+impl Gateway {
+    /// `method path` with the token and a JSON `body`.
+    pub async fn send(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, String) {
+        self.send_as(Some(&self.token), method, path, body).await
+    }
+
+    /// `method path` with `token` (none: no `Authorization`) and a JSON `body`; fails the test
+    /// when the response holds [`SECRET`] or a [`forbidden`](Self::forbidden) text.
+    pub async fn send_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_owned())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = self.app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(!text.contains(SECRET), "JWT secret in a response: {text}");
+        for secret in &self.forbidden {
+            assert!(
+                !text.contains(secret.as_str()),
+                "a secret in a response: {text}"
+            );
+        }
+        (status, text)
+    }
+}
+
+/// The `detail` of an error body.
+pub fn detail(body: &str) -> String {
+    let v: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    v["detail"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no detail: {body}"))
+        .to_owned()
+}
+
+use std::{path::Path, process::Stdio};
 
 use tokio::{
     io::{AsyncBufReadExt, BufReader, Lines},
@@ -13,15 +125,15 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_mcp-pool-gateway");
 /// Bound on waiting for a log line (start-up on a loaded 2-core machine included).
 pub const LOG_WAIT: Duration = Duration::from_secs(60);
 
-/// A running gateway: its base URL and its log (stderr) so far.
-pub struct Gateway {
+/// The gateway binary running as a child process: its base URL and its log (stderr) so far.
+pub struct Process {
     pub child: Child,
     pub base: String,
     pub log: String,
     lines: Lines<BufReader<ChildStderr>>,
 }
 
-impl Gateway {
+impl Process {
     /// Starts the binary on a free port with `args` and `envs`, in `dir` (no stray `.env`),
     /// and returns once it listens.
     pub async fn start(args: &[&str], envs: &[(&str, &str)], dir: &Path) -> Self {
@@ -85,7 +197,7 @@ impl Gateway {
     }
 
     /// SIGTERM, then the exit status; asserts a clean exit.
-    pub async fn stop(mut self) {
+    pub async fn stop(&mut self) {
         self.signal("TERM");
         while let Some(line) = self.lines.next_line().await.unwrap() {
             self.log.push_str(&line);
@@ -93,5 +205,48 @@ impl Gateway {
         }
         let status = self.child.wait().await.unwrap();
         assert!(status.success(), "{status}\n{}", self.log);
+    }
+}
+
+/// The router served on a loopback port over a pool of `servers` (their registry seeded by
+/// them), auth on with [`SECRET`]: what MCP clients connect to.
+pub struct Served {
+    pub pool: Pool,
+    /// `http://ADDR`.
+    pub url: String,
+    pub secret: auth::JwtSecret,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl Served {
+    pub async fn start(servers: &[ServerConfig], builder: mcp_pool::PoolBuilder) -> Self {
+        let pool = pool_of(servers, builder);
+        let secret = auth::JwtSecret::new(SECRET).unwrap();
+        let registry = Registry::load(pool.clone(), servers).await.unwrap();
+        let app = mcp_pool_gateway::router(AppState::new(
+            pool.clone(),
+            registry,
+            Auth::Required(secret.clone()),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self {
+            pool,
+            url,
+            secret,
+            _task: task,
+        }
+    }
+
+    /// A token for `user`, valid 10 minutes.
+    pub fn token(&self, user: &str) -> String {
+        auth::mint(
+            &self.secret,
+            user,
+            Duration::from_secs(600),
+            SystemTime::now(),
+        )
+        .unwrap()
     }
 }

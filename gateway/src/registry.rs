@@ -1,0 +1,302 @@
+//! The server registry (issue 11 item 2, DESIGN §13): servers created, replaced and deleted
+//! through the REST API, persisted in the pool's [`StateBackend`](mcp_pool::StateBackend) as
+//! [`ServerRecord`]s, and applied to the [`Pool`].
+//!
+//! # Where servers come from
+//! The configuration file (and `--demo`) *seeds* the registry; the backend holds what the API
+//! changed. At start, [`Registry::load`] takes every seed, then every record the backend holds:
+//! for an id the backend has ever held (a record, or the tombstone of a delete) the backend
+//! wins, so an API change — a delete included — survives restarts, while a file server nobody
+//! touched through the API follows the file (editing the file and restarting takes effect).
+//! Seeds are not written to the backend until the API changes them.
+//!
+//! # Disabled servers
+//! A server with `enabled: false` keeps its record (listed by `GET /servers`, read by
+//! `GET /servers/{id}`) but has no pool: the pool routes (`/servers/{id}/pool/...`, and the
+//! MCP routes) answer it as an unknown server, 404 `Server not found`. Its sessions are
+//! drained when it is disabled.
+//!
+//! # Drains
+//! Replacing a record drains the server's pool when the way to reach the upstream changed
+//! (an endpoint's URL, transport or weight, or the credentials reference:
+//! [`ServerRecord::same_connection`]); a change of `name` or `enabled` alone does not touch
+//! the pool's sessions (disabling removes the pool, see above).
+//!
+//! Several workers: each writes through the shared backend; applying other workers' changes as
+//! they happen (through [`watch_servers`](mcp_pool::StateBackend::watch_servers)) is issue 13.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use mcp_pool::{
+    Pool, PoolError, ServerConfig, ServerId,
+    traits::{BackendError, ServerRecord},
+};
+
+/// The pool's configuration of `record`, with its credential header read from the
+/// environment variable the record names.
+///
+/// # Errors
+/// [`RegistryError::Credentials`] when that variable is not set (or not valid as a header).
+fn server_config(record: &ServerRecord) -> Result<ServerConfig, RegistryError> {
+    let config = ServerConfig::from(record.clone());
+    let Some(credentials) = &record.credentials else {
+        return Ok(config);
+    };
+    let missing = || RegistryError::Credentials {
+        server: record.id.clone(),
+        env: credentials.env.clone(),
+    };
+    let value = std::env::var(&credentials.env).map_err(|_| missing())?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(
+        http::HeaderName::try_from(credentials.header.as_str()).map_err(|_| missing())?,
+        http::HeaderValue::try_from(value).map_err(|_| missing())?,
+    );
+    Ok(config.headers(headers))
+}
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No server with this id.
+    #[error("Server not found: {0}")]
+    NotFound(ServerId),
+    /// A server with this id exists already.
+    #[error("Server already exists: {0}")]
+    Exists(ServerId),
+    /// The pool rejected the record (its config) or failed.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    /// A record's credentials name an environment variable this gateway does not have.
+    #[error(
+        "server {server}: credentials.env {env} is not set in the gateway's environment: set it \
+         (the credential's value stays out of the registry), or remove the credentials"
+    )]
+    Credentials {
+        /// The server.
+        server: ServerId,
+        /// The variable's name.
+        env: String,
+    },
+    /// The state backend failed; nothing was applied.
+    #[error("state backend unavailable: {0}")]
+    Backend(#[from] BackendError),
+}
+
+/// The servers known to this gateway: the records, and the pool they are applied to.
+/// Cheap to clone; clones share the records. Writes are serialized in this process.
+#[derive(Clone)]
+pub struct Registry {
+    pool: Pool,
+    records: Arc<tokio::sync::Mutex<BTreeMap<ServerId, ServerRecord>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+/// The record of a server given in the configuration file: enabled, named after its id, no
+/// credentials.
+pub fn seed_record(server: &ServerConfig) -> ServerRecord {
+    ServerRecord {
+        id: server.id().clone(),
+        name: server.id().to_string(),
+        endpoints: server.endpoints().to_vec(),
+        pool: server.pool_config().clone(),
+        enabled: true,
+        credentials: None,
+    }
+}
+
+impl Registry {
+    /// The registry of `pool`, whose servers are `seeds` (the file's, already in the pool),
+    /// then the backend's records applied over them (see [the module docs](self)).
+    ///
+    /// # Errors
+    /// [`RegistryError::Backend`] when the backend cannot list its records;
+    /// [`RegistryError::Pool`] when a stored record is rejected by the pool.
+    pub async fn load(pool: Pool, seeds: &[ServerConfig]) -> Result<Self, RegistryError> {
+        let mut records: BTreeMap<ServerId, ServerRecord> = seeds
+            .iter()
+            .map(|s| (s.id().clone(), seed_record(s)))
+            .collect();
+        let registry = Self {
+            pool,
+            records: Arc::default(),
+        };
+        for change in registry.pool.backend().list_servers().await? {
+            let old = records.remove(&change.server);
+            match change.record {
+                Some(record) => {
+                    registry.apply(old.as_ref(), &record, true).await?;
+                    records.insert(change.server, record);
+                }
+                None => registry.forget(&change.server),
+            }
+        }
+        *registry.records.lock().await = records;
+        Ok(registry)
+    }
+
+    /// The pool the records are applied to.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Every record, ordered by id.
+    pub async fn list(&self) -> Vec<ServerRecord> {
+        self.records.lock().await.values().cloned().collect()
+    }
+
+    /// The record of `id`.
+    pub async fn get(&self, id: &ServerId) -> Option<ServerRecord> {
+        self.records.lock().await.get(id).cloned()
+    }
+
+    /// Creates a server: persisted, then added to the pool (when enabled).
+    ///
+    /// # Errors
+    /// [`RegistryError::Exists`]; [`RegistryError::Backend`] (nothing applied);
+    /// [`RegistryError::Pool`] when its config is rejected.
+    pub async fn create(&self, record: ServerRecord) -> Result<(), RegistryError> {
+        let mut records = self.records.lock().await;
+        if records.contains_key(&record.id) {
+            return Err(RegistryError::Exists(record.id));
+        }
+        // Checked before anything is stored: a config the pool rejects is never persisted.
+        server_config(&record)?.validate()?;
+        self.pool.backend().put_server(&record).await?;
+        self.apply(None, &record, false).await?;
+        records.insert(record.id.clone(), record);
+        Ok(())
+    }
+
+    /// Replaces the record of `record.id`; drains as [the module docs](self) say.
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`]; otherwise as [`create`](Self::create).
+    pub async fn replace(&self, record: ServerRecord) -> Result<(), RegistryError> {
+        let mut records = self.records.lock().await;
+        let old = records
+            .get(&record.id)
+            .cloned()
+            .ok_or_else(|| RegistryError::NotFound(record.id.clone()))?;
+        server_config(&record)?.validate()?;
+        self.pool.backend().put_server(&record).await?;
+        self.apply(Some(&old), &record, false).await?;
+        records.insert(record.id.clone(), record);
+        Ok(())
+    }
+
+    /// Deletes `id`: its record (a tombstone stays in the backend, so a file seed does not
+    /// come back at the next start) and its saved pool config; its pool is drained and
+    /// removed.
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`]; [`RegistryError::Backend`] (nothing applied).
+    pub async fn delete(&self, id: &ServerId) -> Result<(), RegistryError> {
+        let mut records = self.records.lock().await;
+        let record = records
+            .get(id)
+            .ok_or_else(|| RegistryError::NotFound(id.clone()))?;
+        let backend = self.pool.backend();
+        if backend.delete_server(id).await?.is_none() {
+            // A file seed never stored: store it so that its delete leaves a tombstone.
+            backend.put_server(record).await?;
+            backend.delete_server(id).await?;
+        }
+        backend.delete_config(id).await?;
+        records.remove(id);
+        self.forget(id);
+        Ok(())
+    }
+
+    /// Applies a re-read configuration file (SIGHUP, [`crate::reload::reload`]): servers the
+    /// API never changed follow the file, their records and pools; for an id the backend holds
+    /// (a record or a delete) the backend keeps winning, as at start.
+    ///
+    /// # Errors
+    /// [`RegistryError::Backend`] when the backend cannot list its records,
+    /// [`RegistryError::Pool`] when the pool rejects a server; nothing is applied then.
+    pub async fn reload_seeds(
+        &self,
+        previous: &[ServerConfig],
+        next: &[ServerConfig],
+    ) -> Result<crate::reload::Reloaded, RegistryError> {
+        let held: std::collections::HashSet<ServerId> = self
+            .pool
+            .backend()
+            .list_servers()
+            .await?
+            .into_iter()
+            .map(|change| change.server)
+            .collect();
+        let seeds = |servers: &[ServerConfig]| -> Vec<ServerConfig> {
+            servers
+                .iter()
+                .filter(|s| !held.contains(s.id()))
+                .cloned()
+                .collect()
+        };
+        let next = seeds(next);
+        let mut records = self.records.lock().await;
+        let done = crate::reload::reload(&self.pool, &seeds(previous), &next)?;
+        for server in &next {
+            records.insert(server.id().clone(), seed_record(server));
+        }
+        Ok(done)
+    }
+
+    /// Brings the pool from `old` (`None`: no record before) to `new`. The pool config it runs:
+    /// one saved through `PUT /servers/{id}/pool/config` wins at `start` and while the
+    /// record's `pool` is unchanged; a changed `pool` is saved over it, so that the backend,
+    /// every worker and the next start agree.
+    async fn apply(
+        &self,
+        old: Option<&ServerRecord>,
+        new: &ServerRecord,
+        start: bool,
+    ) -> Result<(), RegistryError> {
+        if !new.enabled {
+            self.forget(&new.id);
+            return Ok(());
+        }
+        let in_pool = old.filter(|o| o.enabled);
+        let reconnect = in_pool.is_none_or(|o| !o.same_connection(new));
+        let pool_changed = old.is_none_or(|o| o.pool != new.pool);
+        let saved = self.pool.backend().get_config(&new.id).await?;
+        if reconnect {
+            let config = match &saved {
+                Some(saved) if start || !pool_changed => saved.config.clone(),
+                _ => new.pool.clone(),
+            };
+            tracing::info!(
+                "creating/updating pool for server {} with strategy={}, min_size={}, max_size={}",
+                new.id,
+                config.strategy,
+                config.min_size,
+                config.max_size
+            );
+            self.pool.add_server(server_config(new)?.pool(config))?;
+            if in_pool.is_some() {
+                self.pool.drain_server(&new.id)?;
+            }
+        }
+        if !start && pool_changed && (saved.is_some() || !reconnect) {
+            self.pool
+                .save_pool_config(&new.id, new.pool.clone())
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Takes `id` out of the pool, if it is there.
+    fn forget(&self, id: &ServerId) {
+        match self.pool.remove_server(id) {
+            Ok(()) | Err(PoolError::UnknownServer(_)) => {}
+            Err(e) => tracing::warn!(server = %id, error = %e, "removing a server failed"),
+        }
+    }
+}
