@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example quickstart
+//! cargo run --release --example quickstart -- --rtt-ms 2
 //! ```
 //!
 //! Starts the reference MCP server on an ephemeral port, makes 200 sequential `echo` calls for
@@ -10,8 +11,13 @@
 //! `initialize`, call, close), prints per-call latency and the HTTP requests the server saw per
 //! call, then shows that a user's `counter` state continues across pooled calls while another
 //! user's starts at 1. Exits non-zero when reuse or isolation fails.
+//!
+//! `--rtt-ms N` puts a TCP proxy between the clients and the server that delays each direction
+//! by N/2 ms (a network round-trip time of N ms; this kernel has no netem), and adds a second
+//! fresh row: a fresh session per call over an HTTP client without keep-alive, one TCP
+//! connection per request, as rmcp's `StreamableHttpClientTransport::from_uri` does.
 
-use std::{process::ExitCode, time::Duration};
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use mcp_pool::{
     Endpoint, Pool, PoolConfig, Principal, ServerConfig, ServerId, Transport,
@@ -20,7 +26,15 @@ use mcp_pool::{
 };
 use mcp_pool_conformance::ReferenceServer;
 use mcp_pool_transports::StreamableHttp;
-use tokio::time::Instant;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{
+        TcpListener, TcpStream,
+        tcp::{OwnedReadHalf, OwnedWriteHalf},
+    },
+    sync::mpsc,
+    time::Instant,
+};
 
 const CALLS: usize = 200;
 
@@ -62,8 +76,10 @@ async fn pooled_calls(pool: &Pool, server: &ServerId, user: &str) -> Result<Vec<
     Ok(samples)
 }
 
-async fn fresh_calls(endpoint: &Endpoint) -> Result<Vec<Duration>, Error> {
-    let transport = StreamableHttp::new()?;
+async fn fresh_calls(
+    endpoint: &Endpoint,
+    transport: &StreamableHttp,
+) -> Result<Vec<Duration>, Error> {
     let handler = SessionHandler::new(default_client_config(), None);
     let headers = http::HeaderMap::new();
     let mut samples = Vec::with_capacity(CALLS);
@@ -89,23 +105,42 @@ async fn counter(pool: &Pool, server: &ServerId, user: &str) -> Result<String, E
     ))
 }
 
-async fn run() -> Result<bool, Error> {
+async fn run(rtt: Option<Duration>) -> Result<bool, Error> {
     let upstream = ReferenceServer::start().await?;
+    let endpoint = match rtt {
+        Some(rtt) => {
+            let proxy = delay_proxy(upstream.addr(), rtt).await?;
+            let url = upstream
+                .url()
+                .replace(&upstream.addr().to_string(), &proxy.to_string());
+            Endpoint::new(url, upstream.endpoint().transport)?
+        }
+        None => upstream.endpoint(),
+    };
     let server = ServerId::new("reference")?;
     let pool = Pool::builder()
         .server(
-            ServerConfig::new(server.clone(), upstream.endpoint()).pool(PoolConfig {
+            ServerConfig::new(server.clone(), endpoint.clone()).pool(PoolConfig {
                 size: 4,
                 max_size: 4,
                 ..PoolConfig::enabled()
             }),
         )
         .build()?;
-    println!("reference MCP server at {}\n", upstream.url());
+    match rtt {
+        Some(rtt) => println!(
+            "reference MCP server at {}, reached through {} (RTT {} ms)\n",
+            upstream.url(),
+            endpoint.url,
+            rtt.as_secs_f64() * 1e3
+        ),
+        None => println!("reference MCP server at {}\n", upstream.url()),
+    }
+    let keep_alive = StreamableHttp::new()?;
 
     // Warm up both paths (first connections, lazy statics) outside the measurement.
     counter(&pool, &server, "warm-up").await?;
-    fresh_calls_warm_up(&upstream.endpoint()).await?;
+    fresh_calls_warm_up(&endpoint, &keep_alive).await?;
 
     let before = upstream.http_requests();
     let mut pooled = pooled_calls(&pool, &server, "alice").await?;
@@ -116,11 +151,30 @@ async fn run() -> Result<bool, Error> {
         .wait_sessions_alive(3, Duration::from_secs(5))
         .await?;
     let before = upstream.http_requests();
-    let mut fresh = fresh_calls(&upstream.endpoint()).await?;
+    let mut fresh = fresh_calls(&endpoint, &keep_alive).await?;
     upstream
         .wait_sessions_alive(3, Duration::from_secs(5))
         .await?;
     let fresh_requests = upstream.http_requests() - before;
+    // Under a round-trip time: also without keep-alive, a TCP connect before every request.
+    let no_keep_alive = match rtt {
+        Some(_) => {
+            let client = reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .tcp_nodelay(true)
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?;
+            let before = upstream.http_requests();
+            let mut samples = fresh_calls(&endpoint, &StreamableHttp::with_client(client)).await?;
+            upstream
+                .wait_sessions_alive(3, Duration::from_secs(5))
+                .await?;
+            let requests = upstream.http_requests() - before;
+            let (n50, n99) = percentiles(&mut samples);
+            Some((n50, n99, requests as f64 / samples.len() as f64))
+        }
+        None => None,
+    };
 
     let (p50, p99) = percentiles(&mut pooled);
     let (f50, f99) = percentiles(&mut fresh);
@@ -138,7 +192,18 @@ async fn run() -> Result<bool, Error> {
         fresh.len(),
         fresh_requests as f64 / fresh.len() as f64
     );
+    if let Some((n50, n99, requests)) = no_keep_alive {
+        println!(
+            "| fresh, no keep-alive  | {CALLS:>5} | {n50:>9.3} | {n99:>6.3} | {requests:>18.2} |"
+        );
+    }
     println!("\nfresh / pooled at the median: {:.1}x", f50 / p50);
+    if let Some((n50, _, _)) = no_keep_alive {
+        println!(
+            "fresh without keep-alive / pooled at the median: {:.1}x",
+            n50 / p50
+        );
+    }
     println!(
         "pool: {} hits, {} misses, hit rate {:.1} % ({} keys)\n",
         s.hits,
@@ -182,8 +247,7 @@ async fn run() -> Result<bool, Error> {
     Ok(reused && continuous && isolated)
 }
 
-async fn fresh_calls_warm_up(endpoint: &Endpoint) -> Result<(), Error> {
-    let transport = StreamableHttp::new()?;
+async fn fresh_calls_warm_up(endpoint: &Endpoint, transport: &StreamableHttp) -> Result<(), Error> {
     let handler = SessionHandler::new(default_client_config(), None);
     let request = ConnectRequest::new(
         endpoint,
@@ -195,9 +259,99 @@ async fn fresh_calls_warm_up(endpoint: &Endpoint) -> Result<(), Error> {
     Ok(())
 }
 
+/// A TCP proxy on 127.0.0.1 to `upstream` that delays each direction by `rtt / 2`, and a new
+/// connection's first bytes by one `rtt` more (the handshake), as a link of that round-trip
+/// time would; returns its address. Bytes in flight overlap (a chunk is not
+/// held up by the one before it beyond its own delay).
+async fn delay_proxy(upstream: SocketAddr, rtt: Duration) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // The kernel completed the client's handshake at once: its first bytes are
+                // held one RTT more, as a real TCP handshake would.
+                let handshake_done = Instant::now() + rtt;
+                let Ok(server) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::join!(
+                    delayed(client_read, server_write, rtt / 2, handshake_done),
+                    delayed(server_read, client_write, rtt / 2, Instant::now()),
+                );
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Copies `from` to `to`, writing each chunk `delay` after it was read (or after `not_before`,
+/// when later), until `from` ends; then shuts `to` down. The wait is a blocking-pool sleep:
+/// tokio's timer rounds up to whole milliseconds, which would add up to 1 ms per direction.
+async fn delayed(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    delay: Duration,
+    not_before: Instant,
+) {
+    let (chunks, mut due_chunks) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    let read = async move {
+        let mut buffer = vec![0; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buffer).await {
+            let due = Instant::now().max(not_before) + delay;
+            if chunks.send((due, buffer[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    };
+    let write = async move {
+        while let Some((due, chunk)) = due_chunks.recv().await {
+            let wait = due.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                let _ = tokio::task::spawn_blocking(move || std::thread::sleep(wait)).await;
+            }
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(read, write);
+}
+
+/// `--rtt-ms N` (N > 0, milliseconds, fractions allowed), or nothing.
+fn rtt_from_args() -> Result<Option<Duration>, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => Ok(None),
+        [flag, value] if flag == "--rtt-ms" => value
+            .parse::<f64>()
+            .ok()
+            .filter(|ms| ms.is_finite() && *ms > 0.0 && *ms <= 10_000.0)
+            .map(|ms| Some(Duration::from_secs_f64(ms / 1e3)))
+            .ok_or_else(|| {
+                format!("--rtt-ms: {value:?} is not a round-trip time; allowed: milliseconds in (0, 10000]")
+            }),
+        _ => Err(format!(
+            "unexpected arguments {args:?}; usage: quickstart [--rtt-ms N]"
+        )),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run().await {
+    let rtt = match rtt_from_args() {
+        Ok(rtt) => rtt,
+        Err(error) => {
+            eprintln!("quickstart: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(rtt).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(error) => {
