@@ -25,7 +25,7 @@ use std::{
 
 use mcp_pool::{Pool, PoolConfig, ServerConfig, ServerId};
 use mcp_pool_conformance::ReferenceServer;
-use mcp_pool_gateway::{AppState, Auth, auth};
+use mcp_pool_gateway::{AppState, Auth, Registry, auth};
 use rmcp::{
     RoleClient, ServiceExt,
     model::CallToolRequestParams,
@@ -157,11 +157,17 @@ async fn run() -> Result<(), Error> {
         max_size: SESSIONS as u32,
         ..PoolConfig::enabled()
     };
-    let pool = Pool::builder()
-        .user_limit(2 * SESSIONS as u32)
-        .server(server("pooled", pooled)?)
-        .server(server("off", PoolConfig::default())?)
+    let servers = [
+        server("pooled", pooled)?,
+        server("off", PoolConfig::default())?,
+    ];
+    let pool = servers
+        .iter()
+        .fold(Pool::builder().user_limit(2 * SESSIONS as u32), |b, s| {
+            b.server(s.clone())
+        })
         .build()?;
+    let registry = Registry::load(pool.clone(), &servers).await?;
     let secret = auth::JwtSecret::new("gateway-bench-secret-0123456789abcdef")?;
     let token = auth::mint(
         &secret,
@@ -169,13 +175,11 @@ async fn run() -> Result<(), Error> {
         Duration::from_secs(3600),
         SystemTime::now(),
     )?;
-    let app = mcp_pool_gateway::router(AppState {
-        pool: pool.clone(),
-        auth: Auth::Required(secret),
-        max_body_bytes: 4 << 20,
-        metrics: None,
-        mcp: Default::default(),
-    });
+    let app = mcp_pool_gateway::router(AppState::new(
+        pool.clone(),
+        registry,
+        Auth::Required(secret),
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let gateway = format!("http://{}", listener.local_addr()?);
     // Streamed responses stall ~40 ms per message under Nagle + delayed ACK (RMCP-NOTES).
