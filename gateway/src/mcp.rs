@@ -4,7 +4,7 @@
 //! `/servers/{id}/message` (HTTP+SSE, 2024-11-05) and `/servers/{id}/ws` (WebSocket), the last
 //! two on the transports crate's server adapters; the pool faces the upstream.
 //!
-//! Each downstream session gets its own [`Proxy`]; every request it receives is forwarded with
+//! Each downstream session gets its own `Proxy`; every request it receives is forwarded with
 //! [`Pool::call`]: the principal is the JWT's user (`sub`, else `email`, else `user_id`) and the
 //! request's identity headers, the sticky affinity is the proxy's own random id (one per
 //! downstream session), and the lease is released when the upstream has answered. What the
