@@ -22,10 +22,20 @@
 //! [`ServerRecord::same_connection`]); a change of `name` or `enabled` alone does not touch
 //! the pool's sessions (disabling removes the pool, see above).
 //!
+//! # The gateway's token upstream
+//! With gateway auth on, a downstream request's `Authorization` header carries the gateway's
+//! JWT. It is sent upstream only to servers whose record says so
+//! ([`ServerRecord::forward_token`], default `false`): then it is part of the upstream identity
+//! (a rotated token opens new upstream sessions, as a credential sent upstream must be part of
+//! the pool key, DESIGN §2.11), while the downstream session stays bound to the JWT's user.
+//!
 //! Several workers: each writes through the shared backend; applying other workers' changes as
 //! they happen (through [`watch_servers`](mcp_pool::StateBackend::watch_servers)) is issue 13.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+};
 
 use mcp_pool::{
     Pool, PoolError, ServerConfig, ServerId,
@@ -89,6 +99,9 @@ pub enum RegistryError {
 pub struct Registry {
     pool: Pool,
     records: Arc<tokio::sync::Mutex<BTreeMap<ServerId, ServerRecord>>>,
+    /// The servers whose records forward the gateway's token, read per downstream request
+    /// without awaiting; rebuilt from `records` after each change.
+    forwarding: Arc<parking_lot::RwLock<HashSet<ServerId>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -107,6 +120,7 @@ pub fn seed_record(server: &ServerConfig) -> ServerRecord {
         pool: server.pool_config().clone(),
         enabled: true,
         credentials: None,
+        forward_token: false,
     }
 }
 
@@ -125,6 +139,7 @@ impl Registry {
         let registry = Self {
             pool,
             records: Arc::default(),
+            forwarding: Arc::default(),
         };
         for change in registry.pool.backend().list_servers().await? {
             let old = records.remove(&change.server);
@@ -136,6 +151,7 @@ impl Registry {
                 None => registry.forget(&change.server),
             }
         }
+        registry.index(&records);
         *registry.records.lock().await = records;
         Ok(registry)
     }
@@ -143,6 +159,21 @@ impl Registry {
     /// The pool the records are applied to.
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// Whether requests to `id` carry the gateway's token upstream
+    /// ([`ServerRecord::forward_token`]).
+    pub fn forwards_token(&self, id: &ServerId) -> bool {
+        self.forwarding.read().contains(id)
+    }
+
+    /// Rebuilds what is read without the records' lock from `records`.
+    fn index(&self, records: &BTreeMap<ServerId, ServerRecord>) {
+        *self.forwarding.write() = records
+            .values()
+            .filter(|r| r.forward_token)
+            .map(|r| r.id.clone())
+            .collect();
     }
 
     /// Every record, ordered by id.
@@ -170,6 +201,7 @@ impl Registry {
         self.pool.backend().put_server(&record).await?;
         self.apply(None, &record, false).await?;
         records.insert(record.id.clone(), record);
+        self.index(&records);
         Ok(())
     }
 
@@ -187,6 +219,7 @@ impl Registry {
         self.pool.backend().put_server(&record).await?;
         self.apply(Some(&old), &record, false).await?;
         records.insert(record.id.clone(), record);
+        self.index(&records);
         Ok(())
     }
 
@@ -209,6 +242,7 @@ impl Registry {
         }
         backend.delete_config(id).await?;
         records.remove(id);
+        self.index(&records);
         self.forget(id);
         Ok(())
     }
@@ -246,6 +280,7 @@ impl Registry {
         for server in &next {
             records.insert(server.id().clone(), seed_record(server));
         }
+        self.index(&records);
         Ok(done)
     }
 

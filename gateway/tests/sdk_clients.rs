@@ -325,11 +325,7 @@ fn assert_basics(sdk: Sdk, events: &[Value]) -> &Value {
         named(events, "prompts")[0]["names"],
         serde_json::json!([GREET_PROMPT])
     );
-    assert_eq!(
-        named(events, "prompt")[0]["text"],
-        "Hello, Ada!",
-        "{sdk:?}"
-    );
+    assert_eq!(named(events, "prompt")[0]["text"], "Hello, Ada!", "{sdk:?}");
     init
 }
 
