@@ -3,11 +3,11 @@
 //! issue 11). The [`router`] is a library item so it can be embedded and tested in process;
 //! the binary only parses flags and serves it.
 //!
-//! Seams left for later slices of issue 11: the downstream MCP routes
-//! (`/servers/{id}/mcp|sse|ws`) nest into [`router`] beside the REST routes and read the
-//! caller's [`auth::Claims`] from the request extensions (`Claims::user` is the pool key's
-//! user). Servers live in the [`registry`]: seeded by the configuration file (and `--demo`),
-//! changed through `POST/PUT/DELETE /servers`, persisted in the state backend.
+//! The downstream MCP routes (`/servers/{id}/mcp|sse|ws`, [`mcp`]) nest into [`router`]
+//! beside the REST routes and read the caller's [`auth::Claims`] from the request extensions
+//! (`Claims::user` is the pool key's user). Servers live in the [`registry`]: seeded by the
+//! configuration file (and `--demo`), changed through `POST/PUT/DELETE /servers`, persisted in
+//! the state backend, and shared by several workers ([`workers`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod ops;
 pub mod registry;
 pub mod reload;
+pub mod workers;
 
 use axum::{
     Router,

@@ -6,8 +6,11 @@ use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use mcp_pool::{Pool, ServerConfig, ServerId, Settings, traits::StateId};
 use mcp_pool_gateway::{
-    AppState, Auth, GatewayConfig, Registry, admin, auth, config::GatewayTable,
+    AppState, Auth, GatewayConfig, Registry, admin, auth,
+    config::GatewayTable,
+    workers::{self, WorkerId},
 };
+use tokio_util::sync::CancellationToken;
 
 const AFTER_HELP: &str = "\
 Environment (a .env file in the working directory is read first; the environment wins over it):
@@ -23,7 +26,9 @@ Environment (a .env file in the working directory is read first; the environment
                     variables (README \"Configuration\"); they win over the --config file
   CACHE_TYPE        where saved pool configs and the server registry live: memory (default),
                     database (DATABASE_URL=sqlite:FILE keeps them across restarts, or
-                    postgres://…), redis (REDIS_URL)
+                    postgres://…), redis (REDIS_URL); with redis or postgres several workers
+                    share them (README \"Several workers\")
+  WORKER_ID         this worker's id in the group; --worker-id wins (default: host-pid-random)
 
 Signals: SIGINT/SIGTERM drain and shut down; SIGHUP re-reads the --config file and applies
 what changed in its servers (changed endpoints drain that server's pool; an invalid file is
@@ -47,6 +52,10 @@ struct Cli {
     /// Serve the reference MCP server in process and register it as server `demo`
     #[arg(long)]
     demo: bool,
+    /// This worker's id among the workers sharing the state backend, 1 to 128 characters of
+    /// [a-zA-Z0-9_-] [env: WORKER_ID] [default: host name, process id and a random suffix]
+    #[arg(long)]
+    worker_id: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -195,6 +204,23 @@ async fn run(cli: Cli) -> Result<(), String> {
         metrics,
         mcp: Default::default(),
     };
+    // Made now, after start-up: never shared by two processes.
+    let worker = match cli.worker_id.clone().or_else(|| lookup("WORKER_ID")) {
+        Some(id) => WorkerId::new(&id)?,
+        None => WorkerId::generate(),
+    };
+    let group = CancellationToken::new();
+    let backend = pool.backend().clone();
+    if backend.name() != "memory" {
+        workers::spawn_heartbeat(backend.clone(), worker.clone(), group.clone());
+        workers::spawn_registry_watcher(state.clone(), workers::RELIST_INTERVAL, group.clone());
+        tracing::info!(
+            "worker {worker} joined the workers sharing the {} state backend",
+            backend.name()
+        );
+    } else {
+        tracing::info!("worker {worker}: memory state backend, nothing shared");
+    }
     // Listening before the address is logged: a SIGHUP from then on reloads, never kills.
     #[cfg(unix)]
     let _reloader = {
@@ -230,6 +256,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("shutting down: closing the pool");
+    group.cancel();
     pool.close().await;
     if let Some(demo) = demo {
         demo.stop().await;

@@ -1,0 +1,184 @@
+//! Several gateway workers (issue 13) as real processes: the `mcp-pool-gateway` binary, three
+//! workers on loopback sharing the machine's Redis or PostgreSQL (each test in a namespace of
+//! its own), a reference server as the upstream.
+//!
+//! Needs `MCP_POOL_TEST_REDIS_URL` / `MCP_POOL_TEST_DATABASE_URL` (a PostgreSQL URL); without
+//! them a test prints why it skips that backend, and with `MCP_POOL_REQUIRE_SERVICES=1` it
+//! fails instead.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::Process;
+use mcp_pool_conformance::ReferenceServer;
+use serde_json::{Value, json};
+
+const REQUIRE_VAR: &str = "MCP_POOL_REQUIRE_SERVICES";
+/// Bound on a change reaching another worker: the subscription delivers it in milliseconds,
+/// the re-list (every 5 s) at the latest.
+const PROPAGATION: Duration = Duration::from_secs(12);
+
+/// A shared backend the workers can use: `CACHE_TYPE` and the variable holding its URL.
+struct Shared {
+    cache_type: &'static str,
+    url_var: &'static str,
+    url: String,
+}
+
+/// The shared backends configured for the tests; a missing one is skipped after saying why
+/// (a failure with `MCP_POOL_REQUIRE_SERVICES=1`).
+fn shared_backends() -> Vec<Shared> {
+    [
+        ("redis", "REDIS_URL", "MCP_POOL_TEST_REDIS_URL"),
+        ("database", "DATABASE_URL", "MCP_POOL_TEST_DATABASE_URL"),
+    ]
+    .into_iter()
+    .filter_map(
+        |(cache_type, url_var, test_var)| match std::env::var(test_var) {
+            Ok(url) if !url.is_empty() => Some(Shared {
+                cache_type,
+                url_var,
+                url,
+            }),
+            _ => {
+                let why = format!("{test_var} is not set");
+                assert!(
+                    std::env::var(REQUIRE_VAR).as_deref() != Ok("1"),
+                    "{why}; {REQUIRE_VAR}=1 makes a missing service a failure"
+                );
+                eprintln!("skipping the {cache_type} backend: {why}");
+                None
+            }
+        },
+    )
+    .collect()
+}
+
+/// `n` workers `w0`, `w1`, … on `shared`, in a fresh namespace, auth off.
+async fn workers(shared: &Shared, n: usize, dir: &std::path::Path) -> Vec<Process> {
+    let namespace = format!("gw-{}", uuid::Uuid::new_v4().simple());
+    let mut started = Vec::new();
+    for i in 0..n {
+        let worker = format!("w{i}");
+        let envs = [
+            ("AUTH_REQUIRED", "false"),
+            ("CACHE_TYPE", shared.cache_type),
+            (shared.url_var, shared.url.as_str()),
+            ("STATE_NAMESPACE", namespace.as_str()),
+            ("WORKER_ID", worker.as_str()),
+        ];
+        let process = Process::start(&[], &envs, dir).await;
+        let joined = format!("worker {worker} joined the workers sharing");
+        assert!(process.log.contains(&joined), "{}", process.log);
+        started.push(process);
+    }
+    started
+}
+
+/// `method path` on `worker` with an optional JSON body: status and body.
+async fn send(worker: &Process, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let request =
+        reqwest::Client::new().request(method.parse().unwrap(), format!("{}{path}", worker.base));
+    let request = match body {
+        Some(body) => request.json(&body),
+        None => request,
+    };
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+/// Polls `GET path` on `worker` until `done` holds for its status and body; how long that
+/// took. Panics after [`PROPAGATION`]. (There is no signal to wait for in another process but
+/// its API.)
+async fn until(worker: &Process, path: &str, done: impl Fn(u16, &Value) -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        let (status, body) = send(worker, "GET", path, None).await;
+        if done(status, &body) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < PROPAGATION,
+            "{path} on {}: still {status} {body} after {PROPAGATION:?}",
+            worker.base
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Calls `counter` once through `worker`'s MCP endpoint of `server`: its text.
+async fn call_counter(worker: &Process, server: &str) -> String {
+    use rmcp::{ServiceExt as _, model::CallToolRequestParams};
+    let url = format!("{}/servers/{server}/mcp", worker.base);
+    let transport = rmcp::transport::StreamableHttpClientTransport::from_uri(url);
+    let client = ().serve(transport).await.expect("initialize through the worker");
+    let result = client
+        .call_tool(CallToolRequestParams::new("counter"))
+        .await
+        .expect("counter through the worker");
+    let text = result.content[0].as_text().unwrap().text.clone();
+    client.cancel().await.unwrap();
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_created_configured_or_deleted_on_one_worker_applies_on_every_worker() {
+    for shared in shared_backends() {
+        let upstream = ReferenceServer::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut group = workers(&shared, 3, dir.path()).await;
+        let kind = shared.cache_type;
+
+        let body = json!({
+            "id": "s1",
+            "endpoints": [{"url": upstream.url()}],
+            "pool": {"enabled": true, "max_size": 4},
+        });
+        let (status, created) = send(&group[0], "POST", "/servers", Some(body)).await;
+        assert_eq!(status, 201, "{kind}: {created}");
+        for worker in &mut group[1..] {
+            worker
+                .wait_for("server s1 changed by another worker: applied")
+                .await;
+            let (status, stats) = send(worker, "GET", "/servers/s1/pool/stats", None).await;
+            assert_eq!(status, 200, "{kind}: served on every worker: {stats}");
+        }
+        assert_eq!(call_counter(&group[2], "s1").await, "1", "{kind}");
+
+        // A pool config saved through one worker is in force on the others.
+        let update = json!({"max_size": 7, "strategy": "least_connections"});
+        let (status, body) = send(&group[1], "PUT", "/servers/s1/pool/config", Some(update)).await;
+        assert_eq!(status, 200, "{kind}: {body}");
+        for worker in [&group[0], &group[2]] {
+            let took = until(worker, "/servers/s1/pool/config", |_, config| {
+                config["max_size"] == 7 && config["strategy"] == "least_connections"
+            })
+            .await;
+            eprintln!("{kind}: a saved pool config was in force on another worker after {took:?}");
+        }
+
+        // A rename (cosmetic) and then a delete.
+        let renamed = json!({"name": "Renamed", "endpoints": [{"url": upstream.url()}]});
+        let (status, body) = send(&group[2], "PUT", "/servers/s1", Some(renamed)).await;
+        assert_eq!(status, 200, "{kind}: {body}");
+        let took = until(&group[0], "/servers/s1", |_, s| s["name"] == "Renamed").await;
+        eprintln!("{kind}: a renamed server was renamed on another worker after {took:?}");
+        let (status, _) = send(&group[2], "DELETE", "/servers/s1", None).await;
+        assert_eq!(status, 204, "{kind}");
+        for worker in &mut group[..2] {
+            worker
+                .wait_for("server s1 deleted or disabled by another worker: removed")
+                .await;
+            let (status, body) = send(worker, "GET", "/servers/s1/pool/stats", None).await;
+            assert_eq!(status, 404, "{kind}: gone on every worker: {body}");
+        }
+        for worker in &mut group {
+            worker.stop().await;
+            assert!(!worker.log.contains("panicked"), "{kind}: {}", worker.log);
+        }
+        upstream.stop().await;
+    }
+}
