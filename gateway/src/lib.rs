@@ -16,6 +16,7 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod mcp;
 pub mod metrics;
 pub mod ops;
@@ -58,6 +59,9 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The downstream MCP endpoints, one streamable HTTP service per server.
     pub mcp: std::sync::Arc<mcp::McpEndpoints>,
+    /// The workers sharing the state backend, when it is shared ([`forward`]): downstream
+    /// sessions are claimed, and requests for another worker's sessions forwarded to it.
+    pub group: Option<std::sync::Arc<forward::Group>>,
 }
 
 /// Logs the line an operator greps for when a server's pool is created or reconfigured (the
@@ -83,6 +87,7 @@ impl AppState {
             max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
             metrics: None,
             mcp: Default::default(),
+            group: None,
         }
     }
 }

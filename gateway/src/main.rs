@@ -8,6 +8,8 @@ use mcp_pool::{Pool, ServerConfig, ServerId, Settings, traits::StateId};
 use mcp_pool_gateway::{
     AppState, Auth, GatewayConfig, Registry, admin, auth,
     config::GatewayTable,
+    forward,
+    mcp::McpEndpoints,
     workers::{self, WorkerId},
 };
 use tokio_util::sync::CancellationToken;
@@ -28,6 +30,9 @@ Environment (a .env file in the working directory is read first; the environment
                     database (DATABASE_URL=sqlite:FILE keeps them across restarts, or
                     postgres://…), redis (REDIS_URL); with redis or postgres several workers
                     share them (README \"Several workers\")
+  STATE_NAMESPACE   the prefix of this gateway's keys and channels in the state backend
+                    (default gateway): the workers of one group share it; another group on the
+                    same backend uses another
   WORKER_ID         this worker's id in the group; --worker-id wins (default: host-pid-random)
 
 Signals: SIGINT/SIGTERM drain and shut down; SIGHUP re-reads the --config file and applies
@@ -135,10 +140,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     let vars = std::env::vars_os()
         .filter_map(|(n, v)| Some((n.into_string().ok()?, v.into_string().ok()?)));
     let settings = Settings::from_vars(cli.config.as_ref(), vars).map_err(|e| e.to_string())?;
-    let namespace = StateId::new("gateway").map_err(|e| e.to_string())?;
+    let namespace = lookup("STATE_NAMESPACE").unwrap_or_else(|| "gateway".into());
+    let namespace = StateId::new(&namespace).map_err(|e| format!("STATE_NAMESPACE: {e}"))?;
     let backend = settings
         .backend
-        .connect(namespace)
+        .connect(namespace.clone())
         .await
         .map_err(|e| format!("state backend: {e}"))?;
     let demo = if cli.demo {
@@ -196,24 +202,41 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         (None, _) => None,
     };
-    let state = AppState {
+    let mut state = AppState {
         pool: pool.clone(),
         registry,
         auth: config.auth.clone(),
         max_body_bytes: config.max_body_bytes,
         metrics,
         mcp: Default::default(),
+        group: None,
     };
     // Made now, after start-up: never shared by two processes.
     let worker = match cli.worker_id.clone().or_else(|| lookup("WORKER_ID")) {
         Some(id) => WorkerId::new(&id)?,
         None => WorkerId::generate(),
     };
-    let group = CancellationToken::new();
+    let shutdown_group = CancellationToken::new();
     let backend = pool.backend().clone();
     if backend.name() != "memory" {
-        workers::spawn_heartbeat(backend.clone(), worker.clone(), group.clone());
-        workers::spawn_registry_watcher(state.clone(), workers::RELIST_INTERVAL, group.clone());
+        // The key of forwarded requests' envelopes (crate::forward): the token key when auth
+        // is on; with auth off there is nothing to protect, and the namespace keeps groups apart.
+        let key = lookup("JWT_SECRET_KEY")
+            .unwrap_or_else(|| format!("mcp-pool-gateway group {namespace}"));
+        let group = forward::Group::new(worker.clone(), backend.clone(), key.as_bytes())?;
+        state.group = Some(group.clone());
+        workers::spawn_heartbeat(backend.clone(), worker.clone(), shutdown_group.clone());
+        workers::spawn_registry_watcher(
+            state.clone(),
+            workers::RELIST_INTERVAL,
+            shutdown_group.clone(),
+        );
+        forward::spawn_channel(group.clone(), state.clone(), shutdown_group.clone());
+        tokio::spawn(refresh_claims(
+            group,
+            state.mcp.clone(),
+            shutdown_group.clone(),
+        ));
         tracing::info!(
             "worker {worker} joined the workers sharing the {} state backend",
             backend.name()
@@ -234,6 +257,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         ))
     };
     let mcp = state.mcp.clone();
+    let group = state.group.clone();
+    let held = state.mcp.clone();
+    let (held_at_shutdown_tx, held_at_shutdown) = tokio::sync::oneshot::channel();
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
         .await
         .map_err(|e| format!("binding {}:{}: {e}", config.host, config.port))?;
@@ -250,13 +276,20 @@ async fn run(cli: Cli) -> Result<(), String> {
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
+            held_at_shutdown_tx.send(held.held_sessions().await).ok();
             // Open downstream streams would hold the graceful shutdown forever.
             mcp.shutdown();
         })
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("shutting down: closing the pool");
-    group.cancel();
+    if let Some(group) = &group {
+        // Leaving: other workers take the sessions over at once, without waiting for a TTL.
+        group
+            .release_all(&held_at_shutdown.await.unwrap_or_default())
+            .await;
+    }
+    shutdown_group.cancel();
     pool.close().await;
     if let Some(demo) = demo {
         demo.stop().await;
@@ -311,6 +344,23 @@ async fn reload_on_hangup(
             Err(e) => {
                 tracing::error!("SIGHUP: configuration not reloaded: {e}");
             }
+        }
+    }
+}
+
+/// Refreshes the claims of this worker's downstream sessions every
+/// [`forward::CLAIM_REFRESH`] until `shutdown`.
+async fn refresh_claims(
+    group: std::sync::Arc<forward::Group>,
+    mcp: std::sync::Arc<McpEndpoints>,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(forward::CLAIM_REFRESH);
+    ticks.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => group.refresh(&mcp.held_sessions().await).await,
         }
     }
 }

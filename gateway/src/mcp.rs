@@ -133,6 +133,29 @@ impl McpEndpoints {
         }
     }
 
+    /// The ids of every streamable HTTP session this worker holds, over all servers: the
+    /// sessions whose claims it refreshes (crate::forward).
+    pub async fn held_sessions(&self) -> Vec<String> {
+        let managers: Vec<_> = self
+            .servers
+            .lock()
+            .values()
+            .map(|e| e.manager.clone())
+            .collect();
+        let mut held = Vec::new();
+        for manager in managers {
+            held.extend(
+                manager
+                    .sessions
+                    .read()
+                    .await
+                    .keys()
+                    .map(|id| id.to_string()),
+            );
+        }
+        held
+    }
+
     /// The number of initialized downstream sessions of `server`.
     pub fn sessions(&self, server: &ServerId) -> usize {
         self.servers
@@ -148,12 +171,17 @@ impl McpEndpoints {
         }
         let cancel = self.shutdown.child_token();
         let sessions = Arc::new(Sessions::default());
-        let config = StreamableHttpServerConfig::default()
+        let mut config = StreamableHttpServerConfig::default()
             // The gateway is meant to be reached by name; DNS rebinding matters for servers on
             // a desktop, and the gateway's own auth covers it.
             .disable_allowed_hosts()
             .with_max_request_body_bytes(state.max_body_bytes)
             .with_cancellation_token(cancel.clone());
+        // Sessions taken over from a dead worker are restored by rmcp (crate::forward).
+        config.session_store = state.group.as_ref().map(|group| {
+            Arc::new(crate::forward::AdoptedSessions(group.clone()))
+                as Arc<dyn rmcp::transport::streamable_http_server::session::store::SessionStore>
+        });
         let factory = {
             let (registry, id, sessions) =
                 (state.registry.clone(), server.clone(), sessions.clone());
@@ -289,13 +317,39 @@ pub(crate) async fn endpoint(
         Ok(request) => request,
         Err(response) => return response,
     };
+    // A session another worker holds, or held before it died (crate::forward).
+    let request = match (&state.group, &session) {
+        (Some(group), Some(id))
+            if request
+                .extensions()
+                .get::<crate::forward::Forwarded>()
+                .is_none()
+                && !endpoint
+                    .manager
+                    .sessions
+                    .read()
+                    .await
+                    .contains_key(id.as_str()) =>
+        {
+            match group.dispatch(&state, &server, id, request).await {
+                Ok(response) => return response,
+                Err(adopted) => adopted,
+            }
+        }
+        _ => request,
+    };
     let response = endpoint.service.handle(request).await;
     let mut owners = endpoint.sessions.owners.lock();
+    let mut ended = Vec::new();
     match session {
         Some(session) if delete && response.status().is_success() => {
             owners.remove(&session);
+            ended.push(session);
         }
-        Some(_) => {}
+        Some(session) => {
+            // A session restored after a takeover belongs to its first caller here.
+            owners.entry(session).or_insert(principal);
+        }
         None => {
             if let Some(created) = response
                 .headers()
@@ -303,17 +357,31 @@ pub(crate) async fn endpoint(
                 .and_then(|v| v.to_str().ok())
             {
                 owners.insert(created.to_owned(), principal);
+                if let Some(group) = &state.group {
+                    group.claim_new(created);
+                }
                 // Sessions that timed out never say so: forget their owners now and then.
                 if owners.len() > 64
                     && let Ok(live) = endpoint.manager.sessions.try_read()
                     && owners.len() > 2 * live.len()
                 {
-                    owners.retain(|id, _| live.contains_key(id.as_str()));
+                    owners.retain(|id, _| {
+                        let alive = live.contains_key(id.as_str());
+                        if !alive {
+                            ended.push(id.clone());
+                        }
+                        alive
+                    });
                 }
             }
         }
     }
     drop(owners);
+    if let Some(group) = &state.group {
+        for session in &ended {
+            group.release(session);
+        }
+    }
     let mut response = response.map(Body::new);
     // rmcp answers a DELETE that ended the session with 202 Accepted; the official SDKs'
     // servers answer 200, and the Python SDK client logs any status but 200 and 204 as a

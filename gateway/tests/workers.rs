@@ -182,3 +182,228 @@ async fn a_server_created_configured_or_deleted_on_one_worker_applies_on_every_w
         upstream.stop().await;
     }
 }
+
+/// A downstream MCP session over plain HTTP (streamable HTTP, 2025-06-18), whose requests can
+/// go to any worker, as a load balancer would send them.
+struct McpSession {
+    server: String,
+    user: String,
+    id: String,
+    next: u64,
+}
+
+/// The JSON-RPC response with `id` in a streamable HTTP response body (JSON or SSE).
+fn response_with_id(body: &str, id: u64) -> Option<Value> {
+    let candidates: Vec<Value> = match serde_json::from_str::<Value>(body) {
+        Ok(value) => vec![value],
+        Err(_) => body
+            .lines()
+            .filter_map(|line| line.strip_prefix("data:"))
+            .filter_map(|data| serde_json::from_str(data.trim()).ok())
+            .collect(),
+    };
+    candidates.into_iter().find(|v| v["id"] == id)
+}
+
+/// POSTs one JSON-RPC message as `user` to `worker`: the status, the session id header and
+/// the body.
+async fn post(
+    worker: &Process,
+    server: &str,
+    user: &str,
+    session: Option<&str>,
+    message: Value,
+) -> (u16, Option<String>, String) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/servers/{server}/mcp", worker.base))
+        .header("accept", "application/json, text/event-stream")
+        .header("x-user-id", user)
+        .json(&message);
+    if let Some(session) = session {
+        request = request
+            .header("mcp-session-id", session)
+            .header("mcp-protocol-version", "2025-06-18");
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let id = response
+        .headers()
+        .get("mcp-session-id")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, id, response.text().await.unwrap())
+}
+
+impl McpSession {
+    /// Initializes a session of `user` on `server` through `worker`.
+    async fn initialize(worker: &Process, server: &str, user: &str) -> Self {
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "workers-test", "version": "1"}}});
+        let (status, id, body) = post(worker, server, user, None, init).await;
+        assert_eq!(status, 200, "initialize: {body}");
+        let id = id.expect("a session id");
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        let (status, _, body) = post(worker, server, user, Some(&id), initialized).await;
+        assert_eq!(status, 202, "initialized: {body}");
+        Self {
+            server: server.into(),
+            user: user.into(),
+            id,
+            next: 1,
+        }
+    }
+
+    /// Calls `counter` through `worker`: its text, or the HTTP status of a failure.
+    async fn counter(&mut self, worker: &Process) -> Result<String, u16> {
+        self.counter_as(worker, &self.user.clone()).await
+    }
+
+    /// Calls `counter` through `worker` as `user` (who may not be the session's).
+    async fn counter_as(&mut self, worker: &Process, user: &str) -> Result<String, u16> {
+        let id = self.next;
+        self.next += 1;
+        let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": "counter", "arguments": {}}});
+        let (status, _, body) = post(worker, &self.server, user, Some(&self.id), call).await;
+        if status != 200 {
+            eprintln!("tools/call through {}: {status} {body}", worker.base);
+            return Err(status);
+        }
+        let response = response_with_id(&body, id).unwrap_or_else(|| panic!("no reply: {body}"));
+        Ok(response["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("not a tool result: {response}"))
+            .to_owned())
+    }
+}
+
+/// Creates `server` on `worker` (pooling on, `strategy`) and waits until every other worker
+/// of `group` serves it.
+async fn create_server(
+    group: &mut [Process],
+    upstream: &ReferenceServer,
+    server: &str,
+    strategy: &str,
+) {
+    let body = json!({
+        "id": server,
+        "endpoints": [{"url": upstream.url()}],
+        "pool": {"enabled": true, "strategy": strategy, "max_size": 8},
+    });
+    let (status, created) = send(&group[0], "POST", "/servers", Some(body)).await;
+    assert_eq!(status, 201, "{created}");
+    let applied = format!("server {server} changed by another worker: applied");
+    for worker in &mut group[1..] {
+        worker.wait_for(&applied).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_served_by_its_owner_whichever_worker_receives_its_requests() {
+    for shared in shared_backends() {
+        let kind = shared.cache_type;
+        let upstream = ReferenceServer::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut group = workers(&shared, 3, dir.path()).await;
+        create_server(&mut group, &upstream, "st", "sticky").await;
+
+        let mut session = McpSession::initialize(&group[0], "st", "alice").await;
+        let mut texts = Vec::new();
+        for i in 0..9 {
+            // Every request lands on another worker: w0, w1, w2, w0, …
+            texts.push(session.counter(&group[i % 3]).await.unwrap());
+        }
+        let expected: Vec<String> = (1..=9).map(|n| n.to_string()).collect();
+        assert_eq!(
+            texts, expected,
+            "{kind}: every call reached the owner's upstream session"
+        );
+        assert_eq!(upstream.sessions_opened(), 1, "{kind}");
+
+        // Another identity with alice's session id is refused, on the owner and elsewhere.
+        for worker in &group {
+            assert_eq!(
+                session.counter_as(worker, "mallory").await,
+                Err(404),
+                "{kind}"
+            );
+        }
+        assert_eq!(session.counter(&group[1]).await.unwrap(), "10", "{kind}");
+        for worker in &mut group {
+            worker.stop().await;
+        }
+        upstream.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_owners_sessions_are_taken_over_and_a_paused_owner_keeps_them() {
+    for shared in shared_backends() {
+        let kind = shared.cache_type;
+        let upstream = ReferenceServer::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut group = workers(&shared, 3, dir.path()).await;
+        create_server(&mut group, &upstream, "st", "sticky").await;
+        create_server(&mut group, &upstream, "rr", "round_robin").await;
+
+        // A live owner paused (SIGSTOP) for less than the heartbeat TTL keeps its session: a
+        // request forwarded meanwhile is served when it resumes.
+        let mut paused = McpSession::initialize(&group[1], "st", "carol").await;
+        assert_eq!(paused.counter(&group[1]).await.unwrap(), "1", "{kind}");
+        group[1].signal("STOP");
+        let resume = {
+            let pid = group[1].child.id().unwrap().to_string();
+            tokio::spawn(async move {
+                // The pause itself is the fault being injected, not a synchronization.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                std::process::Command::new("kill")
+                    .args(["-CONT", &pid])
+                    .status()
+                    .unwrap();
+            })
+        };
+        assert_eq!(
+            paused.counter(&group[2]).await,
+            Ok("2".into()),
+            "{kind}: the paused owner's session was not taken"
+        );
+        resume.await.unwrap();
+
+        let mut sticky = McpSession::initialize(&group[0], "st", "alice").await;
+        let mut stateless = McpSession::initialize(&group[0], "rr", "alice").await;
+        assert_eq!(sticky.counter(&group[0]).await.unwrap(), "1", "{kind}");
+        assert_eq!(stateless.counter(&group[0]).await.unwrap(), "1", "{kind}");
+        group[0].child.start_kill().unwrap();
+        group[0].child.wait().await.unwrap();
+        let killed = Instant::now();
+
+        // A stateless server's session is simply served by the worker that takes it over.
+        let served = stateless.counter(&group[1]).await;
+        let took = killed.elapsed();
+        assert_eq!(
+            served,
+            Ok("1".into()),
+            "{kind}: served on a new upstream session"
+        );
+        eprintln!(
+            "{kind}: a dead owner's session was taken over and served {took:?} after kill -9"
+        );
+        assert_eq!(
+            stateless.counter(&group[2]).await,
+            Ok("2".into()),
+            "{kind}: and stays on its new owner"
+        );
+        // A sticky server's session lost its upstream state: 404, then a new session works.
+        assert_eq!(
+            sticky.counter(&group[2]).await,
+            Err(404),
+            "{kind}: the client must initialize again"
+        );
+        let mut again = McpSession::initialize(&group[2], "st", "alice").await;
+        assert_eq!(again.counter(&group[1]).await, Ok("1".into()), "{kind}");
+        for worker in &mut group[1..] {
+            worker.stop().await;
+        }
+        upstream.stop().await;
+    }
+}

@@ -33,12 +33,9 @@ pub async fn gateway(pool: &Pool, seeds: &[ServerConfig], max_body_bytes: usize)
     let registry = Registry::load(pool.clone(), seeds).await.unwrap();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let app = mcp_pool_gateway::router(AppState {
-        pool: pool.clone(),
-        registry,
-        auth: Auth::Required(secret),
         max_body_bytes,
         metrics: Some(recorder.handle()),
-        mcp: Default::default(),
+        ..AppState::new(pool.clone(), registry, Auth::Required(secret))
     });
     Gateway {
         app,
