@@ -260,22 +260,35 @@ impl Group {
         });
     }
 
-    /// Refreshes (or, after a backend outage, re-takes) the claims of `sessions`.
-    pub async fn refresh(&self, sessions: &[String]) {
+    /// Refreshes (or, after the backend lost them, takes again) the claims of `sessions`: the
+    /// sessions another live worker holds now (they were taken over while this worker was cut
+    /// off), which must end here; `None` when the backend could not be reached.
+    pub async fn refresh(&self, sessions: &[String]) -> Option<Vec<String>> {
+        let me = self.worker.state_id();
+        let mut taken = Vec::new();
         for session in sessions {
             let Ok(id) = StateId::new(session.as_str()) else {
                 continue;
             };
-            let me = self.worker.state_id();
             let refreshed = match self.backend.refresh(&id, me, CLAIM_TTL).await {
-                Ok(false) => self.backend.claim(&id, me, CLAIM_TTL).await.map(drop),
-                other => other.map(drop),
+                Ok(true) => Ok(true),
+                Ok(false) => self
+                    .backend
+                    .claim(&id, me, CLAIM_TTL)
+                    .await
+                    .map(|claim| claim.is_owned()),
+                Err(error) => Err(error),
             };
-            if let Err(error) = refreshed {
-                tracing::debug!(%error, "cannot refresh session claims now");
-                return;
+            match refreshed {
+                Ok(true) => {}
+                Ok(false) => taken.push(session.clone()),
+                Err(error) => {
+                    tracing::debug!(%error, "cannot refresh session claims now");
+                    return None;
+                }
             }
         }
+        Some(taken)
     }
 
     /// Releases the claims of `sessions` (a graceful shutdown).
@@ -745,10 +758,18 @@ pub fn spawn_channel(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut wait = Duration::from_millis(100);
+        let mut lost = false;
         loop {
             match group.backend.subscribe(&group.channel).await {
                 Ok(mut messages) => {
                     wait = Duration::from_millis(100);
+                    if lost {
+                        tracing::info!(
+                            "worker {}: subscribed to this worker's channel again",
+                            group.worker
+                        );
+                    }
+                    lost = true;
                     loop {
                         tokio::select! {
                             () = shutdown.cancelled() => return,

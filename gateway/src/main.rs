@@ -225,7 +225,13 @@ async fn run(cli: Cli) -> Result<(), String> {
             .unwrap_or_else(|| format!("mcp-pool-gateway group {namespace}"));
         let group = forward::Group::new(worker.clone(), backend.clone(), key.as_bytes())?;
         state.group = Some(group.clone());
-        workers::spawn_heartbeat(backend.clone(), worker.clone(), shutdown_group.clone());
+        let lost = std::sync::Arc::new(tokio::sync::Notify::new());
+        workers::spawn_heartbeat(
+            backend.clone(),
+            worker.clone(),
+            lost.clone(),
+            shutdown_group.clone(),
+        );
         workers::spawn_registry_watcher(
             state.clone(),
             workers::RELIST_INTERVAL,
@@ -235,6 +241,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         tokio::spawn(refresh_claims(
             group,
             state.mcp.clone(),
+            lost,
             shutdown_group.clone(),
         ));
         tracing::info!(
@@ -349,18 +356,35 @@ async fn reload_on_hangup(
 }
 
 /// Refreshes the claims of this worker's downstream sessions every
-/// [`forward::CLAIM_REFRESH`] until `shutdown`.
+/// [`forward::CLAIM_REFRESH`], and at once when the backend may have `lost` them, until
+/// `shutdown`. Sessions another worker took over meanwhile end here.
 async fn refresh_claims(
     group: std::sync::Arc<forward::Group>,
     mcp: std::sync::Arc<McpEndpoints>,
+    lost: std::sync::Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(forward::CLAIM_REFRESH);
     ticks.tick().await;
     loop {
-        tokio::select! {
+        let urgent = tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticks.tick() => group.refresh(&mcp.held_sessions().await).await,
+            _ = ticks.tick() => false,
+            () = lost.notified() => true,
+        };
+        let held = mcp.held_sessions().await;
+        let Some(taken) = group.refresh(&held).await else {
+            continue;
+        };
+        for session in &taken {
+            mcp.close_session(session).await;
+        }
+        if urgent {
+            tracing::info!(
+                "claimed {} sessions again; {} had been taken over by another worker and ended here",
+                held.len() - taken.len(),
+                taken.len()
+            );
         }
     }
 }

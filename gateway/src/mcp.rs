@@ -156,6 +156,25 @@ impl McpEndpoints {
         held
     }
 
+    /// Ends the streamable HTTP session `id`, wherever it is (another worker holds it now).
+    pub async fn close_session(&self, id: &str) {
+        let managers: Vec<_> = self
+            .servers
+            .lock()
+            .values()
+            .map(|e| e.manager.clone())
+            .collect();
+        let id: rmcp::transport::streamable_http_server::session::SessionId = id.into();
+        for manager in managers {
+            if manager.sessions.read().await.contains_key(&id) {
+                let _ = rmcp::transport::streamable_http_server::SessionManager::close_session(
+                    &*manager, &id,
+                )
+                .await;
+            }
+        }
+    }
+
     /// The number of initialized downstream sessions of `server`.
     pub fn sessions(&self, server: &ServerId) -> usize {
         self.servers

@@ -99,31 +99,46 @@ fn hostname() -> String {
 /// Renews `worker`'s heartbeat every [`HEARTBEAT_INTERVAL`] until `shutdown`. A failed
 /// renewal is logged once per outage (the worker keeps serving; the others will see it as dead
 /// when the outage outlasts [`HEARTBEAT_TTL`]).
+///
+/// `lost` is notified when the backend may have lost this worker's claims: its heartbeat
+/// reached the backend again after failing, or had vanished from it between two renewals (the
+/// backend restarted without its data, or this worker was paused past the TTL). The claims are
+/// then taken again at once (see [`crate::forward`]).
 pub fn spawn_heartbeat(
     backend: std::sync::Arc<dyn StateBackend>,
     worker: WorkerId,
+    lost: std::sync::Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut first = true;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            let beat = tokio::time::timeout(
-                HEARTBEAT_INTERVAL,
-                backend.heartbeat(worker.state_id(), HEARTBEAT_TTL),
-            )
+            let beat = tokio::time::timeout(HEARTBEAT_INTERVAL, async {
+                let alive = backend.is_alive(worker.state_id()).await?;
+                backend.heartbeat(worker.state_id(), HEARTBEAT_TTL).await?;
+                Ok::<_, mcp_pool::traits::BackendError>(alive)
+            })
             .await;
             match beat {
-                Ok(Ok(())) if failing => {
+                Ok(Ok(_)) if failing => {
                     failing = false;
-                    tracing::info!(%worker, "heartbeats reach the state backend again");
+                    tracing::info!("worker {worker}: heartbeats reach the state backend again");
+                    lost.notify_one();
                 }
-                Ok(Ok(())) => {}
+                Ok(Ok(false)) if !first => {
+                    tracing::warn!(
+                        "worker {worker}: the state backend had lost this worker's heartbeat (restarted, or this worker was paused): claiming its sessions again"
+                    );
+                    lost.notify_one();
+                }
+                Ok(Ok(_)) => {}
                 Ok(Err(error)) if !failing => {
                     failing = true;
                     tracing::warn!(%worker, %error, "heartbeat failed; serving on");
@@ -134,6 +149,7 @@ pub fn spawn_heartbeat(
                 }
                 _ => {}
             }
+            first = false;
         }
     })
 }

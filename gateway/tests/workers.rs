@@ -407,3 +407,56 @@ async fn a_dead_owners_sessions_are_taken_over_and_a_paused_owner_keeps_them() {
         upstream.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_resumes_after_redis_restarts_and_local_pooling_never_stops() {
+    use mcp_pool_conformance::redis_process::{spare_port, start_redis};
+    let port = spare_port();
+    let Some(mut redis) = start_redis(port).await else {
+        return;
+    };
+    let shared = Shared {
+        cache_type: "redis",
+        url_var: "REDIS_URL",
+        url: format!("redis://127.0.0.1:{port}"),
+    };
+    let upstream = ReferenceServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = workers(&shared, 2, dir.path()).await;
+    create_server(&mut group, &upstream, "st", "sticky").await;
+    let mut session = McpSession::initialize(&group[0], "st", "alice").await;
+    assert_eq!(
+        session.counter(&group[1]).await,
+        Ok("1".into()),
+        "forwarded"
+    );
+
+    redis.kill().await.unwrap();
+    // Local pooling goes on without the backend: a request at the session's owner.
+    assert_eq!(
+        session.counter(&group[0]).await,
+        Ok("2".into()),
+        "served while Redis is down"
+    );
+    let _redis = start_redis(port)
+        .await
+        .expect("Redis again on the same port");
+
+    // The restarted Redis lost everything: the owner claims its session again, and both
+    // workers subscribe to their channels again.
+    let resubscribed = "subscribed to this worker's channel again";
+    group[0]
+        .wait_for_all(&["claimed 1 sessions again", resubscribed])
+        .await;
+    group[1].wait_for(resubscribed).await;
+    assert_eq!(
+        session.counter(&group[1]).await,
+        Ok("3".into()),
+        "forwarding resumed"
+    );
+    for worker in &mut group {
+        worker.stop().await;
+        assert!(!worker.log.contains("panicked"), "{}", worker.log);
+    }
+    upstream.stop().await;
+}

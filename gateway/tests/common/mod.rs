@@ -183,6 +183,30 @@ impl Process {
         }
     }
 
+    /// Waits until a log line containing each of `needles` has appeared, in any order
+    /// (bounded by [`LOG_WAIT`]).
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn wait_for_all(&mut self, needles: &[&str]) {
+        let mut missing: Vec<&str> = needles.to_vec();
+        let found = tokio::time::timeout(LOG_WAIT, async {
+            while !missing.is_empty() {
+                let Some(line) = self.lines.next_line().await.unwrap() else {
+                    return false;
+                };
+                self.log.push_str(&line);
+                self.log.push('\n');
+                missing.retain(|needle| !line.contains(needle));
+            }
+            true
+        })
+        .await;
+        assert!(
+            found == Ok(true),
+            "no {missing:?} within {LOG_WAIT:?}:\n{}",
+            self.log
+        );
+    }
+
     /// Sends `signal` (`HUP`, `TERM`, …) with `kill`.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().unwrap().to_string();
