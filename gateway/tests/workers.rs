@@ -460,3 +460,65 @@ async fn forwarding_resumes_after_redis_restarts_and_local_pooling_never_stops()
     }
     upstream.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_sessions_over_three_workers_at_random_never_cross_identities() {
+    const SESSIONS: usize = 64;
+    const CALLS: usize = 50;
+    const USERS: usize = 16;
+    let Some(shared) = shared_backends().into_iter().next() else {
+        return;
+    };
+    let upstream = ReferenceServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut group = workers(&shared, 3, dir.path()).await;
+    create_server(&mut group, &upstream, "st", "sticky").await;
+    let group = std::sync::Arc::new(group);
+
+    // Sessions of 16 users (4 each), each initialized on a random worker, then 50 `counter`
+    // calls, each to a random worker. A call that reached any other upstream session (another
+    // user's, or another session's of the same user) breaks its counter's sequence.
+    let tasks: Vec<_> = (0..SESSIONS)
+        .map(|n| {
+            let group = group.clone();
+            tokio::spawn(async move {
+                let mut random = n as u64 * 2654435761 + 1;
+                let mut pick = move || {
+                    random ^= random << 13;
+                    random ^= random >> 7;
+                    random ^= random << 17;
+                    (random % 3) as usize
+                };
+                let user = format!("user{}", n % USERS);
+                let mut session = McpSession::initialize(&group[pick()], "st", &user).await;
+                let mut texts = Vec::new();
+                for _ in 0..CALLS {
+                    texts.push(session.counter(&group[pick()]).await);
+                }
+                texts
+            })
+        })
+        .collect();
+    let expected: Vec<Result<String, u16>> = (1..=CALLS).map(|n| Ok(n.to_string())).collect();
+    for (n, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.await.unwrap(), expected, "session {n}");
+    }
+    // Sticky: one upstream session per downstream session, no more.
+    assert_eq!(upstream.sessions_opened(), SESSIONS as u64);
+    let mut group = std::sync::Arc::into_inner(group).unwrap();
+    let (status, metrics) = {
+        let response = reqwest::get(format!("{}/metrics", group[0].base))
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    };
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("mcp_pool_gateway_forwards_total{outcome=\"ok\"}"),
+        "forwards are counted: {metrics}"
+    );
+    for worker in &mut group {
+        worker.stop().await;
+    }
+    upstream.stop().await;
+}
