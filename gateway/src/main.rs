@@ -8,8 +8,6 @@ use mcp_pool::{Pool, ServerConfig, ServerId, Settings, traits::StateId};
 use mcp_pool_gateway::{
     AppState, Auth, GatewayConfig, Registry, admin, auth,
     config::GatewayTable,
-    forward,
-    mcp::McpEndpoints,
     workers::{self, WorkerId},
 };
 use tokio_util::sync::CancellationToken;
@@ -223,27 +221,12 @@ async fn run(cli: Cli) -> Result<(), String> {
         // is on; with auth off there is nothing to protect, and the namespace keeps groups apart.
         let key = lookup("JWT_SECRET_KEY")
             .unwrap_or_else(|| format!("mcp-pool-gateway group {namespace}"));
-        let group = forward::Group::new(worker.clone(), backend.clone(), key.as_bytes())?;
-        state.group = Some(group.clone());
-        let lost = std::sync::Arc::new(tokio::sync::Notify::new());
-        workers::spawn_heartbeat(
-            backend.clone(),
+        workers::join(
+            &mut state,
             worker.clone(),
-            lost.clone(),
+            key.as_bytes(),
             shutdown_group.clone(),
-        );
-        workers::spawn_registry_watcher(
-            state.clone(),
-            workers::RELIST_INTERVAL,
-            shutdown_group.clone(),
-        );
-        forward::spawn_channel(group.clone(), state.clone(), shutdown_group.clone());
-        tokio::spawn(refresh_claims(
-            group,
-            state.mcp.clone(),
-            lost,
-            shutdown_group.clone(),
-        ));
+        )?;
         tracing::info!(
             "worker {worker} joined the workers sharing the {} state backend",
             backend.name()
@@ -351,40 +334,6 @@ async fn reload_on_hangup(
             Err(e) => {
                 tracing::error!("SIGHUP: configuration not reloaded: {e}");
             }
-        }
-    }
-}
-
-/// Refreshes the claims of this worker's downstream sessions every
-/// [`forward::CLAIM_REFRESH`], and at once when the backend may have `lost` them, until
-/// `shutdown`. Sessions another worker took over meanwhile end here.
-async fn refresh_claims(
-    group: std::sync::Arc<forward::Group>,
-    mcp: std::sync::Arc<McpEndpoints>,
-    lost: std::sync::Arc<tokio::sync::Notify>,
-    shutdown: CancellationToken,
-) {
-    let mut ticks = tokio::time::interval(forward::CLAIM_REFRESH);
-    ticks.tick().await;
-    loop {
-        let urgent = tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticks.tick() => false,
-            () = lost.notified() => true,
-        };
-        let held = mcp.held_sessions().await;
-        let Some(taken) = group.refresh(&held).await else {
-            continue;
-        };
-        for session in &taken {
-            mcp.close_session(session).await;
-        }
-        if urgent {
-            tracing::info!(
-                "claimed {} sessions again; {} had been taken over by another worker and ended here",
-                held.len() - taken.len(),
-                taken.len()
-            );
         }
     }
 }

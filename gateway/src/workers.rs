@@ -23,7 +23,9 @@ use futures::StreamExt;
 use mcp_pool::traits::{StateBackend, StateId};
 use tokio_util::sync::CancellationToken;
 
-use crate::{AppState, registry::Applied};
+use std::sync::Arc;
+
+use crate::{AppState, forward, mcp::McpEndpoints, registry::Applied};
 
 /// How often a worker renews its heartbeat.
 pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
@@ -36,6 +38,70 @@ pub const RELIST_INTERVAL: Duration = Duration::from_secs(5);
 
 /// First and largest wait before the watcher subscribes again after the backend failed.
 const RESUBSCRIBE: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+
+/// Joins `state` to the workers sharing its pool's (shared) backend as `worker`, signing
+/// forwarded requests with `key` (the same on every worker: `JWT_SECRET_KEY`): sets
+/// [`AppState::group`] and starts, until `shutdown`, the heartbeat, the registry watcher,
+/// this worker's channel ([`forward::spawn_channel`]) and the claims' refreshes. What the
+/// binary does on `CACHE_TYPE=redis|database`; the router must be built from `state` after.
+///
+/// # Errors
+/// When `worker` is too long to name its channel.
+pub fn join(
+    state: &mut AppState,
+    worker: WorkerId,
+    key: &[u8],
+    shutdown: CancellationToken,
+) -> Result<Arc<forward::Group>, String> {
+    let backend = state.pool.backend().clone();
+    let group = forward::Group::new(worker.clone(), backend.clone(), key)?;
+    state.group = Some(group.clone());
+    let lost = Arc::new(tokio::sync::Notify::new());
+    spawn_heartbeat(backend, worker, lost.clone(), shutdown.clone());
+    spawn_registry_watcher(state.clone(), RELIST_INTERVAL, shutdown.clone());
+    forward::spawn_channel(group.clone(), state.clone(), shutdown.clone());
+    tokio::spawn(refresh_claims(
+        group.clone(),
+        state.mcp.clone(),
+        lost,
+        shutdown,
+    ));
+    Ok(group)
+}
+
+/// Refreshes the claims of this worker's downstream sessions every
+/// [`forward::CLAIM_REFRESH`], and at once when the backend may have `lost` them, until
+/// `shutdown`. Sessions another worker took over meanwhile end here.
+async fn refresh_claims(
+    group: Arc<forward::Group>,
+    mcp: Arc<McpEndpoints>,
+    lost: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(forward::CLAIM_REFRESH);
+    ticks.tick().await;
+    loop {
+        let urgent = tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => false,
+            () = lost.notified() => true,
+        };
+        let held = mcp.held_sessions().await;
+        let Some(taken) = group.refresh(&held).await else {
+            continue;
+        };
+        for session in &taken {
+            mcp.close_session(session).await;
+        }
+        if urgent {
+            tracing::info!(
+                "claimed {} sessions again; {} had been taken over by another worker and ended here",
+                held.len() - taken.len(),
+                taken.len()
+            );
+        }
+    }
+}
 
 /// A worker's id in the group: what its heartbeats, and later its claims, carry.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,9 +171,9 @@ fn hostname() -> String {
 /// backend restarted without its data, or this worker was paused past the TTL). The claims are
 /// then taken again at once (see [`crate::forward`]).
 pub fn spawn_heartbeat(
-    backend: std::sync::Arc<dyn StateBackend>,
+    backend: Arc<dyn StateBackend>,
     worker: WorkerId,
-    lost: std::sync::Arc<tokio::sync::Notify>,
+    lost: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
