@@ -95,6 +95,13 @@ struct ServerEndpoint {
     cancel: CancellationToken,
 }
 
+impl ServerEndpoint {
+    /// Whether the streamable HTTP session `id` lives in this worker.
+    async fn holds(&self, id: &str) -> bool {
+        self.manager.sessions.read().await.contains_key(id)
+    }
+}
+
 /// The downstream sessions of one server.
 #[derive(Default)]
 struct Sessions {
@@ -338,18 +345,16 @@ pub(crate) async fn endpoint(
     };
     // A session another worker holds, or held before it died (crate::forward).
     let request = match (&state.group, &session) {
-        (Some(group), Some(id))
+        (Some(group), Some(id)) if !endpoint.holds(id).await => {
             if request
                 .extensions()
                 .get::<crate::forward::Forwarded>()
-                .is_none()
-                && !endpoint
-                    .manager
-                    .sessions
-                    .read()
-                    .await
-                    .contains_key(id.as_str()) =>
-        {
+                .is_some()
+            {
+                // Claimed by this worker but ended here: the claim goes too.
+                group.release(id);
+                return ApiError::new(StatusCode::NOT_FOUND, "Session not found").into_response();
+            }
             match group.dispatch(&state, &server, id, request).await {
                 Ok(response) => return response,
                 Err(adopted) => adopted,
@@ -365,10 +370,11 @@ pub(crate) async fn endpoint(
             owners.remove(&session);
             ended.push(session);
         }
-        Some(session) => {
+        Some(session) if response.status().is_success() => {
             // A session restored after a takeover belongs to its first caller here.
             owners.entry(session).or_insert(principal);
         }
+        Some(_) => {}
         None => {
             if let Some(created) = response
                 .headers()
