@@ -121,8 +121,9 @@ enum Part {
     End,
 }
 
-/// A signed request (see the module docs).
-#[derive(Serialize, Deserialize, Debug, Clone)]
+/// A signed request (see the module docs). `Debug` shows header names, never values or the
+/// body (a forwarded `Authorization` or cookie is a secret).
+#[derive(Serialize, Deserialize, Clone)]
 struct Envelope {
     /// The sending worker: where the reply goes.
     from: String,
@@ -140,6 +141,23 @@ struct Envelope {
     /// HMAC-SHA256 of the envelope with an empty `mac`, hex.
     #[serde(default)]
     mac: String,
+}
+
+impl std::fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(name, _)| name.as_str()).collect();
+        f.debug_struct("Envelope")
+            .field("from", &self.from)
+            .field("id", &self.id)
+            .field("server", &self.server)
+            .field("method", &self.method)
+            .field("uri", &self.uri)
+            .field("headers", &names)
+            .field("body_bytes", &self.body.len())
+            .field("user", &self.user)
+            .field("signed", &self.signed)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Headers that describe one HTTP hop, not the request. (`Host` stays: rmcp checks it.)
@@ -807,5 +825,94 @@ impl SessionStore for AdoptedSessions {
 
     async fn delete(&self, _: &str) -> Result<(), SessionStoreError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mcp_pool::traits::StateBackend;
+    use mcp_pool_backends::MemoryBackend;
+
+    use super::*;
+
+    fn group(key: &[u8]) -> Arc<Group> {
+        let backend: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
+        Group::new(WorkerId::new("w1").unwrap(), backend, key).unwrap()
+    }
+
+    fn envelope(group: &Group) -> Envelope {
+        let mut envelope = Envelope {
+            from: "w2".into(),
+            id: 7,
+            server: "s".into(),
+            method: "POST".into(),
+            uri: "/servers/s/mcp".into(),
+            headers: vec![("mcp-session-id".into(), "abc".into())],
+            body: BASE64.encode(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
+            user: Some("alice".into()),
+            signed: unix_now(),
+            mac: String::new(),
+        };
+        envelope.mac = group.mac(&envelope);
+        envelope
+    }
+
+    fn rejection(group: &Group, envelope: &Envelope) -> String {
+        let error = group.open(envelope).expect_err("rejected");
+        error.into_response().status().to_string()
+    }
+
+    #[tokio::test]
+    async fn an_envelope_signed_with_the_groups_key_opens_with_the_callers_user() {
+        let group = group(b"key");
+        let request = group.open(&envelope(&group)).unwrap();
+        let claims = request.extensions().get::<Claims>().unwrap();
+        assert_eq!(claims.user(), Some("alice"));
+        assert!(request.extensions().get::<Forwarded>().is_some());
+        assert_eq!(request.headers()["mcp-session-id"], "abc");
+    }
+
+    #[tokio::test]
+    async fn unsigned_tampered_foreign_or_stale_envelopes_are_rejected() {
+        let group = group(b"key");
+        let signed = envelope(&group);
+        let unsigned = Envelope {
+            mac: String::new(),
+            ..signed.clone()
+        };
+        let other_user = Envelope {
+            user: Some("mallory".into()),
+            ..signed.clone()
+        };
+        let other_body = Envelope {
+            body: BASE64.encode(b"{}"),
+            ..signed.clone()
+        };
+        let foreign = envelope(&self::group(b"another group's key"));
+        let mut stale = Envelope {
+            signed: unix_now() - 2 * ENVELOPE_MAX_AGE.as_secs(),
+            ..signed.clone()
+        };
+        stale.mac = group.mac(&stale);
+        for rejected in [unsigned, other_user, other_body, foreign, stale] {
+            assert_eq!(
+                rejection(&group, &rejected),
+                "403 Forbidden",
+                "{rejected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn debug_shows_no_header_value_nor_body() {
+        let group = group(b"key");
+        let mut envelope = envelope(&group);
+        envelope
+            .headers
+            .push(("authorization".into(), "Bearer s3cret-token".into()));
+        let shown = format!("{envelope:?}");
+        assert!(shown.contains("authorization"), "{shown}");
+        assert!(!shown.contains("s3cret-token"), "{shown}");
+        assert!(!shown.contains(&envelope.body), "{shown}");
     }
 }
