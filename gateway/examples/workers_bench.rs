@@ -63,7 +63,7 @@ async fn start_workers(
         let registry = Registry::load(pool.clone(), std::slice::from_ref(&server)).await?;
         let mut state = AppState::new(pool, registry, Auth::Disabled);
         let worker = workers::WorkerId::new(&format!("bench-w{i}"))?;
-        workers::join(&mut state, worker, b"bench key", shutdown.child_token())?;
+        let _membership = workers::join(&mut state, worker, b"bench key", shutdown.child_token())?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let base = format!("http://{}", listener.local_addr()?);
         let app = mcp_pool_gateway::router(state);

@@ -4,8 +4,9 @@
 //! # Ownership
 //! The worker that creates a downstream MCP session (streamable HTTP `initialize`) claims its
 //! id in the state backend ([`StateBackend::claim`]: first writer wins) and refreshes the claim
-//! while the session lives; a `DELETE` or a graceful shutdown releases it. The session's
-//! upstream leases live in that worker's pool; nothing of them is shared.
+//! while the session lives; a `DELETE` releases it. A worker that stops gracefully
+//! [leaves](Group::leave): its claims can be taken over at once (below). The session's upstream
+//! leases live in that worker's pool; nothing of them is shared.
 //!
 //! # Forwarding
 //! A request that carries a session id this worker does not hold is looked up: when another
@@ -309,12 +310,15 @@ impl Group {
         Some(taken)
     }
 
-    /// Releases the claims of `sessions` (a graceful shutdown).
-    pub async fn release_all(&self, sessions: &[String]) {
-        for session in sessions {
-            if let Ok(id) = StateId::new(session.as_str()) {
-                let _ = self.backend.release(&id, self.worker.state_id()).await;
-            }
+    /// Leaves the group (a graceful shutdown): ends this worker's heartbeat, so that the next
+    /// request for any of its sessions, at any worker, takes the session over at once — as
+    /// after a death, without waiting for [`HEARTBEAT_TTL`](crate::workers::HEARTBEAT_TTL).
+    /// Call it once the heartbeat task has stopped.
+    pub async fn leave(&self) {
+        // The shortest TTL there is: gone by the time anyone looks.
+        let gone = Duration::from_millis(1);
+        if let Err(error) = self.backend.heartbeat(self.worker.state_id(), gone).await {
+            tracing::warn!(%error, "cannot leave the workers' group: its sessions are taken over when the heartbeat expires");
         }
     }
 

@@ -215,18 +215,19 @@ async fn run(cli: Cli) -> Result<(), String> {
         None => WorkerId::generate(),
     };
     let shutdown_group = CancellationToken::new();
+    let mut membership = None;
     let backend = pool.backend().clone();
     if backend.name() != "memory" {
         // The key of forwarded requests' envelopes (crate::forward): the token key when auth
         // is on; with auth off there is nothing to protect, and the namespace keeps groups apart.
         let key = lookup("JWT_SECRET_KEY")
             .unwrap_or_else(|| format!("mcp-pool-gateway group {namespace}"));
-        workers::join(
+        membership = Some(workers::join(
             &mut state,
             worker.clone(),
             key.as_bytes(),
             shutdown_group.clone(),
-        )?;
+        )?);
         tracing::info!(
             "worker {worker} joined the workers sharing the {} state backend",
             backend.name()
@@ -247,9 +248,6 @@ async fn run(cli: Cli) -> Result<(), String> {
         ))
     };
     let mcp = state.mcp.clone();
-    let group = state.group.clone();
-    let held = state.mcp.clone();
-    let (held_at_shutdown_tx, held_at_shutdown) = tokio::sync::oneshot::channel();
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
         .await
         .map_err(|e| format!("binding {}:{}: {e}", config.host, config.port))?;
@@ -266,20 +264,17 @@ async fn run(cli: Cli) -> Result<(), String> {
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown_signal().await;
-            held_at_shutdown_tx.send(held.held_sessions().await).ok();
             // Open downstream streams would hold the graceful shutdown forever.
             mcp.shutdown();
         })
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("shutting down: closing the pool");
-    if let Some(group) = &group {
-        // Leaving: other workers take the sessions over at once, without waiting for a TTL.
-        group
-            .release_all(&held_at_shutdown.await.unwrap_or_default())
-            .await;
-    }
     shutdown_group.cancel();
+    if let Some(membership) = membership {
+        // Other workers take this worker's sessions over at once, without waiting for a TTL.
+        membership.leave().await;
+    }
     pool.close().await;
     if let Some(demo) = demo {
         demo.stop().await;

@@ -52,21 +52,35 @@ pub fn join(
     worker: WorkerId,
     key: &[u8],
     shutdown: CancellationToken,
-) -> Result<Arc<forward::Group>, String> {
+) -> Result<Membership, String> {
     let backend = state.pool.backend().clone();
     let group = forward::Group::new(worker.clone(), backend.clone(), key)?;
     state.group = Some(group.clone());
     let lost = Arc::new(tokio::sync::Notify::new());
-    spawn_heartbeat(backend, worker, lost.clone(), shutdown.clone());
+    let heartbeat = spawn_heartbeat(backend, worker, lost.clone(), shutdown.clone());
     spawn_registry_watcher(state.clone(), RELIST_INTERVAL, shutdown.clone());
     forward::spawn_channel(group.clone(), state.clone(), shutdown.clone());
-    tokio::spawn(refresh_claims(
-        group.clone(),
-        state.mcp.clone(),
-        lost,
-        shutdown,
-    ));
-    Ok(group)
+    let mcp = state.mcp.clone();
+    tokio::spawn(refresh_claims(group.clone(), mcp, lost, shutdown));
+    Ok(Membership { group, heartbeat })
+}
+
+/// A worker's place in the group ([`join`]).
+#[derive(Debug)]
+pub struct Membership {
+    /// The group, as [`AppState::group`] holds it.
+    pub group: Arc<forward::Group>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Membership {
+    /// Leaves the group once `join`'s `shutdown` token is cancelled: waits for the last
+    /// heartbeat to be written, then ends it ([`forward::Group::leave`]), so that the other
+    /// workers take this worker's sessions over at once.
+    pub async fn leave(self) {
+        let _ = self.heartbeat.await;
+        self.group.leave().await;
+    }
 }
 
 /// Refreshes the claims of this worker's downstream sessions every

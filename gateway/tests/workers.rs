@@ -401,9 +401,23 @@ async fn a_dead_owners_sessions_are_taken_over_and_a_paused_owner_keeps_them() {
         );
         let mut again = McpSession::initialize(&group[2], "st", "alice").await;
         assert_eq!(again.counter(&group[1]).await, Ok("1".into()), "{kind}");
-        for worker in &mut group[1..] {
-            worker.stop().await;
-        }
+
+        // A worker stopped gracefully leaves the group: its sessions are taken over by the
+        // next request at once, not after its heartbeat's TTL (no wait for a silent owner).
+        let mut leaving = McpSession::initialize(&group[1], "rr", "dave").await;
+        assert_eq!(leaving.counter(&group[1]).await, Ok("1".into()), "{kind}");
+        group[1].stop().await;
+        let before = group[2].log.len();
+        assert_eq!(leaving.counter(&group[2]).await, Ok("1".into()), "{kind}");
+        group[2]
+            .wait_for("took over a session of server rr from a dead worker: restored")
+            .await;
+        assert!(
+            !group[2].log[before..].contains("died before answering"),
+            "{kind}: the request did not wait for the left worker: {}",
+            &group[2].log[before..]
+        );
+        group[2].stop().await;
         upstream.stop().await;
     }
 }
