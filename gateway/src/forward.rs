@@ -73,11 +73,19 @@ use crate::{ApiError, AppState, auth::Claims, workers::WorkerId};
 /// without a `DELETE`.
 pub const CLAIM_TTL: Duration = Duration::from_secs(3600);
 
+/// The longest an `initialize` waits for its session's claim.
+pub const CLAIM_WAIT: Duration = Duration::from_secs(2);
+
 /// How often the claims of this worker's live sessions are refreshed.
 pub const CLAIM_REFRESH: Duration = Duration::from_secs(600);
 
 /// The oldest envelope an owner accepts, against replays.
 pub const ENVELOPE_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// How long the owner holds a reply's head back waiting for its first body chunk, to send both
+/// in one frame; a stream that is quiet longer (a slow call, a standalone stream) gets its head
+/// alone.
+const HEAD_COALESCE: Duration = Duration::from_millis(50);
 
 /// How long a forwarded request waits for the owner's status line.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
@@ -103,8 +111,10 @@ pub(crate) struct Forwarded;
 enum Frame {
     /// A request for a session the receiver owns.
     Request(Envelope),
-    /// Part `seq` of the reply to request `id`: 0 the head, then body chunks, then the end.
-    Reply { id: u64, seq: u64, part: Part },
+    /// Frame `seq` (from 0) of the reply to request `id`: its parts in order — the head
+    /// first, then body chunks, the end last. The owner sends what is ready in one frame (a
+    /// quick call's whole reply is one), so a forward costs two messages.
+    Reply { id: u64, seq: u64, parts: Vec<Part> },
     /// The sender of request `id` no longer wants its reply.
     Cancel { from: String, id: u64 },
 }
@@ -179,12 +189,18 @@ pub struct Group {
     key: Vec<u8>,
     next: AtomicU64,
     /// Replies awaited, by request id.
-    pending: Mutex<HashMap<u64, mpsc::Sender<(u64, Part)>>>,
+    pending: Mutex<HashMap<u64, mpsc::Sender<(u64, Vec<Part>)>>>,
     /// Requests being served for other workers, by (worker, id).
     serving: Mutex<HashMap<(String, u64), CancellationToken>>,
     /// Sessions taken over and about to be restored: id → the protocol version to restore.
     adopting: Mutex<HashMap<String, String>>,
+    /// The owner each session forwarded lately had: a hint that saves a lookup per request
+    /// (the owner checks it holds the session), at most [`OWNER_HINTS`] entries.
+    owners: Mutex<HashMap<String, StateId>>,
 }
+
+/// The most owners [`Group`] remembers; it forgets them all when full.
+const OWNER_HINTS: usize = 16_384;
 
 impl std::fmt::Debug for Group {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -226,6 +242,7 @@ impl Group {
             pending: Mutex::default(),
             serving: Mutex::default(),
             adopting: Mutex::default(),
+            owners: Mutex::default(),
         }))
     }
 
@@ -244,26 +261,23 @@ impl Group {
         hex::encode(mac.finalize().into_bytes())
     }
 
-    /// Claims a session this worker just created. A failure is logged: the session works here,
-    /// but other workers cannot find it until the next refresh.
-    pub(crate) fn claim_new(self: &Arc<Self>, session: &str) {
+    /// Claims a session this worker just created, before its id reaches the client: another
+    /// worker that gets the client's next request must find the owner. A failure is logged
+    /// (the session works here, but other workers find it only once a refresh claimed it), and
+    /// the claim waits at most [`CLAIM_WAIT`] so a slow backend never holds an `initialize`.
+    pub(crate) async fn claim_new(&self, session: &str) {
         let Ok(id) = StateId::new(session) else {
             return;
         };
-        let group = self.clone();
-        tokio::spawn(async move {
-            match group
-                .backend
-                .claim(&id, group.worker.state_id(), CLAIM_TTL)
-                .await
-            {
-                Ok(claim) if claim.is_owned() => {}
-                Ok(_) => tracing::warn!("a new downstream session's id is claimed already"),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot claim a new downstream session; serving on")
-                }
+        let claim = self.backend.claim(&id, self.worker.state_id(), CLAIM_TTL);
+        match tokio::time::timeout(CLAIM_WAIT, claim).await {
+            Ok(Ok(claim)) if claim.is_owned() => {}
+            Ok(Ok(_)) => tracing::warn!("a new downstream session's id is claimed already"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "cannot claim a new downstream session; serving on")
             }
-        });
+            Err(_) => tracing::warn!("claiming a new downstream session timed out; serving on"),
+        }
     }
 
     /// Releases the claim of a session of this worker that ended.
@@ -320,6 +334,15 @@ impl Group {
         if let Err(error) = self.backend.heartbeat(self.worker.state_id(), gone).await {
             tracing::warn!(%error, "cannot leave the workers' group: its sessions are taken over when the heartbeat expires");
         }
+    }
+
+    /// Remembers that `owner` answered for `session`.
+    fn remember(&self, session: &str, owner: StateId) {
+        let mut owners = self.owners.lock();
+        if owners.len() >= OWNER_HINTS {
+            owners.clear();
+        }
+        owners.insert(session.to_owned(), owner);
     }
 
     /// Where a request for `session`, which this worker does not hold, goes.
@@ -397,14 +420,30 @@ impl Group {
                     .into_response(),
             );
         };
-        // An owner found dead while waiting for it is taken over: route once more.
+        // The owner last seen is tried first, without a lookup; it answers 404 for a session
+        // it no longer holds. An owner found dead while waiting for it is taken over: route
+        // once more.
+        let cached = self.owners.lock().get(session).cloned();
+        if let Some(owner) = cached {
+            match self.forward(state, &owner, server, &parts, &body).await {
+                Some(response) if response.status() != StatusCode::NOT_FOUND => {
+                    return Ok(response);
+                }
+                _ => {
+                    self.owners.lock().remove(session);
+                }
+            }
+        }
         for _ in 0..2 {
             match self.route(state, server, session).await {
                 Err(error) => return Ok(error.into_response()),
                 Ok(Route::Gone) => break,
                 Ok(Route::Forward(owner)) => {
                     match self.forward(state, &owner, server, &parts, &body).await {
-                        Some(response) => return Ok(response),
+                        Some(response) => {
+                            self.remember(session, owner);
+                            return Ok(response);
+                        }
                         None => continue,
                     }
                 }
@@ -470,6 +509,7 @@ impl Group {
             replies,
             reorder: BTreeMap::new(),
             next: 0,
+            ready: Default::default(),
             done: false,
         };
         let failed = |detail: &str| {
@@ -484,18 +524,17 @@ impl Group {
             tracing::warn!(%error, "cannot forward a request to its session's owner");
             return failed("cannot reach the worker holding this session");
         }
-        // The owner may have died since it was found alive: its heartbeat tells.
+        // The owner may have died since it was found alive: its heartbeat tells. (A timeout
+        // per wait, not an `Interval` in a `select!`: that delayed the wake-up by a
+        // millisecond per forward, measured with the workers_bench example.)
         let head = async {
-            let mut checks = tokio::time::interval(crate::workers::HEARTBEAT_INTERVAL);
-            checks.tick().await;
             loop {
-                tokio::select! {
-                    part = relay.next_part() => return Some(part),
-                    _ = checks.tick() => {
-                        if !self.backend.is_alive(owner).await.unwrap_or(true) {
-                            return None;
-                        }
-                    }
+                let wait = crate::workers::HEARTBEAT_INTERVAL;
+                if let Ok(part) = tokio::time::timeout(wait, relay.next_part()).await {
+                    return Some(part);
+                }
+                if !self.backend.is_alive(owner).await.unwrap_or(true) {
+                    return None;
                 }
             }
         };
@@ -549,10 +588,10 @@ impl Group {
             }
         };
         match frame {
-            Frame::Reply { id, seq, part } => {
+            Frame::Reply { id, seq, parts } => {
                 let mut pending = self.pending.lock();
                 if let Some(sink) = pending.get(&id)
-                    && sink.try_send((seq, part)).is_err()
+                    && sink.try_send((seq, parts)).is_err()
                 {
                     // The client stopped reading (or left): its relay ends.
                     pending.remove(&id);
@@ -578,8 +617,8 @@ impl Group {
             return;
         };
         let (from, id) = (envelope.from.clone(), envelope.id);
-        let send = |seq: u64, part: Part| {
-            let frame = Frame::Reply { id, seq, part };
+        let send = |seq: u64, parts: Vec<Part>| {
+            let frame = Frame::Reply { id, seq, parts };
             let payload = serde_json::to_vec(&frame).expect("a frame serializes");
             let (backend, reply_to) = (self.backend.clone(), reply_to.clone());
             async move { backend.publish(&reply_to, &payload).await.is_ok() }
@@ -612,30 +651,35 @@ impl Group {
             status: parts.status.as_u16(),
             headers,
         };
-        let mut seq = 0;
         let mut body = body.into_data_stream();
-        let mut sent = send(seq, head).await;
-        while sent {
-            seq += 1;
+        let mut parts = vec![head];
+        // The first chunk, if it comes soon, travels with the head.
+        let mut waited = Some(HEAD_COALESCE);
+        for seq in 0.. {
+            let next = async {
+                match waited.take() {
+                    Some(wait) => tokio::time::timeout(wait, body.next()).await.ok(),
+                    None => Some(body.next().await),
+                }
+            };
             let chunk = tokio::select! {
-                chunk = body.next() => chunk,
+                chunk = next => chunk,
                 () = cancel.cancelled() => break,
             };
-            sent = match chunk {
-                Some(Ok(data)) => {
-                    send(
-                        seq,
-                        Part::Chunk {
-                            data: BASE64.encode(&data),
-                        },
-                    )
-                    .await
+            let mut end = false;
+            if let Some(chunk) = chunk {
+                end = push(&mut parts, chunk);
+                // And whatever else is ready now, the end included.
+                while !end {
+                    match futures::FutureExt::now_or_never(body.next()) {
+                        Some(chunk) => end = push(&mut parts, chunk),
+                        None => break,
+                    }
                 }
-                Some(Err(_)) | None => {
-                    send(seq, Part::End).await;
-                    break;
-                }
-            };
+            }
+            if !send(seq, std::mem::take(&mut parts)).await || end {
+                break;
+            }
         }
         self.serving.lock().remove(&(from, id));
     }
@@ -701,6 +745,22 @@ impl Group {
     }
 }
 
+/// Adds a body chunk (or the end, for an error or `None`) to `parts`; whether it was the end.
+fn push(parts: &mut Vec<Part>, chunk: Option<Result<axum::body::Bytes, axum::Error>>) -> bool {
+    match chunk {
+        Some(Ok(data)) => {
+            parts.push(Part::Chunk {
+                data: BASE64.encode(&data),
+            });
+            false
+        }
+        Some(Err(_)) | None => {
+            parts.push(Part::End);
+            true
+        }
+    }
+}
+
 /// The channel of `worker`: `fwd-{worker}`.
 fn channel_of(worker: &str) -> Option<StateId> {
     StateId::new(format!("fwd-{worker}")).ok()
@@ -717,10 +777,13 @@ struct Relay {
     group: Arc<Group>,
     owner: StateId,
     id: u64,
-    replies: mpsc::Receiver<(u64, Part)>,
-    /// Parts that arrived ahead of their turn.
-    reorder: BTreeMap<u64, Part>,
+    replies: mpsc::Receiver<(u64, Vec<Part>)>,
+    /// Frames that arrived ahead of their turn.
+    reorder: BTreeMap<u64, Vec<Part>>,
+    /// The next frame's number.
     next: u64,
+    /// Parts of the frames taken in order, not yet relayed.
+    ready: std::collections::VecDeque<Part>,
     /// The end was relayed: nothing to cancel.
     done: bool,
 }
@@ -735,13 +798,17 @@ impl Relay {
     /// slow, or the worker is shutting down).
     async fn next_part(&mut self) -> Option<Part> {
         loop {
-            if let Some(part) = self.reorder.remove(&self.next) {
-                self.next += 1;
+            if let Some(part) = self.ready.pop_front() {
                 return Some(part);
             }
-            let (seq, part) = self.replies.recv().await?;
+            if let Some(parts) = self.reorder.remove(&self.next) {
+                self.next += 1;
+                self.ready.extend(parts);
+                continue;
+            }
+            let (seq, parts) = self.replies.recv().await?;
             if seq >= self.next {
-                self.reorder.insert(seq, part);
+                self.reorder.insert(seq, parts);
             }
         }
     }

@@ -100,6 +100,56 @@ impl ServerEndpoint {
     async fn holds(&self, id: &str) -> bool {
         self.manager.sessions.read().await.contains_key(id)
     }
+
+    /// Records who owns the session a request of `principal` (with `session` id, if any) used
+    /// or created, after its `response`: the sessions that ended (to release) and the one it
+    /// created (to claim).
+    fn record_owner<B>(
+        &self,
+        session: Option<String>,
+        delete: bool,
+        principal: Principal,
+        response: &http::Response<B>,
+    ) -> (Vec<String>, Option<String>) {
+        let mut owners = self.sessions.owners.lock();
+        let mut ended = Vec::new();
+        let mut claimed = None;
+        match session {
+            Some(session) if delete && response.status().is_success() => {
+                owners.remove(&session);
+                ended.push(session);
+            }
+            Some(session) if response.status().is_success() => {
+                // A session restored after a takeover belongs to its first caller here.
+                owners.entry(session).or_insert(principal);
+            }
+            Some(_) => {}
+            None => {
+                if let Some(created) = response
+                    .headers()
+                    .get(SESSION_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    owners.insert(created.to_owned(), principal);
+                    claimed = Some(created.to_owned());
+                    // Sessions that timed out never say so: forget their owners now and then.
+                    if owners.len() > 64
+                        && let Ok(live) = self.manager.sessions.try_read()
+                        && owners.len() > 2 * live.len()
+                    {
+                        owners.retain(|id, _| {
+                            let alive = live.contains_key(id.as_str());
+                            if !alive {
+                                ended.push(id.clone());
+                            }
+                            alive
+                        });
+                    }
+                }
+            }
+        }
+        (ended, claimed)
+    }
 }
 
 /// The downstream sessions of one server.
@@ -363,48 +413,13 @@ pub(crate) async fn endpoint(
         _ => request,
     };
     let response = endpoint.service.handle(request).await;
-    let mut owners = endpoint.sessions.owners.lock();
-    let mut ended = Vec::new();
-    match session {
-        Some(session) if delete && response.status().is_success() => {
-            owners.remove(&session);
-            ended.push(session);
-        }
-        Some(session) if response.status().is_success() => {
-            // A session restored after a takeover belongs to its first caller here.
-            owners.entry(session).or_insert(principal);
-        }
-        Some(_) => {}
-        None => {
-            if let Some(created) = response
-                .headers()
-                .get(SESSION_HEADER)
-                .and_then(|v| v.to_str().ok())
-            {
-                owners.insert(created.to_owned(), principal);
-                if let Some(group) = &state.group {
-                    group.claim_new(created);
-                }
-                // Sessions that timed out never say so: forget their owners now and then.
-                if owners.len() > 64
-                    && let Ok(live) = endpoint.manager.sessions.try_read()
-                    && owners.len() > 2 * live.len()
-                {
-                    owners.retain(|id, _| {
-                        let alive = live.contains_key(id.as_str());
-                        if !alive {
-                            ended.push(id.clone());
-                        }
-                        alive
-                    });
-                }
-            }
-        }
-    }
-    drop(owners);
+    let (ended, claimed) = endpoint.record_owner(session, delete, principal, &response);
     if let Some(group) = &state.group {
         for session in &ended {
             group.release(session);
+        }
+        if let Some(created) = claimed {
+            group.claim_new(&created).await;
         }
     }
     let mut response = response.map(Body::new);
