@@ -189,7 +189,7 @@ pub struct Group {
     key: Vec<u8>,
     next: AtomicU64,
     /// Replies awaited, by request id.
-    pending: Mutex<HashMap<u64, mpsc::Sender<(u64, Vec<Part>)>>>,
+    pending: Mutex<HashMap<u64, ReplySink>>,
     /// Requests being served for other workers, by (worker, id).
     serving: Mutex<HashMap<(String, u64), CancellationToken>>,
     /// Sessions taken over and about to be restored: id → the protocol version to restore.
@@ -198,6 +198,9 @@ pub struct Group {
     /// (the owner checks it holds the session), at most [`OWNER_HINTS`] entries.
     owners: Mutex<HashMap<String, StateId>>,
 }
+
+/// Where the frames of one forwarded request's reply go: (frame number, parts).
+type ReplySink = mpsc::Sender<(u64, Vec<Part>)>;
 
 /// The most owners [`Group`] remembers; it forgets them all when full.
 const OWNER_HINTS: usize = 16_384;

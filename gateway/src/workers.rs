@@ -8,7 +8,7 @@
 //! # The shared registry
 //! A server created, replaced or deleted through any worker's API reaches every other worker
 //! through [`watch_servers`](mcp_pool::StateBackend::watch_servers), applied by
-//! [`Registry::apply_change`]; saved pool configs travel the same way inside the pool
+//! [`Registry::apply_change`](crate::Registry::apply_change); saved pool configs travel the same way inside the pool
 //! (`mcp_pool`'s config watcher). Notifications can be lost — a subscription that dies
 //! half-open stays silent, a worker cut off from the backend misses what happened meanwhile —
 //! so the watcher also re-lists the records every [`RELIST_INTERVAL`] and whenever it
