@@ -435,6 +435,7 @@ pub fn sample_record(id: &str, n: u16) -> ServerRecord {
             header: "authorization".into(),
             env: "DEMO_TOKEN".into(),
         }),
+        forward_token: true,
     }
 }
 

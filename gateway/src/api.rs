@@ -53,6 +53,9 @@ pub struct ServerInfo {
     /// Where its upstream credential comes from (names only; the value is never shown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsBody>,
+    /// Whether the downstream request's `Authorization` header (the gateway's JWT) is sent
+    /// upstream.
+    pub forward_token: bool,
 }
 
 /// An upstream credential, by reference: the header sent upstream and the environment
@@ -98,6 +101,10 @@ pub struct ServerBody {
     pub enabled: Option<bool>,
     /// The upstream credential, by reference.
     pub credentials: Option<CredentialsBody>,
+    /// Send the downstream request's `Authorization` header (the gateway's JWT) upstream
+    /// (default false: the gateway's token stops at the gateway). It is then part of the
+    /// upstream session's key: a rotated token opens new upstream sessions.
+    pub forward_token: Option<bool>,
 }
 
 /// `field = value is invalid: must be allowed`, as 422.
@@ -163,6 +170,7 @@ impl ServerBody {
             pool,
             enabled: self.enabled.unwrap_or(true),
             credentials,
+            forward_token: self.forward_token.unwrap_or(false),
         })
     }
 }
@@ -574,6 +582,7 @@ fn server_info(state: &AppState, r: &ServerRecord) -> ServerInfo {
             header: c.header.clone(),
             env: c.env.clone(),
         }),
+        forward_token: r.forward_token,
     }
 }
 

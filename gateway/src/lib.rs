@@ -3,11 +3,11 @@
 //! issue 11). The [`router`] is a library item so it can be embedded and tested in process;
 //! the binary only parses flags and serves it.
 //!
-//! Seams left for later slices of issue 11: the downstream MCP routes
-//! (`/servers/{id}/mcp|sse|ws`) nest into [`router`] beside the REST routes and read the
-//! caller's [`auth::Claims`] from the request extensions (`Claims::user` is the pool key's
-//! user). Servers live in the [`registry`]: seeded by the configuration file (and `--demo`),
-//! changed through `POST/PUT/DELETE /servers`, persisted in the state backend.
+//! The downstream MCP routes (`/servers/{id}/mcp|sse|ws`, [`mcp`]) nest into [`router`]
+//! beside the REST routes and read the caller's [`auth::Claims`] from the request extensions
+//! (`Claims::user` is the pool key's user). Servers live in the [`registry`]: seeded by the
+//! configuration file (and `--demo`), changed through `POST/PUT/DELETE /servers`, persisted in
+//! the state backend, and shared by several workers ([`workers`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -16,11 +16,13 @@ pub mod api;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod forward;
 pub mod mcp;
 pub mod metrics;
 pub mod ops;
 pub mod registry;
 pub mod reload;
+pub mod workers;
 
 use axum::{
     Router,
@@ -57,6 +59,9 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The downstream MCP endpoints, one streamable HTTP service per server.
     pub mcp: std::sync::Arc<mcp::McpEndpoints>,
+    /// The workers sharing the state backend, when it is shared ([`forward`]): downstream
+    /// sessions are claimed, and requests for another worker's sessions forwarded to it.
+    pub group: Option<std::sync::Arc<forward::Group>>,
 }
 
 /// Logs the line an operator greps for when a server's pool is created or reconfigured (the
@@ -82,6 +87,7 @@ impl AppState {
             max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
             metrics: None,
             mcp: Default::default(),
+            group: None,
         }
     }
 }

@@ -6,8 +6,11 @@ use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use mcp_pool::{Pool, ServerConfig, ServerId, Settings, traits::StateId};
 use mcp_pool_gateway::{
-    AppState, Auth, GatewayConfig, Registry, admin, auth, config::GatewayTable,
+    AppState, Auth, GatewayConfig, Registry, admin, auth,
+    config::GatewayTable,
+    workers::{self, WorkerId},
 };
+use tokio_util::sync::CancellationToken;
 
 const AFTER_HELP: &str = "\
 Environment (a .env file in the working directory is read first; the environment wins over it):
@@ -23,7 +26,12 @@ Environment (a .env file in the working directory is read first; the environment
                     variables (README \"Configuration\"); they win over the --config file
   CACHE_TYPE        where saved pool configs and the server registry live: memory (default),
                     database (DATABASE_URL=sqlite:FILE keeps them across restarts, or
-                    postgres://…), redis (REDIS_URL)
+                    postgres://…), redis (REDIS_URL); with redis or postgres several workers
+                    share them (README \"Several workers\")
+  STATE_NAMESPACE   the prefix of this gateway's keys and channels in the state backend
+                    (default gateway): the workers of one group share it; another group on the
+                    same backend uses another
+  WORKER_ID         this worker's id in the group; --worker-id wins (default: host-pid-random)
 
 Signals: SIGINT/SIGTERM drain and shut down; SIGHUP re-reads the --config file and applies
 what changed in its servers (changed endpoints drain that server's pool; an invalid file is
@@ -47,6 +55,10 @@ struct Cli {
     /// Serve the reference MCP server in process and register it as server `demo`
     #[arg(long)]
     demo: bool,
+    /// This worker's id among the workers sharing the state backend, 1 to 128 characters of
+    /// [a-zA-Z0-9_-] [env: WORKER_ID] [default: host name, process id and a random suffix]
+    #[arg(long)]
+    worker_id: Option<String>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -126,10 +138,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     let vars = std::env::vars_os()
         .filter_map(|(n, v)| Some((n.into_string().ok()?, v.into_string().ok()?)));
     let settings = Settings::from_vars(cli.config.as_ref(), vars).map_err(|e| e.to_string())?;
-    let namespace = StateId::new("gateway").map_err(|e| e.to_string())?;
+    let namespace = lookup("STATE_NAMESPACE").unwrap_or_else(|| "gateway".into());
+    let namespace = StateId::new(&namespace).map_err(|e| format!("STATE_NAMESPACE: {e}"))?;
     let backend = settings
         .backend
-        .connect(namespace)
+        .connect(namespace.clone())
         .await
         .map_err(|e| format!("state backend: {e}"))?;
     let demo = if cli.demo {
@@ -187,14 +200,41 @@ async fn run(cli: Cli) -> Result<(), String> {
         }
         (None, _) => None,
     };
-    let state = AppState {
+    let mut state = AppState {
         pool: pool.clone(),
         registry,
         auth: config.auth.clone(),
         max_body_bytes: config.max_body_bytes,
         metrics,
         mcp: Default::default(),
+        group: None,
     };
+    // Made now, after start-up: never shared by two processes.
+    let worker = match cli.worker_id.clone().or_else(|| lookup("WORKER_ID")) {
+        Some(id) => WorkerId::new(&id)?,
+        None => WorkerId::generate(),
+    };
+    let shutdown_group = CancellationToken::new();
+    let mut membership = None;
+    let backend = pool.backend().clone();
+    if backend.name() != "memory" {
+        // The key of forwarded requests' envelopes (crate::forward): the token key when auth
+        // is on; with auth off there is nothing to protect, and the namespace keeps groups apart.
+        let key = lookup("JWT_SECRET_KEY")
+            .unwrap_or_else(|| format!("mcp-pool-gateway group {namespace}"));
+        membership = Some(workers::join(
+            &mut state,
+            worker.clone(),
+            key.as_bytes(),
+            shutdown_group.clone(),
+        )?);
+        tracing::info!(
+            "worker {worker} joined the workers sharing the {} state backend",
+            backend.name()
+        );
+    } else {
+        tracing::info!("worker {worker}: memory state backend, nothing shared");
+    }
     // Listening before the address is logged: a SIGHUP from then on reloads, never kills.
     #[cfg(unix)]
     let _reloader = {
@@ -230,6 +270,11 @@ async fn run(cli: Cli) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("shutting down: closing the pool");
+    shutdown_group.cancel();
+    if let Some(membership) = membership {
+        // Other workers take this worker's sessions over at once, without waiting for a TTL.
+        membership.leave().await;
+    }
     pool.close().await;
     if let Some(demo) = demo {
         demo.stop().await;

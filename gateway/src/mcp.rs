@@ -67,7 +67,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use crate::{ApiError, AppState, auth::Claims};
+use crate::{ApiError, AppState, Registry, auth::Claims};
 
 /// Notifications of one call waiting to be relayed downstream; a slower client makes the
 /// upstream session's reader wait (the pool's per-call sink is bounded too).
@@ -93,6 +93,63 @@ struct ServerEndpoint {
     legacy: Router,
     sessions: Arc<Sessions>,
     cancel: CancellationToken,
+}
+
+impl ServerEndpoint {
+    /// Whether the streamable HTTP session `id` lives in this worker.
+    async fn holds(&self, id: &str) -> bool {
+        self.manager.sessions.read().await.contains_key(id)
+    }
+
+    /// Records who owns the session a request of `principal` (with `session` id, if any) used
+    /// or created, after its `response`: the sessions that ended (to release) and the one it
+    /// created (to claim).
+    fn record_owner<B>(
+        &self,
+        session: Option<String>,
+        delete: bool,
+        principal: Principal,
+        response: &http::Response<B>,
+    ) -> (Vec<String>, Option<String>) {
+        let mut owners = self.sessions.owners.lock();
+        let mut ended = Vec::new();
+        let mut claimed = None;
+        match session {
+            Some(session) if delete && response.status().is_success() => {
+                owners.remove(&session);
+                ended.push(session);
+            }
+            Some(session) if response.status().is_success() => {
+                // A session restored after a takeover belongs to its first caller here.
+                owners.entry(session).or_insert(principal);
+            }
+            Some(_) => {}
+            None => {
+                if let Some(created) = response
+                    .headers()
+                    .get(SESSION_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                {
+                    owners.insert(created.to_owned(), principal);
+                    claimed = Some(created.to_owned());
+                    // Sessions that timed out never say so: forget their owners now and then.
+                    if owners.len() > 64
+                        && let Ok(live) = self.manager.sessions.try_read()
+                        && owners.len() > 2 * live.len()
+                    {
+                        owners.retain(|id, _| {
+                            let alive = live.contains_key(id.as_str());
+                            if !alive {
+                                ended.push(id.clone());
+                            }
+                            alive
+                        });
+                    }
+                }
+            }
+        }
+        (ended, claimed)
+    }
 }
 
 /// The downstream sessions of one server.
@@ -133,6 +190,48 @@ impl McpEndpoints {
         }
     }
 
+    /// The ids of every streamable HTTP session this worker holds, over all servers: the
+    /// sessions whose claims it refreshes (crate::forward).
+    pub async fn held_sessions(&self) -> Vec<String> {
+        let managers: Vec<_> = self
+            .servers
+            .lock()
+            .values()
+            .map(|e| e.manager.clone())
+            .collect();
+        let mut held = Vec::new();
+        for manager in managers {
+            held.extend(
+                manager
+                    .sessions
+                    .read()
+                    .await
+                    .keys()
+                    .map(|id| id.to_string()),
+            );
+        }
+        held
+    }
+
+    /// Ends the streamable HTTP session `id`, wherever it is (another worker holds it now).
+    pub async fn close_session(&self, id: &str) {
+        let managers: Vec<_> = self
+            .servers
+            .lock()
+            .values()
+            .map(|e| e.manager.clone())
+            .collect();
+        let id: rmcp::transport::streamable_http_server::session::SessionId = id.into();
+        for manager in managers {
+            if manager.sessions.read().await.contains_key(&id) {
+                let _ = rmcp::transport::streamable_http_server::SessionManager::close_session(
+                    &*manager, &id,
+                )
+                .await;
+            }
+        }
+    }
+
     /// The number of initialized downstream sessions of `server`.
     pub fn sessions(&self, server: &ServerId) -> usize {
         self.servers
@@ -148,20 +247,26 @@ impl McpEndpoints {
         }
         let cancel = self.shutdown.child_token();
         let sessions = Arc::new(Sessions::default());
-        let config = StreamableHttpServerConfig::default()
+        let mut config = StreamableHttpServerConfig::default()
             // The gateway is meant to be reached by name; DNS rebinding matters for servers on
             // a desktop, and the gateway's own auth covers it.
             .disable_allowed_hosts()
             .with_max_request_body_bytes(state.max_body_bytes)
             .with_cancellation_token(cancel.clone());
+        // Sessions taken over from a dead worker are restored by rmcp (crate::forward).
+        config.session_store = state.group.as_ref().map(|group| {
+            Arc::new(crate::forward::AdoptedSessions(group.clone()))
+                as Arc<dyn rmcp::transport::streamable_http_server::session::store::SessionStore>
+        });
         let factory = {
-            let (pool, id, sessions) = (state.pool.clone(), server.clone(), sessions.clone());
-            let strip_authorization = state.auth.is_required();
+            let (registry, id, sessions) =
+                (state.registry.clone(), server.clone(), sessions.clone());
+            let auth_required = state.auth.is_required();
             move || {
                 Ok(Proxy::new(
-                    pool.clone(),
+                    registry.clone(),
                     id.clone(),
-                    strip_authorization,
+                    auth_required,
                     sessions.clone(),
                 ))
             }
@@ -264,12 +369,14 @@ pub(crate) async fn endpoint(
         Err(error) => return error.into_response(),
     };
     let endpoint = state.mcp.endpoint(&state, &server);
-    let (principal, _) = caller(
-        &state.pool,
+    let principal = caller(
+        &state.registry,
+        &server,
         state.auth.is_required(),
         request.headers(),
         request.extensions(),
-    );
+    )
+    .owner;
     let session = request
         .headers()
         .get(SESSION_HEADER)
@@ -286,31 +393,35 @@ pub(crate) async fn endpoint(
         Ok(request) => request,
         Err(response) => return response,
     };
-    let response = endpoint.service.handle(request).await;
-    let mut owners = endpoint.sessions.owners.lock();
-    match session {
-        Some(session) if delete && response.status().is_success() => {
-            owners.remove(&session);
-        }
-        Some(_) => {}
-        None => {
-            if let Some(created) = response
-                .headers()
-                .get(SESSION_HEADER)
-                .and_then(|v| v.to_str().ok())
+    // A session another worker holds, or held before it died (crate::forward).
+    let request = match (&state.group, &session) {
+        (Some(group), Some(id)) if !endpoint.holds(id).await => {
+            if request
+                .extensions()
+                .get::<crate::forward::Forwarded>()
+                .is_some()
             {
-                owners.insert(created.to_owned(), principal);
-                // Sessions that timed out never say so: forget their owners now and then.
-                if owners.len() > 64
-                    && let Ok(live) = endpoint.manager.sessions.try_read()
-                    && owners.len() > 2 * live.len()
-                {
-                    owners.retain(|id, _| live.contains_key(id.as_str()));
-                }
+                // Claimed by this worker but ended here: the claim goes too.
+                group.release(id);
+                return ApiError::new(StatusCode::NOT_FOUND, "Session not found").into_response();
+            }
+            match group.dispatch(&state, &server, id, request).await {
+                Ok(response) => return response,
+                Err(adopted) => adopted,
             }
         }
+        _ => request,
+    };
+    let response = endpoint.service.handle(request).await;
+    let (ended, claimed) = endpoint.record_owner(session, delete, principal, &response);
+    if let Some(group) = &state.group {
+        for session in &ended {
+            group.release(session);
+        }
+        if let Some(created) = claimed {
+            group.claim_new(&created).await;
+        }
     }
-    drop(owners);
     let mut response = response.map(Body::new);
     // rmcp answers a DELETE that ended the session with 202 Accepted; the official SDKs'
     // servers answer 200, and the Python SDK client logs any status but 200 and 204 as a
@@ -384,33 +495,61 @@ async fn checked_json_rpc(request: Request, limit: usize) -> Result<Request, Res
 /// The MCP session header of streamable HTTP.
 const SESSION_HEADER: &str = "mcp-session-id";
 
-/// The principal of a downstream request and the headers the pool sees: with gateway auth on,
-/// `Authorization` carries the gateway's JWT, so it is neither part of the upstream identity
-/// nor forwarded; the user is the JWT's (`sub`, else `email`, else `user_id`).
+/// Who sent a downstream request, as the gateway sees it.
+struct Caller {
+    /// Who owns the downstream session: the JWT's user (`sub`, else `email`, else `user_id`)
+    /// and the identity headers, without the gateway's JWT, so that a rotated token keeps its
+    /// sessions.
+    owner: Principal,
+    /// The principal of the upstream lease: `owner`, or, on a server that forwards the
+    /// gateway's token ([`ServerRecord::forward_token`](mcp_pool_traits::ServerRecord::forward_token)),
+    /// the same with the token, which is then part of the pool key (DESIGN §2.11: what is sent
+    /// upstream is part of the key).
+    upstream: Principal,
+    /// The headers the pool sees and forwards: with gateway auth on, `Authorization` (the
+    /// gateway's JWT) only where the server forwards it.
+    headers: http::HeaderMap,
+}
+
+/// The [`Caller`] of a request with `headers` and `extensions` to `server`.
 fn caller(
-    pool: &Pool,
-    strip_authorization: bool,
+    registry: &Registry,
+    server: &ServerId,
+    auth_required: bool,
     headers: &http::HeaderMap,
     extensions: &http::Extensions,
-) -> (Principal, http::HeaderMap) {
-    let mut headers = headers.clone();
-    if strip_authorization {
-        headers.remove(http::header::AUTHORIZATION);
-    }
+) -> Caller {
+    let pool = registry.pool();
     let user = extensions.get::<Claims>().and_then(Claims::user);
-    (pool.principal(user, &headers), headers)
+    let mut headers = headers.clone();
+    let token = auth_required
+        .then(|| headers.remove(http::header::AUTHORIZATION))
+        .flatten();
+    let owner = pool.principal(user, &headers);
+    let upstream = match token {
+        Some(token) if registry.forwards_token(server) => {
+            headers.insert(http::header::AUTHORIZATION, token);
+            pool.principal(user, &headers)
+        }
+        _ => owner,
+    };
+    Caller {
+        owner,
+        upstream,
+        headers,
+    }
 }
 
 /// One downstream session's handler: forwards each request through the pool.
 pub(crate) struct Proxy {
+    registry: Registry,
     pool: Pool,
     server: ServerId,
     /// The sticky affinity of this downstream session: random, never shown.
     affinity: String,
-    /// With gateway auth on, `Authorization` carries the gateway's JWT: it is neither part of
-    /// the upstream identity nor forwarded.
-    strip_authorization: bool,
-    /// The principal of the first request; later requests of another principal are refused.
+    /// Whether `Authorization` carries the gateway's JWT (see [`Caller`]).
+    auth_required: bool,
+    /// The owner of the first request; later requests of another owner are refused.
     principal: OnceLock<Principal>,
     /// The upstream's `initialize` result, advertised downstream.
     upstream: OnceLock<InitializeResult>,
@@ -422,16 +561,17 @@ pub(crate) struct Proxy {
 
 impl Proxy {
     fn new(
-        pool: Pool,
+        registry: Registry,
         server: ServerId,
-        strip_authorization: bool,
+        auth_required: bool,
         sessions: Arc<Sessions>,
     ) -> Self {
         Self {
-            pool,
+            pool: registry.pool().clone(),
+            registry,
             server,
             affinity: uuid::Uuid::new_v4().simple().to_string(),
-            strip_authorization,
+            auth_required,
             principal: OnceLock::new(),
             upstream: OnceLock::new(),
             slot: sessions.next.fetch_add(1, Ordering::Relaxed),
@@ -440,35 +580,32 @@ impl Proxy {
         }
     }
 
-    /// The caller of a downstream request: its principal and the headers the pool sees (with
-    /// gateway auth on, without the gateway's JWT). A principal other than the session's first
-    /// is refused: a downstream session id is bound to the identity that created it.
+    /// The caller of a downstream request: the principal and headers of its upstream lease. An
+    /// owner other than the session's first is refused: a downstream session id is bound to the
+    /// identity that created it.
     fn caller(
         &self,
         context: &RequestContext<RoleServer>,
     ) -> Result<(Principal, http::HeaderMap), ErrorData> {
         let parts = context.extensions.get::<http::request::Parts>();
-        let (principal, headers) = match parts {
-            Some(parts) => caller(
-                &self.pool,
-                self.strip_authorization,
-                &parts.headers,
-                &parts.extensions,
-            ),
-            None => caller(
-                &self.pool,
-                self.strip_authorization,
-                &http::HeaderMap::new(),
-                &http::Extensions::new(),
-            ),
+        let (headers, extensions) = match parts {
+            Some(parts) => (&parts.headers, &parts.extensions),
+            None => (&http::HeaderMap::new(), &http::Extensions::new()),
         };
-        if *self.principal.get_or_init(|| principal) != principal {
+        let caller = caller(
+            &self.registry,
+            &self.server,
+            self.auth_required,
+            headers,
+            extensions,
+        );
+        if *self.principal.get_or_init(|| caller.owner) != caller.owner {
             return Err(ErrorData::invalid_request(
                 "this MCP session belongs to another identity",
                 None,
             ));
         }
-        Ok((principal, headers))
+        Ok((caller.upstream, caller.headers))
     }
 
     /// Reads the upstream's `initialize` result from a pooled session of the caller, once per

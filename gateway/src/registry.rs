@@ -22,14 +22,31 @@
 //! [`ServerRecord::same_connection`]); a change of `name` or `enabled` alone does not touch
 //! the pool's sessions (disabling removes the pool, see above).
 //!
-//! Several workers: each writes through the shared backend; applying other workers' changes as
-//! they happen (through [`watch_servers`](mcp_pool::StateBackend::watch_servers)) is issue 13.
+//! # The gateway's token upstream
+//! With gateway auth on, a downstream request's `Authorization` header carries the gateway's
+//! JWT. It is sent upstream only to servers whose record says so
+//! ([`ServerRecord::forward_token`], default `false`): then it is part of the upstream identity
+//! (a rotated token opens new upstream sessions, as a credential sent upstream must be part of
+//! the pool key, DESIGN §2.11), while the downstream session stays bound to the JWT's user.
+//!
+//! # Several workers
+//! Each worker writes through the shared backend, which gives every put and delete a version
+//! increasing per server. The registry remembers per server the last version it applied, and
+//! [`Registry::apply_change`] applies another worker's change (delivered by
+//! [`watch_servers`](mcp_pool::StateBackend::watch_servers), or found by a re-list, see
+//! [`crate::workers`]) only when its version is above that: its own writes, duplicates and
+//! re-lists are no-ops, and a late notification never reverts a newer record. A change made
+//! elsewhere is applied, never written back: the worker that made it saved what had to be
+//! saved (a changed `pool` included, which reaches this worker's pool as a saved config).
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use mcp_pool::{
     Pool, PoolError, ServerConfig, ServerId,
-    traits::{BackendError, ServerRecord},
+    traits::{BackendError, ServerChange, ServerRecord},
 };
 
 /// The pool's configuration of `record`, with its credential header read from the
@@ -89,6 +106,24 @@ pub enum RegistryError {
 pub struct Registry {
     pool: Pool,
     records: Arc<tokio::sync::Mutex<BTreeMap<ServerId, ServerRecord>>>,
+    /// The servers whose records forward the gateway's token, read per downstream request
+    /// without awaiting; rebuilt from `records` after each change.
+    forwarding: Arc<parking_lot::RwLock<HashSet<ServerId>>>,
+    /// Per server, the version of the last backend change applied (module docs, "Several
+    /// workers"). Written only while `records` is locked.
+    versions: Arc<parking_lot::Mutex<HashMap<ServerId, u64>>>,
+}
+
+/// What [`Registry::apply_change`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// Nothing: the change's version was applied already.
+    Nothing,
+    /// The record was created or replaced, and its server is served.
+    Served,
+    /// The record was deleted or disabled: the server has no pool any more, and its
+    /// downstream sessions should end.
+    Removed,
 }
 
 impl std::fmt::Debug for Registry {
@@ -107,6 +142,7 @@ pub fn seed_record(server: &ServerConfig) -> ServerRecord {
         pool: server.pool_config().clone(),
         enabled: true,
         credentials: None,
+        forward_token: false,
     }
 }
 
@@ -125,8 +161,14 @@ impl Registry {
         let registry = Self {
             pool,
             records: Arc::default(),
+            forwarding: Arc::default(),
+            versions: Arc::default(),
         };
         for change in registry.pool.backend().list_servers().await? {
+            registry
+                .versions
+                .lock()
+                .insert(change.server.clone(), change.version);
             let old = records.remove(&change.server);
             match change.record {
                 Some(record) => {
@@ -136,6 +178,7 @@ impl Registry {
                 None => registry.forget(&change.server),
             }
         }
+        registry.index(&records);
         *registry.records.lock().await = records;
         Ok(registry)
     }
@@ -143,6 +186,21 @@ impl Registry {
     /// The pool the records are applied to.
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// Whether requests to `id` carry the gateway's token upstream
+    /// ([`ServerRecord::forward_token`]).
+    pub fn forwards_token(&self, id: &ServerId) -> bool {
+        self.forwarding.read().contains(id)
+    }
+
+    /// Rebuilds what is read without the records' lock from `records`.
+    fn index(&self, records: &BTreeMap<ServerId, ServerRecord>) {
+        *self.forwarding.write() = records
+            .values()
+            .filter(|r| r.forward_token)
+            .map(|r| r.id.clone())
+            .collect();
     }
 
     /// Every record, ordered by id.
@@ -167,9 +225,11 @@ impl Registry {
         }
         // Checked before anything is stored: a config the pool rejects is never persisted.
         server_config(&record)?.validate()?;
-        self.pool.backend().put_server(&record).await?;
+        let version = self.pool.backend().put_server(&record).await?;
+        self.versions.lock().insert(record.id.clone(), version);
         self.apply(None, &record, false).await?;
         records.insert(record.id.clone(), record);
+        self.index(&records);
         Ok(())
     }
 
@@ -184,9 +244,11 @@ impl Registry {
             .cloned()
             .ok_or_else(|| RegistryError::NotFound(record.id.clone()))?;
         server_config(&record)?.validate()?;
-        self.pool.backend().put_server(&record).await?;
+        let version = self.pool.backend().put_server(&record).await?;
+        self.versions.lock().insert(record.id.clone(), version);
         self.apply(Some(&old), &record, false).await?;
         records.insert(record.id.clone(), record);
+        self.index(&records);
         Ok(())
     }
 
@@ -202,15 +264,62 @@ impl Registry {
             .get(id)
             .ok_or_else(|| RegistryError::NotFound(id.clone()))?;
         let backend = self.pool.backend();
-        if backend.delete_server(id).await?.is_none() {
-            // A file seed never stored: store it so that its delete leaves a tombstone.
-            backend.put_server(record).await?;
-            backend.delete_server(id).await?;
+        let version = match backend.delete_server(id).await? {
+            Some(version) => Some(version),
+            None => {
+                // A file seed never stored: store it so that its delete leaves a tombstone.
+                backend.put_server(record).await?;
+                backend.delete_server(id).await?
+            }
+        };
+        if let Some(version) = version {
+            self.versions.lock().insert(id.clone(), version);
         }
         backend.delete_config(id).await?;
         records.remove(id);
+        self.index(&records);
         self.forget(id);
         Ok(())
+    }
+
+    /// Applies a change of the backend's records made by any worker: a no-op when its version
+    /// was applied already (see [the module docs](self), "Several workers"). A record another
+    /// worker created, replaced, disabled or deleted is brought into this worker's pool as
+    /// [`replace`](Self::replace) or [`delete`](Self::delete) would have, without writing
+    /// anything back.
+    ///
+    /// # Errors
+    /// [`RegistryError::Credentials`] when the record names a variable this worker does not
+    /// have, [`RegistryError::Pool`] when this worker's pool rejects it,
+    /// [`RegistryError::Backend`] when its saved pool config cannot be read: the version is
+    /// then not recorded, so the next re-list tries again.
+    pub async fn apply_change(&self, change: ServerChange) -> Result<Applied, RegistryError> {
+        let mut records = self.records.lock().await;
+        let seen = self.versions.lock().get(&change.server).copied();
+        if seen.is_some_and(|seen| change.version <= seen) {
+            return Ok(Applied::Nothing);
+        }
+        let applied = match change.record {
+            Some(record) => {
+                let old = records.get(&record.id).cloned();
+                self.apply(old.as_ref(), &record, true).await?;
+                let served = record.enabled;
+                records.insert(record.id.clone(), record);
+                if served {
+                    Applied::Served
+                } else {
+                    Applied::Removed
+                }
+            }
+            None => {
+                records.remove(&change.server);
+                self.forget(&change.server);
+                Applied::Removed
+            }
+        };
+        self.versions.lock().insert(change.server, change.version);
+        self.index(&records);
+        Ok(applied)
     }
 
     /// Applies a re-read configuration file (SIGHUP, [`crate::reload::reload`]): servers the
@@ -246,13 +355,15 @@ impl Registry {
         for server in &next {
             records.insert(server.id().clone(), seed_record(server));
         }
+        self.index(&records);
         Ok(done)
     }
 
     /// Brings the pool from `old` (`None`: no record before) to `new`. The pool config it runs:
     /// one saved through `PUT /servers/{id}/pool/config` wins at `start` and while the
     /// record's `pool` is unchanged; a changed `pool` is saved over it, so that the backend,
-    /// every worker and the next start agree.
+    /// every worker and the next start agree. With `start` (at start, and for a change another
+    /// worker made and saved), nothing is written.
     async fn apply(
         &self,
         old: Option<&ServerRecord>,

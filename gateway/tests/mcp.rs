@@ -720,3 +720,83 @@ async fn deleting_a_session_answers_200_and_ends_it() {
         .unwrap();
     assert_eq!(ping.status(), 404, "the session is gone");
 }
+
+impl Gateway {
+    /// A client of `server` sending `token` as its bearer token.
+    async fn client_with_token(
+        &self,
+        server: &str,
+        token: &str,
+    ) -> RunningService<RoleClient, Recorder> {
+        let url = format!("{}/servers/{server}/mcp", self.url);
+        let config = StreamableHttpClientTransportConfig::with_uri(url).auth_header(token);
+        Recorder::default()
+            .serve(StreamableHttpClientTransport::from_config(config))
+            .await
+            .expect("initialize through the gateway")
+    }
+
+    /// A token for `user` valid `minutes`: tokens of one user differing by their expiry.
+    fn token_for(&self, user: &str, minutes: u64) -> String {
+        let valid = Duration::from_secs(60 * minutes);
+        mcp_pool_gateway::auth::mint(
+            &self.served.secret,
+            user,
+            valid,
+            std::time::SystemTime::now(),
+        )
+        .unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_token_goes_upstream_only_to_a_server_that_forwards_it() {
+    let gw = gateway().await;
+    let authorization = || {
+        gw.upstream
+            .last_request_headers()
+            .get("authorization")
+            .map(|v| v.to_str().unwrap().to_owned())
+    };
+    let (first, rotated) = (gw.token_for("alice", 10), gw.token_for("alice", 20));
+    assert_ne!(first, rotated);
+
+    // By default the token stops at the gateway, and a rotated token keeps its upstream
+    // session (the user is the JWT's `sub`).
+    for token in [&first, &rotated] {
+        let client = gw.client_with_token("rr", token).await;
+        assert_ne!(counter(&client).await, "");
+        assert_eq!(
+            authorization(),
+            None,
+            "the gateway's token is not forwarded"
+        );
+    }
+    assert_eq!(gw.upstream.sessions_opened(), 1);
+
+    let created = reqwest::Client::new()
+        .post(format!("{}/servers", gw.url))
+        .bearer_auth(&first)
+        .json(&json!({
+            "id": "fwd",
+            "endpoints": [{"url": gw.upstream.url()}],
+            "pool": {"enabled": true},
+            "forward_token": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let body: serde_json::Value = created.json().await.unwrap();
+    assert_eq!(body["forward_token"], true, "{body}");
+
+    let client = gw.client_with_token("fwd", &first).await;
+    assert_eq!(counter(&client).await, "1");
+    assert_eq!(counter(&client).await, "2");
+    assert_eq!(authorization(), Some(format!("Bearer {first}")));
+    // A token sent upstream is part of the pool key: a rotated one gets a session of its own.
+    let other = gw.client_with_token("fwd", &rotated).await;
+    assert_eq!(counter(&other).await, "1");
+    assert_eq!(authorization(), Some(format!("Bearer {rotated}")));
+    assert_eq!(gw.upstream.sessions_opened(), 3);
+}

@@ -131,10 +131,10 @@ async fn readme_steps_work_against_the_binary() {
     assert!(!log.contains(&token), "the token was logged");
 }
 
-/// The ```sh blocks of the README's "Run the gateway" section.
-fn shell_blocks() -> Vec<String> {
+/// The ```sh blocks of the README's section `title`.
+fn shell_blocks(title: &str) -> Vec<String> {
     let readme = include_str!("../../README.md");
-    let section = readme.split("## Run the gateway").nth(1).unwrap();
+    let section = readme.split(&format!("\n## {title}\n")).nth(1).unwrap();
     let section = section.split("\n## ").next().unwrap();
     section
         .split("```sh\n")
@@ -143,10 +143,10 @@ fn shell_blocks() -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readme_section_runs_as_written() {
-    let blocks = shell_blocks();
-    assert_eq!(blocks.len(), 2, "start, then use: {blocks:?}");
+/// Runs `blocks` one after the other in one bash (`cargo run [-q] -p mcp-pool-gateway --`
+/// standing for the binary cargo test built) with `envs`, then waits for its jobs: stdout and
+/// stderr, once it exited successfully. Nothing it started outlives it.
+async fn run_blocks(blocks: &[String], envs: &[(&str, &str)]) -> (String, String) {
     let script = format!(
         r#"set -euo pipefail
 # `cargo run [-q] -p mcp-pool-gateway -- ARGS`: the binary this test run built.
@@ -157,17 +157,17 @@ cargo() {{
   exec "{BIN}" "$@"
 }}
 {}
-{}
 wait
 echo
 echo README-DONE
 "#,
-        blocks[0], blocks[1]
+        blocks.join("\n")
     );
     let child = tokio::process::Command::new("bash")
         .args(["-c", &script])
         .current_dir(std::env::temp_dir())
         .env_remove("JWT_SECRET_KEY")
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -186,10 +186,18 @@ echo README-DONE
         .stderr(Stdio::null())
         .status();
     let output = output.expect("the README's steps finish").unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     assert!(output.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.ends_with("README-DONE\n"), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_section_runs_as_written() {
+    let blocks = shell_blocks("Run the gateway");
+    assert_eq!(blocks.len(), 2, "start, then use: {blocks:?}");
+    let (stdout, stderr) = run_blocks(&blocks, &[]).await;
     let result = stdout
         .lines()
         .find_map(|l| l.strip_prefix("data: ").filter(|d| d.contains(r#""id":2"#)))
@@ -214,4 +222,60 @@ echo README-DONE
         stderr.contains("closing the pool"),
         "kill %1 shut it down cleanly:\n{stderr}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_several_workers_section_runs_as_written_on_redis_and_postgres() {
+    let blocks = shell_blocks("Several workers");
+    assert_eq!(blocks.len(), 2, "start, then use: {blocks:?}");
+    let redis = "CACHE_TYPE=redis REDIS_URL=redis://127.0.0.1:6379";
+    assert!(blocks[0].contains(redis), "{}", blocks[0]);
+    let mut backends = Vec::new();
+    for (name, var) in [
+        ("redis", "MCP_POOL_TEST_REDIS_URL"),
+        ("postgres", "MCP_POOL_TEST_DATABASE_URL"),
+    ] {
+        match std::env::var(var) {
+            Ok(url) if !url.is_empty() => backends.push((name, url)),
+            _ => {
+                assert!(
+                    std::env::var("MCP_POOL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                    "{var} is not set; MCP_POOL_REQUIRE_SERVICES=1 makes that a failure"
+                );
+                eprintln!("skipping the Several workers section on {name}: {var} is not set");
+            }
+        }
+    }
+    for (name, url) in backends {
+        let start = match name {
+            // The machine's Redis is the README's; PostgreSQL as the section says.
+            "redis" => blocks[0].replace(redis, &format!("CACHE_TYPE=redis REDIS_URL={url}")),
+            _ => blocks[0].replace(redis, &format!("CACHE_TYPE=database DATABASE_URL={url}")),
+        };
+        // A namespace of this run's own: the backend outlives the test.
+        let namespace = format!("readme-{}", std::process::id());
+        let (stdout, stderr) = run_blocks(
+            &[start, blocks[1].clone()],
+            &[("STATE_NAMESPACE", namespace.as_str())],
+        )
+        .await;
+        let counters: Vec<String> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter(|v| v["id"] == 2)
+            .map(|v| {
+                v["result"]["content"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(counters, ["1", "2", "3"], "{name}: {stdout}\n{stderr}");
+        assert_eq!(
+            stderr.matches("closing the pool").count(),
+            3,
+            "{name}: kill %1 %2 %3 shut the three down cleanly:\n{stderr}"
+        );
+    }
 }

@@ -1,7 +1,8 @@
 //! The official MCP SDK clients drive the gateway (issue 11, "Tests"): the Python SDK's
-//! `ClientSession` over `streamable_http_client` (`interop/python/gateway_client.py`) and the
-//! TypeScript SDK's `Client` over `StreamableHTTPClientTransport`
-//! (`interop/node/gateway_client.mjs`), each run as a child process against the gateway served
+//! `ClientSession` over `streamable_http_client` or `sse_client`
+//! (`interop/python/gateway_client.py`) and the TypeScript SDK's `Client` over
+//! `StreamableHTTPClientTransport` or `SSEClientTransport` (`interop/node/gateway_client.mjs`),
+//! each run as a child process against the gateway served
 //! in process on loopback, with the reference server (or the Python SDK server,
 //! `interop/python/server.py`) as the upstream. The clients print one JSON object per line;
 //! the tests assert on those lines and on the upstream's own counters.
@@ -262,6 +263,12 @@ impl Gateway {
         sdk.run(&self.mcp(server), &self.token(user), scenario)
             .await
     }
+
+    /// Runs `scenario` with `sdk` on `server`'s HTTP+SSE endpoint as `user`.
+    async fn run_sse(&self, sdk: Sdk, server: &str, user: &str, scenario: &str) -> Vec<Value> {
+        let url = format!("{}/servers/{server}/sse", self.0.url);
+        sdk.run(&url, &self.token(user), scenario).await
+    }
 }
 
 /// A fresh reference server and a gateway in front of it.
@@ -276,8 +283,7 @@ async fn sdk_clients_list_and_call_tools_and_read_resources_and_prompts() {
     for sdk in Sdk::installed() {
         let (_upstream, gw) = reference().await;
         let events = gw.run(sdk, "rr", "alice", "basics").await;
-        let init = named(&events, "initialized")[0];
-        assert_eq!(init["server"], SERVER_NAME, "{sdk:?}: {init}");
+        let init = assert_basics(sdk, &events);
         eprintln!(
             "{sdk:?} SDK client negotiated protocol {}",
             init["protocol"]
@@ -287,40 +293,58 @@ async fn sdk_clients_list_and_call_tools_and_read_resources_and_prompts() {
             ["2025-03-26", "2025-06-18", "2025-11-25"].contains(&protocol),
             "{sdk:?}: a session-based streamable HTTP version: {init}"
         );
-        for capability in ["tools", "resources", "prompts"] {
-            let listed = init["capabilities"].as_array().unwrap();
-            assert!(listed.contains(&capability.into()), "{sdk:?}: {init}");
-        }
-        let tools = &named(&events, "tools")[0]["names"];
-        for tool in ["echo", "counter", "sleep", "progress"] {
-            assert!(
-                tools.as_array().unwrap().contains(&tool.into()),
-                "{sdk:?}: {tools}"
-            );
-        }
+    }
+}
+
+/// The `basics` scenario's events against the reference server: its `initialized` event.
+fn assert_basics(sdk: Sdk, events: &[Value]) -> &Value {
+    let init = named(events, "initialized")[0];
+    assert_eq!(init["server"], SERVER_NAME, "{sdk:?}: {init}");
+    for capability in ["tools", "resources", "prompts"] {
+        let listed = init["capabilities"].as_array().unwrap();
+        assert!(listed.contains(&capability.into()), "{sdk:?}: {init}");
+    }
+    let tools = &named(events, "tools")[0]["names"];
+    for tool in ["echo", "counter", "sleep", "progress"] {
+        assert!(
+            tools.as_array().unwrap().contains(&tool.into()),
+            "{sdk:?}: {tools}"
+        );
+    }
+    assert_eq!(call_texts(events), ["hello through the gateway"], "{sdk:?}");
+    assert_eq!(
+        named(events, "resources")[0]["uris"],
+        serde_json::json!([GREETING_RESOURCE])
+    );
+    assert_eq!(
+        named(events, "resource")[0]["text"],
+        GREETING_TEXT,
+        "{sdk:?}"
+    );
+    assert_eq!(
+        named(events, "prompts")[0]["names"],
+        serde_json::json!([GREET_PROMPT])
+    );
+    assert_eq!(named(events, "prompt")[0]["text"], "Hello, Ada!", "{sdk:?}");
+    init
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_clients_over_sse_call_tools_get_progress_and_keep_sticky_sessions_apart() {
+    // The legacy HTTP+SSE transport (2024-11-05) downstream: `/servers/{id}/sse` and its
+    // message endpoint, with the SDKs' own SSE clients.
+    for sdk in Sdk::installed() {
+        let (upstream, gw) = reference().await;
+        assert_basics(sdk, &gw.run_sse(sdk, "rr", "alice", "basics").await);
+        assert_progress(sdk, &gw.run_sse(sdk, "rr", "alice", "progress").await);
+        let opened = upstream.sessions_opened();
+        let events = gw.run_sse(sdk, "sticky", "alice", "counters").await;
         assert_eq!(
             call_texts(&events),
-            ["hello through the gateway"],
-            "{sdk:?}"
+            ["1", "2", "1", "3", "2"],
+            "{sdk:?}: each downstream SSE session has its own upstream session"
         );
-        assert_eq!(
-            named(&events, "resources")[0]["uris"],
-            serde_json::json!([GREETING_RESOURCE])
-        );
-        assert_eq!(
-            named(&events, "resource")[0]["text"],
-            GREETING_TEXT,
-            "{sdk:?}"
-        );
-        assert_eq!(
-            named(&events, "prompts")[0]["names"],
-            serde_json::json!([GREET_PROMPT])
-        );
-        assert_eq!(
-            named(&events, "prompt")[0]["text"],
-            "Hello, Ada!",
-            "{sdk:?}"
-        );
+        assert_eq!(upstream.sessions_opened(), opened + 2, "{sdk:?}");
     }
 }
 

@@ -1,10 +1,12 @@
 // A downstream client of mcp-pool-gateway built with the official MCP TypeScript SDK
-// (@modelcontextprotocol/sdk): `Client` over `StreamableHTTPClientTransport`, for
+// (@modelcontextprotocol/sdk): `Client` over `StreamableHTTPClientTransport`, or over
+// `SSEClientTransport` (HTTP+SSE, 2024-11-05) when the URL ends in `/sse`, for
 // gateway/tests/sdk_clients.rs. The same scenarios and output as interop/python/gateway_client.py.
 //
 // Usage: node gateway_client.mjs URL TOKEN SCENARIO
-//   URL: a gateway MCP endpoint (http://127.0.0.1:PORT/servers/ID/mcp); TOKEN: the gateway JWT,
-//   sent as `Authorization: Bearer TOKEN` (requestInit headers).
+//   URL: a gateway MCP endpoint (http://127.0.0.1:PORT/servers/ID/mcp, or .../ID/sse); TOKEN: the
+//   gateway JWT, sent as `Authorization: Bearer TOKEN` on every request (requestInit headers; the
+//   SSE stream's GET too).
 //   SCENARIO: basics | progress | cancel | counters | exchange (see gateway_client.py).
 // Prints one JSON object per line on stdout ({"event": ...}); on failure an "error" event (with
 // the HTTP status as `code` for an HTTP error) and exit status 1. The SDK is resolved through NODE_PATH (interop/setup.sh installs it under
@@ -17,6 +19,7 @@ import readline from 'node:readline';
 const require = createRequire(path.join(process.env.NODE_PATH ?? '.', 'noop.js'));
 const { Client } = require('@modelcontextprotocol/sdk/client/index.js');
 const { StreamableHTTPClientTransport } = require('@modelcontextprotocol/sdk/client/streamableHttp.js');
+const { SSEClientTransport } = require('@modelcontextprotocol/sdk/client/sse.js');
 const {
   CreateMessageRequestSchema, ElicitRequestSchema, ListRootsRequestSchema, LoggingMessageNotificationSchema, McpError,
 } = require('@modelcontextprotocol/sdk/types.js');
@@ -35,9 +38,13 @@ async function call(client, tool, args, index = 0, options = {}) {
 }
 
 async function openSession() {
-  const transport = new StreamableHTTPClientTransport(new URL(url), {
-    requestInit: { headers: { Authorization: `Bearer ${token}` } },
-  });
+  const headers = { Authorization: `Bearer ${token}` };
+  const transport = url.endsWith('/sse')
+    ? new SSEClientTransport(new URL(url), {
+      requestInit: { headers },
+      eventSourceInit: { fetch: (input, init) => fetch(input, { ...init, headers: { ...init?.headers, ...headers } }) },
+    })
+    : new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers } });
   const capabilities = { sampling: {}, elicitation: {}, roots: {} };
   const client = new Client({ name: 'mcp-pool-gateway-test', version: '1.0.0' }, { capabilities });
   client.setNotificationHandler(LoggingMessageNotificationSchema, ({ params }) =>
@@ -52,7 +59,9 @@ async function openSession() {
   await client.connect(transport);
   const server = client.getServerVersion()?.name;
   const advertised = Object.keys(client.getServerCapabilities() ?? {}).sort();
-  emit('initialized', { server, protocol: transport.protocolVersion, capabilities: advertised });
+  // SSEClientTransport keeps the negotiated version private: read it as the SDK set it.
+  const protocol = transport.protocolVersion ?? transport._protocolVersion;
+  emit('initialized', { server, protocol, capabilities: advertised });
   return client;
 }
 

@@ -1,10 +1,11 @@
 """A downstream client of mcp-pool-gateway built with the official MCP Python SDK (`mcp` from
-PyPI): `ClientSession` over `streamable_http_client`, for gateway/tests/sdk_clients.rs.
+PyPI): `ClientSession` over `streamable_http_client`, or over `sse_client` (HTTP+SSE,
+2024-11-05) when the URL ends in `/sse`, for gateway/tests/sdk_clients.rs.
 
 Usage: python gateway_client.py URL TOKEN SCENARIO
 
-URL is a gateway MCP endpoint (`http://127.0.0.1:PORT/servers/ID/mcp`), TOKEN the gateway JWT
-sent as `Authorization: Bearer TOKEN`. The script prints one JSON object per line on stdout:
+URL is a gateway MCP endpoint (`http://127.0.0.1:PORT/servers/ID/mcp`, or `.../ID/sse`), TOKEN
+the gateway JWT sent as `Authorization: Bearer TOKEN` on every request of the transport. The script prints one JSON object per line on stdout:
   {"event": "initialized", "server": name, "protocol": version, "capabilities": [names]}
   {"event": "tools", "names": [...]}
   {"event": "call", "session": i, "tool": name, "text": first text content, "is_error": bool}
@@ -37,7 +38,9 @@ import anyio
 import httpx2
 import mcp.types as types
 from mcp import ClientSession, MCPError
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 
 
 # "METHOD STATUS" of every HTTP response >= 400, named in the error event: the SDK reports an
@@ -125,13 +128,21 @@ async def on_roots(_context) -> types.ListRootsResult:
     return types.ListRootsResult(roots=[types.Root(uri="file:///sdk-root")])
 
 
+def http_client(token: str, **options) -> httpx2.AsyncClient:
+    """The SDK's own HTTP client with the gateway token and the error-recording hook."""
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"}, **options)
+    http.event_hooks = {"response": [record_http_error]}
+    return http
+
+
 async def open_session(stack, url: str, token: str) -> ClientSession:
-    http = httpx2.AsyncClient(
-        headers={"Authorization": f"Bearer {token}"},
-        event_hooks={"response": [record_http_error]},
-    )
-    http = await stack.enter_async_context(http)
-    read, write = await stack.enter_async_context(streamable_http_client(url, http_client=http))
+    if url.endswith("/sse"):
+        # The SSE client makes its own HTTP client (for the stream and the POSTs) from a factory.
+        factory = lambda headers=None, timeout=None, auth=None: http_client(token, timeout=timeout, auth=auth)  # noqa: E731
+        read, write = await stack.enter_async_context(sse_client(url, httpx_client_factory=factory))
+    else:
+        http = await stack.enter_async_context(http_client(token))
+        read, write = await stack.enter_async_context(streamable_http_client(url, http_client=http))
     session = ClientSession(
         read,
         write,

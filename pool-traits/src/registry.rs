@@ -30,6 +30,12 @@ pub struct ServerRecord {
     /// The upstream credential, as a reference to an environment variable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<CredentialsRef>,
+    /// Whether a gateway sends the downstream request's own `Authorization` header (with
+    /// gateway auth on: the gateway's JWT) upstream (default `false`: the gateway's token stops
+    /// at the gateway, issue 11 item 5). When sent, it is part of the pool key like every header
+    /// sent upstream; [`credentials`](Self::credentials) of the same header win over it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub forward_token: bool,
 }
 
 fn enabled_by_default() -> bool {
@@ -38,9 +44,13 @@ fn enabled_by_default() -> bool {
 
 impl ServerRecord {
     /// Whether `other` reaches the upstream the same way: same endpoints (URL, transport,
-    /// weight) and same credentials. When not, sessions opened under `self` must be drained.
+    /// weight) and same forwarded credentials ([`credentials`](Self::credentials),
+    /// [`forward_token`](Self::forward_token)). When not, sessions opened under `self` must be
+    /// drained.
     pub fn same_connection(&self, other: &ServerRecord) -> bool {
-        self.endpoints == other.endpoints && self.credentials == other.credentials
+        self.endpoints == other.endpoints
+            && self.credentials == other.credentials
+            && self.forward_token == other.forward_token
     }
 }
 

@@ -33,12 +33,9 @@ pub async fn gateway(pool: &Pool, seeds: &[ServerConfig], max_body_bytes: usize)
     let registry = Registry::load(pool.clone(), seeds).await.unwrap();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let app = mcp_pool_gateway::router(AppState {
-        pool: pool.clone(),
-        registry,
-        auth: Auth::Required(secret),
         max_body_bytes,
         metrics: Some(recorder.handle()),
-        mcp: Default::default(),
+        ..AppState::new(pool.clone(), registry, Auth::Required(secret))
     });
     Gateway {
         app,
@@ -184,6 +181,30 @@ impl Process {
             Ok(None) => panic!("exited before logging {needle:?}:\n{}", self.log),
             Err(_) => panic!("no {needle:?} within {LOG_WAIT:?}:\n{}", self.log),
         }
+    }
+
+    /// Waits until a log line containing each of `needles` has appeared, in any order
+    /// (bounded by [`LOG_WAIT`]).
+    #[allow(dead_code)] // not every test binary uses it
+    pub async fn wait_for_all(&mut self, needles: &[&str]) {
+        let mut missing: Vec<&str> = needles.to_vec();
+        let found = tokio::time::timeout(LOG_WAIT, async {
+            while !missing.is_empty() {
+                let Some(line) = self.lines.next_line().await.unwrap() else {
+                    return false;
+                };
+                self.log.push_str(&line);
+                self.log.push('\n');
+                missing.retain(|needle| !line.contains(needle));
+            }
+            true
+        })
+        .await;
+        assert!(
+            found == Ok(true),
+            "no {missing:?} within {LOG_WAIT:?}:\n{}",
+            self.log
+        );
     }
 
     /// Sends `signal` (`HUP`, `TERM`, …) with `kill`.

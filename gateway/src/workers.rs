@@ -1,0 +1,331 @@
+//! Several gateway workers sharing one state backend (DESIGN §14, issue 13).
+//!
+//! Every worker has an id ([`WorkerId`]: `--worker-id`, else host name, process id and a
+//! random suffix, fixed when the worker starts) and, on a shared backend (`CACHE_TYPE=redis` or
+//! `database`), announces itself with a heartbeat every [`HEARTBEAT_INTERVAL`] that lives
+//! [`HEARTBEAT_TTL`]: a worker whose heartbeat ran out is dead to the others.
+//!
+//! # The shared registry
+//! A server created, replaced or deleted through any worker's API reaches every other worker
+//! through [`watch_servers`](mcp_pool::StateBackend::watch_servers), applied by
+//! [`Registry::apply_change`](crate::Registry::apply_change); saved pool configs travel the same way inside the pool
+//! (`mcp_pool`'s config watcher). Notifications can be lost — a subscription that dies
+//! half-open stays silent, a worker cut off from the backend misses what happened meanwhile —
+//! so the watcher also re-lists the records every [`RELIST_INTERVAL`] and whenever it
+//! subscribes again, and applies every version it has not applied: a change reaches every
+//! worker within one re-list period whatever happens to the subscription, and at once when it
+//! works. A backend that is down stops none of the local work: the watcher retries with a
+//! backoff and the pools keep serving.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use mcp_pool::traits::{StateBackend, StateId};
+use tokio_util::sync::CancellationToken;
+
+use std::sync::Arc;
+
+use crate::{AppState, forward, mcp::McpEndpoints, registry::Applied};
+
+/// How often a worker renews its heartbeat.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How long a heartbeat lives: three missed renewals and the worker is dead to the others.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(6);
+
+/// How often the registry watcher re-lists the backend's records (see the module docs).
+pub const RELIST_INTERVAL: Duration = Duration::from_secs(5);
+
+/// First and largest wait before the watcher subscribes again after the backend failed.
+const RESUBSCRIBE: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+
+/// Joins `state` to the workers sharing its pool's (shared) backend as `worker`, signing
+/// forwarded requests with `key` (the same on every worker: `JWT_SECRET_KEY`): sets
+/// [`AppState::group`] and starts, until `shutdown`, the heartbeat, the registry watcher,
+/// this worker's channel ([`forward::spawn_channel`]) and the claims' refreshes. What the
+/// binary does on `CACHE_TYPE=redis|database`; the router must be built from `state` after.
+///
+/// # Errors
+/// When `worker` is too long to name its channel.
+pub fn join(
+    state: &mut AppState,
+    worker: WorkerId,
+    key: &[u8],
+    shutdown: CancellationToken,
+) -> Result<Membership, String> {
+    let backend = state.pool.backend().clone();
+    let group = forward::Group::new(worker.clone(), backend.clone(), key)?;
+    state.group = Some(group.clone());
+    let lost = Arc::new(tokio::sync::Notify::new());
+    let heartbeat = spawn_heartbeat(backend, worker, lost.clone(), shutdown.clone());
+    spawn_registry_watcher(state.clone(), RELIST_INTERVAL, shutdown.clone());
+    forward::spawn_channel(group.clone(), state.clone(), shutdown.clone());
+    let mcp = state.mcp.clone();
+    tokio::spawn(refresh_claims(group.clone(), mcp, lost, shutdown));
+    Ok(Membership { group, heartbeat })
+}
+
+/// A worker's place in the group ([`join`]).
+#[derive(Debug)]
+pub struct Membership {
+    /// The group, as [`AppState::group`] holds it.
+    pub group: Arc<forward::Group>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl Membership {
+    /// Leaves the group once `join`'s `shutdown` token is cancelled: waits for the last
+    /// heartbeat to be written, then ends it ([`forward::Group::leave`]), so that the other
+    /// workers take this worker's sessions over at once.
+    pub async fn leave(self) {
+        let _ = self.heartbeat.await;
+        self.group.leave().await;
+    }
+}
+
+/// Refreshes the claims of this worker's downstream sessions every
+/// [`forward::CLAIM_REFRESH`], and at once when the backend may have `lost` them, until
+/// `shutdown`. Sessions another worker took over meanwhile end here.
+async fn refresh_claims(
+    group: Arc<forward::Group>,
+    mcp: Arc<McpEndpoints>,
+    lost: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(forward::CLAIM_REFRESH);
+    ticks.tick().await;
+    loop {
+        let urgent = tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => false,
+            () = lost.notified() => true,
+        };
+        let held = mcp.held_sessions().await;
+        let Some(taken) = group.refresh(&held).await else {
+            continue;
+        };
+        for session in &taken {
+            mcp.close_session(session).await;
+        }
+        if urgent {
+            tracing::info!(
+                "claimed {} sessions again; {} had been taken over by another worker and ended here",
+                held.len() - taken.len(),
+                taken.len()
+            );
+        }
+    }
+}
+
+/// A worker's id in the group: what its heartbeats, and later its claims, carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerId(StateId);
+
+impl WorkerId {
+    /// `id` as given (`--worker-id`).
+    ///
+    /// # Errors
+    /// When `id` is not 1 to 128 characters of `[a-zA-Z0-9_-]`, with that rule in the message.
+    pub fn new(id: &str) -> Result<Self, String> {
+        StateId::new(id)
+            .map(Self)
+            .map_err(|e| format!("--worker-id {id:?} is invalid: {e}"))
+    }
+
+    /// The default id: `{host}-{pid}-{random}`, the host name reduced to `[a-zA-Z0-9_-]` and
+    /// 64 characters. Made when called — by the binary, after start-up, never at import — so
+    /// that two processes (a fork included) never share one.
+    pub fn generate() -> Self {
+        let host = hostname();
+        let host: String = host
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => c,
+                _ => '-',
+            })
+            .take(64)
+            .collect();
+        let host = if host.is_empty() {
+            "worker".into()
+        } else {
+            host
+        };
+        let random = uuid::Uuid::new_v4().simple().to_string();
+        let id = format!("{host}-{}-{}", std::process::id(), &random[..8]);
+        Self(StateId::new(id).expect("built from [a-zA-Z0-9_-], at most 84 characters"))
+    }
+
+    /// The id as the backend stores it.
+    pub fn state_id(&self) -> &StateId {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for WorkerId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// The machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`), or empty.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Renews `worker`'s heartbeat every [`HEARTBEAT_INTERVAL`] until `shutdown`. A failed
+/// renewal is logged once per outage (the worker keeps serving; the others will see it as dead
+/// when the outage outlasts [`HEARTBEAT_TTL`]).
+///
+/// `lost` is notified when the backend may have lost this worker's claims: its heartbeat
+/// reached the backend again after failing, or had vanished from it between two renewals (the
+/// backend restarted without its data, or this worker was paused past the TTL). The claims are
+/// then taken again at once (see [`crate::forward`]).
+pub fn spawn_heartbeat(
+    backend: Arc<dyn StateBackend>,
+    worker: WorkerId,
+    lost: Arc<tokio::sync::Notify>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        let mut first = true;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let beat = tokio::time::timeout(HEARTBEAT_INTERVAL, async {
+                let alive = backend.is_alive(worker.state_id()).await?;
+                backend.heartbeat(worker.state_id(), HEARTBEAT_TTL).await?;
+                Ok::<_, mcp_pool::traits::BackendError>(alive)
+            })
+            .await;
+            match beat {
+                Ok(Ok(_)) if failing => {
+                    failing = false;
+                    tracing::info!("worker {worker}: heartbeats reach the state backend again");
+                    lost.notify_one();
+                }
+                Ok(Ok(false)) if !first => {
+                    tracing::warn!(
+                        "worker {worker}: the state backend had lost this worker's heartbeat (restarted, or this worker was paused): claiming its sessions again"
+                    );
+                    lost.notify_one();
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) if !failing => {
+                    failing = true;
+                    tracing::warn!(%worker, %error, "heartbeat failed; serving on");
+                }
+                Err(_) if !failing => {
+                    failing = true;
+                    tracing::warn!(%worker, "heartbeat timed out; serving on");
+                }
+                _ => {}
+            }
+            first = false;
+        }
+    })
+}
+
+/// Applies the records other workers change to this worker's registry and pool (see the module
+/// docs), until `shutdown`: subscribe, re-list, follow; re-list every `relist`; subscribe
+/// again after an error or a re-list that found a change the subscription missed.
+pub fn spawn_registry_watcher(
+    state: AppState,
+    relist: Duration,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut wait = RESUBSCRIBE.0;
+        loop {
+            if watch_once(&state, relist, &shutdown).await.is_ok() {
+                wait = RESUBSCRIBE.0;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(RESUBSCRIBE.1);
+        }
+    })
+}
+
+/// One subscription (see [`spawn_registry_watcher`]). `Err` when the backend could not be
+/// reached.
+async fn watch_once(
+    state: &AppState,
+    relist: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), ()> {
+    let backend = state.pool.backend().clone();
+    let mut changes = backend.watch_servers().await.map_err(|error| {
+        tracing::debug!(%error, "cannot watch the server registry yet");
+    })?;
+    // Subscribed first, then listed: nothing stored between the two is missed.
+    apply_listed(state, &*backend).await?;
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + relist, relist);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            change = changes.next() => match change {
+                Some(change) => {
+                    apply(state, change).await;
+                }
+                None => return Ok(()),
+            },
+            _ = ticks.tick() => {
+                if apply_listed(state, &*backend).await? > 0 {
+                    tracing::info!(
+                        "the server registry subscription missed a change; subscribing again"
+                    );
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Lists the records and applies every version not applied yet; how many that was.
+async fn apply_listed(state: &AppState, backend: &dyn StateBackend) -> Result<usize, ()> {
+    let listed = backend.list_servers().await.map_err(|error| {
+        tracing::debug!(%error, "cannot list the server registry");
+    })?;
+    let mut applied = 0;
+    for change in listed {
+        if apply(state, change).await {
+            applied += 1;
+        }
+    }
+    Ok(applied)
+}
+
+/// Applies one change; whether it was new. A change this worker cannot apply (a credential
+/// variable it lacks, a config its pool rejects) is logged and retried at the next re-list.
+async fn apply(state: &AppState, change: mcp_pool::traits::ServerChange) -> bool {
+    let server = change.server.clone();
+    match state.registry.apply_change(change).await {
+        Ok(Applied::Nothing) => false,
+        Ok(Applied::Served) => {
+            tracing::info!("server {server} changed by another worker: applied");
+            true
+        }
+        Ok(Applied::Removed) => {
+            // Its downstream sessions end with its pool, as on the worker that removed it.
+            state.mcp.forget(&server);
+            tracing::info!("server {server} deleted or disabled by another worker: removed");
+            true
+        }
+        Err(error) => {
+            tracing::warn!(%server, %error, "cannot apply another worker's change of the server");
+            false
+        }
+    }
+}
