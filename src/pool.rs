@@ -211,9 +211,21 @@ impl std::hash::Hash for KeyId {
     /// 8 bytes of each digest (uniform already; the map's hasher is seeded), not all 64: on
     /// every acquire. Equality compares whole keys.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(u64::from(self.server) << 8 | self.transport as u64);
+        state.write_u64(u64::from(self.server) << 8 ^ kind_code(self.transport));
         state.write_u64(self.principal.user.prefix_u64());
         state.write_u64(self.principal.identity.prefix_u64());
+    }
+}
+
+/// A number per transport kind, for [`KeyId`]'s hash: a custom kind's is the address of its
+/// interned name (one per name).
+fn kind_code(kind: TransportKind) -> u64 {
+    match kind {
+        TransportKind::StreamableHttp => 0,
+        TransportKind::Sse => 1,
+        TransportKind::WebSocket => 2,
+        TransportKind::Stdio => 3,
+        other => other.as_str().as_ptr() as usize as u64,
     }
 }
 
@@ -281,12 +293,39 @@ impl Pool {
         self.install(server, base)
     }
 
+    /// Every endpoint of `server` names a transport this pool has, and that transport accepts
+    /// it ([`Transport::validate_endpoint`](mcp_pool_traits::Transport::validate_endpoint)).
+    fn check_transports(&self, server: &ServerConfig) -> Result<(), PoolError> {
+        let transports = &self.inner.shared.transports;
+        for endpoint in &server.endpoints {
+            let Some(transport) = transports.get(&endpoint.transport) else {
+                let mut known: Vec<&str> = transports.keys().map(|k| k.as_str()).collect();
+                known.sort_unstable();
+                return Err(PoolError::InvalidServer {
+                    server: server.id.clone(),
+                    message: format!(
+                        "endpoint {endpoint} names transport {}, which this pool has no \
+                         transport for: register one with PoolBuilder::transport, or use one \
+                         of {}",
+                        endpoint.transport,
+                        known.join(", ")
+                    ),
+                });
+            };
+            transport
+                .validate_endpoint(endpoint)
+                .map_err(|e| PoolError::invalid_endpoint(&server.id, e))?;
+        }
+        Ok(())
+    }
+
     /// Validates `server` and swaps it in; `base` is the configuration a deleted saved config
     /// reverts to. Installs are serialized and numbered under one lock, so the map always
     /// holds the newest, and every key of the server picks it up at once (keys only ever move
     /// to a newer generation, DESIGN §2.10).
     fn install(&self, server: ServerConfig, base: PoolConfig) -> Result<(), PoolError> {
         server.validate()?;
+        self.check_transports(&server)?;
         let strategy: Arc<dyn Strategy> = match &server.strategy {
             Some(custom) => custom.clone(),
             None => mcp_pool_strategies::builtin(server.pool.strategy),
@@ -806,10 +845,10 @@ impl Pool {
         let keys = self.inner.keys.pin();
         // Every transport's key is unbound (no short circuit); each is one map lookup.
         let mut found = false;
-        for transport in TransportKind::ALL {
-            if !entry.endpoints.iter().any(|e| e.transport == transport) {
-                continue;
-            }
+        let mut kinds: Vec<TransportKind> = entry.endpoints.iter().map(|e| e.transport).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        for transport in kinds {
             let id = KeyId {
                 server: entry.index,
                 principal,
