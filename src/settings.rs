@@ -33,7 +33,7 @@ use std::{
 use mcp_pool_backends::{BackendConfig, SelectError};
 use mcp_pool_traits::{
     ChosenSizes, ConfigError, Endpoint, InvalidEndpoint, PoolConfig, ServerId, StrategyKind,
-    check_range, rmcp::model::ClientCapabilities,
+    TransportKind, check_range, rmcp::model::ClientCapabilities,
 };
 use serde::Deserialize;
 
@@ -799,8 +799,10 @@ impl FileText<'_> {
             }
             for (j, endpoint) in server.endpoints.iter().enumerate() {
                 endpoint.validate().map_err(|e| {
-                    let part = match e {
-                        InvalidEndpoint::Weight(_) => "weight",
+                    let part = match (&e, endpoint.transport) {
+                        (InvalidEndpoint::Weight(_), _) => "weight",
+                        (InvalidEndpoint::Command(_), _) => "command",
+                        (_, TransportKind::Stdio) => "transport",
                         _ => "url",
                     };
                     let field = format!("servers[{i}].endpoints[{j}].{part}");

@@ -247,6 +247,8 @@ fn stdio_endpoints_come_from_configuration_and_hide_what_may_be_secret() {
         serde_json::from_value(serde_json::to_value(&endpoint).unwrap()).unwrap();
     assert_eq!(round_trip, endpoint);
 
+    // The shape is checked when reading, the values by `validate` (which `Settings` and
+    // `Pool::add_server` call, naming the field).
     for (bad, expected) in [
         (
             serde_json::json!({"transport": "stdio", "url": "http://x/mcp", "command": "a"}),
@@ -256,6 +258,11 @@ fn stdio_endpoints_come_from_configuration_and_hide_what_may_be_secret() {
             serde_json::json!({"transport": "streamable_http", "url": "http://x/mcp", "command": "a"}),
             "takes url, not command",
         ),
+    ] {
+        let error = serde_json::from_value::<Endpoint>(bad.clone()).unwrap_err();
+        assert!(error.to_string().contains(expected), "{bad}: {error}");
+    }
+    for (bad, expected) in [
         (
             serde_json::json!({"transport": "stdio", "command": ""}),
             "command must be a program name or path",
@@ -265,9 +272,23 @@ fn stdio_endpoints_come_from_configuration_and_hide_what_may_be_secret() {
             "env name \"A=B\" is invalid",
         ),
     ] {
-        let error = serde_json::from_value::<Endpoint>(bad.clone()).unwrap_err();
+        let endpoint = serde_json::from_value::<Endpoint>(bad.clone()).unwrap();
+        let error = endpoint.validate().unwrap_err();
         assert!(error.to_string().contains(expected), "{bad}: {error}");
     }
+    let file = "[[servers]]\nid = \"time\"\nendpoints = [\n  \
+                { transport = \"stdio\", command = \"uvx\", args = [\"mcp-server-time\"] },\n  \
+                { transport = \"stdio\", command = \"\" },\n]\n";
+    let error = mcp_pool::Settings::from_toml("pool.toml", file, |_| None).unwrap_err();
+    assert!(
+        error.to_string().starts_with(
+            "pool.toml:5:36: servers[0].endpoints[1].command: stdio endpoint: command must be"
+        ),
+        "{error}"
+    );
+    let file = file.replace(", command = \"\"", ", command = \"npx\"");
+    let settings = mcp_pool::Settings::from_toml("pool.toml", &file, |_| None).unwrap();
+    assert_eq!(&*settings.servers[0].endpoints()[0].url, "stdio:uvx");
 }
 
 /// A custom transport kind beside the built-in streamable HTTP in one pool: each endpoint

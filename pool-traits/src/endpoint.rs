@@ -260,14 +260,21 @@ impl TryFrom<EndpointFields> for Endpoint {
                 transport: fields.transport,
             });
         }
-        let endpoint = if stdio {
+        // Shape only: the values are checked by `validate`, which configuration readers call
+        // where they can point at the field (`Settings` reports `endpoints[1].url`).
+        Ok(if stdio {
             let command = StdioCommand {
                 command: fields.command.unwrap_or_default(),
                 args: fields.args,
                 env: fields.env,
                 cwd: fields.cwd,
             };
-            Endpoint::stdio(command)?.with_weight(fields.weight)?
+            Endpoint {
+                url: format!("stdio:{}", command.command).into(),
+                transport: TransportKind::Stdio,
+                weight: fields.weight,
+                stdio: Some(Arc::new(command)),
+            }
         } else {
             Endpoint {
                 url: fields.url.unwrap_or_default().into(),
@@ -275,9 +282,7 @@ impl TryFrom<EndpointFields> for Endpoint {
                 weight: fields.weight,
                 stdio: None,
             }
-        };
-        endpoint.validate()?;
-        Ok(endpoint)
+        })
     }
 }
 
@@ -568,6 +573,26 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
         }
         assert!("grpc".parse::<TransportKind>().is_err());
+        assert_eq!("stdio".parse::<TransportKind>().unwrap(), TransportKind::Stdio);
+    }
+
+    #[test]
+    fn custom_kinds_are_named_once_and_parse_once_declared() {
+        let error = "unit_quic".parse::<TransportKind>().unwrap_err();
+        assert!(error.to_string().starts_with("unknown transport \"unit_quic\""));
+        let quic = TransportKind::custom("unit_quic").unwrap();
+        assert_eq!(quic, TransportKind::custom("unit_quic").unwrap());
+        assert_eq!(quic.as_str(), "unit_quic");
+        assert_eq!("unit_quic".parse::<TransportKind>().unwrap(), quic);
+        assert_eq!(serde_json::to_string(&quic).unwrap(), "\"unit_quic\"");
+        let listed = "grpc".parse::<TransportKind>().unwrap_err().to_string();
+        assert!(listed.contains("or a custom one:") && listed.contains("unit_quic"), "{listed}");
+        for bad in ["", "Quic", "1quic", "quic-1", "stdio", "websocket", &"q".repeat(65)] {
+            assert!(TransportKind::custom(bad).is_err(), "{bad:?}");
+        }
+        let endpoint = Endpoint::new("anything://goes", quic).unwrap();
+        assert_eq!(endpoint.transport, quic);
+        assert!(Endpoint::new("", quic).is_err());
     }
 
     #[test]
