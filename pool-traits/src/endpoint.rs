@@ -573,21 +573,39 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", kind.as_str()));
         }
         assert!("grpc".parse::<TransportKind>().is_err());
-        assert_eq!("stdio".parse::<TransportKind>().unwrap(), TransportKind::Stdio);
+        assert_eq!(
+            "stdio".parse::<TransportKind>().unwrap(),
+            TransportKind::Stdio
+        );
     }
 
     #[test]
     fn custom_kinds_are_named_once_and_parse_once_declared() {
         let error = "unit_quic".parse::<TransportKind>().unwrap_err();
-        assert!(error.to_string().starts_with("unknown transport \"unit_quic\""));
+        assert!(
+            error
+                .to_string()
+                .starts_with("unknown transport \"unit_quic\"")
+        );
         let quic = TransportKind::custom("unit_quic").unwrap();
         assert_eq!(quic, TransportKind::custom("unit_quic").unwrap());
         assert_eq!(quic.as_str(), "unit_quic");
         assert_eq!("unit_quic".parse::<TransportKind>().unwrap(), quic);
         assert_eq!(serde_json::to_string(&quic).unwrap(), "\"unit_quic\"");
         let listed = "grpc".parse::<TransportKind>().unwrap_err().to_string();
-        assert!(listed.contains("or a custom one:") && listed.contains("unit_quic"), "{listed}");
-        for bad in ["", "Quic", "1quic", "quic-1", "stdio", "websocket", &"q".repeat(65)] {
+        assert!(
+            listed.contains("or a custom one:") && listed.contains("unit_quic"),
+            "{listed}"
+        );
+        for bad in [
+            "",
+            "Quic",
+            "1quic",
+            "quic-1",
+            "stdio",
+            "websocket",
+            &"q".repeat(65),
+        ] {
             assert!(TransportKind::custom(bad).is_err(), "{bad:?}");
         }
         let endpoint = Endpoint::new("anything://goes", quic).unwrap();
