@@ -677,7 +677,7 @@ impl Pool {
             Ok(lease) => Attempt::Lease(lease),
             Err(Next::Removed) => Attempt::Again,
             Err(Next::Closed) => return Err(PoolError::Closed),
-            Err(Next::Slow(first)) => Attempt::Slow(key_pool.clone(), server.clone(), first),
+            Err(Next::Slow(first)) => Attempt::Slow(key_pool.clone(), server.clone(), *first),
         })
     }
 

@@ -129,8 +129,8 @@ impl ReferenceServer {
     /// `endpoint` event says, `/message?sessionId=…`), `ws://127.0.0.1:PORT/ws` (WebSocket).
     ///
     /// # Panics
-    /// For a kind not served over the network (stdio, custom kinds): see
-    /// [`crate::stdio`] for the reference server over stdio.
+    /// For a kind not served over the network (stdio, custom kinds); the reference server over
+    /// stdio is this crate's `mcp-pool-reference-stdio` binary.
     pub fn url_for(&self, transport: TransportKind) -> String {
         let addr = self.addr();
         match transport {

@@ -50,7 +50,7 @@ static CUSTOM_KINDS: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new())
 /// A custom transport name was malformed (see [`CustomTransport`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid custom transport name {0:?}: expected 1 to 64 characters of [a-z0-9_] starting      with a letter, other than streamable_http, sse, websocket and stdio"
+    "invalid custom transport name {0:?}: expected 1 to 64 characters of [a-z0-9_] starting with a letter, other than streamable_http, sse, websocket and stdio"
 )]
 pub struct InvalidTransportName(pub String);
 
