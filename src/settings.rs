@@ -552,10 +552,15 @@ impl EnvSettings {
             env.pooled_servers = Some(ids);
         }
         if let Some(v) = get("SESSION_POOL_STRATEGY") {
-            env.pool.strategy = Some(v.parse().map_err(|_| SettingsError::Env {
-                variable: "SESSION_POOL_STRATEGY",
-                value: v.clone(),
-                allowed: "one of round_robin, least_connections, sticky, weighted, none".into(),
+            env.pool.strategy = Some(StrategyKind::named(&v).map_err(|_| {
+                SettingsError::Env {
+                    variable: "SESSION_POOL_STRATEGY",
+                    value: v.clone(),
+                    allowed:
+                        "one of round_robin, least_connections, sticky, weighted, none, or the \
+                          name of a strategy registered with PoolBuilder::strategy"
+                            .into(),
+                }
             })?);
         }
         type Setter = fn(&mut EnvSettings, u64);

@@ -1,11 +1,8 @@
 //! Upstream endpoints and transport kinds.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fmt,
-    str::FromStr,
-    sync::{Arc, Mutex},
-};
+use std::{collections::BTreeMap, fmt, str::FromStr, sync::Arc};
+
+use crate::names::Names;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -33,8 +30,9 @@ pub enum TransportKind {
 }
 
 /// The name of a custom transport kind: 1 to 64 characters of `[a-z0-9_]`, starting with a
-/// letter, not a built-in name. Made by [`TransportKind::custom`]; names are interned (a kind
-/// stays `Copy`), so only transports create them — parsing a configuration never adds one.
+/// letter, not a built-in name. Made by [`TransportKind::custom`] (and by reading a
+/// configuration that names one); names are interned, so a kind stays `Copy`, and
+/// [`FromStr`] — what APIs parse their callers' input with — never adds one.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct CustomTransport(&'static str);
 
@@ -45,7 +43,7 @@ impl fmt::Debug for CustomTransport {
 }
 
 /// Custom kind names created so far (see [`CustomTransport`]).
-static CUSTOM_KINDS: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
+static CUSTOM_KINDS: Names = Names::new();
 
 /// A custom transport name was malformed (see [`CustomTransport`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,26 +71,10 @@ impl TransportKind {
     /// # Errors
     /// [`InvalidTransportName`] when `name` breaks the rule of [`CustomTransport`].
     pub fn custom(name: &str) -> Result<Self, InvalidTransportName> {
-        let valid = name.len() <= 64
-            && name.starts_with(|c: char| c.is_ascii_lowercase())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-            && !Self::BUILT_IN.iter().any(|k| k.as_str() == name);
-        if !valid {
+        if !Names::valid(name) || Self::BUILT_IN.iter().any(|k| k.as_str() == name) {
             return Err(InvalidTransportName(name.to_owned()));
         }
-        let mut kinds = CUSTOM_KINDS.lock().unwrap_or_else(|e| e.into_inner());
-        let interned = match kinds.get(name) {
-            Some(&interned) => interned,
-            None => {
-                // Bounded by the transports a program defines: each name is leaked once.
-                let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
-                kinds.insert(leaked);
-                leaked
-            }
-        };
-        Ok(Self::Custom(CustomTransport(interned)))
+        Ok(Self::Custom(CustomTransport(CUSTOM_KINDS.intern(name))))
     }
 
     /// The name used in configuration, keys and metric labels: `streamable_http`, `sse`,
@@ -132,14 +114,8 @@ impl fmt::Display for TransportKind {
 #[error("unknown transport {:?}: expected one of streamable_http, sse, websocket, stdio{}", .0, custom_names())]
 pub struct UnknownTransport(pub String);
 
-/// `, or a custom one: a, b` for the custom kinds declared so far, or nothing.
 fn custom_names() -> String {
-    let kinds = CUSTOM_KINDS.lock().unwrap_or_else(|e| e.into_inner());
-    if kinds.is_empty() {
-        return String::new();
-    }
-    let names: Vec<&str> = kinds.iter().copied().collect();
-    format!(", or a custom one: {}", names.join(", "))
+    CUSTOM_KINDS.listed()
 }
 
 impl FromStr for TransportKind {
@@ -152,10 +128,9 @@ impl FromStr for TransportKind {
         {
             return Ok(kind);
         }
-        let kinds = CUSTOM_KINDS.lock().unwrap_or_else(|e| e.into_inner());
-        kinds
+        CUSTOM_KINDS
             .get(s)
-            .map(|&name| Self::Custom(CustomTransport(name)))
+            .map(|name| Self::Custom(CustomTransport(name)))
             .ok_or_else(|| UnknownTransport(s.to_owned()))
     }
 }
@@ -166,10 +141,15 @@ impl Serialize for TransportKind {
     }
 }
 
+/// A configuration (a file, a stored record) may name a custom kind before its transport
+/// exists: the pool refuses the endpoint if none is registered by then. (Parsing with
+/// [`FromStr`], as APIs do with their callers' input, accepts only kinds declared already.)
 impl<'de> Deserialize<'de> for TransportKind {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
-        name.parse().map_err(serde::de::Error::custom)
+        name.parse()
+            .or_else(|unknown: UnknownTransport| Self::custom(&name).map_err(|_| unknown))
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -9,13 +9,16 @@ mod exchange;
 mod failure;
 mod id;
 mod identity;
+mod names;
 mod redact;
 mod registry;
 mod strategy;
 mod transport;
 
 pub use backend::{BackendError, Claim, ConfigChange, SavedConfig, StateBackend};
-pub use config::{ChosenSizes, ConfigError, PoolConfig, RANGES, StrategyKind, check_range};
+pub use config::{
+    ChosenSizes, ConfigError, CustomStrategy, PoolConfig, RANGES, StrategyKind, check_range,
+};
 pub use endpoint::{
     CustomTransport, Endpoint, InvalidEndpoint, InvalidTransportName, MAX_WEIGHT, StdioCommand,
     TransportKind, UnknownTransport,
