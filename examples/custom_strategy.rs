@@ -70,7 +70,7 @@ impl Selector for RandomSelector {
 }
 
 #[cfg(test)]
-mcp_pool_conformance::strategy_conformance!(random, crate::Random);
+mcp_pool_conformance::strategy_conformance!(name: random, strategy: crate::Random);
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

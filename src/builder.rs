@@ -4,8 +4,8 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::HeaderName;
 use mcp_pool_traits::{
-    ConfigError, IdentityConfig, StateBackend, Transport, TransportKind, check_range,
-    default_client_config, rmcp::model::ClientConfig,
+    ConfigError, IdentityConfig, StateBackend, Strategy, StrategyKind, Transport, TransportKind,
+    check_range, default_client_config, rmcp::model::ClientConfig,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -81,6 +81,7 @@ pub const DEFAULT_EVENT_DEBOUNCE: Duration = Duration::from_millis(250);
 pub struct PoolBuilder {
     servers: Vec<ServerConfig>,
     transports: Vec<Arc<dyn Transport>>,
+    strategies: Vec<Arc<dyn Strategy>>,
     backend: Option<Arc<dyn StateBackend>>,
     identity: Option<IdentityConfig>,
     create_timeout: Option<Duration>,
@@ -105,9 +106,22 @@ impl PoolBuilder {
         self
     }
 
-    /// Registers a transport for its [`kind`](Transport::kind), replacing the built-in one.
+    /// Registers a transport for its [`kind`](Transport::kind): beside the built-in ones for
+    /// a [custom kind](mcp_pool_traits::TransportKind::custom), replacing the built-in one of
+    /// a built-in kind.
     pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
         self.transports.push(transport);
+        self
+    }
+
+    /// Registers a strategy that configuration can then name (`strategy = "lru"` in a
+    /// `PoolConfig`, the environment's `SESSION_POOL_STRATEGY`, the TOML file, the gateway's
+    /// API): under its [`kind`](Strategy::kind) when that is a built-in one (replacing the
+    /// built-in strategy), else under [`StrategyKind::custom`] of its
+    /// [`name`](Strategy::name). A configuration naming a strategy no pool registered is
+    /// refused when applied, naming the ones there are.
+    pub fn strategy(mut self, strategy: Arc<dyn Strategy>) -> Self {
+        self.strategies.push(strategy);
         self
     }
 
@@ -295,10 +309,21 @@ impl PoolBuilder {
             .chain(self.transports)
             .map(|t| (t.kind(), t))
             .collect();
+        let mut strategies = HashMap::new();
+        for strategy in self.strategies {
+            let kind = match strategy.kind() {
+                Some(kind) => kind,
+                None => StrategyKind::custom(strategy.name()).map_err(|e| {
+                    PoolError::Setup(format!("registering strategy {:?}: {e}", strategy.name()))
+                })?,
+            };
+            strategies.insert(kind, strategy);
+        }
         let shared = Arc::new(Shared::new(
             tokio::runtime::Handle::current(),
             transports,
             SharedSettings {
+                strategies,
                 client_config: self.client_config.unwrap_or_else(default_client_config),
                 create_timeout,
                 limits: Limits::new(

@@ -302,8 +302,9 @@ pub(crate) enum Next {
     Removed,
     /// The pool is closed.
     Closed,
-    /// Create or wait.
-    Slow(FirstStep),
+    /// Create or wait (boxed: the slow path allocates anyway, and the hit path's `Result`
+    /// stays small).
+    Slow(Box<FirstStep>),
 }
 
 #[derive(Debug)]
@@ -400,14 +401,16 @@ impl KeyPool {
                     st.metrics.acquire_seconds.record(0.0);
                     Ok(Lease::new(self.clone(), id, peer, endpoint, true, false))
                 }
-                Some(grant) => Err(Next::Slow(self.first_step(grant))),
-                None => Err(Next::Slow(FirstStep::Wait(self.enqueue(&mut st, *ctx)))),
+                Some(grant) => Err(Next::Slow(Box::new(self.first_step(grant)))),
+                None => Err(Next::Slow(Box::new(FirstStep::Wait(
+                    self.enqueue(&mut st, *ctx),
+                )))),
             }
         } else {
             // Others are queued: join behind them, then let the queue be served in order.
             let guard = self.enqueue(&mut st, *ctx);
             st.serve_waiters();
-            Err(Next::Slow(FirstStep::Wait(guard)))
+            Err(Next::Slow(Box::new(FirstStep::Wait(guard))))
         }
     }
 

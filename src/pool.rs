@@ -211,9 +211,21 @@ impl std::hash::Hash for KeyId {
     /// 8 bytes of each digest (uniform already; the map's hasher is seeded), not all 64: on
     /// every acquire. Equality compares whole keys.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(u64::from(self.server) << 8 | self.transport as u64);
+        state.write_u64(u64::from(self.server) << 8 ^ kind_code(self.transport));
         state.write_u64(self.principal.user.prefix_u64());
         state.write_u64(self.principal.identity.prefix_u64());
+    }
+}
+
+/// A number per transport kind, for [`KeyId`]'s hash: a custom kind's is the address of its
+/// interned name (one per name).
+fn kind_code(kind: TransportKind) -> u64 {
+    match kind {
+        TransportKind::StreamableHttp => 0,
+        TransportKind::Sse => 1,
+        TransportKind::WebSocket => 2,
+        TransportKind::Stdio => 3,
+        other => other.as_str().as_ptr() as usize as u64,
     }
 }
 
@@ -281,15 +293,84 @@ impl Pool {
         self.install(server, base)
     }
 
+    /// The strategy `server`'s config names: a registered one, else the built-in one.
+    fn strategy_of(&self, server: &ServerConfig) -> Result<Arc<dyn Strategy>, PoolError> {
+        let kind = server.pool.strategy;
+        if let Some(strategy) = self.inner.shared.strategies.get(&kind) {
+            return Ok(strategy.clone());
+        }
+        mcp_pool_strategies::builtin_of(kind).ok_or_else(|| {
+            let mut registered: Vec<&str> = self
+                .inner
+                .shared
+                .strategies
+                .keys()
+                .map(|k| k.as_str())
+                .collect();
+            registered.sort_unstable();
+            PoolError::InvalidServer {
+                server: server.id.clone(),
+                message: format!(
+                    "strategy {kind} is not registered: register it with PoolBuilder::strategy, \
+                     or use one of round_robin, least_connections, sticky, weighted, none{}",
+                    registered
+                        .iter()
+                        .map(|name| format!(", {name}"))
+                        .collect::<String>()
+                ),
+            }
+        })
+    }
+
+    /// Every endpoint of `server` names a transport this pool has, and that transport accepts
+    /// it ([`Transport::validate_endpoint`](mcp_pool_traits::Transport::validate_endpoint)).
+    fn check_transports(&self, server: &ServerConfig) -> Result<(), PoolError> {
+        let transports = &self.inner.shared.transports;
+        for endpoint in &server.endpoints {
+            let Some(transport) = transports.get(&endpoint.transport) else {
+                let mut known: Vec<&str> = transports.keys().map(|k| k.as_str()).collect();
+                known.sort_unstable();
+                return Err(PoolError::InvalidServer {
+                    server: server.id.clone(),
+                    message: format!(
+                        "endpoint {endpoint} names transport {}, which this pool has no \
+                         transport for: register one with PoolBuilder::transport, or use one \
+                         of {}",
+                        endpoint.transport,
+                        known.join(", ")
+                    ),
+                });
+            };
+            transport
+                .validate_endpoint(endpoint)
+                .map_err(|e| PoolError::invalid_endpoint(&server.id, e))?;
+        }
+        Ok(())
+    }
+
     /// Validates `server` and swaps it in; `base` is the configuration a deleted saved config
     /// reverts to. Installs are serialized and numbered under one lock, so the map always
     /// holds the newest, and every key of the server picks it up at once (keys only ever move
     /// to a newer generation, DESIGN §2.10).
     fn install(&self, server: ServerConfig, base: PoolConfig) -> Result<(), PoolError> {
+        self.install_over(server, base, None).map(drop)
+    }
+
+    /// [`install`](Self::install), but only over `over` when given: `Ok(false)` (nothing
+    /// applied) when the server's entry changed since it was read, and
+    /// [`PoolError::UnknownServer`] when the server was removed meanwhile — a reconfiguration
+    /// never brings back a server removed concurrently, nor reverts a newer install.
+    fn install_over(
+        &self,
+        server: ServerConfig,
+        base: PoolConfig,
+        over: Option<&Arc<ServerEntry>>,
+    ) -> Result<bool, PoolError> {
         server.validate()?;
+        self.check_transports(&server)?;
         let strategy: Arc<dyn Strategy> = match &server.strategy {
             Some(custom) => custom.clone(),
-            None => mcp_pool_strategies::builtin(server.pool.strategy),
+            None => self.strategy_of(&server)?,
         };
         let entry = {
             let mut slots = self.inner.server_slots.lock();
@@ -306,6 +387,13 @@ impl Pool {
                 })
                 .clone();
             let previous = self.inner.shared.server(&server.id);
+            if let Some(expected) = over {
+                match &previous {
+                    None => return Err(PoolError::UnknownServer(server.id.clone())),
+                    Some(previous) if !Arc::ptr_eq(previous, expected) => return Ok(false),
+                    Some(_) => {}
+                }
+            }
             if let Some(previous) = &previous {
                 // An endpoint that now points elsewhere starts with a fresh breaker and score.
                 let mut health = counters.health.lock();
@@ -350,7 +438,7 @@ impl Pool {
             }
         }
         self.inner.config_changes.send_modify(|n| *n += 1);
-        Ok(())
+        Ok(true)
     }
 
     /// Replaces the pool configuration of a running server (strategy, sizes, timeouts) without
@@ -361,30 +449,38 @@ impl Pool {
     pub fn set_pool_config(&self, server: &ServerId, config: PoolConfig) -> Result<(), PoolError> {
         // Sizes left at their defaults follow the ones set, as `ServerConfig::pool` does.
         let config = config.normalized();
-        let current = self
-            .inner
-            .shared
-            .server(server)
-            .ok_or_else(|| PoolError::UnknownServer(server.clone()))?;
-        let custom = current
-            .strategy
-            .kind()
-            .is_none()
-            .then(|| current.strategy.clone());
-        let mut next = ServerConfig {
-            id: current.id.clone(),
-            endpoints: current.endpoints.to_vec(),
-            pool: config,
-            strategy: custom,
-            call_timeout: current.call_timeout,
-            capabilities: current.capabilities.clone(),
-            headers: current.headers.clone(),
-        };
-        if next.strategy.is_none() && current.config.strategy == next.pool.strategy {
-            // Same built-in strategy: keep the instance so keys keep their selectors.
-            next.strategy = Some(current.strategy.clone());
+        loop {
+            let current = self
+                .inner
+                .shared
+                .server(server)
+                .ok_or_else(|| PoolError::UnknownServer(server.clone()))?;
+            // A strategy instance given with the server (`ServerConfig::strategy`) stays; one
+            // configuration names (built-in or registered) follows the new config.
+            let named = current.strategy.kind().is_some()
+                || self
+                    .inner
+                    .shared
+                    .strategies
+                    .contains_key(&current.config.strategy);
+            let mut next = ServerConfig {
+                id: current.id.clone(),
+                endpoints: current.endpoints.to_vec(),
+                pool: config.clone(),
+                strategy: (!named).then(|| current.strategy.clone()),
+                call_timeout: current.call_timeout,
+                capabilities: current.capabilities.clone(),
+                headers: current.headers.clone(),
+            };
+            if next.strategy.is_none() && current.config.strategy == next.pool.strategy {
+                // Same strategy: keep the instance so keys keep their selectors.
+                next.strategy = Some(current.strategy.clone());
+            }
+            // Another install won the race: apply over the newer entry.
+            if self.install_over(next, current.base.clone(), Some(&current))? {
+                return Ok(());
+            }
         }
-        self.install(next, current.base.clone())
     }
 
     /// Saves `config` for `server` in the state backend and applies it here. Every other pool
@@ -638,7 +734,7 @@ impl Pool {
             Ok(lease) => Attempt::Lease(lease),
             Err(Next::Removed) => Attempt::Again,
             Err(Next::Closed) => return Err(PoolError::Closed),
-            Err(Next::Slow(first)) => Attempt::Slow(key_pool.clone(), server.clone(), first),
+            Err(Next::Slow(first)) => Attempt::Slow(key_pool.clone(), server.clone(), *first),
         })
     }
 
@@ -806,10 +902,10 @@ impl Pool {
         let keys = self.inner.keys.pin();
         // Every transport's key is unbound (no short circuit); each is one map lookup.
         let mut found = false;
-        for transport in TransportKind::ALL {
-            if !entry.endpoints.iter().any(|e| e.transport == transport) {
-                continue;
-            }
+        let mut kinds: Vec<TransportKind> = entry.endpoints.iter().map(|e| e.transport).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        for transport in kinds {
             let id = KeyId {
                 server: entry.index,
                 principal,

@@ -33,7 +33,7 @@ use std::{
 use mcp_pool_backends::{BackendConfig, SelectError};
 use mcp_pool_traits::{
     ChosenSizes, ConfigError, Endpoint, InvalidEndpoint, PoolConfig, ServerId, StrategyKind,
-    check_range, rmcp::model::ClientCapabilities,
+    TransportKind, check_range, rmcp::model::ClientCapabilities,
 };
 use serde::Deserialize;
 
@@ -552,10 +552,15 @@ impl EnvSettings {
             env.pooled_servers = Some(ids);
         }
         if let Some(v) = get("SESSION_POOL_STRATEGY") {
-            env.pool.strategy = Some(v.parse().map_err(|_| SettingsError::Env {
-                variable: "SESSION_POOL_STRATEGY",
-                value: v.clone(),
-                allowed: "one of round_robin, least_connections, sticky, weighted, none".into(),
+            env.pool.strategy = Some(StrategyKind::named(&v).map_err(|_| {
+                SettingsError::Env {
+                    variable: "SESSION_POOL_STRATEGY",
+                    value: v.clone(),
+                    allowed:
+                        "one of round_robin, least_connections, sticky, weighted, none, or the \
+                          name of a strategy registered with PoolBuilder::strategy"
+                            .into(),
+                }
             })?);
         }
         type Setter = fn(&mut EnvSettings, u64);
@@ -799,8 +804,10 @@ impl FileText<'_> {
             }
             for (j, endpoint) in server.endpoints.iter().enumerate() {
                 endpoint.validate().map_err(|e| {
-                    let part = match e {
-                        InvalidEndpoint::Weight(_) => "weight",
+                    let part = match (&e, endpoint.transport) {
+                        (InvalidEndpoint::Weight(_), _) => "weight",
+                        (InvalidEndpoint::Command(_), _) => "command",
+                        (_, TransportKind::Stdio) => "transport",
                         _ => "url",
                     };
                     let field = format!("servers[{i}].endpoints[{j}].{part}");

@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use http::HeaderName;
 use mcp_pool_traits::{
     ClientSession, Digest256, EvictionReason, IdentityConfig, ServerId, SessionId, StateId,
-    Transport, TransportKind, rmcp::model::ClientConfig,
+    Strategy, StrategyKind, Transport, TransportKind, rmcp::model::ClientConfig,
 };
 use tokio::runtime::Handle;
 use tokio_util::task::TaskTracker;
@@ -34,6 +34,8 @@ pub(crate) struct Shared {
     pub(crate) runtime: Handle,
     pub(crate) closing: TaskTracker,
     pub(crate) transports: HashMap<TransportKind, Arc<dyn Transport>>,
+    /// Strategies registered with the builder, by the kind configuration names them with.
+    pub(crate) strategies: HashMap<StrategyKind, Arc<dyn Strategy>>,
     pub(crate) client_config: ClientConfig,
     pub(crate) create_timeout: Duration,
     /// Read on every acquire, written on (re)configuration only: a snapshot swapped whole.
@@ -73,6 +75,7 @@ pub(crate) struct SharedSettings {
     pub(crate) trace_headers: Vec<HeaderName>,
     pub(crate) probe: HealthCheckConfig,
     pub(crate) event_debounce: Duration,
+    pub(crate) strategies: HashMap<StrategyKind, Arc<dyn Strategy>>,
 }
 
 impl Shared {
@@ -92,11 +95,13 @@ impl Shared {
             trace_headers,
             probe,
             event_debounce,
+            strategies,
         } = settings;
         Self {
             runtime,
             closing: TaskTracker::new(),
             transports,
+            strategies,
             client_config,
             create_timeout,
             servers: ArcSwap::from_pointee(HashMap::default()),

@@ -30,6 +30,7 @@ fn url_of(transport: TransportKind, host_port: &str) -> String {
         TransportKind::StreamableHttp => ("http", "mcp"),
         TransportKind::Sse => ("http", "sse"),
         TransportKind::WebSocket => ("ws", "ws"),
+        other => unreachable!("no {other} here"),
     };
     format!("{scheme}://{USER_INFO}{host_port}/{path}")
 }

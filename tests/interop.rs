@@ -5,6 +5,7 @@
 //! | Python SDK (`mcp` from PyPI), FastMCP / `MCPServer` | streamable HTTP, legacy SSE | `interop/python/server.py` |
 //! | TypeScript SDK (`@modelcontextprotocol/sdk` from npm) | streamable HTTP | `interop/node/server.cjs` |
 //! | `@modelcontextprotocol/server-everything` (npm, the MCP reference server) | streamable HTTP, legacy SSE | `interop/node/everything.mjs` |
+//! | the same, as a stdio server | stdio (the pool starts `node dist/index.js stdio`) | — |
 //!
 //! Each test starts the peer as a child process on a free loopback port (the peer prints
 //! `LISTENING <port>`), points a pool at it with the matching transport, makes pooled calls,
@@ -295,9 +296,8 @@ fn everything_peer(node_dir: &str, transport: &str) -> Command {
 
 /// Pooled calls of server-everything's `echo` tool, which answers `"Echo: <message>"`: each
 /// on a lease of the same key, all over one upstream session (one miss, then hits).
-async fn pooled_echo_through_everything(peer: PeerServer, endpoint: Endpoint) {
+async fn pooled_echo_through_everything(name: &str, endpoint: Endpoint) {
     const ECHOES: usize = 5;
-    let name = peer.name;
     let id = server_id("everything");
     let pool = Pool::builder()
         .server(ServerConfig::new(id.clone(), endpoint).pool(PoolConfig {
@@ -337,7 +337,6 @@ async fn pooled_echo_through_everything(peer: PeerServer, endpoint: Endpoint) {
         "{name}"
     );
     pool.close().await;
-    drop(peer);
 }
 
 /// server-everything over `kind` (streamable HTTP or SSE) and its endpoint; `None` (after
@@ -358,7 +357,8 @@ async fn server_everything_over_streamable_http() {
     let Some((peer, endpoint)) = everything(TransportKind::StreamableHttp).await else {
         return;
     };
-    pooled_echo_through_everything(peer, endpoint).await;
+    pooled_echo_through_everything(peer.name, endpoint).await;
+    drop(peer);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +366,26 @@ async fn server_everything_over_sse() {
     let Some((peer, endpoint)) = everything(TransportKind::Sse).await else {
         return;
     };
-    pooled_echo_through_everything(peer, endpoint).await;
+    pooled_echo_through_everything(peer.name, endpoint).await;
+    drop(peer);
+}
+
+/// server-everything over MCP's stdio transport: the pool starts `node <dist>/index.js stdio`
+/// itself, one process per session, and reuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_everything_over_stdio() {
+    let Some(node_dir) = peer_setting(NODE_DIR_VAR) else {
+        return;
+    };
+    let index = Path::new(&node_dir)
+        .join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    let endpoint = Endpoint::stdio(mcp_pool::traits::StdioCommand {
+        command: "node".into(),
+        args: vec![index.display().to_string(), "stdio".into()],
+        ..Default::default()
+    })
+    .unwrap();
+    pooled_echo_through_everything("everything stdio", endpoint).await;
 }
 
 // Issue 10, item 1: what a third-party server sends besides replies reaches the lease holder.

@@ -70,8 +70,8 @@ fn bad_values_name_the_variable_the_value_and_what_is_allowed() {
         ),
         (
             "SESSION_POOL_STRATEGY",
-            "random",
-            "SESSION_POOL_STRATEGY=\"random\" is invalid: must be one of round_robin",
+            "Random-Pick",
+            "SESSION_POOL_STRATEGY=\"Random-Pick\" is invalid: must be one of round_robin",
         ),
         (
             "SESSION_POOL_SIZE",
@@ -548,9 +548,10 @@ fn a_bad_file_is_rejected_whole_with_line_column_and_field_path() {
              `health_check_threshold`, `rebalance_interval`",
         ),
         (
-            "[pool]\nstrategy = \"fastest\"\n".into(),
-            "pool.toml:2:12: pool.strategy: unknown variant `fastest`, expected one of \
-             `round_robin`, `least_connections`, `sticky`, `weighted`, `none`",
+            "[pool]\nstrategy = \"Fastest!\"\n".into(),
+            "pool.toml:2:12: pool.strategy: strategy = \"Fastest!\" is invalid: must be one of \
+             round_robin, least_connections, sticky, weighted, none, or the name of a strategy \
+             registered with PoolBuilder::strategy",
         ),
         (
             "[pool]\ntimeout = 0\n".into(),

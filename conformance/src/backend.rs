@@ -422,11 +422,13 @@ pub fn sample_record(id: &str, n: u16) -> ServerRecord {
                 url: format!("http://127.0.0.1:{}/mcp", 9000 + n).into(),
                 transport: TransportKind::StreamableHttp,
                 weight: 2,
+                stdio: None,
             },
             Endpoint {
                 url: "ws://127.0.0.1:9999/ws".into(),
                 transport: TransportKind::WebSocket,
                 weight: 1,
+                stdio: None,
             },
         ],
         pool: sample_config(u32::from(n) + 3),
@@ -524,6 +526,7 @@ fn large_record(id: &str) -> ServerRecord {
             url: format!("https://replica-{i}.example.com/{}/mcp", "p".repeat(100)).into(),
             transport: TransportKind::StreamableHttp,
             weight: i + 1,
+            stdio: None,
         })
         .collect();
     record

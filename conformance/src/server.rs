@@ -127,12 +127,17 @@ impl ReferenceServer {
     /// The URL of the server over `transport`: `http://127.0.0.1:PORT/mcp` (streamable HTTP),
     /// `http://127.0.0.1:PORT/sse` (legacy SSE: the event stream; messages go where its
     /// `endpoint` event says, `/message?sessionId=…`), `ws://127.0.0.1:PORT/ws` (WebSocket).
+    ///
+    /// # Panics
+    /// For a kind not served over the network (stdio, custom kinds); the reference server over
+    /// stdio is this crate's `mcp-pool-reference-stdio` binary.
     pub fn url_for(&self, transport: TransportKind) -> String {
         let addr = self.addr();
         match transport {
             TransportKind::StreamableHttp => format!("http://{addr}{MCP_PATH}"),
             TransportKind::Sse => format!("http://{addr}{SSE_PATH}"),
             TransportKind::WebSocket => format!("ws://{addr}{WS_PATH}"),
+            other => panic!("the reference server is not served over {other} by URL"),
         }
     }
 

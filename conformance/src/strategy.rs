@@ -10,6 +10,21 @@
 //!   harmless;
 //! - [`assert_send_sync`]: strategies are shared between threads.
 //!
+//! And the liveness checks (DESIGN §4 "Acquire": a free session is a hit, none free is a
+//! create): a strategy that always answers `Create`, or `Wait`, or never picks an endpoint
+//! breaks every real pool, and fails these:
+//! - [`check_picks_a_free_session`]: a pooling strategy that does not bind picks a session
+//!   when one has capacity;
+//! - [`check_picks_its_bound_session`]: a binding (sticky) strategy picks the session it bound
+//!   to the request's affinity when that session has capacity;
+//! - [`check_creates_when_nothing_is_free`]: with no session, or none free, a pooling strategy
+//!   that does not bind asks to create (the pool waits instead at `max_size`), never to wait;
+//!   a binding one creates for an affinity it has not bound;
+//! - [`check_picks_an_available_endpoint`]: an endpoint is chosen whenever one is available.
+//!
+//! These return a [`StrategyViolation`] instead of panicking, so that a test can show a broken
+//! strategy failing them (this crate's `tests/strategy_suite_catches.rs`).
+//!
 //! [`strategy_conformance!`](crate::strategy_conformance) emits one `#[test]` per check for a
 //! strategy expression. The property checks of the built-ins (exact round-robin fairness,
 //! smooth weights, least connections, sticky stability and exclusivity) follow; this crate's
@@ -215,18 +230,194 @@ pub fn check_lifecycle_events(strategy: &dyn Strategy) {
     );
 }
 
+/// A liveness rule a strategy broke: the strategy, the rule, and the scenario.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{strategy}: {rule}; scenario: {scenario}")]
+pub struct StrategyViolation {
+    /// The strategy's [`name`](Strategy::name).
+    pub strategy: String,
+    /// The rule, in words.
+    pub rule: &'static str,
+    /// What it was given and what it answered.
+    pub scenario: String,
+}
+
+fn violation(strategy: &dyn Strategy, rule: &'static str, scenario: String) -> StrategyViolation {
+    StrategyViolation {
+        strategy: strategy.name().to_owned(),
+        rule,
+        scenario,
+    }
+}
+
+/// Random sessions of which at least one has capacity.
+fn with_a_free_session(rng: &mut Rng, round: u64) -> Vec<SessionView> {
+    let n = 1 + rng.below(20) as usize;
+    let mut sessions = random_sessions(rng, n, 3, round * 100);
+    let free = rng.below(n as u64) as usize;
+    sessions[free].in_flight = sessions[free].capacity - 1;
+    sessions
+}
+
+/// A pooling strategy that does not bind picks a session whenever one has capacity (a hit),
+/// never `Create` nor `Wait` then: 1 000 random scenarios. Strategies that do not pool or that
+/// bind pass (see [`check_picks_its_bound_session`]).
+///
+/// # Errors
+/// The first scenario where it answered otherwise.
+pub fn check_picks_a_free_session(strategy: &dyn Strategy) -> Result<(), StrategyViolation> {
+    let mut selector = strategy.selector();
+    if !strategy.pools() || selector.binds() {
+        return Ok(());
+    }
+    let mut rng = Rng::new(0xf4ee);
+    for round in 0..1_000 {
+        let sessions = with_a_free_session(&mut rng, round);
+        let ctx = contexts(&mut rng);
+        let selection = selector.select(&sessions, &ctx);
+        if !matches!(selection, Selection::Session(i) if i < sessions.len() && sessions[i].has_capacity())
+        {
+            return Err(violation(
+                strategy,
+                "a session with capacity must be picked (a hit), not created anew or waited for",
+                format!("answered {selection:?} among {sessions:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A binding strategy picks the session it bound to an affinity whenever that session has
+/// capacity, among other free sessions: 200 scenarios. Strategies that do not bind pass.
+///
+/// # Errors
+/// The first scenario where it answered otherwise.
+pub fn check_picks_its_bound_session(strategy: &dyn Strategy) -> Result<(), StrategyViolation> {
+    let mut rng = Rng::new(0xb0d);
+    for round in 0..200u64 {
+        let mut selector = strategy.selector();
+        if !selector.binds() {
+            return Ok(());
+        }
+        let ctx = SelectContext {
+            affinity: Some(AffinityKey::downstream_session(&format!("c-{round}"))),
+        };
+        let bound = SessionId(round * 1_000 + 999);
+        if selector.on_created(bound, &ctx) == Binding::Unbound {
+            return Err(violation(
+                strategy,
+                "a binding strategy must bind the session created for an affinity",
+                format!("on_created({bound}) answered Unbound"),
+            ));
+        }
+        let mut sessions = with_a_free_session(&mut rng, round);
+        let at = rng.below(sessions.len() as u64 + 1) as usize;
+        sessions.insert(
+            at,
+            SessionView {
+                id: bound,
+                endpoint: 0,
+                in_flight: 0,
+                capacity: 1,
+                weight: 1,
+            },
+        );
+        let selection = selector.select(&sessions, &ctx);
+        if selection != Selection::Session(at) {
+            return Err(violation(
+                strategy,
+                "the session bound to the request's affinity must be picked while it is free",
+                format!("bound {bound} at index {at}; answered {selection:?} among {sessions:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// With no session, or none with capacity, a pooling strategy that does not bind answers
+/// `Create` (the pool turns it into a wait at `max_size`), never `Wait`, which would leave the
+/// request waiting for a release that may never come; a binding strategy answers `Create` for
+/// an affinity it has not bound. 500 random scenarios.
+///
+/// # Errors
+/// The first scenario where it answered otherwise.
+pub fn check_creates_when_nothing_is_free(
+    strategy: &dyn Strategy,
+) -> Result<(), StrategyViolation> {
+    let mut selector = strategy.selector();
+    if !strategy.pools() {
+        return Ok(());
+    }
+    let binds = selector.binds();
+    let mut rng = Rng::new(0xc7ea);
+    for round in 0..500u64 {
+        let n = rng.below(20) as usize;
+        let mut sessions = random_sessions(&mut rng, n, 3, round * 100);
+        for s in &mut sessions {
+            s.in_flight = s.capacity;
+        }
+        let ctx = if binds {
+            SelectContext {
+                affinity: Some(AffinityKey::downstream_session(&format!("new-{round}"))),
+            }
+        } else {
+            contexts(&mut rng)
+        };
+        let selection = selector.select(&sessions, &ctx);
+        if selection != Selection::Create {
+            return Err(violation(
+                strategy,
+                "with no free session (and, for a binding strategy, no session bound to the affinity) the answer must be Create: the pool waits by itself at max_size",
+                format!("answered {selection:?} among {sessions:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whenever at least one endpoint is available, an endpoint is chosen: 1 000 random
+/// scenarios.
+///
+/// # Errors
+/// The first scenario where none was.
+pub fn check_picks_an_available_endpoint(strategy: &dyn Strategy) -> Result<(), StrategyViolation> {
+    let mut selector = strategy.selector();
+    let mut rng = Rng::new(0xe9d);
+    for _ in 0..1_000 {
+        let count = 1 + rng.below(5) as usize;
+        let mut endpoints = random_endpoints(&mut rng, count);
+        let up = rng.below(count as u64) as usize;
+        endpoints[up].available = true;
+        let ctx = contexts(&mut rng);
+        if selector.select_endpoint(&endpoints, &ctx).is_none() {
+            return Err(violation(
+                strategy,
+                "an available endpoint must be chosen for a new session",
+                format!("answered None among {endpoints:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Compiles only for `Send + Sync + 'static` types.
 pub fn assert_send_sync<T: Send + Sync + 'static>(_: &T) {}
 
-/// Emits one `#[test]` per generic strategy check for `$strategy`, an expression of a type that
-/// implements [`Strategy`]:
+/// Emits one `#[test]` per generic strategy check for `strategy`, an expression of a type that
+/// implements [`Strategy`], in a module `name`:
 ///
 /// ```
-/// mcp_pool_conformance::strategy_conformance!(round_robin, mcp_pool_strategies::RoundRobin);
+/// mcp_pool_conformance::strategy_conformance!(
+///     name: round_robin,
+///     strategy: mcp_pool_strategies::RoundRobin,
+/// );
 /// ```
+///
+/// The positional form `strategy_conformance!(round_robin, RoundRobin)` of earlier versions is
+/// still accepted.
 #[macro_export]
 macro_rules! strategy_conformance {
-    ($name:ident, $strategy:expr) => {
+    (name: $name:ident, strategy: $strategy:expr $(,)?) => {
         #[allow(non_snake_case)]
         mod $name {
             #[allow(unused_imports)]
@@ -256,7 +447,23 @@ macro_rules! strategy_conformance {
             fn send_sync() {
                 $crate::strategy::assert_send_sync(&$strategy);
             }
+
+            $crate::strategy_conformance!(@live ($strategy) picks_a_free_session check_picks_a_free_session);
+            $crate::strategy_conformance!(@live ($strategy) picks_its_bound_session check_picks_its_bound_session);
+            $crate::strategy_conformance!(@live ($strategy) creates_when_nothing_is_free check_creates_when_nothing_is_free);
+            $crate::strategy_conformance!(@live ($strategy) picks_an_available_endpoint check_picks_an_available_endpoint);
         }
+    };
+    (@live ($strategy:expr) $test:ident $check:ident) => {
+        #[test]
+        fn $test() {
+            if let Err(violation) = $crate::strategy::$check(&$strategy) {
+                panic!("{violation}");
+            }
+        }
+    };
+    ($name:ident, $strategy:expr $(,)?) => {
+        $crate::strategy_conformance!(name: $name, strategy: $strategy);
     };
 }
 

@@ -62,11 +62,15 @@ pub const INTERNAL_SESSION_IDS: [(&str, &str); 2] = [
 
 /// The URL `transport` would use for a server listening on `addr`, with the reference
 /// server's paths (`/mcp`, `/sse`, `/ws`).
+///
+/// # Panics
+/// For a kind that has no URL of its own (stdio, custom kinds).
 pub fn url_on(addr: std::net::SocketAddr, transport: TransportKind) -> String {
     match transport {
         TransportKind::StreamableHttp => format!("http://{addr}/mcp"),
         TransportKind::Sse => format!("http://{addr}/sse"),
         TransportKind::WebSocket => format!("ws://{addr}/ws"),
+        other => panic!("{other} endpoints have no URL on an address"),
     }
 }
 

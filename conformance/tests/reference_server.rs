@@ -724,6 +724,7 @@ fn transport_for(kind: TransportKind) -> Arc<dyn Transport> {
         }
         TransportKind::Sse => Arc::new(mcp_pool_transports::Sse::new().unwrap()),
         TransportKind::WebSocket => Arc::new(mcp_pool_transports::WebSocket::new()),
+        other => unreachable!("no network transport {other}"),
     }
 }
 

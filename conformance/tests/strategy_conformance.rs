@@ -11,11 +11,11 @@ use mcp_pool_strategies::{LeastConnections, NoPooling, RoundRobin, Sticky, Weigh
 use mcp_pool_traits::{EndpointView, SelectContext, Selection, Strategy as _};
 use proptest::prelude::*;
 
-strategy_conformance!(round_robin, RoundRobin);
-strategy_conformance!(least_connections, LeastConnections);
-strategy_conformance!(sticky, Sticky);
-strategy_conformance!(weighted, Weighted);
-strategy_conformance!(none, NoPooling);
+strategy_conformance!(name: round_robin, strategy: RoundRobin);
+strategy_conformance!(name: least_connections, strategy: LeastConnections);
+strategy_conformance!(name: sticky, strategy: Sticky);
+strategy_conformance!(name: weighted, strategy: Weighted);
+strategy_conformance!(name: none, strategy: NoPooling);
 
 fn endpoints(weights: &[u32]) -> Vec<EndpointView> {
     weights

@@ -47,6 +47,7 @@ fn tls_url(authority: &str, kind: TransportKind) -> String {
         TransportKind::StreamableHttp => format!("https://{authority}/mcp"),
         TransportKind::Sse => format!("https://{authority}/sse"),
         TransportKind::WebSocket => format!("wss://{authority}/ws"),
+        other => unreachable!("no {other} here"),
     }
 }
 

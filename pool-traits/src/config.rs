@@ -4,9 +4,13 @@ use std::{fmt, ops::RangeInclusive, str::FromStr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
-/// The built-in strategies (DESIGN §5), as named in configuration.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+use crate::names::Names;
+
+/// A strategy as configuration names it (DESIGN §5): a built-in one, or a custom strategy a
+/// pool registered (`PoolBuilder::strategy`) under its [`name`](crate::Strategy::name).
+/// Serialized as its name ([`as_str`](Self::as_str)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum StrategyKind {
     /// Rotate over sessions with free capacity.
     #[default]
@@ -19,10 +23,30 @@ pub enum StrategyKind {
     Weighted,
     /// No pooling: a fresh session per acquire, closed on release.
     None,
+    /// A custom strategy, by its name.
+    Custom(CustomStrategy),
 }
 
+/// The name of a custom strategy: 1 to 64 characters of `[a-z0-9_]` starting with a letter,
+/// not a built-in name; interned like [`CustomTransport`](crate::CustomTransport)'s.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CustomStrategy(&'static str);
+
+impl fmt::Debug for CustomStrategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.0, f)
+    }
+}
+
+/// Custom strategy names created so far.
+static CUSTOM_STRATEGIES: Names = Names::new();
+
+/// What [`StrategyKind`]'s parsing allows.
+const STRATEGIES_ALLOWED: &str = "one of round_robin, least_connections, sticky, weighted, none, \
+     or the name of a strategy registered with PoolBuilder::strategy";
+
 impl StrategyKind {
-    /// Every kind.
+    /// Every built-in kind.
     pub const ALL: [StrategyKind; 5] = [
         Self::RoundRobin,
         Self::LeastConnections,
@@ -31,7 +55,42 @@ impl StrategyKind {
         Self::None,
     ];
 
-    /// The configuration name: `round_robin`, `least_connections`, `sticky`, `weighted`, `none`.
+    /// The custom strategy `name`: what `PoolBuilder::strategy` registers a strategy under
+    /// and configuration names it by. The same name always gives the same kind.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] when `name` is not 1 to 64 characters of `[a-z0-9_]` starting
+    /// with a letter, or is a built-in name.
+    pub fn custom(name: &str) -> Result<Self, ConfigError> {
+        if !Names::valid(name) || Self::ALL.iter().any(|k| k.as_str() == name) {
+            return Err(ConfigError::Invalid {
+                field: "strategy",
+                value: name.to_owned(),
+                allowed: "a custom strategy name: 1 to 64 characters of [a-z0-9_] starting \
+                          with a letter, not a built-in strategy's",
+            });
+        }
+        Ok(Self::Custom(CustomStrategy(CUSTOM_STRATEGIES.intern(name))))
+    }
+
+    /// `name` as a built-in kind, else as a custom one (interned): what a configuration file
+    /// or the environment, the operator's own input, is read with. Whether a strategy of that
+    /// name is registered is checked when a pool applies it.
+    ///
+    /// # Errors
+    /// As [`custom`](Self::custom) for a name that is neither.
+    pub fn named(name: &str) -> Result<Self, ConfigError> {
+        name.parse().or_else(|_| {
+            Self::custom(name.trim()).map_err(|_| ConfigError::Invalid {
+                field: "strategy",
+                value: name.to_owned(),
+                allowed: STRATEGIES_ALLOWED,
+            })
+        })
+    }
+
+    /// The configuration name: `round_robin`, `least_connections`, `sticky`, `weighted`,
+    /// `none`, or a custom strategy's own.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::RoundRobin => "round_robin",
@@ -39,6 +98,7 @@ impl StrategyKind {
             Self::Sticky => "sticky",
             Self::Weighted => "weighted",
             Self::None => "none",
+            Self::Custom(CustomStrategy(name)) => name,
         }
     }
 }
@@ -49,17 +109,39 @@ impl fmt::Display for StrategyKind {
     }
 }
 
+/// A built-in kind, or a custom one already registered (APIs parse their callers' input with
+/// this: it never adds a name).
 impl FromStr for StrategyKind {
     type Err = ConfigError;
     fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let s = s.trim();
         Self::ALL
             .into_iter()
-            .find(|k| k.as_str().eq_ignore_ascii_case(s.trim()))
+            .find(|k| k.as_str().eq_ignore_ascii_case(s))
+            .or_else(|| {
+                CUSTOM_STRATEGIES
+                    .get(s)
+                    .map(|n| Self::Custom(CustomStrategy(n)))
+            })
             .ok_or_else(|| ConfigError::Invalid {
                 field: "strategy",
                 value: s.to_owned(),
-                allowed: "one of round_robin, least_connections, sticky, weighted, none",
+                allowed: STRATEGIES_ALLOWED,
             })
+    }
+}
+
+impl Serialize for StrategyKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Reads as [`named`](StrategyKind::named) does: configuration is the operator's input.
+impl<'de> Deserialize<'de> for StrategyKind {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+        Self::named(&name).map_err(serde::de::Error::custom)
     }
 }
 

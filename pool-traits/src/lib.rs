@@ -9,14 +9,20 @@ mod exchange;
 mod failure;
 mod id;
 mod identity;
+mod names;
 mod redact;
 mod registry;
 mod strategy;
 mod transport;
 
 pub use backend::{BackendError, Claim, ConfigChange, SavedConfig, StateBackend};
-pub use config::{ChosenSizes, ConfigError, PoolConfig, RANGES, StrategyKind, check_range};
-pub use endpoint::{Endpoint, InvalidEndpoint, MAX_WEIGHT, TransportKind, UnknownTransport};
+pub use config::{
+    ChosenSizes, ConfigError, CustomStrategy, PoolConfig, RANGES, StrategyKind, check_range,
+};
+pub use endpoint::{
+    CustomTransport, Endpoint, InvalidEndpoint, InvalidTransportName, MAX_WEIGHT, StdioCommand,
+    TransportKind, UnknownTransport,
+};
 pub use exchange::{
     CallHeaders, CallRoute, SESSION_EVENTS_CAPACITY, ServerEvent, ServerEventKind, ServerEvents,
     ServerRequestHandler, SessionHandler,

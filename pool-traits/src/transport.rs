@@ -283,8 +283,21 @@ fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
 /// it. Custom transports prove themselves with `mcp_pool_conformance::transport_conformance!`.
 #[async_trait::async_trait]
 pub trait Transport: Send + Sync + fmt::Debug + 'static {
-    /// The kind of endpoints this transport connects.
+    /// The kind of endpoints this transport connects: a built-in kind (the pool's built-in
+    /// transport of that kind is then replaced) or a [custom one](TransportKind::custom),
+    /// which endpoints name in their `transport` and stats and metrics show by its name.
     fn kind(&self) -> TransportKind;
+
+    /// Checks an endpoint of this transport's kind when a server is added to a pool, beyond
+    /// what [`Endpoint::validate`] checks (for a custom kind: only that the URL is not empty).
+    /// The default accepts every endpoint.
+    ///
+    /// # Errors
+    /// [`InvalidEndpoint::Refused`](crate::InvalidEndpoint::Refused) with the reason, which the
+    /// pool reports naming the server.
+    fn validate_endpoint(&self, _endpoint: &Endpoint) -> Result<(), crate::InvalidEndpoint> {
+        Ok(())
+    }
 
     /// Connects `request.endpoint()`, performs `initialize` + `notifications/initialized`, and
     /// returns the running session. Must finish within `request.timeout()`.

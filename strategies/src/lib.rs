@@ -18,13 +18,23 @@ pub use round_robin::{RoundRobin, RoundRobinSelector};
 pub use sticky::{MAX_LOST_BINDINGS, Sticky, StickySelector};
 pub use weighted::{Weighted, WeightedSelector, smooth_pick};
 
-/// The built-in strategy of `kind`.
-pub fn builtin(kind: StrategyKind) -> Arc<dyn Strategy> {
-    match kind {
+/// The built-in strategy of `kind`; `None` for a custom kind (a pool resolves those among the
+/// strategies registered with it).
+pub fn builtin_of(kind: StrategyKind) -> Option<Arc<dyn Strategy>> {
+    Some(match kind {
         StrategyKind::RoundRobin => Arc::new(RoundRobin),
         StrategyKind::LeastConnections => Arc::new(LeastConnections),
         StrategyKind::Sticky => Arc::new(Sticky),
         StrategyKind::Weighted => Arc::new(Weighted),
         StrategyKind::None => Arc::new(NoPooling),
-    }
+        _ => return None,
+    })
+}
+
+/// The built-in strategy of `kind`.
+///
+/// # Panics
+/// For a custom kind: use [`builtin_of`].
+pub fn builtin(kind: StrategyKind) -> Arc<dyn Strategy> {
+    builtin_of(kind).unwrap_or_else(|| panic!("{kind} is not a built-in strategy"))
 }

@@ -7,6 +7,8 @@ mod failure;
 mod headers;
 mod per_call;
 pub mod sse;
+#[cfg(feature = "stdio")]
+pub mod stdio;
 mod streamable_http;
 pub mod websocket;
 
@@ -16,6 +18,8 @@ pub mod server;
 pub use delivery::{CallFailure, NotDelivered, call_failure};
 pub use failure::failure_kind;
 pub use sse::{Sse, SseClientTransport, SseError};
+#[cfg(feature = "stdio")]
+pub use stdio::Stdio;
 pub use streamable_http::{
     IDLE_CONNECTION_TIMEOUT, MAX_STREAM_RESUMES, StreamableHttp, default_retry_policy, http_client,
 };
@@ -39,5 +43,7 @@ pub fn defaults() -> Result<Vec<Arc<dyn Transport>>, reqwest::Error> {
         Arc::new(StreamableHttp::with_client(client.clone())),
         Arc::new(Sse::with_client(client)),
         Arc::new(WebSocket::new()),
+        #[cfg(feature = "stdio")]
+        Arc::new(Stdio::new()),
     ])
 }

@@ -55,9 +55,9 @@ enum Notice {
     /// A config or server record change.
     Change {
         ns: String,
-        /// The change, when small enough.
+        /// The change, when small enough (boxed: a server record is large).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        change: Option<Change>,
+        change: Option<Box<Change>>,
         /// Else the row of `mcp_pool_messages` holding it (JSON).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<i64>,
@@ -133,7 +133,7 @@ impl Pg {
         // Invariant: a change holds only strings, numbers and records; it serializes.
         let json = serde_json::to_string(change).expect("a change serializes");
         let (change, id) = if json.len() <= INLINE_MAX {
-            (Some(change.clone()), None)
+            (Some(Box::new(change.clone())), None)
         } else {
             // A server record with many endpoints: too large for a notice.
             (None, Some(stash(tx, json.as_bytes()).await?))
@@ -163,7 +163,7 @@ impl Pg {
             let pool = pool.clone();
             async move {
                 let change = match wanted? {
-                    (Some(change), _) => change,
+                    (Some(change), _) => *change,
                     (None, Some(id)) => serde_json::from_slice(&fetch_message(&pool, id).await?)
                         .inspect_err(|e| tracing::warn!(error = %e, "skipping a bad change"))
                         .ok()?,
@@ -336,11 +336,11 @@ mod tests {
         let change = mcp_pool_conformance::backend::sample_record("srv", 1);
         let notice = Notice::Change {
             ns: "ns".into(),
-            change: Some(Change::Server(mcp_pool_traits::ServerChange {
+            change: Some(Box::new(Change::Server(mcp_pool_traits::ServerChange {
                 server: change.id.clone(),
                 record: Some(change),
                 version: 3,
-            })),
+            }))),
             id: None,
         };
         let text = serde_json::to_string(&notice).unwrap();
