@@ -608,8 +608,12 @@ mod tests {
     #[test]
     fn unknown_fields_and_strategies_are_rejected() {
         assert!(serde_json::from_str::<PoolConfig>(r#"{"sise": 3}"#).is_err());
-        let err = serde_json::from_str::<PoolConfig>(r#"{"strategy": "random"}"#).unwrap_err();
+        // A well-formed name may be a custom strategy (checked when a pool applies it); a
+        // malformed one is refused at once.
+        let err = serde_json::from_str::<PoolConfig>(r#"{"strategy": "Random!"}"#).unwrap_err();
         assert!(err.to_string().contains("round_robin"), "{err}");
+        let custom: PoolConfig = serde_json::from_str(r#"{"strategy": "random"}"#).unwrap();
+        assert_eq!(custom.strategy.as_str(), "random");
         let err = "fastest".parse::<StrategyKind>().unwrap_err();
         assert!(err.to_string().contains("least_connections"), "{err}");
         assert_eq!(
