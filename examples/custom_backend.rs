@@ -73,6 +73,7 @@ impl MapStore {
         MapBackend {
             store: self.clone(),
             ns: namespace,
+            dropped: tokio::sync::watch::channel(()).0,
         }
     }
 }
@@ -81,6 +82,9 @@ impl MapStore {
 struct MapBackend {
     store: MapStore,
     ns: StateId,
+    /// Never sent on: its receivers see it close when the instance is dropped, which ends the
+    /// instance's streams (the trait's rule).
+    dropped: tokio::sync::watch::Sender<()>,
 }
 
 impl std::fmt::Debug for MapBackend {
@@ -159,6 +163,10 @@ impl MapBackend {
         pick: impl Fn(Event) -> Option<T> + Send + 'static,
     ) -> BoxStream<'static, T> {
         let rx = self.store.events.subscribe();
+        let mut dropped = self.dropped.subscribe();
+        let instance_dropped = async move {
+            let _ = dropped.changed().await;
+        };
         futures::stream::unfold((rx, pick), |(mut rx, pick)| async move {
             loop {
                 match rx.recv().await {
@@ -173,6 +181,7 @@ impl MapBackend {
                 }
             }
         })
+        .take_until(instance_dropped)
         .boxed()
     }
 }

@@ -70,6 +70,8 @@ impl Selector for RandomSelector {
 }
 
 #[cfg(test)]
+mcp_pool_conformance::counting_allocator!();
+#[cfg(test)]
 mcp_pool_conformance::strategy_conformance!(name: random, strategy: crate::Random);
 
 #[tokio::main]

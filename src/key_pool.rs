@@ -11,8 +11,8 @@ use std::{collections::VecDeque, sync::Arc};
 use http::HeaderMap;
 use mcp_pool_traits::{
     Binding, ClientSession, ConnectRequest, Digest256, Endpoint, EndpointView, EvictionReason,
-    PoolKey, SelectContext, Selection, Selector, SessionHandler, SessionId, SessionView, StateId,
-    TransportError, TransportKind,
+    LeaseOutcome, LeaseReport, PoolKey, SelectContext, Selection, Selector, SessionHandler,
+    SessionId, SessionView, StateId, TransportError, TransportKind,
 };
 use parking_lot::Mutex;
 use tokio::{
@@ -642,10 +642,12 @@ impl KeyPool {
     /// its reply): the session stays out of use, as if checked, until a probe (the health
     /// check chain within [`PoolBuilder::cancel_grace`](crate::PoolBuilder::cancel_grace))
     /// shows the server still answers; else it is evicted (issue 10, item 3).
-    pub(crate) fn release_in_doubt(self: &Arc<Self>, id: SessionId) {
+    pub(crate) fn release_in_doubt(self: &Arc<Self>, report: &LeaseReport) {
+        let id = report.session;
         let link = {
             let mut st = self.state.lock();
             st.counters.releases += 1;
+            st.selector.on_released(report);
             let link = st.hold_for_probe(id);
             st.serve_waiters();
             link
@@ -735,10 +737,11 @@ impl KeyPool {
 
     /// Returns a lease's session.
     #[inline]
-    pub(crate) fn release(&self, id: SessionId, broken: bool) {
+    pub(crate) fn release(&self, report: &LeaseReport) {
         let mut st = self.state.lock();
         st.counters.releases += 1;
-        st.give_back(id, broken);
+        st.selector.on_released(report);
+        st.give_back(report.session, report.outcome == LeaseOutcome::Broken);
         st.serve_waiters();
     }
 

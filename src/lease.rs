@@ -8,13 +8,13 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use http::HeaderMap;
 use mcp_pool_traits::{
-    CallHeaders, ClientSession, PoolKey, ServerRequestHandler, SessionHandler, SessionId,
-    is_transport_failure,
+    CallHeaders, ClientSession, LeaseOutcome, LeaseReport, PoolKey, ServerRequestHandler,
+    SessionHandler, SessionId, is_transport_failure,
     rmcp::{
         Peer, RoleClient, ServiceError,
         model::{
@@ -177,6 +177,7 @@ pub struct Lease {
     suspect: AtomicBool,
     hit: bool,
     rebound: bool,
+    acquired: Instant,
 }
 
 impl Lease {
@@ -198,6 +199,7 @@ impl Lease {
             suspect: AtomicBool::new(false),
             hit,
             rebound,
+            acquired: Instant::now(),
         }
     }
 
@@ -480,10 +482,19 @@ impl Drop for Lease {
     #[inline]
     fn drop(&mut self) {
         let broken = self.is_broken() || std::thread::panicking();
-        if !broken && self.suspect.load(Ordering::Relaxed) {
-            self.key.release_in_doubt(self.id);
+        let in_doubt = !broken && self.suspect.load(Ordering::Relaxed);
+        let outcome = if broken {
+            LeaseOutcome::Broken
+        } else if in_doubt {
+            LeaseOutcome::InDoubt
         } else {
-            self.key.release(self.id, broken);
+            LeaseOutcome::Ok
+        };
+        let report = LeaseReport::new(self.id, self.endpoint, self.acquired.elapsed(), outcome);
+        if in_doubt {
+            self.key.release_in_doubt(&report);
+        } else {
+            self.key.release(&report);
         }
     }
 }

@@ -295,6 +295,7 @@ impl Pool {
 
     /// The strategy `server`'s config names: a registered one, else the built-in one.
     fn strategy_of(&self, server: &ServerConfig) -> Result<Arc<dyn Strategy>, PoolError> {
+        use mcp_pool_traits::StrategyKind;
         let kind = server.pool.strategy;
         if let Some(strategy) = self.inner.shared.strategies.get(&kind) {
             return Ok(strategy.clone());
@@ -312,11 +313,13 @@ impl Pool {
                 server: server.id.clone(),
                 message: format!(
                     "strategy {kind} is not registered: register it with PoolBuilder::strategy, \
-                     or use one of round_robin, least_connections, sticky, weighted, none{}",
-                    registered
+                     or use one of {}",
+                    StrategyKind::ALL
                         .iter()
-                        .map(|name| format!(", {name}"))
-                        .collect::<String>()
+                        .map(|k| k.as_str())
+                        .chain(registered)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             }
         })

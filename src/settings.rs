@@ -552,15 +552,10 @@ impl EnvSettings {
             env.pooled_servers = Some(ids);
         }
         if let Some(v) = get("SESSION_POOL_STRATEGY") {
-            env.pool.strategy = Some(StrategyKind::named(&v).map_err(|_| {
-                SettingsError::Env {
-                    variable: "SESSION_POOL_STRATEGY",
-                    value: v.clone(),
-                    allowed:
-                        "one of round_robin, least_connections, sticky, weighted, none, or the \
-                          name of a strategy registered with PoolBuilder::strategy"
-                            .into(),
-                }
+            env.pool.strategy = Some(StrategyKind::named(&v).map_err(|_| SettingsError::Env {
+                variable: "SESSION_POOL_STRATEGY",
+                value: v.clone(),
+                allowed: StrategyKind::ALLOWED.into(),
             })?);
         }
         type Setter = fn(&mut EnvSettings, u64);

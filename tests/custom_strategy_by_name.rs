@@ -60,6 +60,7 @@ impl Selector for LruSelector {
     }
 }
 
+mcp_pool_conformance::counting_allocator!();
 strategy_conformance!(name: lru_suite, strategy: LeastRecentlyUsed);
 
 fn id(s: &str) -> ServerId {

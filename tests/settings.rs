@@ -550,8 +550,8 @@ fn a_bad_file_is_rejected_whole_with_line_column_and_field_path() {
         (
             "[pool]\nstrategy = \"Fastest!\"\n".into(),
             "pool.toml:2:12: pool.strategy: strategy = \"Fastest!\" is invalid: must be one of \
-             round_robin, least_connections, sticky, weighted, none, or the name of a strategy \
-             registered with PoolBuilder::strategy",
+             round_robin, least_connections, sticky, weighted, none, peak_ewma, or the name of a \
+             strategy registered with PoolBuilder::strategy",
         ),
         (
             "[pool]\ntimeout = 0\n".into(),

@@ -225,3 +225,38 @@ async fn switching_a_live_pool_from_round_robin_to_sticky_loses_no_lease_and_bre
     assert_eq!(server.releases, 320);
     assert_eq!(server.sessions_active, 0);
 }
+
+#[tokio::test]
+async fn peak_ewma_keeps_work_off_an_endpoint_that_answered_slowly() {
+    let replicas = Replicas::start(2).await;
+    let mut config = config(StrategyKind::PeakEwma, 2);
+    config.session_concurrency = 1;
+    let (pool, id) = replicas.pool(&[1, 1], config);
+    let user = Principal::user("u");
+    // Two leases at once: one session per endpoint (an unmeasured endpoint is tried first).
+    let a = pool.acquire(&id, user).await.unwrap();
+    let b = pool.acquire(&id, user).await.unwrap();
+    assert_eq!(replicas.opened(), [1, 1]);
+    let (fast, slow) = if a.endpoint_index() == 0 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let fast_session = fast.session_id();
+    fast.call_tool(echo("fast")).await.unwrap();
+    drop(fast);
+    let args = serde_json::json!({ "ms": 300 });
+    let call =
+        CallToolRequestParams::new("sleep").with_arguments(args.as_object().cloned().unwrap());
+    slow.call_tool(call).await.unwrap();
+    drop(slow);
+    // Both sessions are free; least connections would alternate, peak EWMA stays on the
+    // endpoint that answered fast.
+    for i in 0..20 {
+        let lease = pool.acquire(&id, user).await.unwrap();
+        assert_eq!(lease.session_id(), fast_session, "acquire {i}");
+        lease.call_tool(echo("fast")).await.unwrap();
+    }
+    assert_eq!(replicas.servers[0].tool_calls(), 21);
+    assert_eq!(replicas.servers[1].tool_calls(), 1, "only the slow call");
+}

@@ -7,6 +7,7 @@ mod codec;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 mod database;
 mod fanout;
+mod lifetime;
 mod memory;
 mod records;
 #[cfg(feature = "redis")]

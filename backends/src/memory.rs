@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use crate::{
     fanout::Fanout,
+    lifetime::HandleLifetime,
     records::{Change, Kind, Versioned},
     rules::{LiveClaim, check_limit, decide_claim, ttl_rounded},
 };
@@ -31,7 +32,7 @@ const NAME: &str = "memory";
 ///
 /// Cloning is cheap and shares the store. [`with_namespace`](Self::with_namespace) gives a
 /// handle on the same store that sees only another namespace, the way two deployments share one
-/// Redis. No operation fails except on invalid arguments: there is nothing to be unreachable.
+/// Redis (an instance of its own: its streams end when it and its clones are dropped). No operation fails except on invalid arguments: there is nothing to be unreachable.
 ///
 /// ```
 /// # tokio_test_block_on(async {
@@ -53,6 +54,8 @@ const NAME: &str = "memory";
 pub struct MemoryBackend {
     store: Arc<Store>,
     namespace: StateId,
+    /// Ends this handle's streams when it and its clones are dropped.
+    lifetime: HandleLifetime,
 }
 
 struct Store {
@@ -129,6 +132,7 @@ impl MemoryBackend {
             }),
             // Invariant: "default" follows the id rule.
             namespace: StateId::new("default").expect("a valid id"),
+            lifetime: HandleLifetime::new(),
         }
     }
 
@@ -138,6 +142,7 @@ impl MemoryBackend {
         Self {
             store: Arc::clone(&self.store),
             namespace,
+            lifetime: HandleLifetime::new(),
         }
     }
 
@@ -205,7 +210,9 @@ impl MemoryBackend {
     }
 
     async fn watch<C: Versioned>(&self) -> Result<BoxStream<'static, C>, BackendError> {
-        Ok(self.store.fanout.watch(&self.namespace))
+        Ok(self
+            .lifetime
+            .bound(self.store.fanout.watch(&self.namespace)))
     }
 }
 
@@ -384,7 +391,9 @@ impl StateBackend for MemoryBackend {
         &self,
         channel: &StateId,
     ) -> Result<BoxStream<'static, Vec<u8>>, BackendError> {
-        Ok(self.store.fanout.subscribe(&self.namespace, channel))
+        Ok(self
+            .lifetime
+            .bound(self.store.fanout.subscribe(&self.namespace, channel)))
     }
 }
 

@@ -12,12 +12,13 @@ use std::{
 use futures::{StreamExt, stream::BoxStream};
 use mcp_pool_traits::{BackendError, Claim, ServerId, StateBackend, StateId};
 use redis::{
-    Client, RedisError, Script,
+    Client, RedisError, Script, ServerErrorKind,
     aio::{ConnectionManager, ConnectionManagerConfig},
 };
 
 use crate::{
     codec,
+    lifetime::HandleLifetime,
     records::{Kind, Versioned},
     rules::{check_limit, ttl_ms},
     select::redact,
@@ -110,6 +111,8 @@ pub struct RedisBackend {
     manager: ConnectionManager,
     keys: Keys,
     timeout: Duration,
+    /// Ends this instance's subscriptions when it and its clones are dropped.
+    lifetime: HandleLifetime,
 }
 
 #[derive(Clone)]
@@ -292,6 +295,7 @@ impl RedisBackend {
             manager,
             keys: Keys::new(config.namespace),
             timeout: config.operation_timeout,
+            lifetime: HandleLifetime::new(),
         })
     }
 
@@ -381,6 +385,20 @@ fn map_err(e: &RedisError) -> BackendError {
                 message: e.to_string(),
             }
         }
+        // The server answered with an error of its own: a permission (NOPERM, a failed AUTH),
+        // a read-only replica, a command it does not know or refuses.
+        redis::ErrorKind::AuthenticationFailed
+        | redis::ErrorKind::Server(
+            ServerErrorKind::ResponseError
+            | ServerErrorKind::ExecAbort
+            | ServerErrorKind::ReadOnly
+            | ServerErrorKind::NoPerm
+            | ServerErrorKind::CrossSlot,
+        )
+        | redis::ErrorKind::Extension => BackendError::Service {
+            backend: NAME,
+            message: e.to_string(),
+        },
         _ => unavailable(e.to_string()),
     }
 }
@@ -485,15 +503,14 @@ impl RedisBackend {
     async fn watch<C: Versioned>(&self) -> Result<BoxStream<'static, C>, BackendError> {
         let [_, _, events] = self.keys.records(C::KIND);
         let pubsub = self.subscription(events).await?;
-        Ok(pubsub
-            .into_on_message()
-            .filter_map(|msg| async move {
+        Ok(self
+            .lifetime
+            .bound(pubsub.into_on_message().filter_map(|msg| async move {
                 let text = String::from_utf8_lossy(msg.get_payload_bytes());
                 codec::decode_change(NAME, &text)
                     .inspect_err(|e| tracing::warn!(error = %e, "skipping a record change"))
                     .ok()
-            })
-            .boxed())
+            })))
     }
 }
 
@@ -682,10 +699,11 @@ impl StateBackend for RedisBackend {
         channel: &StateId,
     ) -> Result<BoxStream<'static, Vec<u8>>, BackendError> {
         let pubsub = self.subscription(self.keys.channel(channel)).await?;
-        Ok(pubsub
-            .into_on_message()
-            .map(|msg| msg.get_payload_bytes().to_vec())
-            .boxed())
+        Ok(self.lifetime.bound(
+            pubsub
+                .into_on_message()
+                .map(|msg| msg.get_payload_bytes().to_vec()),
+        ))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The StateBackend conformance suite against PostgreSQL (`MCP_POOL_TEST_DATABASE_URL`).
 #![cfg(feature = "postgres")]
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use mcp_pool_backends::{DatabaseBackend, DatabaseConfig};
 use mcp_pool_traits::StateId;
@@ -13,9 +13,9 @@ mcp_pool_conformance::backend_conformance! {
         let config = DatabaseConfig::new(url.clone()).namespace(ns).max_connections(4);
         async move { DatabaseBackend::connect(config).await.map(Arc::new) }
     },
-    // Port 1 on loopback: nothing listens there, connections are refused.
-    unreachable: |ns: StateId| async move {
-        let config = DatabaseConfig::new("postgres://postgres@127.0.0.1:1/test")
+    // The suite's address: a port that refuses connections, then a server that never answers.
+    unreachable: |ns: StateId, addr: SocketAddr| async move {
+        let config = DatabaseConfig::new(format!("postgres://postgres@{addr}/test"))
             .namespace(ns)
             .operation_timeout(Duration::from_millis(500));
         DatabaseBackend::connect(config).await.map(Arc::new)

@@ -1,7 +1,7 @@
 //! The StateBackend conformance suite against Redis (`MCP_POOL_TEST_REDIS_URL`).
 #![cfg(feature = "redis")]
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use mcp_pool_backends::{RedisBackend, RedisConfig};
 use mcp_pool_traits::StateId;
@@ -13,9 +13,9 @@ mcp_pool_conformance::backend_conformance! {
         let config = RedisConfig::new(url.clone()).namespace(ns);
         async move { RedisBackend::connect(config).await.map(Arc::new) }
     },
-    // Port 1 on loopback: nothing listens there, connections are refused.
-    unreachable: |ns: StateId| async move {
-        let config = RedisConfig::new("redis://127.0.0.1:1")
+    // The suite's address: a port that refuses connections, then a server that never answers.
+    unreachable: |ns: StateId, addr: SocketAddr| async move {
+        let config = RedisConfig::new(format!("redis://{addr}"))
             .namespace(ns)
             .operation_timeout(Duration::from_millis(500));
         RedisBackend::connect(config).await.map(Arc::new)

@@ -31,6 +31,7 @@ use std::{
     collections::HashSet,
     future::Future,
     hash::{BuildHasher, RandomState},
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -58,6 +59,9 @@ pub const SIGNAL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Concurrent claimers of one session in [`check_claim_first_writer_wins`].
 pub const CLAIMERS: usize = 32;
+/// Configs each of two instances puts at once in
+/// [`check_concurrent_writers_reach_every_watcher`].
+pub const CONCURRENT_WRITES: u32 = 25;
 /// Concurrent slot takers in [`check_slot_limit_under_contention`].
 pub const SLOT_TAKERS: usize = 64;
 
@@ -1019,8 +1023,269 @@ pub async fn check_publish_subscribe<F: BackendFactory>(factory: &F) {
     );
 }
 
+/// Ids that differ only in case are different ids everywhere (the id rule keeps case): server
+/// configs and records, claims, heartbeats, slot counters and slots, channels, and namespaces.
+/// A backend on a case-insensitive store (MariaDB's and MySQL's default collations, a
+/// case-folding key scheme) fails here.
+pub async fn check_ids_differing_only_in_case<F: BackendFactory>(factory: &F) {
+    let base = fresh_namespace();
+    let lower = make(factory, &id(&format!("{base}x"))).await;
+    let upper = make(factory, &id(&format!("{base}X"))).await;
+    let (srv, srv_upper) = (server("case-srv"), server("Case-Srv"));
+    ok(
+        "put_config",
+        lower.put_config(&srv, &sample_config(3)).await,
+    );
+    ok(
+        "put_config",
+        lower.put_config(&srv_upper, &sample_config(4)).await,
+    );
+    assert_eq!(
+        stored_configs(&*lower).await,
+        vec![
+            (srv_upper.clone(), sample_config(4)),
+            (srv.clone(), sample_config(3)),
+        ],
+        "configs of server ids differing only in case must both be kept"
+    );
+    ok(
+        "put_server",
+        lower.put_server(&sample_record("case-srv", 1)).await,
+    );
+    ok(
+        "put_server",
+        lower.put_server(&sample_record("Case-Srv", 2)).await,
+    );
+    let listed = ok("list_servers", lower.list_servers().await);
+    assert_eq!(
+        listed.iter().filter(|c| c.record.is_some()).count(),
+        2,
+        "server records of ids differing only in case must both be kept: {listed:?}"
+    );
+    assert!(
+        stored_configs(&*upper).await.is_empty(),
+        "namespaces differing only in case must share nothing"
+    );
+
+    let (w, w_upper) = (id("worker"), id("WORKER"));
+    ok("heartbeat", lower.heartbeat(&w, LONG_TTL).await);
+    assert!(
+        !ok("is_alive", lower.is_alive(&w_upper).await),
+        "a heartbeat of `worker` made `WORKER` alive"
+    );
+    ok("heartbeat", lower.heartbeat(&w_upper, LONG_TTL).await);
+    let (s, s_upper) = (id("session"), id("SESSION"));
+    assert_eq!(ok("claim", lower.claim(&s, &w, LONG_TTL).await), Claim::Won);
+    assert_eq!(
+        ok("claim", lower.claim(&s_upper, &w_upper, LONG_TTL).await),
+        Claim::Won,
+        "a claim of `session` held `SESSION` too"
+    );
+    assert_eq!(ok("owner", lower.owner(&s).await), Some(w.clone()));
+    assert!(
+        !ok("release", lower.release(&s, &w_upper).await),
+        "`WORKER` released the claim of `worker`"
+    );
+
+    let (c, c_upper) = (id("counter"), id("COUNTER"));
+    assert!(ok(
+        "try_acquire_slot",
+        lower.try_acquire_slot(&c, &s, 1, LONG_TTL).await
+    ));
+    assert!(
+        ok(
+            "try_acquire_slot",
+            lower.try_acquire_slot(&c_upper, &s, 1, LONG_TTL).await
+        ),
+        "counters differing only in case share their slots"
+    );
+    assert!(
+        !ok(
+            "try_acquire_slot",
+            lower.try_acquire_slot(&c, &s_upper, 1, LONG_TTL).await
+        ),
+        "slot `SESSION` was taken as `session`, already held, at the limit of 1"
+    );
+
+    let (chan, chan_upper) = (id("chan"), id("CHAN"));
+    let mut on_lower = ok("subscribe", lower.subscribe(&chan).await);
+    let mut on_upper = ok("subscribe", lower.subscribe(&chan_upper).await);
+    ok("publish", lower.publish(&chan_upper, b"upper").await);
+    ok("publish", lower.publish(&chan, b"lower").await);
+    assert_eq!(
+        next_within(&mut on_lower, "the message of `chan`").await,
+        b"lower".to_vec(),
+        "a subscriber of `chan` got the message of `CHAN`"
+    );
+    assert_eq!(
+        next_within(&mut on_upper, "the message of `CHAN`").await,
+        b"upper".to_vec()
+    );
+}
+
+/// Two instances writing at once: each puts [`CONCURRENT_WRITES`] configs (servers of its own)
+/// while the other does, and every watcher (two per instance) receives every change, each with
+/// the version its put returned.
+pub async fn check_concurrent_writers_reach_every_watcher<F: BackendFactory>(factory: &F) {
+    let ns = fresh_namespace();
+    let instances = [make(factory, &ns).await, make(factory, &ns).await];
+    let mut watchers = Vec::new();
+    for b in instances.iter().chain(instances.iter()) {
+        watchers.push(ok("watch_configs", b.watch_configs().await));
+    }
+    let writes = instances.iter().enumerate().map(|(w, b)| {
+        let b = Arc::clone(b);
+        tokio::spawn(async move {
+            let mut written = Vec::new();
+            for i in 0..CONCURRENT_WRITES {
+                let s = server(&format!("w{w}-srv{i}"));
+                let version = ok("put_config", b.put_config(&s, &sample_config(i + 1)).await);
+                written.push((s, version));
+            }
+            written
+        })
+    });
+    let mut expected: HashSet<(ServerId, u64)> = HashSet::new();
+    for written in join_all(writes).await {
+        expected.extend(written.expect("a writer task panicked"));
+    }
+    for (i, watcher) in watchers.iter_mut().enumerate() {
+        let mut seen = HashSet::new();
+        while seen.len() < expected.len() {
+            let change = next_within(watcher, "a change of a concurrent writer").await;
+            seen.insert((change.server, change.version));
+        }
+        assert_eq!(
+            seen, expected,
+            "watcher {i} did not receive exactly the changes both writers made"
+        );
+    }
+}
+
+/// Config, server and message streams end (return `None`) once the instance they were made
+/// from is dropped, and do not end before: a consumer re-subscribes on a live backend rather
+/// than holding a stream of a dead one.
+pub async fn check_streams_end_when_dropped<F: BackendFactory>(factory: &F) {
+    let ns = fresh_namespace();
+    let b = make(factory, &ns).await;
+    let mut configs = ok("watch_configs", b.watch_configs().await);
+    let mut servers = ok("watch_servers", b.watch_servers().await);
+    let mut messages = ok("subscribe", b.subscribe(&id("chan")).await);
+    ok("publish", b.publish(&id("chan"), b"alive").await);
+    assert_eq!(
+        next_within(&mut messages, "a message before the drop").await,
+        b"alive".to_vec()
+    );
+    drop(b);
+    let (configs, servers, messages) = tokio::join!(
+        timeout(SIGNAL_TIMEOUT, configs.next()),
+        timeout(SIGNAL_TIMEOUT, servers.next()),
+        timeout(SIGNAL_TIMEOUT, messages.next()),
+    );
+    for (what, ended) in [
+        ("watch_configs", configs.map(|c| c.is_none())),
+        ("watch_servers", servers.map(|c| c.is_none())),
+        ("subscribe", messages.map(|m| m.is_none())),
+    ] {
+        match ended {
+            Ok(true) => {}
+            Ok(false) => panic!("{what}: the stream delivered an item nobody sent"),
+            Err(_) => panic!(
+                "{what}: the stream did not end within {SIGNAL_TIMEOUT:?} of its backend being dropped"
+            ),
+        }
+    }
+}
+
+/// The fine print of claims and heartbeats, pinned:
+/// - an owner that never sent a heartbeat holds its claim for the claim's TTL: others see
+///   `Held`, and `owner` names it, although `is_alive` is `false` for it;
+/// - an owner whose heartbeat ran out still refreshes and releases its claim while nobody has
+///   taken it over; once taken over, it can neither;
+/// - a TTL of 0 is `InvalidArgument` for `claim`, `refresh` and `heartbeat`, and changes
+///   nothing.
+pub async fn check_claim_fine_print<F: BackendFactory>(factory: &F) {
+    let ns = fresh_namespace();
+    let (a, b) = (make(factory, &ns).await, make(factory, &ns).await);
+    let (silent, other) = (id("silent"), id("other"));
+    ok("heartbeat", b.heartbeat(&other, LONG_TTL).await);
+    let s1 = id("s1");
+    assert_eq!(
+        ok("claim", a.claim(&s1, &silent, LONG_TTL).await),
+        Claim::Won
+    );
+    assert!(!ok("is_alive", b.is_alive(&silent).await));
+    assert_eq!(
+        ok("claim", b.claim(&s1, &other, LONG_TTL).await),
+        Claim::Held {
+            owner: silent.clone()
+        },
+        "an owner that never sent a heartbeat holds its claim for the claim's TTL"
+    );
+    assert_eq!(ok("owner", b.owner(&s1).await), Some(silent.clone()));
+
+    let (lapsed, s2, s3) = (id("lapsed"), id("s2"), id("s3"));
+    ok("heartbeat", a.heartbeat(&lapsed, SHORT_TTL).await);
+    assert_eq!(
+        ok("claim", a.claim(&s2, &lapsed, LONG_TTL).await),
+        Claim::Won
+    );
+    assert_eq!(
+        ok("claim", a.claim(&s3, &lapsed, LONG_TTL).await),
+        Claim::Won
+    );
+    sleep(SHORT_TTL + SLACK).await;
+    assert!(
+        ok("refresh", a.refresh(&s2, &lapsed, LONG_TTL).await),
+        "an owner whose heartbeat ran out refreshes its claim while nobody took it over"
+    );
+    assert!(
+        ok("release", a.release(&s2, &lapsed).await),
+        "an owner whose heartbeat ran out releases its claim while nobody took it over"
+    );
+    assert_eq!(
+        ok("claim", b.claim(&s3, &other, LONG_TTL).await),
+        Claim::TookOver {
+            previous: lapsed.clone()
+        }
+    );
+    assert!(!ok("refresh", a.refresh(&s3, &lapsed, LONG_TTL).await));
+    assert!(!ok("release", a.release(&s3, &lapsed).await));
+
+    let s4 = id("s4");
+    for (what, r) in [
+        (
+            "claim",
+            a.claim(&s4, &other, Duration::ZERO).await.map(drop),
+        ),
+        (
+            "refresh",
+            a.refresh(&s3, &other, Duration::ZERO).await.map(drop),
+        ),
+        ("heartbeat", a.heartbeat(&id("zero"), Duration::ZERO).await),
+    ] {
+        assert!(
+            matches!(r, Err(BackendError::InvalidArgument(_))),
+            "{what} with a TTL of 0 must be InvalidArgument, got {r:?}"
+        );
+    }
+    assert_eq!(
+        ok("owner", a.owner(&s4).await),
+        None,
+        "a refused claim changed nothing"
+    );
+    assert_eq!(
+        ok("owner", a.owner(&s3).await),
+        Some(other),
+        "a refused refresh changed nothing"
+    );
+    assert!(!ok("is_alive", a.is_alive(&id("zero")).await));
+}
+
 /// The rule every id reaching a backend follows. [`StateId`] and [`ServerId`] (constructors and
-/// deserialization) must reject every character a backend could read as syntax.
+/// deserialization) must reject every character a backend could read as syntax. It tests this
+/// project's id types, not a backend: [`backend_conformance!`](crate::backend_conformance)
+/// does not run it (this crate's own tests do).
 pub fn check_ids_are_validated() {
     let long = "a".repeat(129);
     let bad = [
@@ -1155,14 +1420,69 @@ pub async fn check_namespace_isolation<F: BackendFactory>(factory: &F) {
     assert_eq!(owners.len(), names.len(), "claims overwrote each other");
 }
 
+/// A TCP listener on loopback that accepts connections and never answers (nor closes them)
+/// until dropped: a service that hangs, for [`check_unreachable`].
+#[derive(Debug)]
+pub struct SilentServer {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SilentServer {
+    /// Starts one on a free port of `127.0.0.1`.
+    ///
+    /// # Panics
+    /// When no port can be bound.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("a bound address");
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        Self { addr, task }
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for SilentServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A loopback address nothing listens on: connections are refused.
+pub async fn refused_addr() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    listener.local_addr().expect("a bound address")
+}
+
 /// Every operation of an unreachable backend fails with [`BackendError::Unavailable`] within
-/// `bound` (or making it does), never hangs or panics. Operations run concurrently.
+/// `bound`, never hangs or panics; operations run concurrently. [`backend_conformance!`]
+/// (crate::backend_conformance) runs it with the service's address replaced by a port that
+/// refuses connections and by a [`SilentServer`].
+///
+/// The factory must make the instance without reaching its service (connect lazily, as a
+/// worker must be able to start while its backend is down), so that every operation is
+/// exercised: a factory that fails fails the check.
 pub async fn check_unreachable<F: BackendFactory>(factory: &F, bound: Duration) {
     let started = Instant::now();
     let backend = match timeout(bound, factory.create(fresh_namespace())).await {
         Err(_) => panic!("making an unreachable backend took longer than {bound:?}"),
-        Ok(Err(BackendError::Unavailable { .. })) => return,
-        Ok(Err(e)) => panic!("an unreachable backend must be Unavailable, got {e}"),
+        Ok(Err(e)) => panic!(
+            "making an instance of an unreachable backend failed ({e}): make it without \
+             reaching the service (connect lazily), so that every operation can be checked"
+        ),
         Ok(Ok(b)) => b,
     };
     let (s, w, c) = (id("s"), id("w"), id("c"));
@@ -1282,9 +1602,11 @@ pub async fn check_unreachable<F: BackendFactory>(factory: &F, bound: Duration) 
 ///         let url = url.clone();
 ///         async move { RedisBackend::connect(RedisConfig::new(url).namespace(ns)).await.map(Arc::new) }
 ///     },
-///     // Optional capability: a factory for an instance that cannot reach its service, and the
-///     // bound within which each operation must fail with `BackendError::Unavailable`.
-///     unreachable: |ns| async move { ... }, within: Duration::from_secs(3),
+///     // Optional capability: a factory for an instance whose service is at `addr` (the suite
+///     // passes a port that refuses connections, then a server that accepts and never
+///     // answers), and the bound within which each operation must fail with
+///     // `BackendError::Unavailable`. It must not connect eagerly (see `check_unreachable`).
+///     unreachable: |ns, addr| async move { ... }, within: Duration::from_secs(3),
 /// }
 /// ```
 ///
@@ -1319,16 +1641,26 @@ macro_rules! backend_conformance {
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) slots_expire check_slots_expire);
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) publish_subscribe check_publish_subscribe);
             $crate::backend_conformance!(@test [$($var = $env)?] ($factory) namespace_isolation check_namespace_isolation);
-
-            #[test]
-            fn ids_are_validated() {
-                $crate::backend::check_ids_are_validated();
-            }
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) ids_differing_only_in_case check_ids_differing_only_in_case);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) concurrent_writers_reach_every_watcher check_concurrent_writers_reach_every_watcher);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) streams_end_when_dropped check_streams_end_when_dropped);
+            $crate::backend_conformance!(@test [$($var = $env)?] ($factory) claim_fine_print check_claim_fine_print);
 
             $(
                 #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn unreachable() {
-                    let factory = $unreachable;
+                async fn unreachable_refused() {
+                    let unreachable = $unreachable;
+                    let addr = $crate::backend::refused_addr().await;
+                    let factory = move |ns| unreachable(ns, addr);
+                    $crate::backend::check_unreachable(&factory, $bound).await;
+                }
+
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn unreachable_silent() {
+                    let unreachable = $unreachable;
+                    let silent = $crate::backend::SilentServer::start().await;
+                    let addr = silent.addr();
+                    let factory = move |ns| unreachable(ns, addr);
                     $crate::backend::check_unreachable(&factory, $bound).await;
                 }
             )?

@@ -6,8 +6,8 @@
 //! - [`check_nothing_eligible`]: with no session free it never returns a session, with no
 //!   endpoint available it returns none;
 //! - [`check_empty_sets`]: empty session and endpoint lists neither panic nor select;
-//! - [`check_lifecycle_events`]: removals, creations and unbinds of unknown sessions are
-//!   harmless;
+//! - [`check_lifecycle_events`]: removals, creations, releases and unbinds of unknown sessions
+//!   are harmless;
 //! - [`assert_send_sync`]: strategies are shared between threads.
 //!
 //! And the liveness checks (DESIGN §4 "Acquire": a free session is a hit, none free is a
@@ -21,6 +21,9 @@
 //!   that does not bind asks to create (the pool waits instead at `max_size`), never to wait;
 //!   a binding one creates for an affinity it has not bound;
 //! - [`check_picks_an_available_endpoint`]: an endpoint is chosen whenever one is available.
+//! - [`check_select_allocates_nothing`]: `select` allocates nothing (counted by
+//!   [`CountingAllocator`](crate::alloc::CountingAllocator), which the test binary installs
+//!   with [`counting_allocator!`](crate::counting_allocator)).
 //!
 //! These return a [`StrategyViolation`] instead of panicking, so that a test can show a broken
 //! strategy failing them (this crate's `tests/strategy_suite_catches.rs`).
@@ -30,11 +33,11 @@
 //! smooth weights, least connections, sticky stability and exclusivity) follow; this crate's
 //! `tests/strategy_conformance.rs` runs them under proptest.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use mcp_pool_traits::{
-    AffinityKey, Binding, EndpointView, EvictionReason, SelectContext, Selection, Selector,
-    SessionId, SessionView, Strategy,
+    AffinityKey, Binding, EndpointView, EvictionReason, LeaseOutcome, LeaseReport, SelectContext,
+    Selection, Selector, SessionId, SessionView, Strategy,
 };
 
 /// A small deterministic generator (xorshift64) so checks need no seed plumbing.
@@ -125,6 +128,15 @@ pub fn check_never_selects_ineligible(strategy: &dyn Strategy) {
                 "{}: selected session index {i} without capacity among {sessions:?}",
                 strategy.name()
             );
+            // The lease ends: latency-aware selectors learn from it.
+            let held = Duration::from_micros(rng.below(50_000));
+            let outcome = match rng.below(10) {
+                0 => LeaseOutcome::Broken,
+                1 => LeaseOutcome::InDoubt,
+                _ => LeaseOutcome::Ok,
+            };
+            let s = &sessions[i];
+            selector.on_released(&LeaseReport::new(s.id, s.endpoint, held, outcome));
         }
         let count = 1 + rng.below(5) as usize;
         let endpoints = random_endpoints(&mut rng, count);
@@ -211,6 +223,14 @@ pub fn check_lifecycle_events(strategy: &dyn Strategy) {
         affinity: Some(AffinityKey::downstream_session("ghost")),
     };
     selector.on_removed(SessionId(u64::MAX), EvictionReason::Broken);
+    for outcome in [
+        LeaseOutcome::Ok,
+        LeaseOutcome::InDoubt,
+        LeaseOutcome::Broken,
+    ] {
+        let report = LeaseReport::new(SessionId(u64::MAX), usize::MAX / 2, Duration::MAX, outcome);
+        selector.on_released(&report);
+    }
     let _ = selector.unbind(&ctx);
     let _ = selector.on_created(SessionId(1), &ctx);
     selector.on_removed(SessionId(1), EvictionReason::Broken);
@@ -228,6 +248,72 @@ pub fn check_lifecycle_events(strategy: &dyn Strategy) {
         "{}",
         strategy.name()
     );
+}
+
+/// `select` allocates nothing in a pool's steady state (DESIGN §5: it runs under the key's lock
+/// on every acquire): for each of 2 000 random scenarios, on a selector that has seen
+/// creations, releases (`on_released`) and removals, `select` runs uncounted once per session
+/// and once more (the first selections after the key's sessions changed may size per-session
+/// state, record a binding, or meet a session for the first time), then again on the same
+/// sessions and context with the calling thread's allocations counted. Needs
+/// [`counting_allocator!`](crate::counting_allocator) in the test binary.
+///
+/// # Errors
+/// When the counting allocator is not installed (saying how to install it), or the first
+/// selection that allocated.
+pub fn check_select_allocates_nothing(strategy: &dyn Strategy) -> Result<(), StrategyViolation> {
+    if !crate::alloc::is_installed() {
+        return Err(violation(
+            strategy,
+            "the allocation check needs the counting allocator",
+            "add `mcp_pool_conformance::counting_allocator!();` at the top level of the test \
+             file that runs strategy_conformance!"
+                .to_owned(),
+        ));
+    }
+    let mut rng = Rng::new(0xa110c);
+    // Scenarios are built before counting: only `select` is measured.
+    let scenarios: Vec<(Vec<SessionView>, SelectContext)> = (0..2_000)
+        .map(|round| {
+            let n = rng.below(40) as usize;
+            (
+                random_sessions(&mut rng, n, 3, round * 100),
+                contexts(&mut rng),
+            )
+        })
+        .collect();
+    let mut selector = strategy.selector();
+    for (round, (sessions, ctx)) in scenarios.iter().enumerate() {
+        // Let the selector learn (these may allocate): bindings, latencies, removals.
+        if let Some(s) = sessions.first() {
+            let _ = selector.on_created(s.id, ctx);
+            selector.on_released(&LeaseReport::new(
+                s.id,
+                s.endpoint,
+                Duration::from_micros(100 + rng.below(5_000)),
+                LeaseOutcome::Ok,
+            ));
+            if round % 7 == 0 {
+                selector.on_removed(s.id, EvictionReason::Idle);
+            }
+        }
+        for _ in 0..=sessions.len() {
+            let _ = selector.select(sessions, ctx);
+        }
+        let (allocated, selection) = crate::alloc::counting(|| selector.select(sessions, ctx));
+        if allocated > 0 {
+            return Err(violation(
+                strategy,
+                "select must not allocate once the key's sessions are unchanged (it runs under \
+                 the key's lock on every acquire)",
+                format!(
+                    "{allocated} allocation(s) answering {selection:?} among {} sessions",
+                    sessions.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A liveness rule a strategy broke: the strategy, the rule, and the scenario.
@@ -452,6 +538,7 @@ macro_rules! strategy_conformance {
             $crate::strategy_conformance!(@live ($strategy) picks_its_bound_session check_picks_its_bound_session);
             $crate::strategy_conformance!(@live ($strategy) creates_when_nothing_is_free check_creates_when_nothing_is_free);
             $crate::strategy_conformance!(@live ($strategy) picks_an_available_endpoint check_picks_an_available_endpoint);
+            $crate::strategy_conformance!(@live ($strategy) select_allocates_nothing check_select_allocates_nothing);
         }
     };
     (@live ($strategy:expr) $test:ident $check:ident) => {

@@ -7,15 +7,17 @@ use mcp_pool_conformance::{
     },
     strategy_conformance,
 };
-use mcp_pool_strategies::{LeastConnections, NoPooling, RoundRobin, Sticky, Weighted};
+use mcp_pool_strategies::{LeastConnections, NoPooling, PeakEwma, RoundRobin, Sticky, Weighted};
 use mcp_pool_traits::{EndpointView, SelectContext, Selection, Strategy as _};
 use proptest::prelude::*;
 
+mcp_pool_conformance::counting_allocator!();
 strategy_conformance!(name: round_robin, strategy: RoundRobin);
 strategy_conformance!(name: least_connections, strategy: LeastConnections);
 strategy_conformance!(name: sticky, strategy: Sticky);
 strategy_conformance!(name: weighted, strategy: Weighted);
 strategy_conformance!(name: none, strategy: NoPooling);
+strategy_conformance!(name: peak_ewma, strategy: PeakEwma::default());
 
 fn endpoints(weights: &[u32]) -> Vec<EndpointView> {
     weights

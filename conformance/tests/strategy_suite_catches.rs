@@ -1,17 +1,21 @@
 //! The strategy suite fails the broken strategies a third-party implementer can write and the
 //! safety checks alone let through (issue 14, item 4): one that always creates, one that
-//! always waits, one that never picks an endpoint, one that binds nothing it claims to bind.
+//! always waits, one that never picks an endpoint, one that binds nothing it claims to bind,
+//! one that allocates in `select`.
 //! Each test asserts the liveness check that must catch it and prints what the suite says.
 
 use mcp_pool_conformance::strategy::{
     StrategyViolation, check_creates_when_nothing_is_free, check_empty_sets,
     check_lifecycle_events, check_never_selects_ineligible, check_nothing_eligible,
     check_picks_a_free_session, check_picks_an_available_endpoint, check_picks_its_bound_session,
+    check_select_allocates_nothing,
 };
 use mcp_pool_strategies::RoundRobin;
 use mcp_pool_traits::{
     EndpointView, SelectContext, Selection, Selector, SessionView, Strategy, least_loaded_endpoint,
 };
+
+mcp_pool_conformance::counting_allocator!();
 
 /// How a [`Broken`] strategy misbehaves.
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +25,8 @@ enum Flaw {
     NoEndpoint,
     /// Says it binds, and then picks any free session (round robin's).
     ForgetsBindings,
+    /// Collects the free sessions into a `Vec` on every selection.
+    Allocates,
 }
 
 #[derive(Debug)]
@@ -39,6 +45,7 @@ impl Strategy for Broken {
             Flaw::AlwaysWait => "always_wait",
             Flaw::NoEndpoint => "no_endpoint",
             Flaw::ForgetsBindings => "forgets_bindings",
+            Flaw::Allocates => "allocates",
         }
     }
 
@@ -55,6 +62,13 @@ impl Selector for BrokenSelector {
         match self.flaw {
             Flaw::AlwaysCreate => Selection::Create,
             Flaw::AlwaysWait => Selection::Wait,
+            Flaw::Allocates => {
+                let free: Vec<usize> = (0..sessions.len())
+                    .filter(|&i| sessions[i].has_capacity())
+                    .collect();
+                free.first()
+                    .map_or(Selection::Create, |&i| Selection::Session(i))
+            }
             _ => self.inner.select(sessions, ctx),
         }
     }
@@ -146,4 +160,16 @@ fn a_strategy_that_forgets_its_bindings_fails_the_suite() {
         violation.rule.contains("bound to the request's affinity"),
         "{violation}"
     );
+}
+
+#[test]
+fn a_strategy_that_allocates_in_select_fails_the_suite() {
+    let strategy = Broken(Flaw::Allocates);
+    passes_the_safety_checks(&strategy);
+    check_picks_a_free_session(&strategy).expect("its picks are right");
+    let violation = caught(check_select_allocates_nothing(&strategy));
+    assert!(violation.rule.contains("must not allocate"), "{violation}");
+    assert!(violation.scenario.contains("allocation(s)"), "{violation}");
+    // The built-in it wraps does not allocate: the check measures `select`, not the suite.
+    check_select_allocates_nothing(&RoundRobin).expect("round robin allocates nothing");
 }

@@ -19,6 +19,7 @@
     sticky: "Use when the server is stateful: each client keeps its own upstream session.",
     weighted: "Use when replicas differ in capacity (endpoint weights).",
     none: "Use when a session must never be shared: a fresh one per request.",
+    peak_ewma: "Use when one endpoint can turn slow: traffic goes to the one answering fastest.",
   };
 
   const $ = (id) => document.getElementById(id);

@@ -236,7 +236,8 @@ impl CredentialsBody {
 pub struct PoolConfigView {
     /// Pooling on.
     pub enabled: bool,
-    /// `round_robin`, `least_connections`, `sticky`, `weighted` or `none`.
+    /// `round_robin`, `least_connections`, `sticky`, `weighted`, `none` or `peak_ewma` (or a
+    /// custom strategy's name).
     pub strategy: String,
     /// Target size, 1-1000.
     pub size: u32,
@@ -289,7 +290,8 @@ impl From<&PoolConfig> for PoolConfigView {
 pub struct PoolConfigUpdate {
     /// Pooling on.
     pub enabled: Option<bool>,
-    /// `round_robin`, `least_connections`, `sticky`, `weighted` or `none`.
+    /// `round_robin`, `least_connections`, `sticky`, `weighted`, `none` or `peak_ewma` (or a
+    /// custom strategy's name).
     pub strategy: Option<String>,
     /// 1-1000.
     #[schema(minimum = 1, maximum = 1000)]
@@ -808,11 +810,11 @@ pub async fn pools_health(State(state): State<AppState>) -> Json<Vec<PoolHealthV
     )
 }
 
-/// The five strategies (README "Choosing a strategy").
+/// The built-in strategies (README "Choosing a strategy").
 #[utoipa::path(get, path = "/servers/pools/strategies", tag = "pools",
     responses((status = 200, body = Vec<StrategyInfo>), (status = 401, body = ErrorBody)))]
 pub async fn strategies() -> Json<Vec<StrategyInfo>> {
-    let rows: [(StrategyKind, &str, &str); 5] = [
+    let rows: [(StrategyKind, &str, &str); 6] = [
         (
             StrategyKind::RoundRobin,
             "rotates over sessions with free capacity; new sessions rotate over endpoints",
@@ -837,6 +839,12 @@ pub async fn strategies() -> Json<Vec<StrategyInfo>> {
             StrategyKind::None,
             "a fresh session per acquire, closed on release",
             "the server must never share a session, or you are migrating from per-request sessions",
+        ),
+        (
+            StrategyKind::PeakEwma,
+            "the session whose endpoint answered fastest lately (peak EWMA of lease times), \
+             weighted by its leases in flight",
+            "one endpoint of the server can turn slow (a busy replica, a far region)",
         ),
     ];
     Json(

@@ -321,7 +321,8 @@ async fn pools_health_strategies_drain_metrics() {
             "least_connections",
             "sticky",
             "weighted",
-            "none"
+            "none",
+            "peak_ewma"
         ]
     );
     assert!(v[2]["when_to_use"].as_str().unwrap().contains("stateful"));

@@ -35,6 +35,17 @@ pub enum BackendError {
     /// An argument was out of range (a limit of 0, a TTL of 0).
     #[error("invalid argument to state backend: {0}")]
     InvalidArgument(String),
+    /// The backend was reached and refused the operation with an error of its own that
+    /// waiting will not fix: a permission it lacks, a read-only replica, a constraint or a
+    /// deadlock still there after the implementation's retries. Unlike
+    /// [`Unavailable`](Self::Unavailable), an operator must act.
+    #[error("state backend {backend} refused the operation: {message}")]
+    Service {
+        /// The backend's name.
+        backend: &'static str,
+        /// The service's error, as it worded it (no credentials).
+        message: String,
+    },
 }
 
 /// A per-server configuration was stored or deleted: what [`StateBackend::watch_configs`]

@@ -23,6 +23,9 @@ pub enum StrategyKind {
     Weighted,
     /// No pooling: a fresh session per acquire, closed on release.
     None,
+    /// Latency-aware: the session whose endpoint answered fastest lately, weighted by its
+    /// load (peak EWMA).
+    PeakEwma,
     /// A custom strategy, by its name.
     Custom(CustomStrategy),
 }
@@ -41,19 +44,20 @@ impl fmt::Debug for CustomStrategy {
 /// Custom strategy names created so far.
 static CUSTOM_STRATEGIES: Names = Names::new();
 
-/// What [`StrategyKind`]'s parsing allows.
-const STRATEGIES_ALLOWED: &str = "one of round_robin, least_connections, sticky, weighted, none, \
-     or the name of a strategy registered with PoolBuilder::strategy";
-
 impl StrategyKind {
     /// Every built-in kind.
-    pub const ALL: [StrategyKind; 5] = [
+    pub const ALL: [StrategyKind; 6] = [
         Self::RoundRobin,
         Self::LeastConnections,
         Self::Sticky,
         Self::Weighted,
         Self::None,
+        Self::PeakEwma,
     ];
+
+    /// What a strategy name may be, as configuration errors say it.
+    pub const ALLOWED: &'static str = "one of round_robin, least_connections, sticky, weighted, \
+         none, peak_ewma, or the name of a strategy registered with PoolBuilder::strategy";
 
     /// The custom strategy `name`: what `PoolBuilder::strategy` registers a strategy under
     /// and configuration names it by. The same name always gives the same kind.
@@ -84,13 +88,13 @@ impl StrategyKind {
             Self::custom(name.trim()).map_err(|_| ConfigError::Invalid {
                 field: "strategy",
                 value: name.to_owned(),
-                allowed: STRATEGIES_ALLOWED,
+                allowed: Self::ALLOWED,
             })
         })
     }
 
     /// The configuration name: `round_robin`, `least_connections`, `sticky`, `weighted`,
-    /// `none`, or a custom strategy's own.
+    /// `none`, `peak_ewma`, or a custom strategy's own.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::RoundRobin => "round_robin",
@@ -98,6 +102,7 @@ impl StrategyKind {
             Self::Sticky => "sticky",
             Self::Weighted => "weighted",
             Self::None => "none",
+            Self::PeakEwma => "peak_ewma",
             Self::Custom(CustomStrategy(name)) => name,
         }
     }
@@ -126,7 +131,7 @@ impl FromStr for StrategyKind {
             .ok_or_else(|| ConfigError::Invalid {
                 field: "strategy",
                 value: s.to_owned(),
-                allowed: STRATEGIES_ALLOWED,
+                allowed: Self::ALLOWED,
             })
     }
 }

@@ -36,8 +36,8 @@ pub use identity::{
 pub use redact::{REDACTED, RedactedHeaders, redact_url};
 pub use registry::{CredentialsRef, SavedServer, ServerChange, ServerRecord};
 pub use strategy::{
-    AffinityKey, Binding, EndpointView, EvictionReason, SelectContext, Selection, Selector,
-    SessionId, SessionView, Strategy, least_loaded_endpoint,
+    AffinityKey, Binding, EndpointView, EvictionReason, LeaseOutcome, LeaseReport, SelectContext,
+    Selection, Selector, SessionId, SessionView, Strategy, least_loaded_endpoint,
 };
 pub use transport::{
     ClientSession, ConnectRequest, Transport, TransportError, default_client_config,

@@ -5,7 +5,7 @@
 //! lives in the selector) and calls the selector under that key's lock: methods are synchronous,
 //! take `&mut self`, and must not allocate on the hot path ([`Selector::select`]).
 
-use std::fmt;
+use std::{fmt, time::Duration};
 
 use crate::{Digest256, StrategyKind};
 
@@ -151,6 +151,48 @@ impl EvictionReason {
     }
 }
 
+/// How a lease ended, as [`Selector::on_released`] learns it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LeaseOutcome {
+    /// No call of the lease failed. A JSON-RPC error counts here: the server answered.
+    Ok,
+    /// A call timed out or was abandoned before its reply: the session is probed before it
+    /// serves again (issue 10, item 3).
+    InDoubt,
+    /// The session failed at the transport (or the lease was marked broken): it is evicted,
+    /// and [`Selector::on_removed`] follows.
+    Broken,
+}
+
+/// What a selector learns when a lease ends ([`Selector::on_released`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseReport {
+    /// The session the lease held.
+    pub session: SessionId,
+    /// Index of its endpoint in the server's endpoint list.
+    pub endpoint: usize,
+    /// From the acquire's return to the lease's drop. For the usual acquire, call, drop, this
+    /// is the call's latency plus microseconds: what latency-aware strategies (peak EWMA, as
+    /// Finagle, linkerd and tower's `PeakEwma` do) feed on.
+    pub held: Duration,
+    /// How it ended.
+    pub outcome: LeaseOutcome,
+}
+
+impl LeaseReport {
+    /// A report (for strategy tests; the pool builds its own).
+    pub fn new(session: SessionId, endpoint: usize, held: Duration, outcome: LeaseOutcome) -> Self {
+        Self {
+            session,
+            endpoint,
+            held,
+            outcome,
+        }
+    }
+}
+
 /// A session selection strategy (DESIGN §5). Cheap to share; one per server.
 ///
 /// Implementations hand out one [`Selector`] per pool key. Custom strategies implement this trait
@@ -174,8 +216,9 @@ pub trait Strategy: Send + Sync + fmt::Debug + 'static {
     fn selector(&self) -> Box<dyn Selector>;
 }
 
-/// Per-key selection state. Called under the key's lock: never block, never allocate in
-/// [`select`](Self::select).
+/// Per-key selection state. Called under the key's lock: never block, and never allocate in
+/// [`select`](Self::select) while the key's sessions are unchanged (the first selection after
+/// they changed may size per-session state; the strategy suite counts allocations).
 pub trait Selector: Send + fmt::Debug + 'static {
     /// Chooses what serves an acquire among `sessions` (every live session of the key, those
     /// without capacity included). Must return [`Selection::Session`] only for an index whose
@@ -194,6 +237,12 @@ pub trait Selector: Send + fmt::Debug + 'static {
 
     /// A session left the key.
     fn on_removed(&mut self, _session: SessionId, _reason: EvictionReason) {}
+
+    /// A lease of one of the key's sessions ended, before the session is given back (and
+    /// before [`on_removed`](Self::on_removed) when the release evicts it). Latency-aware
+    /// selectors learn from it; the default ignores it. Called under the key's lock, once per
+    /// lease: keep it short.
+    fn on_released(&mut self, _report: &LeaseReport) {}
 
     /// Whether [`on_created`](Self::on_created) binds the new session to the request's
     /// affinity (sticky). The pool then creates at most one session at a time per affinity:

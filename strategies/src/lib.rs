@@ -8,12 +8,14 @@ use mcp_pool_traits::{Strategy, StrategyKind};
 
 mod least_connections;
 mod none;
+mod peak_ewma;
 mod round_robin;
 mod sticky;
 mod weighted;
 
 pub use least_connections::{FULL_SCAN_MAX, LeastConnections, LeastConnectionsSelector};
 pub use none::{NoPooling, NoPoolingSelector};
+pub use peak_ewma::{DEFAULT_DECAY, MAX_TRACKED_ENDPOINTS, PeakEwma, PeakEwmaSelector};
 pub use round_robin::{RoundRobin, RoundRobinSelector};
 pub use sticky::{MAX_LOST_BINDINGS, Sticky, StickySelector};
 pub use weighted::{Weighted, WeightedSelector, smooth_pick};
@@ -27,6 +29,7 @@ pub fn builtin_of(kind: StrategyKind) -> Option<Arc<dyn Strategy>> {
         StrategyKind::Sticky => Arc::new(Sticky),
         StrategyKind::Weighted => Arc::new(Weighted),
         StrategyKind::None => Arc::new(NoPooling),
+        StrategyKind::PeakEwma => Arc::new(PeakEwma::default()),
         _ => return None,
     })
 }

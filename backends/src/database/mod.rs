@@ -28,6 +28,7 @@ use sqlx::Row;
 
 use crate::{
     codec,
+    lifetime::HandleLifetime,
     records::{Kind, Versioned},
     rules::{LiveClaim, check_limit, decide_claim, ttl_ms},
 };
@@ -125,13 +126,16 @@ impl DatabaseConfig {
 /// Every operation is bounded by [`DatabaseConfig::operation_timeout`] and fails with
 /// [`BackendError::Unavailable`] when the database does not answer; the pool reconnects by
 /// itself. PostgreSQL connects lazily, so a worker can start while the database is down.
-/// Streams end when their connection (PostgreSQL) or the process-wide channel (SQLite, when a
-/// subscriber falls 1024 events behind) breaks: subscribe again then.
+/// Streams end when the backend is dropped, or when their connection (PostgreSQL) or the
+/// process-wide channel (SQLite, when a subscriber falls 1024 events behind) breaks: subscribe
+/// again then.
 pub struct DatabaseBackend {
     store: Store,
     namespace: StateId,
     timeout: Duration,
     writes: AtomicU32,
+    /// Ends this instance's streams when it is dropped.
+    lifetime: HandleLifetime,
 }
 
 enum Store {
@@ -187,12 +191,31 @@ impl DbError {
                 backend,
                 message: e.to_string(),
             },
+            Self::Sqlx(sqlx::Error::Database(e)) if !is_transient(&*e) => BackendError::Service {
+                backend,
+                message: e.to_string(),
+            },
             Self::Sqlx(e) => BackendError::Unavailable {
                 backend,
                 message: e.to_string(),
             },
         }
     }
+}
+
+/// Whether a database's own error passes by itself: the connection or the server going away
+/// (SQLSTATE classes 08 and 57, e.g. `57P01` admin shutdown, `57P03` cannot connect now), too
+/// many connections (`53300`), or SQLite's busy and locked codes (5, 6). Anything else the
+/// database answered (a permission, a read-only transaction, a constraint) is
+/// [`BackendError::Service`].
+fn is_transient(e: &dyn sqlx::error::DatabaseError) -> bool {
+    let code = e.code();
+    let code = code.as_deref().unwrap_or_default();
+    if let Ok(sqlite) = code.parse::<u32>() {
+        // SQLite's extended result codes keep the primary code in the low byte.
+        return matches!(sqlite & 0xff, 5 | 6);
+    }
+    code.starts_with("08") || code.starts_with("57") || code == "53300"
 }
 
 fn parse_id(backend: &'static str, what: &str, text: String) -> Result<StateId, BackendError> {
@@ -259,6 +282,7 @@ impl DatabaseBackend {
             namespace: config.namespace,
             timeout: config.operation_timeout,
             writes: AtomicU32::new(0),
+            lifetime: HandleLifetime::new(),
         })
     }
 
@@ -471,8 +495,10 @@ impl DatabaseBackend {
     }
 
     async fn watch<C: Versioned>(&self) -> Result<BoxStream<'static, C>, BackendError> {
-        self.bounded(async { on_store!(self, db => db.watch(&self.namespace).await) })
-            .await
+        let stream = self
+            .bounded(async { on_store!(self, db => db.watch(&self.namespace).await) })
+            .await?;
+        Ok(self.lifetime.bound(stream))
     }
 }
 
@@ -743,7 +769,9 @@ impl StateBackend for DatabaseBackend {
         &self,
         channel: &StateId,
     ) -> Result<BoxStream<'static, Vec<u8>>, BackendError> {
-        self.bounded(async { on_store!(self, db => db.subscribe(&self.namespace, channel).await) })
-            .await
+        let stream = self
+            .bounded(async { on_store!(self, db => db.subscribe(&self.namespace, channel).await) })
+            .await?;
+        Ok(self.lifetime.bound(stream))
     }
 }
