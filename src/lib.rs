@@ -39,7 +39,7 @@ pub use stats::{EndpointStats, KeyStats, PoolStats, ServerStats, SessionInfo, Se
 
 pub use mcp_pool_traits::{
     self as traits, AffinityKey, CallHeaders, Digest256, Endpoint, EvictionReason, IdentityConfig,
-    IdentityExtractor, PoolConfig, PoolKey, Principal, ServerEvent, ServerEventKind, ServerId,
-    ServerRequestHandler, SessionId, StateBackend, Strategy, StrategyKind, Transport,
+    IdentityExtractor, Lifecycle, PoolConfig, PoolKey, Principal, ServerEvent, ServerEventKind,
+    ServerId, ServerRequestHandler, SessionId, StateBackend, Strategy, StrategyKind, Transport,
     TransportKind, rmcp,
 };

@@ -41,9 +41,9 @@ use std::{
 
 use futures::{Stream, StreamExt, future::join_all};
 use mcp_pool_traits::{
-    BackendError, Claim, ConfigChange, CredentialsRef, Endpoint, PoolConfig, SavedConfig,
-    SavedServer, ServerChange, ServerId, ServerRecord, StateBackend, StateId, StrategyKind,
-    TransportKind,
+    BackendError, Claim, ConfigChange, CredentialsRef, Endpoint, Lifecycle, PoolConfig,
+    SavedConfig, SavedServer, ServerChange, ServerId, ServerRecord, StateBackend, StateId,
+    StrategyKind, TransportKind,
 };
 use tokio::time::{Instant, sleep, timeout};
 
@@ -427,12 +427,14 @@ pub fn sample_record(id: &str, n: u16) -> ServerRecord {
                 transport: TransportKind::StreamableHttp,
                 weight: 2,
                 stdio: None,
+                lifecycle: Lifecycle::Discover,
             },
             Endpoint {
                 url: "ws://127.0.0.1:9999/ws".into(),
                 transport: TransportKind::WebSocket,
                 weight: 1,
                 stdio: None,
+                lifecycle: Lifecycle::Initialize,
             },
         ],
         pool: sample_config(u32::from(n) + 3),
@@ -531,6 +533,7 @@ fn large_record(id: &str) -> ServerRecord {
             transport: TransportKind::StreamableHttp,
             weight: i + 1,
             stdio: None,
+            lifecycle: Lifecycle::Auto,
         })
         .collect();
     record

@@ -483,8 +483,7 @@ impl Transport for DuplexTransport {
             }
         });
         let abandon_on_failure = abandoned.drop_guard();
-        let initialized =
-            tokio::time::timeout_at(deadline, request.handler().serve(client_side)).await;
+        let initialized = tokio::time::timeout_at(deadline, request.start(client_side)).await;
         match initialized {
             Ok(Ok(client)) => {
                 abandon_on_failure.disarm();

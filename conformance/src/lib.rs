@@ -14,7 +14,7 @@ pub mod transport;
 
 pub use duplex::{DuplexTransport, UpstreamSession};
 pub use server::{
-    GREET_PROMPT, GREETING_RESOURCE, GREETING_TEXT, LOGGER, MAX_PROGRESS_STEPS, ReferenceHandler,
-    ReferenceServer, SAMPLE_MAX_TOKENS, SERVER_NAME, ServerOptions, ServerStats, UPDATED_RESOURCE,
-    WaitTimeout,
+    GREET_PROMPT, GREETING_RESOURCE, GREETING_TEXT, LOGGER, MAX_PROGRESS_STEPS, Protocols,
+    ReferenceHandler, ReferenceServer, SAMPLE_MAX_TOKENS, SERVER_NAME, ServerOptions, ServerStats,
+    UPDATED_RESOURCE, WaitTimeout,
 };

@@ -22,7 +22,7 @@ pub use handler::{
     GREET_PROMPT, GREETING_RESOURCE, GREETING_TEXT, LOGGER, MAX_PROGRESS_STEPS, ReferenceHandler,
     SAMPLE_MAX_TOKENS, SERVER_NAME, UPDATED_RESOURCE,
 };
-pub use options::ServerOptions;
+pub use options::{Protocols, ServerOptions};
 pub(crate) use stats::{Counters, SessionGuard};
 pub use stats::{ServerStats, WaitTimeout};
 

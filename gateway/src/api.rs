@@ -9,7 +9,8 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use mcp_pool::{
-    Endpoint, HealthStatus, PoolConfig, ServerId, ServerStats, StrategyKind, TransportKind,
+    Endpoint, HealthStatus, Lifecycle, PoolConfig, ServerId, ServerStats, StrategyKind,
+    TransportKind,
     traits::{
         CredentialsRef, ID_RULE, MAX_WEIGHT, NEVER_FORWARDED, ServerRecord, check_range, redact_url,
     },
@@ -32,6 +33,9 @@ pub struct EndpointInfo {
     pub transport: String,
     /// Relative weight (1 by default).
     pub weight: u32,
+    /// The MCP lifecycle its sessions speak: `initialize`, `discover` (protocol 2026-07-28)
+    /// or `auto`.
+    pub lifecycle: String,
 }
 
 /// A configured upstream server.
@@ -81,6 +85,10 @@ pub struct EndpointBody {
     pub transport: Option<String>,
     /// Relative weight, 1-1000 (default 1).
     pub weight: Option<u64>,
+    /// `initialize` (default), `discover` (protocol 2026-07-28: no handshake, no session) or
+    /// `auto` (discover, falling back to initialize). Not `sse` with anything but
+    /// `initialize`.
+    pub lifecycle: Option<String>,
 }
 
 /// The body of `POST /servers` and `PUT /servers/{id}` (which replaces the whole server:
@@ -193,9 +201,24 @@ impl EndpointBody {
             .ok()
             .filter(|w| (1..=MAX_WEIGHT).contains(w))
             .ok_or_else(|| invalid(&format!("endpoints[{i}].weight"), weight, &allowed))?;
-        Endpoint::new(self.url, transport)
+        let lifecycle = match self.lifecycle.as_deref() {
+            None | Some("initialize") => Lifecycle::Initialize,
+            Some("discover") => Lifecycle::Discover,
+            Some("auto") => Lifecycle::Auto,
+            Some(other) => {
+                return Err(invalid(
+                    &format!("endpoints[{i}].lifecycle"),
+                    other,
+                    "initialize, discover or auto",
+                ));
+            }
+        };
+        let endpoint = Endpoint::new(self.url, transport)
             .and_then(|e| e.with_weight(weight))
-            .map_err(|e| ApiError::unprocessable(format!("endpoints[{i}].url: {e}")))
+            .map_err(|e| ApiError::unprocessable(format!("endpoints[{i}].url: {e}")))?;
+        endpoint
+            .with_lifecycle(lifecycle)
+            .map_err(|e| ApiError::unprocessable(format!("endpoints[{i}].lifecycle: {e}")))
     }
 }
 
@@ -574,6 +597,7 @@ fn server_info(state: &AppState, r: &ServerRecord) -> ServerInfo {
                 url: redact_url(&e.url).into_owned(),
                 transport: e.transport.to_string(),
                 weight: e.weight,
+                lifecycle: e.lifecycle.as_str().to_owned(),
             })
             .collect(),
         pooling_enabled: config.enabled,

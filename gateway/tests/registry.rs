@@ -196,6 +196,19 @@ async fn invalid_bodies_get_422_naming_field_value_and_what_is_allowed() {
             &["endpoints[0].weight", "0", "1 to 1000"],
         ),
         (
+            json!({"id": "x", "endpoints": [{"url": url, "lifecycle": "handshake"}]}).to_string(),
+            &[
+                "endpoints[0].lifecycle",
+                "\"handshake\"",
+                "initialize, discover or auto",
+            ],
+        ),
+        (
+            json!({"id": "x", "endpoints": [{"url": url, "transport": "sse", "lifecycle": "discover"}]})
+                .to_string(),
+            &["endpoints[0].lifecycle", "does not fit transport sse"],
+        ),
+        (
             json!({"id": "x", "endpoints": [{"url": "ftp://h/mcp"}]}).to_string(),
             &["endpoints[0].url", "ftp://h/mcp", "http:// or https://"],
         ),

@@ -183,6 +183,55 @@ impl fmt::Debug for StdioCommand {
 /// The largest endpoint weight accepted.
 pub const MAX_WEIGHT: u32 = 1000;
 
+/// How a session with an endpoint starts: which MCP lifecycle it speaks. Configuration spells
+/// it `lifecycle = "initialize" | "discover" | "auto"` (default `initialize`).
+///
+/// Under protocol 2026-07-28 (`discover`) there is no `initialize`, no session id and no
+/// `ping`: every request carries the protocol version and client info in its `_meta`, and the
+/// server keeps no state between requests. A pooled "session" with such an endpoint is then the
+/// client side only — the discovery result (server info, capabilities) and the HTTP keep-alive
+/// connections — so pooling still saves the `server/discover` round trip and the connects,
+/// but there is no server-side conversation to keep: `sticky` buys nothing there. Health checks
+/// send `tools/list` instead of `ping` to such a session.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Lifecycle {
+    /// `initialize` and `notifications/initialized`, then a session (protocols 2024-11-05 to
+    /// 2025-11-25). What every server before 2026-07-28 speaks.
+    #[default]
+    Initialize,
+    /// Protocol 2026-07-28: `server/discover`, no handshake and no session. A server that does
+    /// not speak it fails the connect.
+    Discover,
+    /// `server/discover` first, falling back to `initialize` on the same connection when the
+    /// server does not know it (rmcp's `ClientLifecycleMode::Auto`): for endpoints whose
+    /// version is not known in advance. Costs a failed probe per session against older
+    /// servers.
+    Auto,
+}
+
+impl Lifecycle {
+    /// The configuration name: `initialize`, `discover` or `auto`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Initialize => "initialize",
+            Self::Discover => "discover",
+            Self::Auto => "auto",
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Self::Initialize
+    }
+}
+
+impl fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One replica of an upstream server: where it is, how to reach it, and its share of sessions.
 ///
 /// In configuration (serde) an endpoint is `{ url, transport, weight }`, or for
@@ -205,6 +254,9 @@ pub struct Endpoint {
     pub weight: u32,
     /// The program to start, for [`TransportKind::Stdio`] (`None` for every other kind).
     pub stdio: Option<Arc<StdioCommand>>,
+    /// The MCP lifecycle its sessions speak (default [`Lifecycle::Initialize`]). Not for
+    /// [`TransportKind::Sse`], which is the 2024-11-05 protocol by definition.
+    pub lifecycle: Lifecycle,
 }
 
 /// An endpoint as configuration spells it (see [`Endpoint`]).
@@ -224,6 +276,8 @@ struct EndpointFields {
     env: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "Lifecycle::is_default")]
+    lifecycle: Lifecycle,
 }
 
 impl TryFrom<EndpointFields> for Endpoint {
@@ -254,6 +308,7 @@ impl TryFrom<EndpointFields> for Endpoint {
                 transport: TransportKind::Stdio,
                 weight: fields.weight,
                 stdio: Some(Arc::new(command)),
+                lifecycle: fields.lifecycle,
             }
         } else {
             Endpoint {
@@ -261,6 +316,7 @@ impl TryFrom<EndpointFields> for Endpoint {
                 transport: fields.transport,
                 weight: fields.weight,
                 stdio: None,
+                lifecycle: fields.lifecycle,
             }
         })
     }
@@ -278,6 +334,7 @@ impl From<Endpoint> for EndpointFields {
             args: command.args,
             env: command.env,
             cwd: command.cwd,
+            lifecycle: endpoint.lifecycle,
         }
     }
 }
@@ -295,6 +352,9 @@ impl fmt::Debug for Endpoint {
             .field("weight", &self.weight);
         if let Some(command) = &self.stdio {
             debug.field("stdio", command);
+        }
+        if self.lifecycle != Lifecycle::Initialize {
+            debug.field("lifecycle", &self.lifecycle);
         }
         debug.finish()
     }
@@ -364,6 +424,18 @@ pub enum InvalidEndpoint {
     /// A stdio command is malformed.
     #[error("stdio endpoint: {0}")]
     Command(String),
+    /// The lifecycle does not fit the transport (HTTP+SSE is the 2024-11-05 protocol, which
+    /// only has `initialize`).
+    #[error(
+        "lifecycle {lifecycle} does not fit transport {transport}: it speaks only initialize \
+         (protocol 2024-11-05); use streamable_http for discover or auto"
+    )]
+    Lifecycle {
+        /// The endpoint's lifecycle.
+        lifecycle: Lifecycle,
+        /// The endpoint's transport.
+        transport: TransportKind,
+    },
     /// A custom transport refused the endpoint ([`Transport::validate_endpoint`](crate::Transport::validate_endpoint)).
     #[error("endpoint {url:?} does not fit transport {transport}: {reason}")]
     Refused {
@@ -394,6 +466,7 @@ impl Endpoint {
             transport,
             weight: 1,
             stdio: None,
+            lifecycle: Lifecycle::Initialize,
         };
         endpoint.validate()?;
         Ok(endpoint)
@@ -410,6 +483,7 @@ impl Endpoint {
             transport: TransportKind::Stdio,
             weight: 1,
             stdio: Some(Arc::new(command)),
+            lifecycle: Lifecycle::Initialize,
         };
         endpoint.validate()?;
         Ok(endpoint)
@@ -425,6 +499,17 @@ impl Endpoint {
         Ok(self)
     }
 
+    /// The same endpoint speaking the MCP lifecycle `lifecycle` (see [`Lifecycle`]).
+    ///
+    /// # Errors
+    /// [`InvalidEndpoint::Lifecycle`] for a lifecycle other than `initialize` on
+    /// [`TransportKind::Sse`].
+    pub fn with_lifecycle(mut self, lifecycle: Lifecycle) -> Result<Self, InvalidEndpoint> {
+        self.lifecycle = lifecycle;
+        self.validate()?;
+        Ok(self)
+    }
+
     /// Checks the endpoint against its transport, then the weight (1 to [`MAX_WEIGHT`]):
     /// - streamable HTTP, SSE, WebSocket: the scheme fits the transport (`http://` or
     ///   `https://`, `ws://` or `wss://`), the whole URL parses (WHATWG URL rules, as `reqwest`
@@ -432,7 +517,8 @@ impl Endpoint {
     /// - stdio: a command is given (not empty, no NUL), environment names are not empty and
     ///   hold no `=` or NUL, a working directory is not empty;
     /// - a custom kind: the URL is not empty (its transport checks the rest,
-    ///   [`Transport::validate_endpoint`](crate::Transport::validate_endpoint)).
+    ///   [`Transport::validate_endpoint`](crate::Transport::validate_endpoint));
+    /// - the [`Lifecycle`] is `initialize` for SSE (the 2024-11-05 transport).
     ///
     /// # Errors
     /// The first [`InvalidEndpoint`] found, in that order.
@@ -457,6 +543,12 @@ impl Endpoint {
         }
         if !(1..=MAX_WEIGHT).contains(&self.weight) {
             return Err(InvalidEndpoint::Weight(self.weight));
+        }
+        if self.transport == TransportKind::Sse && self.lifecycle != Lifecycle::Initialize {
+            return Err(InvalidEndpoint::Lifecycle {
+                lifecycle: self.lifecycle,
+                transport: self.transport,
+            });
         }
         Ok(())
     }

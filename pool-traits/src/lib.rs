@@ -20,8 +20,8 @@ pub use config::{
     ChosenSizes, ConfigError, CustomStrategy, PoolConfig, RANGES, StrategyKind, check_range,
 };
 pub use endpoint::{
-    CustomTransport, Endpoint, InvalidEndpoint, InvalidTransportName, MAX_WEIGHT, StdioCommand,
-    TransportKind, UnknownTransport,
+    CustomTransport, Endpoint, InvalidEndpoint, InvalidTransportName, Lifecycle, MAX_WEIGHT,
+    StdioCommand, TransportKind, UnknownTransport,
 };
 pub use exchange::{
     CallHeaders, CallRoute, SESSION_EVENTS_CAPACITY, ServerEvent, ServerEventKind, ServerEvents,

@@ -79,9 +79,40 @@ impl<'a> ConnectRequest<'a> {
 
     /// The service to run the session with: serve it over the transport
     /// (`request.handler().serve(transport)`, rmcp's `ServiceExt`), so that the server's
-    /// notifications and requests reach the pool.
+    /// notifications and requests reach the pool. [`start`](Self::start) does that and also
+    /// honours the endpoint's [`Lifecycle`](crate::Lifecycle).
     pub fn handler(&self) -> SessionHandler {
         self.handler.clone()
+    }
+
+    /// Starts the session over an established `transport` with the endpoint's
+    /// [`Lifecycle`](crate::Lifecycle): `initialize` (rmcp's `serve`), `server/discover` for
+    /// protocol 2026-07-28, or discover falling back to `initialize`. Not bounded in time:
+    /// wrap it in [`timeout`](Self::timeout).
+    ///
+    /// # Errors
+    /// rmcp's [`ClientInitializeError`](rmcp::service::ClientInitializeError): the handshake
+    /// or discovery failed, or the server speaks no version the lifecycle accepts.
+    pub async fn start<T, E, A>(
+        &self,
+        transport: T,
+    ) -> Result<ClientSession, rmcp::service::ClientInitializeError>
+    where
+        T: rmcp::transport::IntoTransport<RoleClient, E, A>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        use rmcp::{ClientLifecycleMode, ClientServiceExt, model::ProtocolVersion};
+        let mode = match self.endpoint.lifecycle {
+            crate::Lifecycle::Discover => ClientLifecycleMode::Discover {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+            },
+            crate::Lifecycle::Auto => ClientLifecycleMode::Auto {
+                preferred_versions: vec![ProtocolVersion::V_2026_07_28],
+                legacy_version: None,
+            },
+            _ => ClientLifecycleMode::Initialize,
+        };
+        self.handler().serve_with_lifecycle(transport, mode).await
     }
 }
 

@@ -13,9 +13,10 @@ use std::{
 };
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mcp_pool_strategies::{LeastConnections, NoPooling, RoundRobin, Sticky, Weighted};
+use mcp_pool_strategies::{LeastConnections, NoPooling, PeakEwma, RoundRobin, Sticky, Weighted};
 use mcp_pool_traits::{
-    AffinityKey, SelectContext, Selection, Selector, SessionId, SessionView, Strategy,
+    AffinityKey, LeaseOutcome, LeaseReport, SelectContext, Selection, Selector, SessionId,
+    SessionView, Strategy,
 };
 
 const SESSIONS: usize = 16;
@@ -51,6 +52,14 @@ fn prepared(
     let mut selector = strategy.selector();
     for (view, ctx) in views.iter().zip(ctxs) {
         selector.on_created(view.id, ctx);
+        // Latency estimates for every endpoint (peak_ewma), 1-3 ms apart.
+        let held = Duration::from_millis(1 + view.endpoint as u64);
+        selector.on_released(&LeaseReport::new(
+            view.id,
+            view.endpoint,
+            held,
+            LeaseOutcome::Ok,
+        ));
     }
     selector
 }
@@ -64,9 +73,10 @@ fn select_release(selector: &mut dyn Selector, views: &mut [SessionView], ctx: &
 }
 
 fn bench(c: &mut Criterion) {
-    let strategies: [(&str, Arc<dyn Strategy>); 4] = [
+    let strategies: [(&str, Arc<dyn Strategy>); 5] = [
         ("round_robin", Arc::new(RoundRobin)),
         ("least_connections", Arc::new(LeastConnections)),
+        ("peak_ewma", Arc::new(PeakEwma::default())),
         ("weighted", Arc::new(Weighted)),
         ("sticky", Arc::new(Sticky)),
     ];

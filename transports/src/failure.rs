@@ -172,6 +172,27 @@ fn describe_initialize(error: &ClientInitializeError, depth: usize) -> Option<St
         E::LegacyFallbackFailed { fallback, .. } => return describe(fallback.as_ref(), depth),
         E::ConnectionClosed(_) => "the connection was closed".into(),
         E::Cancelled => "initialize was cancelled".into(),
+        E::JsonRpcError(e) if e.code == rmcp::model::ErrorCode::UNSUPPORTED_PROTOCOL_VERSION => {
+            // The server names what it supports in `data.supported` (MCP 2026-07-28).
+            let supported = e
+                .data
+                .as_ref()
+                .and_then(|d| d.get("supported"))
+                .and_then(|s| s.as_array())
+                .map(|versions| {
+                    versions
+                        .iter()
+                        .filter_map(|v| v.as_str())
+                        .map(excerpt)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_else(|| "not said".into());
+            format!(
+                "the server refused initialize: it supports protocol versions {supported}; an \
+                 endpoint of a 2026-07-28 server takes lifecycle = \"discover\" (or \"auto\")"
+            )
+        }
         E::JsonRpcError(e) => format!(
             "the server answered initialize with JSON-RPC error {}: {}",
             e.code.0,

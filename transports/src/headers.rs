@@ -93,14 +93,15 @@ where
     }
 }
 
-/// `initialize` + `notifications/initialized` over an established `transport`, served by the
-/// pool's `handler`; the error boxed for [`bounded`].
+/// The session's start over an established `transport` (`initialize`, or discovery, as the
+/// endpoint's lifecycle says: [`ConnectRequest::start`](mcp_pool_traits::ConnectRequest::start)),
+/// served by the pool's handler; the error boxed for [`bounded`].
 pub(crate) async fn initialize(
-    handler: mcp_pool_traits::SessionHandler,
+    request: &mcp_pool_traits::ConnectRequest<'_>,
     transport: impl rmcp::transport::Transport<rmcp::RoleClient> + 'static,
 ) -> Result<mcp_pool_traits::ClientSession, Box<dyn std::error::Error + Send + Sync>> {
-    handler
-        .serve(transport)
+    request
+        .start(transport)
         .await
         .map_err(|error| Box::new(error) as _)
 }

@@ -99,10 +99,9 @@ impl Transport for Sse {
     async fn connect(&self, request: ConnectRequest<'_>) -> Result<ClientSession, TransportError> {
         let url = &request.endpoint().url;
         let headers = upstream_headers(request.headers());
-        let handler = request.handler();
         let connecting = async {
             let transport = SseClientTransport::connect(self.client.clone(), url, headers).await?;
-            initialize(handler, transport).await
+            initialize(&request, transport).await
         };
         bounded(url, request.timeout(), connecting).await
     }

@@ -97,8 +97,7 @@ impl Transport for Stdio {
             group: child.id(),
             child,
         };
-        let handler = request.handler();
-        match tokio::time::timeout(request.timeout(), initialize(handler, child)).await {
+        match tokio::time::timeout(request.timeout(), initialize(&request, child)).await {
             Ok(Ok(session)) => Ok(session),
             Ok(Err(error)) => {
                 // The child is gone or broke the protocol: its stderr, read to its end (the

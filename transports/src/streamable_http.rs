@@ -121,6 +121,6 @@ impl Transport for StreamableHttp {
             credentials: SessionCredentials::default(),
         };
         let transport = StreamableHttpClientTransport::with_client(client, config);
-        bounded(url, request.timeout(), request.handler().serve(transport)).await
+        bounded(url, request.timeout(), request.start(transport)).await
     }
 }

@@ -96,11 +96,10 @@ impl Transport for WebSocket {
 
     async fn connect(&self, request: ConnectRequest<'_>) -> Result<ClientSession, TransportError> {
         let url = &request.endpoint().url;
-        let handler = request.handler();
         let connecting = async {
             let transport =
                 WebSocketClientTransport::connect(url, request.headers(), self.config).await?;
-            initialize(handler, transport).await
+            initialize(&request, transport).await
         };
         bounded(url, request.timeout(), connecting).await
     }

@@ -27,9 +27,10 @@ use rmcp::{
         InitializeRequestParams, InitializeResult, ListPromptsResult, ListResourcesResult,
         LoggingLevel, LoggingMessageNotificationParam, PaginatedRequestParams,
         PrimitiveSchemaDefinition, ProgressNotificationParam, Prompt, PromptArgument,
-        PromptMessage, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
-        Resource, ResourceContents, ResourceUpdatedNotificationParam, Role, SamplingMessage,
-        ServerCapabilities, ServerConfig, ServerRequest, SetLevelRequestParams, StringSchema,
+        PromptMessage, ProtocolVersion, ReadResourceRequestParams, ReadResourceResponse,
+        ReadResourceResult, Resource, ResourceContents, ResourceUpdatedNotificationParam, Role,
+        SamplingMessage, ServerCapabilities, ServerConfig, ServerRequest, SetLevelRequestParams,
+        StringSchema,
     },
     schemars,
     service::RequestContext,
@@ -281,6 +282,8 @@ pub struct ReferenceHandler {
     /// Sent as the `instructions` of the `initialize` result, so that a client can tell which
     /// upstream session it holds (the duplex transport's `session_of`).
     tag: Option<String>,
+    /// The lifecycles it speaks.
+    protocols: super::Protocols,
 }
 
 impl Default for ReferenceHandler {
@@ -306,7 +309,14 @@ impl ReferenceHandler {
             hang,
             session_hang: None,
             tag: None,
+            protocols: super::Protocols::All,
         }
+    }
+
+    /// The same handler speaking only `protocols` (see [`Protocols`](super::Protocols)).
+    pub fn with_protocols(mut self, protocols: super::Protocols) -> Self {
+        self.protocols = protocols;
+        self
     }
 
     /// Adds a hang switch of this session alone and a tag sent as `instructions`.
@@ -567,7 +577,33 @@ impl ServerHandler for ReferenceHandler {
 
     async fn ping(&self, _context: RequestContext<RoleServer>) -> Result<(), McpError> {
         self.pass_hang().await;
+        self.counters.ping();
         Ok(())
+    }
+
+    fn supported_protocol_versions(&self) -> std::borrow::Cow<'static, [ProtocolVersion]> {
+        match self.protocols {
+            super::Protocols::ModernOnly => {
+                std::borrow::Cow::Borrowed(&[ProtocolVersion::V_2026_07_28])
+            }
+            _ => std::borrow::Cow::Borrowed(ProtocolVersion::KNOWN_VERSIONS),
+        }
+    }
+
+    async fn discover(
+        &self,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<rmcp::model::DiscoverResult, McpError> {
+        if self.protocols == super::Protocols::LegacyOnly {
+            return Err(McpError::method_not_found::<
+                rmcp::model::DiscoverRequestMethod,
+            >());
+        }
+        self.counters.discover();
+        Ok(rmcp::model::DiscoverResult::from_server_info(
+            self.supported_protocol_versions().into_owned(),
+            self.get_info(),
+        ))
     }
 
     async fn list_resources(

@@ -162,8 +162,12 @@ impl Run {
             options,
         ));
         let counters = shared.counters.clone();
+        let protocols = options.protocols;
         let mcp = StreamableHttpService::new(
-            move || Ok(ReferenceHandler::with_counters(counters.clone(), None)),
+            move || {
+                Ok(ReferenceHandler::with_counters(counters.clone(), None)
+                    .with_protocols(protocols))
+            },
             sessions.clone(),
             StreamableHttpServerConfig::default()
                 .with_sse_keep_alive(None)

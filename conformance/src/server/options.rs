@@ -29,6 +29,25 @@ pub struct ServerOptions {
     /// `401 Unauthorized` with `WWW-Authenticate: Bearer realm="mcp-pool-reference"`
     /// (RFC 6750 §3) and opens no session.
     pub bearer_token: Option<String>,
+    /// Which MCP lifecycles its streamable HTTP endpoint speaks (default: both).
+    pub protocols: Protocols,
+}
+
+/// Which MCP lifecycles a [`ReferenceServer`](crate::ReferenceServer)'s streamable HTTP
+/// endpoint speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protocols {
+    /// `initialize` sessions (2024-11-05 to 2025-11-25) and session-less 2026-07-28 requests
+    /// (`server/discover`, per-request `_meta`), as rmcp 3.9 serves by default.
+    #[default]
+    All,
+    /// 2026-07-28 only: `initialize` is refused with `UNSUPPORTED_PROTOCOL_VERSION`, and
+    /// requests must carry the protocol metadata.
+    ModernOnly,
+    /// The `initialize` lifecycle only: `server/discover` is answered "method not found", as
+    /// by every server written before 2026-07-28.
+    LegacyOnly,
 }
 
 impl Default for ServerOptions {
@@ -38,6 +57,7 @@ impl Default for ServerOptions {
             sse_retry: None,
             session_idle_timeout: Some(Duration::from_secs(300)),
             bearer_token: None,
+            protocols: Protocols::All,
         }
     }
 }
@@ -59,6 +79,12 @@ impl ServerOptions {
     /// no token required); see [`bearer_token`](Self::bearer_token).
     pub fn with_bearer_token(mut self, token: Option<&str>) -> Self {
         self.bearer_token = token.map(str::to_owned);
+        self
+    }
+
+    /// The same options speaking `protocols` on streamable HTTP.
+    pub fn with_protocols(mut self, protocols: Protocols) -> Self {
+        self.protocols = protocols;
         self
     }
 

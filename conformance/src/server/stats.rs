@@ -35,6 +35,10 @@ pub struct ServerStats {
     pub sessions_alive: u64,
     /// `initialize` requests that reached a session's handler.
     pub initializes: u64,
+    /// `server/discover` requests answered (protocol 2026-07-28).
+    pub discovers: u64,
+    /// `ping` requests that reached a handler.
+    pub pings: u64,
     /// `tools/call` requests the handler received, whatever the tool and outcome.
     pub tool_calls: u64,
     /// `sleep` calls the client cancelled (`notifications/cancelled`) before they ended: the
@@ -60,6 +64,8 @@ pub(crate) struct Counters {
     sessions_opened: AtomicU64,
     sessions_alive: AtomicU64,
     initializes: AtomicU64,
+    discovers: AtomicU64,
+    pings: AtomicU64,
     tool_calls: AtomicU64,
     calls_cancelled: AtomicU64,
     /// Notified after every change of a counter, so that waiters need not poll.
@@ -78,6 +84,14 @@ impl Counters {
 
     pub(crate) fn initialize(&self) {
         self.bump(&self.initializes);
+    }
+
+    pub(crate) fn discover(&self) {
+        self.bump(&self.discovers);
+    }
+
+    pub(crate) fn ping(&self) {
+        self.bump(&self.pings);
     }
 
     pub(crate) fn tool_call(&self) {
@@ -113,6 +127,8 @@ impl Counters {
             sessions_opened: self.sessions_opened.load(Ordering::Relaxed),
             sessions_alive: self.sessions_alive.load(Ordering::Relaxed),
             initializes: self.initializes.load(Ordering::Relaxed),
+            discovers: self.discovers.load(Ordering::Relaxed),
+            pings: self.pings.load(Ordering::Relaxed),
             tool_calls: self.tool_calls.load(Ordering::Relaxed),
             calls_cancelled: self.calls_cancelled.load(Ordering::Relaxed),
         }
