@@ -1471,9 +1471,9 @@ pub async fn refused_addr() -> SocketAddr {
 }
 
 /// Every operation of an unreachable backend fails with [`BackendError::Unavailable`] within
-/// `bound`, never hangs or panics; operations run concurrently. [`backend_conformance!`]
-/// (crate::backend_conformance) runs it with the service's address replaced by a port that
-/// refuses connections and by a [`SilentServer`].
+/// `bound`, never hangs or panics; operations run concurrently.
+/// [`backend_conformance!`](crate::backend_conformance) runs it with the service's address
+/// replaced by a port that refuses connections and by a [`SilentServer`].
 ///
 /// The factory must make the instance without reaching its service (connect lazily, as a
 /// worker must be able to start while its backend is down), so that every operation is

@@ -9,6 +9,7 @@ pub mod faulty_watch;
 pub mod pool;
 pub mod redis_process;
 pub mod server;
+pub mod stdio_server;
 pub mod strategy;
 pub mod transport;
 

@@ -36,7 +36,8 @@ use rmcp::{
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, sync::Notify, time::timeout};
 
-use crate::{ReferenceServer, ServerOptions, server::SERVER_NAME};
+use crate::{ReferenceServer, ServerOptions, ServerStats, WaitTimeout, server::SERVER_NAME};
+use mcp_pool_traits::async_trait;
 
 /// Upper bound on anything expected to finish (a connect, a call, a counter reaching a
 /// value): 10 s, generous for a loaded 2-core machine, finite so a hang fails.
@@ -139,6 +140,178 @@ pub async fn connect_to(transport: &dyn Transport, server: &ReferenceServer) -> 
     }
 }
 
+/// A server the generic checks run against: the reference handler served over the medium of
+/// the transport under test (a URL, a child process, an in-process pipe), with the handler's
+/// own counters.
+#[async_trait]
+pub trait SuiteServer: Send + Sync {
+    /// The endpoint that reaches it with the transport under test.
+    fn endpoint(&self) -> Endpoint;
+
+    /// Waits until `condition` holds for its counters, and returns them.
+    ///
+    /// # Errors
+    /// [`WaitTimeout`] with the last counters when it did not hold within `timeout`.
+    async fn wait_until(
+        &self,
+        condition: &mut (dyn for<'s> FnMut(&'s ServerStats) -> bool + Send),
+        timeout: Duration,
+    ) -> Result<ServerStats, WaitTimeout>;
+
+    /// Stops it: every session dies at once, as if the server crashed.
+    async fn stop(&self);
+}
+
+/// Starts a [`SuiteServer`] for each check.
+#[async_trait]
+pub trait ServerFactory: Send + Sync {
+    /// A fresh server for a transport of `kind`.
+    async fn start(&self, kind: TransportKind) -> Box<dyn SuiteServer>;
+}
+
+/// [`ReferenceServer`]s on loopback, reached at
+/// [`endpoint_for`](ReferenceServer::endpoint_for)`(kind)`: the factory of the built-in
+/// network transports, and the default of [`transport_conformance!`](crate::transport_conformance).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ReferenceServers;
+
+struct NetworkServer {
+    server: ReferenceServer,
+    kind: TransportKind,
+}
+
+#[async_trait]
+impl SuiteServer for NetworkServer {
+    fn endpoint(&self) -> Endpoint {
+        self.server.endpoint_for(self.kind)
+    }
+
+    async fn wait_until(
+        &self,
+        condition: &mut (dyn for<'s> FnMut(&'s ServerStats) -> bool + Send),
+        timeout: Duration,
+    ) -> Result<ServerStats, WaitTimeout> {
+        self.server
+            .wait_until(|s: &ServerStats| condition(s), timeout)
+            .await
+    }
+
+    async fn stop(&self) {
+        self.server.stop().await;
+    }
+}
+
+#[async_trait]
+impl ServerFactory for ReferenceServers {
+    async fn start(&self, kind: TransportKind) -> Box<dyn SuiteServer> {
+        Box::new(NetworkServer {
+            server: start_server().await,
+            kind,
+        })
+    }
+}
+
+#[async_trait]
+impl SuiteServer for crate::stdio_server::StdioSuiteServer {
+    fn endpoint(&self) -> Endpoint {
+        crate::stdio_server::StdioSuiteServer::endpoint(self)
+    }
+
+    async fn wait_until(
+        &self,
+        condition: &mut (dyn for<'s> FnMut(&'s ServerStats) -> bool + Send),
+        timeout: Duration,
+    ) -> Result<ServerStats, WaitTimeout> {
+        crate::stdio_server::StdioSuiteServer::wait_until(
+            self,
+            |s: &ServerStats| condition(s),
+            timeout,
+        )
+        .await
+    }
+
+    async fn stop(&self) {
+        crate::stdio_server::StdioSuiteServer::stop(self).await;
+    }
+}
+
+#[async_trait]
+impl ServerFactory for crate::stdio_server::StdioReferenceServers {
+    async fn start(&self, _kind: TransportKind) -> Box<dyn SuiteServer> {
+        Box::new(crate::stdio_server::StdioReferenceServers::start(self).await)
+    }
+}
+
+/// The in-process reference server of a [`DuplexTransport`](crate::DuplexTransport) (a
+/// clone of the transport under test): its endpoint is `duplex://reference` of the
+/// transport's kind, and stopping it kills every upstream session.
+struct DuplexServer(crate::DuplexTransport);
+
+#[async_trait]
+impl SuiteServer for DuplexServer {
+    fn endpoint(&self) -> Endpoint {
+        Endpoint::new("duplex://reference", self.0.kind()).expect("a custom kind takes any URL")
+    }
+
+    async fn wait_until(
+        &self,
+        condition: &mut (dyn for<'s> FnMut(&'s ServerStats) -> bool + Send),
+        timeout: Duration,
+    ) -> Result<ServerStats, WaitTimeout> {
+        self.0
+            .wait_until(|s: &ServerStats| condition(s), timeout)
+            .await
+    }
+
+    async fn stop(&self) {
+        for session in self.0.upstream_sessions() {
+            self.0.kill_session(session.id);
+        }
+    }
+}
+
+/// A duplex transport is its own server: pass a clone of the transport under test.
+#[async_trait]
+impl ServerFactory for crate::DuplexTransport {
+    async fn start(&self, _kind: TransportKind) -> Box<dyn SuiteServer> {
+        Box::new(DuplexServer(self.clone()))
+    }
+}
+
+/// Connects `transport` to `server`; panics (naming the transport) if it fails or hangs.
+pub async fn connect_to_suite(
+    transport: &dyn Transport,
+    server: &dyn SuiteServer,
+) -> ClientSession {
+    let endpoint = server.endpoint();
+    match timeout(
+        SIGNAL_TIMEOUT * 2,
+        connect(transport, &endpoint, SIGNAL_TIMEOUT),
+    )
+    .await
+    {
+        Ok(Ok(session)) => session,
+        Ok(Err(error)) => panic!("{}: connect failed: {error}", transport.kind()),
+        Err(_) => panic!(
+            "{}: connect ignored its timeout of {SIGNAL_TIMEOUT:?}",
+            transport.kind()
+        ),
+    }
+}
+
+/// The server's counters once `condition` holds; panics naming `what` when it does not
+/// within [`SIGNAL_TIMEOUT`].
+async fn stats_when(
+    server: &dyn SuiteServer,
+    mut condition: impl FnMut(&ServerStats) -> bool + Send,
+    what: &str,
+) -> ServerStats {
+    server
+        .wait_until(&mut condition, SIGNAL_TIMEOUT)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
 /// Calls `tool` with `args` on `session`, bounded by [`SIGNAL_TIMEOUT`], and returns the text
 /// of its single content block.
 ///
@@ -183,10 +356,14 @@ async fn start_server() -> ReferenceServer {
 /// Connect + `initialize` + `echo`: the session is initialized with the reference server
 /// (its name in the `initialize` result), a call returns its result, and the server counted
 /// one session, one `initialize` and one call.
-pub async fn check_connect_initialize_echo(transport: &dyn Transport) {
+pub async fn check_connect_initialize_echo_on(
+    transport: &dyn Transport,
+    servers: &dyn ServerFactory,
+) {
     let kind = transport.kind();
-    let server = start_server().await;
-    let session = connect_to(transport, &server).await;
+    let server = servers.start(kind).await;
+    let server = &*server;
+    let session = connect_to_suite(transport, server).await;
 
     let info = session
         .peer_info()
@@ -199,7 +376,7 @@ pub async fn check_connect_initialize_echo(transport: &dyn Transport) {
     let echoed = call_text(&session, "echo", json!({"message": "hello"})).await;
     assert_eq!(echoed.ok().as_deref(), Some("hello"), "{kind}: echo");
 
-    let stats = server.stats();
+    let stats = stats_when(server, |s| s.tool_calls >= 1, "the call reached the server").await;
     assert_eq!(
         stats.sessions_opened, 1,
         "{kind}: one session opened: {stats:?}"
@@ -208,13 +385,22 @@ pub async fn check_connect_initialize_echo(transport: &dyn Transport) {
     assert_eq!(stats.tool_calls, 1, "{kind}: one tool call: {stats:?}");
 }
 
+/// [`check_connect_initialize_echo_on`] against [`ReferenceServers`].
+pub async fn check_connect_initialize_echo(transport: &dyn Transport) {
+    check_connect_initialize_echo_on(transport, &ReferenceServers).await;
+}
+
 /// Server-side state is per session: the `counter` tool counts 1, 2, 3 on one session while
 /// another session starts from 1, and each goes on where it was.
-pub async fn check_counter_state_is_per_session(transport: &dyn Transport) {
+pub async fn check_counter_state_is_per_session_on(
+    transport: &dyn Transport,
+    servers: &dyn ServerFactory,
+) {
     let kind = transport.kind();
-    let server = start_server().await;
-    let a = connect_to(transport, &server).await;
-    let b = connect_to(transport, &server).await;
+    let server = servers.start(kind).await;
+    let server = &*server;
+    let a = connect_to_suite(transport, server).await;
+    let b = connect_to_suite(transport, server).await;
     let mut seen = Vec::new();
     for session in [&a, &a, &a, &b, &a, &b] {
         seen.push(call_text(session, "counter", json!({})).await.unwrap());
@@ -224,15 +410,27 @@ pub async fn check_counter_state_is_per_session(transport: &dyn Transport) {
         ["1", "2", "3", "1", "4", "2"],
         "{kind}: each session has its own counter"
     );
-    assert_eq!(server.sessions_opened(), 2, "{kind}: two sessions");
+    let stats = stats_when(
+        server,
+        |s| s.tool_calls >= 6,
+        "the calls reached the server",
+    )
+    .await;
+    assert_eq!(stats.sessions_opened, 2, "{kind}: two sessions: {stats:?}");
+}
+
+/// [`check_counter_state_is_per_session_on`] against [`ReferenceServers`].
+pub async fn check_counter_state_is_per_session(transport: &dyn Transport) {
+    check_counter_state_is_per_session_on(transport, &ReferenceServers).await;
 }
 
 /// `ping` (sent as `ClientRequest::PingRequest`, rmcp has no helper) is answered with an
 /// empty result.
-pub async fn check_ping(transport: &dyn Transport) {
+pub async fn check_ping_on(transport: &dyn Transport, servers: &dyn ServerFactory) {
     let kind = transport.kind();
-    let server = start_server().await;
-    let session = connect_to(transport, &server).await;
+    let server = servers.start(kind).await;
+    let server = &*server;
+    let session = connect_to_suite(transport, server).await;
     let ping = ClientRequest::PingRequest(PingRequest::default());
     let answer = timeout(SIGNAL_TIMEOUT, session.send_request(ping))
         .await
@@ -243,12 +441,21 @@ pub async fn check_ping(transport: &dyn Transport) {
     }
 }
 
+/// [`check_ping_on`] against [`ReferenceServers`].
+pub async fn check_ping(transport: &dyn Transport) {
+    check_ping_on(transport, &ReferenceServers).await;
+}
+
 /// [`CONCURRENT_CALLS`] calls in flight at once on one session (JSON-RPC ids multiplexed)
 /// each get their own result, and the server saw one session.
-pub async fn check_concurrent_calls_are_multiplexed(transport: &dyn Transport) {
+pub async fn check_concurrent_calls_are_multiplexed_on(
+    transport: &dyn Transport,
+    servers: &dyn ServerFactory,
+) {
     let kind = transport.kind();
-    let server = start_server().await;
-    let session = connect_to(transport, &server).await;
+    let server = servers.start(kind).await;
+    let server = &*server;
+    let session = connect_to_suite(transport, server).await;
     let calls = (0..CONCURRENT_CALLS).map(|i| {
         let session = &session;
         async move {
@@ -263,7 +470,12 @@ pub async fn check_concurrent_calls_are_multiplexed(transport: &dyn Transport) {
             Err(error) => panic!("{kind}: concurrent call {message} failed: {error}"),
         }
     }
-    let stats = server.stats();
+    let stats = stats_when(
+        server,
+        |s| s.tool_calls >= CONCURRENT_CALLS as u64,
+        "the calls reached the server",
+    )
+    .await;
     assert_eq!(
         stats.sessions_opened, 1,
         "{kind}: all calls on one session: {stats:?}"
@@ -274,13 +486,22 @@ pub async fn check_concurrent_calls_are_multiplexed(transport: &dyn Transport) {
     );
 }
 
+/// [`check_concurrent_calls_are_multiplexed_on`] against [`ReferenceServers`].
+pub async fn check_concurrent_calls_are_multiplexed(transport: &dyn Transport) {
+    check_concurrent_calls_are_multiplexed_on(transport, &ReferenceServers).await;
+}
+
 /// When the server stops, the session is dead at once: a call in flight fails (long before
 /// its `sleep` would end), a call made afterwards fails, and both errors are transport
 /// failures ([`is_transport_failure`]), the kind the pool evicts on. Nothing hangs.
-pub async fn check_death_detected_after_stop(transport: &dyn Transport) {
+pub async fn check_death_detected_after_stop_on(
+    transport: &dyn Transport,
+    servers: &dyn ServerFactory,
+) {
     let kind = transport.kind();
-    let server = start_server().await;
-    let session = connect_to(transport, &server).await;
+    let server = servers.start(kind).await;
+    let server = &*server;
+    let session = connect_to_suite(transport, server).await;
     assert_eq!(
         call_text(&session, "echo", json!({"message": "alive"}))
             .await
@@ -299,10 +520,12 @@ pub async fn check_death_detected_after_stop(transport: &dyn Transport) {
             peer.call_tool(params).await
         })
     };
-    server
-        .wait_until(|s| s.tool_calls >= 2, SIGNAL_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{kind}: the sleep call reached the server: {e}"));
+    stats_when(
+        server,
+        |s| s.tool_calls >= 2,
+        &format!("{kind}: the sleep call reached the server"),
+    )
+    .await;
     let stopped = Instant::now();
     server.stop().await;
 
@@ -339,38 +562,57 @@ pub async fn check_death_detected_after_stop(transport: &dyn Transport) {
     );
 }
 
+/// [`check_death_detected_after_stop_on`] against [`ReferenceServers`].
+pub async fn check_death_detected_after_stop(transport: &dyn Transport) {
+    check_death_detected_after_stop_on(transport, &ReferenceServers).await;
+}
+
 /// Closing a session ends it on the server (`sessions_alive` back to 0), and so does dropping
 /// it without a close.
-pub async fn check_session_gone_after_close(transport: &dyn Transport) {
+pub async fn check_session_gone_after_close_on(
+    transport: &dyn Transport,
+    servers: &dyn ServerFactory,
+) {
     let kind = transport.kind();
-    let server = start_server().await;
-    let mut closed = connect_to(transport, &server).await;
-    let dropped = connect_to(transport, &server).await;
+    let server = servers.start(kind).await;
+    let server = &*server;
+    let mut closed = connect_to_suite(transport, server).await;
+    let dropped = connect_to_suite(transport, server).await;
     for session in [&closed, &dropped] {
         call_text(session, "echo", json!({"message": "x"}))
             .await
             .unwrap_or_else(|e| panic!("{kind}: echo: {e}"));
     }
-    assert_eq!(server.sessions_alive(), 2, "{kind}: two sessions alive");
+    stats_when(
+        server,
+        |s| s.sessions_alive == 2 && s.tool_calls >= 2,
+        &format!("{kind}: two sessions alive"),
+    )
+    .await;
 
     let _ = timeout(SIGNAL_TIMEOUT, closed.close())
         .await
         .unwrap_or_else(|_| panic!("{kind}: close hung"));
-    server
-        .wait_sessions_alive(1, SIGNAL_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{kind}: a closed session must end on the server: {e}"));
+    stats_when(
+        server,
+        |s| s.sessions_alive == 1,
+        &format!("{kind}: a closed session must end on the server"),
+    )
+    .await;
 
     drop(dropped);
-    server
-        .wait_sessions_alive(0, SIGNAL_TIMEOUT)
-        .await
-        .unwrap_or_else(|e| panic!("{kind}: a dropped session must end on the server: {e}"));
-    assert_eq!(
-        server.sessions_opened(),
-        2,
-        "{kind}: no session was reopened"
-    );
+    let stats = stats_when(
+        server,
+        |s| s.sessions_alive == 0,
+        &format!("{kind}: a dropped session must end on the server"),
+    )
+    .await;
+    assert_eq!(stats.sessions_opened, 2, "{kind}: no session was reopened");
+}
+
+/// [`check_session_gone_after_close_on`] against [`ReferenceServers`].
+pub async fn check_session_gone_after_close(transport: &dyn Transport) {
+    check_session_gone_after_close_on(transport, &ReferenceServers).await;
 }
 
 /// Identity headers are forwarded and internal ones never are: the request that opened the
@@ -708,6 +950,8 @@ pub async fn check_error_statuses_are_categorized(transport: &dyn Transport) {
 /// Emits one `#[tokio::test]` per check of the [`Transport`] suite, in a module.
 ///
 /// ```ignore
+/// // A network transport (URLs of the reference server: `/mcp`, `/sse`, `/ws`): every check,
+/// // the HTTP group (headers, dead port, silent server, 401, error statuses) included.
 /// mcp_pool_conformance::transport_conformance! {
 ///     // The module the tests go into.
 ///     name: websocket,
@@ -715,30 +959,56 @@ pub async fn check_error_statuses_are_categorized(transport: &dyn Transport) {
 ///     // the enclosing module are in scope.
 ///     transport: mcp_pool_transports::WebSocket::new(),
 /// }
+///
+/// // Any other medium: the generic checks, against servers the factory starts (given the
+/// // transport under test). `StdioReferenceServers` serves the reference handler as a child
+/// // process; a `DuplexTransport` is its own server.
+/// mcp_pool_conformance::transport_conformance! {
+///     name: stdio,
+///     transport: mcp_pool_transports::Stdio::new(),
+///     server: |_: &mcp_pool_transports::Stdio| StdioReferenceServers::new(program),
+/// }
 /// ```
 ///
-/// The transport must reach [`ReferenceServer`] at
-/// [`endpoint_for`](ReferenceServer::endpoint_for)`(transport.kind())`. The tests run on a
-/// multi-threaded tokio runtime: the crate using the macro needs `tokio` with the `macros`
-/// and `rt-multi-thread` features as a dev-dependency.
+/// The tests run on a multi-threaded tokio runtime: the crate using the macro needs `tokio`
+/// with the `macros` and `rt-multi-thread` features as a dev-dependency.
 #[macro_export]
 macro_rules! transport_conformance {
+    (name: $name:ident, transport: $transport:expr, server: $server:expr $(,)?) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            $crate::transport_conformance!(@generic ($transport) ($server));
+        }
+    };
     (name: $name:ident, transport: $transport:expr $(,)?) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
 
-            $crate::transport_conformance!(@test ($transport) connect_initialize_echo check_connect_initialize_echo);
-            $crate::transport_conformance!(@test ($transport) counter_state_is_per_session check_counter_state_is_per_session);
-            $crate::transport_conformance!(@test ($transport) ping check_ping);
-            $crate::transport_conformance!(@test ($transport) concurrent_calls_are_multiplexed check_concurrent_calls_are_multiplexed);
-            $crate::transport_conformance!(@test ($transport) death_detected_after_stop check_death_detected_after_stop);
-            $crate::transport_conformance!(@test ($transport) session_gone_after_close check_session_gone_after_close);
+            $crate::transport_conformance!(@generic ($transport) (|_: &_| $crate::transport::ReferenceServers));
             $crate::transport_conformance!(@test ($transport) internal_headers_never_reach_the_server check_internal_headers_never_reach_the_server);
             $crate::transport_conformance!(@test ($transport) dead_port_fails_fast check_dead_port_fails_fast);
             $crate::transport_conformance!(@test ($transport) silent_server_times_out check_silent_server_times_out);
             $crate::transport_conformance!(@test ($transport) unauthorized_does_not_count check_unauthorized_does_not_count);
             $crate::transport_conformance!(@test ($transport) error_statuses_are_categorized check_error_statuses_are_categorized);
+        }
+    };
+    (@generic ($transport:expr) ($server:expr)) => {
+        $crate::transport_conformance!(@on ($transport) ($server) connect_initialize_echo check_connect_initialize_echo_on);
+        $crate::transport_conformance!(@on ($transport) ($server) counter_state_is_per_session check_counter_state_is_per_session_on);
+        $crate::transport_conformance!(@on ($transport) ($server) ping check_ping_on);
+        $crate::transport_conformance!(@on ($transport) ($server) concurrent_calls_are_multiplexed check_concurrent_calls_are_multiplexed_on);
+        $crate::transport_conformance!(@on ($transport) ($server) death_detected_after_stop check_death_detected_after_stop_on);
+        $crate::transport_conformance!(@on ($transport) ($server) session_gone_after_close check_session_gone_after_close_on);
+    };
+    (@on ($transport:expr) ($server:expr) $test:ident $check:ident) => {
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let transport = $transport;
+            let servers = ($server)(&transport);
+            $crate::transport::$check(&transport, &servers).await;
         }
     };
     (@test ($transport:expr) $test:ident $check:ident) => {

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 /// A snapshot of a reference server's counters, taken by `stats()`.
@@ -16,7 +16,7 @@ use tokio::sync::watch;
 /// Every counter except `sessions_alive` only grows, and all of them carry over across
 /// [`ReferenceServer::restart`](crate::ReferenceServer::restart). The counters are read one by
 /// one, so a snapshot taken while requests are in flight may mix instants.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ServerStats {
     /// HTTP requests received over every transport (streamable HTTP POST, GET and DELETE on
@@ -76,6 +76,11 @@ impl Counters {
     fn bump(&self, counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
         self.changed.send_replace(());
+    }
+
+    /// Notified after every change.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
     }
 
     pub(crate) fn http_request(&self) {
