@@ -461,6 +461,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+// The pool's model-based properties with this backend under the pool (user limits take its
+// slots).
+#[cfg(test)]
+mcp_pool_conformance::pool_conformance! {
+    name: pool_model_on_this_backend,
+    backend: || Arc::new(MapStore::new().backend(StateId::new("model").expect("a valid id"))),
+    cases: 32,
+}
+
 // The whole proof: one test per check of the suite, each in its own namespace.
 #[cfg(test)]
 mcp_pool_conformance::backend_conformance! {

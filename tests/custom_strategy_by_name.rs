@@ -63,6 +63,13 @@ impl Selector for LruSelector {
 mcp_pool_conformance::counting_allocator!();
 strategy_conformance!(name: lru_suite, strategy: LeastRecentlyUsed);
 
+// The pool's model-based properties with the LRU strategy registered and scenarios on it.
+mcp_pool_conformance::pool_conformance! {
+    name: lru_pool_model,
+    strategy: LeastRecentlyUsed,
+    cases: 32,
+}
+
 fn id(s: &str) -> ServerId {
     ServerId::new(s).unwrap()
 }

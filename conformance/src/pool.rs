@@ -383,12 +383,110 @@ pub fn pool_ops(strategy: StrategyKind, max_len: usize) -> impl Strategy<Value =
     prop::collection::vec(op, 1..=max_len.max(1))
 }
 
+/// What a user plugs into the model run: a strategy of their own (registered with the pool;
+/// scenarios then name it) and a state backend (a fresh one per run). The transport stays the
+/// in-process [`DuplexTransport`]: the model injects connect failures, hangs and deaths through
+/// it, which no real medium allows (a transport proves itself with
+/// [`transport_conformance!`](crate::transport_conformance)).
+#[derive(Clone, Default)]
+pub struct Plugins {
+    strategy: Option<Arc<dyn mcp_pool::Strategy>>,
+    backend: Option<Arc<dyn Fn() -> Arc<dyn mcp_pool::StateBackend> + Send + Sync>>,
+    start: Option<StrategyKind>,
+}
+
+impl fmt::Debug for Plugins {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugins")
+            .field(
+                "strategy",
+                &self.strategy.as_ref().map(|s| s.name().to_owned()),
+            )
+            .field("backend", &self.backend.is_some())
+            .field("start", &self.start)
+            .finish()
+    }
+}
+
+impl Plugins {
+    /// Registers `strategy` with every pool of the run.
+    pub fn with_strategy(mut self, strategy: Arc<dyn mcp_pool::Strategy>) -> Self {
+        self.strategy = Some(strategy);
+        self
+    }
+
+    /// Gives every pool of the run a backend made by `backend` (called once per run). It
+    /// must work on tokio's paused clock: an in-process backend, not a networked one.
+    pub fn with_backend(
+        mut self,
+        backend: impl Fn() -> Arc<dyn mcp_pool::StateBackend> + Send + Sync + 'static,
+    ) -> Self {
+        self.backend = Some(Arc::new(backend));
+        self
+    }
+
+    /// Scenarios start on the built-in `kind` (nothing registered).
+    pub fn starting_on(mut self, kind: StrategyKind) -> Self {
+        self.start = Some(kind);
+        self
+    }
+
+    /// Whether `kind` is the registered strategy (the pool reuses its instance).
+    fn registered(&self, kind: StrategyKind) -> bool {
+        self.strategy.is_some() && self.registered_kind() == Some(kind)
+    }
+
+    fn registered_kind(&self) -> Option<StrategyKind> {
+        self.strategy.as_ref().map(|s| {
+            s.kind().unwrap_or_else(|| {
+                StrategyKind::custom(s.name()).expect("a registered strategy has a valid name")
+            })
+        })
+    }
+
+    /// The kind scenarios start on: [`starting_on`](Self::starting_on)'s, else the plugged-in
+    /// strategy's, else round robin.
+    pub fn strategy_kind(&self) -> StrategyKind {
+        if let Some(kind) = self.start {
+            return kind;
+        }
+        match &self.strategy {
+            None => StrategyKind::RoundRobin,
+            Some(s) => s.kind().unwrap_or_else(|| {
+                StrategyKind::custom(s.name()).expect("a registered strategy has a valid name")
+            }),
+        }
+    }
+
+    /// Whether `kind` pools and binds, as the model needs to know.
+    fn traits_of(&self, kind: StrategyKind) -> (bool, bool) {
+        match &self.strategy {
+            Some(s) if s.kind().is_none() && self.registered_kind() == Some(kind) => {
+                (s.pools(), s.selector().binds())
+            }
+            _ => (kind != StrategyKind::None, kind == StrategyKind::Sticky),
+        }
+    }
+}
+
 /// Runs `ops` against a fresh pool built from `scenario`, on a new current-thread runtime with
 /// a paused clock and a local metrics recorder (so runs on one thread do not share gauges).
 ///
 /// # Errors
 /// The first [`Violation`].
 pub fn check_pool_properties(scenario: &Scenario, ops: &[PoolOp]) -> Result<RunReport, Violation> {
+    check_pool_properties_with(scenario, ops, &Plugins::default())
+}
+
+/// [`check_pool_properties`] with a user's strategy or backend plugged in.
+///
+/// # Errors
+/// The first [`Violation`].
+pub fn check_pool_properties_with(
+    scenario: &Scenario,
+    ops: &[PoolOp],
+    plugins: &Plugins,
+) -> Result<RunReport, Violation> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
@@ -400,8 +498,108 @@ pub fn check_pool_properties(scenario: &Scenario, ops: &[PoolOp]) -> Result<RunR
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let _local = metrics::set_default_local_recorder(&recorder);
-    runtime.block_on(run(scenario, ops, snapshotter))
+    runtime.block_on(run(scenario, ops, snapshotter, plugins))
 }
+
+/// Runs the model `cases` times (proptest, shrinking on failure) with `plugins`, scenarios
+/// starting on the plugged-in strategy ([`Plugins::strategy_kind`]), sequences of up to
+/// `max_ops` ops; prints the ops and leases applied. Failures are saved (and replayed first)
+/// in `{source_file}.proptest-regressions`-style files next to `source_file` when given
+/// (`Some(file!())`). What `pool_conformance!` and this crate's `tests/pool_properties.rs`
+/// run.
+///
+/// # Panics
+/// On the first (shrunk) violation, naming the strategy.
+pub fn run_model(plugins: &Plugins, cases: u32, max_ops: usize, source_file: Option<&'static str>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let strategy = plugins.strategy_kind();
+    let (ops, leases) = (AtomicU64::new(0), AtomicU64::new(0));
+    let mut runner = proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases,
+        source_file,
+        failure_persistence: source_file.map(|_| {
+            Box::new(
+                proptest::test_runner::FileFailurePersistence::SourceParallel(
+                    "proptest-regressions",
+                ),
+            ) as Box<dyn proptest::test_runner::FailurePersistence>
+        }),
+        // Shrinking deletes ops first (the sequence comes first in the tuple); the default
+        // budget (4 × cases) is far too small for sequences of 160 ops.
+        max_shrink_iters: 4096,
+        max_shrink_time: 300_000,
+        ..proptest::test_runner::Config::default()
+    });
+    let result = runner.run(
+        &(pool_ops(strategy, max_ops), scenarios(strategy)),
+        |(sequence, scenario)| {
+            let report = check_pool_properties_with(&scenario, &sequence, plugins)
+                .map_err(|v| proptest::test_runner::TestCaseError::fail(v.to_string()))?;
+            ops.fetch_add(report.ops as u64, Ordering::Relaxed);
+            leases.fetch_add(report.leases, Ordering::Relaxed);
+            Ok(())
+        },
+    );
+    eprintln!(
+        "{strategy}: {} ops, {} leases over the passing cases",
+        ops.load(Ordering::Relaxed),
+        leases.load(Ordering::Relaxed)
+    );
+    if let Err(error) = result {
+        panic!("{strategy}: {error}");
+    }
+}
+
+/// Emits a `#[test]` that runs the pool's model-based properties ([`run_model`]) with a
+/// user's strategy and/or state backend plugged in:
+///
+/// ```ignore
+/// mcp_pool_conformance::pool_conformance! {
+///     name: lru_pool,
+///     // Optional: a `Strategy` expression; scenarios start on it (and switch among it and
+///     // the built-ins).
+///     strategy: LeastRecentlyUsed,
+///     // Optional: makes a fresh in-process `StateBackend` per run.
+///     backend: || std::sync::Arc::new(MyBackend::new()),
+///     // Optional: cases (default 64; `PROPTEST_CASES` overrides).
+///     cases: 64,
+/// }
+/// ```
+#[macro_export]
+macro_rules! pool_conformance {
+    (
+        name: $name:ident
+        $(, strategy: $strategy:expr)?
+        $(, backend: $backend:expr)?
+        $(, cases: $cases:expr)?
+        $(,)?
+    ) => {
+        #[test]
+        fn $name() {
+            #[allow(unused_mut)]
+            let mut plugins = $crate::pool::Plugins::default();
+            $(plugins = plugins.with_strategy(::std::sync::Arc::new($strategy));)?
+            $(
+                let backend = $backend;
+                plugins = plugins.with_backend(move || {
+                    let backend: $crate::pool::SharedBackend = backend();
+                    backend
+                });
+            )?
+            #[allow(unused_mut, unused_assignments)]
+            let mut cases: u32 = 64;
+            $(cases = $cases;)?
+            let cases = ::std::env::var("PROPTEST_CASES")
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(cases);
+            $crate::pool::run_model(&plugins, cases, 200, ::std::option::Option::Some(file!()));
+        }
+    };
+}
+
+/// A shared state backend, named for [`pool_conformance!`](crate::pool_conformance).
+pub type SharedBackend = Arc<dyn mcp_pool::StateBackend>;
 
 /// An affinity: a principal and its downstream session, if any.
 type Affinity = (usize, Option<u8>);
@@ -464,6 +662,7 @@ struct Totals {
 }
 
 struct Model {
+    plugins: Plugins,
     scenario: Scenario,
     pool: Pool,
     transport: DuplexTransport,
@@ -529,11 +728,19 @@ async fn run(
     scenario: &Scenario,
     ops: &[PoolOp],
     snapshotter: Snapshotter,
+    plugins: &Plugins,
 ) -> Result<RunReport, Violation> {
     let fail0 = |message: String| Violation { step: 0, message };
     let transport = DuplexTransport::new(TransportKind::StreamableHttp);
     let server = ServerId::new("model").expect("a valid id");
-    let mut builder = Pool::builder()
+    let mut builder = Pool::builder();
+    if let Some(strategy) = &plugins.strategy {
+        builder = builder.strategy(strategy.clone());
+    }
+    if let Some(backend) = &plugins.backend {
+        builder = builder.backend(backend());
+    }
+    let mut builder = builder
         .transport(Arc::new(transport.clone()))
         .server(
             ServerConfig::new(server.clone(), endpoint(ENDPOINT_URLS[0], 1))
@@ -565,6 +772,7 @@ async fn run(
         .collect();
     let n = principals.len();
     let mut model = Model {
+        plugins: plugins.clone(),
         scenario: scenario.clone(),
         pool,
         transport,
@@ -668,11 +876,13 @@ fn is_cancelled(error: &tokio::task::JoinError) -> Result<(), String> {
 
 impl Model {
     fn pools(&self) -> bool {
-        self.config.pools()
+        self.config.enabled && self.plugins.traits_of(self.config.strategy).0
     }
 
+    /// Whether the strategy binds conversations (sticky, or a plugged-in one that binds): the
+    /// model then checks sticky's exclusivity rules for it.
     fn sticky(&self) -> bool {
-        self.pools() && self.config.strategy == StrategyKind::Sticky
+        self.pools() && self.plugins.traits_of(self.config.strategy).1
     }
 
     fn leased_tags(&self) -> HashMap<u64, u32> {
@@ -869,11 +1079,24 @@ impl Model {
                 self.pool
                     .add_server(server.pool(self.config.clone()))
                     .map_err(|e| format!("add_server refused: {e}"))?;
-                self.urls = listed.iter().map(|&i| ENDPOINT_URLS[i]).collect();
-                // A replaced server is a new strategy instance: sessions are retired (given
-                // one cleanup interval), bindings start over.
+                let urls: Vec<&'static str> = listed.iter().map(|&i| ENDPOINT_URLS[i]).collect();
                 let from = Instant::now() + self.scenario.cleanup_interval;
-                self.retire_all_upstream(from);
+                if self.plugins.registered(self.config.strategy) {
+                    // A registered strategy is the same instance in the replaced server: only
+                    // sessions whose endpoint changed (another URL at its index) are retired.
+                    for s in self.transport.upstream_sessions() {
+                        let index = self.urls.iter().position(|u| *u == s.url);
+                        let kept = index.is_some_and(|i| urls.get(i) == Some(&s.url.as_str()));
+                        if s.initialized && !kept {
+                            self.retired.entry(s.id).or_insert(from);
+                        }
+                    }
+                } else {
+                    // A built-in strategy is a new instance in a replaced server: sessions are
+                    // retired (given one cleanup interval), bindings start over.
+                    self.retire_all_upstream(from);
+                }
+                self.urls = urls;
                 self.new_epoch();
             }
             PoolOp::Unbind {

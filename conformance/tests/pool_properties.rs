@@ -17,11 +17,10 @@
 //! Failures are shrunk and saved in `pool_properties.proptest-regressions` next to this file
 //! (check it in: saved cases run first on every later run).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use mcp_pool::StrategyKind;
-use mcp_pool_conformance::pool::{check_pool_properties, pool_ops, scenarios};
-use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
+use mcp_pool_conformance::pool::{Plugins, run_model};
 
 /// Cases per strategy unless `PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: u32 = 384;
@@ -36,38 +35,12 @@ fn cases() -> u32 {
 }
 
 fn run(strategy: StrategyKind) {
-    let ops = AtomicU64::new(0);
-    let leases = AtomicU64::new(0);
-    let mut runner = TestRunner::new(Config {
-        cases: cases(),
-        source_file: Some(file!()),
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        // Shrinking deletes ops first (the sequence comes first in the tuple); the default
-        // budget (4 × cases) is far too small for sequences of 160 ops.
-        max_shrink_iters: 4096,
-        max_shrink_time: 300_000,
-        ..Config::default()
-    });
-    let result = runner.run(
-        &(pool_ops(strategy, MAX_OPS), scenarios(strategy)),
-        |(sequence, scenario)| {
-            let report = check_pool_properties(&scenario, &sequence)
-                .map_err(|v| proptest::test_runner::TestCaseError::fail(v.to_string()))?;
-            ops.fetch_add(report.ops as u64, Ordering::Relaxed);
-            leases.fetch_add(report.leases, Ordering::Relaxed);
-            Ok(())
-        },
+    run_model(
+        &Plugins::default().starting_on(strategy),
+        cases(),
+        MAX_OPS,
+        Some(file!()),
     );
-    eprintln!(
-        "{strategy:?}: {} ops, {} leases over the passing cases",
-        ops.load(Ordering::Relaxed),
-        leases.load(Ordering::Relaxed)
-    );
-    if let Err(error) = result {
-        panic!("{strategy:?}: {error}");
-    }
 }
 
 #[test]
@@ -93,6 +66,34 @@ fn model_weighted() {
 #[test]
 fn model_none() {
     run(StrategyKind::None);
+}
+
+#[test]
+fn model_peak_ewma() {
+    run(StrategyKind::PeakEwma);
+}
+
+// The model with a strategy of a third party's: `pool_conformance!` registers it and starts
+// scenarios on it (a round robin under a custom name here; `tests/custom_strategy_by_name.rs`
+// runs a least-recently-used one).
+#[derive(Debug)]
+struct Renamed;
+
+impl mcp_pool::Strategy for Renamed {
+    fn name(&self) -> &str {
+        "renamed_round_robin"
+    }
+
+    fn selector(&self) -> Box<dyn mcp_pool::traits::Selector> {
+        mcp_pool::Strategy::selector(&mcp_pool_strategies::RoundRobin)
+    }
+}
+
+mcp_pool_conformance::pool_conformance! {
+    name: model_custom_strategy_and_backend,
+    strategy: Renamed,
+    backend: || Arc::new(mcp_pool_backends::MemoryBackend::new()),
+    cases: 32,
 }
 
 /// Pinned sequences: the shortest known reproductions of issue 9's defects, so that each has a
