@@ -76,6 +76,32 @@ async fn a_discover_endpoint_is_pooled_without_initialize_or_server_sessions() {
 }
 
 #[tokio::test]
+async fn progress_of_a_2026_call_reaches_its_caller_before_the_result() {
+    let server = upstream(Protocols::ModernOnly).await;
+    let (pool, id) = pool(&server, Lifecycle::Discover);
+    let lease = pool.acquire(&id, Principal::user("u")).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let args = serde_json::json!({"steps": 3});
+    let call = mcp_pool::rmcp::model::CallToolRequestParams::new("progress")
+        .with_arguments(args.as_object().cloned().unwrap());
+    let result = lease
+        .call_tool_with(call, mcp_pool::CallOptions::new().notifications(tx))
+        .await
+        .unwrap();
+    assert_eq!(text(&result), "done 3");
+    // Every step is in the channel when the result is back: routed in wire order.
+    let mut steps = Vec::new();
+    while let Ok(notification) = rx.try_recv() {
+        if let mcp_pool::rmcp::model::ServerNotification::ProgressNotification(p) = notification {
+            steps.push(p.params.progress);
+        }
+    }
+    assert_eq!(steps, [1.0, 2.0, 3.0]);
+    drop(lease);
+    pool.close().await;
+}
+
+#[tokio::test]
 async fn an_auto_endpoint_speaks_2026_07_28_to_a_server_that_can() {
     let server = upstream(Protocols::All).await;
     let (pool, id) = pool(&server, Lifecycle::Auto);

@@ -524,6 +524,27 @@ impl SessionHandler {
         };
         rmcp::ServiceExt::serve(self, tap).await
     }
+
+    /// [`serve`](Self::serve) with rmcp's `lifecycle` (`Discover` for protocol 2026-07-28,
+    /// `Auto`), notifications routed in wire order as there.
+    ///
+    /// # Errors
+    /// rmcp's [`ClientInitializeError`] when discovery or the handshake fails.
+    pub async fn serve_with_lifecycle<T, E, A>(
+        self,
+        transport: T,
+        lifecycle: rmcp::ClientLifecycleMode,
+    ) -> Result<rmcp::service::RunningService<RoleClient, SessionHandler>, ClientInitializeError>
+    where
+        T: IntoTransport<RoleClient, E, A>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        let tap = Tap {
+            inner: transport.into_transport(),
+            handler: self.clone(),
+        };
+        rmcp::ClientServiceExt::serve_with_lifecycle(self, tap, lifecycle).await
+    }
 }
 
 /// Marks a notification [`Tap`] already routed.

@@ -101,7 +101,7 @@ impl<'a> ConnectRequest<'a> {
         T: rmcp::transport::IntoTransport<RoleClient, E, A>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        use rmcp::{ClientLifecycleMode, ClientServiceExt, model::ProtocolVersion};
+        use rmcp::{ClientLifecycleMode, model::ProtocolVersion};
         let mode = match self.endpoint.lifecycle {
             crate::Lifecycle::Discover => ClientLifecycleMode::Discover {
                 preferred_versions: vec![ProtocolVersion::V_2026_07_28],
@@ -110,8 +110,9 @@ impl<'a> ConnectRequest<'a> {
                 preferred_versions: vec![ProtocolVersion::V_2026_07_28],
                 legacy_version: None,
             },
-            _ => ClientLifecycleMode::Initialize,
+            _ => return self.handler().serve(transport).await,
         };
+        // The handler's own methods: they route notifications in wire order.
         self.handler().serve_with_lifecycle(transport, mode).await
     }
 }
