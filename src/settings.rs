@@ -802,6 +802,7 @@ impl FileText<'_> {
                     let part = match (&e, endpoint.transport) {
                         (InvalidEndpoint::Weight(_), _) => "weight",
                         (InvalidEndpoint::Command(_), _) => "command",
+                        (InvalidEndpoint::Lifecycle { .. }, _) => "lifecycle",
                         (_, TransportKind::Stdio) => "transport",
                         _ => "url",
                     };

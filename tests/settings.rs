@@ -605,6 +605,19 @@ fn a_bad_file_is_rejected_whole_with_line_column_and_field_path() {
              fit transport sse: expected a URL starting with http:// or https://",
         ),
         (
+            "[[servers]]\nid = \"a\"\nendpoints = [{ url = \"http://x/mcp\", transport = \"streamable_http\", lifecycle = \"handshake\" }]\n"
+                .into(),
+            "pool.toml:3:81: servers[0].endpoints[0].lifecycle: unknown variant `handshake`, \
+             expected one of `initialize`, `discover`, `auto`",
+        ),
+        (
+            "[[servers]]\nid = \"a\"\nendpoints = [{ url = \"http://x/sse\", transport = \"sse\", lifecycle = \"discover\" }]\n"
+                .into(),
+            "pool.toml:3:69: servers[0].endpoints[0].lifecycle: lifecycle discover does not fit \
+             transport sse: it speaks only initialize (protocol 2024-11-05); use streamable_http \
+             for discover or auto",
+        ),
+        (
             two_servers("").replace("id = \"b\"", "id = \"a\""),
             "pool.toml:6:6: servers[1].id: server a is defined twice (also servers[0].id)",
         ),
