@@ -11,8 +11,8 @@ use std::{collections::VecDeque, sync::Arc};
 use http::HeaderMap;
 use mcp_pool_traits::{
     Binding, ClientSession, ConnectRequest, Digest256, Endpoint, EndpointView, EvictionReason,
-    LeaseOutcome, LeaseReport, PoolKey, SelectContext, Selection, Selector, SessionHandler,
-    SessionId, SessionView, StateId, TransportError, TransportKind,
+    LeaseReport, PoolKey, SelectContext, Selection, Selector, SessionHandler, SessionId,
+    SessionView, StateId, TransportError, TransportKind,
 };
 use parking_lot::Mutex;
 use tokio::{
@@ -135,6 +135,8 @@ pub(crate) enum Grant {
         id: SessionId,
         peer: Arc<Link>,
         endpoint: usize,
+        /// Whether the selector observes leases (the lease then times itself).
+        observes: bool,
     },
     /// Permission to create a session (`creating` already counts it).
     Create(Reserved),
@@ -207,6 +209,9 @@ pub(crate) struct KeyState {
     selector: Box<dyn Selector>,
     /// `selector.binds()`, read once per selector.
     binds: bool,
+    /// `selector.observes_leases()`, read once per selector: whether leases read the clock
+    /// and report their end.
+    observes: bool,
     /// `server.pools()` (pooling on and a strategy that pools), read once per snapshot: the
     /// hit and release paths make no virtual call for it.
     pools: bool,
@@ -336,6 +341,7 @@ impl KeyPool {
             subject: limits::subject(&key.principal()),
             transport: key.transport,
             binds: selector.binds(),
+            observes: selector.observes_leases(),
             pools: server.pools(),
             selector_epoch: 0,
             creating_for: Vec::new(),
@@ -395,11 +401,24 @@ impl KeyPool {
         }
         if st.waiters.is_empty() {
             match st.try_serve(ctx) {
-                Some(Grant::Session { id, peer, endpoint }) => {
-                    // Hits are recorded as 0 s: this path reads no clock (its cost is the
-                    // ~200 ns of `cargo bench --bench acquire`).
+                Some(Grant::Session {
+                    id,
+                    peer,
+                    endpoint,
+                    observes,
+                }) => {
+                    // Hits are recorded as 0 s: this path reads no clock unless the strategy
+                    // observes leases (its cost is the ~200 ns of `cargo bench --bench acquire`).
                     st.metrics.acquire_seconds.record(0.0);
-                    Ok(Lease::new(self.clone(), id, peer, endpoint, true, false))
+                    Ok(Lease::new(
+                        self.clone(),
+                        id,
+                        peer,
+                        endpoint,
+                        true,
+                        false,
+                        observes,
+                    ))
                 }
                 Some(grant) => Err(Next::Slow(Box::new(self.first_step(grant)))),
                 None => Err(Next::Slow(Box::new(FirstStep::Wait(
@@ -496,9 +515,20 @@ impl KeyPool {
 
     fn first_step(self: &Arc<Self>, grant: Grant) -> FirstStep {
         match grant {
-            Grant::Session { id, peer, endpoint } => {
-                FirstStep::Lease(Lease::new(self.clone(), id, peer, endpoint, true, false))
-            }
+            Grant::Session {
+                id,
+                peer,
+                endpoint,
+                observes,
+            } => FirstStep::Lease(Lease::new(
+                self.clone(),
+                id,
+                peer,
+                endpoint,
+                true,
+                false,
+                observes,
+            )),
             Grant::Create(reserved) => FirstStep::Create(reserved),
             Grant::NoEndpoint => FirstStep::NoEndpoint,
             Grant::CircuitOpen(at) => FirstStep::CircuitOpen(at),
@@ -642,12 +672,13 @@ impl KeyPool {
     /// its reply): the session stays out of use, as if checked, until a probe (the health
     /// check chain within [`PoolBuilder::cancel_grace`](crate::PoolBuilder::cancel_grace))
     /// shows the server still answers; else it is evicted (issue 10, item 3).
-    pub(crate) fn release_in_doubt(self: &Arc<Self>, report: &LeaseReport) {
-        let id = report.session;
+    pub(crate) fn release_in_doubt(self: &Arc<Self>, id: SessionId, report: Option<&LeaseReport>) {
         let link = {
             let mut st = self.state.lock();
             st.counters.releases += 1;
-            st.selector.on_released(report);
+            if let Some(report) = report {
+                st.selector.on_released(report);
+            }
             let link = st.hold_for_probe(id);
             st.serve_waiters();
             link
@@ -735,13 +766,16 @@ impl KeyPool {
         )
     }
 
-    /// Returns a lease's session.
+    /// Returns a lease's session. `report` is there when the lease timed itself (its
+    /// selector [`observes_leases`](mcp_pool_traits::Selector::observes_leases)).
     #[inline]
-    pub(crate) fn release(&self, report: &LeaseReport) {
+    pub(crate) fn release(&self, id: SessionId, broken: bool, report: Option<&LeaseReport>) {
         let mut st = self.state.lock();
         st.counters.releases += 1;
-        st.selector.on_released(report);
-        st.give_back(report.session, report.outcome == LeaseOutcome::Broken);
+        if let Some(report) = report {
+            st.selector.on_released(report);
+        }
+        st.give_back(id, broken);
         st.serve_waiters();
     }
 
@@ -1284,6 +1318,7 @@ impl KeyState {
             self.retire_all(EvictionReason::Drained);
             self.selector = server.strategy.selector();
             self.binds = self.selector.binds();
+            self.observes = self.selector.observes_leases();
             let metrics = KeyMetrics::new(
                 &server.id,
                 key.transport,
@@ -1656,6 +1691,7 @@ impl KeyState {
             id,
             peer: slot.peer.clone(),
             endpoint,
+            observes: self.observes,
         }
     }
 
@@ -1993,6 +2029,7 @@ impl Reservation {
                 self.endpoint,
                 false,
                 binding == Binding::Rebound,
+                st.observes,
             ))
         } else {
             Filled::Stored

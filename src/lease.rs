@@ -177,7 +177,8 @@ pub struct Lease {
     suspect: AtomicBool,
     hit: bool,
     rebound: bool,
-    acquired: Instant,
+    /// When it was handed out, if its selector observes leases (no clock read otherwise).
+    acquired: Option<Instant>,
 }
 
 impl Lease {
@@ -189,6 +190,7 @@ impl Lease {
         endpoint: usize,
         hit: bool,
         rebound: bool,
+        observed: bool,
     ) -> Self {
         Self {
             key,
@@ -199,7 +201,7 @@ impl Lease {
             suspect: AtomicBool::new(false),
             hit,
             rebound,
-            acquired: Instant::now(),
+            acquired: observed.then(Instant::now),
         }
     }
 
@@ -490,11 +492,13 @@ impl Drop for Lease {
         } else {
             LeaseOutcome::Ok
         };
-        let report = LeaseReport::new(self.id, self.endpoint, self.acquired.elapsed(), outcome);
+        let report = self
+            .acquired
+            .map(|at| LeaseReport::new(self.id, self.endpoint, at.elapsed(), outcome));
         if in_doubt {
-            self.key.release_in_doubt(&report);
+            self.key.release_in_doubt(self.id, report.as_ref());
         } else {
-            self.key.release(&report);
+            self.key.release(self.id, broken, report.as_ref());
         }
     }
 }

@@ -260,3 +260,89 @@ async fn peak_ewma_keeps_work_off_an_endpoint_that_answered_slowly() {
     assert_eq!(replicas.servers[0].tool_calls(), 21);
     assert_eq!(replicas.servers[1].tool_calls(), 1, "only the slow call");
 }
+
+/// A round robin that counts the lease reports it gets.
+#[derive(Debug)]
+struct Counting {
+    observes: bool,
+    reports: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[derive(Debug)]
+struct CountingSelector {
+    inner: Box<dyn mcp_pool::traits::Selector>,
+    observes: bool,
+    reports: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl mcp_pool::Strategy for Counting {
+    fn name(&self) -> &str {
+        if self.observes {
+            "counting_observer"
+        } else {
+            "counting_blind"
+        }
+    }
+
+    fn selector(&self) -> Box<dyn mcp_pool::traits::Selector> {
+        Box::new(CountingSelector {
+            inner: mcp_pool::Strategy::selector(&mcp_pool_strategies::RoundRobin),
+            observes: self.observes,
+            reports: self.reports.clone(),
+        })
+    }
+}
+
+impl mcp_pool::traits::Selector for CountingSelector {
+    fn select(
+        &mut self,
+        sessions: &[mcp_pool::traits::SessionView],
+        ctx: &mcp_pool::traits::SelectContext,
+    ) -> mcp_pool::traits::Selection {
+        self.inner.select(sessions, ctx)
+    }
+
+    fn select_endpoint(
+        &mut self,
+        endpoints: &[mcp_pool::traits::EndpointView],
+        ctx: &mcp_pool::traits::SelectContext,
+    ) -> Option<usize> {
+        self.inner.select_endpoint(endpoints, ctx)
+    }
+
+    fn on_released(&mut self, report: &mcp_pool::traits::LeaseReport) {
+        assert!(report.held > Duration::ZERO, "{report:?}");
+        self.reports
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn observes_leases(&self) -> bool {
+        self.observes
+    }
+}
+
+#[tokio::test]
+async fn only_selectors_that_observe_leases_get_their_reports() {
+    let upstream = ReferenceServer::start().await.unwrap();
+    for observes in [false, true] {
+        let reports = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let strategy = std::sync::Arc::new(Counting {
+            observes,
+            reports: reports.clone(),
+        });
+        let kind = StrategyKind::custom(mcp_pool::Strategy::name(&*strategy)).unwrap();
+        let id = server_id("counted");
+        let pool = Pool::builder()
+            .strategy(strategy)
+            .server(ServerConfig::new(id.clone(), upstream.endpoint()).pool(config(kind, 2)))
+            .build()
+            .unwrap();
+        for _ in 0..5 {
+            let lease = pool.acquire(&id, Principal::user("u")).await.unwrap();
+            lease.call_tool(echo("x")).await.unwrap();
+        }
+        let expected = if observes { 5 } else { 0 };
+        assert_eq!(reports.load(std::sync::atomic::Ordering::Relaxed), expected);
+        pool.close().await;
+    }
+}

@@ -23,7 +23,7 @@ pub use handler::{
     SAMPLE_MAX_TOKENS, SERVER_NAME, UPDATED_RESOURCE,
 };
 pub use options::{Protocols, ServerOptions};
-pub(crate) use stats::{Counters, SessionGuard};
+pub(crate) use stats::{Counters, SessionGuard, wait_for_stats};
 pub use stats::{ServerStats, WaitTimeout};
 
 use self::http::{MCP_PATH, Run, SSE_PATH, Shared, WS_PATH};

@@ -28,7 +28,7 @@ use tokio::{
     sync::watch,
 };
 
-use crate::server::{Counters, ReferenceHandler, ServerStats, WaitTimeout};
+use crate::server::{Counters, ReferenceHandler, ServerStats, WaitTimeout, wait_for_stats};
 
 /// The variable naming the parent's stats listener (`127.0.0.1:PORT`).
 pub const STATS_ADDR_VAR: &str = "MCP_POOL_REFERENCE_STATS_ADDR";
@@ -220,34 +220,21 @@ impl StdioSuiteServer {
     /// [`WaitTimeout`] with the last counters.
     pub async fn wait_until(
         &self,
-        mut condition: impl FnMut(&ServerStats) -> bool,
+        condition: impl FnMut(&ServerStats) -> bool,
         timeout: Duration,
     ) -> Result<ServerStats, WaitTimeout> {
-        let mut changed = self.state.changed.subscribe();
-        let wait = async {
-            loop {
-                changed.mark_unchanged();
-                let stats = self.stats();
-                if condition(&stats) {
-                    return stats;
-                }
-                let _ = changed.changed().await;
-            }
-        };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_| WaitTimeout {
-                last: self.stats(),
-                timeout,
-            })
+        wait_for_stats(&self.state.changed, || self.stats(), condition, timeout).await
     }
 
     /// Makes every child exit at once, as a crash would, and waits until they are gone.
     pub async fn stop(&self) {
         self.stop.send_replace(true);
-        let _ = self
+        if let Err(e) = self
             .wait_until(|s| s.sessions_alive == 0, Duration::from_secs(10))
-            .await;
+            .await
+        {
+            panic!("stdio children still alive after `stop`: {e}");
+        }
     }
 }
 

@@ -124,10 +124,15 @@ pub async fn connect_with(
 
 /// Connects `transport` to `server`; panics (naming the transport) if it fails or hangs.
 pub async fn connect_to(transport: &dyn Transport, server: &ReferenceServer) -> ClientSession {
-    let endpoint = server.endpoint_for(transport.kind());
+    connect_or_panic(transport, &server.endpoint_for(transport.kind())).await
+}
+
+/// Connects `transport` to `endpoint`, bounded by [`SIGNAL_TIMEOUT`]; panics (naming the
+/// transport) if it fails or hangs.
+async fn connect_or_panic(transport: &dyn Transport, endpoint: &Endpoint) -> ClientSession {
     match timeout(
         SIGNAL_TIMEOUT * 2,
-        connect(transport, &endpoint, SIGNAL_TIMEOUT),
+        connect(transport, endpoint, SIGNAL_TIMEOUT),
     )
     .await
     {
@@ -278,25 +283,13 @@ impl ServerFactory for crate::DuplexTransport {
     }
 }
 
-/// Connects `transport` to `server`; panics (naming the transport) if it fails or hangs.
+/// Connects `transport` to a suite `server`; panics (naming the transport) if it fails or
+/// hangs.
 pub async fn connect_to_suite(
     transport: &dyn Transport,
     server: &dyn SuiteServer,
 ) -> ClientSession {
-    let endpoint = server.endpoint();
-    match timeout(
-        SIGNAL_TIMEOUT * 2,
-        connect(transport, &endpoint, SIGNAL_TIMEOUT),
-    )
-    .await
-    {
-        Ok(Ok(session)) => session,
-        Ok(Err(error)) => panic!("{}: connect failed: {error}", transport.kind()),
-        Err(_) => panic!(
-            "{}: connect ignored its timeout of {SIGNAL_TIMEOUT:?}",
-            transport.kind()
-        ),
-    }
+    connect_or_panic(transport, &server.endpoint()).await
 }
 
 /// The server's counters once `condition` holds; panics naming `what` when it does not

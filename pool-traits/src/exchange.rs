@@ -518,11 +518,8 @@ impl SessionHandler {
         T: IntoTransport<RoleClient, E, A>,
         E: std::error::Error + Send + Sync + 'static,
     {
-        let tap = Tap {
-            inner: transport.into_transport(),
-            handler: self.clone(),
-        };
-        rmcp::ServiceExt::serve(self, tap).await
+        self.serve_with_lifecycle(transport, rmcp::ClientLifecycleMode::Initialize)
+            .await
     }
 
     /// [`serve`](Self::serve) with rmcp's `lifecycle` (`Discover` for protocol 2026-07-28,

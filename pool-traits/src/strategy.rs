@@ -240,9 +240,17 @@ pub trait Selector: Send + fmt::Debug + 'static {
 
     /// A lease of one of the key's sessions ended, before the session is given back (and
     /// before [`on_removed`](Self::on_removed) when the release evicts it). Latency-aware
-    /// selectors learn from it; the default ignores it. Called under the key's lock, once per
-    /// lease: keep it short.
+    /// selectors learn from it. Called under the key's lock, once per lease, and only for
+    /// selectors whose [`observes_leases`](Self::observes_leases) is `true`: keep it short. The
+    /// session may already have left the key (drained while leased, or the strategy changed).
     fn on_released(&mut self, _report: &LeaseReport) {}
+
+    /// Whether [`on_released`](Self::on_released) is wanted. Only then does a lease read the
+    /// clock when it is handed out and returned: the hit path of the other strategies reads
+    /// none. Read once per selector. Default `false`.
+    fn observes_leases(&self) -> bool {
+        false
+    }
 
     /// Whether [`on_created`](Self::on_created) binds the new session to the request's
     /// affinity (sticky). The pool then creates at most one session at a time per affinity:

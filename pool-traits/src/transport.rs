@@ -110,9 +110,9 @@ impl<'a> ConnectRequest<'a> {
                 preferred_versions: vec![ProtocolVersion::V_2026_07_28],
                 legacy_version: None,
             },
-            _ => return self.handler().serve(transport).await,
+            _ => ClientLifecycleMode::Initialize,
         };
-        // The handler's own methods: they route notifications in wire order.
+        // The handler's own method: it routes notifications in wire order.
         self.handler().serve_with_lifecycle(transport, mode).await
     }
 }

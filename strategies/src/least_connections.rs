@@ -4,6 +4,8 @@ use mcp_pool_traits::{
     EndpointView, SelectContext, Selection, Selector, SessionView, Strategy, StrategyKind,
 };
 
+use crate::random::XorShift;
+
 /// Sessions up to this many are scanned whole; above it, power of two choices.
 pub const FULL_SCAN_MAX: usize = 32;
 
@@ -30,32 +32,13 @@ impl Strategy for LeastConnections {
 }
 
 /// The per-key state of [`LeastConnections`]: a tie-breaking cursor and a xorshift state.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct LeastConnectionsSelector {
     cursor: usize,
-    rng: u64,
-}
-
-impl Default for LeastConnectionsSelector {
-    fn default() -> Self {
-        Self {
-            cursor: 0,
-            rng: 0x9E37_79B9_7F4A_7C15,
-        }
-    }
+    rng: XorShift,
 }
 
 impl LeastConnectionsSelector {
-    fn next_random(&mut self) -> u64 {
-        // xorshift64: statistical quality is all p2c needs; no allocation, no shared state.
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
-    }
-
     fn scan(&mut self, sessions: &[SessionView]) -> Option<usize> {
         let n = sessions.len();
         let mut best: Option<usize> = None;
@@ -73,17 +56,11 @@ impl LeastConnectionsSelector {
     }
 
     fn two_choices(&mut self, sessions: &[SessionView]) -> Option<usize> {
-        // Two distinct sessions: a sample of one session twice could pick the most loaded.
-        let n = sessions.len() as u64;
-        let a = (self.next_random() % n) as usize;
-        let b = (a + 1 + (self.next_random() % (n - 1)) as usize) % sessions.len();
-        match (sessions[a].has_capacity(), sessions[b].has_capacity()) {
-            (true, true) if sessions[b].in_flight < sessions[a].in_flight => Some(b),
-            (true, _) => Some(a),
-            (false, true) => Some(b),
-            // Both full: fall back to the exact scan rather than report nothing eligible.
-            (false, false) => self.scan(sessions),
-        }
+        let pick = self
+            .rng
+            .two_choices(sessions, |a, b| b.in_flight < a.in_flight);
+        // Both full: fall back to the exact scan rather than report nothing eligible.
+        pick.or_else(|| self.scan(sessions))
     }
 }
 

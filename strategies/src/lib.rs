@@ -9,6 +9,7 @@ use mcp_pool_traits::{Strategy, StrategyKind};
 mod least_connections;
 mod none;
 mod peak_ewma;
+mod random;
 mod round_robin;
 mod sticky;
 mod weighted;

@@ -7,7 +7,7 @@ use mcp_pool_traits::{
     StrategyKind,
 };
 
-use crate::least_connections::FULL_SCAN_MAX;
+use crate::{least_connections::FULL_SCAN_MAX, random::XorShift};
 
 /// Endpoint indices a selector keeps estimates for; a server with more endpoints gets no
 /// latency awareness for the rest (they count as unmeasured).
@@ -104,7 +104,7 @@ pub struct PeakEwmaSelector {
     /// `estimates`, outside `select`.
     decayed: Vec<f64>,
     cursor: usize,
-    rng: u64,
+    rng: XorShift,
 }
 
 impl PeakEwmaSelector {
@@ -115,7 +115,7 @@ impl PeakEwmaSelector {
             estimates: Vec::new(),
             decayed: Vec::new(),
             cursor: 0,
-            rng: 0x9E37_79B9_7F4A_7C15,
+            rng: XorShift::default(),
         }
     }
 
@@ -183,22 +183,6 @@ impl PeakEwmaSelector {
         }
     }
 
-    /// A session's cost from the estimates [`select_at`](Self::select_at) decayed.
-    fn session_cost(&self, s: &SessionView) -> f64 {
-        self.decayed
-            .get(s.endpoint)
-            .map_or(0.0, |rtt| rtt * (f64::from(s.in_flight) + 1.0))
-    }
-
-    fn next_random(&mut self) -> u64 {
-        let mut x = self.rng;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.rng = x;
-        x
-    }
-
     fn scan(&mut self, sessions: &[SessionView]) -> Option<usize> {
         let n = sessions.len();
         let mut best: Option<(usize, f64)> = None;
@@ -208,7 +192,7 @@ impl PeakEwmaSelector {
             if !s.has_capacity() {
                 continue;
             }
-            let cost = self.session_cost(s);
+            let cost = session_cost(&self.decayed, s);
             if best.is_none_or(|(b, best_cost)| {
                 cost < best_cost || (cost == best_cost && s.in_flight < sessions[b].in_flight)
             }) {
@@ -221,18 +205,19 @@ impl PeakEwmaSelector {
     }
 
     fn two_choices(&mut self, sessions: &[SessionView]) -> Option<usize> {
-        let n = sessions.len() as u64;
-        let a = (self.next_random() % n) as usize;
-        let b = (a + 1 + (self.next_random() % (n - 1)) as usize) % sessions.len();
-        match (sessions[a].has_capacity(), sessions[b].has_capacity()) {
-            (true, true) if self.session_cost(&sessions[b]) < self.session_cost(&sessions[a]) => {
-                Some(b)
-            }
-            (true, _) => Some(a),
-            (false, true) => Some(b),
-            (false, false) => self.scan(sessions),
-        }
+        let decayed = &self.decayed;
+        let pick = self.rng.two_choices(sessions, |a, b| {
+            session_cost(decayed, b) < session_cost(decayed, a)
+        });
+        pick.or_else(|| self.scan(sessions))
     }
+}
+
+/// A session's cost from the estimates [`PeakEwmaSelector::select_at`] decayed.
+fn session_cost(decayed: &[f64], s: &SessionView) -> f64 {
+    decayed
+        .get(s.endpoint)
+        .map_or(0.0, |rtt| rtt * (f64::from(s.in_flight) + 1.0))
 }
 
 impl Selector for PeakEwmaSelector {
@@ -253,6 +238,10 @@ impl Selector for PeakEwmaSelector {
 
     fn on_released(&mut self, report: &LeaseReport) {
         self.observe(report.endpoint, report.held, Instant::now());
+    }
+
+    fn observes_leases(&self) -> bool {
+        true
     }
 }
 

@@ -143,30 +143,41 @@ impl Counters {
     /// counter rather than polling; returns that snapshot.
     pub(crate) async fn wait_until(
         &self,
-        mut condition: impl FnMut(&ServerStats) -> bool,
+        condition: impl FnMut(&ServerStats) -> bool,
         timeout: Duration,
     ) -> Result<ServerStats, WaitTimeout> {
-        let mut changed = self.changed.subscribe();
-        let wait = async {
-            loop {
-                // Marked seen before the snapshot, so a change made while it is taken wakes
-                // the next `changed()`.
-                changed.mark_unchanged();
-                let stats = self.snapshot();
-                if condition(&stats) {
-                    return stats;
-                }
-                // Fails only when the sender is dropped, and `self` owns it.
-                let _ = changed.changed().await;
-            }
-        };
-        tokio::time::timeout(timeout, wait)
-            .await
-            .map_err(|_elapsed| WaitTimeout {
-                last: self.snapshot(),
-                timeout,
-            })
+        wait_for_stats(&self.changed, || self.snapshot(), condition, timeout).await
     }
+}
+
+/// Waits until `condition` holds for `snapshot()`, re-checking after each notification of
+/// `changed` rather than polling; returns that snapshot, or [`WaitTimeout`] with the last one.
+pub(crate) async fn wait_for_stats(
+    changed: &watch::Sender<()>,
+    snapshot: impl Fn() -> ServerStats,
+    mut condition: impl FnMut(&ServerStats) -> bool,
+    timeout: Duration,
+) -> Result<ServerStats, WaitTimeout> {
+    let mut changes = changed.subscribe();
+    let wait = async {
+        loop {
+            // Marked seen before the snapshot, so a change made while it is taken wakes the
+            // next `changed()`.
+            changes.mark_unchanged();
+            let stats = snapshot();
+            if condition(&stats) {
+                return stats;
+            }
+            // Fails only when the sender is dropped, and the caller holds it.
+            let _ = changes.changed().await;
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .map_err(|_elapsed| WaitTimeout {
+            last: snapshot(),
+            timeout,
+        })
 }
 
 /// Counts one session as ended when dropped, however the task holding it ends (normal end,
