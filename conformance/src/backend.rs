@@ -444,6 +444,10 @@ pub fn sample_record(id: &str, n: u16) -> ServerRecord {
             env: "DEMO_TOKEN".into(),
         }),
         forward_token: true,
+        access: Some(mcp_pool_traits::Access {
+            users: vec!["alice".into()],
+            groups: vec!["ops".into()],
+        }),
     }
 }
 

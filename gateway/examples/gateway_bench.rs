@@ -172,13 +172,14 @@ async fn run() -> Result<(), Error> {
     let token = auth::mint(
         &secret,
         "bench",
+        auth::Role::User,
         Duration::from_secs(3600),
         SystemTime::now(),
     )?;
     let app = mcp_pool_gateway::router(AppState::new(
         pool.clone(),
         registry,
-        Auth::Required(secret),
+        Auth::Required(secret.into()),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let gateway = format!("http://{}", listener.local_addr()?);

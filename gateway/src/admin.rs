@@ -18,14 +18,16 @@
 //! Pool Health page. No build step: the files are the ones npm ships.
 
 use std::{
+    collections::HashMap,
     fmt,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, LazyLock},
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{ConnectInfo, Path, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -35,7 +37,7 @@ use tower_http::compression::CompressionLayer;
 
 use crate::{
     ConfigError,
-    auth::{self, JwtSecret},
+    auth::{self, Verifier},
     error::{ApiError, ApiJson},
 };
 
@@ -243,25 +245,107 @@ pub struct LoginAnswer {
 /// How long a token minted by the sign-in lives: 60 minutes.
 pub const LOGIN_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
-/// `POST /admin/login` (`{"username", "password"}` → [`LoginAnswer`], 401 otherwise), for a
-/// gateway with [`AdminLogin`] configured; merge it into [`crate::router`]. Without it the
-/// route does not exist and the UI says that only tokens sign in.
-pub fn login_routes(login: AdminLogin, secret: JwtSecret) -> Router {
+/// Failed sign-ins allowed per username and client address before the next one waits.
+pub const FREE_LOGIN_FAILURES: u32 = 3;
+/// The longest wait after repeated failed sign-ins.
+pub const MAX_LOGIN_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Pairs (username, address) remembered at most; beyond it only those still waiting are kept.
+const MAX_THROTTLED: usize = 10_000;
+
+/// Failed sign-ins per (username, client address): after [`FREE_LOGIN_FAILURES`], each further
+/// failure makes the pair wait twice as long as the last (1 s, 2 s, 4 s … up to
+/// [`MAX_LOGIN_BACKOFF`]); an attempt while waiting, even with the right password, gets 429
+/// with `Retry-After` and is not checked. A success clears the pair.
+#[derive(Debug, Default)]
+pub struct LoginThrottle {
+    failures: parking_lot::Mutex<HashMap<(String, Option<IpAddr>), Failures>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    until: Instant,
+}
+
+impl LoginThrottle {
+    /// How long the pair must still wait, if at all.
+    fn waiting(&self, key: &(String, Option<IpAddr>), now: Instant) -> Option<Duration> {
+        let failures = self.failures.lock();
+        let until = failures.get(key)?.until;
+        (until > now).then(|| until - now)
+    }
+
+    fn failed(&self, key: (String, Option<IpAddr>), now: Instant) {
+        let mut failures = self.failures.lock();
+        if failures.len() >= MAX_THROTTLED {
+            failures.retain(|_, f| f.until > now);
+        }
+        let entry = failures.entry(key).or_insert(Failures {
+            count: 0,
+            until: now,
+        });
+        entry.count += 1;
+        if let Some(excess) = entry.count.checked_sub(FREE_LOGIN_FAILURES + 1) {
+            let wait = Duration::from_secs(1u64 << excess.min(20)).min(MAX_LOGIN_BACKOFF);
+            entry.until = now + wait;
+        }
+    }
+
+    fn succeeded(&self, key: &(String, Option<IpAddr>)) {
+        self.failures.lock().remove(key);
+    }
+}
+
+/// `POST /admin/login` (`{"username", "password"}` → [`LoginAnswer`] with an admin token, 401
+/// otherwise, 429 while throttled: [`LoginThrottle`]), for a gateway with [`AdminLogin`]
+/// configured; merge it into [`crate::router`]. Without it the route does not exist and the UI
+/// says that only tokens sign in.
+pub fn login_routes(login: AdminLogin, verifier: impl Into<Verifier>) -> Router {
     Router::new()
         .route("/admin/login", post(sign_in))
-        .with_state((login, secret))
+        .with_state((login, verifier.into(), Arc::new(LoginThrottle::default())))
 }
 
 async fn sign_in(
-    State((login, secret)): State<(AdminLogin, JwtSecret)>,
+    State((login, verifier, throttle)): State<(AdminLogin, Verifier, Arc<LoginThrottle>)>,
+    parts: http::request::Parts,
     ApiJson(body): ApiJson<LoginBody>,
-) -> Result<Json<LoginAnswer>, ApiError> {
-    if !login.accepts(&body.username, &body.password) {
-        tracing::warn!("admin sign-in refused: wrong username or password");
-        return Err(ApiError::unauthorized("Wrong username or password"));
+) -> Result<Json<LoginAnswer>, Response> {
+    let address = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_canonical());
+    let key = (body.username.clone(), address);
+    let now = Instant::now();
+    if let Some(wait) = throttle.waiting(&key, now) {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Too many failed sign-ins for this username from this address: try again in \
+                 {secs} s"
+            ),
+        )
+        .into_response();
+        error
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return Err(error);
     }
-    let token = auth::mint(&secret, &body.username, LOGIN_TOKEN_TTL, SystemTime::now())
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if !login.accepts(&body.username, &body.password) {
+        throttle.failed(key, now);
+        tracing::warn!("admin sign-in refused: wrong username or password");
+        return Err(ApiError::unauthorized("Wrong username or password").into_response());
+    }
+    throttle.succeeded(&key);
+    let token = verifier
+        .mint(
+            &body.username,
+            auth::Role::Admin,
+            LOGIN_TOKEN_TTL,
+            SystemTime::now(),
+        )
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())?;
     Ok(Json(LoginAnswer {
         access_token: token,
         token_type: "bearer".into(),

@@ -12,7 +12,8 @@ use mcp_pool::{
     Endpoint, HealthStatus, Lifecycle, PoolConfig, ServerId, ServerStats, StrategyKind,
     TransportKind,
     traits::{
-        CredentialsRef, ID_RULE, MAX_WEIGHT, NEVER_FORWARDED, ServerRecord, check_range, redact_url,
+        Access, CredentialsRef, ID_RULE, MAX_WEIGHT, NEVER_FORWARDED, ServerRecord, check_range,
+        redact_url,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,7 @@ use utoipa::ToSchema;
 
 use crate::{
     AppState,
+    auth::{Admin, Caller},
     error::{ApiError, ApiJson, ErrorBody},
     registry::RegistryError,
 };
@@ -60,6 +62,47 @@ pub struct ServerInfo {
     /// Whether the downstream request's `Authorization` header (the gateway's JWT) is sent
     /// upstream.
     pub forward_token: bool,
+    /// Who may use it besides admins (absent: every authenticated caller). Shown to admins
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessBody>,
+}
+
+/// A server's access list: the users and groups (a token's `sub`/`email`/`user_id` and its
+/// `groups` claim) that may use its MCP routes besides admins. Both empty: admins only.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AccessBody {
+    /// Users admitted, at most 1000, each 1 to 256 characters without control characters.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Groups admitted, same rules.
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl AccessBody {
+    fn check(self) -> Result<Access, ApiError> {
+        for (field, list) in [("access.users", &self.users), ("access.groups", &self.groups)] {
+            if list.len() > 1000 {
+                return Err(invalid(field, list.len(), "at most 1000 entries"));
+            }
+            if let Some(bad) = list
+                .iter()
+                .find(|e| e.is_empty() || e.chars().count() > 256 || e.chars().any(char::is_control))
+            {
+                return Err(invalid(
+                    field,
+                    bad,
+                    "names of 1 to 256 characters, no control characters",
+                ));
+            }
+        }
+        Ok(Access {
+            users: self.users,
+            groups: self.groups,
+        })
+    }
 }
 
 /// An upstream credential, by reference: the header sent upstream and the environment
@@ -113,6 +156,9 @@ pub struct ServerBody {
     /// (default false: the gateway's token stops at the gateway). It is then part of the
     /// upstream session's key: a rotated token opens new upstream sessions.
     pub forward_token: Option<bool>,
+    /// Who may use the server besides admins (default: every authenticated caller); others
+    /// get 404 on its routes, as for a server that does not exist.
+    pub access: Option<AccessBody>,
 }
 
 /// `field = value is invalid: must be allowed`, as 422.
@@ -171,6 +217,7 @@ impl ServerBody {
             .fresh()
             .map_err(|e| ApiError::unprocessable(format!("pool: {}", e.detail)))?;
         let credentials = self.credentials.map(CredentialsBody::check).transpose()?;
+        let access = self.access.map(AccessBody::check).transpose()?;
         Ok(ServerRecord {
             id,
             name,
@@ -179,6 +226,7 @@ impl ServerBody {
             enabled: self.enabled.unwrap_or(true),
             credentials,
             forward_token: self.forward_token.unwrap_or(false),
+            access,
         })
     }
 }
@@ -582,7 +630,9 @@ fn server_stats(state: &AppState, id: &str) -> Result<(ServerStats, PoolConfig),
     Ok((stats, config))
 }
 
-fn server_info(state: &AppState, r: &ServerRecord) -> ServerInfo {
+/// The caller's view of server `r`: an admin's shows where its credential comes from and who
+/// may use it; a user's does not.
+fn server_info(state: &AppState, r: &ServerRecord, admin: bool) -> ServerInfo {
     // The pool's config when it serves the server (a saved config may have changed it).
     let config = state
         .pool
@@ -604,11 +654,15 @@ fn server_info(state: &AppState, r: &ServerRecord) -> ServerInfo {
         strategy: config.strategy.as_str().to_owned(),
         name: r.name.clone(),
         enabled: r.enabled,
-        credentials: r.credentials.as_ref().map(|c| CredentialsBody {
+        credentials: r.credentials.as_ref().filter(|_| admin).map(|c| CredentialsBody {
             header: c.header.clone(),
             env: c.env.clone(),
         }),
         forward_token: r.forward_token,
+        access: r.access.as_ref().filter(|_| admin).map(|a| AccessBody {
+            users: a.users.clone(),
+            groups: a.groups.clone(),
+        }),
     }
 }
 
@@ -631,9 +685,15 @@ impl From<RegistryError> for ApiError {
 /// List the servers, disabled ones included.
 #[utoipa::path(get, path = "/servers", tag = "servers",
     responses((status = 200, body = Vec<ServerInfo>), (status = 401, body = ErrorBody)))]
-pub async fn list_servers(State(state): State<AppState>) -> Json<Vec<ServerInfo>> {
+pub async fn list_servers(State(state): State<AppState>, caller: Caller) -> Json<Vec<ServerInfo>> {
     let records = state.registry.list().await;
-    Json(records.iter().map(|r| server_info(&state, r)).collect())
+    Json(
+        records
+            .iter()
+            .filter(|r| caller.may_use(&state.registry, &r.id))
+            .map(|r| server_info(&state, r, caller.admin))
+            .collect(),
+    )
 }
 
 /// One server.
@@ -642,31 +702,62 @@ pub async fn list_servers(State(state): State<AppState>) -> Json<Vec<ServerInfo>
     responses((status = 200, body = ServerInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_server(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<ServerInfo>, ApiError> {
+    let sid = usable(&state, &caller, &id)?;
     let record = state
         .registry
-        .get(&server_id(&id)?)
+        .get(&sid)
         .await
         .ok_or_else(|| ApiError::server_not_found(&id))?;
-    Ok(Json(server_info(&state, &record)))
+    Ok(Json(server_info(&state, &record, caller.admin)))
+}
+
+/// The server `id` names, when the caller may use it; else 404 as for an unknown server (a
+/// user learns nothing of servers they may not use).
+fn usable(state: &AppState, caller: &Caller, id: &str) -> Result<ServerId, ApiError> {
+    let sid = server_id(id)?;
+    if caller.may_use(&state.registry, &sid) {
+        Ok(sid)
+    } else {
+        Err(ApiError::server_not_found(id))
+    }
+}
+
+/// Refuses endpoints whose host is an address the operator's policy denies
+/// ([`crate::policy::UpstreamPolicy`]): 422 naming the endpoint, the address and the network.
+async fn check_upstreams(state: &AppState, record: &ServerRecord) -> Result<(), ApiError> {
+    for (i, endpoint) in record.endpoints.iter().enumerate() {
+        let Ok(url) = url::Url::parse(&endpoint.url) else {
+            continue; // validated by Endpoint::new; stdio endpoints have no host
+        };
+        if let Err(reason) = state.policy.upstream.check_url(&url).await {
+            return Err(ApiError::unprocessable(format!(
+                "endpoints[{i}].url is not allowed: {reason}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Create a server: persisted in the state backend, its pool created at once (when enabled).
 #[utoipa::path(post, path = "/servers", tag = "servers",
     request_body = ServerBody,
     responses((status = 201, body = ServerInfo), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 409, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn create_server(
     State(state): State<AppState>,
+    _: Admin,
     ApiJson(body): ApiJson<ServerBody>,
 ) -> Result<(StatusCode, Json<ServerInfo>), ApiError> {
     let record = body.into_record(None)?;
+    check_upstreams(&state, &record).await?;
     state.registry.create(record.clone()).await?;
     tracing::info!(server = %record.id, enabled = record.enabled, "server created");
-    Ok((StatusCode::CREATED, Json(server_info(&state, &record))))
+    Ok((StatusCode::CREATED, Json(server_info(&state, &record, true))))
 }
 
 /// Replace a server. A changed endpoint (URL, transport, weight) or credentials reference
@@ -675,32 +766,35 @@ pub async fn create_server(
     params(("id" = String, Path, description = "server id")),
     request_body = ServerBody,
     responses((status = 200, body = ServerInfo), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn replace_server(
     State(state): State<AppState>,
+    _: Admin,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ServerBody>,
 ) -> Result<Json<ServerInfo>, ApiError> {
     let sid = server_id(&id)?;
     let record = body.into_record(Some(&sid))?;
+    check_upstreams(&state, &record).await?;
     state.registry.replace(record.clone()).await?;
     if !record.enabled {
         // Its downstream sessions end with its pool.
         state.mcp.forget(&sid);
     }
     tracing::info!(server = %sid, enabled = record.enabled, "server replaced");
-    Ok(Json(server_info(&state, &record)))
+    Ok(Json(server_info(&state, &record, true)))
 }
 
 /// Delete a server: its record and saved pool config; its pool is drained and removed.
 #[utoipa::path(delete, path = "/servers/{id}", tag = "servers",
     params(("id" = String, Path, description = "server id")),
-    responses((status = 204), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 503, body = ErrorBody)))]
 pub async fn delete_server(
     State(state): State<AppState>,
+    _: Admin,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let sid = server_id(&id)?;
@@ -716,11 +810,12 @@ pub async fn delete_server(
     responses((status = 200, body = PoolConfigView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_pool_config(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<PoolConfigView>, ApiError> {
     let config = state
         .pool
-        .server_config(&server_id(&id)?)
+        .server_config(&usable(&state, &caller, &id)?)
         .ok_or_else(|| ApiError::server_not_found(&id))?;
     Ok(Json((&config).into()))
 }
@@ -730,11 +825,12 @@ pub async fn get_pool_config(
     params(("id" = String, Path, description = "server id")),
     request_body = PoolConfigUpdate,
     responses((status = 200, body = PoolConfigView), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn put_pool_config(
     State(state): State<AppState>,
+    _: Admin,
     Path(id): Path<String>,
     ApiJson(update): ApiJson<PoolConfigUpdate>,
 ) -> Result<Json<PoolConfigView>, ApiError> {
@@ -770,8 +866,10 @@ pub(crate) async fn save_pool_config(
         (status = 503, description = "Pooling not enabled for server", body = ErrorBody)))]
 pub async fn pool_stats(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<PoolStatsView>, ApiError> {
+    usable(&state, &caller, &id)?;
     let (stats, config) = server_stats(&state, &id)?;
     if !config.enabled {
         return Err(crate::ops::pooling_disabled());
@@ -784,12 +882,16 @@ pub async fn pool_stats(
 /// Every server's pool statistics.
 #[utoipa::path(get, path = "/servers/pools", tag = "pools",
     responses((status = 200, body = Vec<PoolStatsView>), (status = 401, body = ErrorBody)))]
-pub async fn all_pool_stats(State(state): State<AppState>) -> Json<Vec<PoolStatsView>> {
+pub async fn all_pool_stats(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Json<Vec<PoolStatsView>> {
     let stats = state.pool.stats();
     Json(
         stats
             .servers
             .iter()
+            .filter(|s| caller.may_use(&state.registry, &s.server))
             .map(|s| {
                 let mut view = PoolStatsView::from(s);
                 view.enabled = state
@@ -805,12 +907,16 @@ pub async fn all_pool_stats(State(state): State<AppState>) -> Json<Vec<PoolStats
 /// Every server's pool health.
 #[utoipa::path(get, path = "/servers/pools/health", tag = "pools",
     responses((status = 200, body = Vec<PoolHealthView>), (status = 401, body = ErrorBody)))]
-pub async fn pools_health(State(state): State<AppState>) -> Json<Vec<PoolHealthView>> {
+pub async fn pools_health(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Json<Vec<PoolHealthView>> {
     let stats = state.pool.stats();
     Json(
         stats
             .servers
             .iter()
+            .filter(|s| caller.may_use(&state.registry, &s.server))
             .map(|s| PoolHealthView {
                 server_id: s.server.to_string(),
                 status: s.health_status.into(),
@@ -885,9 +991,10 @@ pub async fn strategies() -> Json<Vec<StrategyInfo>> {
 /// Close a server's sessions (idle now, leased ones on release); the pool stays usable.
 #[utoipa::path(post, path = "/servers/{id}/pool/drain", tag = "pools",
     params(("id" = String, Path, description = "server id")),
-    responses((status = 200, body = StatusBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = StatusBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn drain(
     State(state): State<AppState>,
+    _: Admin,
     Path(id): Path<String>,
 ) -> Result<Json<StatusBody>, ApiError> {
     state.pool.drain_server(&server_id(&id)?)?;
@@ -922,8 +1029,8 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<StatusBody>, Ap
 /// Prometheus text exposition of the pool's metrics.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, content_type = "text/plain", body = String),
-        (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)))]
-pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn metrics(State(state): State<AppState>, _: Admin) -> Result<Response, ApiError> {
     let handle = state.metrics.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

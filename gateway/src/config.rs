@@ -1,9 +1,13 @@
 //! The gateway's own settings: `HOST`, `PORT`, `JWT_SECRET_KEY`, `AUTH_REQUIRED`,
 //! `MAX_BODY_BYTES`. The pool's settings are [`mcp_pool::Settings`].
 
-use std::fmt;
+use std::{fmt, ops::RangeInclusive, str::FromStr, time::Duration};
 
-use crate::auth::JwtSecret;
+use crate::{
+    auth::{JwtSecret, Verifier},
+    policy::Policy,
+    serve::ServerLimits,
+};
 
 /// `MAX_BODY_BYTES` by default: 4 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -14,13 +18,29 @@ pub const DEFAULT_PORT: u16 = 4444;
 /// `HOST` by default: loopback only.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
 
-/// The variables the gateway reads besides the pool's ([`mcp_pool::ENV_VARIABLES`]).
-pub const GATEWAY_VARIABLES: [&str; 5] = [
+/// The variables the gateway reads besides the pool's ([`mcp_pool::ENV_VARIABLES`]). None of
+/// them, nor the pool's, can be named by a server's `credentials.env`.
+pub const GATEWAY_VARIABLES: &[&str] = &[
     "HOST",
     "PORT",
     "JWT_SECRET_KEY",
+    "JWT_AUDIENCE",
+    "JWT_ISSUER",
     "AUTH_REQUIRED",
     "MAX_BODY_BYTES",
+    "HEADER_READ_TIMEOUT_SECS",
+    "BODY_READ_TIMEOUT_SECS",
+    "MAX_CONNECTIONS",
+    "ADMIN_USERNAME",
+    "ADMIN_PASSWORD",
+    "STATE_NAMESPACE",
+    "WORKER_ID",
+    "CREDENTIALS_ENV_ALLOWED",
+    "DOWNSTREAM_SESSIONS_PER_USER",
+    "DOWNSTREAM_SESSION_IDLE_TIMEOUT",
+    "ALLOWED_ORIGINS",
+    "UPSTREAM_ALLOW_CIDRS",
+    "UPSTREAM_DENY_CIDRS",
 ];
 
 /// A configuration value was rejected: start-up stops with these words.
@@ -66,9 +86,10 @@ impl ConfigError {
 /// How requests are authenticated.
 #[derive(Clone, Debug)]
 pub enum Auth {
-    /// Every route but `/health` and `/ready` needs `Authorization: Bearer <JWT>` signed with
-    /// this key (`AUTH_REQUIRED=true`, the default).
-    Required(JwtSecret),
+    /// Every route but `/health` and `/ready` needs `Authorization: Bearer <JWT>` that this
+    /// verifier accepts (`AUTH_REQUIRED=true`, the default): signed with `JWT_SECRET_KEY`,
+    /// naming `JWT_AUDIENCE` and `JWT_ISSUER` when set.
+    Required(Verifier),
     /// No auth (`AUTH_REQUIRED=false`): for a gateway behind another authenticating proxy.
     Disabled,
 }
@@ -92,6 +113,12 @@ pub struct GatewayConfig {
     pub auth: Auth,
     /// Largest request body accepted, bytes (`MAX_BODY_BYTES`; default 4 MiB, 1 to 1 GiB).
     pub max_body_bytes: usize,
+    /// How long clients may take to send a request and how many connections they may hold
+    /// (`HEADER_READ_TIMEOUT_SECS`, `BODY_READ_TIMEOUT_SECS`, `MAX_CONNECTIONS`; defaults
+    /// [`ServerLimits::default`]).
+    pub limits: ServerLimits,
+    /// The hardening settings ([`Policy`]).
+    pub policy: Policy,
 }
 
 impl fmt::Debug for GatewayConfig {
@@ -101,6 +128,8 @@ impl fmt::Debug for GatewayConfig {
             .field("port", &self.port)
             .field("auth", &self.auth)
             .field("max_body_bytes", &self.max_body_bytes)
+            .field("limits", &self.limits)
+            .field("policy", &self.policy)
             .finish()
     }
 }
@@ -150,7 +179,16 @@ impl GatewayConfig {
                      AUTH_REQUIRED=false to run without auth",
                 ));
             }
-            (true, Some(secret)) => Auth::Required(JwtSecret::new(secret)?),
+            (true, Some(secret)) => {
+                let mut verifier = Verifier::from(JwtSecret::new(secret)?);
+                if let Some(audience) = lookup("JWT_AUDIENCE").filter(|v| !v.trim().is_empty()) {
+                    verifier = verifier.audience(audience.trim());
+                }
+                if let Some(issuer) = lookup("JWT_ISSUER").filter(|v| !v.trim().is_empty()) {
+                    verifier = verifier.issuer(issuer.trim());
+                }
+                Auth::Required(verifier)
+            }
             (false, _) => Auth::Disabled,
         };
         let max_body_bytes = match lookup("MAX_BODY_BYTES") {
@@ -168,11 +206,15 @@ impl GatewayConfig {
                     )
                 })?,
         };
+        let limits = server_limits(&lookup)?;
+        let policy = Policy::from_lookup(&lookup)?;
         Ok(Self {
             host,
             port,
             auth,
             max_body_bytes,
+            limits,
+            policy,
         })
     }
 }
@@ -193,6 +235,24 @@ pub struct GatewayTable {
     pub auth_required: Option<bool>,
     /// `MAX_BODY_BYTES`.
     pub max_body_bytes: Option<usize>,
+    /// `CREDENTIALS_ENV_ALLOWED`, as a list.
+    pub credentials_env_allowed: Option<Vec<String>>,
+    /// `ALLOWED_ORIGINS`, as a list.
+    pub allowed_origins: Option<Vec<String>>,
+    /// `UPSTREAM_ALLOW_CIDRS`, as a list.
+    pub upstream_allow_cidrs: Option<Vec<String>>,
+    /// `UPSTREAM_DENY_CIDRS`, as a list.
+    pub upstream_deny_cidrs: Option<Vec<String>>,
+    /// `DOWNSTREAM_SESSIONS_PER_USER`.
+    pub downstream_sessions_per_user: Option<u64>,
+    /// `DOWNSTREAM_SESSION_IDLE_TIMEOUT`, seconds.
+    pub downstream_session_idle_timeout: Option<u64>,
+    /// `HEADER_READ_TIMEOUT_SECS`.
+    pub header_read_timeout_secs: Option<u64>,
+    /// `BODY_READ_TIMEOUT_SECS`.
+    pub body_read_timeout_secs: Option<u64>,
+    /// `MAX_CONNECTIONS`.
+    pub max_connections: Option<usize>,
 }
 
 impl GatewayTable {
@@ -220,7 +280,11 @@ impl GatewayTable {
                     },
                     error.message().to_owned(),
                     "host (text), port (0-65535), auth_required (true/false), max_body_bytes \
-                     (1 to 1 GiB); JWT_SECRET_KEY stays in the environment",
+                     (1 to 1 GiB), credentials_env_allowed, allowed_origins, \
+                     upstream_allow_cidrs, upstream_deny_cidrs (lists of text), \
+                     downstream_sessions_per_user, downstream_session_idle_timeout \
+                     (numbers), header_read_timeout_secs, body_read_timeout_secs (1 to 3600), \
+                     max_connections (1 to 1000000); JWT_SECRET_KEY stays in the environment",
                 )
             })
     }
@@ -233,9 +297,62 @@ impl GatewayTable {
             "PORT" => self.port.map(|p| p.to_string()),
             "AUTH_REQUIRED" => self.auth_required.map(|b| b.to_string()),
             "MAX_BODY_BYTES" => self.max_body_bytes.map(|n| n.to_string()),
+            "CREDENTIALS_ENV_ALLOWED" => self.credentials_env_allowed.as_ref().map(|l| l.join(",")),
+            "ALLOWED_ORIGINS" => self.allowed_origins.as_ref().map(|l| l.join(",")),
+            "UPSTREAM_ALLOW_CIDRS" => self.upstream_allow_cidrs.as_ref().map(|l| l.join(",")),
+            "UPSTREAM_DENY_CIDRS" => self.upstream_deny_cidrs.as_ref().map(|l| l.join(",")),
+            "DOWNSTREAM_SESSIONS_PER_USER" => {
+                self.downstream_sessions_per_user.map(|n| n.to_string())
+            }
+            "DOWNSTREAM_SESSION_IDLE_TIMEOUT" => {
+                self.downstream_session_idle_timeout.map(|n| n.to_string())
+            }
+            "HEADER_READ_TIMEOUT_SECS" => self.header_read_timeout_secs.map(|n| n.to_string()),
+            "BODY_READ_TIMEOUT_SECS" => self.body_read_timeout_secs.map(|n| n.to_string()),
+            "MAX_CONNECTIONS" => self.max_connections.map(|n| n.to_string()),
             _ => None,
         }
     }
+}
+
+/// `HEADER_READ_TIMEOUT_SECS` and `BODY_READ_TIMEOUT_SECS` (1 to 3600 seconds) and
+/// `MAX_CONNECTIONS` (1 to 1 000 000), each [`ServerLimits::default`]'s when unset.
+fn server_limits(lookup: &impl Fn(&str) -> Option<String>) -> Result<ServerLimits, ConfigError> {
+    let defaults = ServerLimits::default();
+    let seconds = |name: &str, default: Duration| match lookup(name) {
+        None => Ok(default),
+        Some(v) => parse_number(name, &v, 1..=3600, "seconds").map(Duration::from_secs),
+    };
+    Ok(ServerLimits {
+        header_read_timeout: seconds("HEADER_READ_TIMEOUT_SECS", defaults.header_read_timeout)?,
+        body_read_timeout: seconds("BODY_READ_TIMEOUT_SECS", defaults.body_read_timeout)?,
+        max_connections: match lookup("MAX_CONNECTIONS") {
+            None => defaults.max_connections,
+            Some(v) => parse_number("MAX_CONNECTIONS", &v, 1..=1_000_000, "connections")?,
+        },
+    })
+}
+
+/// A whole number of `unit` within `range`.
+fn parse_number<N: FromStr + PartialOrd + fmt::Display>(
+    setting: &str,
+    value: &str,
+    range: RangeInclusive<N>,
+    unit: &str,
+) -> Result<N, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            let (low, high) = (range.start(), range.end());
+            ConfigError::new(
+                setting,
+                value,
+                format!("a number of {unit} from {low} to {high}"),
+            )
+        })
 }
 
 fn parse_port(setting: &str, value: &str) -> Result<u16, ConfigError> {

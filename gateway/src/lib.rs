@@ -20,8 +20,10 @@ pub mod forward;
 pub mod mcp;
 pub mod metrics;
 pub mod ops;
+pub mod policy;
 pub mod registry;
 pub mod reload;
+pub mod serve;
 pub mod workers;
 
 use axum::{
@@ -57,6 +59,9 @@ pub struct AppState {
     /// The Prometheus recorder's handle for `/metrics`; `None` answers 503. Injected so that
     /// tests building several routers in one process do not fight over the global recorder.
     pub metrics: Option<PrometheusHandle>,
+    /// The hardening settings: upstream addresses, origins, downstream session limits
+    /// ([`policy::Policy`]; the registry holds the credentials policy).
+    pub policy: std::sync::Arc<policy::Policy>,
     /// The downstream MCP endpoints, one streamable HTTP service per server.
     pub mcp: std::sync::Arc<mcp::McpEndpoints>,
     /// The workers sharing the state backend, when it is shared ([`forward`]): downstream
@@ -78,7 +83,7 @@ pub fn log_pool_update(server: &mcp_pool::ServerId, config: &mcp_pool::PoolConfi
 
 impl AppState {
     /// The state of a gateway over `pool` and its `registry` with `auth`: bodies up to 4 MiB,
-    /// no `/metrics` recorder, no downstream session yet.
+    /// no `/metrics` recorder, the default [`policy::Policy`], no downstream session yet.
     pub fn new(pool: Pool, registry: Registry, auth: Auth) -> Self {
         Self {
             pool,
@@ -86,6 +91,7 @@ impl AppState {
             auth,
             max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
             metrics: None,
+            policy: Default::default(),
             mcp: Default::default(),
             group: None,
         }
@@ -165,8 +171,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(openapi_json));
     let protected = match &state.auth {
-        Auth::Required(secret) => protected.route_layer(middleware::from_fn_with_state(
-            secret.clone(),
+        Auth::Required(verifier) => protected.route_layer(middleware::from_fn_with_state(
+            verifier.clone(),
             auth::require_bearer,
         )),
         Auth::Disabled => protected,

@@ -2,12 +2,12 @@
 
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
-use axum::serve::ListenerExt;
 use clap::{Parser, Subcommand};
 use mcp_pool::{Pool, ServerConfig, ServerId, Settings, traits::StateId};
 use mcp_pool_gateway::{
     AppState, Auth, GatewayConfig, Registry, admin, auth,
     config::GatewayTable,
+    serve,
     workers::{self, WorkerId},
 };
 use tokio_util::sync::CancellationToken;
@@ -19,6 +19,15 @@ Environment (a .env file in the working directory is read first; the environment
   JWT_SECRET_KEY    HMAC key of the HS256 bearer tokens; required while AUTH_REQUIRED is true
   AUTH_REQUIRED     true (default) or false: bearer token on every route but /health and /ready
   MAX_BODY_BYTES    largest request body in bytes (default 4194304 = 4 MiB; 1 to 1073741824)
+  HEADER_READ_TIMEOUT_SECS
+                    seconds a connection has, from accept or from the end of its previous
+                    request, to send a complete request head, else it is closed; also the
+                    keep-alive idle timeout (default 10; 1 to 3600)
+  BODY_READ_TIMEOUT_SECS
+                    seconds a request body has to arrive completely, else 408 (default 30;
+                    1 to 3600)
+  MAX_CONNECTIONS   most connections open at once; further ones wait in the listen backlog
+                    (default 512; 1 to 1000000; keep it under the open-file limit, ulimit -n)
   ADMIN_USERNAME, ADMIN_PASSWORD
                     optional: the Admin UI's (/admin) username and password sign-in, which
                     mints a 60-minute token; both or neither, the password 12+ characters
@@ -70,6 +79,15 @@ enum Command {
         /// The token's subject (the user)
         #[arg(long)]
         sub: String,
+        /// What the token may do: `user` (the default, least privilege: the MCP routes of the
+        /// servers the user may use, and reads about them) or `admin` (also every write of the
+        /// REST API, pool sessions and /metrics)
+        #[arg(long, default_value = "user", value_parser = ["user", "admin"])]
+        role: String,
+        /// A group the user belongs to (the `groups` claim, matched by servers' access lists);
+        /// repeat for several
+        #[arg(long = "group")]
+        groups: Vec<String>,
         /// Minutes until it expires
         #[arg(long, default_value_t = 60)]
         exp_minutes: u64,
@@ -112,14 +130,31 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<(), String> {
     let lookup = |name: &str| std::env::var(name).ok();
-    if let Some(Command::Token { sub, exp_minutes }) = &cli.command {
+    if let Some(Command::Token {
+        sub,
+        role,
+        groups,
+        exp_minutes,
+    }) = &cli.command
+    {
         let secret = lookup("JWT_SECRET_KEY")
             .filter(|s| !s.is_empty())
             .ok_or("JWT_SECRET_KEY is not set: the token command signs with it")?;
         let secret = auth::JwtSecret::new(secret).map_err(|e| e.to_string())?;
+        if sub.trim().is_empty() {
+            return Err("--sub is empty: a token must name its user".into());
+        }
         let ttl = Duration::from_secs(exp_minutes.saturating_mul(60));
-        let token = auth::mint(&secret, sub, ttl, std::time::SystemTime::now())
-            .map_err(|e| e.to_string())?;
+        let role: auth::Role = role.parse()?;
+        let mut claims = auth::Claims::new(sub, role, ttl, std::time::SystemTime::now());
+        claims.groups = groups.clone();
+        if let Some(audience) = lookup("JWT_AUDIENCE").filter(|v| !v.trim().is_empty()) {
+            claims.aud = Some(audience.trim().into());
+        }
+        if let Some(issuer) = lookup("JWT_ISSUER").filter(|v| !v.trim().is_empty()) {
+            claims.iss = Some(issuer.trim().to_owned());
+        }
+        let token = auth::sign(&secret, &claims).map_err(|e| e.to_string())?;
         println!("{token}");
         return Ok(());
     }
@@ -180,9 +215,13 @@ async fn run(cli: Cli) -> Result<(), String> {
     if matches!(config.auth, Auth::Disabled) {
         tracing::warn!("AUTH_REQUIRED=false: the REST API is open to anyone who can reach it");
     }
-    let registry = mcp_pool_gateway::Registry::load(pool.clone(), &servers)
-        .await
-        .map_err(|e| format!("server registry: {e}"))?;
+    let registry = mcp_pool_gateway::Registry::load_with(
+        pool.clone(),
+        &servers,
+        config.policy.credentials.clone(),
+    )
+    .await
+    .map_err(|e| format!("server registry: {e}"))?;
     // After the registry: the backend's records may add, change or remove servers.
     tracing::info!(
         "pool manager initialized with {} servers",
@@ -191,7 +230,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     let login = admin::AdminLogin::from_vars(lookup("ADMIN_USERNAME"), lookup("ADMIN_PASSWORD"))
         .map_err(|e| e.to_string())?;
     let login = match (login, &config.auth) {
-        (Some(login), Auth::Required(secret)) => Some(admin::login_routes(login, secret.clone())),
+        (Some(login), Auth::Required(verifier)) => {
+            Some(admin::login_routes(login, verifier.clone()))
+        }
         (Some(_), Auth::Disabled) => {
             tracing::warn!(
                 "ADMIN_USERNAME/ADMIN_PASSWORD ignored: AUTH_REQUIRED=false needs no sign-in"
@@ -206,6 +247,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         auth: config.auth.clone(),
         max_body_bytes: config.max_body_bytes,
         metrics,
+        policy: std::sync::Arc::new(config.policy.clone()),
         mcp: Default::default(),
         group: None,
     };
@@ -253,22 +295,19 @@ async fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| format!("binding {}:{}: {e}", config.host, config.port))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!("gateway listening on http://{addr}");
-    // Streamed responses (SSE) stall ~40 ms per message under Nagle + delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let mut app = mcp_pool_gateway::router(state);
     if let Some(login) = login {
         app = app.merge(login);
     }
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            // Open downstream streams would hold the graceful shutdown forever.
-            mcp.shutdown();
-        })
-        .await
-        .map_err(|e| e.to_string())?;
+    // TCP_NODELAY on every connection, timeouts for clients that hold one without sending,
+    // the connection cap (serve::ServerLimits).
+    serve::serve(listener, app, &config.limits, async move {
+        shutdown_signal().await;
+        // Open downstream streams would hold the graceful shutdown forever.
+        mcp.shutdown();
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     tracing::info!("shutting down: closing the pool");
     shutdown_group.cancel();
     if let Some(membership) = membership {

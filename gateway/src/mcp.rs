@@ -65,6 +65,7 @@ use rmcp::{
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
+use futures::StreamExt as _;
 use tower::ServiceExt as _;
 
 use crate::{ApiError, AppState, Registry, auth::Claims};
@@ -79,6 +80,84 @@ const RELAY_CAPACITY: usize = 64;
 pub struct McpEndpoints {
     servers: Mutex<HashMap<ServerId, ServerEndpoint>>,
     shutdown: CancellationToken,
+    /// The downstream sessions each user holds in this worker, over all servers.
+    slots: Arc<SessionSlots>,
+}
+
+/// The downstream sessions each user holds (`DOWNSTREAM_SESSIONS_PER_USER`): a streamable
+/// HTTP session from its `initialize` until it ends (DELETE, idle timeout, shutdown), an
+/// HTTP+SSE session while its stream is open, a WebSocket session while its socket is.
+#[derive(Default)]
+struct SessionSlots {
+    held: Mutex<HashMap<Principal, u32>>,
+}
+
+/// One held downstream session of a user; the count goes down when the last clone drops.
+/// Travels in the extensions of the request that opens the session, and is kept by what
+/// lives as long as the session: the [`Proxy`] (streamable HTTP), the event stream (SSE), the
+/// socket's request parts (WebSocket).
+#[derive(Clone)]
+struct SessionSlot(#[allow(dead_code)] Arc<SlotGuard>);
+
+struct SlotGuard {
+    slots: Arc<SessionSlots>,
+    user: Principal,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let mut held = self.slots.held.lock();
+        if let Some(n) = held.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl SessionSlots {
+    /// A slot for one more session of `user`, or the number it holds at `limit`.
+    fn reserve(self: &Arc<Self>, user: Principal, limit: u32) -> Result<SessionSlot, u32> {
+        let mut held = self.held.lock();
+        let n = held.entry(user).or_insert(0);
+        if *n >= limit {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(SessionSlot(Arc::new(SlotGuard {
+            slots: self.clone(),
+            user,
+        })))
+    }
+}
+
+/// Whom a downstream session counts against: the token's user when there is one (so that
+/// varying identity headers does not open more), else the whole principal.
+fn slot_owner(principal: Principal) -> Principal {
+    if principal.user == mcp_pool::traits::Digest256::Anonymous {
+        principal
+    } else {
+        Principal {
+            identity: mcp_pool::traits::Digest256::Anonymous,
+            ..principal
+        }
+    }
+}
+
+/// The words of a refused session.
+fn session_limit_words(held: u32, limit: u32) -> String {
+    format!(
+        "Too many MCP sessions: this user holds {held} open downstream sessions, the limit \
+         (DOWNSTREAM_SESSIONS_PER_USER) is {limit}; end one (HTTP DELETE of its session) or \
+         wait for idle ones to expire"
+    )
+}
+
+/// Counts a refused downstream session ([`crate::metrics::SESSIONS_REFUSED_TOTAL`]).
+fn count_refusal(transport: &'static str) {
+    ::metrics::counter!(crate::metrics::SESSIONS_REFUSED_TOTAL, "transport" => transport)
+        .increment(1);
 }
 
 type McpService = StreamableHttpService<Proxy, LocalSessionManager>;
@@ -272,10 +351,20 @@ impl McpEndpoints {
             }
         };
         let prefix = format!("/servers/{server}");
+        // A message posted to an HTTP+SSE session is taken only from the caller that opened it.
+        let owner = {
+            let (registry, id) = (state.registry.clone(), server.clone());
+            let auth_required = state.auth.is_required();
+            move |parts: &http::request::Parts| {
+                let owner = caller(&registry, &id, auth_required, &parts.headers, &parts.extensions).owner;
+                serde_json::to_string(&owner).ok()
+            }
+        };
         let sse = SseServer::new(
             factory.clone(),
             SseServerConfig::default()
                 .with_paths(&format!("{prefix}/sse"), &format!("{prefix}/message"))
+                .with_owner(owner)
                 .with_shutdown(cancel.clone()),
         );
         let ws = WebSocketServer::new(
@@ -284,7 +373,9 @@ impl McpEndpoints {
                 .with_path(&format!("{prefix}/ws"))
                 .with_shutdown(cancel.clone()),
         );
-        let manager = Arc::new(LocalSessionManager::default());
+        let mut manager = LocalSessionManager::default();
+        manager.session_config.keep_alive = Some(state.policy.sessions.idle_timeout);
+        let manager = Arc::new(manager);
         let service = StreamableHttpService::new(factory, manager.clone(), config);
         if let Some(events) = state.pool.server_events(server) {
             tokio::spawn(fan_out(events, sessions.clone(), cancel.clone()));
@@ -364,7 +455,7 @@ pub(crate) async fn endpoint(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let server = match known_server(&state, &id) {
+    let server = match admitted(&state, &id, &request) {
         Ok(server) => server,
         Err(error) => return error.into_response(),
     };
@@ -389,10 +480,34 @@ pub(crate) async fn endpoint(
         }
     }
     let delete = request.method() == http::Method::DELETE;
-    let request = match checked_json_rpc(request, state.max_body_bytes).await {
-        Ok(request) => request,
+    let (mut request, initialize) = match checked_json_rpc(request, state.max_body_bytes).await {
+        Ok(checked) => checked,
         Err(response) => return response,
     };
+    // A new session counts against its user from its `initialize` on; the slot is kept by the
+    // session's Proxy, and comes back when the answer created no session.
+    if let (None, Some(id)) = (&session, initialize) {
+        let limit = state.policy.sessions.per_user;
+        match state.mcp.slots.reserve(slot_owner(principal), limit) {
+            Ok(slot) => {
+                request.extensions_mut().insert(slot);
+            }
+            Err(held) => {
+                count_refusal("streamable_http");
+                tracing::warn!(server = %server, limit, "downstream session refused: a user is at DOWNSTREAM_SESSIONS_PER_USER");
+                let body = serde_json::json!({
+                    "jsonrpc": "2.0",
+                    "id": id,
+                    "error": {
+                        "code": SESSION_LIMIT_CODE,
+                        "message": session_limit_words(held, limit),
+                        "data": {"limit": limit, "setting": "DOWNSTREAM_SESSIONS_PER_USER"},
+                    },
+                });
+                return axum::Json(body).into_response();
+            }
+        }
+    }
     // A session another worker holds, or held before it died (crate::forward).
     let request = match (&state.group, &session) {
         (Some(group), Some(id)) if !endpoint.holds(id).await => {
@@ -432,13 +547,40 @@ pub(crate) async fn endpoint(
     response
 }
 
-/// The server `id` names, or 404 `{"detail": "Server not found"}`.
-fn known_server(state: &AppState, id: &str) -> Result<ServerId, ApiError> {
-    ServerId::new(id)
+/// The server `id` names, when `request` may reach its MCP routes: 403 `{"detail"}` for a
+/// browser origin that is not allowed ([`crate::policy::OriginPolicy`]), 404 `{"detail":
+/// "Server not found"}` for a server the pool does not know and for one the caller may not
+/// use (a user learns nothing of servers they may not use). A request forwarded by another
+/// worker was checked there.
+fn admitted(state: &AppState, id: &str, request: &Request) -> Result<ServerId, ApiError> {
+    if let Err(origin) = state.policy.origins.check(request.headers()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "Forbidden: the origin {origin:?} may not reach the MCP routes (the MCP \
+                 transport spec requires servers to validate Origin); an operator can list it \
+                 in ALLOWED_ORIGINS"
+            ),
+        ));
+    }
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "Server not found");
+    let server = ServerId::new(id)
         .ok()
         .filter(|s| state.pool.server_config(s).is_some())
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "Server not found"))
+        .ok_or_else(not_found)?;
+    let extensions = request.extensions();
+    let trusted = extensions.get::<crate::forward::Forwarded>().is_some()
+        || crate::auth::is_admin(state.auth.is_required(), extensions);
+    if trusted || state.registry.may_use(&server, extensions.get::<Claims>()) {
+        Ok(server)
+    } else {
+        Err(not_found())
+    }
 }
+
+/// The JSON-RPC error code of a refused session: in the range JSON-RPC 2.0 §5.1 reserves for
+/// implementation-defined server errors.
+pub const SESSION_LIMIT_CODE: i32 = -32001;
 
 /// `GET /servers/{id}/sse`, `POST /servers/{id}/message` and `GET /servers/{id}/ws`: the
 /// server's HTTP+SSE (protocol 2024-11-05) and WebSocket endpoints; 404 `{"detail"}` for a
@@ -449,29 +591,77 @@ pub(crate) async fn legacy_endpoint(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let server = match known_server(&state, &id) {
+    let server = match admitted(&state, &id, &request) {
         Ok(server) => server,
         Err(error) => return error.into_response(),
     };
     let endpoint = state.mcp.endpoint(&state, &server);
-    match endpoint.legacy.oneshot(request).await {
+    let mut request = request;
+    // `GET /sse` and `GET /ws` open a session: it counts against its user while it lives.
+    let slot = if request.method() == http::Method::GET {
+        let principal = caller(
+            &state.registry,
+            &server,
+            state.auth.is_required(),
+            request.headers(),
+            request.extensions(),
+        )
+        .owner;
+        let limit = state.policy.sessions.per_user;
+        match state.mcp.slots.reserve(slot_owner(principal), limit) {
+            Ok(slot) => {
+                // The WebSocket adapter keeps the upgrade request's parts for the socket's life.
+                request.extensions_mut().insert(slot.clone());
+                Some(slot)
+            }
+            Err(held) => {
+                count_refusal(if request.uri().path().ends_with("/ws") { "websocket" } else { "sse" });
+                return ApiError::new(StatusCode::TOO_MANY_REQUESTS, session_limit_words(held, limit))
+                    .into_response();
+            }
+        }
+    } else {
+        None
+    };
+    let response = match endpoint.legacy.oneshot(request).await {
         Ok(response) => response,
         Err(infallible) => match infallible {},
+    };
+    match slot {
+        // The event stream holds the slot until the session's stream ends.
+        Some(slot) if response.status().is_success() => response.map(|body| {
+            Body::from_stream(body.into_data_stream().map(move |chunk| {
+                let _held = &slot;
+                chunk
+            }))
+        }),
+        _ => response,
     }
 }
 
 /// A POST body that is not JSON gets a JSON-RPC parse error (-32700), and JSON that is no
 /// JSON-RPC message an invalid-request error (-32600), both with HTTP 400 and `id: null` as
 /// JSON-RPC 2.0 §5 says (rmcp would answer 415 in plain text); a body above the limit, 413.
-async fn checked_json_rpc(request: Request, limit: usize) -> Result<Request, Response> {
+/// Answers the request, and the id of the `initialize` request it carries, if it does.
+async fn checked_json_rpc(
+    request: Request,
+    limit: usize,
+) -> Result<(Request, Option<RequestId>), Response> {
     if request.method() != http::Method::POST {
-        return Ok(request);
+        return Ok((request, None));
     }
     let (parts, body) = request.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, limit).await else {
         return Err(crate::error::too_large(limit).into_response());
     };
+    let mut initialize = None;
     let invalid = match serde_json::from_slice::<rmcp::model::ClientJsonRpcMessage>(&bytes) {
+        Ok(rmcp::model::JsonRpcMessage::Request(request)) => {
+            if matches!(request.request, ClientRequest::InitializeRequest(_)) {
+                initialize = Some(request.id);
+            }
+            None
+        }
         Ok(_) => None,
         Err(error) if error.is_syntax() || error.is_eof() => {
             Some((ErrorCode::PARSE_ERROR, format!("Parse error: {error}")))
@@ -489,7 +679,7 @@ async fn checked_json_rpc(request: Request, limit: usize) -> Result<Request, Res
         });
         return Err((StatusCode::BAD_REQUEST, axum::Json(body)).into_response());
     }
-    Ok(Request::from_parts(parts, Body::from(bytes)))
+    Ok((Request::from_parts(parts, Body::from(bytes)), initialize))
 }
 
 /// The MCP session header of streamable HTTP.
@@ -557,6 +747,8 @@ pub(crate) struct Proxy {
     sessions: Arc<Sessions>,
     slot: u64,
     subscriptions: Arc<Mutex<HashSet<String>>>,
+    /// The user's count of this session ([`SessionSlots`]), from `initialize` until dropped.
+    held: OnceLock<SessionSlot>,
 }
 
 impl Proxy {
@@ -577,6 +769,7 @@ impl Proxy {
             slot: sessions.next.fetch_add(1, Ordering::Relaxed),
             sessions,
             subscriptions: Default::default(),
+            held: OnceLock::new(),
         }
     }
 
@@ -889,6 +1082,13 @@ impl ServerHandler for Proxy {
         context: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         context.peer.set_peer_info(request.clone());
+        if let Some(slot) = context
+            .extensions
+            .get::<http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<SessionSlot>())
+        {
+            let _ = self.held.set(slot.clone());
+        }
         self.learn_upstream(&context).await?;
         self.sessions.peers.lock().insert(
             self.slot,

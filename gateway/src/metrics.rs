@@ -22,6 +22,11 @@ pub const MCP_REQUESTS_TOTAL: &str = "mcp_gateway_mcp_requests_total";
 /// Histogram of forwarded MCP request durations in seconds, labelled `server` and `method`.
 pub const MCP_REQUEST_DURATION_SECONDS: &str = "mcp_gateway_mcp_request_duration_seconds";
 
+/// Counter of downstream MCP sessions refused because their user holds
+/// `DOWNSTREAM_SESSIONS_PER_USER` already, labelled `transport` (`streamable_http`, `sse`,
+/// `websocket`).
+pub const SESSIONS_REFUSED_TOTAL: &str = "mcp_gateway_sessions_refused_total";
+
 /// Bucket bounds of the duration histograms, seconds (0.5 ms to 30 s).
 pub const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

@@ -103,10 +103,11 @@ pub(crate) fn pooled_server(
 /// A server's upstream sessions now, pooled or per-request.
 #[utoipa::path(get, path = "/servers/{id}/pool/sessions", tag = "pools",
     params(("id" = String, Path, description = "server id")),
-    responses((status = 200, body = Vec<SessionView>), (status = 401, body = ErrorBody),
+    responses((status = 200, body = Vec<SessionView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn sessions(
     State(state): State<AppState>,
+    _: crate::auth::Admin,
     Path(id): Path<String>,
 ) -> Result<Json<Vec<SessionView>>, ApiError> {
     let sid = ServerId::new(&id).map_err(|_| ApiError::server_not_found(&id))?;
@@ -120,12 +121,13 @@ pub async fn sessions(
     params(("id" = String, Path, description = "server id")),
     request_body = ResizeBody,
     responses((status = 200, body = PoolConfigView), (status = 400, body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
         (status = 422, body = ErrorBody),
         (status = 503, description = "Pooling not enabled for server", body = ErrorBody)))]
 pub async fn resize(
     State(state): State<AppState>,
+    _: crate::auth::Admin,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ResizeBody>,
 ) -> Result<Json<PoolConfigView>, ApiError> {
@@ -150,11 +152,12 @@ pub async fn resize(
 /// counters in `/pool/stats`; Prometheus counters keep counting.
 #[utoipa::path(post, path = "/servers/{id}/pool/reset", tag = "pools",
     params(("id" = String, Path, description = "server id")),
-    responses((status = 200, body = StatusBody), (status = 401, body = ErrorBody),
+    responses((status = 200, body = StatusBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody),
         (status = 503, description = "Pooling not enabled for server", body = ErrorBody)))]
 pub async fn reset(
     State(state): State<AppState>,
+    _: crate::auth::Admin,
     Path(id): Path<String>,
 ) -> Result<Json<StatusBody>, ApiError> {
     let (sid, _) = pooled_server(&state, &id)?;

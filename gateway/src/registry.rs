@@ -46,28 +46,36 @@ use std::{
 
 use mcp_pool::{
     Pool, PoolError, ServerConfig, ServerId,
-    traits::{BackendError, ServerChange, ServerRecord},
+    traits::{Access, BackendError, ServerChange, ServerRecord},
 };
 
+use crate::{auth::Claims, policy::CredentialsPolicy};
+
 /// The pool's configuration of `record`, with its credential header read from the
-/// environment variable the record names.
+/// environment variable the record names, when `policy` allows it.
 ///
 /// # Errors
-/// [`RegistryError::Credentials`] when that variable is not set (or not valid as a header).
-fn server_config(record: &ServerRecord) -> Result<ServerConfig, RegistryError> {
+/// [`RegistryError::Credentials`] when that variable is not allowed, not set, or not valid as
+/// a header: the three look the same, so that nobody learns which variables exist.
+fn server_config(
+    record: &ServerRecord,
+    policy: &CredentialsPolicy,
+) -> Result<ServerConfig, RegistryError> {
     let config = ServerConfig::from(record.clone());
     let Some(credentials) = &record.credentials else {
         return Ok(config);
     };
-    let missing = || RegistryError::Credentials {
+    let refused = || RegistryError::Credentials {
         server: record.id.clone(),
         env: credentials.env.clone(),
     };
-    let value = std::env::var(&credentials.env).map_err(|_| missing())?;
+    let value = policy.value(&credentials.env).ok_or_else(refused)?;
     let mut headers = http::HeaderMap::new();
+    let mut value = http::HeaderValue::try_from(value).map_err(|_| refused())?;
+    value.set_sensitive(true);
     headers.insert(
-        http::HeaderName::try_from(credentials.header.as_str()).map_err(|_| missing())?,
-        http::HeaderValue::try_from(value).map_err(|_| missing())?,
+        http::HeaderName::try_from(credentials.header.as_str()).map_err(|_| refused())?,
+        value,
     );
     Ok(config.headers(headers))
 }
@@ -84,10 +92,13 @@ pub enum RegistryError {
     /// The pool rejected the record (its config) or failed.
     #[error(transparent)]
     Pool(#[from] PoolError),
-    /// A record's credentials name an environment variable this gateway does not have.
+    /// A record's credentials name an environment variable this gateway may not read: one the
+    /// operator did not allow (`CREDENTIALS_ENV_ALLOWED`), one of the gateway's own settings,
+    /// or one that is not set. The words are the same for each.
     #[error(
-        "server {server}: credentials.env {env} is not set in the gateway's environment: set it \
-         (the credential's value stays out of the registry), or remove the credentials"
+        "server {server}: credentials.env = {env:?} is not available: it must name a variable \
+         the operator allowed (CREDENTIALS_ENV_ALLOWED) that is set in the gateway's \
+         environment; the gateway's own settings are never available"
     )]
     Credentials {
         /// The server.
@@ -109,6 +120,11 @@ pub struct Registry {
     /// The servers whose records forward the gateway's token, read per downstream request
     /// without awaiting; rebuilt from `records` after each change.
     forwarding: Arc<parking_lot::RwLock<HashSet<ServerId>>>,
+    /// The access lists of the servers that have one, read per downstream request without
+    /// awaiting; rebuilt from `records` after each change.
+    access: Arc<parking_lot::RwLock<HashMap<ServerId, Access>>>,
+    /// The variables credentials may name.
+    credentials: Arc<CredentialsPolicy>,
     /// Per server, the version of the last backend change applied (module docs, "Several
     /// workers"). Written only while `records` is locked.
     versions: Arc<parking_lot::Mutex<HashMap<ServerId, u64>>>,
@@ -143,6 +159,7 @@ pub fn seed_record(server: &ServerConfig) -> ServerRecord {
         enabled: true,
         credentials: None,
         forward_token: false,
+        access: None,
     }
 }
 
@@ -154,6 +171,21 @@ impl Registry {
     /// [`RegistryError::Backend`] when the backend cannot list its records;
     /// [`RegistryError::Pool`] when a stored record is rejected by the pool.
     pub async fn load(pool: Pool, seeds: &[ServerConfig]) -> Result<Self, RegistryError> {
+        Self::load_with(pool, seeds, CredentialsPolicy::default()).await
+    }
+
+    /// As [`load`](Self::load), with the variables `credentials` allows readable by records'
+    /// credentials. A stored record whose credentials are not available is kept (listed, and
+    /// open to `PUT` and `DELETE`) but not served, with an error logged: one bad record never
+    /// stops the gateway.
+    ///
+    /// # Errors
+    /// As [`load`](Self::load).
+    pub async fn load_with(
+        pool: Pool,
+        seeds: &[ServerConfig],
+        credentials: CredentialsPolicy,
+    ) -> Result<Self, RegistryError> {
         let mut records: BTreeMap<ServerId, ServerRecord> = seeds
             .iter()
             .map(|s| (s.id().clone(), seed_record(s)))
@@ -162,6 +194,8 @@ impl Registry {
             pool,
             records: Arc::default(),
             forwarding: Arc::default(),
+            access: Arc::default(),
+            credentials: Arc::new(credentials),
             versions: Arc::default(),
         };
         for change in registry.pool.backend().list_servers().await? {
@@ -172,7 +206,14 @@ impl Registry {
             let old = records.remove(&change.server);
             match change.record {
                 Some(record) => {
-                    registry.apply(old.as_ref(), &record, true).await?;
+                    match registry.apply(old.as_ref(), &record, true).await {
+                        Ok(()) => {}
+                        Err(error @ RegistryError::Credentials { .. }) => {
+                            tracing::error!("{error}; the server is not served until its record is replaced");
+                            registry.forget(&record.id);
+                        }
+                        Err(error) => return Err(error),
+                    }
                     records.insert(change.server, record);
                 }
                 None => registry.forget(&change.server),
@@ -194,12 +235,33 @@ impl Registry {
         self.forwarding.read().contains(id)
     }
 
+    /// Whether the caller with `claims` may use server `id` (its MCP routes and what the REST
+    /// API says of it): an admin always; anyone when the record has no access list; otherwise
+    /// a user it names or a member of a group it names. `claims` is `None` only with auth off,
+    /// where every caller is the operator.
+    pub fn may_use(&self, id: &ServerId, claims: Option<&Claims>) -> bool {
+        let Some(claims) = claims else {
+            return true;
+        };
+        if claims.role() == crate::auth::Role::Admin {
+            return true;
+        }
+        match self.access.read().get(id) {
+            None => true,
+            Some(access) => access.admits(claims.user(), &claims.groups),
+        }
+    }
+
     /// Rebuilds what is read without the records' lock from `records`.
     fn index(&self, records: &BTreeMap<ServerId, ServerRecord>) {
         *self.forwarding.write() = records
             .values()
             .filter(|r| r.forward_token)
             .map(|r| r.id.clone())
+            .collect();
+        *self.access.write() = records
+            .values()
+            .filter_map(|r| Some((r.id.clone(), r.access.clone()?)))
             .collect();
     }
 
@@ -224,7 +286,7 @@ impl Registry {
             return Err(RegistryError::Exists(record.id));
         }
         // Checked before anything is stored: a config the pool rejects is never persisted.
-        server_config(&record)?.validate()?;
+        server_config(&record, &self.credentials)?.validate()?;
         let version = self.pool.backend().put_server(&record).await?;
         self.versions.lock().insert(record.id.clone(), version);
         self.apply(None, &record, false).await?;
@@ -243,7 +305,7 @@ impl Registry {
             .get(&record.id)
             .cloned()
             .ok_or_else(|| RegistryError::NotFound(record.id.clone()))?;
-        server_config(&record)?.validate()?;
+        server_config(&record, &self.credentials)?.validate()?;
         let version = self.pool.backend().put_server(&record).await?;
         self.versions.lock().insert(record.id.clone(), version);
         self.apply(Some(&old), &record, false).await?;
@@ -384,7 +446,8 @@ impl Registry {
                 _ => new.pool.clone(),
             };
             crate::log_pool_update(&new.id, &config);
-            self.pool.add_server(server_config(new)?.pool(config))?;
+            self.pool
+                .add_server(server_config(new, &self.credentials)?.pool(config))?;
             if in_pool.is_some() {
                 self.pool.drain_server(&new.id)?;
             }

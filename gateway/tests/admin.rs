@@ -14,7 +14,7 @@ use mcp_pool_gateway::{AppState, Auth, Registry, admin, auth};
 use serde_json::Value;
 use tower::ServiceExt;
 
-const SECRET: &str = "admin-ui-test-secret-0123456789";
+const SECRET: &str = "admin-ui-test-secret-0123456789-abcdef";
 
 async fn app() -> (ReferenceServer, Router) {
     let upstream = ReferenceServer::start().await.unwrap();
@@ -27,7 +27,7 @@ async fn app() -> (ReferenceServer, Router) {
     let app = mcp_pool_gateway::router(AppState::new(
         pool,
         registry,
-        Auth::Required(auth::JwtSecret::new(SECRET).unwrap()),
+        Auth::Required(auth::JwtSecret::new(SECRET).unwrap().into()),
     ));
     (upstream, app)
 }
@@ -147,6 +147,7 @@ async fn the_health_view_carries_each_endpoints_circuit_and_no_password() {
     let token = auth::mint(
         &auth::JwtSecret::new(SECRET).unwrap(),
         "admin",
+        auth::Role::Admin,
         std::time::Duration::from_secs(60),
         std::time::SystemTime::now(),
     )
@@ -191,6 +192,7 @@ async fn the_password_sign_in_mints_a_token_for_the_right_pair_only() {
     assert_eq!(answer.expires_in, 3600);
     let claims = auth::verify(&secret, &answer.access_token).unwrap();
     assert_eq!(claims.user(), Some("ops"));
+    assert_eq!(claims.role(), auth::Role::Admin, "the operator's sign-in is an admin's");
     let (status, _, _) = get(&app, "/servers", Some(&answer.access_token)).await;
     assert_eq!(status, StatusCode::OK, "the minted token opens the API");
     for wrong in [

@@ -118,6 +118,7 @@ impl Setup {
         let token = auth::mint(
             &secret,
             "admin",
+            auth::Role::Admin,
             Duration::from_secs(1800),
             SystemTime::now(),
         )

@@ -742,6 +742,7 @@ impl Gateway {
         mcp_pool_gateway::auth::mint(
             &self.served.secret,
             user,
+            mcp_pool_gateway::auth::Role::User,
             valid,
             std::time::SystemTime::now(),
         )
@@ -774,9 +775,17 @@ async fn the_gateways_token_goes_upstream_only_to_a_server_that_forwards_it() {
     }
     assert_eq!(gw.upstream.sessions_opened(), 1);
 
+    let operator = mcp_pool_gateway::auth::mint(
+        &gw.served.secret,
+        "operator",
+        mcp_pool_gateway::auth::Role::Admin,
+        std::time::Duration::from_secs(600),
+        std::time::SystemTime::now(),
+    )
+    .unwrap();
     let created = reqwest::Client::new()
         .post(format!("{}/servers", gw.url))
-        .bearer_auth(&first)
+        .bearer_auth(&operator)
         .json(&json!({
             "id": "fwd",
             "endpoints": [{"url": gw.upstream.url()}],

@@ -12,7 +12,7 @@ use common::{BIN, Process};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const SECRET: &str = "readme-test-secret-9f8e7d6c5b4a";
+const SECRET: &str = "readme-test-secret-9f8e7d6c5b4a-0123456789";
 
 /// The README section's `curl` lines: (the PUT body, the stats path).
 fn readme_steps() -> (String, String) {
@@ -42,7 +42,7 @@ fn readme_steps() -> (String, String) {
         .expect("a stats line");
     assert!(get.contains("Bearer $TOKEN"));
     assert!(section.contains("cargo run -p mcp-pool-gateway -- --demo"));
-    assert!(section.contains("token --sub admin --exp-minutes 60"));
+    assert!(section.contains("token --sub admin --role admin --exp-minutes 60"));
     (body, "/servers/demo/pool/stats".to_owned())
 }
 
@@ -62,7 +62,7 @@ async fn readme_steps_work_against_the_binary() {
     );
 
     let token = std::process::Command::new(BIN)
-        .args(["token", "--sub", "admin", "--exp-minutes", "60"])
+        .args(["token", "--sub", "admin", "--role", "admin", "--exp-minutes", "60"])
         .env("JWT_SECRET_KEY", SECRET)
         .current_dir(&dir)
         .output()

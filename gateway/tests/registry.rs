@@ -563,6 +563,7 @@ async fn a_servers_own_credential_reaches_the_upstream_and_nowhere_else() {
         &[
             ("AUTH_REQUIRED", "false"),
             ("UPSTREAM_TOKEN", &header_value),
+            ("CREDENTIALS_ENV_ALLOWED", "UPSTREAM_TOKEN"),
         ],
         dir.path(),
     )

@@ -226,13 +226,15 @@ async fn auth_401_without_with_expired_and_with_foreign_token() {
     let expired = auth::mint(
         &auth::JwtSecret::new(SECRET).unwrap(),
         "admin",
+        auth::Role::Admin,
         Duration::from_secs(60),
         SystemTime::now() - Duration::from_secs(3600),
     )
     .unwrap();
     let foreign = auth::mint(
-        &auth::JwtSecret::new("another-key").unwrap(),
+        &auth::JwtSecret::new("another-key-of-at-least-32-bytes-0123").unwrap(),
         "admin",
+        auth::Role::Admin,
         Duration::from_secs(600),
         SystemTime::now(),
     )
@@ -406,7 +408,7 @@ fn config_errors_name_variable_value_and_allowed() {
     let e = GatewayConfig::from_lookup(
         None,
         None,
-        vars(&[("JWT_SECRET_KEY", "k"), ("PORT", "99999")]),
+        vars(&[("JWT_SECRET_KEY", SECRET), ("PORT", "99999")]),
     )
     .unwrap_err();
     assert!(
@@ -421,14 +423,14 @@ fn config_errors_name_variable_value_and_allowed() {
     let e = GatewayConfig::from_lookup(
         None,
         None,
-        vars(&[("JWT_SECRET_KEY", "k"), ("MAX_BODY_BYTES", "0")]),
+        vars(&[("JWT_SECRET_KEY", SECRET), ("MAX_BODY_BYTES", "0")]),
     )
     .unwrap_err();
     assert_eq!(e.setting, "MAX_BODY_BYTES");
     let c = GatewayConfig::from_lookup(
         Some("0.0.0.0"),
         Some("0"),
-        vars(&[("JWT_SECRET_KEY", "sekrit-value")]),
+        vars(&[("JWT_SECRET_KEY", "sekrit-value-sekrit-value-sekrit-value")]),
     )
     .unwrap();
     assert_eq!(
@@ -436,4 +438,12 @@ fn config_errors_name_variable_value_and_allowed() {
         ("0.0.0.0", 0, 4 << 20)
     );
     assert!(!format!("{c:?}").contains("sekrit-value"));
+    // A short key stops start-up, saying how to make one (RFC 7518 §3.2: 256 bits for HS256).
+    let e = GatewayConfig::from_lookup(None, None, vars(&[("JWT_SECRET_KEY", "short-key")]))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("at least 32 bytes") && e.to_string().contains("openssl rand"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("short-key"), "{e}");
 }

@@ -163,7 +163,10 @@ pub struct StdioCommand {
     pub command: String,
     /// Its arguments.
     pub args: Vec<String>,
-    /// Variables added to the gateway's environment for it.
+    /// Its own environment variables. The built-in stdio transport starts the program from an
+    /// empty environment plus a short allow-list of the parent's (`PATH`, `HOME`, locale…, as
+    /// the official MCP SDKs do) plus these, which win: nothing else of the gateway's
+    /// environment, its secrets included, reaches a third-party server.
     pub env: BTreeMap<String, String>,
     /// Its working directory (default: the pool's).
     pub cwd: Option<String>,
@@ -560,6 +563,15 @@ impl Endpoint {
         scheme: &'static str,
     ) -> Result<(), InvalidEndpoint> {
         let shown = || crate::redact_url(&self.url).into_owned();
+        // The URL parser drops tabs and line breaks silently (WHATWG URL); a URL holding them
+        // was meant to smuggle something into a request line or a log line.
+        if self.url.chars().any(char::is_control) {
+            return Err(InvalidEndpoint::Url {
+                url: shown(),
+                reason: "it contains control characters (such as CR or LF)".into(),
+                scheme,
+            });
+        }
         let lower = self.url.get(..8).unwrap_or(&self.url).to_ascii_lowercase();
         if !schemes.iter().any(|s| lower.starts_with(s)) {
             return Err(InvalidEndpoint::Scheme {
@@ -683,6 +695,20 @@ mod tests {
         let endpoint = Endpoint::new("anything://goes", quic).unwrap();
         assert_eq!(endpoint.transport, quic);
         assert!(Endpoint::new("", quic).is_err());
+    }
+
+    #[test]
+    fn urls_with_control_characters_are_refused() {
+        for url in [
+            "http://127.0.0.1:1/mcp\r\nX-Injected: 1",
+            "http://evil\n.example/mcp",
+            "http://127.0.0.1:1/m\tcp",
+        ] {
+            let error = Endpoint::new(url, TransportKind::StreamableHttp).unwrap_err();
+            let words = error.to_string();
+            assert!(words.contains("control characters"), "{words}");
+            assert!(!words.contains('\n') && !words.contains('\r'), "{words}");
+        }
     }
 
     #[test]

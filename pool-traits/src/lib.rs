@@ -34,7 +34,7 @@ pub use identity::{
     NEVER_FORWARDED, PoolKey, Principal, forwardable_headers,
 };
 pub use redact::{REDACTED, RedactedHeaders, redact_url};
-pub use registry::{CredentialsRef, SavedServer, ServerChange, ServerRecord};
+pub use registry::{Access, CredentialsRef, SavedServer, ServerChange, ServerRecord};
 pub use strategy::{
     AffinityKey, Binding, EndpointView, EvictionReason, LeaseOutcome, LeaseReport, SelectContext,
     Selection, Selector, SessionId, SessionView, Strategy, least_loaded_endpoint,

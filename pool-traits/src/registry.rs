@@ -36,6 +36,32 @@ pub struct ServerRecord {
     /// sent upstream; [`credentials`](Self::credentials) of the same header win over it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forward_token: bool,
+    /// Who may use the server's MCP routes besides the gateway's admins. `None` (the
+    /// default): every authenticated caller. A gateway answers anyone else as if the server
+    /// did not exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<Access>,
+}
+
+/// An access list: the users and the groups (matched against a caller's token claims, e.g. a
+/// JWT's `sub` and `groups`) admitted to a server. Empty lists admit nobody but the admins.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    /// User names admitted (compared exactly).
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Groups admitted: a caller in any of them is (compared exactly).
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+impl Access {
+    /// Whether a caller named `user` in `groups` is admitted.
+    pub fn admits(&self, user: Option<&str>, groups: &[String]) -> bool {
+        user.is_some_and(|u| self.users.iter().any(|a| a == u))
+            || groups.iter().any(|g| self.groups.contains(g))
+    }
 }
 
 fn enabled_by_default() -> bool {

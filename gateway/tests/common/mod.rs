@@ -26,16 +26,25 @@ pub async fn gateway(pool: &Pool, seeds: &[ServerConfig], max_body_bytes: usize)
     let token = auth::mint(
         &secret,
         "admin",
+        auth::Role::Admin,
         Duration::from_secs(600),
         SystemTime::now(),
     )
     .unwrap();
-    let registry = Registry::load(pool.clone(), seeds).await.unwrap();
+    // The registry tests name `CARGO_PKG_NAME` (set by cargo for every test) as a credential.
+    let credentials = mcp_pool_gateway::policy::CredentialsPolicy::parse(
+        "CREDENTIALS_ENV_ALLOWED",
+        "CARGO_PKG_NAME",
+    )
+    .unwrap();
+    let registry = Registry::load_with(pool.clone(), seeds, credentials)
+        .await
+        .unwrap();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let app = mcp_pool_gateway::router(AppState {
         max_body_bytes,
         metrics: Some(recorder.handle()),
-        ..AppState::new(pool.clone(), registry, Auth::Required(secret))
+        ..AppState::new(pool.clone(), registry, Auth::Required(secret.into()))
     });
     Gateway {
         app,
@@ -119,6 +128,15 @@ use tokio::{
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_mcp-pool-gateway");
+
+/// The binary the process tests start: `MCP_POOL_GATEWAY_BIN` when set (to run a suite against
+/// another build, such as an older release), else [`BIN`].
+pub fn bin() -> String {
+    std::env::var("MCP_POOL_GATEWAY_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| BIN.to_owned())
+}
 /// Bound on waiting for a log line (start-up on a loaded 2-core machine included).
 pub const LOG_WAIT: Duration = Duration::from_secs(60);
 
@@ -134,7 +152,7 @@ impl Process {
     /// Starts the binary on a free port with `args` and `envs`, in `dir` (no stray `.env`),
     /// and returns once it listens.
     pub async fn start(args: &[&str], envs: &[(&str, &str)], dir: &Path) -> Self {
-        let mut child = Command::new(BIN)
+        let mut child = Command::new(bin())
             .args(args)
             .args(["--port", "0"])
             .envs(envs.iter().copied())
@@ -247,7 +265,7 @@ impl Served {
         let app = mcp_pool_gateway::router(AppState::new(
             pool.clone(),
             registry,
-            Auth::Required(secret.clone()),
+            Auth::Required(secret.clone().into()),
         ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -260,11 +278,12 @@ impl Served {
         }
     }
 
-    /// A token for `user`, valid 10 minutes.
+    /// A token for `user` (role `user`), valid 10 minutes.
     pub fn token(&self, user: &str) -> String {
         auth::mint(
             &self.secret,
             user,
+            auth::Role::User,
             Duration::from_secs(600),
             SystemTime::now(),
         )

@@ -28,5 +28,5 @@ mod sse;
 mod websocket;
 
 pub use session::{ConnectionClosed, SessionObserver};
-pub use sse::{SseServer, SseServerConfig};
+pub use sse::{SessionOwner, SseServer, SseServerConfig};
 pub use websocket::{WebSocketServer, WebSocketServerConfig};

@@ -27,10 +27,15 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::session::{SessionObserver, SessionRunner, attach_parts};
 
+/// Who sent an HTTP request, as an [`SseServer`] compares it ([`SseServerConfig::with_owner`]):
+/// computed from the request's parts (its headers, or an extension an authentication layer
+/// put there), `None` for a request that names no one.
+pub type SessionOwner = dyn Fn(&Parts) -> Option<String> + Send + Sync;
+
 /// How an [`SseServer`] serves.
 ///
 /// Defaults: the event stream at `/sse`, messages at `/message`, a keep-alive every 15 s, 64
-/// messages buffered per direction and session.
+/// messages buffered per direction and session, no owner check.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct SseServerConfig {
@@ -49,6 +54,9 @@ pub struct SseServerConfig {
     pub shutdown: CancellationToken,
     /// Told when sessions open and end.
     pub observer: Option<Arc<dyn SessionObserver>>,
+    /// Who may post to a session (see [`with_owner`](Self::with_owner)); `None`: whoever knows
+    /// its id.
+    pub owner: Option<Arc<SessionOwner>>,
 }
 
 impl fmt::Debug for SseServerConfig {
@@ -59,6 +67,7 @@ impl fmt::Debug for SseServerConfig {
             .field("keep_alive", &self.keep_alive)
             .field("channel_capacity", &self.channel_capacity)
             .field("observer", &self.observer.is_some())
+            .field("owner", &self.owner.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -72,6 +81,7 @@ impl Default for SseServerConfig {
             channel_capacity: 64,
             shutdown: CancellationToken::new(),
             observer: None,
+            owner: None,
         }
     }
 }
@@ -101,6 +111,28 @@ impl SseServerConfig {
         self.observer = Some(observer);
         self
     }
+
+    /// The same config accepting the messages of a session only from the session's owner.
+    ///
+    /// Without it, whoever knows a session's id (it travels in URLs: proxy and access logs,
+    /// a `Referer`) may post any message into the session; a `notifications/cancelled` of the
+    /// owner's request in flight, for one. With it, `owner` is asked who sent the `GET` opening a
+    /// session, and the answer is kept with the session; it is then asked who sent each `POST`
+    /// to the session, and a `POST` whose answer differs (`Some` and `None` differ, two `None`s
+    /// match) is answered as a `POST` to an unknown session is, `404` `no such session`, before
+    /// its body is read: its message reaches no handler, and the answer does not tell that the
+    /// session exists.
+    ///
+    /// `owner` runs on every `GET` and `POST`, outside any lock of the server. It typically
+    /// returns the authenticated user: a claim an authentication layer put in the request's
+    /// extensions, or a header that a trusted proxy in front of the server sets.
+    pub fn with_owner<F>(mut self, owner: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    {
+        self.owner = Some(Arc::new(owner));
+        self
+    }
 }
 
 /// Serves any rmcp [`ServerHandler`] over the legacy HTTP+SSE transport (MCP spec 2024-11-05),
@@ -112,7 +144,8 @@ impl SseServerConfig {
 ///   message of the server.
 /// - `POST <message_path>?sessionId=<id>` with one JSON-RPC message as its body delivers it to
 ///   the session: `202 Accepted`; `400` without a session id or for a body that is not a
-///   JSON-RPC message; `404` for an unknown or ended session. The
+///   JSON-RPC message; `404` for an unknown or ended session, and for a session of another
+///   owner when [`SseServerConfig::with_owner`] is set. The
 ///   request's `http::request::Parts` (headers included) ride along in the extensions of a
 ///   request, as rmcp's streamable HTTP server does.
 /// - The stream is the session: when the client goes away the session ends; when the session
@@ -124,14 +157,34 @@ pub struct SseServer {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     runner: SessionRunner,
-    /// The live sessions' inboxes, by session id.
-    sessions: Mutex<HashMap<String, mpsc::Sender<ClientJsonRpcMessage>>>,
+    /// The live sessions, by session id.
+    sessions: Mutex<HashMap<String, Session>>,
     message_path: String,
     sse_path: String,
     keep_alive: Option<Duration>,
+    owner: Option<Arc<SessionOwner>>,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Inner")
+            .field("runner", &self.runner)
+            .field("message_path", &self.message_path)
+            .field("sse_path", &self.sse_path)
+            .field("keep_alive", &self.keep_alive)
+            .field("owner", &self.owner.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A live session, as the `POST`s to it find it.
+struct Session {
+    /// Its messages from the client, to its handler.
+    inbox: mpsc::Sender<ClientJsonRpcMessage>,
+    /// Who opened it: the answer of [`Inner::owner`] for its `GET` (`None` without one).
+    owner: Option<String>,
 }
 
 impl SseServer {
@@ -154,6 +207,7 @@ impl SseServer {
                 message_path: config.message_path,
                 sse_path: config.sse_path,
                 keep_alive: config.keep_alive,
+                owner: config.owner,
             }),
         }
     }
@@ -187,11 +241,14 @@ impl SseServer {
 }
 
 impl Inner {
-    fn sessions(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Sender<ClientJsonRpcMessage>>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         // The map holds no invariant a panic could break half-way.
         self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Who sent the request of `parts`, for the owner check; `None` without one.
+    fn owner_of(&self, parts: &Parts) -> Option<String> {
+        self.owner.as_ref().and_then(|owner| owner(parts))
     }
 }
 
@@ -208,7 +265,8 @@ impl Drop for StreamGuard {
     }
 }
 
-async fn open_stream(State(inner): State<Arc<Inner>>) -> Response {
+async fn open_stream(State(inner): State<Arc<Inner>>, parts: Parts) -> Response {
+    let owner = inner.owner_of(&parts);
     let id = uuid::Uuid::new_v4().simple().to_string();
     let Some(ends) = inner.runner.open(&id) else {
         return (
@@ -217,7 +275,11 @@ async fn open_stream(State(inner): State<Arc<Inner>>) -> Response {
         )
             .into_response();
     };
-    inner.sessions().insert(id.clone(), ends.to_handler);
+    let session = Session {
+        inbox: ends.to_handler,
+        owner,
+    };
+    inner.sessions().insert(id.clone(), session);
     let endpoint = format!("{}?sessionId={id}", inner.message_path);
     let guard = StreamGuard {
         inner: inner.clone(),
@@ -306,7 +368,15 @@ async fn post_message(
         )
             .into_response();
     };
-    let Some(inbox) = inner.sessions().get(id).cloned() else {
+    // Without an owner function both sides are `None`: every sender matches.
+    let sender = inner.owner_of(&parts);
+    let inbox = inner
+        .sessions()
+        .get(id)
+        .filter(|session| session.owner == sender)
+        .map(|session| session.inbox.clone());
+    // Another owner's session is answered as no session at all.
+    let Some(inbox) = inbox else {
         return (StatusCode::NOT_FOUND, "no such session").into_response();
     };
     let mut message = match serde_json::from_slice::<ClientJsonRpcMessage>(&body) {
