@@ -30,6 +30,16 @@
   };
   let token = sessionStorage.getItem(TOKEN_KEY) || "";
   let servers = [];
+  // What the token may do, from its `role` claim (no token: the gateway runs without auth, and
+  // every caller is the operator). Only a hint for the page: the API decides, and answers 403.
+  function tokenRole(t) {
+    if (!t) return "admin";
+    try {
+      const part = t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+      return JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "="))).role || "user";
+    } catch { return "user"; }
+  }
+  const isAdmin = () => tokenRole(token) === "admin";
 
   // ---- API ----
   class ApiError extends Error {
@@ -68,6 +78,8 @@
       return e.status === 401 ? e.detail : `The gateway answered: ${e.detail}`;
     }
     if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    document.body.dataset.role = isAdmin() ? "admin" : "user";
+    $("role-note").hidden = isAdmin();
     $("signin").hidden = true;
     $("app").hidden = false;
     startPolling();
@@ -154,9 +166,11 @@
         b.addEventListener("click", () => action(s, b));
         return b;
       };
-      const actions = el("div", { className: "row-actions" },
-        button("Edit", editServer), button("Pool Config", openPoolConfig), button("Pool Stats", openPoolStats),
-        button(serverEnabled(s) ? "Deactivate" : "Activate", toggleServer), button("Delete", deleteServer));
+      const actions = isAdmin()
+        ? el("div", { className: "row-actions" },
+          button("Edit", editServer), button("Pool Config", openPoolConfig), button("Pool Stats", openPoolStats),
+          button(serverEnabled(s) ? "Deactivate" : "Activate", toggleServer), button("Delete", deleteServer))
+        : el("div", { className: "row-actions" }, button("Pool Stats", openPoolStats));
       const row = el("tr", {}, el("td", {}, el("code", { textContent: s.id })), el("td", { textContent: serverName(s) }),
         el("td", {}, endpoints), el("td", {}, pooling), el("td", {}, status), el("td", {}, actions));
       row.dataset.server = s.id;
@@ -171,6 +185,8 @@
   async function serverBody(s, overrides = {}) {
     const body = { id: s.id, name: serverName(s), endpoints: s.endpoints.map(({ url, transport, weight }) => ({ url, transport, weight })), enabled: serverEnabled(s) };
     if (s.credentials) body.credentials = s.credentials;
+    if (s.forward_token) body.forward_token = true;
+    if (s.access) body.access = s.access;
     try { body.pool = await api("GET", `/servers/${encodeURIComponent(s.id)}/pool/config`); } catch { /* a disabled server has none */ }
     return { ...body, ...overrides };
   }
@@ -387,7 +403,7 @@
     let pools, metricsText = "";
     try {
       [health, pools] = await Promise.all([api("GET", "/servers/pools/health"), api("GET", "/servers/pools")]);
-      metricsText = await api("GET", "/metrics").catch(() => "");
+      metricsText = isAdmin() ? await api("GET", "/metrics").catch(() => "") : "";
     } catch (e) { return; }
     const now = Date.now() / 1000;
     const q = quantiles(typeof metricsText === "string" ? metricsText : "");

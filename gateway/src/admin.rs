@@ -345,7 +345,9 @@ async fn sign_in(
             LOGIN_TOKEN_TTL,
             SystemTime::now(),
         )
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response())?;
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response()
+        })?;
     Ok(Json(LoginAnswer {
         access_token: token,
         token_type: "bearer".into(),

@@ -83,14 +83,16 @@ pub struct AccessBody {
 
 impl AccessBody {
     fn check(self) -> Result<Access, ApiError> {
-        for (field, list) in [("access.users", &self.users), ("access.groups", &self.groups)] {
+        for (field, list) in [
+            ("access.users", &self.users),
+            ("access.groups", &self.groups),
+        ] {
             if list.len() > 1000 {
                 return Err(invalid(field, list.len(), "at most 1000 entries"));
             }
-            if let Some(bad) = list
-                .iter()
-                .find(|e| e.is_empty() || e.chars().count() > 256 || e.chars().any(char::is_control))
-            {
+            if let Some(bad) = list.iter().find(|e| {
+                e.is_empty() || e.chars().count() > 256 || e.chars().any(char::is_control)
+            }) {
                 return Err(invalid(
                     field,
                     bad,
@@ -654,10 +656,14 @@ fn server_info(state: &AppState, r: &ServerRecord, admin: bool) -> ServerInfo {
         strategy: config.strategy.as_str().to_owned(),
         name: r.name.clone(),
         enabled: r.enabled,
-        credentials: r.credentials.as_ref().filter(|_| admin).map(|c| CredentialsBody {
-            header: c.header.clone(),
-            env: c.env.clone(),
-        }),
+        credentials: r
+            .credentials
+            .as_ref()
+            .filter(|_| admin)
+            .map(|c| CredentialsBody {
+                header: c.header.clone(),
+                env: c.env.clone(),
+            }),
         forward_token: r.forward_token,
         access: r.access.as_ref().filter(|_| admin).map(|a| AccessBody {
             users: a.users.clone(),
@@ -757,7 +763,10 @@ pub async fn create_server(
     check_upstreams(&state, &record).await?;
     state.registry.create(record.clone()).await?;
     tracing::info!(server = %record.id, enabled = record.enabled, "server created");
-    Ok((StatusCode::CREATED, Json(server_info(&state, &record, true))))
+    Ok((
+        StatusCode::CREATED,
+        Json(server_info(&state, &record, true)),
+    ))
 }
 
 /// Replace a server. A changed endpoint (URL, transport, weight) or credentials reference

@@ -339,8 +339,7 @@ impl Verifier {
         }
         if claims.user().is_none() {
             return Err(AuthError::Invalid(
-                "the token names no user: sub, email or user_id must be a non-empty string"
-                    .into(),
+                "the token names no user: sub, email or user_id must be a non-empty string".into(),
             ));
         }
         if let Some(audience) = &self.audience {

@@ -16,12 +16,15 @@ const AFTER_HELP: &str = "\
 Environment (a .env file in the working directory is read first; the environment wins over it):
   HOST              address to listen on (default 127.0.0.1); --host wins
   PORT              port to listen on (default 4444; 0 picks a free one); --port wins
-  JWT_SECRET_KEY    HMAC key of the HS256 bearer tokens; required while AUTH_REQUIRED is true
+  JWT_SECRET_KEY    HMAC key of the HS256 bearer tokens, 32 bytes or more (openssl rand -hex
+                    32); required while AUTH_REQUIRED is true
+  JWT_AUDIENCE, JWT_ISSUER
+                    optional: tokens must name this aud / iss (the token command adds them)
   AUTH_REQUIRED     true (default) or false: bearer token on every route but /health and /ready
   MAX_BODY_BYTES    largest request body in bytes (default 4194304 = 4 MiB; 1 to 1073741824)
   HEADER_READ_TIMEOUT_SECS
                     seconds a connection has, from accept or from the end of its previous
-                    request, to send a complete request head, else it is closed; also the
+                    response, to send a complete request head, else it is closed; also the
                     keep-alive idle timeout (default 10; 1 to 3600)
   BODY_READ_TIMEOUT_SECS
                     seconds a request body has to arrive completely, else 408 (default 30;
@@ -30,7 +33,20 @@ Environment (a .env file in the working directory is read first; the environment
                     (default 512; 1 to 1000000; keep it under the open-file limit, ulimit -n)
   ADMIN_USERNAME, ADMIN_PASSWORD
                     optional: the Admin UI's (/admin) username and password sign-in, which
-                    mints a 60-minute token; both or neither, the password 12+ characters
+                    mints a 60-minute admin token; both or neither, the password 12+
+                    characters; after 3 failures per username and address, waits that double
+  CREDENTIALS_ENV_ALLOWED
+                    variables a server's credentials.env may name: NAME,PREFIX_* (default:
+                    none); the gateway's and the pool's own settings never
+  UPSTREAM_ALLOW_CIDRS, UPSTREAM_DENY_CIDRS
+                    networks endpoints may (not) resolve to (default deny: 169.254.0.0/16,
+                    fd00:ec2::254/128, the cloud metadata addresses; loopback is allowed)
+  ALLOWED_ORIGINS   browser origins allowed on the MCP routes besides the gateway's own
+                    (default: none; requests without Origin always pass)
+  DOWNSTREAM_SESSIONS_PER_USER
+                    downstream MCP sessions one user may hold in this worker (default 100)
+  DOWNSTREAM_SESSION_IDLE_TIMEOUT
+                    seconds after which an idle downstream session ends (default 300)
   SESSION_POOL_*, CACHE_TYPE, REDIS_URL, DATABASE_URL, USE_STATEFUL_SESSIONS: the pool's
                     variables (README \"Configuration\"); they win over the --config file
   CACHE_TYPE        where saved pool configs and the server registry live: memory (default),
@@ -41,6 +57,8 @@ Environment (a .env file in the working directory is read first; the environment
                     (default gateway): the workers of one group share it; another group on the
                     same backend uses another
   WORKER_ID         this worker's id in the group; --worker-id wins (default: host-pid-random)
+  RUST_LOG          the log filter (default info,rmcp=warn); rmcp=debug logs every MCP
+                    message in full, tool arguments included
 
 Signals: SIGINT/SIGTERM drain and shut down; SIGHUP re-reads the --config file and applies
 what changed in its servers (changed endpoints drain that server's pool; an invalid file is
@@ -106,7 +124,10 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            // rmcp logs every message it receives in full (tool arguments, upstream log
+            // payloads) at info and debug: not by default.
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rmcp=warn".into()),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -42,6 +42,7 @@ use axum::{
     http::StatusCode,
     response::{IntoResponse, Response},
 };
+use futures::StreamExt as _;
 use mcp_pool::{
     AcquireRequest, CallOptions, Pool, PoolError, Principal, ServerEvent, ServerEventKind,
     ServerId, traits::ServerRequestHandler,
@@ -65,7 +66,6 @@ use rmcp::{
 };
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
-use futures::StreamExt as _;
 use tower::ServiceExt as _;
 
 use crate::{ApiError, AppState, Registry, auth::Claims};
@@ -97,22 +97,43 @@ struct SessionSlots {
 /// lives as long as the session: the [`Proxy`] (streamable HTTP), the event stream (SSE), the
 /// socket's request parts (WebSocket).
 #[derive(Clone)]
-struct SessionSlot(#[allow(dead_code)] Arc<SlotGuard>);
+struct SessionSlot(Arc<SlotGuard>);
 
 struct SlotGuard {
     slots: Arc<SessionSlots>,
     user: Principal,
+    /// The streamable HTTP session this slot was taken for, once its id is known: removed
+    /// from its manager when the session ends. rmcp's `LocalSessionManager` keeps the handle
+    /// of a session whose worker ended on its idle timeout, so its id would go on answering
+    /// as a live session's and its memory would stay.
+    session: Mutex<Option<(Arc<LocalSessionManager>, String)>>,
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        let mut held = self.slots.held.lock();
-        if let Some(n) = held.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                held.remove(&self.user);
+        {
+            let mut held = self.slots.held.lock();
+            if let Some(n) = held.get_mut(&self.user) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(&self.user);
+                }
             }
         }
+        if let Some((manager, id)) = self.session.lock().take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                manager.sessions.write().await.remove(id.as_str());
+            });
+        }
+    }
+}
+
+impl SessionSlot {
+    /// The slot belongs to session `id` of `manager`, which forgets it when the slot ends.
+    fn bind(&self, manager: &Arc<LocalSessionManager>, id: &str) {
+        *self.0.session.lock() = Some((manager.clone(), id.to_owned()));
     }
 }
 
@@ -128,6 +149,7 @@ impl SessionSlots {
         Ok(SessionSlot(Arc::new(SlotGuard {
             slots: self.clone(),
             user,
+            session: Mutex::new(None),
         })))
     }
 }
@@ -356,7 +378,14 @@ impl McpEndpoints {
             let (registry, id) = (state.registry.clone(), server.clone());
             let auth_required = state.auth.is_required();
             move |parts: &http::request::Parts| {
-                let owner = caller(&registry, &id, auth_required, &parts.headers, &parts.extensions).owner;
+                let owner = caller(
+                    &registry,
+                    &id,
+                    auth_required,
+                    &parts.headers,
+                    &parts.extensions,
+                )
+                .owner;
                 serde_json::to_string(&owner).ok()
             }
         };
@@ -486,11 +515,13 @@ pub(crate) async fn endpoint(
     };
     // A new session counts against its user from its `initialize` on; the slot is kept by the
     // session's Proxy, and comes back when the answer created no session.
+    let mut slot = None;
     if let (None, Some(id)) = (&session, initialize) {
         let limit = state.policy.sessions.per_user;
         match state.mcp.slots.reserve(slot_owner(principal), limit) {
-            Ok(slot) => {
-                request.extensions_mut().insert(slot);
+            Ok(reserved) => {
+                request.extensions_mut().insert(reserved.clone());
+                slot = Some(reserved);
             }
             Err(held) => {
                 count_refusal("streamable_http");
@@ -529,6 +560,9 @@ pub(crate) async fn endpoint(
     };
     let response = endpoint.service.handle(request).await;
     let (ended, claimed) = endpoint.record_owner(session, delete, principal, &response);
+    if let (Some(slot), Some(created)) = (slot, &claimed) {
+        slot.bind(&endpoint.manager, created);
+    }
     if let Some(group) = &state.group {
         for session in &ended {
             group.release(session);
@@ -615,9 +649,16 @@ pub(crate) async fn legacy_endpoint(
                 Some(slot)
             }
             Err(held) => {
-                count_refusal(if request.uri().path().ends_with("/ws") { "websocket" } else { "sse" });
-                return ApiError::new(StatusCode::TOO_MANY_REQUESTS, session_limit_words(held, limit))
-                    .into_response();
+                count_refusal(if request.uri().path().ends_with("/ws") {
+                    "websocket"
+                } else {
+                    "sse"
+                });
+                return ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    session_limit_words(held, limit),
+                )
+                .into_response();
             }
         }
     } else {

@@ -57,8 +57,8 @@ impl CredentialsPolicy {
     /// Whether a record may name `name`: listed (or under a listed prefix) and not a setting
     /// of the gateway or the pool.
     pub fn allows(&self, name: &str) -> bool {
-        let listed =
-            self.names.iter().any(|n| n == name) || self.prefixes.iter().any(|p| name.starts_with(p.as_str()));
+        let listed = self.names.iter().any(|n| n == name)
+            || self.prefixes.iter().any(|p| name.starts_with(p.as_str()));
         listed && !is_setting(name)
     }
 
@@ -234,7 +234,10 @@ impl OriginPolicy {
         for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let origin = entry.trim_end_matches('/').to_ascii_lowercase();
             let valid = url::Url::parse(&origin).is_ok_and(|u| {
-                u.host().is_some() && u.path() == "/" && u.query().is_none() && u.username().is_empty()
+                u.host().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none()
+                    && u.username().is_empty()
             });
             if !valid {
                 return Err(ConfigError::new(
@@ -270,11 +273,7 @@ impl OriginPolicy {
                     .split_once("://")
                     .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
             });
-        if own {
-            Ok(())
-        } else {
-            Err(origin.to_owned())
-        }
+        if own { Ok(()) } else { Err(origin.to_owned()) }
     }
 }
 
@@ -336,7 +335,9 @@ impl Policy {
             Some(list) => OriginPolicy::parse(&list)?,
             None => OriginPolicy::default(),
         };
-        let number = |name: &str, range: std::ops::RangeInclusive<u64>| -> Result<Option<u64>, ConfigError> {
+        let number = |name: &str,
+                      range: std::ops::RangeInclusive<u64>|
+         -> Result<Option<u64>, ConfigError> {
             lookup(name)
                 .map(|v| {
                     v.trim()
@@ -354,7 +355,10 @@ impl Policy {
                 .transpose()
         };
         let mut sessions = SessionLimits::default();
-        if let Some(n) = number("DOWNSTREAM_SESSIONS_PER_USER", 1..=u64::from(MAX_SESSIONS_PER_USER))? {
+        if let Some(n) = number(
+            "DOWNSTREAM_SESSIONS_PER_USER",
+            1..=u64::from(MAX_SESSIONS_PER_USER),
+        )? {
             sessions.per_user = n as u32;
         }
         if let Some(secs) = number("DOWNSTREAM_SESSION_IDLE_TIMEOUT", 5..=86_400)? {
@@ -375,9 +379,11 @@ mod tests {
 
     #[test]
     fn credentials_name_only_allowed_variables_never_a_setting() {
-        let policy =
-            CredentialsPolicy::parse("CREDENTIALS_ENV_ALLOWED", "GITHUB_TOKEN, UPSTREAM_*, JWT_SECRET_KEY")
-                .unwrap();
+        let policy = CredentialsPolicy::parse(
+            "CREDENTIALS_ENV_ALLOWED",
+            "GITHUB_TOKEN, UPSTREAM_*, JWT_SECRET_KEY",
+        )
+        .unwrap();
         assert!(policy.allows("GITHUB_TOKEN"));
         assert!(policy.allows("UPSTREAM_A"));
         assert!(!policy.allows("GITHUB_TOKENS"));
@@ -385,7 +391,10 @@ mod tests {
         // Listed, yet a gateway setting.
         assert!(!policy.allows("JWT_SECRET_KEY"));
         let everything = CredentialsPolicy::parse("X", "*").unwrap_err();
-        assert!(everything.to_string().contains("at least one character"), "{everything}");
+        assert!(
+            everything.to_string().contains("at least one character"),
+            "{everything}"
+        );
         assert!(!CredentialsPolicy::default().allows("HOME"));
         let settings = CredentialsPolicy::parse("X", "DATABASE_*,REDIS_*,ADMIN_*").unwrap();
         for name in ["DATABASE_URL", "REDIS_URL", "ADMIN_PASSWORD"] {
@@ -397,7 +406,11 @@ mod tests {
     fn metadata_addresses_are_refused_by_default_loopback_is_not() {
         let policy = UpstreamPolicy::default();
         assert!(policy.refuses("169.254.169.254".parse().unwrap()).is_some());
-        assert!(policy.refuses("::ffff:169.254.169.254".parse().unwrap()).is_some());
+        assert!(
+            policy
+                .refuses("::ffff:169.254.169.254".parse().unwrap())
+                .is_some()
+        );
         assert!(policy.refuses("fd00:ec2::254".parse().unwrap()).is_some());
         assert!(policy.refuses("127.0.0.1".parse().unwrap()).is_none());
         assert!(policy.refuses("::1".parse().unwrap()).is_none());
@@ -419,8 +432,16 @@ mod tests {
             h
         };
         assert!(policy.check(&headers(None)).is_ok());
-        assert!(policy.check(&headers(Some("https://APP.example.com"))).is_ok());
-        assert!(policy.check(&headers(Some("http://gw.example.com:4444"))).is_ok());
+        assert!(
+            policy
+                .check(&headers(Some("https://APP.example.com")))
+                .is_ok()
+        );
+        assert!(
+            policy
+                .check(&headers(Some("http://gw.example.com:4444")))
+                .is_ok()
+        );
         assert_eq!(
             policy.check(&headers(Some("https://evil.example"))),
             Err("https://evil.example".to_owned())

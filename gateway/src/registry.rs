@@ -209,7 +209,9 @@ impl Registry {
                     match registry.apply(old.as_ref(), &record, true).await {
                         Ok(()) => {}
                         Err(error @ RegistryError::Credentials { .. }) => {
-                            tracing::error!("{error}; the server is not served until its record is replaced");
+                            tracing::error!(
+                                "{error}; the server is not served until its record is replaced"
+                            );
                             registry.forget(&record.id);
                         }
                         Err(error) => return Err(error),

@@ -6,15 +6,20 @@
 //! or nothing at all, holds its connection for as long as it likes. Here:
 //!
 //! - a connection with no request in flight must send a complete request head within
-//!   [`ServerLimits::header_read_timeout`] or is closed without a response: HTTP/1 through
-//!   hyper's header-read timeout, and the time before hyper knows the protocol, HTTP/2 and
-//!   idle keep-alive connections through a per-connection idle timer;
+//!   [`ServerLimits::header_read_timeout`] or is closed without a response. hyper's HTTP/1
+//!   header-read timeout does that once hyper knows the protocol; a per-connection idle timer
+//!   covers the rest: the first bytes, read by hyper-util's protocol detection without a
+//!   timer, and HTTP/2 connections;
 //! - a request body must arrive within [`ServerLimits::body_read_timeout`] or is answered 408;
 //! - at most [`ServerLimits::max_connections`] connections are open; later ones wait in the
 //!   listener's backlog;
 //! - every connection has `TCP_NODELAY`: streamed responses (SSE) would otherwise stall some
 //!   40 ms per message under Nagle's algorithm and the client's delayed ACKs;
 //! - handlers can read the peer's address with `ConnectInfo<SocketAddr>`.
+//!
+//! Not bounded: how long a client takes to read its responses, and what a connection does once
+//! upgraded to a WebSocket (it then leaves the server's count and its graceful shutdown, as
+//! with `axum::serve`).
 
 use std::{
     convert::Infallible,
@@ -70,16 +75,16 @@ pub struct ServerLimits {
     /// A streamed response (SSE) is in flight until it ends.
     pub header_read_timeout: Duration,
     /// The time a request body has to arrive completely, from the handler's first read of it;
-    /// past it the request is answered 408 and the connection closed. Default 30 s, time for
-    /// a 4 MiB body (the default `MAX_BODY_BYTES`) at some 140 KB/s.
+    /// past it the request is answered 408 (and an HTTP/1 connection closed). Default 30 s,
+    /// time for a 4 MiB body (the default `MAX_BODY_BYTES`) at some 140 KB/s.
     ///
     /// A total, not an idle timeout between reads: a client that sends a byte now and then
     /// still runs out of time.
     pub body_read_timeout: Duration,
     /// The most connections open at once. Default 512: under the soft limit of 1024 open
-    /// files common on Linux, which the process also spends on its upstream connections,
-    /// its state backend and its log; past that limit accepts fail (`EMFILE`) for every
-    /// client alike. Raise both together.
+    /// files common on Linux, which the process also spends on its upstream connections and
+    /// its state backend; past that limit accepts fail (`EMFILE`) for every client alike.
+    /// Raise both together.
     ///
     /// While all are in use, further connections are not accepted: they wait in the kernel's
     /// listen backlog (their handshake done, their request unread) and are served in order
@@ -169,7 +174,9 @@ pub async fn serve(
                     }
                 }
                 () = idle(requests, idle_timeout) => {
-                    tracing::debug!("closed the connection from {peer}: no request for {idle_timeout:?}");
+                    tracing::debug!(
+                        "closed the connection from {peer}: no request for {idle_timeout:?}"
+                    );
                 }
             }
             drop(permit);

@@ -192,7 +192,11 @@ async fn the_password_sign_in_mints_a_token_for_the_right_pair_only() {
     assert_eq!(answer.expires_in, 3600);
     let claims = auth::verify(&secret, &answer.access_token).unwrap();
     assert_eq!(claims.user(), Some("ops"));
-    assert_eq!(claims.role(), auth::Role::Admin, "the operator's sign-in is an admin's");
+    assert_eq!(
+        claims.role(),
+        auth::Role::Admin,
+        "the operator's sign-in is an admin's"
+    );
     let (status, _, _) = get(&app, "/servers", Some(&answer.access_token)).await;
     assert_eq!(status, StatusCode::OK, "the minted token opens the API");
     for wrong in [

@@ -76,6 +76,8 @@ struct Setup {
     gw: Process,
     upstream: ReferenceServer,
     token: String,
+    /// A token of role `user` (the read-only view).
+    user_token: String,
     _dir: tempdir::Dir,
 }
 
@@ -123,10 +125,19 @@ impl Setup {
             SystemTime::now(),
         )
         .unwrap();
+        let user_token = auth::mint(
+            &secret,
+            "alice",
+            auth::Role::User,
+            Duration::from_secs(1800),
+            SystemTime::now(),
+        )
+        .unwrap();
         Self {
             gw,
             upstream,
             token,
+            user_token,
             _dir: tempdir::Dir(dir),
         }
     }
@@ -212,6 +223,7 @@ where
         .env("ADMIN_SHOTS", &shots)
         .env("ADMIN_REFRESH", REFRESH)
         .env("ADMIN_PASSWORD", PASSWORD)
+        .env("ADMIN_USER_TOKEN", &setup.user_token)
         .env("CHROMIUM", chromium)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -368,6 +380,16 @@ async fn the_first_load_of_admin_is_weighed() {
     assert!((20.0 * 1024.0..64.0 * 1024.0).contains(&ui), "{measures:?}");
     // The reload revalidates the page and takes the versioned assets from the cache.
     assert!(measures["reload_ui_bytes"] < ui / 2.0, "{measures:?}");
+    setup.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_token_gets_a_read_only_view() {
+    if browser().is_none() {
+        return;
+    }
+    let mut setup = Setup::start("readonly").await;
+    run_without_asks(&mut setup, "readonly").await;
     setup.gw.stop().await;
 }
 

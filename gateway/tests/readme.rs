@@ -62,7 +62,15 @@ async fn readme_steps_work_against_the_binary() {
     );
 
     let token = std::process::Command::new(BIN)
-        .args(["token", "--sub", "admin", "--role", "admin", "--exp-minutes", "60"])
+        .args([
+            "token",
+            "--sub",
+            "admin",
+            "--role",
+            "admin",
+            "--exp-minutes",
+            "60",
+        ])
         .env("JWT_SECRET_KEY", SECRET)
         .current_dir(&dir)
         .output()

@@ -42,7 +42,15 @@ async fn schemathesis_finds_no_defect_in_the_rest_api() {
     std::fs::create_dir_all(&dir).unwrap();
     let mut gw = Process::start(&["--demo"], &[("JWT_SECRET_KEY", SECRET)], &dir).await;
     let token = std::process::Command::new(BIN)
-        .args(["token", "--sub", "fuzzer", "--role", "admin", "--exp-minutes", "30"])
+        .args([
+            "token",
+            "--sub",
+            "fuzzer",
+            "--role",
+            "admin",
+            "--exp-minutes",
+            "30",
+        ])
         .env("JWT_SECRET_KEY", SECRET)
         .current_dir(&dir)
         .output()

@@ -51,7 +51,12 @@ fn signed(claims: &Claims) -> String {
 }
 
 fn token(sub: &str, role: Role) -> String {
-    signed(&Claims::new(sub, role, Duration::from_secs(600), SystemTime::now()))
+    signed(&Claims::new(
+        sub,
+        role,
+        Duration::from_secs(600),
+        SystemTime::now(),
+    ))
 }
 
 fn admin() -> String {
@@ -76,7 +81,10 @@ async fn send(
     let response = request.send().await.unwrap();
     let status = response.status();
     let text = response.text().await.unwrap();
-    assert!(!text.contains(SECRET), "the signing key in a response: {text}");
+    assert!(
+        !text.contains(SECRET),
+        "the signing key in a response: {text}"
+    );
     assert!(
         !text.contains(ADMIN_PASSWORD),
         "the admin password in a response: {text}"
@@ -222,7 +230,10 @@ fn server_body(id: &str, url: &str, extra: Value) -> Value {
 async fn credentials_never_read_the_gateways_own_secrets() {
     let listener = ReferenceServer::start().await.unwrap();
     let envs = [
-        ("CREDENTIALS_ENV_ALLOWED", "UPSTREAM_*,JWT_SECRET_KEY,ADMIN_*"),
+        (
+            "CREDENTIALS_ENV_ALLOWED",
+            "UPSTREAM_*,JWT_SECRET_KEY,ADMIN_*",
+        ),
         ("UPSTREAM_TOKEN", "upstream-token-value"),
         ("NOT_ALLOWED_CANARY", "canary-value"),
     ];
@@ -254,14 +265,24 @@ async fn credentials_never_read_the_gateways_own_secrets() {
             mcp.initialize(None).await;
             let _ = mcp.call("echo", json!({"message": "x"})).await;
             let leaked = listener.last_request_headers().get("x-leak").cloned();
-            panic!("credentials.env = {name} was accepted ({status}); the upstream received x-leak: {leaked:?}");
+            panic!(
+                "credentials.env = {name} was accepted ({status}); the upstream received x-leak: {leaked:?}"
+            );
         }
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{name}: {text}");
         refusals.push(detail(&text).replace(&format!("server {id}:"), "server _:"));
     }
     let first = &refusals[0];
     assert!(first.contains("CREDENTIALS_ENV_ALLOWED"), "{first}");
-    for (other, name) in refusals.iter().zip(["JWT_SECRET_KEY", "ADMIN_PASSWORD", "DATABASE_URL", "REDIS_URL", "PATH", "NOT_ALLOWED_CANARY", "UPSTREAM_UNSET"]) {
+    for (other, name) in refusals.iter().zip([
+        "JWT_SECRET_KEY",
+        "ADMIN_PASSWORD",
+        "DATABASE_URL",
+        "REDIS_URL",
+        "PATH",
+        "NOT_ALLOWED_CANARY",
+        "UPSTREAM_UNSET",
+    ]) {
         assert_eq!(
             other.replace(name, "NAME"),
             first.replace("JWT_SECRET_KEY", "NAME"),
@@ -323,7 +344,10 @@ async fn stdio_upstreams_see_only_an_allow_listed_environment() {
     let (status, text) = mcp.initialize(None).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let (_, _, tools) = mcp
-        .post(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}), None)
+        .post(
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+            None,
+        )
         .await;
     let tools = messages(&tools);
     let env_tool = tools[0]["result"]["tools"]
@@ -338,9 +362,20 @@ async fn stdio_upstreams_see_only_an_allow_listed_environment() {
         .as_str()
         .unwrap_or_else(|| panic!("{answer}"))
         .to_owned();
-    assert!(printed.contains("PATH"), "the allow-list reaches it: {printed}");
-    assert!(printed.contains("own-value"), "its own env reaches it: {printed}");
-    for secret in [SECRET, ADMIN_PASSWORD, "gateway-canary-value", "JWT_SECRET_KEY"] {
+    assert!(
+        printed.contains("PATH"),
+        "the allow-list reaches it: {printed}"
+    );
+    assert!(
+        printed.contains("own-value"),
+        "its own env reaches it: {printed}"
+    );
+    for secret in [
+        SECRET,
+        ADMIN_PASSWORD,
+        "gateway-canary-value",
+        "JWT_SECRET_KEY",
+    ] {
         assert!(
             !printed.contains(secret),
             "the stdio server saw {secret}: {printed}"
@@ -358,7 +393,12 @@ async fn a_user_token_is_refused_on_every_admin_route() {
     let user = token("mallory", Role::User);
     let unlabelled = signed(&Claims {
         role: None,
-        ..Claims::new("mallory", Role::User, Duration::from_secs(600), SystemTime::now())
+        ..Claims::new(
+            "mallory",
+            Role::User,
+            Duration::from_secs(600),
+            SystemTime::now(),
+        )
     });
     let create = server_body("mine", &listener.url(), json!({}));
     let replace = json!({"endpoints": [{"url": listener.url()}], "forward_token": true});
@@ -366,9 +406,17 @@ async fn a_user_token_is_refused_on_every_admin_route() {
         ("POST", "/servers", Some(create)),
         ("PUT", "/servers/demo", Some(replace)),
         ("DELETE", "/servers/demo", None),
-        ("PUT", "/servers/demo/pool/config", Some(json!({"enabled": true}))),
+        (
+            "PUT",
+            "/servers/demo/pool/config",
+            Some(json!({"enabled": true})),
+        ),
         ("POST", "/servers/demo/pool/drain", None),
-        ("POST", "/servers/demo/pool/resize", Some(json!({"size": 2}))),
+        (
+            "POST",
+            "/servers/demo/pool/resize",
+            Some(json!({"size": 2})),
+        ),
         ("POST", "/servers/demo/pool/reset", None),
         ("GET", "/servers/demo/pool/sessions", None),
         ("GET", "/metrics", None),
@@ -414,11 +462,23 @@ async fn a_server_with_an_access_list_is_invisible_to_others() {
     let alice = token("alice", Role::User);
     let (_, list) = send(&http, &gw.base, &alice, "GET", "/servers", None).await;
     assert!(!list.contains("private"), "listed to alice: {list}");
-    for path in ["/servers/private", "/servers/private/pool/stats", "/servers/private/pool/config"] {
+    for path in [
+        "/servers/private",
+        "/servers/private/pool/stats",
+        "/servers/private/pool/config",
+    ] {
         let (status, text) = send(&http, &gw.base, &alice, "GET", path, None).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {text}");
     }
-    let (_, health) = send(&http, &gw.base, &alice, "GET", "/servers/pools/health", None).await;
+    let (_, health) = send(
+        &http,
+        &gw.base,
+        &alice,
+        "GET",
+        "/servers/pools/health",
+        None,
+    )
+    .await;
     assert!(!health.contains("private"), "{health}");
     let mut mcp = Mcp::new(&http, &gw.base, "private", &alice);
     let (status, text) = mcp.initialize(None).await;
@@ -426,7 +486,12 @@ async fn a_server_with_an_access_list_is_invisible_to_others() {
     assert_eq!(listener.initializes(), 0, "alice reached the upstream");
 
     let bob = token("bob", Role::User);
-    let mut ops_member = Claims::new("carol", Role::User, Duration::from_secs(600), SystemTime::now());
+    let mut ops_member = Claims::new(
+        "carol",
+        Role::User,
+        Duration::from_secs(600),
+        SystemTime::now(),
+    );
     ops_member.groups = vec!["ops".into()];
     for token in [bob, signed(&ops_member)] {
         let mut mcp = Mcp::new(&http, &gw.base, "private", &token);
@@ -435,7 +500,15 @@ async fn a_server_with_an_access_list_is_invisible_to_others() {
         assert_eq!(answer["result"]["content"][0]["text"], "in");
     }
     // Users do not see who else may use it, nor where its credential comes from.
-    let (_, text) = send(&http, &gw.base, &token("bob", Role::User), "GET", "/servers/private", None).await;
+    let (_, text) = send(
+        &http,
+        &gw.base,
+        &token("bob", Role::User),
+        "GET",
+        "/servers/private",
+        None,
+    )
+    .await;
     assert!(!text.contains("\"access\""), "{text}");
 }
 
@@ -445,20 +518,70 @@ async fn a_server_with_an_access_list_is_invisible_to_others() {
 async fn tokens_without_a_user_or_not_yet_valid_are_refused() {
     let gw = gateway(&[], &[]).await;
     let http = Client::new();
-    let base = || Claims::new("alice", Role::User, Duration::from_secs(600), SystemTime::now());
+    let base = || {
+        Claims::new(
+            "alice",
+            Role::User,
+            Duration::from_secs(600),
+            SystemTime::now(),
+        )
+    };
     let cases = [
-        ("an empty sub", Claims { sub: Some(String::new()), ..base() }),
-        ("no sub, email or user_id", Claims { sub: None, ..base() }),
-        ("a blank email", Claims { sub: None, email: Some("  ".into()), ..base() }),
-        ("nbf an hour ahead", Claims { nbf: Some(now() + 3600), ..base() }),
-        ("iat an hour ahead", Claims { iat: now() + 3600, ..base() }),
+        (
+            "an empty sub",
+            Claims {
+                sub: Some(String::new()),
+                ..base()
+            },
+        ),
+        (
+            "no sub, email or user_id",
+            Claims {
+                sub: None,
+                ..base()
+            },
+        ),
+        (
+            "a blank email",
+            Claims {
+                sub: None,
+                email: Some("  ".into()),
+                ..base()
+            },
+        ),
+        (
+            "nbf an hour ahead",
+            Claims {
+                nbf: Some(now() + 3600),
+                ..base()
+            },
+        ),
+        (
+            "iat an hour ahead",
+            Claims {
+                iat: now() + 3600,
+                ..base()
+            },
+        ),
     ];
     for (what, claims) in cases {
         let (status, text) = send(&http, &gw.base, &signed(&claims), "GET", "/servers", None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {text}");
     }
-    let slightly_ahead = Claims { nbf: Some(now() + 5), iat: now() + 5, ..base() };
-    let (status, text) = send(&http, &gw.base, &signed(&slightly_ahead), "GET", "/servers", None).await;
+    let slightly_ahead = Claims {
+        nbf: Some(now() + 5),
+        iat: now() + 5,
+        ..base()
+    };
+    let (status, text) = send(
+        &http,
+        &gw.base,
+        &signed(&slightly_ahead),
+        "GET",
+        "/servers",
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "within the clock leeway: {text}");
 }
 
@@ -467,11 +590,21 @@ async fn tokens_without_a_user_or_not_yet_valid_are_refused() {
 async fn audience_and_issuer_are_checked_when_configured() {
     let gw = gateway(
         &[],
-        &[("JWT_AUDIENCE", "mcp-gateway"), ("JWT_ISSUER", "https://idp.example")],
+        &[
+            ("JWT_AUDIENCE", "mcp-gateway"),
+            ("JWT_ISSUER", "https://idp.example"),
+        ],
     )
     .await;
     let http = Client::new();
-    let base = || Claims::new("alice", Role::User, Duration::from_secs(600), SystemTime::now());
+    let base = || {
+        Claims::new(
+            "alice",
+            Role::User,
+            Duration::from_secs(600),
+            SystemTime::now(),
+        )
+    };
     let right = Claims {
         aud: Some(json!(["other", "mcp-gateway"])),
         iss: Some("https://idp.example".into()),
@@ -481,8 +614,16 @@ async fn audience_and_issuer_are_checked_when_configured() {
     assert_eq!(status, StatusCode::OK, "{text}");
     for wrong in [
         base(),
-        Claims { aud: Some(json!("another-service")), iss: right.iss.clone(), ..base() },
-        Claims { aud: right.aud.clone(), iss: Some("https://evil.example".into()), ..base() },
+        Claims {
+            aud: Some(json!("another-service")),
+            iss: right.iss.clone(),
+            ..base()
+        },
+        Claims {
+            aud: right.aud.clone(),
+            iss: Some("https://evil.example".into()),
+            ..base()
+        },
     ] {
         let (status, text) = send(&http, &gw.base, &signed(&wrong), "GET", "/servers", None).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{wrong:?}: {text}");
@@ -542,8 +683,13 @@ async fn downstream_sessions_per_user_are_capped_and_expire() {
         .next()
         .unwrap_or_else(|| panic!("{text}"));
     assert_eq!(refusal["id"], 1, "{refusal}");
-    let words = refusal["error"]["message"].as_str().unwrap_or_else(|| panic!("a JSON-RPC error: {refusal}"));
-    assert!(words.contains("DOWNSTREAM_SESSIONS_PER_USER") && words.contains('3'), "{words}");
+    let words = refusal["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a JSON-RPC error: {refusal}"));
+    assert!(
+        words.contains("DOWNSTREAM_SESSIONS_PER_USER") && words.contains('3'),
+        "{words}"
+    );
     assert!(fourth.session.is_none(), "no session was created");
     // Other identity headers do not open more for the same user.
     let mut disguised = Mcp::new(&http, &gw.base, "demo", &alice);
@@ -552,11 +698,19 @@ async fn downstream_sessions_per_user_are_capped_and_expire() {
     assert!(text.contains("DOWNSTREAM_SESSIONS_PER_USER"), "{text}");
 
     let mut bob = Mcp::new(&http, &gw.base, "demo", &token("bob", Role::User));
-    assert_eq!(bob.initialize(None).await.0, StatusCode::OK, "bob has his own slots");
+    assert_eq!(
+        bob.initialize(None).await.0,
+        StatusCode::OK,
+        "bob has his own slots"
+    );
 
     assert!(open.pop().unwrap().delete().await.is_success());
     let mut again = Mcp::new(&http, &gw.base, "demo", &alice);
-    assert_eq!(again.initialize(None).await.0, StatusCode::OK, "a closed session frees its slot");
+    assert_eq!(
+        again.initialize(None).await.0,
+        StatusCode::OK,
+        "a closed session frees its slot"
+    );
 
     let (status, metrics) = send(&http, &gw.base, &admin(), "GET", "/metrics", None).await;
     assert_eq!(status, StatusCode::OK);
@@ -577,14 +731,32 @@ async fn downstream_sessions_per_user_are_capped_and_expire() {
         if mcp.session.is_some() {
             break;
         }
-        assert!(text.contains("DOWNSTREAM_SESSIONS_PER_USER"), "{status}: {text}");
-        assert!(tokio::time::Instant::now() < deadline, "no session expired within 30 s");
+        assert!(
+            text.contains("DOWNSTREAM_SESSIONS_PER_USER"),
+            "{status}: {text}"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no session expired within 30 s"
+        );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let (status, _, text) = open[0]
-        .post(json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}), None)
-        .await;
-    assert_eq!(status, StatusCode::NOT_FOUND, "an expired session's id: {text}");
+    // The expired session's id answers 404 (the MCP signal to initialize again) once the
+    // gateway has forgotten it, which follows the freed slot within moments.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, text) = open[0]
+            .post(json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}), None)
+            .await;
+        if status == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "an expired session's id still answers {status}: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Four wrong passwords from one address: the next attempt waits, even with the right
@@ -603,13 +775,25 @@ async fn admin_sign_in_is_throttled() {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     }
     let held = login("ops", ADMIN_PASSWORD).await.unwrap();
-    assert_eq!(held.status(), StatusCode::TOO_MANY_REQUESTS, "the right password waits too");
-    let retry: u64 = held.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert_eq!(
+        held.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the right password waits too"
+    );
+    let retry: u64 = held.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=900).contains(&retry), "{retry}");
     let words = detail(&held.text().await.unwrap());
     assert!(words.contains("try again"), "{words}");
     let other = login("someone-else", "wrong-password-guess").await.unwrap();
-    assert_eq!(other.status(), StatusCode::UNAUTHORIZED, "another username is not held up");
+    assert_eq!(
+        other.status(),
+        StatusCode::UNAUTHORIZED,
+        "another username is not held up"
+    );
 }
 
 /// A page on another origin (DNS rebinding, a malicious site) cannot reach the MCP routes;
@@ -675,7 +859,10 @@ async fn another_user_cannot_post_into_an_sse_session() {
     let endpoint = next_data().await;
     let message_url = format!("{}{endpoint}", gw.base);
     let post = |token: &str, body: Value| {
-        http.post(&message_url).bearer_auth(token).json(&body).send()
+        http.post(&message_url)
+            .bearer_auth(token)
+            .json(&body)
+            .send()
     };
     let accepted = post(
         &alice,
@@ -687,9 +874,12 @@ async fn another_user_cannot_post_into_an_sse_session() {
     .unwrap();
     assert!(accepted.status().is_success());
     let _initialized = next_data().await;
-    post(&alice, json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-        .await
-        .unwrap();
+    post(
+        &alice,
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await
+    .unwrap();
     post(
         &alice,
         json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
@@ -705,7 +895,11 @@ async fn another_user_cannot_post_into_an_sse_session() {
     )
     .await
     .unwrap();
-    assert_eq!(attack.status(), StatusCode::NOT_FOUND, "as an unknown session");
+    assert_eq!(
+        attack.status(),
+        StatusCode::NOT_FOUND,
+        "as an unknown session"
+    );
     let answer: Value = serde_json::from_str(&next_data().await).unwrap();
     assert_eq!(answer["id"], 7, "{answer}");
     assert_eq!(answer["result"]["content"][0]["text"], "slept", "{answer}");
@@ -718,7 +912,10 @@ async fn line_breaks_and_metadata_addresses_are_refused_as_endpoints() {
     let gw = gateway(&[], &[]).await;
     let http = Client::new();
     for (i, (url, words)) in [
-        ("http://127.0.0.1:9/mcp\r\nX-Injected: 1", "control characters"),
+        (
+            "http://127.0.0.1:9/mcp\r\nX-Injected: 1",
+            "control characters",
+        ),
         ("http://127.0.0.1:9/m\ncp", "control characters"),
         ("http://169.254.169.254/latest/mcp", "169.254.0.0/16"),
         ("http://[fd00:ec2::254]/mcp", "fd00:ec2::254"),
@@ -735,5 +932,9 @@ async fn line_breaks_and_metadata_addresses_are_refused_as_endpoints() {
     }
     let body = server_body("local", "http://127.0.0.1:9/mcp", json!({}));
     let (status, text) = send(&http, &gw.base, &admin(), "POST", "/servers", Some(body)).await;
-    assert_eq!(status, StatusCode::CREATED, "loopback stays allowed: {text}");
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "loopback stays allowed: {text}"
+    );
 }

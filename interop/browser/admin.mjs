@@ -286,6 +286,26 @@ const scenarios = {
     step("Delete: the row and the server are gone");
   },
 
+  // A user token (role user): a read-only view. Nothing that needs the admin role is offered,
+  // and the page says why.
+  async readonly() {
+    await page.goto(`${BASE}/admin?refresh=${REFRESH}`);
+    await page.getByLabel("Bearer token").fill(env("ADMIN_USER_TOKEN"));
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("heading", { name: "Servers" }).waitFor();
+    await page.getByText("Signed in with a user token: a read-only view.").waitFor();
+    await rowButton("Pool Stats").waitFor();
+    for (const label of ["Edit", "Pool Config", "Deactivate", "Delete"]) {
+      assert.equal(await rowButton(label).count(), 0, `${label} is not offered to a user`);
+    }
+    assert.equal(await page.getByRole("button", { name: "Add server" }).isVisible(), false);
+    assert.equal(await page.getByRole("button", { name: "Metrics" }).isVisible(), false);
+    await page.getByRole("button", { name: "Pool Health" }).click();
+    await page.getByRole("heading", { name: "Pool Health" }).waitFor();
+    await shot("admin-user-readonly");
+    step("a user token sees a read-only view");
+  },
+
   // What the first load of /admin transfers (headers and encoded bodies as Chromium counts
   // them): the page and its assets, then the API calls of the first Servers and Pool Health views.
   async weight() {
