@@ -220,7 +220,8 @@ impl GatewayConfig {
 }
 
 /// The `[gateway]` table of the `--config` file: `host`, `port`, `auth_required`,
-/// `max_body_bytes`, each the value of the variable of the same name in upper case when that
+/// `max_body_bytes`, the server limits and the hardening settings ([`Policy`]; lists as TOML
+/// arrays of strings), each the value of the variable of the same name in upper case when that
 /// variable is not set (flags win over variables, variables over the file). The signing key
 /// is not read from the file: keep it in `JWT_SECRET_KEY` (or `.env`), out of version
 /// control.

@@ -29,6 +29,56 @@ fn the_table_gives_the_variables_their_file_values() {
 }
 
 #[test]
+fn the_table_gives_the_hardening_settings_and_variables_win_over_it() {
+    use mcp_pool_gateway::{GatewayConfig, policy::Policy};
+    let table = GatewayTable::parse(
+        "gw.toml",
+        "[gateway]\ncredentials_env_allowed = [\"GITHUB_TOKEN\", \"UPSTREAM_*\"]\n\
+         allowed_origins = [\"https://app.example.com\"]\nupstream_deny_cidrs = []\n\
+         downstream_sessions_per_user = 7\ndownstream_session_idle_timeout = 60\n",
+    )
+    .unwrap();
+    let config = |env: &[(&str, &str)]| {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        GatewayConfig::from_lookup(None, None, |name| {
+            env.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .or_else(|| table.var(name))
+        })
+        .unwrap()
+    };
+    let secret = ("JWT_SECRET_KEY", "config-file-test-secret-0123456789abcdef");
+    let policy: Policy = config(&[secret]).policy;
+    assert!(policy.credentials.allows("UPSTREAM_A") && policy.credentials.allows("GITHUB_TOKEN"));
+    assert_eq!(policy.sessions.per_user, 7);
+    assert_eq!(policy.sessions.idle_timeout.as_secs(), 60);
+    assert!(
+        policy
+            .upstream
+            .refuses("169.254.169.254".parse().unwrap())
+            .is_none(),
+        "an empty deny list in the file replaces the default"
+    );
+    let policy = config(&[secret, ("DOWNSTREAM_SESSIONS_PER_USER", "3")]).policy;
+    assert_eq!(policy.sessions.per_user, 3, "the variable wins");
+    let error = GatewayConfig::from_lookup(None, None, |name| match name {
+        "JWT_SECRET_KEY" => Some(secret.1.to_owned()),
+        "DOWNSTREAM_SESSIONS_PER_USER" => Some("0".to_owned()),
+        _ => None,
+    })
+    .unwrap_err();
+    assert!(
+        error.to_string().contains("DOWNSTREAM_SESSIONS_PER_USER")
+            && error.to_string().contains("1 to 100000"),
+        "{error}"
+    );
+}
+
+#[test]
 fn a_bad_table_is_named_with_its_line() {
     let error = GatewayTable::parse(
         "gw.toml",
