@@ -1,5 +1,7 @@
-//! The gateway's own settings: `HOST`, `PORT`, `JWT_SECRET_KEY`, `AUTH_REQUIRED`,
-//! `MAX_BODY_BYTES`. The pool's settings are [`mcp_pool::Settings`].
+//! The gateway's own settings: `HOST`, `PORT`, `JWT_SECRET_KEY` (with `JWT_AUDIENCE`,
+//! `JWT_ISSUER`), `AUTH_REQUIRED`, `MAX_BODY_BYTES`, the HTTP server's limits
+//! ([`ServerLimits`]) and the hardening settings ([`Policy`]). The pool's settings are
+//! [`mcp_pool::Settings`].
 
 use std::{fmt, ops::RangeInclusive, str::FromStr, time::Duration};
 
@@ -8,6 +10,7 @@ use crate::{
     policy::Policy,
     serve::ServerLimits,
 };
+pub use crate::{error::ConfigError, policy::GATEWAY_VARIABLES};
 
 /// `MAX_BODY_BYTES` by default: 4 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
@@ -17,71 +20,6 @@ pub const MAX_MAX_BODY_BYTES: usize = 1024 * 1024 * 1024;
 pub const DEFAULT_PORT: u16 = 4444;
 /// `HOST` by default: loopback only.
 pub const DEFAULT_HOST: &str = "127.0.0.1";
-
-/// The variables the gateway reads besides the pool's ([`mcp_pool::ENV_VARIABLES`]). None of
-/// them, nor the pool's, can be named by a server's `credentials.env`.
-pub const GATEWAY_VARIABLES: &[&str] = &[
-    "HOST",
-    "PORT",
-    "JWT_SECRET_KEY",
-    "JWT_AUDIENCE",
-    "JWT_ISSUER",
-    "AUTH_REQUIRED",
-    "MAX_BODY_BYTES",
-    "HEADER_READ_TIMEOUT_SECS",
-    "BODY_READ_TIMEOUT_SECS",
-    "MAX_CONNECTIONS",
-    "ADMIN_USERNAME",
-    "ADMIN_PASSWORD",
-    "STATE_NAMESPACE",
-    "WORKER_ID",
-    "CREDENTIALS_ENV_ALLOWED",
-    "DOWNSTREAM_SESSIONS_PER_USER",
-    "DOWNSTREAM_SESSION_IDLE_TIMEOUT",
-    "ALLOWED_ORIGINS",
-    "UPSTREAM_ALLOW_CIDRS",
-    "UPSTREAM_DENY_CIDRS",
-];
-
-/// A configuration value was rejected: start-up stops with these words.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", self.words())]
-pub struct ConfigError {
-    /// The variable or flag (`PORT`, `--port`).
-    pub setting: String,
-    /// The rejected value (empty for a secret, which is never shown).
-    pub value: String,
-    /// What is allowed.
-    pub allowed: String,
-}
-
-impl ConfigError {
-    fn words(&self) -> String {
-        let Self {
-            setting,
-            value,
-            allowed,
-        } = self;
-        if value.is_empty() {
-            format!("{setting} is not set: must be {allowed}")
-        } else {
-            format!("{setting} = {value:?} is invalid: must be {allowed}")
-        }
-    }
-
-    /// `setting = "value" is invalid: must be allowed`.
-    pub fn new(
-        setting: impl Into<String>,
-        value: impl Into<String>,
-        allowed: impl Into<String>,
-    ) -> Self {
-        Self {
-            setting: setting.into(),
-            value: value.into(),
-            allowed: allowed.into(),
-        }
-    }
-}
 
 /// How requests are authenticated.
 #[derive(Clone, Debug)]

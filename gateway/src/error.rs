@@ -144,3 +144,43 @@ fn json_rejection(rejection: JsonRejection, limit: Option<BodyLimit>) -> ApiErro
     };
     ApiError::new(status, detail)
 }
+
+/// A configuration value was rejected: start-up stops with these words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.words())]
+pub struct ConfigError {
+    /// The variable or flag (`PORT`, `--port`).
+    pub setting: String,
+    /// The rejected value (empty for a secret, which is never shown).
+    pub value: String,
+    /// What is allowed.
+    pub allowed: String,
+}
+
+impl ConfigError {
+    fn words(&self) -> String {
+        let Self {
+            setting,
+            value,
+            allowed,
+        } = self;
+        if value.is_empty() {
+            format!("{setting} is not set: must be {allowed}")
+        } else {
+            format!("{setting} = {value:?} is invalid: must be {allowed}")
+        }
+    }
+
+    /// `setting = "value" is invalid: must be allowed`.
+    pub fn new(
+        setting: impl Into<String>,
+        value: impl Into<String>,
+        allowed: impl Into<String>,
+    ) -> Self {
+        Self {
+            setting: setting.into(),
+            value: value.into(),
+            allowed: allowed.into(),
+        }
+    }
+}

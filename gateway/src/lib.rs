@@ -41,7 +41,8 @@ use utoipa::{
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-pub use config::{Auth, ConfigError, GatewayConfig};
+pub use config::{Auth, GatewayConfig};
+pub use error::ConfigError;
 pub use error::{ApiError, ErrorBody};
 pub use registry::Registry;
 

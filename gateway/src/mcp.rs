@@ -489,14 +489,7 @@ pub(crate) async fn endpoint(
         Err(error) => return error.into_response(),
     };
     let endpoint = state.mcp.endpoint(&state, &server);
-    let principal = caller(
-        &state.registry,
-        &server,
-        state.auth.is_required(),
-        request.headers(),
-        request.extensions(),
-    )
-    .owner;
+    let principal = owner_of(&state, &server, &request);
     let session = request
         .headers()
         .get(SESSION_HEADER)
@@ -633,14 +626,7 @@ pub(crate) async fn legacy_endpoint(
     let mut request = request;
     // `GET /sse` and `GET /ws` open a session: it counts against its user while it lives.
     let slot = if request.method() == http::Method::GET {
-        let principal = caller(
-            &state.registry,
-            &server,
-            state.auth.is_required(),
-            request.headers(),
-            request.extensions(),
-        )
-        .owner;
+        let principal = owner_of(&state, &server, &request);
         let limit = state.policy.sessions.per_user;
         match state.mcp.slots.reserve(slot_owner(principal), limit) {
             Ok(slot) => {
@@ -740,6 +726,18 @@ struct Caller {
     /// The headers the pool sees and forwards: with gateway auth on, `Authorization` (the
     /// gateway's JWT) only where the server forwards it.
     headers: http::HeaderMap,
+}
+
+/// Who owns the downstream session `request` to `server` opens or uses ([`Caller::owner`]).
+fn owner_of(state: &AppState, server: &ServerId, request: &Request) -> Principal {
+    caller(
+        &state.registry,
+        server,
+        state.auth.is_required(),
+        request.headers(),
+        request.extensions(),
+    )
+    .owner
 }
 
 /// The [`Caller`] of a request with `headers` and `extensions` to `server`.

@@ -10,13 +10,38 @@ use std::{net::IpAddr, time::Duration};
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use crate::ConfigError;
+use crate::error::ConfigError;
+
+/// The variables the gateway reads besides the pool's ([`mcp_pool::ENV_VARIABLES`]). None of
+/// them, nor the pool's, can be named by a server's `credentials.env`.
+pub const GATEWAY_VARIABLES: &[&str] = &[
+    "HOST",
+    "PORT",
+    "JWT_SECRET_KEY",
+    "JWT_AUDIENCE",
+    "JWT_ISSUER",
+    "AUTH_REQUIRED",
+    "MAX_BODY_BYTES",
+    "HEADER_READ_TIMEOUT_SECS",
+    "BODY_READ_TIMEOUT_SECS",
+    "MAX_CONNECTIONS",
+    "ADMIN_USERNAME",
+    "ADMIN_PASSWORD",
+    "STATE_NAMESPACE",
+    "WORKER_ID",
+    "CREDENTIALS_ENV_ALLOWED",
+    "DOWNSTREAM_SESSIONS_PER_USER",
+    "DOWNSTREAM_SESSION_IDLE_TIMEOUT",
+    "ALLOWED_ORIGINS",
+    "UPSTREAM_ALLOW_CIDRS",
+    "UPSTREAM_DENY_CIDRS",
+];
 
 /// The environment variables a server record's `credentials.env` may name
 /// (`CREDENTIALS_ENV_ALLOWED`, `[gateway] credentials_env_allowed`): exact names, and
 /// prefixes written `NAME_*`. Empty by default: no record can read the gateway's environment
 /// until the operator allows a variable. The gateway's and the pool's own settings
-/// ([`crate::config::GATEWAY_VARIABLES`], [`mcp_pool::ENV_VARIABLES`]) are never readable,
+/// ([`GATEWAY_VARIABLES`], [`mcp_pool::ENV_VARIABLES`]) are never readable,
 /// whatever the list says: they hold the gateway's keys and connection strings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CredentialsPolicy {
@@ -89,7 +114,7 @@ impl CredentialsPolicy {
 /// Whether `name` is one of the variables the gateway or its pool is configured by.
 fn is_setting(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    crate::config::GATEWAY_VARIABLES.contains(&upper.as_str())
+    GATEWAY_VARIABLES.contains(&upper.as_str())
         || mcp_pool::ENV_VARIABLES.contains(&upper.as_str())
         || upper.starts_with("SESSION_POOL")
         || upper.starts_with("MCP_POOL")
