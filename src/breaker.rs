@@ -1,35 +1,41 @@
 //! [`CircuitBreaker`]: stops creating sessions on an endpoint that keeps failing (DESIGN §7,
-//! issues 6 and 10).
+//! issues 6 and 10), and lets demand find out at once when it is back.
 //!
 //! One breaker per endpoint, counting session creations:
 //!
 //! ```text
-//!            N consecutive failures                 open period over:
-//!  Closed ──────────────────────────► Open{until} ─── first try_acquire ──► HalfOpen
-//!    ▲     (open for 1 s)                 ▲                                  │ one probe
-//!    │            probe succeeds          │      probe fails                 │
-//!    └────────────────────────────────────┼──────────────────────────────────┤
-//!       (backoff back to 1 s)             └──────────────────────────────────┘
-//!                                          (open for twice as long, at most reset_timeout)
+//!            N consecutive failures                  probe interval over (acquires), or
+//!  Closed ──────────────────────────► Open{until} ─── backoff over (background) ──► HalfOpen
+//!    ▲                                    ▲            first attempt: the probe       │
+//!    │            probe succeeds          │      probe fails                          │
+//!    └────────────────────────────────────┼───────────────────────────────────────────┤
+//!                                         └───────────────────────────────────────────┘
 //! ```
 //!
 //! - **Closed**: every creation may go ahead. A success resets the count of consecutive
 //!   failures; the `failure_threshold`-th consecutive failure opens the breaker.
-//! - **Open**: every creation is refused with the time it may retry, until the open period
-//!   has passed since it opened. The period backs off exponentially (issue 10): the first
-//!   open lasts [`INITIAL_RESET_TIMEOUT`] (1 s), each failed probe doubles it, and
-//!   `reset_timeout` caps it; a successful probe starts the next open at 1 s again. An upstream
-//!   that restarts in 3 s is thus probed after 1 s and 3 s, not refused for a whole
-//!   `reset_timeout`, while one that stays down is probed at most once per `reset_timeout`.
-//! - **HalfOpen**: the first [`try_acquire`](CircuitBreaker::try_acquire) at or after that time
-//!   gets the one probe; everyone else is refused until the probe reports, with the current
-//!   open period as the time to retry in. Its success closes the breaker, its failure opens it
-//!   again for the next period.
+//! - **Open**: creations are refused with the time they may retry. An **acquire** (someone is
+//!   waiting for the session) may probe once [`PROBE_INTERVAL`] (500 ms) has passed since the
+//!   breaker opened or its last probe failed: demand probes at that pace, one probe at a time,
+//!   so an upstream that comes back is served again within about half a second of the next
+//!   request (issue 10: a 3-second restart was served 0.7-4.9 s after it was back, a 10-second
+//!   one 5.9 s after, when acquires waited out the whole backoff). A **background** creation
+//!   (`min_size` refills, replacements, the autoscaler: nobody waits for them) waits out the
+//!   backoff instead: [`INITIAL_RESET_TIMEOUT`] (1 s), doubled per failed probe, capped by
+//!   `reset_timeout`, so an endpoint nobody asks for is tried at most once per
+//!   `reset_timeout`. A successful probe starts the backoff at 1 s again.
+//! - **HalfOpen**: the attempt that found the breaker past its period is the one probe;
+//!   everyone else is refused until it reports, told to retry after the probe interval. Its
+//!   success closes the breaker, its failure opens it again.
 //! - **Cancellation** (the acquire was dropped, the pool closed) is no evidence either way: it
 //!   changes no count, and a cancelled probe gives its slot back so the next caller probes.
 //! - The breaker only changes state on evidence gathered in its current state: the outcome of
 //!   an attempt granted before the last state change is ignored (a creation that started while
 //!   the breaker was closed and succeeds after it opened does not close it; the probe decides).
+//!
+//! A probe against a refused port fails in microseconds; against a hung server it takes the
+//! create timeout, and only the one caller that probes waits for it: the others are refused at
+//! once, as while open.
 //!
 //! A plain synchronous struct: the engine keeps it under a lock and passes the time in, as a
 //! [`tokio::time::Instant`] so that tests run on a paused clock.
@@ -43,11 +49,17 @@ use tokio::time::Instant;
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 5;
 /// Default cap on the time a breaker stays open before it allows a probe: 60 s.
 pub const DEFAULT_RESET_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a breaker stays open the first time (after the consecutive failures that opened it,
-/// or after a successful probe): 1 s, or `reset_timeout` if that is shorter. Each failed probe
-/// doubles it up to `reset_timeout` (issue 10: a 3-second restart must not cost 60 s of
-/// refusals).
+/// How long an open breaker refuses background creations the first time (after the
+/// consecutive failures that opened it, or after a successful probe): 1 s, or `reset_timeout`
+/// if that is shorter. Each failed probe doubles it up to `reset_timeout`. Acquires wait only
+/// [`PROBE_INTERVAL`].
 pub const INITIAL_RESET_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an open breaker refuses acquires after it opened or after its last probe failed,
+/// whatever the backoff: 500 ms, or `reset_timeout` if that is shorter. The next acquire then
+/// probes, so an upstream that comes back is served within about this long of the next
+/// request; one probe runs at a time, so a down upstream sees at most two attempts a second
+/// from a pool, whatever the load.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Settings of a [`CircuitBreaker`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,8 +67,10 @@ pub const INITIAL_RESET_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct BreakerConfig {
     /// Consecutive creation failures that open the breaker, 1-1000 (default 5).
     pub failure_threshold: u32,
-    /// The longest the breaker stays open before one probe may go ahead, 1-3600 s (default
-    /// 60 s): the cap of the exponential backoff that starts at [`INITIAL_RESET_TIMEOUT`].
+    /// The longest the breaker refuses background creations before one may probe, 1-3600 s
+    /// (default 60 s): the cap of the exponential backoff that starts at
+    /// [`INITIAL_RESET_TIMEOUT`]. Acquires probe after [`PROBE_INTERVAL`] (or this, if
+    /// shorter).
     pub reset_timeout: Duration,
 }
 
@@ -114,9 +128,10 @@ impl BreakerConfig {
 pub enum BreakerState {
     /// Creations go ahead.
     Closed,
-    /// Creations are refused until `until`; the first attempt at or after it is the probe.
+    /// Acquires are refused until `until`; the first attempt at or after it is the probe
+    /// (background creations wait out the longer backoff, see the [module docs](self)).
     Open {
-        /// When a probe may go ahead.
+        /// When an acquire may probe.
         until: Instant,
     },
     /// One probe may be (or is) out; everything else is refused until it reports.
@@ -141,13 +156,14 @@ impl Attempt {
     }
 }
 
-/// Refusal of [`CircuitBreaker::try_acquire`].
+/// Refusal of [`CircuitBreaker::try_acquire`] (and of
+/// [`try_acquire_background`](CircuitBreaker::try_acquire_background)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{}", if *probing { "circuit half-open: a probe is in flight" } else { "circuit open" })]
 pub struct Open {
-    /// When to try again: the end of the open period, or, while a probe is in flight, the
-    /// refusal's time plus the current open period (by then the probe has usually reported;
-    /// if it failed, the next refusal says how long the breaker opened for).
+    /// When to try again: when the asker may probe, or, while a probe is in flight, the
+    /// refusal's time plus the probe interval (by then the probe has usually reported; if it
+    /// failed, the next refusal says when to probe again).
     pub retry_at: Instant,
     /// `true` when refused because a half-open probe is in flight.
     pub probing: bool,
@@ -172,9 +188,11 @@ pub struct CircuitBreaker {
     /// Advanced on every state change; attempts carry the generation they were granted in.
     generation: u64,
     consecutive_failures: u32,
-    /// Probes that failed since the breaker last closed: the open period is
+    /// Probes that failed since the breaker last closed: the background backoff is
     /// `INITIAL_RESET_TIMEOUT · 2^failed_probes`, capped by `reset_timeout`.
     failed_probes: u32,
+    /// While open: when a background creation may probe (set when it opens).
+    background_until: Option<Instant>,
     probe_out: bool,
     trips: u64,
 }
@@ -197,6 +215,7 @@ impl CircuitBreaker {
             generation: 0,
             consecutive_failures: 0,
             failed_probes: 0,
+            background_until: None,
             probe_out: false,
             trips: 0,
         }
@@ -207,13 +226,27 @@ impl CircuitBreaker {
         self.config
     }
 
-    /// Asks to create a session at `now`.
+    /// Asks to create a session at `now` for an acquire (someone waits for it).
     ///
     /// # Errors
-    /// [`Open`] while the breaker is open (with the end of the open period), or half-open with
-    /// the probe out (with `now` plus the current open period).
+    /// [`Open`] while the breaker is open and its probe interval is not over (with its end),
+    /// or half-open with the probe out (with `now` plus the probe interval).
     pub fn try_acquire(&mut self, now: Instant) -> Result<Attempt, Open> {
-        if let Some(refused) = self.refusal(now) {
+        self.try_acquire_as(false, now)
+    }
+
+    /// Asks to create a session at `now` in the background (nobody waits for it: `min_size`
+    /// refills, replacements, the autoscaler).
+    ///
+    /// # Errors
+    /// [`Open`] while the breaker is open and its backoff is not over (with its end), or
+    /// half-open with the probe out (with `now` plus the probe interval).
+    pub fn try_acquire_background(&mut self, now: Instant) -> Result<Attempt, Open> {
+        self.try_acquire_as(true, now)
+    }
+
+    fn try_acquire_as(&mut self, background: bool, now: Instant) -> Result<Attempt, Open> {
+        if let Some(refused) = self.refusal_as(background, now) {
             return Err(refused);
         }
         match self.state {
@@ -278,9 +311,15 @@ impl CircuitBreaker {
         self.state
     }
 
-    /// How long the breaker stays open the next time it opens (or, while open, the period it
-    /// opened for): [`INITIAL_RESET_TIMEOUT`] doubled per failed probe since it last closed,
-    /// at most `reset_timeout`.
+    /// How long an acquire waits to probe after the breaker opens or a probe fails:
+    /// [`PROBE_INTERVAL`], at most `reset_timeout`.
+    pub fn probe_interval(&self) -> Duration {
+        PROBE_INTERVAL.min(self.config.reset_timeout)
+    }
+
+    /// How long background creations wait after the breaker opens the next time (or, while
+    /// open, since it opened): [`INITIAL_RESET_TIMEOUT`] doubled per failed probe since it
+    /// last closed, at most `reset_timeout`.
     pub fn open_period(&self) -> Duration {
         let cap = self.config.reset_timeout;
         // 2^6 s = 64 s already exceeds the default cap; 2^31 s exceeds any valid one.
@@ -297,23 +336,40 @@ impl CircuitBreaker {
         !matches!(self.state, BreakerState::Closed)
     }
 
-    /// Whether an attempt at `now` would be refused, without taking one.
+    /// Whether an acquire's attempt at `now` would be refused, without taking one.
     pub fn is_open(&self, now: Instant) -> bool {
         self.refusal(now).is_some()
     }
 
-    /// The refusal an attempt at `now` would get, without taking one: what
+    /// The refusal an acquire's attempt at `now` would get, without taking one: what
     /// [`try_acquire`](Self::try_acquire) would return as its error, or `None` if it would
-    /// grant an attempt (closed, or open past its period: that attempt is the probe).
+    /// grant an attempt (closed, or open past its probe interval: that attempt is the probe).
     pub fn refusal(&self, now: Instant) -> Option<Open> {
+        self.refusal_as(false, now)
+    }
+
+    /// The refusal a background attempt at `now` would get, without taking one: what
+    /// [`try_acquire_background`](Self::try_acquire_background) would return as its error.
+    pub fn background_refusal(&self, now: Instant) -> Option<Open> {
+        self.refusal_as(true, now)
+    }
+
+    fn refusal_as(&self, background: bool, now: Instant) -> Option<Open> {
         match self.state {
             BreakerState::Closed => None,
-            BreakerState::Open { until } => (now < until).then_some(Open {
-                retry_at: until,
-                probing: false,
-            }),
+            BreakerState::Open { until } => {
+                let until = if background {
+                    self.background_until.unwrap_or(until)
+                } else {
+                    until
+                };
+                (now < until).then_some(Open {
+                    retry_at: until,
+                    probing: false,
+                })
+            }
             BreakerState::HalfOpen => self.probe_out.then(|| Open {
-                retry_at: now + self.open_period(),
+                retry_at: now + self.probe_interval(),
                 probing: true,
             }),
         }
@@ -339,8 +395,9 @@ impl CircuitBreaker {
     fn trip(&mut self, now: Instant) {
         self.trips += 1;
         self.consecutive_failures = 0;
+        self.background_until = Some(now + self.open_period());
         self.transition(BreakerState::Open {
-            until: now + self.open_period(),
+            until: now + self.probe_interval(),
         });
     }
 
@@ -356,6 +413,7 @@ mod tests {
 
     const RESET: Duration = Duration::from_secs(60);
     const FIRST: Duration = INITIAL_RESET_TIMEOUT;
+    const PROBE: Duration = PROBE_INTERVAL;
 
     fn breaker() -> CircuitBreaker {
         CircuitBreaker::new(BreakerConfig::new(3, RESET))
@@ -391,9 +449,14 @@ mod tests {
         assert_eq!(
             b.state(),
             BreakerState::Open {
-                until: now + Duration::from_secs(1)
+                until: now + Duration::from_millis(500)
             },
-            "the first open lasts 1 s, not the 60 s cap"
+            "acquires may probe after 500 ms"
+        );
+        assert_eq!(
+            b.background_refusal(now).map(|o| o.retry_at),
+            Some(now + Duration::from_secs(1)),
+            "background work waits the first backoff step, not the 60 s cap"
         );
     }
 
@@ -434,7 +497,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn open_refuses_until_the_open_period_is_over() {
+    async fn open_refuses_acquires_until_the_probe_interval_is_over() {
         let opened = Instant::now();
         let mut b = open_at(opened);
         assert!(b.is_open(opened));
@@ -442,13 +505,13 @@ mod tests {
         assert_eq!(
             b.try_acquire(opened),
             Err(Open {
-                retry_at: opened + FIRST,
+                retry_at: opened + PROBE,
                 probing: false
             })
         );
-        tokio::time::advance(FIRST - Duration::from_millis(1)).await;
+        tokio::time::advance(PROBE - Duration::from_millis(1)).await;
         let err = b.try_acquire(Instant::now()).unwrap_err();
-        assert_eq!(err.retry_at, opened + FIRST);
+        assert_eq!(err.retry_at, opened + PROBE);
         assert_eq!(err.to_string(), "circuit open");
         tokio::time::advance(Duration::from_millis(1)).await;
         assert!(!b.is_open(Instant::now()));
@@ -458,6 +521,35 @@ mod tests {
         assert!(!b.record(probe, Outcome::Success, Instant::now()));
         assert_eq!(b.state(), BreakerState::Closed);
         assert!(!b.try_acquire(Instant::now()).unwrap().is_probe());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn background_creations_wait_out_the_backoff_that_acquires_skip() {
+        let opened = Instant::now();
+        let mut b = open_at(opened);
+        tokio::time::advance(PROBE).await;
+        let now = Instant::now();
+        assert!(!b.is_open(now), "an acquire may probe");
+        assert_eq!(
+            b.try_acquire_background(now),
+            Err(Open {
+                retry_at: opened + FIRST,
+                probing: false
+            }),
+            "nobody waits for background work: it waits the backoff"
+        );
+        assert_eq!(b.state(), BreakerState::Open { until: now }, "untouched");
+        tokio::time::advance(FIRST - PROBE).await;
+        let probe = b
+            .try_acquire_background(Instant::now())
+            .expect("the backoff is over");
+        assert!(probe.is_probe());
+        // The background probe is the one probe: acquires are refused meanwhile.
+        let refused = b.try_acquire(Instant::now()).unwrap_err();
+        assert!(refused.probing);
+        assert_eq!(refused.retry_at, Instant::now() + PROBE);
+        assert!(!b.record(probe, Outcome::Success, Instant::now()));
+        assert_eq!(b.state(), BreakerState::Closed);
     }
 
     #[tokio::test(start_paused = true)]
@@ -473,21 +565,22 @@ mod tests {
         assert!(refused.probing);
         assert_eq!(
             refused.retry_at,
-            now + FIRST,
-            "retry in the current open period, not at once"
+            now + PROBE,
+            "retry after the probe interval, not at once"
         );
         assert_eq!(
             refused.to_string(),
             "circuit half-open: a probe is in flight"
         );
         assert!(b.is_open(now), "refusing while the probe is out");
+        assert!(b.try_acquire_background(now).is_err(), "background too");
         assert!(!b.record(probe, Outcome::Success, now));
         assert!(b.try_acquire(now).is_ok());
         assert!(b.try_acquire(now).is_ok(), "closed again: everyone goes");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_failed_probe_reopens_for_twice_the_period() {
+    async fn a_failed_probe_reopens_acquires_for_the_probe_interval_and_doubles_the_backoff() {
         let mut b = open_at(Instant::now());
         tokio::time::advance(RESET).await;
         let probe = b.try_acquire(Instant::now()).unwrap();
@@ -497,50 +590,59 @@ mod tests {
         assert_eq!(
             b.state(),
             BreakerState::Open {
-                until: failed_at + 2 * FIRST
+                until: failed_at + PROBE
             }
         );
         assert_eq!(b.trips(), 2);
         assert_eq!(
             b.try_acquire(failed_at).unwrap_err().retry_at,
+            failed_at + PROBE
+        );
+        assert_eq!(
+            b.background_refusal(failed_at).unwrap().retry_at,
             failed_at + 2 * FIRST
         );
-        tokio::time::advance(2 * FIRST).await;
+        tokio::time::advance(PROBE).await;
         assert!(b.try_acquire(Instant::now()).unwrap().is_probe());
     }
 
-    /// Fails the probe of an open breaker `b` once its period is over; returns how long the
-    /// breaker then opened for.
-    async fn fail_next_probe(b: &mut CircuitBreaker) -> Duration {
-        let BreakerState::Open { until } = b.state() else {
-            panic!("not open: {:?}", b.state());
-        };
-        tokio::time::advance(until.saturating_duration_since(Instant::now())).await;
+    /// Fails the probe of an open breaker `b` once its background backoff is over (probing as
+    /// background work); returns how long background work is then refused for.
+    async fn fail_next_background_probe(b: &mut CircuitBreaker) -> Duration {
+        let wait = b
+            .background_refusal(Instant::now())
+            .map_or(Duration::ZERO, |o| o.retry_at - Instant::now());
+        tokio::time::advance(wait).await;
         let now = Instant::now();
-        let probe = b.try_acquire(now).expect("the probe");
+        let probe = b.try_acquire_background(now).expect("the probe");
         assert!(b.record(probe, Outcome::Failure, now));
-        match b.state() {
-            BreakerState::Open { until } => until - now,
-            other => panic!("a failed probe left the breaker {other:?}"),
-        }
+        assert_eq!(
+            b.state(),
+            BreakerState::Open {
+                until: now + b.probe_interval()
+            }
+        );
+        b.background_refusal(now).expect("open").retry_at - now
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_open_period_doubles_per_failed_probe_up_to_reset_timeout() {
+    async fn the_backoff_doubles_per_failed_probe_up_to_reset_timeout() {
         let mut b = open_at(Instant::now());
         assert_eq!(b.open_period(), FIRST);
+        assert_eq!(b.probe_interval(), PROBE);
         let mut periods = vec![b.open_period()];
         for _ in 0..8 {
-            periods.push(fail_next_probe(&mut b).await);
+            periods.push(fail_next_background_probe(&mut b).await);
         }
         let secs: Vec<u64> = periods.iter().map(Duration::as_secs).collect();
         assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
         assert_eq!(b.trips(), 9);
-        // A probe refused meanwhile is told the current period.
-        tokio::time::advance(RESET).await;
+        // Acquires probe after the probe interval all along, and a refusal while a probe is
+        // in flight says so too.
+        tokio::time::advance(PROBE).await;
         let now = Instant::now();
         let probe = b.try_acquire(now).unwrap();
-        assert_eq!(b.try_acquire(now).unwrap_err().retry_at, now + RESET);
+        assert_eq!(b.try_acquire(now).unwrap_err().retry_at, now + PROBE);
         b.record(probe, Outcome::Cancelled, now);
     }
 
@@ -548,10 +650,10 @@ mod tests {
     async fn a_successful_probe_starts_the_backoff_again_at_one_second() {
         let mut b = open_at(Instant::now());
         for _ in 0..3 {
-            fail_next_probe(&mut b).await;
+            fail_next_background_probe(&mut b).await;
         }
         assert_eq!(b.open_period(), 8 * FIRST);
-        tokio::time::advance(8 * FIRST).await;
+        tokio::time::advance(PROBE).await;
         let probe = b.try_acquire(Instant::now()).unwrap();
         b.record(probe, Outcome::Success, Instant::now());
         assert_eq!(b.state(), BreakerState::Closed);
@@ -559,17 +661,19 @@ mod tests {
         assert_eq!(b.open_period(), FIRST);
         let now = Instant::now();
         assert_eq!(fail(&mut b, 3, now), 1);
-        assert_eq!(b.state(), BreakerState::Open { until: now + FIRST });
+        assert_eq!(b.state(), BreakerState::Open { until: now + PROBE });
+        assert_eq!(b.background_refusal(now).unwrap().retry_at, now + FIRST);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_reset_timeout_below_one_second_caps_even_the_first_open() {
+    async fn a_reset_timeout_below_the_probe_interval_caps_both() {
         let cap = Duration::from_millis(300);
         let mut b = CircuitBreaker::new(BreakerConfig::new(1, cap));
         let now = Instant::now();
         assert_eq!(fail(&mut b, 1, now), 1);
         assert_eq!(b.state(), BreakerState::Open { until: now + cap });
-        assert_eq!(fail_next_probe(&mut b).await, cap);
+        assert_eq!(b.background_refusal(now).unwrap().retry_at, now + cap);
+        assert_eq!(fail_next_background_probe(&mut b).await, cap);
     }
 
     #[tokio::test(start_paused = true)]
@@ -619,7 +723,7 @@ mod tests {
         assert_eq!(fail(&mut b, 3, now), 1);
         assert!(!b.record(late_success, Outcome::Success, now));
         assert!(!b.record(late_failure, Outcome::Failure, now));
-        assert_eq!(b.state(), BreakerState::Open { until: now + FIRST });
+        assert_eq!(b.state(), BreakerState::Open { until: now + PROBE });
         assert_eq!(b.trips(), 1);
 
         // A closed-state attempt reporting after the half-open probe closed the breaker again

@@ -194,7 +194,8 @@ impl PoolBuilder {
     }
 
     /// Settings of every endpoint's circuit breaker (default: 5 consecutive creation failures
-    /// open it for 1 s, doubling per failed probe up to 60 s; see [`crate::breaker`]).
+    /// open it; acquires probe it every 500 ms, background creations back off from 1 s,
+    /// doubling per failed probe up to 60 s; see [`crate::breaker`]).
     pub fn circuit_breaker(mut self, config: BreakerConfig) -> Self {
         self.breaker = Some(config);
         self

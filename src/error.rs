@@ -104,9 +104,9 @@ pub enum PoolError {
         server: ServerId,
         /// The transport of the key.
         transport: TransportKind,
-        /// When to try again: until the earliest endpoint allows a probe, or, while a probe
-        /// is in flight, the breaker's current open period (1 s doubling per failed probe up
-        /// to `reset_timeout`, see [`breaker`](crate::breaker)).
+        /// When to try again: until the earliest endpoint lets an acquire probe (at most the
+        /// probe interval, 500 ms, after it opened or its last probe failed), or, while a
+        /// probe is in flight, the probe interval (see [`breaker`](crate::breaker)).
         retry_in: Duration,
         /// `true` when a half-open probe is in flight on the endpoint that decides
         /// `retry_in`: its success closes the breaker at once.
@@ -137,6 +137,19 @@ pub enum PoolError {
         cause: String,
         /// rmcp's error (boxed: it is large, and `PoolError` travels on the acquire path).
         error: Box<ServiceError>,
+    },
+    /// The conversation's upstream session was lost (evicted, expired, dead or drained) and,
+    /// as the call asked ([`CallOptions::refuse_rebind`](crate::CallOptions::refuse_rebind)),
+    /// the call was not sent on the session that replaced it: the server-side state of the
+    /// conversation is gone, and its client must start a new one (an MCP gateway answers its
+    /// downstream session with HTTP 404 from then on).
+    #[error(
+        "server {server}: the conversation's upstream session was lost, and its server-side \
+         state with it: start a new session"
+    )]
+    ConversationLost {
+        /// The server.
+        server: ServerId,
     },
     /// A server definition was rejected; nothing of it was applied.
     #[error("invalid server {server}: {message}")]

@@ -369,9 +369,10 @@ fn classify(error: ServiceError) -> Step {
             message: e.message.into_owned(),
         }),
         ServiceError::Timeout { timeout } => Step::Failed(HealthFailure::Timeout(timeout)),
-        error if is_transport_failure(&error) => {
-            Step::Failed(HealthFailure::Transport(error.to_string()))
-        }
+        // In words (rmcp's own message names Rust types): it becomes the endpoint's last error.
+        error if is_transport_failure(&error) => Step::Failed(HealthFailure::Transport(
+            mcp_pool_transports::failure_cause(&error),
+        )),
         error => Step::Failed(HealthFailure::Other(error.to_string())),
     }
 }

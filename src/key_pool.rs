@@ -10,16 +10,19 @@ use std::{collections::VecDeque, sync::Arc};
 
 use http::HeaderMap;
 use mcp_pool_traits::{
-    Binding, ClientSession, ConnectRequest, Digest256, Endpoint, EndpointView, EvictionReason,
-    LeaseReport, PoolKey, SelectContext, Selection, Selector, SessionHandler, SessionId,
-    SessionView, StateId, TransportError, TransportKind,
+    AffinityState, Binding, ClientSession, ConnectRequest, Digest256, Endpoint, EndpointView,
+    EvictionReason, LeaseReport, PoolKey, SelectContext, Selection, Selector, SessionHandler,
+    SessionId, SessionView, StateId, TransportError, TransportKind,
 };
 use parking_lot::Mutex;
 use tokio::{
     sync::oneshot,
     time::{Duration, Instant},
 };
-use tokio_util::task::task_tracker::TaskTrackerToken;
+use tokio_util::{
+    sync::{CancellationToken, DropGuard},
+    task::task_tracker::TaskTrackerToken,
+};
 
 use crate::{
     Lease, PoolError,
@@ -67,6 +70,9 @@ struct Slot {
     /// session, closed when released even if pooling was turned on meanwhile — it served one
     /// request and belongs to no conversation.
     per_request: bool,
+    /// Ends the task that evicts the session when it is reported lost
+    /// ([`KeyPool::watch_loss`]) when the session leaves the key.
+    _watch: Option<DropGuard>,
 }
 
 impl Slot {
@@ -85,6 +91,7 @@ impl Slot {
             last_checked: now,
             gauge_active: false,
             per_request: false,
+            _watch: None,
         }
     }
 }
@@ -504,6 +511,68 @@ impl KeyPool {
             .record(Some(endpoint), success, Instant::now());
     }
 
+    /// Records a call through a lease on `endpoint` that failed for `error` (in words, no
+    /// credentials): a failure in the health scores, and the endpoint's last error.
+    pub(crate) fn record_call_failure(&self, endpoint: usize, error: &str) {
+        self.server_state
+            .health
+            .lock()
+            .record_failure(endpoint, error, Instant::now());
+    }
+
+    /// Evicts session `id` when its handler is reported [lost](SessionHandler::report_lost) or
+    /// [forgotten](SessionHandler::report_forgotten), from a task that ends when the returned
+    /// guard is dropped (with the session's slot): an idle session that died is gone from the
+    /// key at once, not at its next acquire or at the maintenance's next pass.
+    fn watch_loss(self: &Arc<Self>, id: SessionId, handler: &SessionHandler) -> DropGuard {
+        let stop = CancellationToken::new();
+        let guard = stop.clone().drop_guard();
+        let key = Arc::downgrade(self);
+        let handler = handler.clone();
+        // Not tracked by `closing`: it holds nothing to close, and ends with the slot.
+        self.shared.runtime.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = handler.lost() => {
+                    if let (Some(key), Some(lost)) = (key.upgrade(), handler.lost_cause()) {
+                        key.session_lost(id, lost.cause(), true);
+                    }
+                }
+            }
+        });
+        guard
+    }
+
+    /// Session `id` is gone for `cause` (in words): it leaves the key now with reason
+    /// [`Lost`](EvictionReason::Lost) — at once if no lease is out on it, else as soon as the
+    /// leases return (their calls in flight fail at once: see [`Lease`]) — so no acquire gets
+    /// it again, a sticky binding to it is recorded as lost (the next session of its
+    /// conversation is a rebind), and `min_size` is refilled. With `record`, the loss counts
+    /// as a failure in the health scores and becomes the endpoint's last error (a call that
+    /// found out has recorded its own failure already). Does nothing when the session already
+    /// left the key.
+    pub(crate) fn session_lost(self: &Arc<Self>, id: SessionId, cause: &str, record: bool) {
+        {
+            let mut st = self.state.lock();
+            let Some(i) = st.views.iter().position(|v| v.id == id) else {
+                return;
+            };
+            if record {
+                let endpoint = st.views[i].endpoint;
+                st.endpoint_failure(endpoint, &format!("session lost: {cause}"));
+            }
+            tracing::info!(
+                key = %self.key.short(),
+                session = %id,
+                cause,
+                "the session is gone: evicting it"
+            );
+            st.retire(i, EvictionReason::Lost);
+            st.serve_waiters();
+        }
+        self.refill_min_size();
+    }
+
     fn record_acquire_time(&self, started: Instant) {
         let elapsed = started.elapsed();
         self.state
@@ -725,6 +794,18 @@ impl KeyPool {
             .unwrap_or_default()
     }
 
+    /// `text` with endpoint `i`'s URL, as configured and redacted, replaced by `the endpoint`:
+    /// a cause in words may quote the URL, credentials included.
+    pub(crate) fn without_url(&self, i: usize, text: &str) -> String {
+        let st = self.state.lock();
+        let Some(url) = st.server.endpoints.get(i).map(|e| &e.url[..]) else {
+            return text.to_owned();
+        };
+        let redacted = mcp_pool_traits::redact_url(url);
+        text.replace(url, "the endpoint")
+            .replace(redacted.as_ref(), "the endpoint")
+    }
+
     /// The server's `call_timeout`.
     pub(crate) fn call_timeout(&self) -> Duration {
         self.state.lock().server.call_timeout
@@ -852,6 +933,11 @@ impl KeyPool {
         let mut i = st.views.len();
         while i > 0 {
             i -= 1;
+            if st.slots[i].peer.handler.is_lost() {
+                // Its eviction task has not run yet.
+                st.retire(i, EvictionReason::Lost);
+                continue;
+            }
             if st.slots[i].peer.is_transport_closed() {
                 // Dead (SSE, WebSocket and in-process sessions say so), maybe with leases
                 // out: a conversation waiting for it is served a new session now, not when
@@ -993,6 +1079,16 @@ impl KeyPool {
         let now = Instant::now();
         let endpoint = st.views.iter().find(|v| v.id == id).map(|v| v.endpoint);
         st.server_record(endpoint, !failed, now);
+        if let (Some(endpoint), Some(failure)) = (endpoint, outcome.failure()) {
+            st.server.counters.health.lock().record_error(
+                endpoint,
+                &format!(
+                    "health check ({}) failed: {failure}",
+                    outcome.method().as_str()
+                ),
+                now,
+            );
+        }
         if failed {
             st.metrics.health_failures.increment(1);
             tracing::info!(
@@ -1121,6 +1217,11 @@ impl KeyPool {
     }
 
     /// Ends the sticky binding of `ctx` and retires its session.
+    /// Where `ctx`'s affinity stands with this key's selector.
+    pub(crate) fn affinity_state(&self, ctx: &SelectContext) -> AffinityState {
+        self.state.lock().selector.affinity_state(ctx)
+    }
+
     pub(crate) fn unbind(&self, ctx: &SelectContext) -> bool {
         let mut st = self.state.lock();
         let Some(id) = st.selector.unbind(ctx) else {
@@ -1461,7 +1562,11 @@ impl KeyState {
                 Selection::Session(i)
                     if self.views.get(i).is_some_and(SessionView::has_capacity) =>
                 {
-                    let unusable = if self.slots[i].peer.is_transport_closed() {
+                    let unusable = if self.slots[i].peer.handler.is_lost() {
+                        // Reported lost (one atomic load), its eviction not run yet: never
+                        // hand it out; select again without it.
+                        Some(EvictionReason::Lost)
+                    } else if self.slots[i].peer.is_transport_closed() {
                         // SSE, WebSocket and in-process sessions report their death (one
                         // atomic load): never hand one out; select again without it.
                         Some(EvictionReason::Broken)
@@ -1516,7 +1621,8 @@ impl KeyState {
     }
 
     /// Reserves a creation slot on the endpoint the selector picks, counted against the
-    /// pool-wide caps.
+    /// pool-wide caps. An open circuit breaker lets an acquire (`for_acquire`) probe after
+    /// its probe interval, background work after its backoff (see [`crate::breaker`]).
     fn reserve_create(
         &mut self,
         ctx: &SelectContext,
@@ -1530,6 +1636,13 @@ impl KeyState {
         // Endpoints of another transport than the key's, or whose circuit is open, are
         // unavailable to it.
         let transport = self.transport;
+        let refusal_of = |breaker: &crate::CircuitBreaker| {
+            if for_acquire {
+                breaker.refusal(now)
+            } else {
+                breaker.background_refusal(now)
+            }
+        };
         self.endpoint_scratch.clear();
         let mut any_of_transport = false;
         for (i, endpoint) in self.server.endpoints.iter().enumerate() {
@@ -1544,7 +1657,7 @@ impl KeyState {
                 sessions: sessions + self.creating_by_endpoint[i],
                 in_flight,
                 available: endpoint.transport == transport
-                    && !health.endpoints[i].breaker.is_open(now),
+                    && refusal_of(&health.endpoints[i].breaker).is_none(),
             });
         }
         let mut refused: Option<Open> = None;
@@ -1557,7 +1670,7 @@ impl KeyState {
                         // in flight included): the earliest retry.
                         let open = (0..self.server.endpoints.len())
                             .filter(|&i| self.server.endpoints[i].transport == transport)
-                            .filter_map(|i| health.endpoints[i].breaker.refusal(now))
+                            .filter_map(|i| refusal_of(&health.endpoints[i].breaker))
                             .min_by_key(|open| open.retry_at);
                         open.map_or(Refusal::NoEndpoint, Refusal::CircuitOpen)
                     }
@@ -1576,7 +1689,13 @@ impl KeyState {
                 );
                 return Err(Refusal::NoEndpoint);
             }
-            match health.endpoints[endpoint].breaker.try_acquire(now) {
+            let breaker = &mut health.endpoints[endpoint].breaker;
+            let attempt = if for_acquire {
+                breaker.try_acquire(now)
+            } else {
+                breaker.try_acquire_background(now)
+            };
+            match attempt {
                 Ok(attempt) => break (endpoint, attempt),
                 Err(open) => {
                     // Half-open with its probe out: try another endpoint.
@@ -1617,6 +1736,16 @@ impl KeyState {
             .health
             .lock()
             .record(endpoint, success, now);
+    }
+
+    /// Records a failure on `endpoint`, in words (no credentials), in the health scores and as
+    /// the endpoint's last error.
+    fn endpoint_failure(&self, endpoint: usize, error: &str) {
+        self.server
+            .counters
+            .health
+            .lock()
+            .record_failure(endpoint, error, Instant::now());
     }
 
     /// Reports how a creation on `endpoint` went to its circuit breaker and the health scores
@@ -1908,6 +2037,11 @@ impl Reservation {
     /// DESIGN §2.11).
     fn failed(&mut self, st: &mut KeyState, error: &TransportError) {
         st.counters.create_failures += 1;
+        st.server.counters.health.lock().record_error(
+            self.endpoint,
+            &format!("cannot open a session: {}", error.cause()),
+            Instant::now(),
+        );
         if let Some(attempt) = self.attempt.take() {
             let outcome = if error.counts_against_endpoint() {
                 Outcome::Failure
@@ -1998,6 +2132,7 @@ impl Reservation {
             _ => Binding::Unbound,
         };
         slot.per_request = !pooled;
+        slot._watch = Some(self.key.watch_loss(id, &slot.peer.handler));
         if binding == Binding::Rebound {
             st.counters.rebinds += 1;
             st.metrics.rebinds.increment(1);

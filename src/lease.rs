@@ -14,7 +14,7 @@ use std::{
 use http::HeaderMap;
 use mcp_pool_traits::{
     CallHeaders, ClientSession, LeaseOutcome, LeaseReport, PoolKey, ServerRequestHandler,
-    SessionHandler, SessionId, is_transport_failure,
+    SessionHandler, SessionId, SessionLost, is_transport_failure,
     rmcp::{
         Peer, RoleClient, ServiceError,
         model::{
@@ -24,8 +24,10 @@ use mcp_pool_traits::{
             ServerNotification, ServerResult,
         },
         service::PeerRequestOptions,
+        transport::DynamicTransportError,
     },
 };
+use mcp_pool_transports::{CallFailure, NotDelivered, call_failure, failure_cause};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::key_pool::KeyPool;
@@ -74,6 +76,7 @@ pub struct CallOptions {
     headers: Option<HeaderMap>,
     notifications: Option<mpsc::Sender<ServerNotification>>,
     requests: Option<Arc<dyn ServerRequestHandler>>,
+    refuse_rebind: bool,
 }
 
 impl fmt::Debug for CallOptions {
@@ -86,6 +89,7 @@ impl fmt::Debug for CallOptions {
             )
             .field("notifications", &self.notifications.is_some())
             .field("requests", &self.requests.is_some())
+            .field("refuse_rebind", &self.refuse_rebind)
             .finish()
     }
 }
@@ -133,6 +137,21 @@ impl CallOptions {
         self
     }
 
+    /// Never continue a conversation on a fresh session: when the acquire
+    /// [rebinds](Lease::is_rebound) (the affinity's bound session was lost, and with it the
+    /// server-side state), [`Pool::call`](crate::Pool::call) sends nothing and fails with
+    /// [`PoolError::ConversationLost`](crate::PoolError::ConversationLost). The new session
+    /// stays bound to the affinity; a caller that starts over with the same affinity gets it.
+    pub fn refuse_rebind(mut self) -> Self {
+        self.refuse_rebind = true;
+        self
+    }
+
+    /// Whether [`refuse_rebind`](Self::refuse_rebind) was set.
+    pub(crate) fn refuses_rebind(&self) -> bool {
+        self.refuse_rebind
+    }
+
     /// Who answers the server's requests during this call (`sampling/createMessage`,
     /// `elicitation/create`, `roots/list`). The server only makes them if the client
     /// advertised the capability: [`ServerConfig::client_capabilities`](crate::ServerConfig::client_capabilities).
@@ -149,6 +168,11 @@ pub(crate) enum Stage {
     NotSent,
     /// The request went to the transport.
     Sent,
+}
+
+/// Whether `error` is the failure of a call on a session reported lost ([`Lease::lost_error`]).
+fn is_session_lost(error: &ServiceError) -> bool {
+    matches!(error, ServiceError::TransportSend(e) if e.error.is::<SessionLost>())
 }
 
 /// A session checked out of the pool. Derefs to rmcp's [`Peer<RoleClient>`], so the rmcp API
@@ -168,6 +192,18 @@ pub(crate) enum Stage {
 /// session in doubt: when the lease is dropped the session is probed (the health check chain,
 /// bounded by [`PoolBuilder::cancel_grace`](crate::PoolBuilder::cancel_grace)) before anyone
 /// else gets it, and evicted if the server does not answer.
+///
+/// No call waits for its deadline on a session known to be gone. When its transport reports
+/// it [lost](SessionHandler::report_lost) (its connection closed, or could not be
+/// re-established) or [forgotten](SessionHandler::report_forgotten) (the server answered its
+/// event stream with HTTP 404 or 400), or a call's answer shows the server does not know it
+/// (HTTP 404, or 400 naming the session), it is evicted at once with reason
+/// [`Lost`](mcp_pool_traits::EvictionReason::Lost) and no acquire gets it again. A call sent on
+/// it afterwards fails without being sent; a call in flight fails at once when the connection
+/// is gone, or gets the server's own prompt answer when the server merely forgot the session
+/// (a refusal, which [`Pool::call`](crate::Pool::call) may retry on another session, or its
+/// result). The failure is a transport failure holding a [`SessionLost`] (inside
+/// `ServiceError::TransportSend`).
 pub struct Lease {
     key: Arc<KeyPool>,
     id: SessionId,
@@ -220,8 +256,17 @@ impl Lease {
         self.hit
     }
 
-    /// `true` when this session replaced a sticky-bound session that died: the server-side
-    /// state of the conversation was lost (DESIGN §5).
+    /// `true` when this session replaced a sticky-bound session that is gone (died, expired,
+    /// drained, or closed to make room under `max_size` or a cap): the server-side state of
+    /// the conversation was lost with it.
+    ///
+    /// What a caller must do: tell whoever owns the conversation that it starts over — never
+    /// carry on as if the new session held the old one's state. An MCP gateway ends the
+    /// downstream session (its next request gets HTTP 404, the MCP spec's signal to
+    /// initialize again); [`CallOptions::refuse_rebind`] makes [`Pool::call`](crate::Pool::call)
+    /// fail instead of sending on such a session, and
+    /// [`Pool::affinity_state`](crate::Pool::affinity_state) says whether a conversation's
+    /// binding is still live before a request is even made.
     pub fn is_rebound(&self) -> bool {
         self.rebound
     }
@@ -259,21 +304,60 @@ impl Lease {
     ///
     /// Every checked result also counts in the server's and the endpoint's health score: a
     /// reply (a JSON-RPC error included: the server answered) as a success; a transport
-    /// failure or a request timeout as a failure; a cancellation not at all.
+    /// failure or a request timeout as a failure, in words as the endpoint's last error; a
+    /// cancellation not at all. A failure showing that the server does not know the session
+    /// (HTTP 404, or 400 naming it) reports the session forgotten: it is evicted at once (see
+    /// [`Lease`]).
     pub fn check<T>(&self, result: Result<T, ServiceError>) -> Result<T, ServiceError> {
-        let success = match &result {
-            Ok(_) | Err(ServiceError::McpError(_)) => Some(true),
+        match &result {
+            Ok(_) | Err(ServiceError::McpError(_)) => self.key.record_call(self.endpoint, true),
+            Err(error) if is_session_lost(error) => {
+                // Counted when the session was reported lost.
+                self.mark_broken();
+            }
             Err(error) if is_transport_failure(error) => {
                 self.mark_broken();
-                Some(false)
+                let cause = self.record_failure(error);
+                if call_failure(error)
+                    == Some(CallFailure::NotDelivered(NotDelivered::SessionExpired))
+                {
+                    // Evicted now (the loss is this call's failure, counted above), then
+                    // reported to every other user of the session.
+                    self.key.session_lost(self.id, &cause, false);
+                    self.link.handler.report_forgotten(cause);
+                }
             }
-            Err(ServiceError::Timeout { .. }) => Some(false),
-            Err(_) => None,
-        };
-        if let Some(success) = success {
-            self.key.record_call(self.endpoint, success);
+            Err(error @ ServiceError::Timeout { .. }) => {
+                self.record_failure(error);
+            }
+            Err(_) => {}
         }
         result
+    }
+
+    /// Records `error` as a failed call on the session's endpoint; returns its cause in words
+    /// (the endpoint's URL, as configured or redacted, replaced by `the endpoint`).
+    fn record_failure(&self, error: &ServiceError) -> String {
+        let cause = self.key.without_url(self.endpoint, &failure_cause(error));
+        self.key
+            .record_call_failure(self.endpoint, &format!("call failed: {cause}"));
+        cause
+    }
+
+    /// The error of a call on a session reported lost: a transport failure holding the
+    /// [`SessionLost`].
+    fn lost_error(&self) -> ServiceError {
+        let lost = self
+            .link
+            .handler
+            .lost_cause()
+            .cloned()
+            .unwrap_or_else(|| SessionLost::disconnected("reported lost"));
+        ServiceError::TransportSend(DynamicTransportError::from_parts(
+            "mcp-pool",
+            std::any::TypeId::of::<SessionLost>(),
+            Box::new(lost),
+        ))
     }
 
     /// Index of the session's endpoint in the server's endpoint list.
@@ -299,13 +383,14 @@ impl Lease {
     ///
     /// When the deadline passes, or the returned future is dropped before the reply, the
     /// server gets `notifications/cancelled` for the request, and the session is probed
-    /// before it serves anyone else (see [`Lease`]).
+    /// before it serves anyone else (see [`Lease`]). When the session's connection is reported
+    /// gone, the call fails at once.
     ///
     /// # Errors
     /// rmcp's [`ServiceError`]: [`McpError`](ServiceError::McpError) when the server answered
     /// with a JSON-RPC error (the session stays pooled); [`Timeout`](ServiceError::Timeout)
     /// past the deadline; a transport failure ([`is_transport_failure`]), which marks the
-    /// lease broken.
+    /// lease broken: a [`SessionLost`] in `TransportSend` when the session is gone.
     pub async fn send(
         &self,
         request: ClientRequest,
@@ -325,6 +410,7 @@ impl Lease {
             headers,
             notifications,
             requests,
+            refuse_rebind: _,
         } = options;
         let headers = headers
             .map(|h| self.key.call_headers(&h))
@@ -333,6 +419,11 @@ impl Lease {
             request.extensions_mut().insert(headers.clone());
         }
         let timeout = timeout.unwrap_or_else(|| self.key.call_timeout());
+        if self.link.handler.is_lost() {
+            // Reported lost since the acquire: nothing is sent.
+            let error = self.check::<()>(Err(self.lost_error())).unwrap_err();
+            return Err((error, Stage::NotSent));
+        }
         let route = self.link.handler.begin_call(notifications, requests);
         let handle = match self
             .link
@@ -352,13 +443,24 @@ impl Lease {
             id: Some(handle.id),
             headers,
         };
-        let result = match tokio::time::timeout(timeout, handle.rx).await {
-            Ok(Ok(result)) => result,
-            // The service loop ended without answering: the session died under the call.
-            Ok(Err(_closed)) => Err(ServiceError::TransportClosed),
-            Err(_elapsed) => {
-                pending.cancel("the call's deadline passed");
-                Err(ServiceError::Timeout { timeout })
+        let result = tokio::select! {
+            // An answer that is there wins over a loss reported meanwhile.
+            biased;
+            answer = tokio::time::timeout(timeout, handle.rx) => match answer {
+                Ok(Ok(result)) => result,
+                // The service loop ended without answering: the session died under the call.
+                Ok(Err(_closed)) => Err(ServiceError::TransportClosed),
+                Err(_elapsed) => {
+                    pending.cancel("the call's deadline passed");
+                    Err(ServiceError::Timeout { timeout })
+                }
+            },
+            () = self.link.handler.disconnected() => {
+                // The connection is gone: no answer will come, and the server that may have
+                // run the call cannot be told to cancel it on this session. (A server that
+                // forgot the session answers the call itself.)
+                pending.id = None;
+                Err(self.lost_error())
             }
         };
         pending.id = None;

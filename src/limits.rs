@@ -11,8 +11,11 @@ use std::{
 use mcp_pool_traits::{Digest256, Principal};
 use parking_lot::Mutex;
 
-/// Default of `SESSION_POOL_USER_LIMIT`: sessions per user across servers.
-pub const DEFAULT_USER_LIMIT: u32 = 10;
+/// Default of `SESSION_POOL_USER_LIMIT`: sessions per user across servers. 100, so that an
+/// agent with dozens of sticky conversations keeps them (each holds one upstream session); at
+/// the limit the user's least recently used idle session is closed, and its conversation is
+/// lost (`Lease::is_rebound`, a gateway's 404).
+pub const DEFAULT_USER_LIMIT: u32 = 100;
 /// Default hard cap on sessions in the whole pool, idle ones included.
 pub const DEFAULT_MAX_SESSIONS: u32 = 1_000;
 /// Default hard cap on pool keys.

@@ -11,8 +11,8 @@ use std::{
 
 use http::HeaderMap;
 use mcp_pool_traits::{
-    AffinityKey, Digest256, EvictionReason, IdentityConfig, PoolConfig, PoolKey, Principal,
-    SelectContext, ServerEvents, ServerId, StateBackend, Strategy, TransportKind,
+    AffinityKey, AffinityState, Digest256, EvictionReason, IdentityConfig, PoolConfig, PoolKey,
+    Principal, SelectContext, ServerEvents, ServerId, StateBackend, Strategy, TransportKind,
     rmcp::model::{ClientRequest, ServerResult},
 };
 use mcp_pool_transports::{CallFailure, NotDelivered, call_failure};
@@ -602,13 +602,16 @@ impl Pool {
     /// `mcp_pool_call_retries_total`):
     /// - HTTP 401 on a pooled session (the session is evicted; the retry sends the current
     ///   request's credentials);
-    /// - HTTP 404 (the server expired the session), a refused connection, a session found
-    ///   closed when the call was handed to it.
+    /// - HTTP 404 (the server expired the session, or restarted), or an HTTP 400 or id-less
+    ///   JSON-RPC error naming the session as unknown (server-everything after a restart); a
+    ///   refused connection; a session found closed, or reported lost, when the call was
+    ///   handed to it (nothing was sent).
     ///
     /// Not on a server whose strategy binds conversations (sticky): its session held the
     /// conversation's state, so the error is returned and the conversation's next lease says
     /// [`is_rebound`](crate::Lease::is_rebound). Never a call that may have run (a reset after
-    /// the request was sent, a timeout, a JSON-RPC error).
+    /// the request was sent, a timeout, a JSON-RPC error, a call in flight when its session's
+    /// connection was lost).
     ///
     /// # Errors
     /// The acquire's errors (see [`acquire_with`](Self::acquire_with)), and
@@ -626,6 +629,11 @@ impl Pool {
         let mut retried = false;
         loop {
             let lease = self.acquire_with(request).await?;
+            if options.refuses_rebind() && lease.is_rebound() {
+                return Err(PoolError::ConversationLost {
+                    server: request.server.clone(),
+                });
+            }
             let (error, stage) = match lease.send_staged(call.clone(), options.clone()).await {
                 Ok(result) => return Ok(result),
                 Err(failed) => failed,
@@ -885,6 +893,40 @@ impl Pool {
                 .then_some(())
         })
         .is_some()
+    }
+
+    /// Where the conversation `downstream_session` of `principal` on `server` stands with the
+    /// server's strategy: bound to a live upstream session, [lost](AffinityState::Lost) with
+    /// its session (its server-side state is gone: the caller must tell its client, as an MCP
+    /// gateway does with HTTP 404, instead of continuing on a fresh session), or unknown (not
+    /// bound, or a strategy that does not bind). `None` when the pool has no such server or no
+    /// key for the principal (a key is dropped with its last session).
+    pub fn affinity_state(
+        &self,
+        server: &ServerId,
+        principal: Principal,
+        downstream_session: &str,
+    ) -> Option<AffinityState> {
+        let ctx = SelectContext {
+            affinity: Some(AffinityKey::downstream_session(downstream_session)),
+        };
+        let entry = self.inner.shared.server(server)?;
+        let keys = self.inner.keys.pin();
+        let mut state = None;
+        for endpoint in entry.endpoints.iter() {
+            let id = KeyId {
+                server: entry.index,
+                principal,
+                transport: endpoint.transport,
+            };
+            if let Some(key) = keys.get(&id) {
+                match key.affinity_state(&ctx) {
+                    AffinityState::Unknown => state = state.or(Some(AffinityState::Unknown)),
+                    known => return Some(known),
+                }
+            }
+        }
+        state
     }
 
     /// Ends the sticky binding of a downstream session on `server` and retires its upstream

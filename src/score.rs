@@ -18,6 +18,11 @@
 //!
 //! With the default 70 %: healthy from 70 %, degraded from 35 % to 69 %, unhealthy below 35 %.
 //! Rounding down means a share just under the threshold (69.9 %) is never reported healthy.
+//!
+//! What `stats()` shows for a server or an endpoint comes from [`assess`]: the status always
+//! follows the score shown, and a server (or endpoint) that cannot serve at all — every circuit
+//! breaker it depends on open or half-open — shows a score of 0, whatever successes the window
+//! still holds.
 
 use std::time::Duration;
 
@@ -67,6 +72,25 @@ impl HealthStatus {
             Self::Unhealthy => "unhealthy",
             Self::Unknown => "unknown",
         }
+    }
+}
+
+/// The score and status shown for a server or one of its endpoints (`stats()`, and the
+/// gateway's health view from it), by one rule so that the two never disagree (issue 10: a
+/// server shown `unhealthy` with a score of 93):
+///
+/// - `down` (every circuit breaker the server or endpoint depends on is open or half-open:
+///   nothing can be served now): score 0 and [`HealthStatus::Unhealthy`], whatever successes
+///   the window still holds and whatever the threshold;
+/// - otherwise the window's score (`window`, from [`HealthScore::score`]) and
+///   [`HealthStatus::from_score`] of it against `threshold` percent.
+///
+/// So for any threshold above 0 the status is always `from_score` of the score shown.
+pub fn assess(window: Option<u8>, down: bool, threshold: u8) -> (Option<u8>, HealthStatus) {
+    if down {
+        (Some(0), HealthStatus::Unhealthy)
+    } else {
+        (window, HealthStatus::from_score(window, threshold))
     }
 }
 
@@ -207,6 +231,57 @@ mod tests {
         assert_eq!(HealthStatus::from_score(Some(100), 100), Healthy);
         assert_eq!(HealthStatus::from_score(Some(100), 255), Healthy);
         assert_eq!(HealthStatus::from_score(None, 0), Unknown);
+    }
+
+    proptest::proptest! {
+        /// The rule of `assess`: a status always matches the score shown, and a server that
+        /// cannot serve is shown as such.
+        #[test]
+        fn the_status_shown_follows_the_score_shown(
+            window in proptest::option::of(0u8..=100),
+            down: bool,
+            threshold in 0u8..=100,
+        ) {
+            let (score, status) = assess(window, down, threshold);
+            if down {
+                proptest::prop_assert_eq!(score, Some(0));
+                proptest::prop_assert_eq!(status, Unhealthy);
+            } else {
+                proptest::prop_assert_eq!(score, window);
+            }
+            if threshold > 0 {
+                proptest::prop_assert_eq!(status, HealthStatus::from_score(score, threshold));
+            }
+            // Never the contradictions of issue 10: unhealthy at or above the threshold, or
+            // healthy below it.
+            if let Some(s) = score.filter(|_| threshold > 0) {
+                proptest::prop_assert_eq!(status == Healthy, s >= threshold);
+                proptest::prop_assert_eq!(status == Unhealthy, 2 * u32::from(s) < u32::from(threshold));
+            }
+        }
+    }
+
+    #[test]
+    fn a_server_that_cannot_serve_shows_0_whatever_its_window_holds() {
+        assert_eq!(
+            assess(Some(93), true, DEFAULT_THRESHOLD),
+            (Some(0), Unhealthy)
+        );
+        assert_eq!(assess(None, true, DEFAULT_THRESHOLD), (Some(0), Unhealthy));
+        assert_eq!(
+            assess(Some(0), true, 0),
+            (Some(0), Unhealthy),
+            "even at threshold 0"
+        );
+        assert_eq!(
+            assess(Some(93), false, DEFAULT_THRESHOLD),
+            (Some(93), Healthy)
+        );
+        assert_eq!(
+            assess(Some(69), false, DEFAULT_THRESHOLD),
+            (Some(69), Degraded)
+        );
+        assert_eq!(assess(None, false, DEFAULT_THRESHOLD), (None, Unknown));
     }
 
     #[test]

@@ -233,12 +233,27 @@ pub(crate) struct ServerHealth {
     pub(crate) circuit_refusals: u64,
 }
 
-/// One endpoint's breaker and score.
+/// One endpoint's breaker, score and last error.
 #[derive(Debug)]
 pub(crate) struct EndpointHealth {
     pub(crate) breaker: CircuitBreaker,
     pub(crate) score: HealthScore,
+    /// The last failure seen on it, in words, and when.
+    pub(crate) last_error: Option<(String, Instant)>,
 }
+
+impl EndpointHealth {
+    fn new(breaker: BreakerConfig, now: Instant) -> Self {
+        Self {
+            breaker: CircuitBreaker::new(breaker),
+            score: HealthScore::new(now),
+            last_error: None,
+        }
+    }
+}
+
+/// The longest last error kept per endpoint, in bytes (an excerpt ends with `…`).
+const MAX_LAST_ERROR_BYTES: usize = 300;
 
 impl ServerHealth {
     /// Makes room for `endpoints` endpoints (endpoints are only ever added by
@@ -246,20 +261,14 @@ impl ServerHealth {
     pub(crate) fn ensure(&mut self, endpoints: usize, breaker: BreakerConfig, now: Instant) {
         self.score.get_or_insert_with(|| HealthScore::new(now));
         while self.endpoints.len() < endpoints {
-            self.endpoints.push(EndpointHealth {
-                breaker: CircuitBreaker::new(breaker),
-                score: HealthScore::new(now),
-            });
+            self.endpoints.push(EndpointHealth::new(breaker, now));
         }
     }
 
     /// Starts endpoint `i` afresh (a new breaker and score): it now points elsewhere.
     pub(crate) fn reset_endpoint(&mut self, i: usize, breaker: BreakerConfig, now: Instant) {
         if let Some(e) = self.endpoints.get_mut(i) {
-            *e = EndpointHealth {
-                breaker: CircuitBreaker::new(breaker),
-                score: HealthScore::new(now),
-            };
+            *e = EndpointHealth::new(breaker, now);
         }
     }
 
@@ -274,24 +283,45 @@ impl ServerHealth {
                 .all(|e| e.breaker.is_tripped())
     }
 
-    /// The server's score at `now` and its status against `threshold` percent: by the score,
-    /// except that a server whose every endpoint is tripped (see
-    /// [`all_tripped`](Self::all_tripped)) is [`Unhealthy`](HealthStatus::Unhealthy)
-    /// whatever successes the window still holds (issue 10: a 20 s outage reported `healthy`
-    /// with a score of 99).
+    /// The server's score and status shown at `now` against `threshold` percent
+    /// ([`assess`](crate::score::assess)): a server whose every endpoint is tripped (see
+    /// [`all_tripped`](Self::all_tripped)) cannot serve, and shows 0 and
+    /// [`Unhealthy`](HealthStatus::Unhealthy) whatever successes its window still holds
+    /// (issue 10: a 20 s outage reported `healthy` with a score of 99, then `unhealthy` with
+    /// 93).
     pub(crate) fn status(
         &self,
         endpoints: usize,
         now: Instant,
         threshold: u8,
     ) -> (Option<u8>, HealthStatus) {
-        let score = self.score.as_ref().and_then(|s| s.score(now));
-        let status = if self.all_tripped(endpoints) {
-            HealthStatus::Unhealthy
-        } else {
-            HealthStatus::from_score(score, threshold)
+        let window = self.score.as_ref().and_then(|s| s.score(now));
+        crate::score::assess(window, self.all_tripped(endpoints), threshold)
+    }
+
+    /// Records a failed operation on endpoint `i` at `now`: a failure in the server's and the
+    /// endpoint's scores, and `error` (in words) as the endpoint's last error.
+    pub(crate) fn record_failure(&mut self, i: usize, error: &str, now: Instant) {
+        self.record(Some(i), false, now);
+        self.record_error(i, error, now);
+    }
+
+    /// Records `error`, in words, as endpoint `i`'s last error at `now` (cut to
+    /// [`MAX_LAST_ERROR_BYTES`]). The caller words it without credentials (URLs redacted).
+    pub(crate) fn record_error(&mut self, i: usize, error: &str, now: Instant) {
+        let Some(e) = self.endpoints.get_mut(i) else {
+            return;
         };
-        (score, status)
+        let mut text = error.to_owned();
+        if text.len() > MAX_LAST_ERROR_BYTES {
+            let mut end = MAX_LAST_ERROR_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        e.last_error = Some((text, now));
     }
 
     /// Records an acquire refused by open circuits: counted, and a failure in the server's

@@ -63,13 +63,15 @@ pub struct ServerStats {
     /// failure in `health_score`.
     pub circuit_refusals: u64,
     /// Share of successful operations over the last 5 minutes, in percent; `None` before any.
-    /// Operations: session creations, calls through leases, health checks, and acquires
-    /// refused by open circuit breakers (each a failure).
+    /// Operations: session creations, calls through leases, health checks, sessions lost, and
+    /// acquires refused by open circuit breakers (each a failure). 0 while every endpoint's
+    /// circuit breaker is open or half-open: nothing can be served then, whatever the window
+    /// still holds.
     pub health_score: Option<u8>,
-    /// `unhealthy` while every endpoint's circuit breaker is open or half-open (whatever the
-    /// score); otherwise by the score: `healthy` at or above `health_check_threshold`,
-    /// `degraded` from half of it, else `unhealthy`; `unknown` without data (see
-    /// [`HealthStatus`]).
+    /// By the score shown ([`assess`](crate::score::assess)): `healthy` at or above
+    /// `health_check_threshold`, `degraded` from half of it, else `unhealthy`; `unknown`
+    /// without data (see [`HealthStatus`]); `unhealthy` (score 0) while every endpoint's
+    /// circuit breaker is open or half-open.
     pub health_status: HealthStatus,
     /// Per endpoint: health and circuit breaker.
     pub endpoints: Vec<EndpointStats>,
@@ -87,17 +89,27 @@ pub struct EndpointStats {
     pub transport: TransportKind,
     /// Its weight.
     pub weight: u32,
-    /// Share of successful operations on it over the last 5 minutes, in percent.
+    /// Share of successful operations on it over the last 5 minutes, in percent; 0 while its
+    /// circuit is open or half-open.
     pub health_score: Option<u8>,
-    /// Its status: `unhealthy` while its circuit is open or half-open, otherwise by its score
-    /// against the server's threshold.
+    /// Its status, by its score shown against the server's threshold
+    /// ([`assess`](crate::score::assess)): `unhealthy` (score 0) while its circuit is open or
+    /// half-open.
     pub health_status: HealthStatus,
     /// `closed`, `open` or `half_open`.
     pub circuit: &'static str,
-    /// Seconds until an open circuit allows a probe.
+    /// Seconds until an open circuit lets an acquire probe.
     pub circuit_retry_in_secs: Option<f64>,
     /// How many times its circuit opened.
     pub circuit_trips: u64,
+    /// The last failure seen on it, in words: a session that could not be opened, a call that
+    /// failed at the transport or timed out, a failed health check, a session lost (its
+    /// server no longer knew it, its connection closed). URLs redacted, no credentials, at
+    /// most 300 bytes. `None` before any failure. Kept after recovery: read
+    /// `last_error_age_secs` and the status with it.
+    pub last_error: Option<String>,
+    /// Seconds since `last_error`.
+    pub last_error_age_secs: Option<f64>,
 }
 
 impl ServerStats {
@@ -119,14 +131,14 @@ impl ServerStats {
             .enumerate()
             .map(|(i, endpoint)| {
                 let e = health.endpoints.get(i);
-                let score = e.and_then(|e| e.score.score(now));
                 // An endpoint whose breaker refuses creations is down, whatever its window
                 // still holds.
-                let status = if e.is_some_and(|e| e.breaker.is_tripped()) {
-                    HealthStatus::Unhealthy
-                } else {
-                    HealthStatus::from_score(score, threshold)
-                };
+                let (score, status) = crate::score::assess(
+                    e.and_then(|e| e.score.score(now)),
+                    e.is_some_and(|e| e.breaker.is_tripped()),
+                    threshold,
+                );
+                let last_error = e.and_then(|e| e.last_error.as_ref());
                 let (circuit, retry) = match e.map(|e| e.breaker.state()) {
                     None | Some(BreakerState::Closed) => ("closed", None),
                     Some(BreakerState::HalfOpen) => ("half_open", None),
@@ -144,6 +156,9 @@ impl ServerStats {
                     circuit,
                     circuit_retry_in_secs: retry,
                     circuit_trips: e.map_or(0, |e| e.breaker.trips()),
+                    last_error: last_error.map(|(text, _)| text.clone()),
+                    last_error_age_secs: last_error
+                        .map(|(_, at)| now.saturating_duration_since(*at).as_secs_f64()),
                 }
             })
             .collect();

@@ -1,8 +1,9 @@
 //! Circuit breakers and health that tell the truth (issue 10, item 5), on tokio's paused clock
-//! against the reference handler served in process: the open period backs off from 1 s, a
-//! half-open probe in flight refuses others with `CircuitOpen` and a retry delay, refused
-//! acquires count in the health score, and a server whose every endpoint is open is
-//! `unhealthy`.
+//! against the reference handler served in process: demand probes an open breaker every
+//! 500 ms, so a server that comes back is served within a second; a half-open probe in flight
+//! refuses others with `CircuitOpen` and a retry delay; refused acquires count in the health
+//! score; and a server whose every endpoint is open shows score 0 and `unhealthy`, the status
+//! always following the score shown.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use mcp_pool::{
     Pool, PoolError, Principal, ServerStats,
-    breaker::{BreakerConfig, DEFAULT_RESET_TIMEOUT},
+    breaker::{BreakerConfig, DEFAULT_RESET_TIMEOUT, PROBE_INTERVAL},
     score::HealthStatus,
 };
 use mcp_pool_conformance::DuplexTransport;
@@ -38,29 +39,27 @@ async fn request(pool: &Pool, id: &mcp_pool::ServerId) -> Result<bool, PoolError
     Ok(lease.call_tool(echo("ping")).await.is_ok())
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_server_down_for_3_s_is_served_again_within_2_s_of_coming_back() {
-    // The default breaker: 5 consecutive failures, a 60 s cap.
+/// Takes the upstream down for `outage` under a client trying every [`TICK`], brings it back,
+/// and returns how long after it was back the first request succeeded, with the retry delays
+/// the refused acquires were told.
+async fn serve_through_an_outage(outage: Duration) -> (Duration, Vec<Duration>) {
+    // The default breaker: 5 consecutive failures, a 60 s cap on the background backoff.
     let (pool, id, transport) = duplex_pool(pooled(4), Pool::builder());
-    assert_eq!(
-        pool.acquire(&id, Principal::user("u"))
-            .await
-            .unwrap()
-            .call_tool(echo("up"))
-            .await
-            .map(|r| text(&r))
-            .unwrap(),
-        "up"
-    );
+    assert!(matches!(request(&pool, &id).await, Ok(true)));
     let down_at = Instant::now();
     transport.set_fail_connects(true);
     kill_all(&transport);
-    let back_at = down_at + Duration::from_secs(3);
-    let mut retry_delays = Vec::new();
-    let served_at = loop {
-        if Instant::now() >= back_at {
+    let back_at = down_at + outage;
+    // Back at that instant, whatever the clients are doing.
+    tokio::spawn({
+        let transport = transport.clone();
+        async move {
+            tokio::time::sleep_until(back_at).await;
             transport.set_fail_connects(false);
         }
+    });
+    let mut retry_delays = Vec::new();
+    let served_at = loop {
         match request(&pool, &id).await {
             Ok(true) => break Instant::now(),
             Ok(false) | Err(PoolError::Create { .. }) => {}
@@ -74,29 +73,83 @@ async fn a_server_down_for_3_s_is_served_again_within_2_s_of_coming_back() {
         tokio::time::sleep(TICK).await;
     };
     assert!(served_at >= back_at, "served while the server was down");
-    let after = served_at - back_at;
+    let endpoint = &server(&pool).endpoints[0];
+    assert_eq!(endpoint.circuit, "closed");
     assert!(
-        after <= Duration::from_secs(2),
+        endpoint.circuit_trips >= 2,
+        "failed probes reopened it: {}",
+        endpoint.circuit_trips
+    );
+    (served_at - back_at, retry_delays)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_down_for_3_s_is_served_again_within_1_s_of_coming_back() {
+    let (after, retry_delays) = serve_through_an_outage(Duration::from_secs(3)).await;
+    eprintln!("3 s outage: served {after:?} after the server came back (tokio's clock)");
+    assert!(
+        after < Duration::from_secs(1),
         "served {after:?} after the server came back"
     );
     assert!(
         !retry_delays.is_empty(),
         "the breaker opened during the outage"
     );
-    // Told to retry within the current backoff step (1 s, then 2 s), never the 60 s cap.
+    // Told to retry within the probe interval, never a backoff step or the 60 s cap.
     assert!(
-        retry_delays.iter().all(|d| *d <= Duration::from_secs(2)),
+        retry_delays.iter().all(|d| *d <= PROBE_INTERVAL),
         "{retry_delays:?}"
-    );
-    let endpoint = &server(&pool).endpoints[0];
-    assert_eq!(endpoint.circuit, "closed");
-    assert!(
-        endpoint.circuit_trips >= 2,
-        "a failed probe reopened it: {}",
-        endpoint.circuit_trips
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_server_down_for_10_s_is_served_again_within_1_s_of_coming_back() {
+    // Where the old backoff (1, 2, 4, 8 s) served it 5.9 s after it was back.
+    let (after, retry_delays) = serve_through_an_outage(Duration::from_secs(10)).await;
+    eprintln!("10 s outage: served {after:?} after the server came back (tokio's clock)");
+    assert!(
+        after < Duration::from_secs(1),
+        "served {after:?} after the server came back"
+    );
+    assert!(
+        retry_delays.iter().all(|d| *d <= PROBE_INTERVAL),
+        "{retry_delays:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn demand_probes_at_most_twice_a_second_one_probe_at_a_time() {
+    let builder = Pool::builder().circuit_breaker(BreakerConfig::new(1, Duration::from_secs(60)));
+    let (pool, id, transport) = duplex_pool(pooled(4), builder);
+    transport.set_fail_connects(true);
+    let started = transport.sessions_started();
+    let attempts_before = server(&pool).create_failures;
+    // 8 clients hammering for 10 s: every acquire is refused at once, except one probe per
+    // probe interval.
+    let begin = Instant::now();
+    let clients: Vec<_> = (0..8)
+        .map(|n| {
+            let (pool, id) = (pool.clone(), id.clone());
+            tokio::spawn(async move {
+                while begin.elapsed() < Duration::from_secs(10) {
+                    let user = Principal::user(&format!("client-{n}"));
+                    let _ = pool.acquire(&id, user).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let failures = server(&pool).create_failures - attempts_before;
+    // The trip, then one probe per 500 ms: about 21 in 10 s, from ~8000 acquires.
+    assert!(
+        (15..=22).contains(&failures),
+        "{failures} connection attempts in 10 s"
+    );
+    assert_eq!(transport.sessions_started(), started, "nothing got through");
+}
 #[tokio::test(start_paused = true)]
 async fn during_a_half_open_probe_other_acquires_get_circuit_open_with_a_retry_delay() {
     let builder = Pool::builder().circuit_breaker(BreakerConfig::new(3, Duration::from_secs(60)));
@@ -114,13 +167,13 @@ async fn during_a_half_open_probe_other_acquires_get_circuit_open_with_a_retry_d
                 retry_in,
                 probing: false,
                 ..
-            } if retry_in == Duration::from_secs(1)
+            } if retry_in == PROBE_INTERVAL
         ),
-        "the first open lasts 1 s: {error:?}"
+        "acquires may probe after 500 ms: {error:?}"
     );
 
-    // The period is over: the next acquire probes, and its connect hangs.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The probe interval is over: the next acquire probes, and its connect hangs.
+    tokio::time::sleep(PROBE_INTERVAL).await;
     transport.set_fail_connects(false);
     transport.set_connect_hang(true);
     let probe = tokio::spawn({
@@ -139,7 +192,7 @@ async fn during_a_half_open_probe_other_acquires_get_circuit_open_with_a_retry_d
                 retry_in, probing, ..
             } => {
                 assert!(*probing, "{error:?}");
-                assert_eq!(*retry_in, Duration::from_secs(1), "{error:?}");
+                assert_eq!(*retry_in, PROBE_INTERVAL, "{error:?}");
             }
             other => panic!("{user}: expected CircuitOpen, got {other:?}"),
         }
@@ -148,7 +201,7 @@ async fn during_a_half_open_probe_other_acquires_get_circuit_open_with_a_retry_d
             message,
             "server duplex (streamable_http): every endpoint's circuit breaker is open after \
              repeated connection failures and a probe is checking whether it is back; retry \
-             in 1 s"
+             in 0.5 s"
         );
     }
     assert_eq!(server(&pool).circuit_refusals, 3);
@@ -163,8 +216,30 @@ async fn during_a_half_open_probe_other_acquires_get_circuit_open_with_a_retry_d
     );
 }
 
+/// The status shown always follows the score shown, for the server and each endpoint.
+fn assert_status_follows_score(stats: &ServerStats, threshold: u8) {
+    assert_eq!(
+        stats.health_status,
+        HealthStatus::from_score(stats.health_score, threshold),
+        "server: {:?} with score {:?}",
+        stats.health_status,
+        stats.health_score
+    );
+    for e in &stats.endpoints {
+        assert_eq!(
+            e.health_status,
+            HealthStatus::from_score(e.health_score, threshold),
+            "endpoint {}: {:?} with score {:?}",
+            e.url,
+            e.health_status,
+            e.health_score
+        );
+    }
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_20_s_outage_reports_unhealthy_counts_refusals_and_recovers() {
+async fn a_20_s_outage_shows_unhealthy_with_score_0_says_why_and_recovers() {
+    let threshold = pooled(4).health_check_threshold;
     let (pool, id, transport) = duplex_pool(pooled(4), Pool::builder());
     let lease = pool.acquire(&id, Principal::user("u")).await.unwrap();
     for _ in 0..100 {
@@ -174,62 +249,64 @@ async fn a_20_s_outage_reports_unhealthy_counts_refusals_and_recovers() {
     let before = server(&pool);
     assert_eq!(before.health_status, HealthStatus::Healthy);
     assert_eq!(before.health_score, Some(100));
+    assert_eq!(before.endpoints[0].last_error, None);
 
     transport.set_fail_connects(true);
     kill_all(&transport);
     let down_at = Instant::now();
-    // At the moment the breaker opens, the window still holds 100 good calls: the score is
-    // high, yet the server is down.
     while server(&pool).endpoints[0].circuit == "closed" {
         let _ = request(&pool, &id).await;
+        assert_status_follows_score(&server(&pool), threshold);
         tokio::time::sleep(TICK).await;
     }
+    // The window still holds 100 good calls, yet the server cannot serve: it shows 0 and
+    // unhealthy, never "unhealthy with a score of 93".
     let tripped = server(&pool);
-    assert!(
-        tripped.health_score.unwrap() >= 90,
-        "{:?}",
-        tripped.health_score
-    );
-    assert_eq!(
-        tripped.health_status,
-        HealthStatus::Unhealthy,
-        "every endpoint open means unhealthy, score {:?}",
-        tripped.health_score
-    );
+    assert_eq!(tripped.health_score, Some(0));
+    assert_eq!(tripped.health_status, HealthStatus::Unhealthy);
+    assert_eq!(tripped.endpoints[0].health_score, Some(0));
     assert_eq!(tripped.endpoints[0].health_status, HealthStatus::Unhealthy);
+    // And it says why, in words.
+    let why = tripped.endpoints[0]
+        .last_error
+        .as_deref()
+        .unwrap_or_default();
+    assert!(why.starts_with("cannot open a session: "), "{why:?}");
+    assert!(
+        tripped.endpoints[0]
+            .last_error_age_secs
+            .is_some_and(|age| age < 1.0)
+    );
 
     let mut refused = 0u64;
     while down_at.elapsed() < Duration::from_secs(20) {
         if let Err(PoolError::CircuitOpen { .. }) = request(&pool, &id).await {
             refused += 1;
         }
+        assert_status_follows_score(&server(&pool), threshold);
         tokio::time::sleep(TICK).await;
     }
     let outage = server(&pool);
     assert_eq!(outage.health_status, HealthStatus::Unhealthy);
-    assert!(
-        outage.health_score.unwrap() < 35,
-        "score after a 20 s outage: {:?}",
-        outage.health_score
-    );
+    assert_eq!(outage.health_score, Some(0));
     assert!(refused > 100, "{refused} acquires refused");
     assert_eq!(outage.circuit_refusals, refused + tripped.circuit_refusals);
 
-    // Back: served within the breaker's current step, then healthy again once the successes
-    // outweigh the outage in the window.
+    // Back: served within a second, then judged by the window again, the status following
+    // the score at every step until healthy once the successes outweigh the outage.
     transport.set_fail_connects(false);
     let back_at = Instant::now();
     while !matches!(request(&pool, &id).await, Ok(true)) {
-        assert!(back_at.elapsed() < Duration::from_secs(60), "never served");
+        assert!(
+            back_at.elapsed() < Duration::from_secs(1),
+            "not served within 1 s"
+        );
         tokio::time::sleep(TICK).await;
     }
     let served = server(&pool);
     assert_eq!(served.endpoints[0].circuit, "closed");
-    assert_ne!(
-        served.endpoints[0].health_status,
-        HealthStatus::Unhealthy,
-        "a closed endpoint is judged by its score again"
-    );
+    assert_ne!(served.health_score, Some(0), "judged by the window again");
+    assert_status_follows_score(&served, threshold);
     while server(&pool).health_status != HealthStatus::Healthy {
         assert!(
             back_at.elapsed() <= Duration::from_secs(310),
@@ -239,11 +316,20 @@ async fn a_20_s_outage_reports_unhealthy_counts_refusals_and_recovers() {
         );
         let served = request(&pool, &id).await;
         assert!(matches!(served, Ok(true)), "{served:?}");
+        assert_status_follows_score(&server(&pool), threshold);
         tokio::time::sleep(TICK).await;
     }
     assert_eq!(
         server(&pool).circuit_refusals,
         served.circuit_refusals,
         "no refusal once closed"
+    );
+    // The last error stays, ageing: the status says the endpoint is fine again.
+    let healthy = server(&pool);
+    assert!(healthy.endpoints[0].last_error.is_some());
+    assert!(
+        healthy.endpoints[0]
+            .last_error_age_secs
+            .is_some_and(|age| age >= 1.0)
     );
 }

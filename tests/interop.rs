@@ -14,6 +14,9 @@
 //! arrived and internal ones did not. Then it kills the peer and checks that the pooled
 //! session fails its next call at once, as a transport failure. server-everything has no
 //! counters of its own: its tests check pooled calls and session reuse from the pool's side.
+//! The restart tests kill a peer between two pooled calls and start it again on the same port:
+//! the next call answers on a fresh session (round robin) or tells a sticky conversation that
+//! its state is gone, and never waits for the call timeout on the dead session.
 //!
 //! The peers are installed, pinned, by `interop/setup.sh`, and found through
 //! `MCP_POOL_INTEROP_PYTHON` (the venv's python) and `MCP_POOL_INTEROP_NODE_DIR` (the npm
@@ -26,7 +29,9 @@ use std::{path::Path, process::Stdio, time::Duration};
 
 use common::*;
 use mcp_pool::{
-    AcquireRequest, Endpoint, Pool, PoolConfig, PoolError, ServerConfig, TransportKind,
+    AcquireRequest, CallOptions, Endpoint, Pool, PoolConfig, PoolError, Principal, ServerConfig,
+    ServerId, StrategyKind, TransportKind,
+    rmcp::model::{CallToolRequest, ClientRequest, ServerResult},
     traits::is_transport_failure,
 };
 use serde_json::Value;
@@ -133,6 +138,143 @@ impl PeerServer {
     async fn kill(&mut self) {
         self.child.kill().await.expect("kill the peer");
     }
+
+    /// Kills the peer and starts `command` in its place, on the same port (the command must
+    /// ask for it): an upstream restart, its sessions gone.
+    async fn restart(&mut self, command: Command) {
+        self.kill().await;
+        let next = PeerServer::start(self.name, command).await;
+        assert_eq!(
+            next.port, self.port,
+            "{}: restarted on another port",
+            self.name
+        );
+        *self = next;
+    }
+}
+
+/// The call deadline of the restart tests' pools: a call that waits for it fails them.
+const RESTART_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a call after a restart may take at most: well below the call deadline.
+const RESTART_BOUND: Duration = Duration::from_secs(5);
+
+/// A pool of `strategy` on `endpoint`, with calls bounded by [`RESTART_CALL_TIMEOUT`].
+fn restart_pool(endpoint: &Endpoint, strategy: StrategyKind) -> (Pool, ServerId) {
+    let id = server_id("peer");
+    let pool = Pool::builder()
+        .server(
+            ServerConfig::new(id.clone(), endpoint.clone())
+                .pool(PoolConfig {
+                    strategy,
+                    max_size: 2,
+                    size: 2,
+                    ..PoolConfig::enabled()
+                })
+                .call_timeout(RESTART_CALL_TIMEOUT),
+        )
+        .build()
+        .expect("valid pool");
+    (pool, id)
+}
+
+/// `echo` of `message` through [`Pool::call`], as a gateway forwards a request.
+async fn pooled_echo(pool: &Pool, id: &ServerId, message: &str) -> Result<String, PoolError> {
+    let request = ClientRequest::CallToolRequest(CallToolRequest::new(echo(message)));
+    match pool
+        .call(
+            AcquireRequest::new(id).user("u"),
+            request,
+            CallOptions::new(),
+        )
+        .await?
+    {
+        ServerResult::CallToolResult(result) => Ok(text(&result)),
+        other => panic!("not a tool result: {other:?}"),
+    }
+}
+
+/// The peer restarted between two pooled calls (killed, then started again by `restart` on
+/// the same port). Round robin: the next call answers, on a fresh session. Sticky: the
+/// conversation's next call fails or runs on a session whose lease says it was rebound, never
+/// silently on a new one. Neither waits for the 30 s call timeout. `echoed` is the peer's
+/// answer to `echo`.
+async fn restart_between_calls(
+    mut peer: PeerServer,
+    endpoint: Endpoint,
+    restart: impl FnOnce(u16) -> Command,
+    echoed: impl Fn(&str) -> String,
+) {
+    let name = peer.name;
+    let (round_robin, rr) = restart_pool(&endpoint, StrategyKind::RoundRobin);
+    let (sticky, st) = restart_pool(&endpoint, StrategyKind::Sticky);
+    let conversation = || {
+        sticky.acquire_with(
+            AcquireRequest::new(&st)
+                .principal(Principal::user("u"))
+                .downstream_session("conversation-1"),
+        )
+    };
+    assert_eq!(
+        pooled_echo(&round_robin, &rr, "before").await.unwrap(),
+        echoed("before"),
+        "{name}"
+    );
+    let dead_rr = round_robin.sessions(&rr).unwrap()[0].session;
+    let lease = conversation().await.unwrap();
+    assert_eq!(
+        text(&lease.call_tool(echo("before")).await.unwrap()),
+        echoed("before")
+    );
+    let dead_sticky = lease.session_id();
+    drop(lease);
+
+    let port = peer.port;
+    peer.restart(restart(port)).await;
+
+    let started = tokio::time::Instant::now();
+    let answer = timeout(RESTART_BOUND, pooled_echo(&round_robin, &rr, "after"))
+        .await
+        .unwrap_or_else(|_| panic!("{name}: round robin: the call after the restart hung"));
+    let took = started.elapsed();
+    eprintln!("{name}: round robin: the call after the restart answered in {took:?}");
+    assert_eq!(answer.unwrap(), echoed("after"), "{name}");
+    let sessions = round_robin.sessions(&rr).unwrap();
+    assert!(
+        !sessions.is_empty() && sessions.iter().all(|s| s.session != dead_rr),
+        "{name}: answered on a fresh session: {sessions:?}"
+    );
+
+    let started = tokio::time::Instant::now();
+    let lease = conversation().await.unwrap();
+    let first = timeout(RESTART_BOUND, lease.call_tool(echo("after")))
+        .await
+        .unwrap_or_else(|_| panic!("{name}: sticky: the call after the restart hung"));
+    let took = started.elapsed();
+    eprintln!(
+        "{name}: sticky: the call after the restart {} in {took:?}",
+        if first.is_ok() { "answered" } else { "failed" }
+    );
+    match first {
+        Ok(result) => {
+            assert!(lease.is_rebound(), "{name}: a fresh session must say so");
+            assert_ne!(lease.session_id(), dead_sticky, "{name}");
+            assert_eq!(text(&result), echoed("after"), "{name}");
+        }
+        Err(error) => {
+            assert!(is_transport_failure(&error), "{name}: {error:?}");
+            assert_eq!(lease.session_id(), dead_sticky, "{name}");
+            drop(lease);
+            let next = conversation().await.unwrap();
+            assert!(
+                next.is_rebound(),
+                "{name}: the conversation's next lease is a rebind"
+            );
+            assert_ne!(next.session_id(), dead_sticky, "{name}");
+        }
+    }
+    assert_eq!(sticky.stats().servers[0].rebinds, 1, "{name}");
+    round_robin.close().await;
+    sticky.close().await;
 }
 
 /// Pooled calls against `peer` at `endpoint`: `CALLS` echo calls, each on a lease of the same
@@ -261,6 +403,20 @@ async fn python_sdk_over_streamable_http() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_sdk_restarted_between_calls_over_streamable_http() {
+    let Some((peer, endpoint)) = python(TransportKind::StreamableHttp).await else {
+        return;
+    };
+    let python = peer_setting(PYTHON_VAR).expect("set: the peer started");
+    let restart = move |port: u16| {
+        let mut command = python_peer(&python, "streamable-http");
+        command.args(["--port", &port.to_string()]);
+        command
+    };
+    restart_between_calls(peer, endpoint, restart, str::to_owned).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_over_sse() {
     let Some((peer, endpoint)) = python(TransportKind::Sse).await else {
         return;
@@ -359,6 +515,22 @@ async fn server_everything_over_streamable_http() {
     };
     pooled_echo_through_everything(peer.name, endpoint).await;
     drop(peer);
+}
+
+/// server-everything answers a session it does not know with HTTP 400 and a JSON-RPC error
+/// without an `id`: the call must fail (and be retried) at once, not wait for its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_everything_restarted_between_calls_over_streamable_http() {
+    let Some((peer, endpoint)) = everything(TransportKind::StreamableHttp).await else {
+        return;
+    };
+    let node_dir = peer_setting(NODE_DIR_VAR).expect("set: the peer started");
+    let restart = move |port: u16| {
+        let mut command = everything_peer(&node_dir, "streamableHttp");
+        command.arg(port.to_string());
+        command
+    };
+    restart_between_calls(peer, endpoint, restart, |m| format!("Echo: {m}")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,7 +28,7 @@ fn defaults_are_the_seed_guides() {
     let s = load(&[]).unwrap();
     assert!(!s.defaults.enabled);
     assert_eq!(s.defaults.strategy, StrategyKind::RoundRobin);
-    assert_eq!(s.user_limit, 10);
+    assert_eq!(s.user_limit, 100);
     assert_eq!(s.cleanup_interval, Duration::from_secs(60));
     assert_eq!(s.backend.cache_type(), "memory");
 }

@@ -421,10 +421,14 @@ impl Transport for DuplexTransport {
         tokio::spawn(async move {
             let (mut from_client, mut to_client) = tokio::io::split(relay_client);
             let (mut from_server, mut to_server) = tokio::io::split(relay_server);
+            // The kill first: once it fired, not another byte crosses (polling a copy moves
+            // bytes, and the server answers its requests in flight as it shuts down: "cancelled
+            // by the client" reaching the client would make a killed session look alive).
             tokio::select! {
+                biased;
+                () = relay_kill.cancelled() => {}
                 _ = tokio::io::copy(&mut from_client, &mut to_server) => {}
                 _ = tokio::io::copy(&mut from_server, &mut to_client) => {}
-                () = relay_kill.cancelled() => {}
             }
         });
         let session_hang = Arc::new(watch::Sender::new(false));

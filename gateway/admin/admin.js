@@ -45,7 +45,10 @@
   class ApiError extends Error {
     constructor(status, detail) { super(detail); this.status = status; this.detail = detail; }
   }
-  async function api(method, path, body) {
+  // A 401 (the token expired or was revoked) asks for a new token: over the open dialog when
+  // there is one, so that an edit in progress keeps its values (tokenRefused). `probe` is the
+  // sign-in's own check of a token, whose 401 is the answer itself.
+  async function api(method, path, body, { probe = false } = {}) {
     const headers = { Accept: "application/json" };
     if (token) headers.Authorization = `Bearer ${token}`;
     if (body !== undefined) headers["Content-Type"] = "application/json";
@@ -53,10 +56,14 @@
     const text = await res.text();
     let data = null;
     try { data = text ? JSON.parse(text) : null; } catch { data = text; }
-    if (res.status === 401 && path !== "/servers") signOut("Your token was refused or has expired: sign in again.");
+    if (res.status === 401 && !probe) tokenRefused();
     if (!res.ok) throw new ApiError(res.status, (data && data.detail) || `${res.status} ${res.statusText}`);
     return data;
   }
+  // What a form says when its save was refused for the token: the values stay, to save again.
+  const notSaved = (e, button) => e.status === 401
+    ? `Not saved: the gateway refused the token (${e.detail}). Sign in again, then press ${button} again: your values are kept.`
+    : e.detail;
 
   function toast(message, kind = "ok") {
     const t = $("toast");
@@ -68,23 +75,58 @@
   }
 
   // ---- Sign-in ----
-  async function signIn(candidate) {
+  // Takes `candidate` as the token if the API accepts it; else keeps the one before and
+  // answers why not.
+  async function useToken(candidate) {
+    const before = token;
     token = candidate;
     try {
-      await api("GET", "/servers");
+      await api("GET", "/servers", undefined, { probe: true });
     } catch (e) {
-      token = "";
-      sessionStorage.removeItem(TOKEN_KEY);
+      token = before;
       return e.status === 401 ? e.detail : `The gateway answered: ${e.detail}`;
     }
     if (token) sessionStorage.setItem(TOKEN_KEY, token);
     document.body.dataset.role = isAdmin() ? "admin" : "user";
     $("role-note").hidden = isAdmin();
+    return null;
+  }
+  async function signIn(candidate) {
+    const error = await useToken(candidate);
+    if (error) {
+      token = "";
+      sessionStorage.removeItem(TOKEN_KEY);
+      return error;
+    }
     $("signin").hidden = true;
     $("app").hidden = false;
     startPolling();
     show("servers");
     return null;
+  }
+  // Username and password (ADMIN_USERNAME, ADMIN_PASSWORD on the gateway): a token, or why not.
+  async function passwordToken(username, password) {
+    const res = await fetch("/admin/login", {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Accept: "application/json" },
+      body: JSON.stringify({ username, password }),
+    });
+    const data = await res.json().catch(() => ({}));
+    if (res.status === 404) return { error: "This gateway has no username and password sign-in (ADMIN_USERNAME, ADMIN_PASSWORD): paste a token." };
+    if (!res.ok) return { error: data.detail || `${res.status} ${res.statusText}` };
+    return { token: data.access_token };
+  }
+  // The API refused the token. Nothing open: back to the sign-in page. A dialog open (an edit
+  // in progress): a sign-in over it, which leaves the dialog and its values as they are.
+  function tokenRefused() {
+    sessionStorage.removeItem(TOKEN_KEY);
+    const editing = [...document.querySelectorAll("dialog[open]")].some((d) => d.id !== "reauth");
+    if (!editing) { signOut("Your token was refused or has expired: sign in again."); return; }
+    if ($("reauth").open) return;
+    $("ra-error").textContent = "";
+    $("ra-token").value = "";
+    openDialog($("reauth"));
+    $("ra-token").focus();
   }
   function signOut(message) {
     token = "";
@@ -102,23 +144,40 @@
     const error = await signIn($("signin-token").value.trim());
     if (error) { $("signin-error").textContent = error; $("signin-token").focus(); }
   });
-  // Username and password (ADMIN_USERNAME, ADMIN_PASSWORD on the gateway): exchanged for a token.
   $("login-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    const res = await fetch("/admin/login", {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Accept: "application/json" },
-      body: JSON.stringify({ username: $("login-username").value, password: $("login-password").value }),
-    });
+    const minted = await passwordToken($("login-username").value, $("login-password").value);
     $("login-password").value = "";
-    const data = await res.json().catch(() => ({}));
-    if (res.status === 404) { $("login-error").textContent = "This gateway has no username and password sign-in (ADMIN_USERNAME, ADMIN_PASSWORD): paste a token."; return; }
-    if (!res.ok) { $("login-error").textContent = data.detail || `${res.status} ${res.statusText}`; $("login-password").focus(); return; }
+    if (minted.error) { $("login-error").textContent = minted.error; $("login-password").focus(); return; }
     $("login-error").textContent = "";
-    const error = await signIn(data.access_token);
+    const error = await signIn(minted.token);
     if (error) $("login-error").textContent = error;
   });
   $("signout").addEventListener("click", () => signOut(""));
+  // Signing in again over an open dialog (tokenRefused).
+  async function signInAgain(candidate, errorField) {
+    const error = await useToken(candidate);
+    if (error) { $(errorField).textContent = error; return; }
+    $("reauth").close();
+    // The forms that said "Not saved" can save now.
+    for (const e of document.querySelectorAll("dialog[open] .error")) {
+      if (e.textContent.startsWith("Not saved:")) e.textContent = "Signed in again: press Save again to save your values.";
+    }
+    toast("Signed in again: press Save again to save your values");
+  }
+  $("ra-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    await signInAgain($("ra-token").value.trim(), "ra-error");
+  });
+  $("ra-login-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const minted = await passwordToken($("ra-username").value, $("ra-password").value);
+    $("ra-password").value = "";
+    if (minted.error) { $("ra-login-error").textContent = minted.error; return; }
+    $("ra-login-error").textContent = "";
+    await signInAgain(minted.token, "ra-login-error");
+  });
+  $("ra-signout").addEventListener("click", () => signOut(""));
 
   // ---- Navigation ----
   const pages = ["servers", "health", "metrics"];
@@ -166,37 +225,40 @@
         b.addEventListener("click", () => action(s, b));
         return b;
       };
+      // An inactive server has no pool (its pool routes answer 404): its pool buttons are
+      // disabled, and the row says why.
+      const note = serverEnabled(s) ? null : el("p", {
+        className: "row-note", id: `inactive-${s.id}`,
+        textContent: isAdmin() ? "Activate the server to configure its pool" : "Inactive: the server has no pool",
+      });
+      const poolButton = (label, action) => {
+        const b = button(label, action);
+        if (note) {
+          b.disabled = true;
+          b.title = note.textContent;
+          b.setAttribute("aria-describedby", note.id);
+        }
+        return b;
+      };
       const actions = isAdmin()
         ? el("div", { className: "row-actions" },
-          button("Edit", editServer), button("Pool Config", openPoolConfig), button("Pool Stats", openPoolStats),
+          button("Edit", editServer), poolButton("Pool Config", openPoolConfig), poolButton("Pool Stats", openPoolStats),
           button(serverEnabled(s) ? "Deactivate" : "Activate", toggleServer), button("Delete", deleteServer))
-        : el("div", { className: "row-actions" }, button("Pool Stats", openPoolStats));
+        : el("div", { className: "row-actions" }, poolButton("Pool Stats", openPoolStats));
       const row = el("tr", {}, el("td", {}, el("code", { textContent: s.id })), el("td", { textContent: serverName(s) }),
-        el("td", {}, endpoints), el("td", {}, pooling), el("td", {}, status), el("td", {}, actions));
+        el("td", {}, endpoints), el("td", {}, pooling), el("td", {}, status), el("td", {}, actions, ...(note ? [note] : [])));
       row.dataset.server = s.id;
       body.append(row);
     }
   }
 
-  // Server CRUD: POST /servers, PUT/DELETE /servers/{id} with {id, name, endpoints, enabled}.
+  // Server CRUD: POST /servers, PUT/DELETE /servers/{id}. A PUT changes the fields its body
+  // names and keeps the others (the pool config, credentials, access list…), so the page sends
+  // only what it edits.
   const crudMissing = (e) => e.status === 404 || e.status === 405;
-  // PUT /servers/{id} replaces the whole server (absent fields take their defaults), so the
-  // body carries what the server has: its pool config and its credentials reference too.
-  async function serverBody(s, overrides = {}) {
-    const body = { id: s.id, name: serverName(s), endpoints: s.endpoints.map(({ url, transport, weight }) => ({ url, transport, weight })), enabled: serverEnabled(s) };
-    if (s.credentials) body.credentials = s.credentials;
-    if (s.forward_token) body.forward_token = true;
-    if (s.access) body.access = s.access;
-    try { body.pool = await api("GET", `/servers/${encodeURIComponent(s.id)}/pool/config`); } catch { /* a disabled server has none */ }
-    return { ...body, ...overrides };
-  }
-  // The API redacts credentials in URLs (`https://***@host/mcp`): sending one back would
-  // overwrite the real URL, so a server with one is changed only by re-entering it in Edit.
-  const hidesCredentials = (s) => s.endpoints.some((e) => e.url.includes("***"));
   async function toggleServer(s) {
-    if (hidesCredentials(s)) { toast(`Server ${s.id} has an endpoint URL with hidden credentials: use Edit and enter the full URL`, "error"); return; }
     try {
-      await api("PUT", `/servers/${encodeURIComponent(s.id)}`, await serverBody(s, { enabled: !serverEnabled(s) }));
+      await api("PUT", `/servers/${encodeURIComponent(s.id)}`, { enabled: !serverEnabled(s) });
       toast(`Server ${s.id} ${serverEnabled(s) ? "deactivated" : "activated"}`);
     } catch (e) { toast(crudMissing(e) ? "This gateway cannot change servers (no PUT /servers/{id})" : e.detail, "error"); }
     loadServers();
@@ -209,11 +271,22 @@
     } catch (e) { toast(crudMissing(e) && e.detail.startsWith("Method") ? "This gateway cannot delete servers (no DELETE /servers/{id})" : e.detail, "error"); }
     loadServers();
   }
+  // Each row's endpoint as the API gave it: sent back with the row's edits, so that what the
+  // form does not show (a lifecycle, a stdio command) is kept, and a URL the API masked
+  // (`https://***@host/mcp`) stands for the stored one.
+  const rowEndpoint = new WeakMap();
   function endpointRow(e = { url: "", transport: "streamable_http", weight: 1 }) {
     const row = $("endpoint-row").content.firstElementChild.cloneNode(true);
+    rowEndpoint.set(row, e);
     row.querySelector("[name=url]").value = e.url;
     row.querySelector("[name=transport]").value = e.transport;
     row.querySelector("[name=weight]").value = e.weight;
+    if (e.transport === "stdio") {
+      // A program from the gateway's configuration file: only its weight changes here.
+      row.querySelector("[name=url]").readOnly = true;
+      row.querySelector("[name=transport]").disabled = true;
+      row.title = "A stdio endpoint comes from the gateway's configuration file: only its weight can change here.";
+    }
     row.querySelector(".remove").addEventListener("click", () => row.remove());
     $("sf-endpoints").append(row);
   }
@@ -242,19 +315,19 @@
       return;
     }
     $("sf-err-id").textContent = "";
-    const endpoints = [...$("sf-endpoints").children].map((r) => ({
-      url: r.querySelector("[name=url]").value.trim(),
-      transport: r.querySelector("[name=transport]").value,
-      weight: Number(r.querySelector("[name=weight]").value),
-    }));
+    const endpoints = [...$("sf-endpoints").children].map((r) => {
+      const weight = Number(r.querySelector("[name=weight]").value);
+      const given = rowEndpoint.get(r);
+      if (given.transport === "stdio") return { ...given, weight };
+      return { ...given, url: r.querySelector("[name=url]").value.trim(), transport: r.querySelector("[name=transport]").value, weight };
+    });
     if (endpoints.length === 0 || endpoints.some((e) => !e.url)) { $("sf-error").textContent = "Every endpoint needs a URL, and a server at least one endpoint."; return; }
-    if (endpoints.some((e) => e.url.includes("***"))) { $("sf-error").textContent = "A URL shows *** where the API hid its credentials: enter the full URL again."; return; }
-    const fields = { id, name: $("sf-name").value.trim() || id, endpoints, enabled: $("sf-enabled").checked };
+    const fields = { name: $("sf-name").value.trim() || id, endpoints, enabled: $("sf-enabled").checked };
     try {
-      if (editing) await api("PUT", `/servers/${encodeURIComponent(id)}`, await serverBody(editing, fields));
-      else await api("POST", "/servers", fields);
+      if (editing) await api("PUT", `/servers/${encodeURIComponent(id)}`, fields);
+      else await api("POST", "/servers", { id, ...fields });
     } catch (e) {
-      $("sf-error").textContent = crudMissing(e) && !editing ? "This gateway cannot add servers (no POST /servers)" : e.detail;
+      $("sf-error").textContent = crudMissing(e) && !editing ? "This gateway cannot add servers (no POST /servers)" : notSaved(e, "Save");
       return;
     }
     $("server-form").close();
@@ -326,7 +399,7 @@
     } catch (e) {
       // A 422 names its field: show the API's words next to it.
       const field = e.status === 422 && Object.keys(RANGES).find((f) => new RegExp(`\\b${f}\\b`).test(e.detail));
-      if (field) { fieldError(field, e.detail); $(`pc-${field}`).focus(); } else $("pc-error").textContent = e.detail;
+      if (field) { fieldError(field, e.detail); $(`pc-${field}`).focus(); } else $("pc-error").textContent = notSaved(e, "Save Configuration");
       return;
     }
     $("pool-config").close();

@@ -1,6 +1,6 @@
 //! The REST API handlers and their schemas (the seed setup guide's paths and field names).
 
-use std::{str::FromStr, time::Duration};
+use std::{collections::BTreeMap, str::FromStr, time::Duration};
 
 use axum::{
     Json,
@@ -12,8 +12,8 @@ use mcp_pool::{
     Endpoint, HealthStatus, Lifecycle, PoolConfig, ServerId, ServerStats, StrategyKind,
     TransportKind,
     traits::{
-        Access, CredentialsRef, ID_RULE, MAX_WEIGHT, NEVER_FORWARDED, ServerRecord, check_range,
-        redact_url,
+        Access, ChosenSizes, CredentialsRef, ID_RULE, MAX_WEIGHT, NEVER_FORWARDED, REDACTED,
+        ServerRecord, StdioCommand, check_range, redact_url,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -23,34 +23,53 @@ use crate::{
     AppState,
     auth::{Admin, Caller},
     error::{ApiError, ApiJson, ErrorBody},
-    registry::RegistryError,
+    registry::{FileSettings, RegistryError},
 };
 
-/// One endpoint (replica) of a server. The URL has passwords and secret query values masked.
+/// One endpoint (replica) of a server, as `GET /servers/{id}` shows it and `POST`/`PUT` take
+/// it back (`EndpointBody`). Secrets are masked as `***`: a URL's password and
+/// credential-looking query values, and every value of a stdio endpoint's `env`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct EndpointInfo {
-    /// The URL, redacted (`https://***@host/mcp`).
+    /// The URL, redacted (`https://***@host/mcp`); `stdio:{command}` for a stdio endpoint.
     pub url: String,
-    /// `streamable_http`, `sse` or `websocket`.
+    /// `streamable_http`, `sse`, `websocket` or `stdio`.
     pub transport: String,
     /// Relative weight (1 by default).
     pub weight: u32,
     /// The MCP lifecycle its sessions speak: `initialize`, `discover` (protocol 2026-07-28)
     /// or `auto`.
     pub lifecycle: String,
+    /// A stdio endpoint's program. This and `args`, `env`, `cwd`: shown to admins only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// A stdio endpoint's arguments, as configured: keep secrets in `env`, whose values are
+    /// never shown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    /// A stdio endpoint's own environment variables: their names, each value `***`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// A stdio endpoint's working directory, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
 }
 
-/// A configured upstream server.
+/// A configured upstream server. An admin's view is a valid `ServerBody`: sent back
+/// unchanged with `PUT`, it changes nothing.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ServerInfo {
     /// The server id.
     pub id: String,
     /// Its endpoints.
     pub endpoints: Vec<EndpointInfo>,
-    /// Whether pooling is enabled for it.
+    /// Whether pooling is enabled for it: `pool.enabled`, repeated for the seed's clients.
     pub pooling_enabled: bool,
-    /// Its strategy's name.
+    /// Its strategy's name: `pool.strategy`, repeated likewise.
     pub strategy: String,
+    /// The pool config it runs (a disabled server: the one it runs once enabled), a config
+    /// saved through `PUT /servers/{id}/pool/config` included.
+    pub pool: PoolConfigView,
     /// Its display name.
     pub name: String,
     /// Whether the gateway serves it; a disabled server has no pool (its pool routes answer
@@ -66,6 +85,12 @@ pub struct ServerInfo {
     /// only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<AccessBody>,
+    /// Seconds a call may take, 1-3600 (default 60). Set by the configuration file's
+    /// `[[servers]]` table only.
+    pub call_timeout: u64,
+    /// What its upstream sessions advertise in `initialize`: `sampling`, `elicitation`,
+    /// `roots`. Set by the configuration file's `[[servers]]` table only.
+    pub client_capabilities: Vec<String>,
 }
 
 /// A server's access list: the users and groups (a token's `sub`/`email`/`user_id` and its
@@ -120,13 +145,26 @@ pub struct CredentialsBody {
     pub env: String,
 }
 
-/// One endpoint of a [`ServerBody`].
+/// One endpoint of a `ServerBody`, given whole: its absent fields take their defaults.
+///
+/// A masked value that `GET` showed stands for the stored one it hides. A URL with `***`
+/// (`https://***@host/mcp`) is the stored URL of this server whose redacted form it is
+/// (endpoint `i`'s when it fits, else the only one that does); one that is the redacted form
+/// of no URL of the server, or of several different ones, is refused with 422: send the whole
+/// URL then.
+///
+/// A stdio endpoint (`transport: "stdio"`, `command`, `args`, `env`, `cwd`) must be one the
+/// server has already, as `GET` shows it (`env` values as `***` or as they are); its `weight`
+/// and `lifecycle` may change. The programs the gateway starts come from its configuration
+/// file, never from the API: an admin token must not be a way to run commands on the
+/// gateway's host.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointBody {
-    /// `http(s)://` for `streamable_http` and `sse`, `ws(s)://` for `websocket`.
-    pub url: String,
-    /// `streamable_http` (default), `sse` or `websocket`.
+    /// `http(s)://` for `streamable_http` and `sse`, `ws(s)://` for `websocket`; required but
+    /// for `stdio`, where it may only repeat `stdio:{command}`.
+    pub url: Option<String>,
+    /// `streamable_http` (default), `sse`, `websocket`, or `stdio` (see above).
     pub transport: Option<String>,
     /// Relative weight, 1-1000 (default 1).
     pub weight: Option<u64>,
@@ -134,10 +172,79 @@ pub struct EndpointBody {
     /// `auto` (discover, falling back to initialize). Not `sse` with anything but
     /// `initialize`.
     pub lifecycle: Option<String>,
+    /// `stdio` only: the program.
+    pub command: Option<String>,
+    /// `stdio` only: its arguments (default none).
+    pub args: Option<Vec<String>>,
+    /// `stdio` only: its own environment variables (default none).
+    pub env: Option<BTreeMap<String, String>>,
+    /// `stdio` only: its working directory.
+    pub cwd: Option<String>,
 }
 
-/// The body of `POST /servers` and `PUT /servers/{id}` (which replaces the whole server:
-/// absent fields take their defaults).
+/// A field of a [`ServerBody`] that tells "absent" from `null`: absent, a `PUT` keeps the
+/// server's current value; `null` sets the field back to its default (what a `POST` that
+/// leaves it out gets); a value sets it. (`Option<Option<T>>` says the same less plainly.)
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Patch<T> {
+    /// The field is absent.
+    #[default]
+    Absent,
+    /// The field is `null`.
+    Null,
+    /// The field has this value.
+    Value(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Patch<T> {
+    /// `null` is [`Patch::Null`], a value [`Patch::Value`]; an absent field is
+    /// [`Patch::Absent`] through `#[serde(default)]`.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Option::<T>::deserialize(deserializer).map(|v| v.map_or(Self::Null, Self::Value))
+    }
+}
+
+impl<T> Patch<T> {
+    /// The value the field ends with: `keep` when absent (the default when there is nothing
+    /// to keep, as for a new server), the default for `null`, `set` of a value.
+    fn resolve<U>(
+        self,
+        keep: Option<U>,
+        default: impl FnOnce() -> U,
+        set: impl FnOnce(T) -> Result<U, ApiError>,
+    ) -> Result<U, ApiError> {
+        match self {
+            Self::Absent => Ok(keep.unwrap_or_else(default)),
+            Self::Null => Ok(default()),
+            Self::Value(value) => set(value),
+        }
+    }
+}
+
+/// The body of `POST /servers` and `PUT /servers/{id}`.
+///
+/// `PUT` changes the fields the body names and keeps every other one: an absent field keeps
+/// the server's current value, `null` sets an optional field back to its default (`name`:
+/// the id; `enabled`: true; `forward_token`: false; `credentials`, `access`: none; `pool`:
+/// the defaults, pooling off), a value sets it. `pool` is merged field by field as
+/// `PUT /servers/{id}/pool/config` merges it (over the config in force, a saved one
+/// included); `endpoints`, `credentials` and `access` are replaced whole. `POST` gives what
+/// the body leaves out its default.
+///
+/// Why a `PUT` that keeps what it does not name, rather than a replacement of the whole
+/// server: what a client sends back is what it read, and it cannot read everything — a
+/// disabled server has no `pool/config` route, a URL's password and a stdio endpoint's
+/// `env` values are masked — so a replacement would reset whatever a client did not know
+/// about (a pool config turned back to the defaults by Deactivate/Activate, the failure this
+/// rule ends). It is also how `PUT /servers/{id}/pool/config` and the seed gateway's server
+/// update behave, so one rule holds across the API; `null` still clears a field on purpose.
+/// A `GET /servers/{id}` body sent back unchanged changes nothing.
+///
+/// Read-only fields, which `GET` shows, are accepted when they agree with the server and
+/// refused with 422 otherwise (so that a client that thinks it changed them learns it did
+/// not): `pooling_enabled` and `strategy` must agree with the resulting `pool`;
+/// `call_timeout` and `client_capabilities` with the configuration file's `[[servers]]`
+/// table (the defaults for a server the file does not name).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerBody {
@@ -145,22 +252,46 @@ pub struct ServerBody {
     /// optional and equal to the path's.
     pub id: Option<String>,
     /// Display name, at most 256 characters (default: the id). Changing it never drains.
-    pub name: Option<String>,
-    /// The replicas, at least one.
-    pub endpoints: Vec<EndpointBody>,
-    /// The pool config; absent fields take the defaults (pooling off, as the seed's servers).
-    pub pool: Option<PoolConfigUpdate>,
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub name: Patch<String>,
+    /// The replicas, at least one: required by `POST`, never `null`.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<EndpointBody>>)]
+    pub endpoints: Patch<Vec<EndpointBody>>,
+    /// The pool config; fields it leaves out keep their current values (`POST`: the
+    /// defaults, pooling off as the seed's servers).
+    #[serde(default)]
+    #[schema(value_type = Option<PoolConfigUpdate>)]
+    pub pool: Patch<PoolConfigUpdate>,
     /// Served by the gateway (default true).
-    pub enabled: Option<bool>,
-    /// The upstream credential, by reference.
-    pub credentials: Option<CredentialsBody>,
+    #[serde(default)]
+    #[schema(value_type = Option<bool>)]
+    pub enabled: Patch<bool>,
+    /// The upstream credential, by reference (default none).
+    #[serde(default)]
+    #[schema(value_type = Option<CredentialsBody>)]
+    pub credentials: Patch<CredentialsBody>,
     /// Send the downstream request's `Authorization` header (the gateway's JWT) upstream
     /// (default false: the gateway's token stops at the gateway). It is then part of the
     /// upstream session's key: a rotated token opens new upstream sessions.
-    pub forward_token: Option<bool>,
+    #[serde(default)]
+    #[schema(value_type = Option<bool>)]
+    pub forward_token: Patch<bool>,
     /// Who may use the server besides admins (default: every authenticated caller); others
     /// get 404 on its routes, as for a server that does not exist.
-    pub access: Option<AccessBody>,
+    #[serde(default)]
+    #[schema(value_type = Option<AccessBody>)]
+    pub access: Patch<AccessBody>,
+    /// Read-only: when given, equal to the resulting `pool.enabled`.
+    pub pooling_enabled: Option<bool>,
+    /// Read-only: when given, naming the resulting `pool.strategy`.
+    pub strategy: Option<String>,
+    /// Read-only: when given, equal to the server's (the configuration file's, else 60).
+    pub call_timeout: Option<u64>,
+    /// Read-only: when given, the server's (the configuration file's, else none), in any
+    /// order.
+    pub client_capabilities: Option<Vec<String>>,
 }
 
 /// `field = value is invalid: must be allowed`, as 422.
@@ -168,15 +299,49 @@ fn invalid(field: &str, value: impl std::fmt::Debug, allowed: &str) -> ApiError 
     ApiError::unprocessable(format!("{field} = {value:?} is invalid: must be {allowed}"))
 }
 
+/// A read-only field of a body that disagrees with the server's value, as 422; `how` says
+/// how the value is changed.
+fn read_only<T: PartialEq + std::fmt::Debug>(
+    field: &str,
+    given: Option<T>,
+    actual: T,
+    how: &str,
+) -> Result<(), ApiError> {
+    match given {
+        Some(given) if given != actual => Err(invalid(
+            field,
+            given,
+            &format!("{actual:?}, the server's value (read-only: {how})"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The longest display name accepted, characters.
 const MAX_NAME_CHARS: usize = 256;
 
+/// What a `PUT` builds on: the server's record and the pool config in force
+/// ([`Registry::pool_in_force`](crate::Registry::pool_in_force)).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Current<'a> {
+    pub(crate) record: &'a ServerRecord,
+    pub(crate) pool: &'a PoolConfig,
+}
+
 impl ServerBody {
-    /// The record this body describes, every field checked; `path_id` is `PUT`'s.
+    /// The record this body makes, every field checked: a new server's (`current` `None`,
+    /// `POST`) or the server `current` describes, changed (`PUT`, `path_id` its id). `files`
+    /// gives the configuration file's settings of the server's id, which read-only fields
+    /// must agree with.
     ///
     /// # Errors
     /// 422 naming the field, its value (URLs redacted) and what is allowed.
-    pub fn into_record(self, path_id: Option<&ServerId>) -> Result<ServerRecord, ApiError> {
+    pub(crate) fn into_record(
+        self,
+        path_id: Option<&ServerId>,
+        current: Option<Current<'_>>,
+        files: impl FnOnce(&ServerId) -> FileSettings,
+    ) -> Result<ServerRecord, ApiError> {
         let id = match (self.id, path_id) {
             (None, Some(path)) => path.clone(),
             (None, None) => {
@@ -196,52 +361,158 @@ impl ServerBody {
                 id
             }
         };
-        let name = self.name.unwrap_or_else(|| id.to_string());
-        if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
-            return Err(invalid(
-                "name",
-                &name,
-                "at most 256 characters, no control characters",
-            ));
-        }
-        if self.endpoints.is_empty() {
-            return Err(invalid("endpoints", [(); 0], "at least one endpoint"));
-        }
-        let endpoints = self
-            .endpoints
-            .into_iter()
-            .enumerate()
-            .map(|(i, e)| e.into_endpoint(i))
-            .collect::<Result<Vec<_>, _>>()?;
-        let pool = self
-            .pool
-            .unwrap_or_default()
-            .fresh()
-            .map_err(|e| ApiError::unprocessable(format!("pool: {}", e.detail)))?;
-        let credentials = self.credentials.map(CredentialsBody::check).transpose()?;
-        let access = self.access.map(AccessBody::check).transpose()?;
+        let record = current.map(|c| c.record);
+        let name = self.name.resolve(
+            record.map(|r| r.name.clone()),
+            || id.to_string(),
+            |name| {
+                if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+                    Err(invalid(
+                        "name",
+                        &name,
+                        "at most 256 characters, no control characters",
+                    ))
+                } else {
+                    Ok(name)
+                }
+            },
+        )?;
+        let endpoints = match (self.endpoints, record) {
+            (Patch::Absent, Some(record)) => record.endpoints.clone(),
+            (Patch::Absent, None) => {
+                return Err(ApiError::unprocessable(
+                    "endpoints is missing: must be at least one endpoint",
+                ));
+            }
+            (Patch::Null, _) => {
+                return Err(ApiError::unprocessable(
+                    "endpoints = null is invalid: must be at least one endpoint",
+                ));
+            }
+            (Patch::Value(list), _) if list.is_empty() => {
+                return Err(invalid("endpoints", [(); 0], "at least one endpoint"));
+            }
+            (Patch::Value(list), _) => list
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| e.into_endpoint(i, record))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        let pool = self.pool.resolve(
+            current.map(|c| c.pool.clone()),
+            PoolConfig::default,
+            |update| {
+                match current {
+                    Some(current) => update.apply(current.pool),
+                    None => update.fresh(),
+                }
+                .map_err(|e| ApiError::unprocessable(format!("pool: {}", e.detail)))
+            },
+        )?;
+        let enabled = self
+            .enabled
+            .resolve(record.map(|r| r.enabled), || true, Ok)?;
+        let credentials = self.credentials.resolve(
+            record.map(|r| r.credentials.clone()),
+            || None,
+            |c| c.check().map(Some),
+        )?;
+        let forward_token =
+            self.forward_token
+                .resolve(record.map(|r| r.forward_token), || false, Ok)?;
+        let access = self.access.resolve(
+            record.map(|r| r.access.clone()),
+            || None,
+            |a| a.check().map(Some),
+        )?;
+
+        read_only(
+            "pooling_enabled",
+            self.pooling_enabled,
+            pool.enabled,
+            "change pool.enabled",
+        )?;
+        let strategy = self
+            .strategy
+            .map(|s| StrategyKind::from_str(&s).map_err(bad))
+            .transpose()?;
+        read_only(
+            "strategy",
+            strategy.map(StrategyKind::as_str),
+            pool.strategy.as_str(),
+            "change pool.strategy",
+        )?;
+        let files = files(&id);
+        const FILE: &str = "the configuration file's [[servers]] table sets it";
+        read_only(
+            "call_timeout",
+            self.call_timeout,
+            files.call_timeout.as_secs(),
+            FILE,
+        )?;
+        let sorted = |mut names: Vec<String>| {
+            names.sort_unstable();
+            names.dedup();
+            names
+        };
+        read_only(
+            "client_capabilities",
+            self.client_capabilities.map(sorted),
+            sorted(
+                files
+                    .capability_names()
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            FILE,
+        )?;
+
         Ok(ServerRecord {
             id,
             name,
             endpoints,
             pool,
-            enabled: self.enabled.unwrap_or(true),
+            enabled,
             credentials,
-            forward_token: self.forward_token.unwrap_or(false),
+            forward_token,
             access,
         })
+    }
+
+    /// The URLs of the body's endpoints that `current` does not have (all of them for a new
+    /// server), with their index: those the upstream policy must check. A masked URL stands
+    /// for a stored one and is not among them.
+    fn new_urls<'a>(
+        &'a self,
+        current: Option<&'a ServerRecord>,
+    ) -> impl Iterator<Item = (usize, &'a str)> + 'a {
+        let endpoints = match &self.endpoints {
+            Patch::Value(endpoints) => endpoints.as_slice(),
+            Patch::Absent | Patch::Null => &[],
+        };
+        endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| Some((i, e.url.as_deref()?)))
+            .filter(move |(_, url)| {
+                !url.contains(REDACTED)
+                    && current.is_none_or(|r| !r.endpoints.iter().any(|e| &*e.url == *url))
+            })
     }
 }
 
 impl EndpointBody {
-    fn into_endpoint(self, i: usize) -> Result<Endpoint, ApiError> {
+    /// Endpoint `i` of a body for the server `current` (`None`: a new server).
+    fn into_endpoint(self, i: usize, current: Option<&ServerRecord>) -> Result<Endpoint, ApiError> {
         let transport = match &self.transport {
             None => TransportKind::StreamableHttp,
             Some(t) => t.parse().map_err(|_| {
                 invalid(
                     &format!("endpoints[{i}].transport"),
                     t,
-                    "streamable_http, sse or websocket",
+                    "streamable_http, sse or websocket (or stdio, for one of the server's own \
+                     stdio endpoints)",
                 )
             })?,
         };
@@ -263,13 +534,116 @@ impl EndpointBody {
                 ));
             }
         };
-        let endpoint = Endpoint::new(self.url, transport)
+        let endpoint = if transport == TransportKind::Stdio {
+            let command = self.own_stdio(i, current)?;
+            Endpoint::stdio(command)
+        } else {
+            for (field, given) in [
+                ("command", self.command.is_some()),
+                ("args", self.args.is_some()),
+                ("env", self.env.is_some()),
+                ("cwd", self.cwd.is_some()),
+            ] {
+                if given {
+                    return Err(ApiError::unprocessable(format!(
+                        "endpoints[{i}].{field} is invalid here: only a stdio endpoint takes \
+                         command, args, env and cwd"
+                    )));
+                }
+            }
+            let url = self.url.ok_or_else(|| {
+                ApiError::unprocessable(format!(
+                    "endpoints[{i}].url is missing: must be the endpoint's URL"
+                ))
+            })?;
+            Endpoint::new(unmask_url(i, url, current)?, transport)
+        };
+        let endpoint = endpoint
             .and_then(|e| e.with_weight(weight))
             .map_err(|e| ApiError::unprocessable(format!("endpoints[{i}].url: {e}")))?;
         endpoint
             .with_lifecycle(lifecycle)
             .map_err(|e| ApiError::unprocessable(format!("endpoints[{i}].lifecycle: {e}")))
     }
+
+    /// The command of the stdio endpoint of `current` this body names (see [`EndpointBody`]).
+    fn own_stdio(
+        &self,
+        i: usize,
+        current: Option<&ServerRecord>,
+    ) -> Result<StdioCommand, ApiError> {
+        let command = self.command.as_deref().ok_or_else(|| {
+            ApiError::unprocessable(format!(
+                "endpoints[{i}].command is missing: a stdio endpoint names its program"
+            ))
+        })?;
+        if let Some(url) = self
+            .url
+            .as_deref()
+            .filter(|u| *u != format!("stdio:{command}"))
+        {
+            return Err(invalid(
+                &format!("endpoints[{i}].url"),
+                redact_url(url),
+                &format!("absent or \"stdio:{command}\" for a stdio endpoint"),
+            ));
+        }
+        let args = self.args.as_deref().unwrap_or_default();
+        let env = self.env.clone().unwrap_or_default();
+        let named = |c: &StdioCommand| {
+            c.command == command
+                && c.args == args
+                && c.cwd == self.cwd
+                && c.env.len() == env.len()
+                && c.env.iter().all(|(name, value)| {
+                    env.get(name)
+                        .is_some_and(|given| given == value || given == REDACTED)
+                })
+        };
+        current
+            .into_iter()
+            .flat_map(|r| &r.endpoints)
+            .filter_map(|e| e.stdio.as_deref())
+            .find(|c| named(c))
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::unprocessable(format!(
+                    "endpoints[{i}] (stdio, command {command:?}) is not one of this server's \
+                     stdio endpoints: must repeat one as GET shows it (env values as {REDACTED} \
+                     or as they are), with any weight and lifecycle. The programs the gateway \
+                     starts come from its configuration file, never from the API"
+                ))
+            })
+    }
+}
+
+/// The URL endpoint `i` of a body stands for: `url` itself, unless it holds the mark of a
+/// hidden secret (`***`); then the URL of `current` whose redacted form it is (see
+/// [`EndpointBody`]).
+fn unmask_url(i: usize, url: String, current: Option<&ServerRecord>) -> Result<String, ApiError> {
+    if !url.contains(REDACTED) {
+        return Ok(url);
+    }
+    let endpoints = current.map_or(&[][..], |r| r.endpoints.as_slice());
+    let masks = |e: &&Endpoint| e.stdio.is_none() && redact_url(&e.url) == url;
+    let found = match endpoints.get(i).filter(masks) {
+        Some(own) => Ok(own),
+        None => {
+            let mut fitting = endpoints.iter().filter(masks);
+            match fitting.next() {
+                Some(first) if fitting.all(|e| e.url == first.url) => Ok(first),
+                Some(_) => Err("the hidden form of several different URLs of this server"),
+                None => Err("not the hidden form of a URL of this server"),
+            }
+        }
+    };
+    found.map(|e| e.url.to_string()).map_err(|why| {
+        ApiError::unprocessable(format!(
+            "endpoints[{i}].url = {:?} shows {REDACTED} where GET hides a secret, but it is \
+             {why}: send the whole URL",
+            redact_url(&url)
+        ))
+    })
 }
 
 impl CredentialsBody {
@@ -356,8 +730,10 @@ impl From<&PoolConfig> for PoolConfigView {
     }
 }
 
-/// The body of `PUT /servers/{id}/pool/config`: every field optional; absent fields keep
-/// their current value. Durations in seconds.
+/// The body of `PUT /servers/{id}/pool/config` (and the `pool` of a server's body): every
+/// field optional; absent fields keep their current value, except that the sizes it leaves
+/// out follow the ones it sets, clamped (`{"max_size": 4}` over a `size` of 5 makes it 4).
+/// Durations in seconds.
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfigUpdate {
@@ -401,7 +777,8 @@ pub struct PoolConfigUpdate {
 }
 
 impl PoolConfigUpdate {
-    /// `current` with the fields present replaced, every one range-checked.
+    /// `current` with the fields present replaced, every one range-checked, and the sizes
+    /// absent following the sizes present ([`PoolConfig::follow_sizes`]).
     ///
     /// # Errors
     /// 422 naming the field, the value and the range; nothing is applied then.
@@ -412,7 +789,7 @@ impl PoolConfigUpdate {
     }
 
     /// A new config: the defaults with the fields present replaced, the sizes not given
-    /// following the ones given ([`PoolConfig::normalized`]).
+    /// following the ones given.
     ///
     /// # Errors
     /// As [`apply`](Self::apply).
@@ -470,7 +847,12 @@ impl PoolConfigUpdate {
         if let Some(v) = self.auto_scale {
             c.auto_scale = v;
         }
-        Ok(c)
+        // The sizes it leaves out follow the ones it sets, as the configuration's do.
+        Ok(c.follow_sizes(ChosenSizes {
+            min_size: self.min_size.is_some(),
+            size: self.size.is_some(),
+            max_size: self.max_size.is_some(),
+        }))
     }
 }
 
@@ -588,10 +970,15 @@ pub struct EndpointHealth {
     pub url: String,
     /// Health status (`unhealthy` while its circuit is not closed).
     pub status: Health,
-    /// Score in percent over the last 5 minutes; null before any operation.
+    /// Score in percent over the last 5 minutes; null before any operation; 0 while its
+    /// circuit is not closed.
     pub score: Option<u8>,
     /// `closed`, `open` or `half_open`.
     pub circuit: String,
+    /// The last failure seen on it, in words (URLs redacted); null before any.
+    pub last_error: Option<String>,
+    /// Seconds since `last_error`.
+    pub last_error_age_secs: Option<f64>,
 }
 
 /// A strategy: what it does and when to pick it (README "Choosing a strategy").
@@ -632,28 +1019,38 @@ fn server_stats(state: &AppState, id: &str) -> Result<(ServerStats, PoolConfig),
     Ok((stats, config))
 }
 
-/// The caller's view of server `r`: an admin's shows where its credential comes from and who
-/// may use it; a user's does not.
+/// The caller's view of server `r`: an admin's shows where its credential comes from, who
+/// may use it and its stdio endpoints' commands; a user's does not.
 fn server_info(state: &AppState, r: &ServerRecord, admin: bool) -> ServerInfo {
-    // The pool's config when it serves the server (a saved config may have changed it).
-    let config = state
-        .pool
-        .server_config(&r.id)
-        .unwrap_or_else(|| r.pool.clone());
+    let pool = state.registry.pool_in_force(r);
+    let files = state.registry.file_settings(&r.id);
     ServerInfo {
         id: r.id.to_string(),
         endpoints: r
             .endpoints
             .iter()
-            .map(|e| EndpointInfo {
-                url: redact_url(&e.url).into_owned(),
-                transport: e.transport.to_string(),
-                weight: e.weight,
-                lifecycle: e.lifecycle.as_str().to_owned(),
+            .map(|e| {
+                let stdio = e.stdio.as_deref().filter(|_| admin);
+                EndpointInfo {
+                    url: redact_url(&e.url).into_owned(),
+                    transport: e.transport.to_string(),
+                    weight: e.weight,
+                    lifecycle: e.lifecycle.as_str().to_owned(),
+                    command: stdio.map(|c| c.command.clone()),
+                    args: stdio.map(|c| c.args.clone()),
+                    env: stdio.map(|c| {
+                        c.env
+                            .keys()
+                            .map(|name| (name.clone(), REDACTED.to_owned()))
+                            .collect()
+                    }),
+                    cwd: stdio.and_then(|c| c.cwd.clone()),
+                }
             })
             .collect(),
-        pooling_enabled: config.enabled,
-        strategy: config.strategy.as_str().to_owned(),
+        pooling_enabled: pool.enabled,
+        strategy: pool.strategy.as_str().to_owned(),
+        pool: (&pool).into(),
         name: r.name.clone(),
         enabled: r.enabled,
         credentials: r
@@ -669,6 +1066,12 @@ fn server_info(state: &AppState, r: &ServerRecord, admin: bool) -> ServerInfo {
             users: a.users.clone(),
             groups: a.groups.clone(),
         }),
+        call_timeout: files.call_timeout.as_secs(),
+        client_capabilities: files
+            .capability_names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
     }
 }
 
@@ -731,12 +1134,16 @@ fn usable(state: &AppState, caller: &Caller, id: &str) -> Result<ServerId, ApiEr
     }
 }
 
-/// Refuses endpoints whose host is an address the operator's policy denies
-/// ([`crate::policy::UpstreamPolicy`]): 422 naming the endpoint, the address and the network.
-async fn check_upstreams(state: &AppState, record: &ServerRecord) -> Result<(), ApiError> {
-    for (i, endpoint) in record.endpoints.iter().enumerate() {
-        let Ok(url) = url::Url::parse(&endpoint.url) else {
-            continue; // validated by Endpoint::new; stdio endpoints have no host
+/// Refuses endpoint URLs (with their index in the body) whose host is an address the
+/// operator's policy denies ([`crate::policy::UpstreamPolicy`]): 422 naming the endpoint, the
+/// address and the network.
+async fn check_upstreams(
+    state: &AppState,
+    urls: impl IntoIterator<Item = (usize, &str)>,
+) -> Result<(), ApiError> {
+    for (i, url) in urls {
+        let Ok(url) = url::Url::parse(url) else {
+            continue; // refused by Endpoint::new; stdio endpoints have no host
         };
         if let Err(reason) = state.policy.upstream.check_url(&url).await {
             return Err(ApiError::unprocessable(format!(
@@ -748,6 +1155,8 @@ async fn check_upstreams(state: &AppState, record: &ServerRecord) -> Result<(), 
 }
 
 /// Create a server: persisted in the state backend, its pool created at once (when enabled).
+/// Fields the body leaves out take their defaults (see `ServerBody`); stdio endpoints are
+/// refused (they come from the configuration file).
 #[utoipa::path(post, path = "/servers", tag = "servers",
     request_body = ServerBody,
     responses((status = 201, body = ServerInfo), (status = 400, body = ErrorBody),
@@ -759,8 +1168,8 @@ pub async fn create_server(
     _: Admin,
     ApiJson(body): ApiJson<ServerBody>,
 ) -> Result<(StatusCode, Json<ServerInfo>), ApiError> {
-    let record = body.into_record(None)?;
-    check_upstreams(&state, &record).await?;
+    check_upstreams(&state, body.new_urls(None)).await?;
+    let record = body.into_record(None, None, |id| state.registry.file_settings(id))?;
     state.registry.create(record.clone()).await?;
     tracing::info!(server = %record.id, enabled = record.enabled, "server created");
     Ok((
@@ -769,8 +1178,13 @@ pub async fn create_server(
     ))
 }
 
-/// Replace a server. A changed endpoint (URL, transport, weight) or credentials reference
-/// drains its pool; a changed `name` alone does not; `enabled: false` removes its pool.
+/// Change a server: the fields the body names, every other one kept (absent: kept; `null`:
+/// back to its default; see `ServerBody` for why). A `GET /servers/{id}` body sent back
+/// unchanged changes nothing: masked secrets (`***` in a URL or a stdio `env` value) stand
+/// for the stored values, and read-only fields must agree with the server (422 otherwise).
+/// A changed endpoint (URL, transport, weight) or credentials reference drains its pool; a
+/// changed `name` alone does not; `enabled: false` removes its pool, and its record keeps the
+/// pool config in force, which `enabled: true` brings back.
 #[utoipa::path(put, path = "/servers/{id}", tag = "servers",
     params(("id" = String, Path, description = "server id")),
     request_body = ServerBody,
@@ -785,9 +1199,21 @@ pub async fn replace_server(
     ApiJson(body): ApiJson<ServerBody>,
 ) -> Result<Json<ServerInfo>, ApiError> {
     let sid = server_id(&id)?;
-    let record = body.into_record(Some(&sid))?;
-    check_upstreams(&state, &record).await?;
-    state.registry.replace(record.clone()).await?;
+    let before = state
+        .registry
+        .get(&sid)
+        .await
+        .ok_or_else(|| ApiError::server_not_found(&id))?;
+    // Checked before the registry's writes are held (a name may take a DNS lookup). A URL the
+    // server had then was checked when it came, so what the update keeps or adds is checked.
+    check_upstreams(&state, body.new_urls(Some(&before))).await?;
+    let files = state.registry.file_settings(&sid);
+    let record = state
+        .registry
+        .update(&sid, |record, pool| {
+            body.into_record(Some(&sid), Some(Current { record, pool }), |_| files)
+        })
+        .await?;
     if !record.enabled {
         // Its downstream sessions end with its pool.
         state.mcp.forget(&sid);
@@ -942,6 +1368,8 @@ pub async fn pools_health(
                         status: e.health_status.into(),
                         score: e.health_score,
                         circuit: e.circuit.to_owned(),
+                        last_error: e.last_error.clone(),
+                        last_error_age_secs: e.last_error_age_secs,
                     })
                     .collect(),
             })

@@ -443,7 +443,7 @@ impl Caller {
     }
 }
 
-/// Whether a request with `extensions` (after [`require_bearer`]) is an admin's: auth is off,
+/// Whether a request with `extensions` (after the bearer-token middleware) is an admin's: auth is off,
 /// or its token's role is admin.
 pub fn is_admin(auth_required: bool, extensions: &http::Extensions) -> bool {
     !auth_required

@@ -44,8 +44,8 @@ use axum::{
 };
 use futures::StreamExt as _;
 use mcp_pool::{
-    AcquireRequest, CallOptions, Pool, PoolError, Principal, ServerEvent, ServerEventKind,
-    ServerId, traits::ServerRequestHandler,
+    AcquireRequest, AffinityState, CallOptions, Pool, PoolError, Principal, ServerEvent,
+    ServerEventKind, ServerId, traits::ServerRequestHandler,
 };
 use mcp_pool_transports::server::{
     SseServer, SseServerConfig, WebSocketServer, WebSocketServerConfig,
@@ -102,12 +102,23 @@ struct SessionSlot(Arc<SlotGuard>);
 struct SlotGuard {
     slots: Arc<SessionSlots>,
     user: Principal,
+    /// The session's sticky affinity (its [`Proxy`]'s), set at its `initialize`.
+    affinity: OnceLock<String>,
+    /// Whether the pool was seen holding a binding for it: from then on, a binding gone is a
+    /// conversation lost ([`conversation_lost`]).
+    bound: std::sync::atomic::AtomicBool,
+    /// Its Proxy found the conversation lost while forwarding: the session's next request ends
+    /// it with a 404.
+    lost: std::sync::atomic::AtomicBool,
     /// The streamable HTTP session this slot was taken for, once its id is known: removed
     /// from its manager when the session ends. rmcp's `LocalSessionManager` keeps the handle
     /// of a session whose worker ended on its idle timeout, so its id would go on answering
     /// as a live session's and its memory would stay.
-    session: Mutex<Option<(Arc<LocalSessionManager>, String)>>,
+    session: Mutex<Option<HeldSession>>,
 }
+
+/// A streamable HTTP session a slot was taken for: its manager, its server's sessions, its id.
+type HeldSession = (Arc<LocalSessionManager>, Arc<Sessions>, String);
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
@@ -120,21 +131,77 @@ impl Drop for SlotGuard {
                 }
             }
         }
-        if let Some((manager, id)) = self.session.lock().take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(async move {
-                manager.sessions.write().await.remove(id.as_str());
-            });
+        if let Some((manager, sessions, id)) = self.session.lock().take() {
+            sessions.seats.lock().remove(&id);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    manager.sessions.write().await.remove(id.as_str());
+                });
+            }
         }
     }
 }
 
 impl SessionSlot {
     /// The slot belongs to session `id` of `manager`, which forgets it when the slot ends.
-    fn bind(&self, manager: &Arc<LocalSessionManager>, id: &str) {
-        *self.0.session.lock() = Some((manager.clone(), id.to_owned()));
+    fn bind(&self, manager: &Arc<LocalSessionManager>, sessions: &Arc<Sessions>, id: &str) {
+        sessions
+            .seats
+            .lock()
+            .insert(id.to_owned(), Arc::downgrade(&self.0));
+        *self.0.session.lock() = Some((manager.clone(), sessions.clone(), id.to_owned()));
     }
+
+    /// Ends the streamable HTTP session this slot was taken for, if it is known: its id
+    /// answers 404 once this returns.
+    async fn end_session(&self) {
+        let session = self.0.session.lock().clone();
+        if let Some((manager, _, id)) = session {
+            let id: rmcp::transport::streamable_http_server::session::SessionId = id.into();
+            let _ = rmcp::transport::streamable_http_server::SessionManager::close_session(
+                &*manager, &id,
+            )
+            .await;
+        }
+    }
+}
+
+/// Why the conversation of the downstream session holding `slot` is lost, if it is: the pool
+/// holds no live binding for its affinity any more, after it was seen holding one. `upstream`
+/// is the request's upstream principal.
+fn conversation_lost(
+    pool: &Pool,
+    server: &ServerId,
+    upstream: Principal,
+    slot: &SlotGuard,
+) -> Option<&'static str> {
+    if slot.lost.load(Ordering::Relaxed) {
+        return Some("rebound");
+    }
+    let affinity = slot.affinity.get()?;
+    match pool.affinity_state(server, upstream, affinity) {
+        Some(AffinityState::Bound(_)) => {
+            slot.bound.store(true, Ordering::Relaxed);
+            None
+        }
+        Some(AffinityState::Lost(reason)) => Some(reason.as_str()),
+        _ if slot.bound.load(Ordering::Relaxed) => Some("gone"),
+        _ => None,
+    }
+}
+
+/// Logs and counts a downstream session ended because its conversation's upstream session was
+/// lost ([`crate::metrics::SESSIONS_LOST_TOTAL`]).
+fn record_lost(server: &ServerId, reason: &'static str) {
+    tracing::warn!(
+        server = %server,
+        reason,
+        "a downstream MCP session ended: its upstream session was lost, and the conversation's \
+         server-side state with it; its client gets HTTP 404 and initializes again"
+    );
+    ::metrics::counter!(crate::metrics::SESSIONS_LOST_TOTAL, "server" => server.to_string(),
+        "reason" => reason)
+    .increment(1);
 }
 
 impl SessionSlots {
@@ -149,6 +216,9 @@ impl SessionSlots {
         Ok(SessionSlot(Arc::new(SlotGuard {
             slots: self.clone(),
             user,
+            affinity: OnceLock::new(),
+            bound: Default::default(),
+            lost: Default::default(),
             session: Mutex::new(None),
         })))
     }
@@ -261,6 +331,8 @@ struct Sessions {
     peers: Mutex<HashMap<u64, Downstream>>,
     /// Session id → the principal that created it.
     owners: Mutex<HashMap<String, Principal>>,
+    /// Session id → its slot, while the session lives (weak: the session's Proxy holds it).
+    seats: Mutex<HashMap<String, std::sync::Weak<SlotGuard>>>,
 }
 
 struct Downstream {
@@ -489,19 +561,58 @@ pub(crate) async fn endpoint(
         Err(error) => return error.into_response(),
     };
     let endpoint = state.mcp.endpoint(&state, &server);
-    let principal = owner_of(&state, &server, &request);
+    let Caller {
+        owner: principal,
+        upstream,
+        ..
+    } = caller(
+        &state.registry,
+        &server,
+        state.auth.is_required(),
+        request.headers(),
+        request.extensions(),
+    );
     let session = request
         .headers()
         .get(SESSION_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let delete = request.method() == http::Method::DELETE;
     if let Some(session) = &session {
         let owner = endpoint.sessions.owners.lock().get(session).copied();
         if owner.is_some_and(|owner| owner != principal) {
             return ApiError::new(StatusCode::NOT_FOUND, "Session not found").into_response();
         }
+        // A conversation whose upstream session is gone is told so (the MCP spec's 404: the
+        // client initializes again), never continued on a fresh upstream session.
+        let seat = endpoint
+            .sessions
+            .seats
+            .lock()
+            .get(session)
+            .and_then(|w| w.upgrade());
+        if let Some(seat) = seat.filter(|_| !delete)
+            && let Some(reason) = conversation_lost(&state.pool, &server, upstream, &seat)
+        {
+            endpoint.sessions.seats.lock().remove(session);
+            endpoint.sessions.owners.lock().remove(session);
+            if let Some(group) = &state.group {
+                group.release(session);
+            }
+            if reason != "rebound" {
+                record_lost(&server, reason);
+            }
+            SessionSlot(seat).end_session().await;
+            return ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!(
+                    "Session not found: its upstream session was lost ({reason}), and the \
+                     conversation's server-side state with it; initialize a new session"
+                ),
+            )
+            .into_response();
+        }
     }
-    let delete = request.method() == http::Method::DELETE;
     let (mut request, initialize) = match checked_json_rpc(request, state.max_body_bytes).await {
         Ok(checked) => checked,
         Err(response) => return response,
@@ -554,7 +665,10 @@ pub(crate) async fn endpoint(
     let response = endpoint.service.handle(request).await;
     let (ended, claimed) = endpoint.record_owner(session, delete, principal, &response);
     if let (Some(slot), Some(created)) = (slot, &claimed) {
-        slot.bind(&endpoint.manager, created);
+        slot.bind(&endpoint.manager, &endpoint.sessions, created);
+    }
+    for ended in &ended {
+        endpoint.sessions.seats.lock().remove(ended);
     }
     if let Some(group) = &state.group {
         for session in &ended {
@@ -788,6 +902,8 @@ pub(crate) struct Proxy {
     subscriptions: Arc<Mutex<HashSet<String>>>,
     /// The user's count of this session ([`SessionSlots`]), from `initialize` until dropped.
     held: OnceLock<SessionSlot>,
+    /// Its conversation's upstream session was lost: every request is refused.
+    lost: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
@@ -809,6 +925,7 @@ impl Proxy {
             sessions,
             subscriptions: Default::default(),
             held: OnceLock::new(),
+            lost: Default::default(),
         }
     }
 
@@ -886,7 +1003,11 @@ impl Proxy {
         request.get_meta_mut().extend(forwarded_meta(&context.meta));
 
         let (sink, mut notifications) = mpsc::channel(RELAY_CAPACITY);
+        if self.lost.load(Ordering::Relaxed) {
+            return Err(conversation_lost_error());
+        }
         let options = CallOptions::new()
+            .refuse_rebind()
             .headers(headers.clone())
             .notifications(sink)
             .requests(Arc::new(AskDownstream {
@@ -924,6 +1045,16 @@ impl Proxy {
             Err(_) => "failed",
         };
         self.record(&method, label, started);
+        if let Err(PoolError::ConversationLost { .. }) = &outcome {
+            // This downstream session ends; its later requests get 404 (over HTTP+SSE and
+            // WebSocket, where a session is its connection, the same error each time).
+            self.lost.store(true, Ordering::Relaxed);
+            record_lost(&self.server, "rebound");
+            if let Some(slot) = self.held.get() {
+                slot.0.lost.store(true, Ordering::Relaxed);
+            }
+            return Err(conversation_lost_error());
+        }
         outcome.map_err(upstream_error)
     }
 
@@ -1007,6 +1138,21 @@ async fn relay(
         tracing::debug!(%error, "a notification could not be relayed downstream");
     }
 }
+
+/// The JSON-RPC error of a request whose conversation's upstream session was lost while it was
+/// on its way: nothing was sent upstream.
+fn conversation_lost_error() -> ErrorData {
+    ErrorData::new(
+        ErrorCode(CONVERSATION_LOST_CODE),
+        "the upstream session of this MCP session was lost, and its server-side state with it: \
+         initialize a new session",
+        None,
+    )
+}
+
+/// The JSON-RPC error code of a request refused because its conversation's upstream session
+/// was lost (JSON-RPC 2.0 §5.1's range for implementation-defined server errors).
+pub const CONVERSATION_LOST_CODE: i32 = -32002;
 
 /// What a downstream client sees when the pool or the upstream failed: the upstream's own
 /// JSON-RPC error unchanged, else an internal error whose message says what failed (URLs
@@ -1126,6 +1272,7 @@ impl ServerHandler for Proxy {
             .get::<http::request::Parts>()
             .and_then(|parts| parts.extensions.get::<SessionSlot>())
         {
+            let _ = slot.0.affinity.set(self.affinity.clone());
             let _ = self.held.set(slot.clone());
         }
         self.learn_upstream(&context).await?;

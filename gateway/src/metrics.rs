@@ -27,6 +27,12 @@ pub const MCP_REQUEST_DURATION_SECONDS: &str = "mcp_gateway_mcp_request_duration
 /// `websocket`).
 pub const SESSIONS_REFUSED_TOTAL: &str = "mcp_gateway_sessions_refused_total";
 
+/// Counter of downstream MCP sessions ended because their conversation's upstream session was
+/// lost, labelled `server` and `reason` (an eviction reason such as `broken`, `lifetime`,
+/// `drain`, `user_limit`; `gone` when the pool no longer knows the binding; `rebound` when a
+/// request found it replaced).
+pub const SESSIONS_LOST_TOTAL: &str = "mcp_gateway_sessions_lost_total";
+
 /// Bucket bounds of the duration histograms, seconds (0.5 ms to 30 s).
 pub const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

@@ -16,6 +16,18 @@
 //! MCP routes) answer it as an unknown server, 404 `Server not found`. Its sessions are
 //! drained when it is disabled.
 //!
+//! While it is disabled its record alone holds its pool config: [`Registry::update`] hands
+//! the change the config in force (a config saved through `PUT /servers/{id}/pool/config`
+//! included), so a record written on disabling carries it, and the saved config is deleted
+//! then. Enabling the server again runs the record's config: nothing an operator set is lost
+//! on the way, nor overridden by a saved config older than the record.
+//!
+//! # Settings only the file sets
+//! A `[[servers]]` table's `call_timeout` and `client_capabilities` are not part of a record
+//! ([`FileSettings`]): the registry keeps them per id from the file (at start and at each
+//! reload) and applies them to the server of that id whatever the API changed, so that a
+//! replaced, disabled and enabled, or restarted server keeps them.
+//!
 //! # Drains
 //! Replacing a record drains the server's pool when the way to reach the upstream changed
 //! (an endpoint's URL, transport or weight, or the credentials reference:
@@ -42,42 +54,73 @@
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
+    time::Duration,
 };
 
 use mcp_pool::{
-    Pool, PoolError, ServerConfig, ServerId,
+    DEFAULT_CALL_TIMEOUT, Pool, PoolConfig, PoolError, ServerConfig, ServerId,
+    rmcp::model::ClientCapabilities,
     traits::{Access, BackendError, ServerChange, ServerRecord},
 };
 
 use crate::{auth::Claims, policy::CredentialsPolicy};
 
-/// The pool's configuration of `record`, with its credential header read from the
-/// environment variable the record names, when `policy` allows it.
-///
-/// # Errors
-/// [`RegistryError::Credentials`] when that variable is not allowed, not set, or not valid as
-/// a header: the three look the same, so that nobody learns which variables exist.
-fn server_config(
-    record: &ServerRecord,
-    policy: &CredentialsPolicy,
-) -> Result<ServerConfig, RegistryError> {
-    let config = ServerConfig::from(record.clone());
-    let Some(credentials) = &record.credentials else {
-        return Ok(config);
-    };
-    let refused = || RegistryError::Credentials {
-        server: record.id.clone(),
-        env: credentials.env.clone(),
-    };
-    let value = policy.value(&credentials.env).ok_or_else(refused)?;
-    let mut headers = http::HeaderMap::new();
-    let mut value = http::HeaderValue::try_from(value).map_err(|_| refused())?;
-    value.set_sensitive(true);
-    headers.insert(
-        http::HeaderName::try_from(credentials.header.as_str()).map_err(|_| refused())?,
-        value,
-    );
-    Ok(config.headers(headers))
+/// What a server's `[[servers]]` table in the configuration file sets beyond its record (see
+/// [the module docs](self), "Settings only the file sets"). A server the file does not name
+/// has the defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileSettings {
+    /// How long a call may take ([`ServerConfig::call_timeout`]; default
+    /// [`DEFAULT_CALL_TIMEOUT`]).
+    pub call_timeout: Duration,
+    /// What its sessions advertise in `initialize`
+    /// ([`ServerConfig::client_capabilities`]; `None`: the pool's client config, which
+    /// advertises none).
+    pub client_capabilities: Option<ClientCapabilities>,
+}
+
+impl Default for FileSettings {
+    fn default() -> Self {
+        Self {
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            client_capabilities: None,
+        }
+    }
+}
+
+impl FileSettings {
+    /// The settings `server` (a server of the file) was given.
+    pub fn of(server: &ServerConfig) -> Self {
+        Self {
+            call_timeout: server.configured_call_timeout(),
+            client_capabilities: server.configured_client_capabilities().cloned(),
+        }
+    }
+
+    /// The names of the capabilities advertised, as the file spells them: `sampling`,
+    /// `elicitation`, `roots`, in that order.
+    pub fn capability_names(&self) -> Vec<&'static str> {
+        let Some(c) = &self.client_capabilities else {
+            return Vec::new();
+        };
+        [
+            ("sampling", c.sampling.is_some()),
+            ("elicitation", c.elicitation.is_some()),
+            ("roots", c.roots.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, on)| on.then_some(name))
+        .collect()
+    }
+
+    /// `config` with these settings applied.
+    fn apply_to(&self, config: ServerConfig) -> ServerConfig {
+        let config = config.call_timeout(self.call_timeout);
+        match &self.client_capabilities {
+            Some(capabilities) => config.client_capabilities(capabilities.clone()),
+            None => config,
+        }
+    }
 }
 
 /// Why a registry operation failed.
@@ -125,6 +168,9 @@ pub struct Registry {
     access: Arc<parking_lot::RwLock<HashMap<ServerId, Access>>>,
     /// The variables credentials may name.
     credentials: Arc<CredentialsPolicy>,
+    /// The file's settings of the servers it names (module docs, "Settings only the file
+    /// sets"); replaced by a reload.
+    files: Arc<parking_lot::RwLock<HashMap<ServerId, FileSettings>>>,
     /// Per server, the version of the last backend change applied (module docs, "Several
     /// workers"). Written only while `records` is locked.
     versions: Arc<parking_lot::Mutex<HashMap<ServerId, u64>>>,
@@ -196,6 +242,12 @@ impl Registry {
             forwarding: Arc::default(),
             access: Arc::default(),
             credentials: Arc::new(credentials),
+            files: Arc::new(parking_lot::RwLock::new(
+                seeds
+                    .iter()
+                    .map(|s| (s.id().clone(), FileSettings::of(s)))
+                    .collect(),
+            )),
             versions: Arc::default(),
         };
         for change in registry.pool.backend().list_servers().await? {
@@ -288,7 +340,7 @@ impl Registry {
             return Err(RegistryError::Exists(record.id));
         }
         // Checked before anything is stored: a config the pool rejects is never persisted.
-        server_config(&record, &self.credentials)?.validate()?;
+        self.server_config(&record)?.validate()?;
         let version = self.pool.backend().put_server(&record).await?;
         self.versions.lock().insert(record.id.clone(), version);
         self.apply(None, &record, false).await?;
@@ -302,18 +354,97 @@ impl Registry {
     /// # Errors
     /// [`RegistryError::NotFound`]; otherwise as [`create`](Self::create).
     pub async fn replace(&self, record: ServerRecord) -> Result<(), RegistryError> {
+        let id = record.id.clone();
+        self.update(&id, |_, _| Ok::<_, RegistryError>(record))
+            .await
+            .map(drop)
+    }
+
+    /// Replaces the record of `id` with what `change` makes of the current record and the
+    /// pool config in force ([`pool_in_force`](Self::pool_in_force)), and answers the new
+    /// record. `change` runs while the registry's writes are held, so that two updates never
+    /// build on the same record and lose each other's changes; it must keep the id. Drains as
+    /// [the module docs](self) say.
+    ///
+    /// # Errors
+    /// `change`'s error; [`RegistryError::NotFound`]; otherwise as [`create`](Self::create).
+    pub async fn update<E>(
+        &self,
+        id: &ServerId,
+        change: impl FnOnce(&ServerRecord, &PoolConfig) -> Result<ServerRecord, E>,
+    ) -> Result<ServerRecord, E>
+    where
+        E: From<RegistryError>,
+    {
         let mut records = self.records.lock().await;
         let old = records
-            .get(&record.id)
+            .get(id)
             .cloned()
-            .ok_or_else(|| RegistryError::NotFound(record.id.clone()))?;
-        server_config(&record, &self.credentials)?.validate()?;
-        let version = self.pool.backend().put_server(&record).await?;
+            .ok_or_else(|| RegistryError::NotFound(id.clone()))?;
+        let record = change(&old, &self.pool_in_force(&old))?;
+        debug_assert_eq!(&record.id, id, "an update keeps the server's id");
+        self.server_config(&record)?
+            .validate()
+            .map_err(RegistryError::from)?;
+        let version = self
+            .pool
+            .backend()
+            .put_server(&record)
+            .await
+            .map_err(RegistryError::from)?;
         self.versions.lock().insert(record.id.clone(), version);
         self.apply(Some(&old), &record, false).await?;
-        records.insert(record.id.clone(), record);
+        records.insert(record.id.clone(), record.clone());
         self.index(&records);
-        Ok(())
+        Ok(record)
+    }
+
+    /// The pool config `record`'s server runs: while it is served, the pool's (a config saved
+    /// through `PUT /servers/{id}/pool/config` may differ from the record's); otherwise the
+    /// record's own.
+    pub fn pool_in_force(&self, record: &ServerRecord) -> PoolConfig {
+        self.pool
+            .server_config(&record.id)
+            .filter(|_| record.enabled)
+            .unwrap_or_else(|| record.pool.clone())
+    }
+
+    /// The file's settings of server `id` ([`FileSettings`]; the defaults for a server the
+    /// file does not name).
+    pub fn file_settings(&self, id: &ServerId) -> FileSettings {
+        self.files.read().get(id).cloned().unwrap_or_default()
+    }
+
+    /// The pool's configuration of `record`: its [`FileSettings`], and its credential header
+    /// read from the environment variable the record names, when the credentials policy
+    /// allows it.
+    ///
+    /// # Errors
+    /// [`RegistryError::Credentials`] when that variable is not allowed, not set, or not valid
+    /// as a header: the three look the same, so that nobody learns which variables exist.
+    fn server_config(&self, record: &ServerRecord) -> Result<ServerConfig, RegistryError> {
+        let config = self
+            .file_settings(&record.id)
+            .apply_to(ServerConfig::from(record.clone()));
+        let Some(credentials) = &record.credentials else {
+            return Ok(config);
+        };
+        let refused = || RegistryError::Credentials {
+            server: record.id.clone(),
+            env: credentials.env.clone(),
+        };
+        let value = self
+            .credentials
+            .value(&credentials.env)
+            .ok_or_else(refused)?;
+        let mut headers = http::HeaderMap::new();
+        let mut value = http::HeaderValue::try_from(value).map_err(|_| refused())?;
+        value.set_sensitive(true);
+        headers.insert(
+            http::HeaderName::try_from(credentials.header.as_str()).map_err(|_| refused())?,
+            value,
+        );
+        Ok(config.headers(headers))
     }
 
     /// Deletes `id`: its record (a tombstone stays in the backend, so a file seed does not
@@ -388,7 +519,8 @@ impl Registry {
 
     /// Applies a re-read configuration file (SIGHUP, [`crate::reload::reload`]): servers the
     /// API never changed follow the file, their records and pools; for an id the backend holds
-    /// (a record or a delete) the backend keeps winning, as at start.
+    /// (a record or a delete) the backend keeps winning, as at start, but the file's own
+    /// settings ([`FileSettings`]) follow the file.
     ///
     /// # Errors
     /// [`RegistryError::Backend`] when the backend cannot list its records,
@@ -413,11 +545,27 @@ impl Registry {
                 .cloned()
                 .collect()
         };
-        let next = seeds(next);
+        let file_changed: Vec<ServerId> = next
+            .iter()
+            .filter(|s| held.contains(s.id()) && self.file_settings(s.id()) != FileSettings::of(s))
+            .map(|s| s.id().clone())
+            .collect();
+        let seeded = seeds(next);
         let mut records = self.records.lock().await;
-        let done = crate::reload::reload(&self.pool, &seeds(previous), &next)?;
-        for server in &next {
+        let mut done = crate::reload::reload(&self.pool, &seeds(previous), &seeded)?;
+        self.files
+            .write()
+            .extend(next.iter().map(|s| (s.id().clone(), FileSettings::of(s))));
+        for server in &seeded {
             records.insert(server.id().clone(), seed_record(server));
+        }
+        // A server the API changed keeps its record, but follows the file's own settings.
+        for id in file_changed {
+            if let Some(record) = records.get(&id).filter(|r| r.enabled) {
+                let config = self.server_config(record)?.pool(self.pool_in_force(record));
+                self.pool.add_server(config)?;
+                done.updated.push(id.to_string());
+            }
         }
         self.index(&records);
         Ok(done)
@@ -426,8 +574,9 @@ impl Registry {
     /// Brings the pool from `old` (`None`: no record before) to `new`. The pool config it runs:
     /// one saved through `PUT /servers/{id}/pool/config` wins at `start` and while the
     /// record's `pool` is unchanged; a changed `pool` is saved over it, so that the backend,
-    /// every worker and the next start agree. With `start` (at start, and for a change another
-    /// worker made and saved), nothing is written.
+    /// every worker and the next start agree. A disabled server's saved config is deleted (its
+    /// record holds its config). With `start` (at start, and for a change another worker made
+    /// and saved), nothing is written.
     async fn apply(
         &self,
         old: Option<&ServerRecord>,
@@ -436,6 +585,11 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         if !new.enabled {
             self.forget(&new.id);
+            if !start {
+                // While disabled, the record holds the pool config (module docs): a saved one
+                // would win over it when the server is enabled again.
+                self.pool.backend().delete_config(&new.id).await?;
+            }
             return Ok(());
         }
         let in_pool = old.filter(|o| o.enabled);
@@ -449,7 +603,7 @@ impl Registry {
             };
             crate::log_pool_update(&new.id, &config);
             self.pool
-                .add_server(server_config(new, &self.credentials)?.pool(config))?;
+                .add_server(self.server_config(new)?.pool(config))?;
             if in_pool.is_some() {
                 self.pool.drain_server(&new.id)?;
             }

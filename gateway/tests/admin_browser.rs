@@ -78,6 +78,8 @@ struct Setup {
     token: String,
     /// A token of role `user` (the read-only view).
     user_token: String,
+    /// An admin token that expired an hour ago: what the page's token becomes.
+    expired_token: String,
     _dir: tempdir::Dir,
 }
 
@@ -91,8 +93,16 @@ mod tempdir {
     }
 }
 
+/// An environment value of the stdio server [`Setup::start_with`] may add: never on the page.
+const STDIO_SECRET: &str = "stdio-secret-of-the-file";
+
 impl Setup {
     async fn start(name: &str) -> Self {
+        Self::start_with(name, "").await
+    }
+
+    /// As [`start`](Self::start), with `more` appended to the configuration file.
+    async fn start_with(name: &str, more: &str) -> Self {
         let upstream = ReferenceServer::start().await.unwrap();
         let dir =
             std::env::temp_dir().join(format!("mcp-pool-admin-{name}-{}", std::process::id()));
@@ -101,7 +111,7 @@ impl Setup {
         std::fs::write(
             &config,
             format!(
-                "[[servers]]\nid = \"{SERVER}\"\nendpoints = [{{ url = \"{}\", transport = \"streamable_http\" }}]\n",
+                "[[servers]]\nid = \"{SERVER}\"\nendpoints = [{{ url = \"{}\", transport = \"streamable_http\" }}]\n{more}",
                 upstream.endpoint().url
             ),
         )
@@ -133,11 +143,20 @@ impl Setup {
             SystemTime::now(),
         )
         .unwrap();
+        let expired_token = auth::mint(
+            &secret,
+            "admin",
+            auth::Role::Admin,
+            Duration::from_secs(60),
+            SystemTime::now() - Duration::from_secs(3600),
+        )
+        .unwrap();
         Self {
             gw,
             upstream,
             token,
             user_token,
+            expired_token,
             _dir: tempdir::Dir(dir),
         }
     }
@@ -224,6 +243,8 @@ where
         .env("ADMIN_REFRESH", REFRESH)
         .env("ADMIN_PASSWORD", PASSWORD)
         .env("ADMIN_USER_TOKEN", &setup.user_token)
+        .env("ADMIN_EXPIRED_TOKEN", &setup.expired_token)
+        .env("ADMIN_STDIO_SECRET", STDIO_SECRET)
         .env("CHROMIUM", chromium)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -403,5 +424,53 @@ async fn the_username_and_password_sign_in_mints_a_token() {
     // The log up to the refusal of the wrong password: no password in it, wrong or right.
     setup.gw.wait_for("admin sign-in refused").await;
     assert!(!setup.gw.log.contains(PASSWORD) && !setup.gw.log.contains("not the password"));
+    setup.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deactivate_then_activate_keeps_a_sticky_pool_config_in_the_browser() {
+    if browser().is_none() {
+        return;
+    }
+    // A stdio server of the file (never started: nothing calls it), edited in the page.
+    let tool = format!(
+        "[[servers]]\nid = \"tool\"\nendpoints = [{{ transport = \"stdio\", command = \"mcp-server-nowhere\", \
+         args = [\"--mode\", \"stdio\"], env = {{ API_KEY = \"{STDIO_SECRET}\" }} }}]\n"
+    );
+    let mut setup = Setup::start_with("toggle", &tool).await;
+    let sticky = json!({"enabled": true, "strategy": "sticky", "min_size": 3, "max_size": 8,
+        "size": 4, "max_idle_time": 600});
+    setup.put_config(sticky.clone()).await;
+    let config = async |setup: &Setup| -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}/servers/{SERVER}/pool/config", setup.gw.base))
+            .bearer_auth(&setup.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    };
+    let before = config(&setup).await;
+    run_without_asks(&mut setup, "toggle").await;
+    let after = config(&setup).await;
+    assert_eq!(
+        after, before,
+        "the whole pool config, not only what the page shows"
+    );
+    for (field, value) in sticky.as_object().unwrap() {
+        assert_eq!(&after[field], value, "{field}");
+    }
+    setup.gw.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_keeps_the_open_forms_values_until_signed_in_again() {
+    if browser().is_none() {
+        return;
+    }
+    let mut setup = Setup::start("expired").await;
+    run_without_asks(&mut setup, "expired").await;
     setup.gw.stop().await;
 }

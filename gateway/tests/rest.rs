@@ -221,6 +221,46 @@ async fn out_of_range_fields_are_422_naming_field_value_and_range() {
 }
 
 #[tokio::test]
+async fn sizes_a_body_leaves_out_follow_the_sizes_it_sets() {
+    let f = fixture(4 << 20).await;
+    // `plain` runs sizes 1 / 5 / 10 (min / target / max); each body applies over the last.
+    for (body, sizes) in [
+        (r#"{"max_size": 4}"#, (1, 4, 4)),
+        (r#"{"min_size": 6}"#, (6, 6, 6)),
+        (r#"{"size": 2, "max_size": 3}"#, (2, 2, 3)),
+    ] {
+        let (s, text) = f
+            .send("PUT", "/servers/plain/pool/config", Some(body))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{body}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (
+                v["min_size"].clone(),
+                v["size"].clone(),
+                v["max_size"].clone()
+            ),
+            (json!(sizes.0), json!(sizes.1), json!(sizes.2)),
+            "{body}"
+        );
+    }
+    // The same rule for a server's `pool`.
+    let (s, text) = f
+        .send(
+            "PUT",
+            "/servers/plain",
+            Some(r#"{"pool": {"max_size": 2}}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (v["pool"]["size"].clone(), v["pool"]["max_size"].clone()),
+        (json!(2), json!(2))
+    );
+}
+
+#[tokio::test]
 async fn auth_401_without_with_expired_and_with_foreign_token() {
     let f = fixture(4 << 20).await;
     let expired = auth::mint(

@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::Process;
+use common::{Mcp, Process, messages};
 use mcp_pool_conformance::ReferenceServer;
 use mcp_pool_gateway::auth::{self, Claims, JwtSecret, Role};
 use reqwest::{Client, StatusCode};
@@ -97,121 +97,6 @@ fn detail(text: &str) -> String {
         .ok()
         .and_then(|v| v["detail"].as_str().map(str::to_owned))
         .unwrap_or_else(|| panic!("no {{\"detail\"}} in {text}"))
-}
-
-/// The JSON-RPC messages of an MCP answer: a JSON body, or the `data:` lines of an event
-/// stream.
-fn messages(text: &str) -> Vec<Value> {
-    if let Ok(value) = serde_json::from_str::<Value>(text) {
-        return vec![value];
-    }
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .filter_map(|d| serde_json::from_str(d.trim()).ok())
-        .collect()
-}
-
-/// An MCP client over streamable HTTP, spoken by hand.
-struct Mcp<'a> {
-    http: &'a Client,
-    url: String,
-    token: String,
-    session: Option<String>,
-    /// More request headers (identity headers, say).
-    headers: Vec<(&'static str, &'static str)>,
-}
-
-impl<'a> Mcp<'a> {
-    fn new(http: &'a Client, base: &str, server: &str, token: &str) -> Self {
-        Self {
-            http,
-            url: format!("{base}/servers/{server}/mcp"),
-            token: token.to_owned(),
-            session: None,
-            headers: Vec::new(),
-        }
-    }
-
-    /// POSTs `message` (with `origin`, if any): the status, the session header, the body.
-    async fn post(
-        &self,
-        message: Value,
-        origin: Option<&str>,
-    ) -> (StatusCode, Option<String>, String) {
-        let mut request = self
-            .http
-            .post(&self.url)
-            .bearer_auth(&self.token)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-06-18")
-            .json(&message);
-        if let Some(session) = &self.session {
-            request = request.header("mcp-session-id", session);
-        }
-        if let Some(origin) = origin {
-            request = request.header("origin", origin);
-        }
-        for (name, value) in &self.headers {
-            request = request.header(*name, *value);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let session = response
-            .headers()
-            .get("mcp-session-id")
-            .map(|v| v.to_str().unwrap().to_owned());
-        (status, session, response.text().await.unwrap())
-    }
-
-    /// `initialize` then `notifications/initialized`: the answer to `initialize`.
-    async fn initialize(&mut self, origin: Option<&str>) -> (StatusCode, String) {
-        let (status, session, text) = self
-            .post(
-                json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-                    "protocolVersion": "2025-06-18", "capabilities": {},
-                    "clientInfo": {"name": "attacker", "version": "1"}}}),
-                origin,
-            )
-            .await;
-        if status.is_success() && session.is_some() {
-            self.session = session;
-            let (s, _, _) = self
-                .post(
-                    json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-                    origin,
-                )
-                .await;
-            assert!(s.is_success(), "notifications/initialized: {s}");
-        }
-        (status, text)
-    }
-
-    /// `tools/call name arguments`: the JSON-RPC answer.
-    async fn call(&self, name: &str, arguments: Value) -> Value {
-        let (status, _, text) = self
-            .post(
-                json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
-                       "params": {"name": name, "arguments": arguments}}),
-                None,
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{text}");
-        messages(&text)
-            .into_iter()
-            .find(|m| m["id"] == 2)
-            .unwrap_or_else(|| panic!("no answer to tools/call: {text}"))
-    }
-
-    async fn delete(&self) -> StatusCode {
-        self.http
-            .delete(&self.url)
-            .bearer_auth(&self.token)
-            .header("mcp-session-id", self.session.as_deref().unwrap())
-            .send()
-            .await
-            .unwrap()
-            .status()
-    }
 }
 
 /// A server body for `POST /servers` reaching `url`, with `extra` fields.
@@ -725,13 +610,16 @@ async fn downstream_sessions_per_user_are_capped_and_expire() {
 
     // Idle sessions expire (DOWNSTREAM_SESSION_IDLE_TIMEOUT = 5 s) and their slots come
     // back. A child process's clock cannot be paused: an `initialize` every second (a refused
-    // one touches no session) until one is admitted, within 30 s.
+    // one touches no session) until the three slots the idle sessions held are taken again,
+    // within 30 s. Nothing touches the old sessions meanwhile (a request would keep one alive).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
+    let mut reopened = Vec::new();
+    while reopened.len() < 3 {
         let mut mcp = Mcp::new(&http, &gw.base, "demo", &alice);
         let (status, text) = mcp.initialize(None).await;
         if mcp.session.is_some() {
-            break;
+            reopened.push(mcp);
+            continue;
         }
         assert!(
             text.contains("DOWNSTREAM_SESSIONS_PER_USER"),
@@ -739,25 +627,28 @@ async fn downstream_sessions_per_user_are_capped_and_expire() {
         );
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no session expired within 30 s"
+            "{} of 3 slots came back within 30 s",
+            reopened.len()
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    // The expired session's id answers 404 (the MCP signal to initialize again) once the
-    // gateway has forgotten it, which follows the freed slot within moments.
+    // The expired sessions' ids answer 404 (the MCP signal to initialize again) once the
+    // gateway has forgotten them, which follows the freed slot within moments.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (status, _, text) = open[0]
-            .post(json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}), None)
-            .await;
-        if status == StatusCode::NOT_FOUND {
-            break;
+    for expired in &open {
+        loop {
+            let (status, _, text) = expired
+                .post(json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}), None)
+                .await;
+            if status == StatusCode::NOT_FOUND {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "an expired session's id still answers {status}: {text}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "an expired session's id still answers {status}: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

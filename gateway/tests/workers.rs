@@ -536,3 +536,79 @@ async fn sixty_four_sessions_over_three_workers_at_random_never_cross_identities
     }
     upstream.stop().await;
 }
+
+/// 16 sticky conversations for each of two users over three workers, every request sent to a
+/// random worker, on a server whose `max_size` (3 per worker) cannot hold them all: a conversation sees
+/// `1, 2, 3, …` on its session, or a 404 — its upstream session was closed to make room — and
+/// then counts from 1 on the session it initializes next. Never a silent reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversations_over_three_workers_see_their_state_or_a_404() {
+    for shared in shared_backends() {
+        let kind = shared.cache_type;
+        let upstream = ReferenceServer::start().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut group = workers(&shared, 3, dir.path()).await;
+        create_server(&mut group, &upstream, "st", "sticky").await;
+        // Three conversations of a user per worker at most: most have to make room.
+        let (status, body) = send(
+            &group[0],
+            "PUT",
+            "/servers/st/pool/config",
+            Some(json!({"max_size": 3, "size": 3})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        for worker in &group {
+            until(worker, "/servers/st/pool/config", |status, config| {
+                status == 200 && config["max_size"] == 3
+            })
+            .await;
+        }
+        let mut random = 0x2545_f491_4f6c_dd1d_u64;
+        let mut pick = move || {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            (random % 3) as usize
+        };
+        let mut conversations = Vec::new();
+        for user in ["alice", "bob"] {
+            for _ in 0..16 {
+                let session = McpSession::initialize(&group[pick()], "st", user).await;
+                conversations.push((session, 1u64));
+            }
+        }
+        let mut lost = 0;
+        for _ in 0..3 {
+            for (session, expected) in &mut conversations {
+                match session.counter(&group[pick()]).await {
+                    Ok(text) => {
+                        assert_eq!(
+                            text,
+                            expected.to_string(),
+                            "{kind}: a conversation's state was reset silently"
+                        );
+                        *expected += 1;
+                    }
+                    Err(404) => {
+                        lost += 1;
+                        let (server, user) = (session.server.clone(), session.user.clone());
+                        *session = McpSession::initialize(&group[pick()], &server, &user).await;
+                        assert_eq!(
+                            session.counter(&group[pick()]).await.unwrap(),
+                            "1",
+                            "{kind}"
+                        );
+                        *expected = 2;
+                    }
+                    Err(status) => panic!("{kind}: {status}"),
+                }
+            }
+        }
+        eprintln!("{kind}: 32 conversations over 3 workers, 3 calls each: {lost} told with a 404");
+        for worker in &mut group {
+            worker.stop().await;
+        }
+        upstream.stop().await;
+    }
+}

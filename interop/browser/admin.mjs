@@ -51,9 +51,11 @@ page.on("console", (m) => { if (m.type() === "error" && !m.text().startsWith("Fa
 page.on("dialog", (d) => d.accept());
 const shot = async (name) => page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
 
+// The sign-in page (the dialog that asks to sign in again has fields of the same names).
+const signinPage = () => page.locator("#signin");
 async function signIn() {
   await page.goto(`${BASE}/admin?refresh=${REFRESH}`);
-  await page.getByLabel("Bearer token").fill(TOKEN);
+  await signinPage().getByLabel("Bearer token").fill(TOKEN);
   await page.getByRole("button", { name: "Sign in" }).click();
   await page.getByRole("heading", { name: "Servers" }).waitFor();
 }
@@ -78,7 +80,7 @@ const scenarios = {
     const started = Date.now();
     await page.goto(`${BASE}/admin?refresh=${REFRESH}`);
     await shot("admin-signin");
-    await page.getByLabel("Bearer token").fill("not-a-token");
+    await signinPage().getByLabel("Bearer token").fill("not-a-token");
     await page.getByRole("button", { name: "Sign in" }).click();
     await page.getByText("Invalid token").waitFor();
     assert.ok(await page.locator("#app").isHidden(), "the app stays hidden without a valid token");
@@ -237,14 +239,14 @@ const scenarios = {
   // password is refused, the right one signs in with a minted token.
   async password() {
     await page.goto(`${BASE}/admin?refresh=${REFRESH}`);
-    await page.getByText("Sign in with a username and password").click();
-    await page.getByLabel("Username").fill("operator");
-    await page.getByLabel("Password", { exact: true }).fill("not the password");
+    await signinPage().getByText("Sign in with a username and password").click();
+    await signinPage().getByLabel("Username").fill("operator");
+    await signinPage().getByLabel("Password", { exact: true }).fill("not the password");
     await page.getByRole("button", { name: "Sign in with password" }).click();
     await page.getByText("Wrong username or password").waitFor();
-    assert.equal(await page.getByLabel("Password", { exact: true }).inputValue(), "", "the password field is cleared");
+    assert.equal(await signinPage().getByLabel("Password", { exact: true }).inputValue(), "", "the password field is cleared");
     step("a wrong password is refused");
-    await page.getByLabel("Password", { exact: true }).fill(env("ADMIN_PASSWORD"));
+    await signinPage().getByLabel("Password", { exact: true }).fill(env("ADMIN_PASSWORD"));
     await page.getByRole("button", { name: "Sign in with password" }).click();
     await page.getByRole("heading", { name: "Servers" }).waitFor();
     await row().waitFor();
@@ -286,11 +288,136 @@ const scenarios = {
     step("Delete: the row and the server are gone");
   },
 
+  // Deactivate then Activate keep the server's pool config (the test made it sticky 3/8/4,
+  // idle 600 s); while inactive, its Pool Config and Pool Stats are disabled and say why.
+  async toggle() {
+    await signIn();
+    const before = (await api(`/servers/${SERVER}/pool/config`)).body;
+    assert.deepEqual(
+      [before.enabled, before.strategy, before.min_size, before.max_size, before.size, before.max_idle_time],
+      [true, "sticky", 3, 8, 4, 600]);
+    await row().getByText("On · sticky").waitFor();
+    await rowButton("Deactivate").click();
+    await row().getByText("Inactive").waitFor();
+    const why = "Activate the server to configure its pool";
+    await row().getByText(why).waitFor();
+    for (const label of ["Pool Config", "Pool Stats"]) {
+      const button = rowButton(label);
+      assert.ok(await button.isDisabled(), `${label} is disabled`);
+      assert.equal(await button.getAttribute("title"), why, label);
+      const described = await button.evaluate((b) => document.getElementById(b.getAttribute("aria-describedby"))?.textContent);
+      assert.equal(described, why, `${label} is described by the row's note`);
+    }
+    assert.equal(await page.getByRole("dialog").count(), 0, "no dialog, no Server not found");
+    const inactive = (await api(`/servers/${SERVER}`)).body;
+    assert.equal(inactive.enabled, false);
+    assert.deepEqual(inactive.pool, before, "the inactive server's record keeps its pool config");
+    await shot("admin-inactive-server");
+    step("an inactive server's Pool Config and Pool Stats are disabled, and the row says why");
+
+    await rowButton("Activate").click();
+    await row().getByText("Active", { exact: true }).waitFor();
+    await row().getByText("On · sticky").waitFor();
+    assert.deepEqual((await api(`/servers/${SERVER}/pool/config`)).body, before);
+    const config = await openConfigAndEnable();
+    assert.equal(await toggle().getAttribute("aria-checked"), "true");
+    assert.equal(await config.getByLabel("Strategy").inputValue(), "sticky");
+    for (const [label, value] of [["Min Size", "3"], ["Max Size", "8"], ["Target Size", "4"], ["Idle Timeout (seconds)", "600"]]) {
+      assert.equal(await config.getByLabel(label).inputValue(), value, label);
+    }
+    step("Deactivate then Activate: sticky 3/8/4 with idle 600 s, in the API and in Pool Config");
+    await page.keyboard.press("Escape");
+
+    // A stdio server of the configuration file: Edit shows its command, read-only, and saves a
+    // new weight; the command and its environment (masked by the API) are kept.
+    const tool = page.locator('tr[data-server="tool"]');
+    const toolBefore = (await api("/servers/tool")).body.endpoints[0];
+    assert.deepEqual(toolBefore.env, { API_KEY: "***" });
+    await tool.getByRole("button", { name: "Edit tool", exact: true }).click();
+    const edit = page.getByRole("dialog", { name: "Edit server tool" });
+    assert.equal(await edit.getByLabel("URL").inputValue(), "stdio:mcp-server-nowhere");
+    assert.equal(await edit.getByLabel("URL").getAttribute("readonly"), "");
+    assert.ok(await edit.getByLabel("Transport").isDisabled());
+    await edit.getByLabel("Weight").fill("3");
+    await edit.getByRole("button", { name: "Save" }).click();
+    await page.getByRole("status").getByText("Server tool saved").waitFor();
+    assert.deepEqual((await api("/servers/tool")).body.endpoints[0], { ...toolBefore, weight: 3 });
+    await tool.getByRole("button", { name: "Deactivate tool", exact: true }).click();
+    await tool.getByText("Inactive").waitFor();
+    await tool.getByRole("button", { name: "Activate tool", exact: true }).click();
+    await tool.getByText("Active", { exact: true }).waitFor();
+    assert.deepEqual((await api("/servers/tool")).body.endpoints[0], { ...toolBefore, weight: 3 });
+    assert.ok(!(await page.content()).includes(env("ADMIN_STDIO_SECRET")), "no env value on the page");
+    step("a stdio server of the file: Edit changes its weight and keeps its command; Deactivate/Activate too");
+  },
+
+  // The gateway refuses the page's token (ADMIN_EXPIRED_TOKEN, expired, stands in for it)
+  // while a form is open: the form keeps its values, a sign-in opens over it, and Save then
+  // saves them. Pool Config: refused on Save; Edit: refused by the background refresh.
+  async expired() {
+    await signIn();
+    const expired = env("ADMIN_EXPIRED_TOKEN");
+    // Route predicates get a URL.
+    const isApi = (url) => url.pathname.startsWith("/servers");
+    const withExpiredToken = (route) =>
+      route.continue({ headers: { ...route.request().headers(), authorization: `Bearer ${expired}` } });
+    const again = page.getByRole("dialog", { name: "Sign in again" });
+
+    const config = await openConfigAndEnable();
+    if ((await toggle().getAttribute("aria-checked")) === "false") await toggle().click();
+    const values = [["Min Size", "2"], ["Max Size", "6"], ["Target Size", "3"], ["Idle Timeout (seconds)", "900"]];
+    await config.getByLabel("Strategy").selectOption("least_connections");
+    for (const [label, value] of values) await config.getByLabel(label).fill(value);
+    const saveRoute = (url) => url.pathname.endsWith("/pool/config");
+    await page.route(saveRoute, (route) => route.request().method() === "PUT" ? withExpiredToken(route) : route.continue());
+    const refused = page.waitForResponse((r) => r.request().method() === "PUT");
+    await config.getByRole("button", { name: "Save Configuration" }).click();
+    assert.equal((await refused).status(), 401);
+    await again.waitFor();
+    await page.locator("#pc-error").getByText("Not saved: the gateway refused the token (Token has expired").waitFor();
+    assert.ok(await config.isVisible(), "Pool Config stays open under the sign-in");
+    assert.equal(await config.getByLabel("Strategy").inputValue(), "least_connections");
+    for (const [label, value] of values) assert.equal(await config.getByLabel(label).inputValue(), value, label);
+    assert.notEqual((await api(`/servers/${SERVER}/pool/config`)).body.strategy, "least_connections", "nothing saved");
+    await shot("admin-sign-in-again");
+    step("a refused Save keeps Pool Config and its values, and asks to sign in again over it");
+    await page.unroute(saveRoute);
+    await again.getByLabel("Bearer token").fill(TOKEN);
+    await again.getByRole("button", { name: "Sign in", exact: true }).click();
+    await again.waitFor({ state: "hidden" });
+    await page.locator("#pc-error").getByText("Signed in again: press Save again").waitFor();
+    await config.getByRole("button", { name: "Save Configuration" }).click();
+    await page.getByRole("status").getByText("Pool configuration saved successfully").waitFor();
+    const saved = (await api(`/servers/${SERVER}/pool/config`)).body;
+    assert.deepEqual([saved.strategy, saved.min_size, saved.max_size, saved.size, saved.max_idle_time], ["least_connections", 2, 6, 3, 900]);
+    step("signed in again, Save saves the same values");
+
+    await rowButton("Edit").click();
+    const edit = page.getByRole("dialog", { name: `Edit server ${SERVER}` });
+    await edit.getByLabel("Name").fill("Renamed after signing in again");
+    await page.route(isApi, withExpiredToken);
+    // The background refresh is the first to be refused.
+    await again.waitFor({ timeout: 3 * REFRESH * 1000 });
+    assert.equal(await edit.getByLabel("Name").inputValue(), "Renamed after signing in again");
+    await page.unroute(isApi, withExpiredToken);
+    await again.getByText("Sign in with a username and password").click();
+    await again.getByLabel("Username").fill("operator");
+    await again.getByLabel("Password", { exact: true }).fill(env("ADMIN_PASSWORD"));
+    await again.getByRole("button", { name: "Sign in with password" }).click();
+    await again.waitFor({ state: "hidden" });
+    await edit.getByRole("button", { name: "Save" }).click();
+    await page.getByRole("status").getByText(`Server ${SERVER} saved`).waitFor();
+    const server = (await api(`/servers/${SERVER}`)).body;
+    assert.equal(server.name, "Renamed after signing in again");
+    assert.deepEqual(server.pool, saved, "the edit kept the pool config");
+    step("a refusal during Edit keeps its values; signed in with the password, Save saves them");
+  },
+
   // A user token (role user): a read-only view. Nothing that needs the admin role is offered,
   // and the page says why.
   async readonly() {
     await page.goto(`${BASE}/admin?refresh=${REFRESH}`);
-    await page.getByLabel("Bearer token").fill(env("ADMIN_USER_TOKEN"));
+    await signinPage().getByLabel("Bearer token").fill(env("ADMIN_USER_TOKEN"));
     await page.getByRole("button", { name: "Sign in" }).click();
     await page.getByRole("heading", { name: "Servers" }).waitFor();
     await page.getByText("Signed in with a user token: a read-only view.").waitFor();

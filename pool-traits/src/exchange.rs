@@ -4,7 +4,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     fmt,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, OnceLock},
     time::Duration,
 };
 
@@ -236,6 +236,47 @@ impl ServerEvents {
     }
 }
 
+/// Why a session is gone ([`SessionHandler::report_lost`],
+/// [`SessionHandler::report_forgotten`]); also the error a call on a lost session fails with,
+/// inside rmcp's `ServiceError::TransportSend` (downcast its `error` to find it). Its message
+/// is the cause in words.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the session is gone: {cause}")]
+pub struct SessionLost {
+    cause: String,
+    forgotten: bool,
+}
+
+impl SessionLost {
+    /// The connection that carried the session is gone, for `cause` (in words): nothing more
+    /// arrives on it.
+    pub fn disconnected(cause: impl Into<String>) -> Self {
+        Self {
+            cause: cause.into(),
+            forgotten: false,
+        }
+    }
+
+    /// The server, still answering, no longer knows the session, for `cause` (in words).
+    pub fn forgotten(cause: impl Into<String>) -> Self {
+        Self {
+            cause: cause.into(),
+            forgotten: true,
+        }
+    }
+
+    /// Why, in words.
+    pub fn cause(&self) -> &str {
+        &self.cause
+    }
+
+    /// Whether the server forgot the session ([`forgotten`](Self::forgotten)) rather than
+    /// the connection being gone: requests already sent still get the server's own answers.
+    pub fn is_forgotten(&self) -> bool {
+        self.forgotten
+    }
+}
+
 /// The rmcp client service of a pooled session: it sends the `initialize` parameters (client
 /// info and the capabilities configured for the server) and routes what the server sends.
 /// Cheap to clone.
@@ -269,6 +310,10 @@ struct HandlerInner {
     session: broadcast::Sender<ServerNotification>,
     routes: Mutex<Routes>,
     registered: Notify,
+    /// Why the session is gone, once a transport (or the pool) said so: the first report wins.
+    lost: OnceLock<SessionLost>,
+    /// Cancelled when `lost` is set: what [`SessionHandler::lost`] waits for.
+    lost_signal: CancellationToken,
 }
 
 #[derive(Default)]
@@ -293,6 +338,7 @@ impl fmt::Debug for SessionHandler {
             .field("client", &self.inner.info.client_info.name)
             .field("capabilities", &self.inner.info.capabilities)
             .field("calls_in_flight", &calls)
+            .field("lost", &self.inner.lost.get().map(SessionLost::cause))
             .finish_non_exhaustive()
     }
 }
@@ -315,6 +361,8 @@ impl SessionHandler {
                 session: broadcast::channel(SESSION_EVENTS_CAPACITY).0,
                 routes: Mutex::new(Routes::default()),
                 registered: Notify::new(),
+                lost: OnceLock::new(),
+                lost_signal: CancellationToken::new(),
             }),
         }
     }
@@ -357,6 +405,70 @@ impl SessionHandler {
     /// Number of calls registered and not yet ended.
     pub fn calls_in_flight(&self) -> usize {
         lock(&self.inner.routes).calls.len()
+    }
+
+    /// Reports that the connection carrying the session is gone for good: it closed, or it
+    /// could not be re-established. What a transport calls when it learns so (a request's own
+    /// failure fails that request as usual): the pool then evicts the session at once, hands
+    /// it to no one again, and fails the calls in flight on it at once with a
+    /// [`SessionLost`] instead of letting them wait for their deadline — nothing more can
+    /// arrive for them. rmcp's service loop of the session ends too. Every transport served
+    /// through [`serve`](Self::serve) reports it when its `receive` ends.
+    ///
+    /// `cause` says why in words, for operators (the pool shows it as the endpoint's last
+    /// error): no URL with credentials, no secret. The first report of a loss (this or
+    /// [`report_forgotten`](Self::report_forgotten)) wins; returns whether this one was the
+    /// first.
+    pub fn report_lost(&self, cause: impl Into<String>) -> bool {
+        self.report(SessionLost::disconnected(cause))
+    }
+
+    /// Reports that the server, still answering, no longer knows the session: it answered a
+    /// request of the session (its event stream `GET`, a call) with HTTP 404, or 400 naming
+    /// the session (MCP spec: "the server MAY terminate the session at any time, after which
+    /// it MUST respond to requests containing that session ID with HTTP 404"). As
+    /// [`report_lost`](Self::report_lost), except that the calls already sent are left to the
+    /// server's own answers, which it gives at once: a refusal (a request it never handled,
+    /// which a pool may retry on another session) or their result. A call sent afterwards
+    /// fails without being sent.
+    pub fn report_forgotten(&self, cause: impl Into<String>) -> bool {
+        self.report(SessionLost::forgotten(cause))
+    }
+
+    fn report(&self, lost: SessionLost) -> bool {
+        let first = self.inner.lost.set(lost).is_ok();
+        if first {
+            self.inner.lost_signal.cancel();
+        }
+        first
+    }
+
+    /// Whether the session was reported lost or forgotten: one atomic load (the pool asks on
+    /// every acquire).
+    pub fn is_lost(&self) -> bool {
+        self.inner.lost.get().is_some()
+    }
+
+    /// Why the session was reported lost or forgotten, if it was.
+    pub fn lost_cause(&self) -> Option<&SessionLost> {
+        self.inner.lost.get()
+    }
+
+    /// Completes when the session is reported lost or forgotten (at once if it already was).
+    /// Cancel-safe.
+    pub async fn lost(&self) {
+        self.inner.lost_signal.cancelled().await;
+    }
+
+    /// Completes when the session is reported lost with its connection gone
+    /// ([`report_lost`](Self::report_lost)): never after
+    /// [`report_forgotten`](Self::report_forgotten), whose calls in flight still get answers.
+    /// Cancel-safe.
+    pub async fn disconnected(&self) {
+        self.lost().await;
+        if self.lost_cause().is_some_and(SessionLost::is_forgotten) {
+            std::future::pending::<()>().await;
+        }
     }
 
     fn to_session(&self, notification: ServerNotification) {
@@ -565,7 +677,20 @@ impl<T: Transport<RoleClient>> Transport<RoleClient> for Tap<T> {
     }
 
     async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
-        let mut message = self.inner.receive().await?;
+        // A session whose connection is reported gone ends here: rmcp's service loop stops,
+        // and requests made on the peer directly fail instead of waiting. A receive cut short
+        // loses nothing that matters: nothing is received after it. (A forgotten session keeps
+        // receiving: the answers to requests already sent are still coming.)
+        let received = tokio::select! {
+            biased;
+            () = self.handler.disconnected() => return None,
+            received = self.inner.receive() => received,
+        };
+        let Some(mut message) = received else {
+            self.handler
+                .report_lost("the connection carrying the session closed");
+            return None;
+        };
         if let rmcp::model::JsonRpcMessage::Notification(n) = &mut message {
             self.handler.route_notification(n.notification.clone());
             n.notification.extensions_mut().insert(Routed);
@@ -743,6 +868,118 @@ mod tests {
         // A later change is published at once again.
         handler.route_notification(changed());
         assert!(rx.try_recv().is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_loss_reported_wins_and_wakes_its_waiters() {
+        let handler = handler();
+        assert!(!handler.is_lost());
+        let waiting = {
+            let handler = handler.clone();
+            tokio::spawn(async move { handler.lost().await })
+        };
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(handler.report_forgotten("HTTP 404"));
+        assert!(
+            !handler.report_lost("the connection closed"),
+            "only the first counts"
+        );
+        waiting.await.unwrap();
+        assert!(handler.is_lost());
+        let lost = handler.lost_cause().unwrap();
+        assert_eq!(lost.cause(), "HTTP 404");
+        assert!(lost.is_forgotten());
+        assert_eq!(lost.to_string(), "the session is gone: HTTP 404");
+        // Already lost: at once.
+        handler.lost().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_lost_connection_disconnects_a_forgotten_session_keeps_receiving() {
+        let forgotten = handler();
+        forgotten.report_forgotten("HTTP 400 naming the session");
+        let never = tokio::time::timeout(Duration::from_secs(3600), forgotten.disconnected());
+        assert!(
+            never.await.is_err(),
+            "answers to requests already sent still come"
+        );
+
+        let lost = handler();
+        let disconnected = {
+            let lost = lost.clone();
+            tokio::spawn(async move { lost.disconnected().await })
+        };
+        lost.report_lost("the event stream could not be re-established");
+        disconnected.await.unwrap();
+        assert!(!lost.lost_cause().unwrap().is_forgotten());
+    }
+
+    /// A transport whose `receive` ends when `end` fires and never sends anything.
+    struct Silent {
+        end: CancellationToken,
+    }
+
+    impl Transport<RoleClient> for Silent {
+        type Error = std::io::Error;
+
+        fn send(
+            &mut self,
+            _item: TxJsonRpcMessage<RoleClient>,
+        ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+            std::future::ready(Ok(()))
+        }
+
+        async fn receive(&mut self) -> Option<RxJsonRpcMessage<RoleClient>> {
+            self.end.cancelled().await;
+            None
+        }
+
+        async fn close(&mut self) -> Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_tap_reports_a_transport_that_ends_and_ends_a_disconnected_one() {
+        // The transport ends: the session is reported lost.
+        let handler = handler();
+        let end = CancellationToken::new();
+        let mut tap = Tap {
+            inner: Silent { end: end.clone() },
+            handler: handler.clone(),
+        };
+        end.cancel();
+        assert!(tap.receive().await.is_none());
+        let lost = handler.lost_cause().expect("reported");
+        assert_eq!(lost.cause(), "the connection carrying the session closed");
+        assert!(!lost.is_forgotten());
+
+        // Reported lost elsewhere: the tap ends the service loop though the transport would
+        // go on.
+        let handler = SessionHandler::new(default_client_config(), None);
+        let mut tap = Tap {
+            inner: Silent {
+                end: CancellationToken::new(),
+            },
+            handler: handler.clone(),
+        };
+        let receive = tokio::spawn(async move { tap.receive().await.is_none() });
+        tokio::task::yield_now().await;
+        handler.report_lost("could not be re-established");
+        assert!(receive.await.unwrap());
+
+        // Forgotten: the tap keeps receiving.
+        let handler = SessionHandler::new(default_client_config(), None);
+        handler.report_forgotten("HTTP 404");
+        let mut tap = Tap {
+            inner: Silent {
+                end: CancellationToken::new(),
+            },
+            handler,
+        };
+        let receive = tokio::time::timeout(Duration::from_secs(3600), tap.receive());
+        assert!(receive.await.is_err(), "still receiving");
     }
 
     #[derive(Debug)]

@@ -25,7 +25,7 @@ pub use endpoint::{
 };
 pub use exchange::{
     CallHeaders, CallRoute, SESSION_EVENTS_CAPACITY, ServerEvent, ServerEventKind, ServerEvents,
-    ServerRequestHandler, SessionHandler,
+    ServerRequestHandler, SessionHandler, SessionLost,
 };
 pub use failure::FailureKind;
 pub use id::{ID_RULE, InvalidId, ServerId, StateId};
@@ -36,8 +36,8 @@ pub use identity::{
 pub use redact::{REDACTED, RedactedHeaders, redact_url};
 pub use registry::{Access, CredentialsRef, SavedServer, ServerChange, ServerRecord};
 pub use strategy::{
-    AffinityKey, Binding, EndpointView, EvictionReason, LeaseOutcome, LeaseReport, SelectContext,
-    Selection, Selector, SessionId, SessionView, Strategy, least_loaded_endpoint,
+    AffinityKey, AffinityState, Binding, EndpointView, EvictionReason, LeaseOutcome, LeaseReport,
+    SelectContext, Selection, Selector, SessionId, SessionView, Strategy, least_loaded_endpoint,
 };
 pub use transport::{
     ClientSession, ConnectRequest, Transport, TransportError, default_client_config,

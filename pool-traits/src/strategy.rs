@@ -125,6 +125,11 @@ pub enum EvictionReason {
     /// Closed while idle to make room under a pool-wide cap (total sessions, sessions per
     /// user, keys).
     Capacity,
+    /// Reported gone by its transport or by a call's answer
+    /// ([`SessionHandler::report_lost`](crate::SessionHandler::report_lost)): the server no
+    /// longer knows it (HTTP 404, or 400 naming the session), its event stream could not be
+    /// re-established, or its connection closed.
+    Lost,
 }
 
 impl EvictionReason {
@@ -141,13 +146,14 @@ impl EvictionReason {
             Self::Unbound => "unbound",
             Self::KeyEvicted => "key_evicted",
             Self::Capacity => "capacity",
+            Self::Lost => "lost",
         }
     }
 
     /// Whether the session died rather than being retired on purpose: a sticky binding to it
     /// is then replaced with [`Binding::Rebound`].
     pub const fn is_death(self) -> bool {
-        matches!(self, Self::Broken | Self::Health)
+        matches!(self, Self::Broken | Self::Health | Self::Lost)
     }
 }
 
@@ -265,6 +271,30 @@ pub trait Selector: Send + fmt::Debug + 'static {
     fn unbind(&mut self, _affinity: &SelectContext) -> Option<SessionId> {
         None
     }
+
+    /// Where `affinity` stands: bound to a live session, lost with its session, or unknown.
+    /// A gateway asks before forwarding a conversation's request, so that a conversation whose
+    /// server-side state is gone is told (MCP: HTTP 404, the client initializes again) rather
+    /// than continued on a fresh session. Selectors that [bind](Self::binds) should answer it;
+    /// the default, for those that do not, is [`AffinityState::Unknown`].
+    fn affinity_state(&self, _affinity: &SelectContext) -> AffinityState {
+        AffinityState::Unknown
+    }
+}
+
+/// Where an affinity key stands with a selector ([`Selector::affinity_state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AffinityState {
+    /// Bound to this live session.
+    Bound(SessionId),
+    /// Its session left the pool for this reason while bound: the conversation's server-side
+    /// state is gone, and the next acquire for it creates a session that
+    /// [rebinds](Binding::Rebound).
+    Lost(EvictionReason),
+    /// Not bound: never bound, unbound, ended with its session's idleness or its key, lost
+    /// long enough ago to be forgotten, or the selector does not bind.
+    Unknown,
 }
 
 /// The index among `endpoints` an available endpoint with the fewest sessions, ties broken by

@@ -3,8 +3,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use mcp_pool_traits::{
-    AffinityKey, Binding, Digest256, EndpointView, EvictionReason, SelectContext, Selection,
-    Selector, SessionId, SessionView, Strategy, StrategyKind, least_loaded_endpoint,
+    AffinityKey, AffinityState, Binding, Digest256, EndpointView, EvictionReason, SelectContext,
+    Selection, Selector, SessionId, SessionView, Strategy, StrategyKind, least_loaded_endpoint,
 };
 
 /// The isolation mode for stateful servers (DESIGN §5, and the cross-conversation leak that got
@@ -53,10 +53,10 @@ pub const MAX_LOST_BINDINGS: usize = 4096;
 enum Bound {
     /// Bound to a live session.
     Live(SessionId),
-    /// Its session was lost: the next session created for it is a rebind. The number is the
-    /// loss's place in [`StickySelector::lost`], so a stale queue entry is told from the
-    /// affinity's latest loss.
-    Lost(u64),
+    /// Its session was lost, for the reason given: the next session created for it is a
+    /// rebind. The number is the loss's place in [`StickySelector::lost`], so a stale queue
+    /// entry is told from the affinity's latest loss.
+    Lost(u64, EvictionReason),
 }
 
 /// The per-key state of [`Sticky`]: bindings both ways, every bound session still in the key,
@@ -118,7 +118,7 @@ impl StickySelector {
     pub fn lost_bindings(&self) -> usize {
         self.by_affinity
             .values()
-            .filter(|bound| matches!(bound, Bound::Lost(_)))
+            .filter(|bound| matches!(bound, Bound::Lost(..)))
             .count()
     }
 
@@ -135,16 +135,17 @@ impl StickySelector {
         self.by_session.insert(id, affinity);
         self.spent.insert(id);
         match previous {
-            Some(Bound::Lost(_)) => Binding::Rebound,
+            Some(Bound::Lost(..)) => Binding::Rebound,
             _ => Binding::Bound,
         }
     }
 
-    /// Marks `affinity`'s binding lost, forgetting the oldest lost binding beyond the cap.
-    fn lose(&mut self, affinity: AffinityKey) {
+    /// Marks `affinity`'s binding lost for `reason`, forgetting the oldest lost binding beyond
+    /// the cap.
+    fn lose(&mut self, affinity: AffinityKey, reason: EvictionReason) {
         let loss = self.next_loss;
         self.next_loss += 1;
-        self.by_affinity.insert(affinity, Bound::Lost(loss));
+        self.by_affinity.insert(affinity, Bound::Lost(loss, reason));
         self.lost.push_back((affinity, loss));
         // The queue holds one entry per loss of the last `max_lost`, so every remembered loss
         // is in it and the lost bindings never exceed the cap.
@@ -152,7 +153,7 @@ impl StickySelector {
             let Some((oldest, loss)) = self.lost.pop_front() else {
                 break;
             };
-            if self.by_affinity.get(&oldest) == Some(&Bound::Lost(loss)) {
+            if matches!(self.by_affinity.get(&oldest), Some(Bound::Lost(l, _)) if *l == loss) {
                 self.by_affinity.remove(&oldest);
             }
         }
@@ -164,6 +165,14 @@ impl Selector for StickySelector {
         true
     }
 
+    fn affinity_state(&self, ctx: &SelectContext) -> AffinityState {
+        match self.by_affinity.get(&affinity(ctx)) {
+            Some(Bound::Live(id)) => AffinityState::Bound(*id),
+            Some(Bound::Lost(_, reason)) => AffinityState::Lost(*reason),
+            None => AffinityState::Unknown,
+        }
+    }
+
     fn select(&mut self, sessions: &[SessionView], ctx: &SelectContext) -> Selection {
         let affinity = affinity(ctx);
         match self.by_affinity.get(&affinity) {
@@ -173,7 +182,7 @@ impl Selector for StickySelector {
                 // Gone without notice (never expected): treat it as lost.
                 None => Selection::Create,
             },
-            Some(Bound::Lost(_)) => Selection::Create,
+            Some(Bound::Lost(..)) => Selection::Create,
             None => {
                 // A session that was never bound (kept warm by min_size) may be bound now.
                 let fresh = sessions
@@ -217,7 +226,7 @@ impl Selector for StickySelector {
             }
             // Lost otherwise (broken, health, lifetime, drain, closed to make room at
             // `max_size` or under a cap): the next session of this affinity is a rebind.
-            _ => self.lose(affinity),
+            _ => self.lose(affinity, reason),
         }
     }
 
@@ -228,7 +237,7 @@ impl Selector for StickySelector {
                 self.by_session.remove(&id);
                 Some(id)
             }
-            Bound::Lost(_) => None,
+            Bound::Lost(..) => None,
         }
     }
 }

@@ -265,6 +265,9 @@ fn describe_streamable_http(error: &StreamableHttpError<reqwest::Error>, depth: 
         // `HTTP 404 Not Found: <body>` (rmcp 3.9, `post_message`), or a JSON body that is not
         // JSON-RPC; rmcp keeps no content type for either.
         E::UnexpectedServerResponse(text) => {
+            if let Some(rest) = text.strip_prefix(crate::delivery::UNKNOWN_SESSION) {
+                return format!("{}{}", crate::delivery::UNKNOWN_SESSION, excerpt(rest));
+            }
             if let Some((status, body)) = status_and_body(text) {
                 return http_answer(status, None, body.as_bytes());
             }

@@ -8,21 +8,35 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use futures::stream::BoxStream;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use mcp_pool_traits::{
-    CallHeaders,
-    rmcp::model::{ClientJsonRpcMessage, GetExtensions, JsonRpcMessage},
+    CallHeaders, SessionHandler,
+    rmcp::model::{ClientJsonRpcMessage, GetExtensions, JsonRpcMessage, RequestId},
 };
 use rmcp::transport::streamable_http_client::{
     StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
 };
 use sse_stream::{Error as SseStreamError, Sse};
 
-use crate::headers::{single_valued, upstream_headers};
+use crate::{
+    delivery::{UNKNOWN_SESSION, names_unknown_session, rejected_status},
+    headers::{single_valued, upstream_headers},
+};
+
+/// The id of `message` when it is a request.
+fn request_id(message: &ClientJsonRpcMessage) -> Option<RequestId> {
+    match message {
+        JsonRpcMessage::Request(request) => Some(request.id.clone()),
+        _ => None,
+    }
+}
 
 /// The [`CallHeaders`] a message carries, if any.
 pub(crate) fn call_headers(message: &ClientJsonRpcMessage) -> Option<&CallHeaders> {
@@ -69,12 +83,58 @@ impl SessionCredentials {
 }
 
 /// rmcp's streamable HTTP client over a [`reqwest::Client`], adding each message's
-/// [`CallHeaders`]. One per session (the credentials it remembers are the session's); clones
-/// share the connection pool.
+/// [`CallHeaders`], and watching what the server says about the session. One per session (the
+/// credentials it remembers are the session's); clones share the connection pool.
+///
+/// - An event stream `GET` of the session answered HTTP 404 or 400 means the server no longer
+///   knows the session (after a restart, or its own expiry: the MCP spec's 404; some servers,
+///   server-everything among them, answer 400 naming the session): the session is
+///   [reported forgotten](SessionHandler::report_forgotten) at once, so the pool evicts it
+///   before anyone calls on it. A `GET` carries no body a valid session could be refused for.
+/// - A JSON-RPC error without an `id` answering a request `POST` (the server could not tie it
+///   to the request: server-everything answers an unknown session so, with HTTP 400) would
+///   never reach the call, which would wait for its deadline: when its message names the
+///   session as unknown, the `POST` fails as [`UNKNOWN_SESSION`] (a request the server never
+///   handled, safe to retry on another session); otherwise the error is given the request's
+///   id, so the call fails with it at once.
 #[derive(Debug, Clone)]
 pub(crate) struct PerCallClient {
     pub(crate) client: reqwest::Client,
     pub(crate) credentials: SessionCredentials,
+    pub(crate) session: SessionHandler,
+    pub(crate) streams: StreamAnswers,
+}
+
+/// Whether the server answered the last `GET` of one of a session's event streams (with a
+/// stream or any HTTP status): a reconnection given up on after answers proves the server
+/// alive, one given up on after connection failures proves it unreachable. Shared by the
+/// session's HTTP client and its retry policy.
+#[derive(Debug, Clone)]
+pub(crate) struct StreamAnswers(Arc<AtomicBool>);
+
+impl Default for StreamAnswers {
+    fn default() -> Self {
+        Self(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl StreamAnswers {
+    /// Whether the last `GET` got no HTTP answer (the connection failed, or timed out).
+    pub(crate) fn last_unanswered(&self) -> bool {
+        !self.0.load(Ordering::Relaxed)
+    }
+
+    fn record<T>(&self, result: &Result<T, StreamableHttpError<reqwest::Error>>) {
+        use StreamableHttpError as E;
+        let answered = match result {
+            Ok(_) => true,
+            Err(E::Client(e)) => e.status().is_some(),
+            Err(E::Io(_) | E::Sse(_) | E::UnexpectedEndOfStream) => false,
+            // A status, a content type or a challenge: rmcp read an HTTP answer.
+            Err(_) => true,
+        };
+        self.0.store(answered, Ordering::Relaxed);
+    }
 }
 
 impl PerCallClient {
@@ -86,6 +146,56 @@ impl PerCallClient {
         SessionCredentials::overlay(&mut custom, &self.credentials.for_message(call));
         custom
     }
+
+    /// Reports the session forgotten when `result`, a `GET` of its event stream, was refused
+    /// with HTTP 404 or 400.
+    fn watch_stream<T>(
+        &self,
+        attached: bool,
+        result: &Result<T, StreamableHttpError<reqwest::Error>>,
+    ) {
+        self.streams.record(result);
+        if let Err(error) = result
+            && attached
+            && let Some(status) = rejected_status(error)
+        {
+            self.session.report_forgotten(format!(
+                "the server does not know the session (its event stream was refused with HTTP \
+                 {status})"
+            ));
+        }
+    }
+}
+
+/// The answer to a `POST` (of the request with id `request`, if it was one), with the id-less
+/// JSON-RPC errors handled as [`PerCallClient`] describes.
+fn post_answer(
+    request: Option<RequestId>,
+    attached: bool,
+    answer: Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>>,
+) -> Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>> {
+    let Ok(StreamableHttpPostResponse::Json(JsonRpcMessage::Error(mut error), session)) = answer
+    else {
+        return answer;
+    };
+    if error.id.is_none() {
+        if attached && names_unknown_session(&error.error.message) {
+            return Err(StreamableHttpError::UnexpectedServerResponse(
+                format!(
+                    "{UNKNOWN_SESSION}JSON-RPC error {}: {}",
+                    error.error.code.0, error.error.message
+                )
+                .into(),
+            ));
+        }
+        if request.is_some() {
+            error.id = request;
+        }
+    }
+    Ok(StreamableHttpPostResponse::Json(
+        JsonRpcMessage::Error(error),
+        session,
+    ))
 }
 
 type Stream = BoxStream<'static, Result<Sse, SseStreamError>>;
@@ -102,9 +212,12 @@ impl StreamableHttpClient for PerCallClient {
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>> {
         let headers = self.headers(call_headers(&message), custom_headers);
-        self.client
+        let (attached, request) = (session_id.is_some(), request_id(&message));
+        let answer = self
+            .client
             .post_message(uri, message, session_id, auth_header, headers)
-            .await
+            .await;
+        post_answer(request, attached, answer)
     }
 
     async fn post_message_with_max_sse_event_size(
@@ -117,7 +230,9 @@ impl StreamableHttpClient for PerCallClient {
         max_sse_event_size: usize,
     ) -> Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>> {
         let headers = self.headers(call_headers(&message), custom_headers);
-        self.client
+        let (attached, request) = (session_id.is_some(), request_id(&message));
+        let answer = self
+            .client
             .post_message_with_max_sse_event_size(
                 uri,
                 message,
@@ -126,7 +241,8 @@ impl StreamableHttpClient for PerCallClient {
                 headers,
                 max_sse_event_size,
             )
-            .await
+            .await;
+        post_answer(request, attached, answer)
     }
 
     async fn delete_session(
@@ -151,9 +267,13 @@ impl StreamableHttpClient for PerCallClient {
         custom_headers: HashMap<HeaderName, HeaderValue>,
     ) -> Result<Stream, StreamableHttpError<reqwest::Error>> {
         let headers = self.headers(None, custom_headers);
-        self.client
+        let attached = session_id.is_some();
+        let result = self
+            .client
             .get_stream(uri, session_id, last_event_id, auth_header, headers)
-            .await
+            .await;
+        self.watch_stream(attached, &result);
+        result
     }
 
     async fn get_stream_with_max_sse_event_size(
@@ -166,7 +286,9 @@ impl StreamableHttpClient for PerCallClient {
         max_sse_event_size: usize,
     ) -> Result<Stream, StreamableHttpError<reqwest::Error>> {
         let headers = self.headers(None, custom_headers);
-        self.client
+        let attached = session_id.is_some();
+        let result = self
+            .client
             .get_stream_with_max_sse_event_size(
                 uri,
                 session_id,
@@ -175,6 +297,110 @@ impl StreamableHttpClient for PerCallClient {
                 headers,
                 max_sse_event_size,
             )
-            .await
+            .await;
+        self.watch_stream(attached, &result);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mcp_pool_traits::rmcp::model::{ErrorCode, ErrorData, JsonRpcError, NumberOrString};
+
+    use super::*;
+
+    fn idless(message: &'static str) -> StreamableHttpPostResponse {
+        StreamableHttpPostResponse::Json(
+            JsonRpcMessage::Error(JsonRpcError {
+                jsonrpc: Default::default(),
+                id: None,
+                error: ErrorData::new(ErrorCode(-32000), message, None),
+            }),
+            None,
+        )
+    }
+
+    #[test]
+    fn an_idless_error_naming_the_session_fails_the_post_as_an_unknown_session() {
+        let answer = post_answer(
+            Some(RequestId::Number(7)),
+            true,
+            Ok(idless("Bad Request: No valid session ID provided")),
+        );
+        match answer {
+            Err(StreamableHttpError::UnexpectedServerResponse(text)) => assert_eq!(
+                text,
+                format!(
+                    "{UNKNOWN_SESSION}JSON-RPC error -32000: Bad Request: No valid session ID \
+                     provided"
+                )
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_stream_get_counts_as_answered_when_the_server_said_anything() {
+        let answers = StreamAnswers::default();
+        assert!(!answers.last_unanswered());
+        answers.record::<()>(&Err(StreamableHttpError::Io(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        ))));
+        assert!(
+            answers.last_unanswered(),
+            "a refused connection is no answer"
+        );
+        answers.record::<()>(&Err(StreamableHttpError::UnexpectedServerResponse(
+            "HTTP 409 Conflict: stream exists".into(),
+        )));
+        assert!(!answers.last_unanswered(), "a status is an answer");
+        answers.record::<()>(&Err(StreamableHttpError::UnexpectedEndOfStream));
+        assert!(answers.last_unanswered());
+        answers.record(&Ok(()));
+        assert!(!answers.last_unanswered());
+    }
+
+    #[test]
+    fn any_other_idless_error_reaches_the_request_it_answers() {
+        for (attached, message) in [
+            (true, "Parse error"),
+            // No session yet (initialize): whatever it says is about this request.
+            (false, "Bad Request: No valid session ID provided"),
+        ] {
+            let answer = post_answer(Some(RequestId::Number(7)), attached, Ok(idless(message)));
+            match answer {
+                Ok(StreamableHttpPostResponse::Json(JsonRpcMessage::Error(error), _)) => {
+                    assert_eq!(error.id, Some(NumberOrString::Number(7)));
+                    assert_eq!(error.error.message, message);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // Answering a notification: nothing to give it to.
+        let answer = post_answer(None, true, Ok(idless("Parse error")));
+        assert!(matches!(
+            answer,
+            Ok(StreamableHttpPostResponse::Json(
+                JsonRpcMessage::Error(JsonRpcError { id: None, .. }),
+                _
+            ))
+        ));
+        // Everything else passes through.
+        assert!(matches!(
+            post_answer(
+                Some(RequestId::Number(1)),
+                true,
+                Ok(StreamableHttpPostResponse::Accepted)
+            ),
+            Ok(StreamableHttpPostResponse::Accepted)
+        ));
+        assert!(matches!(
+            post_answer(
+                Some(RequestId::Number(1)),
+                true,
+                Err(StreamableHttpError::SessionExpired)
+            ),
+            Err(StreamableHttpError::SessionExpired)
+        ));
     }
 }

@@ -4,10 +4,11 @@ use std::{sync::Arc, time::Duration};
 
 use crate::{
     headers::{bounded, single_valued, upstream_headers},
-    per_call::{PerCallClient, SessionCredentials},
+    per_call::{PerCallClient, SessionCredentials, StreamAnswers},
 };
 use mcp_pool_traits::{
-    ClientSession, ConnectRequest, Transport, TransportError, TransportKind, async_trait,
+    ClientSession, ConnectRequest, SessionHandler, Transport, TransportError, TransportKind,
+    async_trait,
 };
 use rmcp::transport::{
     StreamableHttpClientTransport,
@@ -37,6 +38,21 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
 /// ([`default_retry_policy`]): rmcp's default retries forever, so a call in flight when an rmcp
 /// upstream (which sends SSE priming events) dies would never fail and its lease would never
 /// come back.
+///
+/// rmcp 3.9's session never reports its own death, so this transport watches for it and tells
+/// the pool, which then evicts the session at once instead of finding out at the next call or
+/// after a call's deadline, when:
+/// - a `GET` of the session's event stream is answered HTTP 404 or 400: the server no longer
+///   knows the session (it restarted, or expired it):
+///   [reported forgotten](SessionHandler::report_forgotten);
+/// - an event stream cannot be re-established: the retry policy gave up after failed
+///   reconnection attempts (by default [`MAX_STREAM_RESUMES`], within about 2 s), the last
+///   of which got no HTTP answer: [reported lost](SessionHandler::report_lost), and the calls
+///   in flight fail at once.
+///
+/// A request's own answer fails that request instead: HTTP 404 (`SessionExpired`), and an
+/// HTTP 400 or id-less JSON-RPC error naming the session as unknown, which would otherwise
+/// never reach the call (server-everything answers so after a restart).
 #[derive(Clone)]
 pub struct StreamableHttp {
     client: reqwest::Client,
@@ -60,6 +76,32 @@ pub fn default_retry_policy() -> Arc<dyn SseRetryPolicy> {
     policy.base_duration = Duration::from_millis(250);
     policy.max_delay = Some(Duration::from_secs(2));
     Arc::new(policy)
+}
+
+/// The transport's resume policy as one session uses it: when it gives up on one of the
+/// session's event streams after failed reconnection attempts, the last of which got no HTTP
+/// answer, the server is unreachable and the session is reported lost. (Giving up on a stream
+/// that ended cleanly, before any attempt, proves nothing; nor do attempts the server
+/// answered: a 404 or 400 is reported when it comes, another status leaves the session to its
+/// calls.)
+#[derive(Debug)]
+struct SessionRetry {
+    policy: Arc<dyn SseRetryPolicy>,
+    session: SessionHandler,
+    streams: StreamAnswers,
+}
+
+impl SseRetryPolicy for SessionRetry {
+    fn retry(&self, failed_attempts: usize) -> Option<Duration> {
+        let delay = self.policy.retry(failed_attempts);
+        if delay.is_none() && failed_attempts > 0 && self.streams.last_unanswered() {
+            self.session.report_lost(format!(
+                "the server could not be reached: the session's event stream failed \
+                 {failed_attempts} reconnection attempts"
+            ));
+        }
+        delay
+    }
 }
 
 /// The HTTP client the HTTP transports use by default: keep-alive on (idle connections kept
@@ -115,10 +157,17 @@ impl Transport for StreamableHttp {
         let mut config = StreamableHttpClientTransportConfig::with_uri(url.clone())
             .reinit_on_expired_session(false)
             .custom_headers(single_valued(&upstream_headers(request.headers())));
-        config.retry_config = self.retry.clone();
+        let (session, streams) = (request.handler(), StreamAnswers::default());
+        config.retry_config = Arc::new(SessionRetry {
+            policy: self.retry.clone(),
+            session: session.clone(),
+            streams: streams.clone(),
+        });
         let client = PerCallClient {
             client: self.client.clone(),
             credentials: SessionCredentials::default(),
+            session,
+            streams,
         };
         let transport = StreamableHttpClientTransport::with_client(client, config);
         bounded(url, request.timeout(), request.start(transport)).await

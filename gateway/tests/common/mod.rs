@@ -13,7 +13,7 @@ use axum::{
 use http_body_util::BodyExt;
 use mcp_pool::{Pool, ServerConfig};
 use mcp_pool_gateway::{AppState, Auth, Registry, auth};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tower::ServiceExt;
 
 /// The JWT secret of every harness; never in a response.
@@ -145,7 +145,9 @@ pub struct Process {
     pub child: Child,
     pub base: String,
     pub log: String,
-    lines: Lines<BufReader<ChildStderr>>,
+    /// Its stderr, line by line: read by a task of its own as it comes, so that a chatty
+    /// gateway never blocks on a full pipe while the test is busy elsewhere.
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
 }
 
 impl Process {
@@ -163,7 +165,16 @@ impl Process {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut stderr: Lines<BufReader<ChildStderr>> =
+            BufReader::new(child.stderr.take().unwrap()).lines();
+        let (sink, lines) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                if sink.send(line).is_err() {
+                    break;
+                }
+            }
+        });
         let mut gateway = Self {
             child,
             base: String::new(),
@@ -184,7 +195,7 @@ impl Process {
     /// when the process exits or the wait runs out.
     pub async fn wait_for(&mut self, needle: &str) -> String {
         let found = tokio::time::timeout(LOG_WAIT, async {
-            while let Some(line) = self.lines.next_line().await.unwrap() {
+            while let Some(line) = self.lines.recv().await {
                 self.log.push_str(&line);
                 self.log.push('\n');
                 if line.contains(needle) {
@@ -208,7 +219,7 @@ impl Process {
         let mut missing: Vec<&str> = needles.to_vec();
         let found = tokio::time::timeout(LOG_WAIT, async {
             while !missing.is_empty() {
-                let Some(line) = self.lines.next_line().await.unwrap() else {
+                let Some(line) = self.lines.recv().await else {
                     return false;
                 };
                 self.log.push_str(&line);
@@ -225,6 +236,15 @@ impl Process {
         );
     }
 
+    /// Everything it logged so far, without waiting.
+    pub fn log_so_far(&mut self) -> &str {
+        while let Ok(line) = self.lines.try_recv() {
+            self.log.push_str(&line);
+            self.log.push('\n');
+        }
+        &self.log
+    }
+
     /// Sends `signal` (`HUP`, `TERM`, …) with `kill`.
     pub fn signal(&self, signal: &str) {
         let pid = self.child.id().unwrap().to_string();
@@ -238,7 +258,7 @@ impl Process {
     /// SIGTERM, then the exit status; asserts a clean exit.
     pub async fn stop(&mut self) {
         self.signal("TERM");
-        while let Some(line) = self.lines.next_line().await.unwrap() {
+        while let Some(line) = self.lines.recv().await {
             self.log.push_str(&line);
             self.log.push('\n');
         }
@@ -288,5 +308,122 @@ impl Served {
             SystemTime::now(),
         )
         .unwrap()
+    }
+}
+
+/// The JSON-RPC messages of an MCP answer: a JSON body, or the `data:` lines of an event
+/// stream.
+pub fn messages(text: &str) -> Vec<Value> {
+    if let Ok(value) = serde_json::from_str::<Value>(text) {
+        return vec![value];
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect()
+}
+
+/// An MCP client over streamable HTTP, spoken by hand with reqwest: the black-box tests'
+/// client, version-independent (any build of the gateway answers it).
+pub struct Mcp<'a> {
+    http: &'a reqwest::Client,
+    url: String,
+    token: String,
+    /// The session id the gateway gave, once initialized.
+    pub session: Option<String>,
+    /// More request headers (identity headers, say).
+    pub headers: Vec<(&'static str, &'static str)>,
+}
+
+impl<'a> Mcp<'a> {
+    pub fn new(http: &'a reqwest::Client, base: &str, server: &str, token: &str) -> Self {
+        Self {
+            http,
+            url: format!("{base}/servers/{server}/mcp"),
+            token: token.to_owned(),
+            session: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// POSTs `message` (with `origin`, if any): the status, the session header, the body.
+    pub async fn post(
+        &self,
+        message: Value,
+        origin: Option<&str>,
+    ) -> (reqwest::StatusCode, Option<String>, String) {
+        let mut request = self
+            .http
+            .post(&self.url)
+            .bearer_auth(&self.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&message);
+        if let Some(session) = &self.session {
+            request = request.header("mcp-session-id", session);
+        }
+        if let Some(origin) = origin {
+            request = request.header("origin", origin);
+        }
+        for (name, value) in &self.headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let session = response
+            .headers()
+            .get("mcp-session-id")
+            .map(|v| v.to_str().unwrap().to_owned());
+        (status, session, response.text().await.unwrap())
+    }
+
+    /// `initialize` then `notifications/initialized`: the answer to `initialize`.
+    pub async fn initialize(&mut self, origin: Option<&str>) -> (reqwest::StatusCode, String) {
+        let (status, session, text) = self
+            .post(
+                json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "attacker", "version": "1"}}}),
+                origin,
+            )
+            .await;
+        if status.is_success() && session.is_some() {
+            self.session = session;
+            let (s, _, _) = self
+                .post(
+                    json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+                    origin,
+                )
+                .await;
+            assert!(s.is_success(), "notifications/initialized: {s}");
+        }
+        (status, text)
+    }
+
+    /// `tools/call name arguments`: the JSON-RPC answer.
+    pub async fn call(&self, name: &str, arguments: Value) -> Value {
+        let (status, _, text) = self
+            .post(
+                json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                       "params": {"name": name, "arguments": arguments}}),
+                None,
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{text}");
+        messages(&text)
+            .into_iter()
+            .find(|m| m["id"] == 2)
+            .unwrap_or_else(|| panic!("no answer to tools/call: {text}"))
+    }
+
+    pub async fn delete(&self) -> reqwest::StatusCode {
+        self.http
+            .delete(&self.url)
+            .bearer_auth(&self.token)
+            .header("mcp-session-id", self.session.as_deref().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .status()
     }
 }
