@@ -568,6 +568,13 @@
       card.endpoints.replaceChildren(...(h.endpoints || []).map((e) => {
         const li = el("li", {}, el("span", { className: `circuit ${e.circuit}`, textContent: `circuit ${e.circuit.replace("_", "-")}` }), " ", el("code", { textContent: e.url }));
         li.dataset.circuit = e.circuit;
+        // Why it failed last, in the gateway's words (rendered as text, never as markup).
+        if (e.last_error) {
+          const age = e.last_error_age_secs == null ? "" : ` (${Math.round(e.last_error_age_secs)} s ago)`;
+          const why = el("p", { className: "last-error", textContent: `Last error${age}: ${e.last_error}` });
+          why.dataset.lastError = "";
+          li.append(why);
+        }
         return li;
       }));
       const buf = history.get(h.server_id);

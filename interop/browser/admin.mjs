@@ -225,6 +225,10 @@ const scenarios = {
     const red = await until("unhealthy");
     assert.equal(await card.locator(".dot").evaluate((e) => getComputedStyle(e).backgroundColor), "rgb(220, 38, 38)");
     assert.notEqual(await card.locator("li[data-circuit]").first().getAttribute("data-circuit"), "closed");
+    // The card says why, in the gateway's words.
+    const why = card.locator("[data-last-error]").first();
+    await why.waitFor({ timeout: 2 * REFRESH * 1000 });
+    assert.match(await why.textContent(), /^Last error \(\d+ s ago\): \S/);
     await shot("admin-pool-health-unhealthy");
     step(`red ${red} ms after the API reported unhealthy (refresh ${REFRESH} s)`);
     console.log(`MEASURE red_after_ms ${red}`);
