@@ -31,7 +31,7 @@ pub use error::PoolError;
 pub use health::{HealthCheckConfig, HealthCheckMethod, HealthOutcome, check_session};
 pub use lease::{CallOptions, Lease};
 pub use limits::{DEFAULT_MAX_KEYS, DEFAULT_MAX_SESSIONS, DEFAULT_USER_LIMIT};
-pub use pool::{Acquire, AcquireRequest, Pool};
+pub use pool::{Acquire, AcquireRequest, EndpointCheck, Pool};
 pub use score::{HealthScore, HealthStatus};
 pub use server::{DEFAULT_CALL_TIMEOUT, MAX_CALL_TIMEOUT, ServerConfig};
 pub use settings::{ENV_VARIABLES, PoolConfigOverride, Settings, SettingsError, SettingsWarning};

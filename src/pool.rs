@@ -895,6 +895,77 @@ impl Pool {
         .is_some()
     }
 
+    /// Checks that each endpoint of `server` can serve at all, before any user asks: one
+    /// connection per endpoint with the server's own headers and client — the transport's
+    /// connect, `initialize` (or `server/discover`) included, within the create timeout — then
+    /// closed. A failure is recorded as the endpoint's last error (shown by
+    /// [`stats`](Self::stats), and by a gateway's health view), not in its breaker or score: no
+    /// request was refused. Users' keys may send other headers (their credentials), so a check
+    /// that passes does not vouch for every key.
+    ///
+    /// # Errors
+    /// [`PoolError::UnknownServer`].
+    pub async fn check_server(&self, server: &ServerId) -> Result<Vec<EndpointCheck>, PoolError> {
+        let entry = self
+            .inner
+            .shared
+            .server(server)
+            .ok_or_else(|| PoolError::UnknownServer(server.clone()))?;
+        let timeout = self.inner.shared.create_timeout;
+        let checks = entry.endpoints.iter().enumerate().map(|(i, endpoint)| {
+            let entry = entry.clone();
+            async move {
+                let started = Instant::now();
+                let connected = match self.inner.shared.transports.get(&endpoint.transport) {
+                    None => Err(mcp_pool_traits::TransportError::Unsupported(
+                        endpoint.transport,
+                    )),
+                    Some(transport) => {
+                        let handler =
+                            mcp_pool_traits::SessionHandler::new(entry.client.clone(), None);
+                        let request = mcp_pool_traits::ConnectRequest::new(
+                            endpoint,
+                            &entry.headers,
+                            timeout,
+                            handler,
+                        );
+                        tokio::time::timeout(timeout, transport.connect(request))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(mcp_pool_traits::TransportError::timeout(
+                                    &endpoint.url,
+                                    timeout,
+                                ))
+                            })
+                    }
+                };
+                let outcome = match connected {
+                    Ok(session) => {
+                        let id = self.inner.shared.session_id();
+                        self.inner
+                            .shared
+                            .close_session(session, id, EvictionReason::Closed);
+                        Ok(started.elapsed())
+                    }
+                    Err(error) => {
+                        let words = mcp_pool_transports::failure_cause(&error);
+                        let now = Instant::now();
+                        let mut health = entry.counters.health.lock();
+                        health.ensure(entry.endpoints.len(), self.inner.shared.breaker, now);
+                        health.record_error(i, &words, now);
+                        Err(words)
+                    }
+                };
+                EndpointCheck {
+                    url: mcp_pool_traits::redact_url(&endpoint.url).into_owned(),
+                    transport: endpoint.transport,
+                    outcome,
+                }
+            }
+        });
+        Ok(futures::future::join_all(checks).await)
+    }
+
     /// Where the conversation `downstream_session` of `principal` on `server` stands with the
     /// server's strategy: bound to a live upstream session, [lost](AffinityState::Lost) with
     /// its session (its server-side state is gone: the caller must tell its client, as an MCP
@@ -1129,4 +1200,16 @@ impl Pool {
     pub(crate) fn all_keys(&self) -> Vec<Arc<KeyPool>> {
         self.inner.keys.pin().values().cloned().collect()
     }
+}
+
+/// What [`Pool::check_server`] found for one endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EndpointCheck {
+    /// The endpoint's URL, user-info and secret query values redacted.
+    pub url: String,
+    /// Its transport.
+    pub transport: TransportKind,
+    /// How long connecting and initializing took, or why it failed, in words.
+    pub outcome: Result<std::time::Duration, String>,
 }

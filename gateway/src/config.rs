@@ -57,6 +57,11 @@ pub struct GatewayConfig {
     pub limits: ServerLimits,
     /// The hardening settings ([`Policy`]).
     pub policy: Policy,
+    /// Check every server's endpoints in the background at start and when a server is added
+    /// or its endpoints change (`SERVER_CHECKS`, default true): one connection each, with
+    /// `initialize`, so that a server that cannot serve shows in the log and the health view
+    /// before its first client ([`crate::Registry::check_servers`]).
+    pub server_checks: bool,
 }
 
 impl fmt::Debug for GatewayConfig {
@@ -68,6 +73,7 @@ impl fmt::Debug for GatewayConfig {
             .field("max_body_bytes", &self.max_body_bytes)
             .field("limits", &self.limits)
             .field("policy", &self.policy)
+            .field("server_checks", &self.server_checks)
             .finish()
     }
 }
@@ -146,6 +152,10 @@ impl GatewayConfig {
         };
         let limits = server_limits(&lookup)?;
         let policy = Policy::from_lookup(&lookup)?;
+        let server_checks = match lookup("SERVER_CHECKS") {
+            None => true,
+            Some(v) => parse_bool("SERVER_CHECKS", &v)?,
+        };
         Ok(Self {
             host,
             port,
@@ -153,6 +163,7 @@ impl GatewayConfig {
             max_body_bytes,
             limits,
             policy,
+            server_checks,
         })
     }
 }
@@ -174,6 +185,8 @@ pub struct GatewayTable {
     pub auth_required: Option<bool>,
     /// `MAX_BODY_BYTES`.
     pub max_body_bytes: Option<usize>,
+    /// `SERVER_CHECKS`.
+    pub server_checks: Option<bool>,
     /// `CREDENTIALS_ENV_ALLOWED`, as a list.
     pub credentials_env_allowed: Option<Vec<String>>,
     /// `ALLOWED_ORIGINS`, as a list.
@@ -218,8 +231,8 @@ impl GatewayTable {
                         None => format!("{path}, [gateway]"),
                     },
                     error.message().to_owned(),
-                    "host (text), port (0-65535), auth_required (true/false), max_body_bytes \
-                     (1 to 1 GiB), credentials_env_allowed, allowed_origins, \
+                    "host (text), port (0-65535), auth_required, server_checks (true/false), \
+                     max_body_bytes (1 to 1 GiB), credentials_env_allowed, allowed_origins, \
                      upstream_allow_cidrs, upstream_deny_cidrs (lists of text), \
                      downstream_sessions_per_user, downstream_session_idle_timeout \
                      (numbers), header_read_timeout_secs, body_read_timeout_secs (1 to 3600), \
@@ -236,6 +249,7 @@ impl GatewayTable {
             "PORT" => self.port.map(|p| p.to_string()),
             "AUTH_REQUIRED" => self.auth_required.map(|b| b.to_string()),
             "MAX_BODY_BYTES" => self.max_body_bytes.map(|n| n.to_string()),
+            "SERVER_CHECKS" => self.server_checks.map(|b| b.to_string()),
             "CREDENTIALS_ENV_ALLOWED" => self.credentials_env_allowed.as_ref().map(|l| l.join(",")),
             "ALLOWED_ORIGINS" => self.allowed_origins.as_ref().map(|l| l.join(",")),
             "UPSTREAM_ALLOW_CIDRS" => self.upstream_allow_cidrs.as_ref().map(|l| l.join(",")),

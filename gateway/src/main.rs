@@ -57,6 +57,9 @@ Environment (a .env file in the working directory is read first; the environment
                     (default gateway): the workers of one group share it; another group on the
                     same backend uses another
   WORKER_ID         this worker's id in the group; --worker-id wins (default: host-pid-random)
+  SERVER_CHECKS     true (default) or false: check each server's endpoints (connect and
+                    initialize once) at start and when added or changed; a failure is logged
+                    and shown in /servers/pools/health before the first client
   RUST_LOG          the log filter (default info,rmcp=warn); rmcp=debug logs every MCP
                     message in full, tool arguments included
 
@@ -243,6 +246,9 @@ async fn run(cli: Cli) -> Result<(), String> {
     )
     .await
     .map_err(|e| format!("server registry: {e}"))?;
+    if config.server_checks {
+        registry.check_servers().await;
+    }
     // After the registry: the backend's records may add, change or remove servers.
     tracing::info!(
         "pool manager initialized with {} servers",

@@ -168,6 +168,9 @@ pub struct Registry {
     access: Arc<parking_lot::RwLock<HashMap<ServerId, Access>>>,
     /// The variables credentials may name.
     credentials: Arc<CredentialsPolicy>,
+    /// Whether servers added or reconnected are checked in the background
+    /// ([`check_servers`](Self::check_servers)).
+    checks: Arc<std::sync::atomic::AtomicBool>,
     /// The file's settings of the servers it names (module docs, "Settings only the file
     /// sets"); replaced by a reload.
     files: Arc<parking_lot::RwLock<HashMap<ServerId, FileSettings>>>,
@@ -248,6 +251,7 @@ impl Registry {
                     .map(|s| (s.id().clone(), FileSettings::of(s)))
                     .collect(),
             )),
+            checks: Arc::default(),
             versions: Arc::default(),
         };
         for change in registry.pool.backend().list_servers().await? {
@@ -287,6 +291,52 @@ impl Registry {
     /// ([`ServerRecord::forward_token`]).
     pub fn forwards_token(&self, id: &ServerId) -> bool {
         self.forwarding.read().contains(id)
+    }
+
+    /// Checks every served server's endpoints now, in the background, and from now on each
+    /// server added or whose endpoints change ([`Pool::check_server`]): one line per server
+    /// in the log, and a failure as the endpoint's last error in `/servers/pools/health`, so
+    /// that a server that cannot serve is known before its first client.
+    pub async fn check_servers(&self) {
+        self.checks
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for record in self.records.lock().await.values().filter(|r| r.enabled) {
+            self.check(&record.id);
+        }
+    }
+
+    /// Checks `server` in the background, when checks are on.
+    fn check(&self, server: &ServerId) {
+        if !self.checks.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let (pool, server) = (self.pool.clone(), server.clone());
+        tokio::spawn(async move {
+            let Ok(checks) = pool.check_server(&server).await else {
+                return; // removed meanwhile
+            };
+            let failed: Vec<String> = checks
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let why = c.outcome.as_ref().err()?;
+                    Some(format!("endpoints[{i}] {} ({}): {why}", c.url, c.transport))
+                })
+                .collect();
+            if failed.is_empty() {
+                tracing::info!(
+                    "server {server}: every endpoint ({}) connected and initialized",
+                    checks.len()
+                );
+            } else {
+                tracing::warn!(
+                    "server {server}: {} of {} endpoints cannot serve: {}",
+                    failed.len(),
+                    checks.len(),
+                    failed.join("; ")
+                );
+            }
+        });
     }
 
     /// Whether the caller with `claims` may use server `id` (its MCP routes and what the REST
@@ -604,6 +654,7 @@ impl Registry {
             crate::log_pool_update(&new.id, &config);
             self.pool
                 .add_server(self.server_config(new)?.pool(config))?;
+            self.check(&new.id);
             if in_pool.is_some() {
                 self.pool.drain_server(&new.id)?;
             }
