@@ -519,10 +519,15 @@ impl SessionHandler {
 
     /// The handler of the call `request` belongs to, waiting (bounded) for a call that named
     /// itself on the wire but is not registered yet.
-    async fn request_handler(
-        &self,
-        origin: Option<&RequestId>,
-    ) -> Option<Arc<dyn ServerRequestHandler>> {
+    async fn request_handler(&self, origin: Origin<'_>) -> Option<Arc<dyn ServerRequestHandler>> {
+        let origin = match origin {
+            Origin::Call(id) => Some(id),
+            // Outside every call (streamable HTTP's standalone stream): no call's client may
+            // answer it, whichever happens to be in flight — it would hand the server another
+            // client's data (its roots, its sampling).
+            Origin::Unassociated => return None,
+            Origin::Unknown => None,
+        };
         let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
         loop {
             let registered = self.inner.registered.notified();
@@ -552,6 +557,18 @@ impl SessionHandler {
             }
         }
     }
+}
+
+/// Where a server's request to the client came from, as far as its transport says.
+#[derive(Clone, Copy, Debug)]
+enum Origin<'a> {
+    /// The response stream of this call's request (streamable HTTP).
+    Call(&'a RequestId),
+    /// A stream of the session tied to no call: streamable HTTP's standalone stream.
+    Unassociated,
+    /// A transport with one stream for everything (HTTP+SSE, WebSocket, stdio): it can only
+    /// be told apart when one call is in flight.
+    Unknown,
 }
 
 fn deliver(call: &Call, notification: ServerNotification) {
@@ -712,9 +729,11 @@ impl Service<RoleClient> for SessionHandler {
         if let ServerRequest::PingRequest(_) = request {
             return Ok(ClientResult::empty(()));
         }
-        let origin = match request.extensions().get::<InboundStreamOrigin>() {
-            Some(InboundStreamOrigin::OutboundRequest(id)) => Some(id.clone()),
-            _ => None,
+        let origin = request.extensions().get::<InboundStreamOrigin>().cloned();
+        let origin = match &origin {
+            Some(InboundStreamOrigin::OutboundRequest(id)) => Origin::Call(id),
+            Some(InboundStreamOrigin::Unassociated) => Origin::Unassociated,
+            _ => Origin::Unknown,
         };
         let method = match &request {
             ServerRequest::CreateMessageRequest(_) => "sampling/createMessage".to_owned(),
@@ -723,13 +742,13 @@ impl Service<RoleClient> for SessionHandler {
             ServerRequest::CustomRequest(custom) => custom.method.clone(),
             _ => "request".to_owned(),
         };
-        match self.request_handler(origin.as_ref()).await {
+        match self.request_handler(origin).await {
             Some(handler) => handler.handle(request, context.ct).await,
             None => Err(ErrorData::new(
                 ErrorCode::METHOD_NOT_FOUND,
                 format!(
-                    "{method}: the client has no handler for this request (no call in flight \
-                     registered one)"
+                    "{method}: the client has no handler for this request (it came outside \
+                     any call, or no call in flight registered one)"
                 ),
                 None,
             )),
@@ -1004,7 +1023,7 @@ mod tests {
         let lookup = {
             let handler = handler.clone();
             let id = id.clone();
-            tokio::spawn(async move { handler.request_handler(Some(&id)).await.is_some() })
+            tokio::spawn(async move { handler.request_handler(Origin::Call(&id)).await.is_some() })
         };
         tokio::time::sleep(Duration::from_millis(10)).await;
         route.bind(&id, &ProgressToken(NumberOrString::Number(0)));
@@ -1012,11 +1031,27 @@ mod tests {
         // Another call's id, with every call bound: no handler, at once.
         assert!(
             handler
-                .request_handler(Some(&RequestId::Number(8)))
+                .request_handler(Origin::Call(&RequestId::Number(8)))
                 .await
                 .is_none()
         );
         drop(route);
-        assert!(handler.request_handler(None).await.is_none());
+        assert!(handler.request_handler(Origin::Unknown).await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_outside_every_call_is_never_answered_by_a_call_in_flight() {
+        let handler = handler();
+        let _route = handler.begin_call(None, Some(Arc::new(Answer)));
+        // One stream for everything (SSE, WebSocket): the only call in flight answers.
+        assert!(handler.request_handler(Origin::Unknown).await.is_some());
+        // Streamable HTTP's standalone stream: outside every call, so nobody's client does,
+        // not even the only call's (it may be another client's).
+        assert!(
+            handler
+                .request_handler(Origin::Unassociated)
+                .await
+                .is_none()
+        );
     }
 }
