@@ -382,6 +382,13 @@ async fn reload_on_hangup(
                 for server in next.iter().filter(|s| changed(s.id().to_string())) {
                     mcp_pool_gateway::log_pool_update(server.id(), server.pool_config());
                 }
+                // Added or reconnected by the file: checked as the API's are.
+                for server in next.iter().filter(|s| {
+                    let id = s.id().to_string();
+                    done.added.contains(&id) || done.drained.contains(&id)
+                }) {
+                    registry.check(server.id());
+                }
                 tracing::info!(
                     "SIGHUP: configuration reloaded from {}: added {:?}, drained (connection changed) {:?}, updated {:?}, kept (removed from the file; needs a restart) {:?}",
                     path.display(),

@@ -305,8 +305,9 @@ impl Registry {
         }
     }
 
-    /// Checks `server` in the background, when checks are on.
-    fn check(&self, server: &ServerId) {
+    /// Checks `server` in the background, when checks are on ([`check_servers`](Self::check_servers)
+    /// turned them on); the registry does so itself for servers it adds or reconnects.
+    pub fn check(&self, server: &ServerId) {
         if !self.checks.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }

@@ -1,6 +1,7 @@
 //! Problems show at start, not at the first client: the gateway binary checks each server's
 //! endpoints in the background (one connection and `initialize` each) at start and when a
-//! server is added, logs one line per server, and shows a failure in `/servers/pools/health`.
+//! server is added (through the API or the file, on SIGHUP), logs one line per server, and
+//! shows a failure in `/servers/pools/health`.
 
 mod common;
 
@@ -81,6 +82,16 @@ async fn servers_are_checked_at_start_and_when_added() {
         .unwrap();
     assert_eq!(created.status(), 201);
     gw.wait_for("server added: 1 of 1 endpoints cannot serve")
+        .await;
+
+    // So is one the file adds, on SIGHUP.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[servers]]\nid = \"later\"\nendpoints = [{{ url = \"http://{dead}/later\", transport = \"streamable_http\" }}]\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    gw.signal("HUP");
+    gw.wait_for("server later: 1 of 1 endpoints cannot serve")
         .await;
     gw.stop().await;
     upstream
