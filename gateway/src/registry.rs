@@ -660,6 +660,18 @@ impl Registry {
                 self.pool.drain_server(&new.id)?;
             }
         }
+        // At start, a server the file already put in the pool runs its saved config at once,
+        // not when the pool's own sync of saved configs gets to it.
+        if start
+            && !reconnect
+            && let Some(saved) = &saved
+            && self
+                .pool
+                .server_config(&new.id)
+                .is_some_and(|current| current != saved.config)
+        {
+            self.pool.set_pool_config(&new.id, saved.config.clone())?;
+        }
         if !start && pool_changed && (saved.is_some() || !reconnect) {
             self.pool
                 .save_pool_config(&new.id, new.pool.clone())
