@@ -18,8 +18,8 @@
 //!   waiting for the session) may probe once [`PROBE_INTERVAL`] (500 ms) has passed since the
 //!   breaker opened or its last probe failed: demand probes at that pace, one probe at a time,
 //!   so an upstream that comes back is served again within about half a second of the next
-//!   request (issue 10: a 3-second restart was served 0.7-4.9 s after it was back, a 10-second
-//!   one 5.9 s after, when acquires waited out the whole backoff). A **background** creation
+//!   request (when acquires waited out the whole backoff, a 3-second restart was served
+//!   0.7-4.9 s after it was back, a 10-second one 5.9 s after). A **background** creation
 //!   (`min_size` refills, replacements, the autoscaler: nobody waits for them) waits out the
 //!   backoff instead: [`INITIAL_RESET_TIMEOUT`] (1 s), doubled per failed probe, capped by
 //!   `reset_timeout`, so an endpoint nobody asks for is tried at most once per

@@ -76,8 +76,8 @@ impl HealthStatus {
 }
 
 /// The score and status shown for a server or one of its endpoints (`stats()`, and the
-/// gateway's health view from it), by one rule so that the two never disagree (issue 10: a
-/// server shown `unhealthy` with a score of 93):
+/// gateway's health view from it), by one rule so that the two never disagree (never
+/// `unhealthy` beside a score of 93):
 ///
 /// - `down` (every circuit breaker the server or endpoint depends on is open or half-open:
 ///   nothing can be served now): score 0 and [`HealthStatus::Unhealthy`], whatever successes
@@ -252,8 +252,7 @@ mod tests {
             if threshold > 0 {
                 proptest::prop_assert_eq!(status, HealthStatus::from_score(score, threshold));
             }
-            // Never the contradictions of issue 10: unhealthy at or above the threshold, or
-            // healthy below it.
+            // Never a contradiction: unhealthy at or above the threshold, or healthy below it.
             if let Some(s) = score.filter(|_| threshold > 0) {
                 proptest::prop_assert_eq!(status == Healthy, s >= threshold);
                 proptest::prop_assert_eq!(status == Unhealthy, 2 * u32::from(s) < u32::from(threshold));

@@ -286,9 +286,8 @@ impl ServerHealth {
     /// The server's score and status shown at `now` against `threshold` percent
     /// ([`assess`](crate::score::assess)): a server whose every endpoint is tripped (see
     /// [`all_tripped`](Self::all_tripped)) cannot serve, and shows 0 and
-    /// [`Unhealthy`](HealthStatus::Unhealthy) whatever successes its window still holds
-    /// (issue 10: a 20 s outage reported `healthy` with a score of 99, then `unhealthy` with
-    /// 93).
+    /// [`Unhealthy`](HealthStatus::Unhealthy) whatever successes its window still holds (a
+    /// window still full of successes would otherwise show an outage as `healthy`, 99).
     pub(crate) fn status(
         &self,
         endpoints: usize,
