@@ -152,6 +152,12 @@ impl SessionSlot {
         *self.0.session.lock() = Some((manager.clone(), sessions.clone(), id.to_owned()));
     }
 
+    /// Whether the slot is a streamable HTTP session's, whose requests the endpoint checks
+    /// before they reach the session ([`conversation_lost`]).
+    fn is_http_session(&self) -> bool {
+        self.0.session.lock().is_some()
+    }
+
     /// Ends the streamable HTTP session this slot was taken for, if it is known: its id
     /// answers 404 once this returns.
     async fn end_session(&self) {
@@ -178,14 +184,26 @@ fn conversation_lost(
     if slot.lost.load(Ordering::Relaxed) {
         return Some("rebound");
     }
-    let affinity = slot.affinity.get()?;
+    binding_lost(pool, server, upstream, slot.affinity.get()?, &slot.bound)
+}
+
+/// Why the binding of conversation `affinity` is gone, if it is: lost with its session, or no
+/// longer known after `bound` recorded it was seen (a binding ends silently with an idle
+/// session or its key). Sets `bound` when the pool holds the binding.
+fn binding_lost(
+    pool: &Pool,
+    server: &ServerId,
+    upstream: Principal,
+    affinity: &str,
+    bound: &std::sync::atomic::AtomicBool,
+) -> Option<&'static str> {
     match pool.affinity_state(server, upstream, affinity) {
         Some(AffinityState::Bound(_)) => {
-            slot.bound.store(true, Ordering::Relaxed);
+            bound.store(true, Ordering::Relaxed);
             None
         }
         Some(AffinityState::Lost(reason)) => Some(reason.as_str()),
-        _ if slot.bound.load(Ordering::Relaxed) => Some("gone"),
+        _ if bound.load(Ordering::Relaxed) => Some("gone"),
         _ => None,
     }
 }
@@ -904,6 +922,9 @@ pub(crate) struct Proxy {
     held: OnceLock<SessionSlot>,
     /// Its conversation's upstream session was lost: every request is refused.
     lost: std::sync::atomic::AtomicBool,
+    /// The pool was seen holding its binding (see [`binding_lost`]); for sessions the endpoint
+    /// does not check.
+    bound: std::sync::atomic::AtomicBool,
 }
 
 impl Proxy {
@@ -926,6 +947,7 @@ impl Proxy {
             subscriptions: Default::default(),
             held: OnceLock::new(),
             lost: Default::default(),
+            bound: Default::default(),
         }
     }
 
@@ -1004,6 +1026,21 @@ impl Proxy {
 
         let (sink, mut notifications) = mpsc::channel(RELAY_CAPACITY);
         if self.lost.load(Ordering::Relaxed) {
+            return Err(conversation_lost_error());
+        }
+        // Over HTTP+SSE and WebSocket no endpoint checks a request before it gets here: a
+        // binding that ended silently (its session idle, its key dropped) is caught here.
+        if !self.held.get().is_some_and(SessionSlot::is_http_session)
+            && let Some(reason) = binding_lost(
+                &self.pool,
+                &self.server,
+                principal,
+                &self.affinity,
+                &self.bound,
+            )
+        {
+            self.lost.store(true, Ordering::Relaxed);
+            record_lost(&self.server, reason);
             return Err(conversation_lost_error());
         }
         let options = CallOptions::new()
