@@ -153,28 +153,15 @@ impl PeerServer {
     }
 }
 
-/// The call deadline of the restart tests' pools: a call that waits for it fails them.
-const RESTART_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// What a call after a restart may take at most: well below the call deadline.
-const RESTART_BOUND: Duration = Duration::from_secs(5);
-
-/// A pool of `strategy` on `endpoint`, with calls bounded by [`RESTART_CALL_TIMEOUT`].
-fn restart_pool(endpoint: &Endpoint, strategy: StrategyKind) -> (Pool, ServerId) {
-    let id = server_id("peer");
-    let pool = Pool::builder()
-        .server(
-            ServerConfig::new(id.clone(), endpoint.clone())
-                .pool(PoolConfig {
-                    strategy,
-                    max_size: 2,
-                    size: 2,
-                    ..PoolConfig::enabled()
-                })
-                .call_timeout(RESTART_CALL_TIMEOUT),
-        )
-        .build()
-        .expect("valid pool");
-    (pool, id)
+/// A pool of `strategy` on `endpoint` for the restart tests ([`restart_pool`]).
+fn peer_pool(endpoint: &Endpoint, strategy: StrategyKind) -> (Pool, ServerId) {
+    let config = PoolConfig {
+        strategy,
+        max_size: 2,
+        size: 2,
+        ..PoolConfig::enabled()
+    };
+    restart_pool("peer", endpoint, config)
 }
 
 /// `echo` of `message` through [`Pool::call`], as a gateway forwards a request.
@@ -205,8 +192,8 @@ async fn restart_between_calls(
     echoed: impl Fn(&str) -> String,
 ) {
     let name = peer.name;
-    let (round_robin, rr) = restart_pool(&endpoint, StrategyKind::RoundRobin);
-    let (sticky, st) = restart_pool(&endpoint, StrategyKind::Sticky);
+    let (round_robin, rr) = peer_pool(&endpoint, StrategyKind::RoundRobin);
+    let (sticky, st) = peer_pool(&endpoint, StrategyKind::Sticky);
     let conversation = || {
         sticky.acquire_with(
             AcquireRequest::new(&st)

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use common::*;
 use mcp_pool::{
-    AcquireRequest, CallOptions, Pool, PoolConfig, PoolError, Principal, ServerConfig, ServerId,
-    ServerStats, StrategyKind,
+    AcquireRequest, CallOptions, Pool, PoolConfig, PoolError, Principal, ServerId, ServerStats,
+    StrategyKind,
     rmcp::model::{CallToolRequest, ClientRequest, ServerResult},
     score::HealthStatus,
     traits::is_transport_failure,
@@ -24,25 +24,12 @@ use mcp_pool::{
 use mcp_pool_conformance::ReferenceServer;
 use tokio::time::Instant;
 
-/// The call deadline of every pool here: a call that waits for it fails these tests.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Well below `CALL_TIMEOUT`: what a call after a restart may take at most.
-const RESTART_BOUND: Duration = Duration::from_secs(5);
-
 fn pool_for(upstream: &ReferenceServer, strategy: StrategyKind) -> (Pool, ServerId) {
-    let id = server_id("restarting");
-    let pool = Pool::builder()
-        .server(
-            ServerConfig::new(id.clone(), upstream.endpoint())
-                .pool(PoolConfig {
-                    strategy,
-                    ..pooled(4)
-                })
-                .call_timeout(CALL_TIMEOUT),
-        )
-        .build()
-        .expect("valid pool");
-    (pool, id)
+    let config = PoolConfig {
+        strategy,
+        ..pooled(4)
+    };
+    restart_pool("restarting", &upstream.endpoint(), config)
 }
 
 fn stats(pool: &Pool) -> ServerStats {

@@ -1,7 +1,7 @@
 //! Helpers shared by the pool's integration tests.
 #![allow(dead_code, unreachable_pub)]
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use mcp_pool::{
     Endpoint, Pool, PoolBuilder, PoolConfig, ServerConfig, ServerId, TransportKind,
@@ -72,4 +72,24 @@ pub fn pooled(max_size: u32) -> PoolConfig {
         size: max_size.min(5),
         ..PoolConfig::enabled()
     }
+}
+
+/// The call deadline of the upstream-restart tests' pools: a call that waits for it fails them.
+pub const RESTART_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// What a call after an upstream restart may take at most: well below the call deadline.
+pub const RESTART_BOUND: Duration = Duration::from_secs(5);
+
+/// A pool of one server `name` on `endpoint` with `config`, its calls bounded by
+/// [`RESTART_CALL_TIMEOUT`].
+pub fn restart_pool(name: &str, endpoint: &Endpoint, config: PoolConfig) -> (Pool, ServerId) {
+    let id = server_id(name);
+    let pool = Pool::builder()
+        .server(
+            ServerConfig::new(id.clone(), endpoint.clone())
+                .pool(config)
+                .call_timeout(RESTART_CALL_TIMEOUT),
+        )
+        .build()
+        .expect("valid pool");
+    (pool, id)
 }
