@@ -975,7 +975,9 @@ pub struct EndpointHealth {
     pub score: Option<u8>,
     /// `closed`, `open` or `half_open`.
     pub circuit: String,
-    /// The last failure seen on it, in words (URLs redacted); null before any.
+    /// The last failure seen on it, in words (URLs redacted); null before any, and for callers
+    /// without the admin role (the words may quote the upstream, such as a stdio server's
+    /// last stderr line).
     pub last_error: Option<String>,
     /// Seconds since `last_error`.
     pub last_error_age_secs: Option<f64>,
@@ -1368,8 +1370,10 @@ pub async fn pools_health(
                         status: e.health_status.into(),
                         score: e.health_score,
                         circuit: e.circuit.to_owned(),
-                        last_error: e.last_error.clone(),
-                        last_error_age_secs: e.last_error_age_secs,
+                        // The words may quote an upstream (a stdio server's last stderr
+                        // line): an operator's, not every user's.
+                        last_error: e.last_error.clone().filter(|_| caller.admin),
+                        last_error_age_secs: e.last_error_age_secs.filter(|_| caller.admin),
                     })
                     .collect(),
             })

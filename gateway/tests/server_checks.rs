@@ -69,6 +69,30 @@ async fn servers_are_checked_at_start_and_when_added() {
         .as_str()
         .unwrap_or_default();
     assert!(why.contains("connection refused"), "{down}");
+    // The words may quote the upstream: an operator's, not a user's.
+    let user = auth::mint(
+        &JwtSecret::new(SECRET).unwrap(),
+        "alice",
+        Role::User,
+        Duration::from_secs(600),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let seen: Vec<Value> = http
+        .get(format!("{}/servers/pools/health", gw.base))
+        .bearer_auth(&user)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let down_for_user = seen.iter().find(|h| h["server_id"] == "down").unwrap();
+    assert!(
+        down_for_user["endpoints"][0]["last_error"].is_null(),
+        "{down_for_user}"
+    );
+    assert_eq!(down_for_user["status"], down["status"]);
     let live = health.iter().find(|h| h["server_id"] == "live").unwrap();
     assert!(live["endpoints"][0]["last_error"].is_null(), "{live}");
 
