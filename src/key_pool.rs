@@ -10,9 +10,9 @@ use std::{collections::VecDeque, sync::Arc};
 
 use http::HeaderMap;
 use mcp_pool_traits::{
-    AffinityState, Binding, ClientSession, ConnectRequest, Digest256, Endpoint, EndpointView,
-    EvictionReason, LeaseReport, PoolKey, SelectContext, Selection, Selector, SessionHandler,
-    SessionId, SessionView, StateId, TransportError, TransportKind,
+    AffinityState, Binding, ClientSession, ConnectRequest, Conversation, Digest256, Endpoint,
+    EndpointView, EvictionReason, LeaseReport, PoolKey, SelectContext, Selection, Selector,
+    SessionHandler, SessionId, SessionView, StateId, TransportError, TransportKind,
 };
 use parking_lot::Mutex;
 use tokio::{
@@ -32,6 +32,7 @@ use crate::{
     lease::Link,
     limits::{self, Cap},
     metrics::KeyMetrics,
+    pins::{Pins, Route},
     pool::KeyId,
     server::ServerEntry,
     shared::{FastHash, Shared},
@@ -132,6 +133,9 @@ pub(crate) struct Reserved {
     /// Whether the server pooled at reservation: a creation made for a per-request acquire
     /// stays a per-request session even if pooling was turned on meanwhile.
     pooled: bool,
+    /// Made for a conversation whose pinned session is gone ([`crate::pins`]): its lease is a
+    /// rebind.
+    rebound: bool,
 }
 
 /// What a waiter is handed.
@@ -144,6 +148,8 @@ pub(crate) enum Grant {
         endpoint: usize,
         /// Whether the selector observes leases (the lease then times itself).
         observes: bool,
+        /// The conversation's pinned session is gone: the lease is a rebind.
+        rebound: bool,
     },
     /// Permission to create a session (`creating` already counts it).
     Create(Reserved),
@@ -153,6 +159,20 @@ pub(crate) enum Grant {
     NoEndpoint,
     /// A pool-wide cap stops a new session.
     Capped(Cap),
+}
+
+impl Grant {
+    /// Marks a lease or creation as a rebind of a conversation whose pinned session is gone.
+    fn rebound(mut self, rebound: bool) -> Self {
+        if rebound {
+            match &mut self {
+                Grant::Session { rebound, .. } => *rebound = true,
+                Grant::Create(reserved) => reserved.rebound = true,
+                _ => {}
+            }
+        }
+        self
+    }
 }
 
 #[derive(Debug)]
@@ -228,6 +248,8 @@ pub(crate) struct KeyState {
     /// Affinities with a creation in flight, when the selector binds: one conversation never
     /// gets two sessions created for it at once.
     creating_for: Vec<SelectContext>,
+    /// Conversations pinned to sessions the strategy shares ([`crate::pins`]).
+    pins: Pins,
     /// Views and slots of the active sessions, index for index.
     views: Vec<SessionView>,
     slots: Vec<Slot>,
@@ -352,6 +374,7 @@ impl KeyPool {
             pools: server.pools(),
             selector_epoch: 0,
             creating_for: Vec::new(),
+            pins: Pins::default(),
             selector,
             server,
             views: Vec::new(),
@@ -413,6 +436,7 @@ impl KeyPool {
                     peer,
                     endpoint,
                     observes,
+                    rebound,
                 }) => {
                     // Hits are recorded as 0 s: this path reads no clock unless the strategy
                     // observes leases (its cost is the ~200 ns of `cargo bench --bench acquire`).
@@ -423,7 +447,7 @@ impl KeyPool {
                         peer,
                         endpoint,
                         true,
-                        false,
+                        rebound,
                         observes,
                     ))
                 }
@@ -589,13 +613,14 @@ impl KeyPool {
                 peer,
                 endpoint,
                 observes,
+                rebound,
             } => FirstStep::Lease(Lease::new(
                 self.clone(),
                 id,
                 peer,
                 endpoint,
                 true,
-                false,
+                rebound,
                 observes,
             )),
             Grant::Create(reserved) => FirstStep::Create(reserved),
@@ -953,6 +978,7 @@ impl KeyPool {
                 Some(EvictionReason::Lifetime)
             } else if now.duration_since(slot.last_used) >= config.max_idle_time
                 && st.views.len() as u32 > config.min_size
+                && !st.pins.holds(st.views[i].id)
             {
                 Some(EvictionReason::Idle)
             } else {
@@ -1156,7 +1182,7 @@ impl KeyPool {
         let mut i = st.views.len();
         while st.views.len() as u32 > floor && i > 0 {
             i -= 1;
-            if st.views[i].in_flight == 0 {
+            if st.views[i].in_flight == 0 && !st.pins.holds(st.views[i].id) {
                 st.retire(i, EvictionReason::Idle);
             }
         }
@@ -1216,16 +1242,59 @@ impl KeyPool {
         self.state.lock().subject
     }
 
-    /// Ends the sticky binding of `ctx` and retires its session.
-    /// Where `ctx`'s affinity stands with this key's selector.
+    /// Where `ctx`'s affinity stands: pinned ([`crate::pins`]), else with this key's selector.
     pub(crate) fn affinity_state(&self, ctx: &SelectContext) -> AffinityState {
-        self.state.lock().selector.affinity_state(ctx)
+        let st = self.state.lock();
+        ctx.affinity
+            .and_then(|affinity| st.pins.state(&affinity))
+            .unwrap_or_else(|| st.selector.affinity_state(ctx))
     }
 
+    /// Pins `ctx`'s conversation to session `id` ([`crate::pins`]) with what it wants of the
+    /// session's traffic outside calls. `false` when there is nothing to pin: no affinity, a
+    /// strategy that binds (its binding pins already), a session no longer in the key, or a
+    /// conversation pinned already (its first pin stays).
+    pub(crate) fn pin(
+        &self,
+        ctx: &SelectContext,
+        id: SessionId,
+        conversation: Conversation,
+    ) -> bool {
+        let Some(affinity) = ctx.affinity else {
+            return false;
+        };
+        let mut st = self.state.lock();
+        if st.binds || !st.pools {
+            return false;
+        }
+        let Some(i) = st.views.iter().position(|v| v.id == id) else {
+            return false;
+        };
+        if !st.pins.pin(affinity, id) {
+            return false;
+        }
+        st.slots[i].peer.handler.pin(affinity, conversation);
+        true
+    }
+
+    /// Ends `ctx`'s pin, if any, and its sticky binding, if any, retiring the bound session
+    /// (a pinned one is shared: it stays). Returns whether there was either.
     pub(crate) fn unbind(&self, ctx: &SelectContext) -> bool {
         let mut st = self.state.lock();
+        let unpinned = match ctx.affinity {
+            Some(affinity) if !st.pins.is_empty() => match st.pins.unpin(&affinity) {
+                Some(id) => {
+                    if let Some(i) = st.views.iter().position(|v| v.id == id) {
+                        st.slots[i].peer.handler.unpin(&affinity);
+                    }
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        };
         let Some(id) = st.selector.unbind(ctx) else {
-            return false;
+            return unpinned;
         };
         if let Some(i) = st.views.iter().position(|v| v.id == id) {
             st.retire(i, EvictionReason::Unbound);
@@ -1552,11 +1621,14 @@ impl KeyState {
             // The conversation's session is being created: it serves this acquire too.
             return None;
         }
+        let mut rebound = false;
         loop {
-            let selection = if self.pools {
-                self.selector.select(&self.views, ctx)
-            } else {
+            let selection = if !self.pools {
                 Selection::Create
+            } else if let Some(pinned) = self.pinned(ctx, &mut rebound) {
+                pinned
+            } else {
+                self.selector.select(&self.views, ctx)
             };
             return match selection {
                 Selection::Session(i)
@@ -1584,7 +1656,7 @@ impl KeyState {
                         self.retire(i, reason);
                         continue;
                     }
-                    Some(self.take(i))
+                    Some(self.take(i).rebound(rebound))
                 }
                 Selection::Session(i) => {
                     tracing::warn!(
@@ -1592,11 +1664,39 @@ impl KeyState {
                         index = i,
                         "strategy selected a session without capacity; creating instead"
                     );
-                    self.grant_create(ctx)
+                    self.grant_create(ctx).map(|g| g.rebound(rebound))
                 }
-                Selection::Create => self.grant_create(ctx),
+                Selection::Create => self.grant_create(ctx).map(|g| g.rebound(rebound)),
                 Selection::Wait => None,
             };
+        }
+    }
+
+    /// What serves a pinned conversation ([`crate::pins`]): its session (waiting while it is
+    /// busy), or `None` for the strategy to choose — the conversation is not pinned, or its
+    /// session is gone (`rebound` is then set, and the loss is reported once).
+    #[inline]
+    fn pinned(&mut self, ctx: &SelectContext, rebound: &mut bool) -> Option<Selection> {
+        if self.pins.is_empty() {
+            return None;
+        }
+        let affinity = ctx.affinity.as_ref()?;
+        match self.pins.route(affinity) {
+            Route::Free => None,
+            Route::Session(id) => match self.views.iter().position(|v| v.id == id) {
+                Some(i) if self.views[i].has_capacity() => Some(Selection::Session(i)),
+                Some(_) => Some(Selection::Wait),
+                None => {
+                    // Gone without notice (never expected: `retire` reports every removal).
+                    self.pins.on_removed(id, EvictionReason::Drained);
+                    self.pinned(ctx, rebound)
+                }
+            },
+            Route::Lost => {
+                *rebound = true;
+                self.pins.forget_lost(affinity);
+                None
+            }
         }
     }
 
@@ -1726,6 +1826,7 @@ impl KeyState {
             affinity,
             selector_epoch: self.selector_epoch,
             pooled: self.pools,
+            rebound: false,
         })
     }
 
@@ -1821,6 +1922,7 @@ impl KeyState {
             peer: slot.peer.clone(),
             endpoint,
             observes: self.observes,
+            rebound: false,
         }
     }
 
@@ -1923,6 +2025,11 @@ impl KeyState {
         let view = self.views.remove(i);
         let slot = self.slots.remove(i);
         self.selector.on_removed(view.id, reason);
+        if self.pins.holds(view.id) {
+            self.pins.on_removed(view.id, reason);
+            // The pinned conversations' channels close: they learn their state is gone.
+            slot.peer.handler.unpin_all();
+        }
         self.counters.evictions += 1;
         self.metrics.evicted(reason);
         if view.in_flight == slot.checking {
@@ -2014,6 +2121,7 @@ struct Reservation {
     affinity: Option<SelectContext>,
     selector_epoch: u64,
     pooled: bool,
+    rebound: bool,
 }
 
 impl Reservation {
@@ -2029,6 +2137,7 @@ impl Reservation {
             affinity: reserved.affinity,
             selector_epoch: reserved.selector_epoch,
             pooled: reserved.pooled,
+            rebound: reserved.rebound,
         }
     }
 
@@ -2163,7 +2272,7 @@ impl Reservation {
                 peer,
                 self.endpoint,
                 false,
-                binding == Binding::Rebound,
+                binding == Binding::Rebound || self.rebound,
                 st.observes,
             ))
         } else {

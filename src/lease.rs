@@ -13,8 +13,9 @@ use std::{
 
 use http::HeaderMap;
 use mcp_pool_traits::{
-    CallHeaders, ClientSession, LeaseOutcome, LeaseReport, PoolKey, ServerRequestHandler,
-    SessionHandler, SessionId, SessionLost, is_transport_failure,
+    AffinityKey, CallHeaders, ClientSession, Conversation, LeaseOutcome, LeaseReport, PoolKey,
+    SelectContext, ServerRequestHandler, SessionHandler, SessionId, SessionLost,
+    is_transport_failure,
     rmcp::{
         Peer, RoleClient, ServiceError,
         model::{
@@ -77,6 +78,7 @@ pub struct CallOptions {
     notifications: Option<mpsc::Sender<ServerNotification>>,
     requests: Option<Arc<dyn ServerRequestHandler>>,
     refuse_rebind: bool,
+    pin: Option<Conversation>,
 }
 
 impl fmt::Debug for CallOptions {
@@ -90,6 +92,7 @@ impl fmt::Debug for CallOptions {
             .field("notifications", &self.notifications.is_some())
             .field("requests", &self.requests.is_some())
             .field("refuse_rebind", &self.refuse_rebind)
+            .field("pin", &self.pin)
             .finish()
     }
 }
@@ -150,6 +153,25 @@ impl CallOptions {
     /// Whether [`refuse_rebind`](Self::refuse_rebind) was set.
     pub(crate) fn refuses_rebind(&self) -> bool {
         self.refuse_rebind
+    }
+
+    /// Pins the conversation to the session that serves this call, under any strategy, with
+    /// what it wants of the session's traffic outside calls: what a call that creates
+    /// session-scoped state upstream asks for (`resources/subscribe`, `logging/setLevel`,
+    /// the client's `notifications/roots/list_changed`; DESIGN §16). See
+    /// [`Lease::pin`] (a lease's own [`send`](Lease::send) ignores it: pin with that). [`Pool::call`](crate::Pool::call) pins once the call succeeded (a
+    /// failed call created no state), so that the state is where the conversation's next
+    /// calls go. Needs the acquire's
+    /// [`downstream_session`](crate::AcquireRequest::downstream_session); without one, or on
+    /// a strategy that binds (sticky), nothing is pinned.
+    pub fn pin(mut self, conversation: Conversation) -> Self {
+        self.pin = Some(conversation);
+        self
+    }
+
+    /// The conversation to pin ([`pin`](Self::pin)).
+    pub(crate) fn pinned(&self) -> Option<&Conversation> {
+        self.pin.as_ref()
     }
 
     /// Who answers the server's requests during this call (`sampling/createMessage`,
@@ -269,6 +291,42 @@ impl Lease {
     /// binding is still live before a request is even made.
     pub fn is_rebound(&self) -> bool {
         self.rebound
+    }
+
+    /// Pins the conversation `downstream_session` (the id given to
+    /// [`AcquireRequest::downstream_session`](crate::AcquireRequest::downstream_session)) to
+    /// this lease's session, on a strategy that shares sessions (DESIGN §16):
+    ///
+    /// - its later acquires get this session whatever the strategy would pick (waiting while
+    ///   it is busy), so its requests meet the session-scoped state they created
+    ///   (subscriptions, the log level, roots); the session still serves everyone the
+    ///   strategy sends to it;
+    /// - `conversation` receives what the session sends outside calls (see
+    ///   [`SessionHandler`]'s routing table);
+    /// - the session is never closed for idleness while a conversation is pinned to it;
+    /// - when the session leaves the pool for any other reason, the conversation's channel
+    ///   closes, [`Pool::affinity_state`](crate::Pool::affinity_state) says
+    ///   [`Lost`](mcp_pool_traits::AffinityState::Lost), and its next lease
+    ///   [`is_rebound`](Self::is_rebound) (or [`CallOptions::refuse_rebind`] refuses it):
+    ///   the state is gone, and the conversation must start over;
+    /// - [`Pool::unbind`](crate::Pool::unbind) ends the pin (the session stays: it is shared).
+    ///
+    /// Returns `false` when nothing was pinned: the strategy binds (sticky: the binding pins
+    /// already), the server does not pool, the session is leaving the pool, or the
+    /// conversation is pinned already (its first pin, and its first `conversation`, stay).
+    pub fn pin(&self, downstream_session: &str, conversation: Conversation) -> bool {
+        self.pin_affinity(
+            AffinityKey::downstream_session(downstream_session),
+            conversation,
+        )
+    }
+
+    /// [`pin`](Self::pin) by affinity.
+    pub(crate) fn pin_affinity(&self, affinity: AffinityKey, conversation: Conversation) -> bool {
+        let ctx = SelectContext {
+            affinity: Some(affinity),
+        };
+        self.key.pin(&ctx, self.id, conversation)
     }
 
     /// The rmcp peer (also reachable through `Deref`).
@@ -411,6 +469,7 @@ impl Lease {
             notifications,
             requests,
             refuse_rebind: _,
+            pin: _,
         } = options;
         let headers = headers
             .map(|h| self.key.call_headers(&h))

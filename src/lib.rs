@@ -12,6 +12,7 @@ mod lease;
 mod limits;
 mod maintenance;
 pub mod metrics;
+mod pins;
 mod pool;
 pub mod score;
 mod server;
@@ -38,8 +39,8 @@ pub use settings::{ENV_VARIABLES, PoolConfigOverride, Settings, SettingsError, S
 pub use stats::{EndpointStats, KeyStats, PoolStats, ServerStats, SessionInfo, SessionState};
 
 pub use mcp_pool_traits::{
-    self as traits, AffinityKey, AffinityState, CallHeaders, Digest256, Endpoint, EvictionReason,
-    IdentityConfig, IdentityExtractor, Lifecycle, PoolConfig, PoolKey, Principal, ServerEvent,
-    ServerEventKind, ServerId, ServerRequestHandler, SessionId, StateBackend, Strategy,
-    StrategyKind, Transport, TransportKind, rmcp,
+    self as traits, AffinityKey, AffinityState, CallHeaders, Conversation, Digest256, Endpoint,
+    EvictionReason, IdentityConfig, IdentityExtractor, Lifecycle, PoolConfig, PoolKey, Principal,
+    ServerEvent, ServerEventKind, ServerId, ServerRequestHandler, SessionId, StateBackend,
+    Strategy, StrategyKind, Transport, TransportKind, rmcp,
 };

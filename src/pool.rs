@@ -635,7 +635,14 @@ impl Pool {
                 });
             }
             let (error, stage) = match lease.send_staged(call.clone(), options.clone()).await {
-                Ok(result) => return Ok(result),
+                Ok(result) => {
+                    if let (Some(conversation), Some(affinity)) =
+                        (options.pinned(), request.affinity)
+                    {
+                        lease.pin_affinity(affinity, conversation.clone());
+                    }
+                    return Ok(result);
+                }
                 Err(failed) => failed,
             };
             let reason = if retried || lease.binds() {

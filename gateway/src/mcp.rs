@@ -24,7 +24,17 @@
 //! another principal's `Mcp-Session-Id` gets HTTP 404, as an unknown session would (the MCP
 //! spec's signal to re-initialize), so a leaked id is worth nothing to another user.
 //! `*/list_changed` from any upstream session of the server reaches every downstream session
-//! of it (debounced by the pool); `resources/updated` reaches those that subscribed to the URI.
+//! of it (debounced by the pool).
+//!
+//! Session-scoped state under pooling (DESIGN §16): a downstream session that creates state
+//! scoped to the upstream session (`resources/subscribe`, `logging/setLevel`, and its roots
+//! when it sends `notifications/roots/list_changed`) is pinned to the upstream session that
+//! holds it ([`CallOptions::pin`]), under any strategy, so its later requests meet their own
+//! state; what that upstream session sends outside calls reaches the downstream sessions
+//! pinned to it — `resources/updated` only those subscribed to the URI, logging all of them —
+//! and a request of the server outside calls (`roots/list`) is asked of the one pinned
+//! downstream session that can answer, or answered with a JSON-RPC error. When the pinned
+//! upstream session leaves the pool, the downstream session ends (HTTP 404 next).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -44,8 +54,8 @@ use axum::{
 };
 use futures::StreamExt as _;
 use mcp_pool::{
-    AcquireRequest, AffinityState, CallOptions, Pool, PoolError, Principal, ServerEvent,
-    ServerEventKind, ServerId, traits::ServerRequestHandler,
+    AcquireRequest, AffinityState, CallOptions, Conversation, Pool, PoolError, Principal,
+    ServerEvent, ServerEventKind, ServerId, traits::ServerRequestHandler,
 };
 use mcp_pool_transports::server::{
     SseServer, SseServerConfig, WebSocketServer, WebSocketServerConfig,
@@ -59,7 +69,7 @@ use rmcp::{
         RequestMetaObject, RequestNoParam, RequestOptionalParam, ServerNotification, ServerRequest,
         ServerResult,
     },
-    service::{OriginatingRequestId, Peer, RequestContext, ServiceError},
+    service::{NotificationContext, OriginatingRequestId, Peer, RequestContext, ServiceError},
     transport::streamable_http_server::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     },
@@ -346,17 +356,11 @@ impl ServerEndpoint {
 struct Sessions {
     next: AtomicU64,
     /// Initialized sessions, for server-wide notifications.
-    peers: Mutex<HashMap<u64, Downstream>>,
+    peers: Mutex<HashMap<u64, Peer<RoleServer>>>,
     /// Session id → the principal that created it.
     owners: Mutex<HashMap<String, Principal>>,
     /// Session id → its slot, while the session lives (weak: the session's Proxy holds it).
     seats: Mutex<HashMap<String, std::sync::Weak<SlotGuard>>>,
-}
-
-struct Downstream {
-    peer: Peer<RoleServer>,
-    /// Resource URIs this session subscribed to.
-    subscriptions: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for McpEndpoints {
@@ -511,8 +515,8 @@ impl McpEndpoints {
     }
 }
 
-/// Relays the server's `*/list_changed` to every downstream session, `resources/updated` to
-/// those subscribed to the URI, until the endpoint is cancelled.
+/// Relays the server's `*/list_changed` to every downstream session until the endpoint is
+/// cancelled.
 async fn fan_out(
     mut events: broadcast::Receiver<ServerEvent>,
     sessions: Arc<Sessions>,
@@ -527,39 +531,21 @@ async fn fan_out(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
         };
-        let (notification, uri) = match event.kind {
-            ServerEventKind::ToolsListChanged => (
-                ServerNotification::ToolListChangedNotification(Default::default()),
-                None,
-            ),
-            ServerEventKind::PromptsListChanged => (
-                ServerNotification::PromptListChangedNotification(Default::default()),
-                None,
-            ),
-            ServerEventKind::ResourcesListChanged => (
-                ServerNotification::ResourceListChangedNotification(Default::default()),
-                None,
-            ),
-            ServerEventKind::ResourceUpdated { uri } => (
-                ServerNotification::ResourceUpdatedNotification(
-                    rmcp::model::ResourceUpdatedNotification::new(
-                        rmcp::model::ResourceUpdatedNotificationParam::new(uri.clone()),
-                    ),
-                ),
-                Some(uri),
-            ),
+        let notification = match event.kind {
+            ServerEventKind::ToolsListChanged => {
+                ServerNotification::ToolListChangedNotification(Default::default())
+            }
+            ServerEventKind::PromptsListChanged => {
+                ServerNotification::PromptListChangedNotification(Default::default())
+            }
+            ServerEventKind::ResourcesListChanged => {
+                ServerNotification::ResourceListChangedNotification(Default::default())
+            }
+            // `resources/updated` belongs to the upstream session that was subscribed: it
+            // reaches the downstream sessions pinned to it ([`relay_out_of_call`]).
             _ => continue,
         };
-        let peers: Vec<_> = sessions
-            .peers
-            .lock()
-            .values()
-            .filter(|d| {
-                uri.as_ref()
-                    .is_none_or(|u| d.subscriptions.lock().contains(u))
-            })
-            .map(|d| d.peer.clone())
-            .collect();
+        let peers: Vec<_> = sessions.peers.lock().values().cloned().collect();
         for peer in peers {
             let _ = peer.send_notification(notification.clone()).await;
         }
@@ -921,10 +907,15 @@ pub(crate) struct Proxy {
     /// The user's count of this session ([`SessionSlots`]), from `initialize` until dropped.
     held: OnceLock<SessionSlot>,
     /// Its conversation's upstream session was lost: every request is refused.
-    lost: std::sync::atomic::AtomicBool,
+    lost: Arc<std::sync::atomic::AtomicBool>,
     /// The pool was seen holding its binding (see [`binding_lost`]); for sessions the endpoint
     /// does not check.
-    bound: std::sync::atomic::AtomicBool,
+    bound: Arc<std::sync::atomic::AtomicBool>,
+    /// The channel of its pinned upstream session's traffic outside calls, while the pool's
+    /// pin holds its sender (weak here: it closes when the upstream session leaves).
+    out_of_call: Mutex<Option<mpsc::WeakSender<ServerNotification>>>,
+    /// Cancelled when the downstream session ends: its out-of-call relay stops quietly.
+    ended: CancellationToken,
 }
 
 impl Proxy {
@@ -948,6 +939,8 @@ impl Proxy {
             held: OnceLock::new(),
             lost: Default::default(),
             bound: Default::default(),
+            out_of_call: Mutex::new(None),
+            ended: CancellationToken::new(),
         }
     }
 
@@ -958,7 +951,16 @@ impl Proxy {
         &self,
         context: &RequestContext<RoleServer>,
     ) -> Result<(Principal, http::HeaderMap), ErrorData> {
-        let parts = context.extensions.get::<http::request::Parts>();
+        self.caller_of(&context.extensions)
+    }
+
+    /// [`caller`](Self::caller) of a message with `extensions` (a request's or a
+    /// notification's).
+    fn caller_of(
+        &self,
+        extensions: &rmcp::model::Extensions,
+    ) -> Result<(Principal, http::HeaderMap), ErrorData> {
+        let parts = extensions.get::<http::request::Parts>();
         let (headers, extensions) = match parts {
             Some(parts) => (&parts.headers, &parts.extensions),
             None => (&http::HeaderMap::new(), &http::Extensions::new()),
@@ -1043,14 +1045,22 @@ impl Proxy {
             record_lost(&self.server, reason);
             return Err(conversation_lost_error());
         }
-        let options = CallOptions::new()
+        // Session-scoped state is created upstream: the conversation stays with its session.
+        let pins = matches!(
+            request,
+            ClientRequest::SubscribeRequest(_) | ClientRequest::SetLevelRequest(_)
+        );
+        let mut options = CallOptions::new()
             .refuse_rebind()
             .headers(headers.clone())
             .notifications(sink)
             .requests(Arc::new(AskDownstream {
                 peer: context.peer.clone(),
-                call: context.id.clone(),
+                call: Some(context.id.clone()),
             }));
+        if pins {
+            options = options.pin(self.conversation(&context.peer, principal));
+        }
         let acquire = AcquireRequest::new(&self.server)
             .principal(principal)
             .headers(&headers)
@@ -1092,7 +1102,58 @@ impl Proxy {
             }
             return Err(conversation_lost_error());
         }
+        if pins && outcome.is_ok() {
+            // Seen pinned: from now on a pin gone is a conversation lost.
+            self.binding_lost(principal);
+        }
         outcome.map_err(upstream_error)
+    }
+
+    /// Whether this session's binding or pin is gone ([`binding_lost`]), recording it as seen
+    /// when the pool holds it: in the slot the streamable HTTP endpoint checks, else here.
+    fn binding_lost(&self, upstream: Principal) -> Option<&'static str> {
+        let bound = match self.held.get() {
+            Some(slot) if slot.is_http_session() => &slot.0.bound,
+            _ => &*self.bound,
+        };
+        binding_lost(&self.pool, &self.server, upstream, &self.affinity, bound)
+    }
+
+    /// What this session wants of its pinned upstream session's traffic outside calls: its
+    /// notifications, relayed by a task of its own ([`relay_out_of_call`]), and the server's
+    /// requests, asked of this session's client. The channel is made on the first pin and
+    /// lives while the pool's pin holds it.
+    fn conversation(&self, peer: &Peer<RoleServer>, upstream: Principal) -> Conversation {
+        let mut out_of_call = self.out_of_call.lock();
+        let sender = match out_of_call.as_ref().and_then(mpsc::WeakSender::upgrade) {
+            Some(sender) => sender,
+            None => {
+                let (sender, receiver) = mpsc::channel(RELAY_CAPACITY);
+                *out_of_call = Some(sender.downgrade());
+                tokio::spawn(relay_out_of_call(
+                    OutOfCall {
+                        peer: peer.clone(),
+                        subscriptions: self.subscriptions.clone(),
+                        ended: self.ended.clone(),
+                        lost: self.lost.clone(),
+                        bound: self.bound.clone(),
+                        slot: self.held.get().cloned(),
+                        pool: self.pool.clone(),
+                        server: self.server.clone(),
+                        upstream,
+                        affinity: self.affinity.clone(),
+                    },
+                    receiver,
+                ));
+                sender
+            }
+        };
+        Conversation::new()
+            .notifications(sender)
+            .requests(Arc::new(AskDownstream {
+                peer: peer.clone(),
+                call: None,
+            }))
     }
 
     /// Counts a forwarded request and its duration by server and method
@@ -1135,6 +1196,7 @@ impl Proxy {
 impl Drop for Proxy {
     /// The downstream session ended: its sticky upstream session is released for good.
     fn drop(&mut self) {
+        self.ended.cancel();
         self.sessions.peers.lock().remove(&self.slot);
         if let Some(principal) = self.principal.get() {
             self.pool.unbind(&self.server, *principal, &self.affinity);
@@ -1176,6 +1238,72 @@ async fn relay(
     }
 }
 
+/// What [`relay_out_of_call`] needs of its downstream session.
+struct OutOfCall {
+    peer: Peer<RoleServer>,
+    subscriptions: Arc<Mutex<HashSet<String>>>,
+    ended: CancellationToken,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    bound: Arc<std::sync::atomic::AtomicBool>,
+    slot: Option<SessionSlot>,
+    pool: Pool,
+    server: ServerId,
+    upstream: Principal,
+    affinity: String,
+}
+
+/// Relays what a downstream session's pinned upstream session sends outside calls: logging,
+/// `resources/updated` of a URI it subscribed to, and any other notification but
+/// `*/list_changed` (which [`fan_out`] sends every session). When the channel closes while the
+/// downstream session lives, the upstream session left the pool with the conversation's
+/// state: the downstream session is told (it ends; its next request gets HTTP 404).
+async fn relay_out_of_call(
+    session: OutOfCall,
+    mut notifications: mpsc::Receiver<ServerNotification>,
+) {
+    loop {
+        let notification = tokio::select! {
+            biased;
+            () = session.ended.cancelled() => return,
+            notification = notifications.recv() => notification,
+        };
+        let Some(notification) = notification else {
+            break;
+        };
+        match &notification {
+            ServerNotification::ResourceUpdatedNotification(updated)
+                if !session.subscriptions.lock().contains(&updated.params.uri) => {}
+            ServerNotification::ToolListChangedNotification(_)
+            | ServerNotification::PromptListChangedNotification(_)
+            | ServerNotification::ResourceListChangedNotification(_) => {}
+            _ => relay(&session.peer, notification, None).await,
+        }
+    }
+    if session.ended.is_cancelled() {
+        return;
+    }
+    let bound = match &session.slot {
+        Some(slot) if slot.is_http_session() => &slot.0.bound,
+        _ => &*session.bound,
+    };
+    let Some(reason) = binding_lost(
+        &session.pool,
+        &session.server,
+        session.upstream,
+        &session.affinity,
+        bound,
+    ) else {
+        // Nothing was pinned with this channel (the pin was refused): nothing was lost.
+        return;
+    };
+    session.lost.store(true, Ordering::Relaxed);
+    record_lost(&session.server, reason);
+    if let Some(slot) = &session.slot {
+        slot.0.lost.store(true, Ordering::Relaxed);
+        slot.end_session().await;
+    }
+}
+
 /// The JSON-RPC error of a request whose conversation's upstream session was lost while it was
 /// on its way: nothing was sent upstream.
 fn conversation_lost_error() -> ErrorData {
@@ -1211,8 +1339,9 @@ fn upstream_error(error: PoolError) -> ErrorData {
 /// related to a client request are sent on its stream, not the standalone one).
 struct AskDownstream {
     peer: Peer<RoleServer>,
-    /// The downstream request id of the call.
-    call: RequestId,
+    /// The downstream request id of the call; `None` for a request outside calls, asked on
+    /// the downstream session's standalone stream.
+    call: Option<RequestId>,
 }
 
 #[async_trait::async_trait]
@@ -1222,9 +1351,11 @@ impl ServerRequestHandler for AskDownstream {
         mut request: ServerRequest,
         cancel: CancellationToken,
     ) -> Result<ClientResult, ErrorData> {
-        request
-            .extensions_mut()
-            .insert(OriginatingRequestId(self.call.clone()));
+        if let Some(call) = &self.call {
+            request
+                .extensions_mut()
+                .insert(OriginatingRequestId(call.clone()));
+        }
         // Sent from a task of its own: the pool runs this inside the upstream session's
         // handler of that request, where rmcp would replace the marker with the upstream's
         // request id (a task-local that does not cross `tokio::spawn`).
@@ -1313,13 +1444,10 @@ impl ServerHandler for Proxy {
             let _ = self.held.set(slot.clone());
         }
         self.learn_upstream(&context).await?;
-        self.sessions.peers.lock().insert(
-            self.slot,
-            Downstream {
-                peer: context.peer.clone(),
-                subscriptions: self.subscriptions.clone(),
-            },
-        );
+        self.sessions
+            .peers
+            .lock()
+            .insert(self.slot, context.peer.clone());
         self.negotiate_initialize(&request)
     }
 
@@ -1373,6 +1501,36 @@ impl ServerHandler for Proxy {
         self.subscriptions.lock().remove(&params.uri);
         let request = ClientRequest::UnsubscribeRequest(McpRequest::new(params));
         self.forward(request, context).await.map(drop)
+    }
+
+    /// The client's roots changed: the upstream session this downstream session is pinned to
+    /// hears it, and the downstream session is pinned from now on (if it was not), so that
+    /// the server's `roots/list` outside calls is asked of its client.
+    async fn on_roots_list_changed(&self, context: NotificationContext<RoleServer>) {
+        if self.lost.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok((principal, headers)) = self.caller_of(&context.extensions) else {
+            return;
+        };
+        let acquire = AcquireRequest::new(&self.server)
+            .principal(principal)
+            .headers(&headers)
+            .downstream_session(&self.affinity);
+        let lease = match self.pool.acquire_with(acquire).await {
+            Ok(lease) if !lease.is_rebound() => lease,
+            Ok(_) => return, // Its next request learns that the conversation is lost.
+            Err(error) => {
+                tracing::debug!(%error, "roots/list_changed not forwarded: no upstream session");
+                return;
+            }
+        };
+        lease.pin(&self.affinity, self.conversation(&context.peer, principal));
+        if let Err(error) = lease.notify_roots_list_changed().await {
+            tracing::debug!(%error, "roots/list_changed not forwarded");
+        }
+        drop(lease);
+        self.binding_lost(principal);
     }
 
     /// Any method rmcp does not know goes upstream as is.

@@ -24,7 +24,7 @@ use rmcp::{
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::{RedactedHeaders, ServerId};
+use crate::{AffinityKey, RedactedHeaders, ServerId};
 
 /// Progress notifications kept for a call that has not registered its progress token yet (its
 /// request is on the wire before the pool learns the token rmcp gave it).
@@ -95,6 +95,53 @@ impl fmt::Debug for CallHeaders {
             .field("trace", &RedactedHeaders(&self.trace))
             .field("credentials", &RedactedHeaders(&self.credentials))
             .finish()
+    }
+}
+
+/// What a conversation pinned to a session wants of the session's traffic outside calls
+/// (the MCP spec scopes subscriptions, the log level and roots to a session; DESIGN §16): the
+/// notifications that belong to no call (logging outside a call, `resources/updated`,
+/// `*/list_changed`, any other), and the server's requests that belong to no call
+/// (`roots/list` after the client's `notifications/roots/list_changed`, say).
+/// [`SessionHandler::pin`] registers one; `CallOptions::pin` of the `mcp-pool` crate is how a
+/// pool's caller pins.
+///
+/// The notification channel is bounded: a full one drops the notification. It closes when
+/// the conversation is unpinned or its session leaves the pool
+/// ([`SessionHandler::unpin_all`]): a receiver that ends while its conversation is still on
+/// is the signal that the session, and its state, are gone.
+#[derive(Clone, Default)]
+pub struct Conversation {
+    notifications: Option<mpsc::Sender<ServerNotification>>,
+    requests: Option<Arc<dyn ServerRequestHandler>>,
+}
+
+impl fmt::Debug for Conversation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conversation")
+            .field("notifications", &self.notifications.is_some())
+            .field("requests", &self.requests.is_some())
+            .finish()
+    }
+}
+
+impl Conversation {
+    /// A conversation that wants nothing (its pin only routes its calls).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Where the session's notifications that belong to no call go.
+    pub fn notifications(mut self, sink: mpsc::Sender<ServerNotification>) -> Self {
+        self.notifications = Some(sink);
+        self
+    }
+
+    /// Who answers the server's requests that belong to no call, when this conversation is
+    /// the only one pinned to the session that has a handler.
+    pub fn requests(mut self, handler: Arc<dyn ServerRequestHandler>) -> Self {
+        self.requests = Some(handler);
+        self
     }
 }
 
@@ -285,14 +332,17 @@ impl SessionLost {
 /// |---|---|
 /// | `notifications/progress` | the call whose progress token it names, and only it |
 /// | `notifications/message` (logging) while exactly one call is in flight on the session | that call |
-/// | `notifications/message` otherwise, `*/list_changed`, `resources/updated` | the session's subscribers ([`SessionHandler::subscribe`]) |
+/// | `notifications/message` otherwise, `*/list_changed`, `resources/updated`, any other | the session's subscribers ([`SessionHandler::subscribe`]) and the conversations pinned to it ([`SessionHandler::pin`]) |
 /// | `*/list_changed`, `resources/updated` | also the server's subscribers ([`ServerEvents`]), debounced |
-/// | `sampling/createMessage`, `elicitation/create`, `roots/list` | the [`ServerRequestHandler`] of the call it belongs to |
+/// | `sampling/createMessage`, `elicitation/create`, `roots/list` of a call | the [`ServerRequestHandler`] of the call it belongs to |
+/// | the same outside every call | the handler of the one conversation pinned to the session that has one |
 ///
 /// A request of the server belongs to a call when it arrived on that call's response stream
 /// (streamable HTTP marks this, SEP-2260), or, on transports that cannot tell, when that call
-/// is the only one in flight on the session. Without a handler the server gets a JSON-RPC
-/// error at once (`-32601`, method not found), never silence.
+/// is the only one in flight on the session. A request outside every call is answered by a
+/// pinned conversation only when exactly one pinned conversation can answer: with several,
+/// any answer would be one conversation's data given for all of them. Without a handler the
+/// server gets a JSON-RPC error at once (`-32601`, method not found), never silence.
 ///
 /// Logging has no request id in MCP: with `session_concurrency` > 1 and several calls in flight
 /// a log line cannot be attributed, so it goes to the session's subscribers instead of a
@@ -321,6 +371,8 @@ struct Routes {
     next: u64,
     calls: Vec<Call>,
     unclaimed: VecDeque<ServerNotification>,
+    /// Conversations pinned to the session ([`SessionHandler::pin`]).
+    pinned: Vec<(AffinityKey, Conversation)>,
 }
 
 struct Call {
@@ -333,11 +385,15 @@ struct Call {
 
 impl fmt::Debug for SessionHandler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let calls = lock(&self.inner.routes).calls.len();
+        let (calls, pinned) = {
+            let routes = lock(&self.inner.routes);
+            (routes.calls.len(), routes.pinned.len())
+        };
         f.debug_struct("SessionHandler")
             .field("client", &self.inner.info.client_info.name)
             .field("capabilities", &self.inner.info.capabilities)
             .field("calls_in_flight", &calls)
+            .field("pinned", &pinned)
             .field("lost", &self.inner.lost.get().map(SessionLost::cause))
             .finish_non_exhaustive()
     }
@@ -407,6 +463,39 @@ impl SessionHandler {
         lock(&self.inner.routes).calls.len()
     }
 
+    /// Pins the conversation `affinity` to this session: from now on it receives what the
+    /// session sends outside calls (see the table on [`SessionHandler`]). Returns `false`,
+    /// keeping the registration already there, when `affinity` is pinned already.
+    pub fn pin(&self, affinity: AffinityKey, conversation: Conversation) -> bool {
+        let mut routes = lock(&self.inner.routes);
+        if routes.pinned.iter().any(|(a, _)| *a == affinity) {
+            return false;
+        }
+        routes.pinned.push((affinity, conversation));
+        true
+    }
+
+    /// Ends the pin of `affinity`, if it has one: its notification channel closes (unless its
+    /// receiver shares it with other senders). Returns whether it had one.
+    pub fn unpin(&self, affinity: &AffinityKey) -> bool {
+        let mut routes = lock(&self.inner.routes);
+        let before = routes.pinned.len();
+        routes.pinned.retain(|(a, _)| a != affinity);
+        routes.pinned.len() != before
+    }
+
+    /// Ends every pin: what the pool does when the session leaves it. Each pinned
+    /// conversation's notification channel closes, which tells it the session is gone.
+    pub fn unpin_all(&self) {
+        let pinned = std::mem::take(&mut lock(&self.inner.routes).pinned);
+        drop(pinned);
+    }
+
+    /// Number of conversations pinned to the session.
+    pub fn pinned(&self) -> usize {
+        lock(&self.inner.routes).pinned.len()
+    }
+
     /// Reports that the connection carrying the session is gone for good: it closed, or it
     /// could not be re-established. What a transport calls when it learns so (a request's own
     /// failure fails that request as usual): the pool then evicts the session at once, hands
@@ -471,7 +560,22 @@ impl SessionHandler {
         }
     }
 
+    /// Hands a notification that belongs to no call to the session's subscribers and its
+    /// pinned conversations.
     fn to_session(&self, notification: ServerNotification) {
+        {
+            let routes = lock(&self.inner.routes);
+            for (_, conversation) in &routes.pinned {
+                if let Some(sink) = &conversation.notifications
+                    && sink.try_send(notification.clone()).is_err()
+                {
+                    tracing::debug!(
+                        "a pinned conversation's notification channel is full or closed: \
+                         notification dropped"
+                    );
+                }
+            }
+        }
         let _ = self.inner.session.send(notification);
     }
 
@@ -518,14 +622,15 @@ impl SessionHandler {
     }
 
     /// The handler of the call `request` belongs to, waiting (bounded) for a call that named
-    /// itself on the wire but is not registered yet.
+    /// itself on the wire but is not registered yet; outside every call, the one pinned
+    /// conversation's that has one.
     async fn request_handler(&self, origin: Origin<'_>) -> Option<Arc<dyn ServerRequestHandler>> {
         let origin = match origin {
             Origin::Call(id) => Some(id),
             // Outside every call (streamable HTTP's standalone stream): no call's client may
             // answer it, whichever happens to be in flight — it would hand the server another
-            // client's data (its roots, its sampling).
-            Origin::Unassociated => return None,
+            // client's data (its roots, its sampling). A conversation pinned here may.
+            Origin::Unassociated => return self.pinned_handler(),
             Origin::Unknown => None,
         };
         let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
@@ -547,6 +652,10 @@ impl SessionHandler {
                     None => {
                         return match routes.calls.as_slice() {
                             [only] => only.requests.clone(),
+                            [] => {
+                                drop(routes);
+                                self.pinned_handler()
+                            }
                             _ => None,
                         };
                     }
@@ -555,6 +664,21 @@ impl SessionHandler {
             if tokio::time::timeout_at(deadline, registered).await.is_err() {
                 return None;
             }
+        }
+    }
+}
+
+impl SessionHandler {
+    /// The request handler of the only pinned conversation that has one.
+    fn pinned_handler(&self) -> Option<Arc<dyn ServerRequestHandler>> {
+        let routes = lock(&self.inner.routes);
+        let mut handlers = routes
+            .pinned
+            .iter()
+            .filter_map(|(_, c)| c.requests.as_ref());
+        match (handlers.next(), handlers.next()) {
+            (Some(only), None) => Some(only.clone()),
+            _ => None,
         }
     }
 }
@@ -748,7 +872,8 @@ impl Service<RoleClient> for SessionHandler {
                 ErrorCode::METHOD_NOT_FOUND,
                 format!(
                     "{method}: the client has no handler for this request (it came outside \
-                     any call, or no call in flight registered one)"
+                     any call and not exactly one conversation pinned to the session can \
+                     answer it, or the call it belongs to registered none)"
                 ),
                 None,
             )),
@@ -1053,5 +1178,82 @@ mod tests {
                 .await
                 .is_none()
         );
+    }
+
+    fn affinity(n: u8) -> AffinityKey {
+        AffinityKey(crate::Digest256::Sha256([n; 32]))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_outside_every_call_goes_to_the_one_pinned_conversation_that_can_answer() {
+        let handler = handler();
+        assert!(
+            handler
+                .request_handler(Origin::Unassociated)
+                .await
+                .is_none()
+        );
+        assert!(handler.pin(affinity(1), Conversation::new().requests(Arc::new(Answer))));
+        assert!(
+            !handler.pin(affinity(1), Conversation::new()),
+            "the first pin stays"
+        );
+        // A conversation without a handler does not make it ambiguous.
+        assert!(handler.pin(affinity(2), Conversation::new()));
+        assert!(
+            handler
+                .request_handler(Origin::Unassociated)
+                .await
+                .is_some()
+        );
+        assert!(handler.request_handler(Origin::Unknown).await.is_some());
+        // Two that could answer: neither does (either answer would stand for both).
+        assert!(handler.pin(affinity(3), Conversation::new().requests(Arc::new(Answer))));
+        assert!(
+            handler
+                .request_handler(Origin::Unassociated)
+                .await
+                .is_none()
+        );
+        assert!(handler.unpin(&affinity(3)));
+        assert!(!handler.unpin(&affinity(3)));
+        // A call in flight on a one-stream transport still owns what arrives during it.
+        let (tx, _rx) = mpsc::channel(1);
+        let _route = handler.begin_call(Some(tx), None);
+        assert!(
+            handler.request_handler(Origin::Unknown).await.is_none(),
+            "the call registered no handler"
+        );
+    }
+
+    #[test]
+    fn notifications_outside_calls_reach_pinned_conversations_until_the_session_leaves() {
+        let handler = handler();
+        let (tx_a, mut rx_a) = mpsc::channel(8);
+        let (tx_b, mut rx_b) = mpsc::channel(8);
+        handler.pin(affinity(1), Conversation::new().notifications(tx_a));
+        handler.pin(affinity(2), Conversation::new().notifications(tx_b));
+        let (tx_call, mut rx_call) = mpsc::channel(8);
+        let call = handler.begin_call(Some(tx_call), None);
+        handler.route_notification(log("during the only call"));
+        assert!(rx_call.try_recv().is_ok(), "the call's own");
+        assert!(rx_a.try_recv().is_err() && rx_b.try_recv().is_err());
+        drop(call);
+        handler.route_notification(log("outside any call"));
+        handler.route_notification(progress(9, 1.0));
+        for rx in [&mut rx_a, &mut rx_b] {
+            assert!(matches!(
+                rx.try_recv(),
+                Ok(ServerNotification::LoggingMessageNotification(_))
+            ));
+            assert!(rx.try_recv().is_err(), "progress belongs to calls only");
+        }
+        assert_eq!(handler.pinned(), 2);
+        handler.unpin_all();
+        assert_eq!(handler.pinned(), 0);
+        assert!(matches!(
+            rx_a.try_recv(),
+            Err(mpsc::error::TryRecvError::Disconnected)
+        ));
     }
 }

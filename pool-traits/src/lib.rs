@@ -24,8 +24,8 @@ pub use endpoint::{
     StdioCommand, TransportKind, UnknownTransport,
 };
 pub use exchange::{
-    CallHeaders, CallRoute, SESSION_EVENTS_CAPACITY, ServerEvent, ServerEventKind, ServerEvents,
-    ServerRequestHandler, SessionHandler, SessionLost,
+    CallHeaders, CallRoute, Conversation, SESSION_EVENTS_CAPACITY, ServerEvent, ServerEventKind,
+    ServerEvents, ServerRequestHandler, SessionHandler, SessionLost,
 };
 pub use failure::FailureKind;
 pub use id::{ID_RULE, InvalidId, ServerId, StateId};
