@@ -1008,8 +1008,9 @@ impl Pool {
     }
 
     /// Ends the sticky binding of a downstream session on `server` and retires its upstream
-    /// session (it is never handed to another affinity). Call it when the downstream session
-    /// ends. Returns whether a binding existed.
+    /// session (it is never handed to another affinity), and ends its pin
+    /// ([`Lease::pin`](crate::Lease::pin); a pinned session is shared, so it stays). Call it
+    /// when the downstream session ends. Returns whether a binding or a pin existed.
     pub fn unbind(
         &self,
         server: &ServerId,
