@@ -1309,7 +1309,7 @@ pub async fn pool_stats(
     usable(&state, &caller, &id)?;
     let (stats, config) = server_stats(&state, &id)?;
     if !config.enabled {
-        return Err(crate::ops::pooling_disabled());
+        return Err(ApiError::pooling_disabled());
     }
     let mut view = PoolStatsView::from(&stats);
     view.enabled = true;

@@ -43,6 +43,15 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, format!("Server not found: {id}"))
     }
 
+    /// 503 `{"detail": "Pooling not enabled for server"}`: a pool route of a server whose
+    /// pooling is off.
+    pub fn pooling_disabled() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Pooling not enabled for server",
+        )
+    }
+
     /// 401 with `WWW-Authenticate: Bearer`.
     pub fn unauthorized(detail: impl Into<String>) -> Self {
         Self {

@@ -3,7 +3,6 @@
 use axum::{
     Json,
     extract::{Path, State},
-    http::StatusCode,
 };
 use mcp_pool::{PoolConfig, ServerId, SessionInfo, SessionState};
 use serde::{Deserialize, Serialize};
@@ -76,14 +75,6 @@ pub struct ResizeBody {
     pub size: u64,
 }
 
-/// 503 `{"detail": "Pooling not enabled for server"}`.
-pub(crate) fn pooling_disabled() -> ApiError {
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "Pooling not enabled for server",
-    )
-}
-
 /// The id and configuration of a server with pooling on: 404 unknown, 503 pooling off.
 pub(crate) fn pooled_server(
     state: &AppState,
@@ -95,7 +86,7 @@ pub(crate) fn pooled_server(
         .server_config(&sid)
         .ok_or_else(|| ApiError::server_not_found(id))?;
     if !config.enabled {
-        return Err(pooling_disabled());
+        return Err(ApiError::pooling_disabled());
     }
     Ok((sid, config))
 }
