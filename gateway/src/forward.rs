@@ -46,7 +46,7 @@ use std::{
 
 use axum::{
     body::Body,
-    extract::{Path, Request, State},
+    extract::Request,
     http::{HeaderName, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -66,7 +66,7 @@ use sha2::Sha256;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::{ApiError, AppState, auth::Claims, workers::WorkerId};
+use crate::{ApiError, AppState, auth::Claims, membership::WorkerId};
 
 /// How long a claim lives without a refresh. Liveness comes from the owner's heartbeat (a dead
 /// owner's claims can be taken at once); the TTL only bounds claims of sessions that ended
@@ -329,7 +329,7 @@ impl Group {
 
     /// Leaves the group (a graceful shutdown): ends this worker's heartbeat, so that the next
     /// request for any of its sessions, at any worker, takes the session over at once — as
-    /// after a death, without waiting for [`HEARTBEAT_TTL`](crate::workers::HEARTBEAT_TTL).
+    /// after a death, without waiting for [`HEARTBEAT_TTL`](crate::membership::HEARTBEAT_TTL).
     /// Call it once the heartbeat task has stopped.
     pub async fn leave(&self) {
         // The shortest TTL there is: gone by the time anyone looks.
@@ -532,7 +532,7 @@ impl Group {
         // millisecond per forward, measured with the workers_bench example.)
         let head = async {
             loop {
-                let wait = crate::workers::HEARTBEAT_INTERVAL;
+                let wait = crate::membership::HEARTBEAT_INTERVAL;
                 if let Ok(part) = tokio::time::timeout(wait, relay.next_part()).await {
                     return Some(part);
                 }
@@ -582,7 +582,7 @@ impl Group {
     }
 
     /// Handles one message of this worker's channel.
-    fn receive(self: &Arc<Self>, state: &AppState, payload: &[u8]) {
+    fn receive(self: &Arc<Self>, local: &LocalHandler, payload: &[u8]) {
         let frame: Frame = match serde_json::from_slice(payload) {
             Ok(frame) => frame,
             Err(error) => {
@@ -607,15 +607,15 @@ impl Group {
             }
             Frame::Request(envelope) => {
                 let group = self.clone();
-                let state = state.clone();
-                tokio::spawn(async move { group.serve(state, envelope).await });
+                let local = local.clone();
+                tokio::spawn(async move { group.serve(local, envelope).await });
             }
         }
     }
 
     /// Serves a request another worker forwarded (see the module docs) and sends back the
     /// reply, part by part.
-    async fn serve(self: Arc<Self>, state: AppState, envelope: Envelope) {
+    async fn serve(self: Arc<Self>, local: LocalHandler, envelope: Envelope) {
         let Some(reply_to) = channel_of(&envelope.from) else {
             return;
         };
@@ -633,7 +633,7 @@ impl Group {
                     .lock()
                     .insert((from.clone(), id), cancel.clone());
                 let server = envelope.server.clone();
-                let response = crate::mcp::endpoint(State(state), Path(server), request);
+                let response = local(server, request);
                 tokio::select! {
                     response = response => Some((response, cancel)),
                     () = cancel.cancelled() => None,
@@ -840,12 +840,17 @@ impl Drop for Relay {
     }
 }
 
-/// Subscribes to this worker's channel and handles its messages until `shutdown`,
-/// subscribing again after the backend failed (messages sent meanwhile are lost: their
-/// forwards fail and are retried by their clients).
+/// What serves a request another worker forwarded here: this worker's MCP endpoint of the
+/// server named (`/servers/{server}/mcp`), given when the worker joins the group.
+pub type LocalHandler =
+    Arc<dyn Fn(String, Request) -> futures::future::BoxFuture<'static, Response> + Send + Sync>;
+
+/// Subscribes to this worker's channel and hands each forwarded request to `local` until
+/// `shutdown`, subscribing again after the backend failed (messages sent meanwhile are lost:
+/// their forwards fail and are retried by their clients).
 pub fn spawn_channel(
     group: Arc<Group>,
-    state: AppState,
+    local: LocalHandler,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -866,7 +871,7 @@ pub fn spawn_channel(
                         tokio::select! {
                             () = shutdown.cancelled() => return,
                             message = messages.next() => match message {
-                                Some(payload) => group.receive(&state, &payload),
+                                Some(payload) => group.receive(&local, &payload),
                                 None => break,
                             },
                         }

@@ -18,6 +18,7 @@ pub mod config;
 pub mod error;
 pub mod forward;
 pub mod mcp;
+mod membership;
 pub mod metrics;
 pub mod ops;
 pub mod policy;

@@ -20,18 +20,13 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use mcp_pool::traits::{StateBackend, StateId};
+use mcp_pool::traits::StateBackend;
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
+pub use crate::membership::{HEARTBEAT_INTERVAL, HEARTBEAT_TTL, WorkerId};
 use crate::{AppState, forward, mcp::McpEndpoints, registry::Applied};
-
-/// How often a worker renews its heartbeat.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
-
-/// How long a heartbeat lives: three missed renewals and the worker is dead to the others.
-pub const HEARTBEAT_TTL: Duration = Duration::from_secs(6);
 
 /// How often the registry watcher re-lists the backend's records (see the module docs).
 pub const RELIST_INTERVAL: Duration = Duration::from_secs(5);
@@ -59,7 +54,17 @@ pub fn join(
     let lost = Arc::new(tokio::sync::Notify::new());
     let heartbeat = spawn_heartbeat(backend, worker, lost.clone(), shutdown.clone());
     spawn_registry_watcher(state.clone(), RELIST_INTERVAL, shutdown.clone());
-    forward::spawn_channel(group.clone(), state.clone(), shutdown.clone());
+    let local: forward::LocalHandler = {
+        let state = state.clone();
+        Arc::new(move |server, request| {
+            Box::pin(crate::mcp::endpoint(
+                axum::extract::State(state.clone()),
+                axum::extract::Path(server),
+                request,
+            ))
+        })
+    };
+    forward::spawn_channel(group.clone(), local, shutdown.clone());
     let mcp = state.mcp.clone();
     tokio::spawn(refresh_claims(group.clone(), mcp, lost, shutdown));
     Ok(Membership { group, heartbeat })
@@ -115,65 +120,6 @@ async fn refresh_claims(
             );
         }
     }
-}
-
-/// A worker's id in the group: what its heartbeats, and later its claims, carry.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WorkerId(StateId);
-
-impl WorkerId {
-    /// `id` as given (`--worker-id`).
-    ///
-    /// # Errors
-    /// When `id` is not 1 to 128 characters of `[a-zA-Z0-9_-]`, with that rule in the message.
-    pub fn new(id: &str) -> Result<Self, String> {
-        StateId::new(id)
-            .map(Self)
-            .map_err(|e| format!("--worker-id {id:?} is invalid: {e}"))
-    }
-
-    /// The default id: `{host}-{pid}-{random}`, the host name reduced to `[a-zA-Z0-9_-]` and
-    /// 64 characters. Made when called — by the binary, after start-up, never at import — so
-    /// that two processes (a fork included) never share one.
-    pub fn generate() -> Self {
-        let host = hostname();
-        let host: String = host
-            .chars()
-            .map(|c| match c {
-                'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => c,
-                _ => '-',
-            })
-            .take(64)
-            .collect();
-        let host = if host.is_empty() {
-            "worker".into()
-        } else {
-            host
-        };
-        let random = uuid::Uuid::new_v4().simple().to_string();
-        let id = format!("{host}-{}-{}", std::process::id(), &random[..8]);
-        Self(StateId::new(id).expect("built from [a-zA-Z0-9_-], at most 84 characters"))
-    }
-
-    /// The id as the backend stores it.
-    pub fn state_id(&self) -> &StateId {
-        &self.0
-    }
-}
-
-impl std::fmt::Display for WorkerId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Display::fmt(&self.0, f)
-    }
-}
-
-/// The machine's host name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`), or empty.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_default()
 }
 
 /// Renews `worker`'s heartbeat every [`HEARTBEAT_INTERVAL`] until `shutdown`. A failed
