@@ -2027,9 +2027,10 @@ impl KeyState {
         self.selector.on_removed(view.id, reason);
         if self.pins.holds(view.id) {
             self.pins.on_removed(view.id, reason);
-            // The pinned conversations' channels close: they learn their state is gone.
-            slot.peer.handler.unpin_all();
         }
+        // The conversations pinned to it (by a pin, or by a sticky binding) learn that their
+        // state is gone: their channels close.
+        slot.peer.handler.unpin_all();
         self.counters.evictions += 1;
         self.metrics.evicted(reason);
         if view.in_flight == slot.checking {

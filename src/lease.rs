@@ -158,7 +158,7 @@ impl CallOptions {
     /// Pins the conversation to the session that serves this call, under any strategy, with
     /// what it wants of the session's traffic outside calls: what a call that creates
     /// session-scoped state upstream asks for (`resources/subscribe`, `logging/setLevel`,
-    /// the client's `notifications/roots/list_changed`; DESIGN §16). See
+    /// the client's `notifications/roots/list_changed`). See
     /// [`Lease::pin`] (a lease's own [`send`](Lease::send) ignores it: pin with that). [`Pool::call`](crate::Pool::call) pins once the call succeeded (a
     /// failed call created no state), so that the state is where the conversation's next
     /// calls go. Needs the acquire's
@@ -295,7 +295,7 @@ impl Lease {
 
     /// Pins the conversation `downstream_session` (the id given to
     /// [`AcquireRequest::downstream_session`](crate::AcquireRequest::downstream_session)) to
-    /// this lease's session, on a strategy that shares sessions (DESIGN §16):
+    /// this lease's session, on a strategy that shares sessions:
     ///
     /// - its later acquires get this session whatever the strategy would pick (waiting while
     ///   it is busy), so its requests meet the session-scoped state they created

@@ -1,4 +1,4 @@
-//! Conversations pinned to shared sessions (DESIGN §16): the bookkeeping of one key.
+//! Conversations pinned to shared sessions: the bookkeeping of one key.
 //!
 //! The MCP spec scopes resource subscriptions, the log level and the client's roots to a
 //! session. Under a strategy that shares sessions (round robin, least connections, weighted,

@@ -1,4 +1,4 @@
-//! Conversations pinned to shared sessions (DESIGN §16): under round robin, a conversation
+//! Conversations pinned to shared sessions: under round robin, a conversation
 //! that created session-scoped state keeps its session while the others rotate; what that
 //! session sends outside calls reaches it; when the session leaves the pool the conversation
 //! is told (its channel closes, `affinity_state` says lost, its next lease is a rebind) — never

@@ -26,7 +26,8 @@
 //! `*/list_changed` from any upstream session of the server reaches every downstream session
 //! of it (debounced by the pool).
 //!
-//! Session-scoped state under pooling (DESIGN §16): a downstream session that creates state
+//! Session-scoped state under pooling (the MCP spec scopes subscriptions, the log level and
+//! roots to a session): a downstream session that creates state
 //! scoped to the upstream session (`resources/subscribe`, `logging/setLevel`, and its roots
 //! when it sends `notifications/roots/list_changed`) is pinned to the upstream session that
 //! holds it ([`CallOptions::pin`]), under any strategy, so its later requests meet their own

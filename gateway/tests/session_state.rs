@@ -1,4 +1,4 @@
-//! Session-scoped MCP state under pooling (DESIGN §16), with third-party parts on both sides:
+//! Session-scoped MCP state under pooling, with third-party parts on both sides:
 //! the official MCP Python SDK as the downstream client (`interop/python/session_state.py`)
 //! and `@modelcontextprotocol/server-everything` over streamable HTTP as the upstream, behind
 //! the gateway (in process) on `round_robin` with two warm upstream sessions per user, so that

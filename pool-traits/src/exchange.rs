@@ -99,7 +99,7 @@ impl fmt::Debug for CallHeaders {
 }
 
 /// What a conversation pinned to a session wants of the session's traffic outside calls
-/// (the MCP spec scopes subscriptions, the log level and roots to a session; DESIGN §16): the
+/// (the MCP spec scopes subscriptions, the log level and roots to a session): the
 /// notifications that belong to no call (logging outside a call, `resources/updated`,
 /// `*/list_changed`, any other), and the server's requests that belong to no call
 /// (`roots/list` after the client's `notifications/roots/list_changed`, say).
