@@ -364,14 +364,14 @@ impl PoolBuilder {
         }
         if pool.inner.backend.name() != "memory" {
             // A shared backend: the user limit also counts the other workers' sessions.
-            let slots = crate::workers::UserSlots::new(
+            let slots = crate::user_slots::UserSlots::new(
                 pool.inner.backend.clone(),
                 pool.inner.shared.limits.user_limit,
                 cleanup_interval,
             );
             let _ = pool.inner.shared.user_slots.set(Arc::new(slots));
         }
-        crate::workers::spawn_config_watcher(&pool);
+        crate::config_watch::spawn_config_watcher(&pool);
         maintenance::spawn_health(&pool, health);
         maintenance::spawn(
             &pool,

@@ -13,9 +13,8 @@ use std::{
 
 use http::HeaderMap;
 use mcp_pool_traits::{
-    AffinityKey, CallHeaders, ClientSession, Conversation, LeaseOutcome, LeaseReport, PoolKey,
-    SelectContext, ServerRequestHandler, SessionHandler, SessionId, SessionLost,
-    is_transport_failure,
+    AffinityKey, CallHeaders, Conversation, LeaseOutcome, LeaseReport, PoolKey, SelectContext,
+    ServerRequestHandler, SessionId, SessionLost, is_transport_failure,
     rmcp::{
         Peer, RoleClient, ServiceError,
         model::{
@@ -31,40 +30,7 @@ use mcp_pool_traits::{
 use mcp_pool_transports::{CallFailure, NotDelivered, call_failure, failure_cause};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::key_pool::KeyPool;
-
-/// What the leases of one session share: the rmcp peer and the session's handler (where the
-/// server's notifications and requests are routed). One reference count per acquire instead
-/// of a `Peer` clone (about ten of them).
-pub(crate) struct Link {
-    pub(crate) peer: Peer<RoleClient>,
-    pub(crate) handler: SessionHandler,
-}
-
-impl Link {
-    pub(crate) fn new(session: &ClientSession) -> Self {
-        Self {
-            peer: session.peer().clone(),
-            handler: session.service().clone(),
-        }
-    }
-}
-
-impl Deref for Link {
-    type Target = Peer<RoleClient>;
-
-    fn deref(&self) -> &Peer<RoleClient> {
-        &self.peer
-    }
-}
-
-impl fmt::Debug for Link {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Link")
-            .field("handler", &self.handler)
-            .finish_non_exhaustive()
-    }
-}
+use crate::key::{Granted, KeyPool, Link};
 
 /// What one call on a lease carries besides its request: a deadline, the downstream request's
 /// headers, where the server's notifications for the call go, and who answers the server's
@@ -241,25 +207,17 @@ pub struct Lease {
 
 impl Lease {
     #[inline]
-    pub(crate) fn new(
-        key: Arc<KeyPool>,
-        id: SessionId,
-        link: Arc<Link>,
-        endpoint: usize,
-        hit: bool,
-        rebound: bool,
-        observed: bool,
-    ) -> Self {
+    pub(crate) fn new(key: Arc<KeyPool>, granted: Granted<Arc<Link>>) -> Self {
         Self {
             key,
-            id,
-            link,
-            endpoint,
+            id: granted.id,
+            link: granted.handle,
+            endpoint: granted.endpoint,
             broken: AtomicBool::new(false),
             suspect: AtomicBool::new(false),
-            hit,
-            rebound,
-            acquired: observed.then(Instant::now),
+            hit: granted.hit,
+            rebound: granted.rebound,
+            acquired: granted.observed.then(Instant::now),
         }
     }
 

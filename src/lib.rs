@@ -5,9 +5,10 @@
 pub mod autoscale;
 pub mod breaker;
 mod builder;
+mod config_watch;
 mod error;
 pub mod health;
-mod key_pool;
+mod key;
 mod lease;
 mod limits;
 mod maintenance;
@@ -19,7 +20,7 @@ mod server;
 mod settings;
 mod shared;
 mod stats;
-mod workers;
+mod user_slots;
 
 pub use autoscale::{ScaleDecision, ScaleStats};
 pub use breaker::{BreakerState, CircuitBreaker};

@@ -1,9 +1,6 @@
 //! The background maintenance task: reaping without traffic (DESIGN §2.5, §7).
 
-use std::{
-    sync::{Arc, Weak},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use mcp_pool_traits::EvictionReason;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -11,7 +8,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::{
     Pool,
     health::{HealthCheckConfig, check_session},
-    key_pool::KeyPool,
+    pool::{by_last_use, unlist},
 };
 
 /// Every `interval`: close sessions past `max_lifetime` or idle past `max_idle_time` (down to
@@ -59,7 +56,7 @@ pub(crate) fn run_once(pool: &Pool, key_idle: Duration) {
         let outcome = key.reap(now, key_idle);
         if outcome.idle_key
             && key.try_remove(
-                &pool.inner.keys,
+                || unlist(&pool.inner.keys, &key),
                 Some((now, key_idle)),
                 EvictionReason::KeyEvicted,
             )
@@ -73,32 +70,11 @@ pub(crate) fn run_once(pool: &Pool, key_idle: Duration) {
             candidates.push((outcome.last_used, Arc::downgrade(&key)));
         }
     }
-    *pool.inner.candidates.lock() = order(candidates);
+    *pool.inner.candidates.lock() = by_last_use(candidates);
     pool.inner.subjects.lock().retain(|_, keys| {
-        keys.retain(|k| k.upgrade().is_some_and(|k| !k.state.lock().removed));
+        keys.retain(|k| k.upgrade().is_some_and(|k| !k.is_removed()));
         !keys.is_empty()
     });
-}
-
-/// The keys with idle sessions, least recently used last (where [`Pool`] takes room from
-/// under a pool-wide cap), from every key: the rebuild when the maintenance pass's list is
-/// used up.
-pub(crate) fn candidates(pool: &Pool) -> Vec<Weak<KeyPool>> {
-    let keys = pool.all_keys();
-    order(
-        keys.iter()
-            .filter_map(|k| {
-                let st = k.state.lock();
-                st.has_idle_session()
-                    .then(|| (st.last_used, Arc::downgrade(k)))
-            })
-            .collect(),
-    )
-}
-
-fn order(mut keys: Vec<(Instant, Weak<KeyPool>)>) -> Vec<Weak<KeyPool>> {
-    keys.sort_by_key(|k| std::cmp::Reverse(k.0));
-    keys.into_iter().map(|(_, k)| k).collect()
 }
 
 /// How often the health task looks for keys due for a health check or a rebalance. Each key

@@ -136,24 +136,4 @@ impl KeyMetrics {
         let labels: Vec<Label> = self.labels.iter().cloned().chain([extra]).collect();
         metrics::counter!(name, labels).increment(1);
     }
-
-    /// Moves one session from idle to active (`true`) or back (`false`).
-    pub(crate) fn activate(&self, active: bool) {
-        if active {
-            self.idle.decrement(1.0);
-            self.active.increment(1.0);
-        } else {
-            self.active.decrement(1.0);
-            self.idle.increment(1.0);
-        }
-    }
-
-    /// A session joined (`+1`) or left (`-1`) in the given state.
-    pub(crate) fn session(&self, active: bool, delta: f64) {
-        if active {
-            self.active.increment(delta);
-        } else {
-            self.idle.increment(delta);
-        }
-    }
 }

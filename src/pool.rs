@@ -24,7 +24,7 @@ pub(crate) const SERVER_EVENTS_CAPACITY: usize = 64;
 
 use crate::{
     CallOptions, Lease, PoolBuilder, PoolError, ServerConfig,
-    key_pool::{AcquireArgs, AcquireError, FirstStep, KeyPool, Next},
+    key::{AcquireArgs, AcquireError, KeyId, KeyPool, Pending},
     lease::Stage,
     limits::Cap,
     server::{ServerCounters, ServerEntry},
@@ -187,7 +187,7 @@ enum Attempt {
     /// The key was removed under the attempt: look it up again.
     Again,
     /// Create or wait on this key.
-    Slow(Arc<KeyPool>, Arc<ServerEntry>, FirstStep),
+    Slow(Arc<KeyPool>, Arc<ServerEntry>, Pending),
 }
 
 /// A pool of initialized upstream MCP sessions, keyed by (user, identity, server, transport).
@@ -198,45 +198,24 @@ pub struct Pool {
     pub(crate) inner: Arc<PoolInner>,
 }
 
-/// The key map's key: a [`PoolKey`] with the server as its index, so that looking a key up
-/// clones nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct KeyId {
-    pub(crate) server: u32,
-    pub(crate) principal: Principal,
-    pub(crate) transport: TransportKind,
+/// Per server, the version of the last saved change a pool applied (see
+/// [`Pool::apply_saved`]).
+pub(crate) type SavedVersions = parking_lot::Mutex<HashMap<ServerId, u64>>;
+
+/// Candidate keys, least recently used last.
+pub(crate) fn by_last_use(mut keys: Vec<(Instant, Weak<KeyPool>)>) -> Vec<Weak<KeyPool>> {
+    keys.sort_by_key(|k| std::cmp::Reverse(k.0));
+    keys.into_iter().map(|(_, k)| k).collect()
 }
 
-impl std::hash::Hash for KeyId {
-    /// 8 bytes of each digest (uniform already; the map's hasher is seeded), not all 64: on
-    /// every acquire. Equality compares whole keys.
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(u64::from(self.server) << 8 ^ kind_code(self.transport));
-        state.write_u64(self.principal.user.prefix_u64());
-        state.write_u64(self.principal.identity.prefix_u64());
-    }
-}
-
-/// A number per transport kind, for [`KeyId`]'s hash: a custom kind's is the address of its
-/// interned name (one per name).
-fn kind_code(kind: TransportKind) -> u64 {
-    match kind {
-        TransportKind::StreamableHttp => 0,
-        TransportKind::Sse => 1,
-        TransportKind::WebSocket => 2,
-        TransportKind::Stdio => 3,
-        other => other.as_str().as_ptr() as usize as u64,
-    }
-}
-
-impl KeyId {
-    pub(crate) fn of(key: &KeyPool) -> Self {
-        Self {
-            server: key.server_index,
-            principal: key.key.principal(),
-            transport: key.key.transport,
-        }
-    }
+/// Takes `key` out of the pool's map, if it is still the one listed under its id.
+pub(crate) fn unlist(
+    keys: &papaya::HashMap<KeyId, Arc<KeyPool>, FastHash>,
+    key: &Arc<KeyPool>,
+) -> bool {
+    keys.pin()
+        .remove_if(&KeyId::of(key), |_, k| Arc::ptr_eq(k, key))
+        .is_ok_and(|r| r.is_some())
 }
 
 #[derive(Debug)]
@@ -260,7 +239,7 @@ pub(crate) struct PoolInner {
     /// Bumped after every applied configuration change, whatever its source.
     pub(crate) config_changes: tokio::sync::watch::Sender<u64>,
     /// Per server, the version of the last saved config (or deletion) applied.
-    pub(crate) saved_versions: crate::workers::SavedVersions,
+    pub(crate) saved_versions: SavedVersions,
 }
 
 impl Drop for PoolInner {
@@ -510,7 +489,7 @@ impl Pool {
             config: Some(config),
             version,
         };
-        crate::workers::apply_saved(self, change).map(drop)
+        self.apply_saved(change).map(drop)
     }
 
     /// Deletes the saved config of `server` from the state backend; every pool sharing the
@@ -535,7 +514,7 @@ impl Pool {
             config: None,
             version,
         };
-        crate::workers::apply_saved(self, change)?;
+        self.apply_saved(change)?;
         Ok(true)
     }
 
@@ -749,10 +728,10 @@ impl Pool {
             }
         };
         Ok(match key_pool.try_acquire(server, ctx) {
-            Ok(lease) => Attempt::Lease(lease),
-            Err(Next::Removed) => Attempt::Again,
-            Err(Next::Closed) => return Err(PoolError::Closed),
-            Err(Next::Slow(first)) => Attempt::Slow(key_pool.clone(), server.clone(), *first),
+            Ok(granted) => Attempt::Lease(Lease::new(key_pool.clone(), granted)),
+            Err(Pending::Removed) => Attempt::Again,
+            Err(Pending::Closed) => return Err(PoolError::Closed),
+            Err(pending) => Attempt::Slow(key_pool.clone(), server.clone(), pending),
         })
     }
 
@@ -790,9 +769,9 @@ impl Pool {
                 headers: &forwarded,
                 deadline,
             };
-            match key_pool.acquire_slow_recorded(first, args).await {
-                Ok(lease) => return Ok(lease),
-                Err(AcquireError::Removed | AcquireError::Retry) => {}
+            match key_pool.acquire_slow(first, args).await {
+                Ok(granted) => return Ok(Lease::new(key_pool, granted)),
+                Err(AcquireError::Again) => {}
                 Err(AcquireError::Capped(cap)) => {
                     if !self.make_room(cap, &key_pool).await {
                         return Err(self.cap_error(cap, &key_pool));
@@ -802,6 +781,46 @@ impl Pool {
             }
             next = self.attempt(&request, principal, &ctx)?;
         }
+    }
+
+    /// Applies one saved config (or its deletion: the server's configuration as added) if the
+    /// pool knows the server and has not applied this version or a newer one. `Ok(true)` when the
+    /// version was new; the version is recorded even when its config is invalid (`Err`), so that
+    /// it is reported once, not at every re-list.
+    pub(crate) fn apply_saved(
+        &self,
+        change: mcp_pool_traits::ConfigChange,
+    ) -> Result<bool, PoolError> {
+        // Held while applying: a local save and the watcher apply one server's versions in order.
+        let mut applied = self.inner.saved_versions.lock();
+        if applied
+            .get(&change.server)
+            .is_some_and(|&version| change.version <= version)
+        {
+            return Ok(false);
+        }
+        // A server this pool does not know (yet): nothing recorded, so that a re-list applies the
+        // saved config once the server is added.
+        let Some(current) = self.inner.shared.server(&change.server) else {
+            return Ok(false);
+        };
+        applied.insert(change.server.clone(), change.version);
+        let config = change.config.unwrap_or_else(|| current.base.clone());
+        if config != current.config {
+            self.set_pool_config(&change.server, config)?;
+        }
+        Ok(true)
+    }
+
+    /// The keys with idle sessions, least recently used last (where a pool-wide cap takes room
+    /// from), from every key: the rebuild when the maintenance pass's list is used up.
+    fn candidates(&self) -> Vec<Weak<KeyPool>> {
+        let keys = self.all_keys();
+        by_last_use(
+            keys.iter()
+                .filter_map(|k| k.idle_since().map(|at| (at, Arc::downgrade(k))))
+                .collect(),
+        )
     }
 
     /// Records a new key under its subject (the user limit takes room from these keys only).
@@ -855,7 +874,7 @@ impl Pool {
     fn take_candidate<T>(&self, mut f: impl FnMut(&Arc<KeyPool>) -> Option<T>) -> Option<T> {
         for rebuilt in [false, true] {
             if rebuilt {
-                let fresh = crate::maintenance::candidates(self);
+                let fresh = self.candidates();
                 *self.inner.candidates.lock() = fresh;
             }
             loop {
@@ -896,7 +915,7 @@ impl Pool {
     fn evict_idle_key(&self) -> bool {
         let keys = &self.inner.keys;
         self.take_candidate(|k| {
-            k.try_remove(keys, None, EvictionReason::KeyEvicted)
+            k.try_remove(|| unlist(keys, k), None, EvictionReason::KeyEvicted)
                 .then_some(())
         })
         .is_some()

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::{
     PoolError,
     breaker::{BreakerConfig, CircuitBreaker},
-    key_pool::KeyCounters,
+    key::KeyCounters,
     score::{HealthScore, HealthStatus},
 };
 

@@ -48,7 +48,7 @@ pub(crate) struct Shared {
     /// The maintenance period.
     pub(crate) cleanup_interval: Duration,
     /// The user limit across workers, when the backend is shared.
-    pub(crate) user_slots: std::sync::OnceLock<Arc<crate::workers::UserSlots>>,
+    pub(crate) user_slots: std::sync::OnceLock<Arc<crate::user_slots::UserSlots>>,
     /// How identities are derived: per-call credentials are only sent on a session of their
     /// own identity.
     pub(crate) identity: IdentityConfig,
@@ -59,7 +59,6 @@ pub(crate) struct Shared {
     /// The window that coalesces a burst of a server's `*/list_changed` notifications.
     pub(crate) event_debounce: Duration,
     next_session: AtomicU64,
-    next_waiter: AtomicU64,
 }
 
 /// The pool-wide settings a [`Shared`] is made with.
@@ -116,7 +115,6 @@ impl Shared {
             probe,
             event_debounce,
             next_session: AtomicU64::new(1),
-            next_waiter: AtomicU64::new(1),
         }
     }
 
@@ -126,10 +124,6 @@ impl Shared {
 
     pub(crate) fn session_id(&self) -> SessionId {
         SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
-    }
-
-    pub(crate) fn waiter_id(&self) -> u64 {
-        self.next_waiter.fetch_add(1, Ordering::Relaxed)
     }
 
     pub(crate) fn server(&self, id: &ServerId) -> Option<Arc<ServerEntry>> {

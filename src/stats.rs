@@ -5,9 +5,7 @@ use serde::Serialize;
 
 use tokio::time::Instant;
 
-use crate::{
-    breaker::BreakerState, key_pool::KeyCounters, score::HealthStatus, server::ServerEntry,
-};
+use crate::{breaker::BreakerState, key::KeyCounters, score::HealthStatus, server::ServerEntry};
 
 /// The whole pool at one moment. Serializes to JSON for dashboards and the REST API.
 #[derive(Debug, Clone, Serialize)]

@@ -1,5 +1,5 @@
-//! What several gateway workers share through the [`StateBackend`] (DESIGN §8): saved pool
-//! configs, applied by every worker without a restart.
+//! Saved pool configs, shared through the [`StateBackend`] by every pool that uses it (several
+//! gateway workers) and applied by each without a restart.
 //!
 //! The backend is never on the path of a local hit, and a backend that is down affects only
 //! these shared features: local pooling keeps working, and the watcher resubscribes by itself
@@ -32,22 +32,18 @@
 //! again, so a dead connection is replaced too.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Weak},
     time::Duration,
 };
 
 use futures::StreamExt;
-use mcp_pool_traits::{ConfigChange, ServerId, StateBackend};
+use mcp_pool_traits::{ServerId, StateBackend};
 use tokio_util::sync::CancellationToken;
 
 use crate::{Pool, PoolError, pool::PoolInner};
 
 /// First and largest wait before resubscribing after the backend failed.
 const RESUBSCRIBE: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(10));
-
-/// Per server, the version of the last saved change a pool applied (see the module docs).
-pub(crate) type SavedVersions = parking_lot::Mutex<HashMap<ServerId, u64>>;
 
 /// Applies saved configs to `pool`: every config stored now, then every change, for as long
 /// as the pool lives.
@@ -103,7 +99,7 @@ async fn watch_once(
                         return Ok(());
                     };
                     let server = change.server.clone();
-                    log_invalid(&server, apply_saved(&pool, change));
+                    log_invalid(&server, pool.apply_saved(change));
                 }
                 None => return Ok(()),
             },
@@ -135,7 +131,7 @@ async fn apply_listed(pool: &Weak<PoolInner>, backend: &dyn StateBackend) -> Res
     let mut applied = 0;
     for change in saved {
         let server = change.server.clone();
-        if log_invalid(&server, apply_saved(&pool, change)) {
+        if log_invalid(&server, pool.apply_saved(change)) {
             applied += 1;
         }
     }
@@ -149,134 +145,4 @@ fn log_invalid(server: &ServerId, outcome: Result<bool, PoolError>) -> bool {
         tracing::warn!(%server, %error, "ignoring an invalid saved pool config");
         true
     })
-}
-
-/// Applies one saved config (or its deletion: the server's configuration as added) if the
-/// pool knows the server and has not applied this version or a newer one. `Ok(true)` when the
-/// version was new; the version is recorded even when its config is invalid (`Err`), so that
-/// it is reported once, not at every re-list.
-pub(crate) fn apply_saved(pool: &Pool, change: ConfigChange) -> Result<bool, PoolError> {
-    // Held while applying: a local save and the watcher apply one server's versions in order.
-    let mut applied = pool.inner.saved_versions.lock();
-    if applied
-        .get(&change.server)
-        .is_some_and(|&version| change.version <= version)
-    {
-        return Ok(false);
-    }
-    // A server this pool does not know (yet): nothing recorded, so that a re-list applies the
-    // saved config once the server is added.
-    let Some(current) = pool.inner.shared.server(&change.server) else {
-        return Ok(false);
-    };
-    applied.insert(change.server.clone(), change.version);
-    let config = change.config.unwrap_or_else(|| current.base.clone());
-    if config != current.config {
-        pool.set_pool_config(&change.server, config)?;
-    }
-    Ok(true)
-}
-
-/// The user limit across workers: one slot of the backend's counter `user-<hash>` per session
-/// of that user in any worker (DESIGN §8 bounded counters). Used when the backend is shared
-/// (not `memory`): the local count already covers a single process.
-#[derive(Debug)]
-pub(crate) struct UserSlots {
-    backend: std::sync::Arc<dyn StateBackend>,
-    worker: String,
-    next: std::sync::atomic::AtomicU64,
-    limit: u32,
-    /// Slots expire after this unless renewed by the maintenance task, so a crashed worker's
-    /// slots come back.
-    pub(crate) ttl: Duration,
-}
-
-/// How long a backend operation of the user limit may take before the pool goes on without
-/// it (failing open: local pooling must not stop when the backend does).
-const SLOT_TIMEOUT: Duration = Duration::from_secs(2);
-
-impl UserSlots {
-    pub(crate) fn new(
-        backend: std::sync::Arc<dyn StateBackend>,
-        limit: u32,
-        cleanup_interval: Duration,
-    ) -> Self {
-        use std::hash::{BuildHasher, Hasher};
-        let random = std::collections::hash_map::RandomState::new()
-            .build_hasher()
-            .finish();
-        Self {
-            backend,
-            worker: format!("w{random:016x}"),
-            next: std::sync::atomic::AtomicU64::new(1),
-            limit,
-            ttl: (cleanup_interval * 3).max(Duration::from_secs(30)),
-        }
-    }
-
-    fn counter(subject: &mcp_pool_traits::Digest256) -> Option<mcp_pool_traits::StateId> {
-        mcp_pool_traits::StateId::new(format!("user-{subject}")).ok()
-    }
-
-    /// Takes a slot for one more session of `subject`. `Ok(None)`: the backend is unreachable
-    /// and the limit is not enforced across workers for this session; `Err(())`: the user is
-    /// at the limit.
-    pub(crate) async fn take(
-        &self,
-        subject: &mcp_pool_traits::Digest256,
-    ) -> Result<Option<mcp_pool_traits::StateId>, ()> {
-        let Some(counter) = Self::counter(subject) else {
-            return Ok(None);
-        };
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Ok(slot) = mcp_pool_traits::StateId::new(format!("{}-{n}", self.worker)) else {
-            return Ok(None);
-        };
-        let taking = self
-            .backend
-            .try_acquire_slot(&counter, &slot, self.limit, self.ttl);
-        match tokio::time::timeout(SLOT_TIMEOUT, taking).await {
-            Ok(Ok(true)) => Ok(Some(slot)),
-            Ok(Ok(false)) => Err(()),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "user limit across workers not enforced: backend failed");
-                Ok(None)
-            }
-            Err(_) => {
-                tracing::warn!("user limit across workers not enforced: backend timed out");
-                Ok(None)
-            }
-        }
-    }
-
-    /// Gives a slot back (awaited where the caller needs the room at once).
-    pub(crate) async fn release(
-        &self,
-        subject: &mcp_pool_traits::Digest256,
-        slot: &mcp_pool_traits::StateId,
-    ) {
-        if let Some(counter) = Self::counter(subject) {
-            let releasing = self.backend.release_slot(&counter, slot);
-            if let Ok(Err(error)) = tokio::time::timeout(SLOT_TIMEOUT, releasing).await {
-                tracing::debug!(%error, "releasing a user slot failed; it expires by its TTL");
-            }
-        }
-    }
-
-    /// Renews the slots of live sessions.
-    pub(crate) async fn renew(
-        &self,
-        subject: &mcp_pool_traits::Digest256,
-        slots: &[mcp_pool_traits::StateId],
-    ) {
-        let Some(counter) = Self::counter(subject) else {
-            return;
-        };
-        for slot in slots {
-            let renewing = self
-                .backend
-                .try_acquire_slot(&counter, slot, self.limit, self.ttl);
-            let _ = tokio::time::timeout(SLOT_TIMEOUT, renewing).await;
-        }
-    }
 }
