@@ -1,4 +1,4 @@
-//! Pool bookkeeping per acquire + release on a hit (DESIGN §12), against deadpool in the same
+//! Pool bookkeeping per acquire + release on a hit, against deadpool in the same
 //! run: `cargo bench --bench acquire`.
 //!
 //! Sessions are real rmcp sessions served in process (no I/O happens on a hit), so the figures

@@ -1,5 +1,4 @@
-//! Choosing a backend from the environment: `CACHE_TYPE`, `REDIS_URL`, `DATABASE_URL`
-//! (DESIGN §6).
+//! Choosing a backend from the environment: `CACHE_TYPE`, `REDIS_URL`, `DATABASE_URL`.
 
 use std::sync::Arc;
 

@@ -11,8 +11,9 @@
 //! concurrent downstream sessions, and the upstream HTTP requests per downstream call (the
 //! reference server's own count), for: direct, through the gateway with pooling on (server
 //! `pooled`), and through the gateway with pooling off (server `off`: a fresh upstream session
-//! per call). Then the bars, each met or not. A benchmark, not a test: it exits
-//! non-zero only when a call fails.
+//! per call). Then three figures: the hop the gateway adds at the median, the gateway's calls/s
+//! as a ratio of the direct ones, and how many times faster pooled calls are than unpooled ones
+//! through the gateway. A benchmark, not a test: it exits non-zero only when a call fails.
 
 use std::{
     process::ExitCode,
@@ -142,10 +143,6 @@ async fn measure(
     })
 }
 
-fn bar(met: bool, text: String) {
-    println!("[{}] {text}", if met { "met " } else { "MISS" });
-}
-
 async fn run() -> Result<(), Error> {
     let upstream = ReferenceServer::start().await?;
     let server = |id: &str, pool: PoolConfig| -> Result<ServerConfig, Error> {
@@ -231,25 +228,14 @@ async fn run() -> Result<(), Error> {
     };
     println!();
     let hop = pooled.median_ms - direct.median_ms;
-    bar(
-        hop <= 0.15,
-        format!("gateway hop at the median: {hop:+.3} ms (bar: at most 0.15 ms)"),
-    );
+    println!("gateway hop at the median: {hop:+.3} ms");
     let ratio = pooled.calls_per_s / direct.calls_per_s;
-    bar(
-        ratio >= 0.5,
-        format!(
-            "{SESSIONS} sessions: gateway {:.0} calls/s vs direct {:.0} calls/s = {ratio:.2}x (bar: at least 0.5x)",
-            pooled.calls_per_s, direct.calls_per_s
-        ),
+    println!(
+        "{SESSIONS} sessions: gateway {:.0} calls/s vs direct {:.0} calls/s = {ratio:.2}x",
+        pooled.calls_per_s, direct.calls_per_s
     );
     let speedup = off.median_ms / pooled.median_ms;
-    bar(
-        speedup >= 4.0,
-        format!(
-            "pooled vs pooling off through the gateway: {speedup:.1}x faster at the median (bar: at least 4x)"
-        ),
-    );
+    println!("pooled vs pooling off through the gateway: {speedup:.1}x faster at the median");
     pool.close().await;
     Ok(())
 }

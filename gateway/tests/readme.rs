@@ -1,8 +1,9 @@
-//! The README's "Run the gateway" section: its shell blocks run as written by bash (with
-//! `cargo run -p mcp-pool-gateway --` standing for the binary cargo test built), and the same
-//! steps against the binary as a child process with closer checks: start-up log lines, 401,
-//! 413, SIGTERM shuts it down cleanly, no secret logged. The PUT body is read from the README
-//! itself so the section stays true.
+//! The gateway's README (`gateway/README.md`), "Run the gateway" section: its shell blocks run
+//! as written by bash (with `cargo run -p mcp-pool-gateway --` standing for the binary cargo
+//! test built), and the same steps against the binary as a child process with closer checks:
+//! start-up log lines, 401, 413, SIGTERM shuts it down cleanly, no secret logged. The PUT body
+//! is read from the README itself so the section stays true. Its "Several workers" section
+//! runs too, and the workspace README's start of the gateway is checked to be the same block.
 
 mod common;
 
@@ -14,10 +15,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "readme-test-secret-9f8e7d6c5b4a-0123456789";
 
+/// The gateway README: the crate's own `README.md`.
+const GATEWAY_README: &str = include_str!("../README.md");
+
+/// The workspace README, which starts the gateway with the same block.
+const WORKSPACE_README: &str = include_str!("../../README.md");
+
 /// The README section's `curl` lines: (the PUT body, the stats path).
 fn readme_steps() -> (String, String) {
-    let readme = include_str!("../../README.md");
-    let section = readme
+    let section = GATEWAY_README
         .split("## Run the gateway")
         .nth(1)
         .expect("README has a \"Run the gateway\" section");
@@ -139,10 +145,12 @@ async fn readme_steps_work_against_the_binary() {
     assert!(!log.contains(&token), "the token was logged");
 }
 
-/// The ```sh blocks of the README's section `title`.
+/// The ```sh blocks of the gateway README's section `title`.
 fn shell_blocks(title: &str) -> Vec<String> {
-    let readme = include_str!("../../README.md");
-    let section = readme.split(&format!("\n## {title}\n")).nth(1).unwrap();
+    let section = GATEWAY_README
+        .split(&format!("\n## {title}\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("gateway/README.md has a \"{title}\" section"));
     let section = section.split("\n## ").next().unwrap();
     section
         .split("```sh\n")
@@ -286,4 +294,20 @@ async fn the_several_workers_section_runs_as_written_on_redis_and_postgres() {
             "{name}: kill %1 %2 %3 shut the three down cleanly:\n{stderr}"
         );
     }
+}
+
+#[test]
+fn the_workspace_readme_starts_the_gateway_as_the_gateway_readme_does() {
+    let start = &shell_blocks("Run the gateway")[0];
+    let section = WORKSPACE_README
+        .split("\n## The gateway\n")
+        .nth(1)
+        .expect("README.md has a \"The gateway\" section");
+    let section = section.split("\n## ").next().unwrap();
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a ```sh block");
+    assert_eq!(block, start.as_str());
 }

@@ -1,4 +1,4 @@
-//! The [`StateBackend`] trait: what several gateway workers must agree on (DESIGN §8).
+//! The [`StateBackend`] trait: what several gateway workers must agree on.
 //!
 //! A backend is never on the path of a local pool hit. Every key or channel an implementation
 //! builds comes from validated [`StateId`]s and [`ServerId`]s, so nothing a client sends can

@@ -1,4 +1,4 @@
-//! Per-server pool configuration (DESIGN §6).
+//! Per-server pool configuration.
 
 use std::{fmt, ops::RangeInclusive, str::FromStr, time::Duration};
 
@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::names::Names;
 
-/// A strategy as configuration names it (DESIGN §5): a built-in one, or a custom strategy a
+/// A strategy as configuration names it: a built-in one, or a custom strategy a
 /// pool registered (`PoolBuilder::strategy`) under its [`name`](crate::Strategy::name).
 /// Serialized as its name ([`as_str`](Self::as_str)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -154,7 +154,7 @@ impl<'de> Deserialize<'de> for StrategyKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
-    /// A number is outside its range (the ranges of the seed setup guide, DESIGN §6).
+    /// A number is outside its allowed range.
     #[error("{field} = {value} is out of range: must be {min} to {max}{unit}")]
     OutOfRange {
         /// The field (or environment variable) name.
@@ -244,8 +244,9 @@ pub struct ChosenSizes {
     pub max_size: bool,
 }
 
-/// Pool settings of one upstream server. Field names, defaults and ranges are those of the seed
-/// setup guide (DESIGN §6). Durations are whole seconds in serialized form.
+/// Pool settings of one upstream server. Field names, defaults and ranges are those of the
+/// ContextForge gateway's session pool setup guide. Durations are whole seconds in serialized
+/// form.
 ///
 /// Build it with struct update syntax from [`PoolConfig::enabled`] or [`PoolConfig::default`].
 /// [`validate`](Self::validate) (which the pool runs before applying anything) requires
@@ -415,7 +416,7 @@ impl PoolConfig {
     /// [`validate`](Self::validate) still fails, naming two chosen fields. This is the rule of
     /// `SESSION_POOL_SIZE` / `SESSION_POOL_MIN_SIZE` / `SESSION_POOL_MAX_SIZE` and of the
     /// configuration file: `SESSION_POOL_MAX_SIZE=4` alone gives sizes 1 / 4 / 4,
-    /// `SESSION_POOL_MIN_SIZE=6` alone gives 6 / 6 / 10 (issue 10, item 7).
+    /// `SESSION_POOL_MIN_SIZE=6` alone gives 6 / 6 / 10.
     #[must_use]
     pub fn follow_sizes(mut self, chosen: ChosenSizes) -> Self {
         let in_range = |v: u32| v.clamp(1, 1000);
@@ -525,7 +526,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_match_the_seed_guide() {
+    fn defaults_are_valid_and_match_the_documented_ones() {
         let c = PoolConfig::default();
         c.validate().unwrap();
         let json = serde_json::to_value(&c).unwrap();

@@ -6,7 +6,7 @@ use crate::names::Names;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// How a client reaches an endpoint (DESIGN §9): a built-in transport, or a custom one a pool
+/// How a client reaches an endpoint: a built-in transport, or a custom one a pool
 /// registered ([`PoolBuilder::transport`](https://docs.rs/mcp-pool) with a
 /// [`Transport`](crate::Transport) whose [`kind`](crate::Transport::kind) is
 /// [`TransportKind::custom`]).

@@ -1,5 +1,5 @@
-//! What an upstream server sends on a session besides replies, and where it goes (issue 10,
-//! item 1): [`SessionHandler`] is the rmcp client service of every pooled session.
+//! What an upstream server sends on a session besides replies, and where it goes:
+//! [`SessionHandler`] is the rmcp client service of every pooled session.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -56,7 +56,7 @@ pub trait ServerRequestHandler: Send + Sync + 'static {
 }
 
 /// Headers for one upstream request, set by the pool in the request's (never serialized)
-/// extensions (issue 10, item 2). HTTP transports add them to that request's HTTP request,
+/// extensions. HTTP transports add them to that request's HTTP request,
 /// replacing same-named headers of the session; a transport that cannot send per-request
 /// headers (WebSocket: headers exist only at the handshake) ignores them.
 ///

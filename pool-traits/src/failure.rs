@@ -74,8 +74,7 @@ impl FailureKind {
     }
 
     /// Whether a failure of this kind is evidence against the endpoint, for every caller, and
-    /// so counts towards opening the endpoint's circuit breaker (DESIGN §2.11, §7; issue 9,
-    /// item 12). The breaker is shared by every tenant of the endpoint: a failure that only
+    /// so counts towards opening the endpoint's circuit breaker. The breaker is shared by every tenant of the endpoint: a failure that only
     /// says something about one caller must not refuse the others.
     ///
     /// Count (the endpoint's fault): [`ConnectionRefused`](Self::ConnectionRefused),

@@ -5,7 +5,7 @@ use std::{fmt, sync::Arc};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// The rule every id that can reach a key, a channel or a metric label follows:
-/// `^[a-zA-Z0-9_-]{1,128}$` (DESIGN §8). Nothing a client sends can then form another
+/// `^[a-zA-Z0-9_-]{1,128}$`. Nothing a client sends can then form another
 /// key or channel name.
 pub const ID_RULE: &str = "1 to 128 characters from [a-zA-Z0-9_-]";
 

@@ -1,4 +1,5 @@
-//! Who a request acts for: identity hashing (DESIGN §4) and the [`PoolKey`].
+//! Who a request acts for: identity hashing (as ContextForge's `MCPSessionPool` hashes
+//! identity headers) and the [`PoolKey`].
 
 use std::{fmt, sync::Arc};
 
@@ -18,7 +19,7 @@ pub const DEFAULT_IDENTITY_HEADERS: [&str; 5] = [
 ];
 
 /// Headers internal to the gateway that must never reach an upstream server
-/// (matched case-insensitively; DESIGN §4).
+/// (matched case-insensitively).
 pub const INTERNAL_HEADERS: [&str; 2] = ["x-mcp-session-id", "mcp-session-id"];
 
 /// A SHA-256 digest, or the literal `anonymous` when there was nothing to hash.
@@ -90,7 +91,7 @@ impl Serialize for Digest256 {
 }
 
 /// Turns a request into an identity string, e.g. the `sub` claim of a verified JWT, so that a
-/// rotating token does not create a new key per rotation (DESIGN §2.8).
+/// rotating token does not create a new key per rotation.
 ///
 /// Returning `None` or an error falls back to header hashing. The value is hashed before use and
 /// never stored.
@@ -153,7 +154,7 @@ fn never_forwarded(name: &HeaderName) -> bool {
 }
 
 /// How identities are derived from request headers, and which headers are forwarded upstream
-/// when a session is created (DESIGN §4, §2.11).
+/// when a session is created.
 ///
 /// Whatever is sent upstream on a session's creation is part of its key: the session is created
 /// with one caller's headers and then served to every principal of the key, so a header

@@ -1,5 +1,5 @@
-//! Keeping secrets out of `Debug`, `Display`, errors and logs (DESIGN §4: raw header values are
-//! never stored, logged or used as metric labels).
+//! Keeping secrets out of `Debug`, `Display`, errors and logs: raw header values are never
+//! stored, logged or used as metric labels.
 
 use std::{borrow::Cow, fmt};
 

@@ -1,5 +1,4 @@
-//! Server records: what the gateway's registry stores in the [`StateBackend`](crate::StateBackend)
-//! (DESIGN §13, issue 11 item 2).
+//! Server records: what the gateway's registry stores in the [`StateBackend`](crate::StateBackend).
 
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +31,7 @@ pub struct ServerRecord {
     pub credentials: Option<CredentialsRef>,
     /// Whether a gateway sends the downstream request's own `Authorization` header (with
     /// gateway auth on: the gateway's JWT) upstream (default `false`: the gateway's token stops
-    /// at the gateway, issue 11 item 5). When sent, it is part of the pool key like every header
+    /// at the gateway). When sent, it is part of the pool key like every header
     /// sent upstream; [`credentials`](Self::credentials) of the same header win over it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub forward_token: bool,

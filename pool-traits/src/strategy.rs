@@ -1,4 +1,4 @@
-//! The [`Strategy`] trait: which session serves an acquire, and where new sessions go (DESIGN §5).
+//! The [`Strategy`] trait: which session serves an acquire, and where new sessions go.
 //!
 //! A strategy is chosen per server and can be swapped on a live pool. The pool asks it for one
 //! [`Selector`] per pool key (so per-key state such as a rotation cursor or sticky bindings
@@ -56,7 +56,7 @@ pub struct EndpointView {
 }
 
 /// The affinity of a request for the sticky strategy: a digest of the downstream session id
-/// (DESIGN §5). Requests without one share the affinity of their principal.
+/// given with the acquire. Requests without one share the affinity of their principal.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AffinityKey(pub Digest256);
 
@@ -164,7 +164,7 @@ pub enum LeaseOutcome {
     /// No call of the lease failed. A JSON-RPC error counts here: the server answered.
     Ok,
     /// A call timed out or was abandoned before its reply: the session is probed before it
-    /// serves again (issue 10, item 3).
+    /// serves again.
     InDoubt,
     /// The session failed at the transport (or the lease was marked broken): it is evicted,
     /// and [`Selector::on_removed`] follows.
@@ -199,7 +199,7 @@ impl LeaseReport {
     }
 }
 
-/// A session selection strategy (DESIGN §5). Cheap to share; one per server.
+/// A session selection strategy. Cheap to share; one per server.
 ///
 /// Implementations hand out one [`Selector`] per pool key. Custom strategies implement this trait
 /// and prove themselves with `mcp_pool_conformance::strategy_conformance!`.

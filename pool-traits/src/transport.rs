@@ -142,7 +142,7 @@ pub fn default_client_config() -> ClientConfig {
 /// ([`redact_url`]): build it with [`categorized`](Self::categorized),
 /// [`with_cause`](Self::with_cause) or [`timeout`](Self::timeout).
 ///
-/// Its message is complete and meant for people (issue 10, item 6): the endpoint URL and the
+/// Its message is complete and meant for people: the endpoint URL and the
 /// cause in words, e.g. `cannot open an MCP session at http://127.0.0.1:8000/mcp: connection
 /// refused (nothing listens at this address)`. It has no [`source`](std::error::Error::source):
 /// the transport's own error, whose text may name Rust types or repeat the cause, is kept in
@@ -150,7 +150,7 @@ pub fn default_client_config() -> ClientConfig {
 ///
 /// [`kind`](Self::kind) says why, in categories ([`FailureKind`]) that tell an endpoint's
 /// failure from a caller's; [`counts_against_endpoint`](Self::counts_against_endpoint) is what
-/// a shared circuit breaker should look at (issue 9, item 12).
+/// a shared circuit breaker should look at.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TransportError {
@@ -309,7 +309,7 @@ fn chain_text(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Opens initialized MCP client sessions over one kind of transport (DESIGN §9).
+/// Opens initialized MCP client sessions over one kind of transport.
 ///
 /// One instance serves a whole pool: keep shared resources (an HTTP client with keep-alive) in
 /// it. Custom transports prove themselves with `mcp_pool_conformance::transport_conformance!`.
@@ -346,7 +346,7 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
 /// not be sent, the transport closed, or the reply made no sense. An error the server returned
 /// (a JSON-RPC error), a request timeout or a cancellation leave the session usable.
 ///
-/// rmcp's streamable HTTP client never reports its own death (RMCP-NOTES): this is how the pool
+/// rmcp's streamable HTTP client never reports its own death: this is how the pool
 /// finds out.
 pub fn is_transport_failure(error: &ServiceError) -> bool {
     matches!(

@@ -3,8 +3,8 @@
 //!
 //! `1_thread` runs the selector alone; `2_threads` has two threads share one key (a mutex
 //! around the selector and the session list, as in the pool) and reports time per selection.
-//! Sticky is measured on conversations already bound (binding creation allocates and is
-//! excluded, as the aim in issue 3 says).
+//! Sticky is measured on conversations already bound (creating a binding allocates and is
+//! excluded: it happens once per conversation, not per selection).
 
 use std::{
     hint::black_box,

@@ -13,7 +13,7 @@ pub const FULL_SCAN_MAX: usize = 32;
 /// work); above [`FULL_SCAN_MAX`] sessions, the less loaded of two random eligible sessions
 /// (power of two choices, as tower's `p2c`), which is never the strictly most loaded one.
 /// New sessions go to the available endpoint with the fewest leases in flight, then the fewest
-/// sessions: work moves away from an endpoint whose calls are slow (DESIGN §5).
+/// sessions: work moves away from an endpoint whose calls are slow.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LeastConnections;
 

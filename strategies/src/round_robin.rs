@@ -5,7 +5,7 @@ use mcp_pool_traits::{
 };
 
 /// Rotates over the sessions of a key that have free capacity: over k·n picks with n free
-/// sessions each is picked k times (DESIGN §5). New sessions rotate over the available
+/// sessions each is picked k times. New sessions rotate over the available
 /// endpoints.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct RoundRobin;

@@ -7,8 +7,8 @@ use mcp_pool_traits::{
     Selection, Selector, SessionId, SessionView, Strategy, StrategyKind, least_loaded_endpoint,
 };
 
-/// The isolation mode for stateful servers (DESIGN §5, and the cross-conversation leak that got
-/// the reference Python pool removed upstream, ContextForge #4205).
+/// The isolation mode for stateful servers (the cross-conversation leak that got the reference
+/// Python pool removed upstream: ContextForge #4205).
 ///
 /// Each affinity — the downstream session id given with the acquire, else the principal — is
 /// bound to one upstream session, **exclusively**: no other affinity ever gets that session,
@@ -22,8 +22,8 @@ use mcp_pool_traits::{
 /// two requests of one conversation never run on two upstream sessions.
 ///
 /// A lost binding is remembered until [`MAX_LOST_BINDINGS`] more bindings of the key were
-/// lost after it (issue 9, item 3: 100 000 conversations that bind and lose their sessions
-/// must not leave 100 000 entries). A conversation forgotten that way gets a new session
+/// lost after it (100 000 conversations that bind and lose their sessions must not leave
+/// 100 000 entries). A conversation forgotten that way gets a new session
 /// reporting [`Binding::Bound`] instead of [`Binding::Rebound`]: its caller is not told that
 /// the server-side state is gone. That needs thousands of losses in one key between two
 /// requests of one conversation, and is the price of a bounded selector.

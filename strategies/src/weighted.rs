@@ -7,7 +7,7 @@ use mcp_pool_traits::{
 
 /// Endpoint weights decide where sessions are created and which sessions are picked, smoothly
 /// (nginx's smooth weighted round robin: weights 2:1 give A B A, not A A B) and exactly over a
-/// cycle of the total weight (DESIGN §5). A session weighs what its endpoint weighs.
+/// cycle of the total weight. A session weighs what its endpoint weighs.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Weighted;
 

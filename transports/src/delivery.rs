@@ -1,5 +1,4 @@
-//! [`call_failure`]: what a failed call on a session says about retrying it (issue 10, items 2
-//! and 4).
+//! [`call_failure`]: what a failed call on a session says about retrying it.
 
 use std::{error::Error as StdError, io};
 

@@ -69,7 +69,7 @@ pub(crate) fn connect_error(url: &str, error: Box<dyn StdError + Send + Sync>) -
 const UNRESOLVED: &str = "DNS failure: the host name could not be resolved";
 
 /// The cause of `error`, an error met while opening a session (connect + `initialize`), in
-/// words a user can act on (issue 10, item 6), for
+/// words a user can act on, for
 /// [`TransportError::Connect::cause`](mcp_pool_traits::TransportError::Connect::cause):
 ///
 /// - `connection refused (nothing listens at this address)`, `the connection was closed`,

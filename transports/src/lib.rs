@@ -24,7 +24,7 @@ pub use streamable_http::{
     IDLE_CONNECTION_TIMEOUT, MAX_STREAM_RESUMES, StreamableHttp, default_retry_policy, http_client,
 };
 pub use websocket::{WebSocket, WebSocketClientTransport, WebSocketError};
-// The cause in words (issue 10, item 6), next to `failure_kind`'s category.
+// The cause in words, next to `failure_kind`'s category.
 pub use failure::failure_cause;
 
 use std::sync::Arc;

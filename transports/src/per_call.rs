@@ -1,4 +1,4 @@
-//! Per-request headers ([`CallHeaders`]) on the HTTP transports (issue 10, item 2).
+//! Per-request headers ([`CallHeaders`]) on the HTTP transports.
 //!
 //! The pool puts a [`CallHeaders`] in a request's extensions; the HTTP transports read it here
 //! when they send the message. Trace headers go on that request only; credentials go on it and

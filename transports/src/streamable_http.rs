@@ -23,10 +23,10 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
 ///
 /// One instance holds one [`reqwest::Client`] shared by every session of the pool, with
 /// keep-alive on and TCP_NODELAY set: rmcp's own `from_uri` client turns keep-alive off
-/// (rmcp issue #789), and without nodelay a reused connection stalls ~44 ms per call
-/// (RMCP-NOTES). Sessions are created with `reinit_on_expired_session(false)`: a session the
+/// (rmcp issue #789), and without nodelay a reused connection stalls ~44 ms per call.
+/// Sessions are created with `reinit_on_expired_session(false)`: a session the
 /// server expired (HTTP 404) fails visibly and is evicted by the pool instead of being silently
-/// replaced with a fresh one that has lost the server-side state (DESIGN §2.6).
+/// replaced with a fresh one that has lost the server-side state.
 /// rmcp sets `Accept: application/json, text/event-stream` on every request. Redirects are not
 /// followed ([`http_client`]): a `3xx` answer fails the connect.
 ///

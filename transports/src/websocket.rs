@@ -50,7 +50,7 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 ///
 /// Endpoints are `ws://` or `wss://` URLs. Each session is one WebSocket connection with
 /// Nagle's algorithm off (TCP_NODELAY; with it on, the first call after `initialized` stalls
-/// ~44 ms, RMCP-NOTES).
+/// ~44 ms).
 ///
 /// - The caller's headers (identity headers) go on the upgrade request; the internal
 ///   `mcp-session-id` / `x-mcp-session-id` never do (the [`ConnectRequest`] drops them), nor do
