@@ -1,5 +1,5 @@
 //! Writing a state backend, start to finish: a third-party backend on a `Mutex<HashMap>` and
-//! the conformance suite that proves it (DESIGN §8, §10).
+//! the conformance suite that proves it.
 //!
 //! ```text
 //! cargo run --example custom_backend     # uses it

@@ -1,4 +1,4 @@
-//! An endpoint that turns slow: `peak_ewma` against `least_connections` (issue 14, item 4).
+//! An endpoint that turns slow: `peak_ewma` against `least_connections`.
 //!
 //! ```text
 //! cargo run --release --example latency_bench

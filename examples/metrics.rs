@@ -1,4 +1,4 @@
-//! Prometheus metrics of a pool under load (DESIGN §11).
+//! Prometheus metrics of a pool under load.
 //!
 //! ```text
 //! cargo run --example metrics -- [--seconds N] [--addr 127.0.0.1:9464]

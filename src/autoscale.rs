@@ -1,4 +1,4 @@
-//! The autoscaler's decision (DESIGN §7, issue 6): pure functions of one key's statistics over
+//! The autoscaler's decision: pure functions of one key's statistics over
 //! the last `rebalance_interval`, in the manner of bb8's `Statistics` (acquires that waited,
 //! total wait time) plus lease utilization.
 //!

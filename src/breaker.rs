@@ -1,5 +1,5 @@
-//! [`CircuitBreaker`]: stops creating sessions on an endpoint that keeps failing (DESIGN §7,
-//! issues 6 and 10), and lets demand find out at once when it is back.
+//! [`CircuitBreaker`]: stops creating sessions on an endpoint that keeps failing
+//! (issues 6 and 10), and lets demand find out at once when it is back.
 //!
 //! One breaker per endpoint, counting session creations:
 //!
@@ -28,7 +28,7 @@
 //!   everyone else is refused until it reports, told to retry after the probe interval. Its
 //!   success closes the breaker, its failure opens it again.
 //! - **Cancellation** (the acquire was dropped, the pool closed) is no evidence either way: it
-//!   changes no count, and a cancelled probe gives its slot back so the next caller probes.
+//!   changes no count, and a cancelled probe gives its turn back so the next caller probes.
 //! - The breaker only changes state on evidence gathered in its current state: the outcome of
 //!   an attempt granted before the last state change is ignored (a creation that started while
 //!   the breaker was closed and succeeds after it opened does not close it; the probe decides).
@@ -677,7 +677,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_cancelled_probe_releases_the_slot_and_counts_nothing() {
+    async fn a_cancelled_probe_gives_its_turn_back_and_counts_nothing() {
         let mut b = open_at(Instant::now());
         tokio::time::advance(RESET).await;
         let now = Instant::now();

@@ -23,8 +23,8 @@ use crate::{
 pub const DEFAULT_CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The shortest `create_timeout` accepted: 1 ms (zero would fail every creation).
 pub const MIN_CREATE_TIMEOUT: Duration = Duration::from_millis(1);
-/// The longest `create_timeout` accepted: 300 s, the longest acquire `timeout` of the seed
-/// setup guide (DESIGN §6); a creation for an acquire is cut to what is left of it anyway.
+/// The longest `create_timeout` accepted: 300 s, the longest acquire `timeout` a
+/// configuration accepts; a creation for an acquire is cut to what is left of it anyway.
 pub const MAX_CREATE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default period of the background maintenance task (`SESSION_POOL_CLEANUP_INTERVAL`).
 pub const DEFAULT_CLEANUP_INTERVAL: Duration = Duration::from_secs(60);
@@ -134,7 +134,7 @@ impl PoolBuilder {
         self
     }
 
-    /// How identities are derived from request headers (default: DESIGN §4's headers).
+    /// How identities are derived from request headers (default: the headers of `IdentityConfig::default`).
     pub fn identity(mut self, identity: IdentityConfig) -> Self {
         self.identity = Some(identity);
         self
@@ -178,7 +178,7 @@ impl PoolBuilder {
         self
     }
 
-    /// Hard cap on pool keys (default 10 000), against rotating-token growth (DESIGN §2.8). At
+    /// Hard cap on pool keys (default 10 000), against rotating-token growth. At
     /// the cap an idle key is removed to make room; with none idle, acquires on a new key fail
     /// with [`PoolError::KeyLimit`].
     pub fn max_keys(mut self, max: u32) -> Self {
@@ -351,7 +351,7 @@ impl PoolBuilder {
                 identity,
                 backend,
                 shutdown: CancellationToken::new(),
-                server_slots: Default::default(),
+                known_servers: Default::default(),
                 generation: Default::default(),
                 candidates: Default::default(),
                 subjects: Default::default(),

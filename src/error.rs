@@ -8,7 +8,7 @@ use mcp_pool_traits::{
 
 /// Why an acquire or a pool operation failed.
 ///
-/// Messages are complete and meant for people (issue 10, item 6): each names the server and,
+/// Messages are complete and meant for people: each names the server and,
 /// where one endpoint is concerned, its URL (user-info redacted) and the cause in words. A
 /// message either includes its cause or exposes it as [`source`](std::error::Error::source),
 /// never both, so printing the chain (the error, then each `source()`) repeats nothing.

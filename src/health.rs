@@ -1,4 +1,4 @@
-//! Health checks of one idle session (DESIGN §2.4, §7; issue 6).
+//! Health checks of one idle session.
 //!
 //! A check runs a chain of MCP requests on the session, first to last, until one decides:
 //!
@@ -15,7 +15,7 @@
 //!
 //! The reference Python pool treated a timeout as "try the next method" and ended its chain
 //! with `skip`, so a server that accepted requests and never answered them passed every check
-//! (DESIGN §2.4). Here a timeout is a failure by default; `timeout_moves_on` plus a chain ending
+//!. Here a timeout is a failure by default; `timeout_moves_on` plus a chain ending
 //! in `Skip` reproduces that defect and must be chosen explicitly.
 
 use std::{fmt, str::FromStr, time::Duration};
@@ -34,7 +34,7 @@ use mcp_pool_traits::{
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-/// Default health check chain: `ping`, then `tools/list` (DESIGN §7).
+/// Default health check chain: `ping`, then `tools/list`.
 pub const DEFAULT_CHAIN: [HealthCheckMethod; 2] =
     [HealthCheckMethod::Ping, HealthCheckMethod::ListTools];
 /// Default per-method timeout of a health check: 5 s.
@@ -51,7 +51,7 @@ pub enum HealthCheckMethod {
     /// `ping`: on such sessions [`check_session`] sends `tools/list` in its place.
     Ping,
     /// `tools/list`, sent as a raw request so that rmcp's client response cache never answers
-    /// it (a cached tool list would make a dead server look alive; RMCP-NOTES).
+    /// it (a cached tool list would make a dead server look alive).
     ListTools,
     /// `prompts/list`, sent as a raw request (no response cache).
     ListPrompts,
@@ -133,7 +133,7 @@ pub struct HealthCheckConfig {
     /// `chain.len() × timeout`.
     pub timeout: Duration,
     /// Whether a method that timed out moves on to the next one instead of failing the check
-    /// (default `false`: a timeout is a failure, DESIGN §2.4). Together with a chain ending in
+    /// (default `false`: a timeout is a failure). Together with a chain ending in
     /// [`Skip`](HealthCheckMethod::Skip) a server that never answers passes every check: the
     /// reference pool's defect, available only as this explicit choice.
     pub timeout_moves_on: bool,

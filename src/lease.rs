@@ -1,5 +1,5 @@
 //! [`Lease`]: a session checked out of the pool, and [`CallOptions`]: what one call on it
-//! carries besides its request (issue 10).
+//! carries besides its request.
 
 use std::{
     fmt,
@@ -84,7 +84,7 @@ impl CallOptions {
     ///   [`IdentityConfig`](mcp_pool_traits::IdentityConfig)), which also replace the
     ///   session's for its later requests (the `DELETE` at close included) — but only when they
     ///   hash to the lease's identity: another identity's credentials are never sent on this
-    ///   session (DESIGN §2.11); the session's own are sent then.
+    ///   session; the session's own are sent then.
     ///
     /// WebSocket sends headers only in its handshake: per-call headers do not reach a
     /// WebSocket upstream, and a rotated token takes effect with the next session.
@@ -174,7 +174,7 @@ fn is_session_lost(error: &ServiceError) -> bool {
 ///
 /// A session that failed at the transport level must not be handed out again: calls through
 /// the lease's methods and [`check`](Self::check) mark the lease broken on a transport error
-/// (rmcp's streamable HTTP client never reports its own death, DESIGN §2.7), and
+/// (rmcp's streamable HTTP client never reports its own death), and
 /// [`mark_broken`](Self::mark_broken) does so explicitly. A broken lease's session is evicted
 /// when the lease is dropped. A call that timed out or was dropped before its reply leaves the
 /// session in doubt: when the lease is dropped the session is probed (the health check chain,

@@ -1,4 +1,4 @@
-//! Pool-wide caps: sessions in total, sessions per user, keys (DESIGN §2.8, §6).
+//! Pool-wide caps: sessions in total, sessions per user, keys.
 //!
 //! Counted at reservation (before a session is created) and given back when the reservation
 //! fails or the session closes, so idle, in-use, retiring and creating sessions all count.

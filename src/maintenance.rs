@@ -1,4 +1,4 @@
-//! The background maintenance task: reaping without traffic (DESIGN §2.5, §7).
+//! The background maintenance task: reaping without traffic.
 
 use std::{sync::Arc, time::Duration};
 
@@ -81,7 +81,7 @@ pub(crate) fn run_once(pool: &Pool, key_idle: Duration) {
 /// then follows its server's `health_check_interval` (at least 10 s) and `rebalance_interval`.
 pub(crate) const HEALTH_TICK: Duration = Duration::from_secs(5);
 
-/// Background health checks of idle sessions and the autoscaler (DESIGN §7): every
+/// Background health checks of idle sessions and the autoscaler: every
 /// [`HEALTH_TICK`], each key due checks its idle sessions with the chain of `config`, one at a
 /// time so that a key never has more than one session out of service for a check (failed ones
 /// are closed and `min_size` refilled, which also probes endpoints whose circuit has reset),

@@ -1,4 +1,4 @@
-//! Metric names (DESIGN §11), recorded through the [`metrics`] facade.
+//! Metric names, recorded through the [`metrics`] facade.
 //!
 //! Labels are `server`, `transport` and `strategy` (plus `reason` on evictions and `state` on
 //! sessions); identities never appear in a label. Install a recorder (for example
@@ -28,7 +28,7 @@ pub const AUTOSCALE_DECISIONS_TOTAL: &str = "mcp_pool_autoscale_decisions_total"
 pub const ANONYMOUS_ACQUIRES_TOTAL: &str = "mcp_pool_anonymous_acquires_total";
 /// Calls retried once on another session because the first attempt provably never reached
 /// the server's handler, label `reason` = `unauthorized`, `session_expired`, `connect` or
-/// `session_closed` (counter; issue 10, item 4).
+/// `session_closed` (counter).
 pub const CALL_RETRIES_TOTAL: &str = "mcp_pool_call_retries_total";
 /// Sessions, label `state` = `active` (leases out) or `idle` (gauge).
 pub const SESSIONS: &str = "mcp_pool_sessions";

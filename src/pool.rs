@@ -71,7 +71,7 @@ impl<'a> AcquireRequest<'a> {
     /// is given). When a session is created, only the identity headers and the allow-listed
     /// ones ([`IdentityConfig::with_forwarded_headers`](mcp_pool_traits::IdentityConfig::with_forwarded_headers))
     /// are sent upstream — exactly the headers the identity hashes, so a credential never
-    /// serves a principal whose key it is not part of (DESIGN §2.11).
+    /// serves a principal whose key it is not part of.
     pub fn headers(mut self, headers: &'a HeaderMap) -> Self {
         self.headers = Some(headers);
         self
@@ -182,7 +182,7 @@ impl fmt::Debug for Acquire<'_> {
 }
 
 /// What one synchronous acquire attempt ended with.
-enum Attempt {
+enum FirstTry {
     Lease(Lease),
     /// The key was removed under the attempt: look it up again.
     Again,
@@ -227,7 +227,7 @@ pub(crate) struct PoolInner {
     pub(crate) backend: Arc<dyn StateBackend>,
     pub(crate) shutdown: CancellationToken,
     /// Per server id, ever: its stable index (for [`KeyId`]) and its counters.
-    pub(crate) server_slots: parking_lot::Mutex<HashMap<ServerId, (u32, Arc<ServerCounters>)>>,
+    pub(crate) known_servers: parking_lot::Mutex<HashMap<ServerId, (u32, Arc<ServerCounters>)>>,
     pub(crate) generation: std::sync::atomic::AtomicU64,
     /// Keys with idle sessions, least recently used last: where a pool-wide cap (keys,
     /// sessions) takes room from. Built by the maintenance pass (off the request path) and
@@ -251,7 +251,7 @@ impl Drop for PoolInner {
 static EMPTY_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
 
 impl Pool {
-    /// A builder with the defaults of DESIGN §6 and the streamable HTTP transport.
+    /// A builder with the documented defaults and the streamable HTTP transport.
     pub fn builder() -> PoolBuilder {
         PoolBuilder::default()
     }
@@ -333,7 +333,7 @@ impl Pool {
     /// Validates `server` and swaps it in; `base` is the configuration a deleted saved config
     /// reverts to. Installs are serialized and numbered under one lock, so the map always
     /// holds the newest, and every key of the server picks it up at once (keys only ever move
-    /// to a newer generation, DESIGN §2.10).
+    /// to a newer generation).
     fn install(&self, server: ServerConfig, base: PoolConfig) -> Result<(), PoolError> {
         self.install_over(server, base, None).map(drop)
     }
@@ -355,9 +355,9 @@ impl Pool {
             None => self.strategy_of(&server)?,
         };
         let entry = {
-            let mut slots = self.inner.server_slots.lock();
-            let next = slots.len() as u32;
-            let (index, counters) = slots
+            let mut known = self.inner.known_servers.lock();
+            let next = known.len() as u32;
+            let (index, counters) = known
                 .entry(server.id.clone())
                 .or_insert_with(|| {
                     let events = ServerEvents::new(
@@ -577,8 +577,7 @@ impl Pool {
     /// What a gateway does per downstream request.
     ///
     /// A first attempt that provably never reached the server's handler is retried once, on
-    /// another session, invisibly (issue 10, items 2 and 4; counted in
-    /// `mcp_pool_call_retries_total`):
+    /// another session, invisibly (counted in `mcp_pool_call_retries_total`):
     /// - HTTP 401 on a pooled session (the session is evicted; the retry sends the current
     ///   request's credentials);
     /// - HTTP 404 (the server expired the session, or restarted), or an HTTP 400 or id-less
@@ -658,7 +657,7 @@ impl Pool {
         server: &ServerId,
     ) -> Option<tokio::sync::broadcast::Receiver<mcp_pool_traits::ServerEvent>> {
         self.inner
-            .server_slots
+            .known_servers
             .lock()
             .get(server)
             .map(|(_, counters)| counters.events.subscribe())
@@ -678,7 +677,7 @@ impl Pool {
             affinity: request.affinity,
         };
         Ok(match self.attempt(&request, principal, &ctx)? {
-            Attempt::Lease(lease) => Started::Lease(lease),
+            FirstTry::Lease(lease) => Started::Lease(lease),
             slow => Started::Slow(Box::pin(
                 self.acquire_slow(request, headers, principal, ctx, slow),
             )),
@@ -693,7 +692,7 @@ impl Pool {
         request: &AcquireRequest<'_>,
         principal: Principal,
         ctx: &SelectContext,
-    ) -> Result<Attempt, PoolError> {
+    ) -> Result<FirstTry, PoolError> {
         let shared = &self.inner.shared;
         let servers = shared.servers.load();
         let server = servers
@@ -728,10 +727,10 @@ impl Pool {
             }
         };
         Ok(match key_pool.try_acquire(server, ctx) {
-            Ok(granted) => Attempt::Lease(Lease::new(key_pool.clone(), granted)),
-            Err(Pending::Removed) => Attempt::Again,
+            Ok(granted) => FirstTry::Lease(Lease::new(key_pool.clone(), granted)),
+            Err(Pending::Removed) => FirstTry::Again,
             Err(Pending::Closed) => return Err(PoolError::Closed),
-            Err(pending) => Attempt::Slow(key_pool.clone(), server.clone(), pending),
+            Err(pending) => FirstTry::Slow(key_pool.clone(), server.clone(), pending),
         })
     }
 
@@ -744,20 +743,20 @@ impl Pool {
         headers: &HeaderMap,
         principal: Principal,
         ctx: SelectContext,
-        mut next: Attempt,
+        mut next: FirstTry,
     ) -> Result<Lease, PoolError> {
         let mut clock: Option<(Instant, Instant)> = None;
         // What a creation may send upstream: the identity headers and the allow-listed ones
-        // only, all of which are hashed into the key (DESIGN §2.11).
+        // only, all of which are hashed into the key.
         let forwarded = self.inner.identity.forwarded_headers(headers);
         loop {
             let (key_pool, server, first) = match next {
-                Attempt::Lease(lease) => return Ok(lease),
-                Attempt::Again => {
+                FirstTry::Lease(lease) => return Ok(lease),
+                FirstTry::Again => {
                     next = self.attempt(&request, principal, &ctx)?;
                     continue;
                 }
-                Attempt::Slow(key_pool, server, first) => (key_pool, server, first),
+                FirstTry::Slow(key_pool, server, first) => (key_pool, server, first),
             };
             let (started, deadline) = *clock.get_or_insert_with(|| {
                 let now = Instant::now();
@@ -1063,7 +1062,7 @@ impl Pool {
 
     /// Closes every session but keeps the pool usable. Idle sessions close now; sessions with
     /// leases out close when released and count against `max_size` until then, so a drain
-    /// never lets more than `max_size` sessions exist (DESIGN §2.2).
+    /// never lets more than `max_size` sessions exist.
     pub fn drain(&self) {
         for key in self.all_keys() {
             key.drain();
@@ -1140,7 +1139,7 @@ impl Pool {
         let mut found = false;
         {
             // Serialized with installs, so a concurrent add_server is either undone or wins.
-            let _installs = self.inner.server_slots.lock();
+            let _installs = self.inner.known_servers.lock();
             self.inner.shared.servers.rcu(|servers| {
                 let mut servers = HashMap::clone(servers);
                 found = servers.remove(server).is_some();

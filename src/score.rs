@@ -1,5 +1,5 @@
 //! [`HealthScore`]: the share of successful operations over a recent window, and the
-//! [`HealthStatus`] it maps to (DESIGN §7, issue 6).
+//! [`HealthStatus`] it maps to.
 //!
 //! Operations are whatever the engine records: session creations, calls through leases, health
 //! checks. The window is time-based: the last 5 minutes (by default) in 10 s buckets, so an
@@ -33,7 +33,7 @@ use tokio::time::Instant;
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
 /// Default bucket width: 10 s.
 pub const DEFAULT_BUCKET: Duration = Duration::from_secs(10);
-/// Default health threshold in percent (`health_check_threshold`, DESIGN §6).
+/// Default health threshold in percent (`health_check_threshold`).
 pub const DEFAULT_THRESHOLD: u8 = 70;
 
 /// A server's or endpoint's health, from its [`HealthScore`]. Serialized in snake case
@@ -337,11 +337,11 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_reused_bucket_slot_forgets_its_old_counts() {
+    async fn a_reused_bucket_forgets_its_old_counts() {
         let start = Instant::now();
         let mut score = HealthScore::with_window(start, Duration::from_secs(30), DEFAULT_BUCKET);
         score.record(start, false);
-        // 30 s later the same slot (index 3 % 3 == 0) holds a new bucket.
+        // 30 s later the same place in the ring (index 3 % 3 == 0) holds a new bucket.
         tokio::time::advance(Duration::from_secs(30)).await;
         score.record(Instant::now(), true);
         assert_eq!(score.counts(Instant::now()), (1, 1));

@@ -224,7 +224,7 @@ impl ServerCounters {
     }
 }
 
-/// Health of a server and its endpoints (DESIGN §7).
+/// Health of a server and its endpoints.
 #[derive(Debug, Default)]
 pub(crate) struct ServerHealth {
     pub(crate) score: Option<HealthScore>,

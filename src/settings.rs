@@ -1,12 +1,13 @@
-//! Configuration from the environment and a TOML file (DESIGN §6).
+//! Configuration from the environment and a TOML file.
 //!
-//! Precedence, lowest first: built-in defaults (the seed setup guide's), the file, the
+//! Precedence, lowest first: built-in defaults (listed in `docs/configuration.md`), the
+//! file, the
 //! environment. Per-server `[servers.pool]` tables of the file override the resulting
 //! defaults for their server, `enabled` included, whatever `SESSION_POOL_ENABLED` or
 //! `SESSION_POOLING_SERVERS` say. Anything invalid fails the whole load with a message that
 //! names the variable or field, the value and what is allowed; nothing is applied partially.
 //!
-//! Sizes (issue 10, item 7): the sizes a user sets are kept, the others follow them
+//! Sizes: the sizes a user sets are kept, the others follow them
 //! ([`PoolConfig::follow_sizes`]): `SESSION_POOL_MAX_SIZE=4` alone gives `size` 4,
 //! `SESSION_POOL_MIN_SIZE=12` alone gives `size` and `max_size` 12. Sizes set that contradict
 //! each other fail naming both, as the variables or file fields they came from. For the
@@ -42,7 +43,7 @@ use crate::{
     PoolBuilder, ServerConfig,
 };
 
-/// Every environment variable read, with the spellings the seeds use (DESIGN §6).
+/// Every environment variable read.
 pub const ENV_VARIABLES: [&str; 25] = [
     "SESSION_POOL_ENABLED",
     "SESSION_POOLING_ENABLED",

@@ -1,4 +1,4 @@
-//! [`PoolStats`]: a serializable snapshot of the pool (DESIGN §11).
+//! [`PoolStats`]: a serializable snapshot of the pool.
 
 use mcp_pool_traits::{PoolKey, ServerId, TransportKind};
 use serde::Serialize;

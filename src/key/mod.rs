@@ -5,7 +5,9 @@
 //! - [`state`]: the bookkeeping as a state machine that does no I/O. Events go in (acquire,
 //!   release, created, failed, cancelled, reconfigure, the maintenance pass with its `now`,
 //!   health results, unbind, drain, remove); [`effect::Grant`]s for acquires, [`effect::Effect`]s
-//!   and metric deltas come out. It can be driven step by step with no runtime.
+//!   and metric deltas come out. It can be driven step by step with no runtime. Its
+//!   configuration, maintenance and health events are in `state/maintenance.rs`, what stats
+//!   read of it in `state/views.rs`.
 //! - [`session`]: a session's life as one enum ([`session::Phase`], its diagram first) and the
 //!   per-key counters that stats and servers read.
 //! - [`effect`]: what goes in besides events ([`effect::Env`]: the time, the server's health,
