@@ -15,10 +15,9 @@ pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod config;
+pub mod cluster;
+pub mod downstream;
 pub mod error;
-pub mod forward;
-pub mod mcp;
-mod membership;
 pub mod metrics;
 pub mod ops;
 pub mod policy;
@@ -64,11 +63,11 @@ pub struct AppState {
     /// The hardening settings: upstream addresses, origins, downstream session limits
     /// ([`policy::Policy`]; the registry holds the credentials policy).
     pub policy: std::sync::Arc<policy::Policy>,
-    /// The downstream MCP endpoints, one streamable HTTP service per server.
-    pub mcp: std::sync::Arc<mcp::McpEndpoints>,
-    /// The workers sharing the state backend, when it is shared ([`forward`]): downstream
-    /// sessions are claimed, and requests for another worker's sessions forwarded to it.
-    pub group: Option<std::sync::Arc<forward::Group>>,
+    /// The downstream MCP routes, the services of each server ([`downstream`]).
+    pub mcp: std::sync::Arc<downstream::DownstreamRoutes>,
+    /// The workers sharing the state backend, when it is shared ([`cluster`]): downstream
+    /// sessions are claimed, and requests for another worker's sessions relayed to it.
+    pub group: Option<std::sync::Arc<cluster::Group>>,
 }
 
 /// Logs the line an operator greps for when a server's pool is created or reconfigured (the
@@ -163,10 +162,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/servers/{id}/pool/stats", get(api::pool_stats))
         .route("/servers/{id}/pool/drain", post(api::drain))
-        .route("/servers/{id}/mcp", any(mcp::endpoint))
-        .route("/servers/{id}/sse", get(mcp::legacy_endpoint))
-        .route("/servers/{id}/message", post(mcp::legacy_endpoint))
-        .route("/servers/{id}/ws", get(mcp::legacy_endpoint))
+        .route("/servers/{id}/mcp", any(downstream::handle))
+        .route("/servers/{id}/sse", get(downstream::handle_legacy))
+        .route("/servers/{id}/message", post(downstream::handle_legacy))
+        .route("/servers/{id}/ws", get(downstream::handle_legacy))
         .route("/servers/{id}/pool/sessions", get(ops::sessions))
         .route("/servers/{id}/pool/resize", post(ops::resize))
         .route("/servers/{id}/pool/reset", post(ops::reset))
