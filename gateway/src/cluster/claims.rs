@@ -4,11 +4,11 @@
 
 use std::{sync::Arc, time::Duration};
 
+use axum::http::StatusCode;
 use mcp_pool::{
     ServerId, StrategyKind,
     traits::{Claim, StateId},
 };
-use axum::http::StatusCode;
 use rmcp::transport::streamable_http_server::session::store::{
     SessionState, SessionStore, SessionStoreError,
 };
@@ -118,7 +118,6 @@ impl Group {
 
     /// Remembers that `owner` answered for `session`.
 
-
     /// Where a request for `session`, which this worker does not hold, goes.
     pub(super) async fn route(
         &self,
@@ -177,7 +176,6 @@ impl Group {
             Ok(Route::Adopted)
         }
     }
-
 
     /// The session state rmcp restores a session taken over with (see [`crate::cluster`]).
     fn adopted(&self, session: &str) -> Option<SessionState> {

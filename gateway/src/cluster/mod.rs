@@ -51,8 +51,8 @@ pub mod membership;
 pub mod relay;
 pub mod wire;
 
-pub use claims::{CLAIM_REFRESH, CLAIM_TTL, CLAIM_WAIT, TAKEOVERS_TOTAL};
 pub(crate) use claims::AdoptedSessions;
+pub use claims::{CLAIM_REFRESH, CLAIM_TTL, CLAIM_WAIT, TAKEOVERS_TOTAL};
 pub use group::Group;
 pub use membership::{HEARTBEAT_INTERVAL, HEARTBEAT_TTL, WorkerId, spawn_heartbeat};
 pub use relay::{FORWARD_SECONDS, FORWARDS_TOTAL, LocalHandler, spawn_channel};

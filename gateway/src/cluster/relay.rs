@@ -161,7 +161,8 @@ impl Group {
         // millisecond per relayed request, measured with the workers_bench example.)
         let head = async {
             loop {
-                if let Ok(part) = tokio::time::timeout(HEARTBEAT_INTERVAL, reply.next_part()).await {
+                if let Ok(part) = tokio::time::timeout(HEARTBEAT_INTERVAL, reply.next_part()).await
+                {
                     return Some(part);
                 }
                 if !self.backend.is_alive(owner).await.unwrap_or(true) {
@@ -314,7 +315,6 @@ impl Group {
         self.serving.lock().remove(&(from, id));
     }
 }
-
 
 /// Adds a body chunk (or the end, for an error or `None`) to `parts`; whether it was the end.
 fn push(parts: &mut Vec<Part>, chunk: Option<Result<axum::body::Bytes, axum::Error>>) -> bool {

@@ -50,7 +50,7 @@ mod proxy;
 mod routes;
 mod sessions;
 
-pub(crate) use http::{handle, handle_legacy};
 pub use http::SESSION_LIMIT_CODE;
+pub(crate) use http::{handle, handle_legacy};
 pub use proxy::CONVERSATION_LOST_CODE;
 pub use routes::DownstreamRoutes;

@@ -195,9 +195,10 @@ impl DownstreamRoutes {
             .with_max_request_body_bytes(state.max_body_bytes)
             .with_cancellation_token(cancel.clone());
         // Sessions taken over from a dead worker are restored by rmcp ([`crate::cluster`]).
-        config.session_store = state.group.as_ref().map(|group| {
-            Arc::new(AdoptedSessions(group.clone())) as Arc<dyn SessionStore>
-        });
+        config.session_store = state
+            .group
+            .as_ref()
+            .map(|group| Arc::new(AdoptedSessions(group.clone())) as Arc<dyn SessionStore>);
         let factory = {
             let (registry, id, sessions) =
                 (state.registry.clone(), server.clone(), sessions.clone());

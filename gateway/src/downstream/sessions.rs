@@ -189,7 +189,6 @@ impl SessionSlots {
     }
 }
 
-
 /// The downstream sessions of one server.
 #[derive(Default)]
 pub(super) struct Sessions {
