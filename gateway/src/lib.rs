@@ -1,13 +1,13 @@
-//! `mcp-pool-gateway`: an MCP gateway on [`mcp_pool`] — the seed's REST API for servers and
-//! pools, HS256 JWT auth, an OpenAPI 3.1 document and Prometheus metrics (DESIGN §13,
-//! issue 11). The [`router`] is a library item so it can be embedded and tested in process;
-//! the binary only parses flags and serves it.
+//! `mcp-pool-gateway`: an MCP gateway on [`mcp_pool`] — a REST API for servers and pools
+//! after ContextForge's ([`rest`]), HS256 JWT auth ([`auth`]), an OpenAPI 3.1 document
+//! ([`ApiDoc`]) and Prometheus metrics ([`metrics`]). The [`router`] is a library item so it
+//! can be embedded and tested in process; the binary only parses flags and serves it.
 //!
-//! The downstream MCP routes (`/servers/{id}/mcp|sse|ws`, [`mcp`]) nest into [`router`]
+//! The downstream MCP routes (`/servers/{id}/mcp|sse|ws`, [`downstream`]) nest into [`router`]
 //! beside the REST routes and read the caller's [`auth::Claims`] from the request extensions
-//! (`Claims::user` is the pool key's user). Servers live in the [`registry`]: seeded by the
+//! (`Claims::user` is the pool key's user). Servers live in the [`registry`]: loaded from the
 //! configuration file (and `--demo`), changed through `POST/PUT/DELETE /servers`, persisted in
-//! the state backend, and shared by several workers ([`workers`]).
+//! the state backend, and shared by several workers ([`workers`], [`cluster`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
@@ -71,8 +71,8 @@ pub struct AppState {
     pub group: Option<std::sync::Arc<cluster::Group>>,
 }
 
-/// Logs the line an operator greps for when a server's pool is created or reconfigured (the
-/// seed setup guide's Step 4): `creating/updating pool for server {id} with strategy=…,
+/// Logs the line an operator greps for when a server's pool is created or reconfigured, as
+/// ContextForge logs it: `creating/updating pool for server {id} with strategy=…,
 /// min_size=…, max_size=…`.
 pub fn log_pool_update(server: &mcp_pool::ServerId, config: &mcp_pool::PoolConfig) {
     tracing::info!(

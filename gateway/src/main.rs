@@ -206,7 +206,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| format!("state backend: {e}"))?;
     let demo = if cli.demo {
         Some(
-            mcp_pool_conformance::ReferenceServer::start()
+            mcp_pool_reference::ReferenceServer::start()
                 .await
                 .map_err(|e| format!("--demo: starting the reference server: {e}"))?,
         )
@@ -287,7 +287,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let mut membership = None;
     let backend = pool.backend().clone();
     if backend.name() != "memory" {
-        // The key of forwarded requests' envelopes (crate::forward): the token key when auth
+        // The key of relayed requests' envelopes ([`crate::cluster`]): the token key when auth
         // is on; with auth off there is nothing to protect, and the namespace keeps groups apart.
         let key = lookup("JWT_SECRET_KEY")
             .unwrap_or_else(|| format!("mcp-pool-gateway group {namespace}"));

@@ -48,8 +48,8 @@ pub(super) struct SlotGuard {
     /// Whether the pool was seen holding a binding for it: from then on, a binding gone is a
     /// conversation lost ([`conversation_lost`]).
     pub(super) bound: AtomicBool,
-    /// Its Proxy found the conversation lost while forwarding: the session's next request ends
-    /// it with a 404.
+    /// Its Proxy found the conversation lost while sending a request upstream: the session's
+    /// next request ends it with a 404.
     pub(super) lost: AtomicBool,
     /// The streamable HTTP session this slot was taken for, once its id is known: removed
     /// from its manager when the session ends. rmcp's `LocalSessionManager` keeps the handle

@@ -52,7 +52,7 @@ pub struct ServerInfo {
     pub id: String,
     /// Its endpoints.
     pub endpoints: Vec<EndpointInfo>,
-    /// Whether pooling is enabled for it: `pool.enabled`, repeated for the seed's clients.
+    /// Whether pooling is enabled for it: `pool.enabled`, repeated for ContextForge's clients.
     pub pooling_enabled: bool,
     /// Its strategy's name: `pool.strategy`, repeated likewise.
     pub strategy: String,
@@ -225,7 +225,7 @@ impl<T> Patch<T> {
 /// disabled server has no `pool/config` route, a URL's password and a stdio endpoint's
 /// `env` values are masked — so a replacement would reset whatever a client did not know
 /// about (a pool config turned back to the defaults by Deactivate/Activate, the failure this
-/// rule ends). It is also how `PUT /servers/{id}/pool/config` and the seed gateway's server
+/// rule ends). It is also how `PUT /servers/{id}/pool/config` and ContextForge's server
 /// update behave, so one rule holds across the API; `null` still clears a field on purpose.
 /// A `GET /servers/{id}` body sent back unchanged changes nothing.
 ///
@@ -249,7 +249,7 @@ pub struct ServerBody {
     #[schema(value_type = Option<Vec<EndpointBody>>)]
     pub endpoints: Patch<Vec<EndpointBody>>,
     /// The pool config; fields it leaves out keep their current values (`POST`: the
-    /// defaults, pooling off as the seed's servers).
+    /// defaults, pooling off as ContextForge's servers).
     #[serde(default)]
     #[schema(value_type = Option<PoolConfigUpdate>)]
     pub pool: Patch<PoolConfigUpdate>,
