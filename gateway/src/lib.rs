@@ -65,7 +65,7 @@ pub struct AppState {
     /// ([`policy::Policy`]; the registry holds the credentials policy).
     pub policy: std::sync::Arc<policy::Policy>,
     /// The downstream MCP routes, the services of each server ([`downstream`]).
-    pub mcp: std::sync::Arc<downstream::DownstreamRoutes>,
+    pub downstream: std::sync::Arc<downstream::DownstreamRoutes>,
     /// The workers sharing the state backend, when it is shared ([`cluster`]): downstream
     /// sessions are claimed, and requests for another worker's sessions relayed to it.
     pub group: Option<std::sync::Arc<cluster::Group>>,
@@ -94,7 +94,7 @@ impl AppState {
             max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
             metrics: None,
             policy: Default::default(),
-            mcp: Default::default(),
+            downstream: Default::default(),
             group: None,
         }
     }

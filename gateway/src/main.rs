@@ -207,7 +207,7 @@ async fn run(cli: Cli) -> Result<(), String> {
         max_body_bytes: config.max_body_bytes,
         metrics,
         policy: std::sync::Arc::new(config.policy.clone()),
-        mcp: Default::default(),
+        downstream: Default::default(),
         group: None,
     };
     let shutdown_group = CancellationToken::new();
@@ -384,7 +384,7 @@ async fn serve_until_signal(
     state: AppState,
     login: Option<axum::Router>,
 ) -> Result<(), String> {
-    let mcp = state.mcp.clone();
+    let downstream = state.downstream.clone();
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
         .await
         .map_err(|e| format!("binding {}:{}: {e}", config.host, config.port))?;
@@ -399,7 +399,7 @@ async fn serve_until_signal(
     serve::serve(listener, app, &config.limits, async move {
         shutdown_signal().await;
         // Open downstream streams would hold the graceful shutdown forever.
-        mcp.shutdown();
+        downstream.shutdown();
     })
     .await
     .map_err(|e| e.to_string())

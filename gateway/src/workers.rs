@@ -71,8 +71,8 @@ pub fn join(
         })
     };
     cluster::spawn_channel(group.clone(), local, shutdown.clone());
-    let mcp = state.mcp.clone();
-    tokio::spawn(refresh_claims(group.clone(), mcp, lost, shutdown));
+    let downstream = state.downstream.clone();
+    tokio::spawn(refresh_claims(group.clone(), downstream, lost, shutdown));
     Ok(Membership { group, heartbeat })
 }
 
@@ -99,7 +99,7 @@ impl Membership {
 /// `shutdown`. Sessions another worker took over meanwhile end here.
 async fn refresh_claims(
     group: Arc<Group>,
-    mcp: Arc<DownstreamRoutes>,
+    downstream: Arc<DownstreamRoutes>,
     lost: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
@@ -111,12 +111,12 @@ async fn refresh_claims(
             _ = ticks.tick() => false,
             () = lost.notified() => true,
         };
-        let held = mcp.held_sessions().await;
+        let held = downstream.held_sessions().await;
         let Some(taken) = group.refresh(&held).await else {
             continue;
         };
         for session in &taken {
-            mcp.close_session(session).await;
+            downstream.close_session(session).await;
         }
         if urgent {
             tracing::info!(
@@ -213,7 +213,7 @@ async fn apply(state: &AppState, change: mcp_pool::traits::ServerChange) -> bool
         }
         Ok(Applied::Removed) => {
             // Its downstream sessions end with its pool, as on the worker that removed it.
-            state.mcp.forget(&server);
+            state.downstream.forget(&server);
             tracing::info!("server {server} deleted or disabled by another worker: removed");
             true
         }

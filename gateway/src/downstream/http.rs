@@ -17,6 +17,7 @@ use tower::ServiceExt as _;
 
 use super::{
     caller::{Authorization, Caller, slot_holder},
+    routes::ServerRoutes,
     sessions::{SESSION_HEADER, SessionSlot, conversation_lost, record_lost},
 };
 use crate::{ApiError, AppState, auth::Claims, cluster::Relayed};
@@ -44,11 +45,10 @@ pub(crate) async fn handle(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let server = match admitted(&state, &id, &request) {
-        Ok(server) => server,
+    let (server, routes) = match admitted(&state, &id, &request) {
+        Ok(admitted) => admitted,
         Err(error) => return error.into_response(),
     };
-    let routes = state.mcp.of_server(&state, &server);
     let Caller {
         owner, principal, ..
     } = Caller::of(
@@ -109,7 +109,7 @@ pub(crate) async fn handle(
     let mut slot = None;
     if let (None, Some(id)) = (&session, initialize) {
         let limit = state.policy.sessions.per_user;
-        match state.mcp.slots.reserve(slot_holder(owner), limit) {
+        match state.downstream.slots.reserve(slot_holder(owner), limit) {
             Ok(reserved) => {
                 request.extensions_mut().insert(reserved.clone());
                 slot = Some(reserved);
@@ -171,12 +171,16 @@ pub(crate) async fn handle(
     response
 }
 
-/// The server `id` names, when `request` may reach its MCP routes: 403 `{"detail"}` for a
+/// The server `id` names and its routes, when `request` may reach them: 403 `{"detail"}` for a
 /// browser origin that is not allowed ([`crate::policy::OriginPolicy`]), 404 `{"detail":
 /// "Server not found"}` for a server the pool does not know and for one the caller may not
 /// use (a user learns nothing of servers they may not use). A request relayed by another
 /// worker was checked there.
-fn admitted(state: &AppState, id: &str, request: &Request) -> Result<ServerId, ApiError> {
+fn admitted(
+    state: &AppState,
+    id: &str,
+    request: &Request,
+) -> Result<(ServerId, ServerRoutes), ApiError> {
     if let Err(origin) = state.policy.origins.check(request.headers()) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -196,7 +200,8 @@ fn admitted(state: &AppState, id: &str, request: &Request) -> Result<ServerId, A
     let trusted = extensions.get::<Relayed>().is_some()
         || crate::auth::is_admin(state.auth.is_required(), extensions);
     if trusted || state.registry.may_use(&server, extensions.get::<Claims>()) {
-        Ok(server)
+        let routes = state.downstream.of_server(state, &server);
+        Ok((server, routes))
     } else {
         Err(not_found())
     }
@@ -215,17 +220,16 @@ pub(crate) async fn handle_legacy(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let server = match admitted(&state, &id, &request) {
-        Ok(server) => server,
+    let (server, routes) = match admitted(&state, &id, &request) {
+        Ok(admitted) => admitted,
         Err(error) => return error.into_response(),
     };
-    let routes = state.mcp.of_server(&state, &server);
     let mut request = request;
     // `GET /sse` and `GET /ws` open a session: it counts against its user while it lives.
     let slot = if request.method() == http::Method::GET {
         let owner = owner_of(&state, &server, &request);
         let limit = state.policy.sessions.per_user;
-        match state.mcp.slots.reserve(slot_holder(owner), limit) {
+        match state.downstream.slots.reserve(slot_holder(owner), limit) {
             Ok(slot) => {
                 // The WebSocket adapter keeps the upgrade request's parts for the socket's life.
                 request.extensions_mut().insert(slot.clone());

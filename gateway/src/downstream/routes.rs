@@ -133,17 +133,17 @@ impl DownstreamRoutes {
         }
     }
 
+    /// The streamable HTTP session managers of every server.
+    fn managers(&self) -> Vec<Arc<LocalSessionManager>> {
+        let servers = self.servers.lock();
+        servers.values().map(|r| r.manager.clone()).collect()
+    }
+
     /// The ids of every streamable HTTP session this worker holds, over all servers: the
     /// sessions whose claims it refreshes ([`crate::cluster`]).
     pub async fn held_sessions(&self) -> Vec<String> {
-        let managers: Vec<_> = self
-            .servers
-            .lock()
-            .values()
-            .map(|e| e.manager.clone())
-            .collect();
         let mut held = Vec::new();
-        for manager in managers {
+        for manager in self.managers() {
             held.extend(
                 manager
                     .sessions
@@ -158,14 +158,8 @@ impl DownstreamRoutes {
 
     /// Ends the streamable HTTP session `id`, wherever it is (another worker holds it now).
     pub async fn close_session(&self, id: &str) {
-        let managers: Vec<_> = self
-            .servers
-            .lock()
-            .values()
-            .map(|e| e.manager.clone())
-            .collect();
         let id: SessionId = id.into();
-        for manager in managers {
+        for manager in self.managers() {
             if manager.sessions.read().await.contains_key(&id) {
                 let _ = manager.close_session(&id).await;
             }

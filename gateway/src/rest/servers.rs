@@ -24,9 +24,29 @@ pub(super) fn server_id(id: &str) -> Result<ServerId, ApiError> {
     ServerId::new(id).map_err(|_| ApiError::server_not_found(id))
 }
 
-/// The caller's view of server `r`: an admin's shows where its credential comes from, who
-/// may use it and its stdio endpoints' commands; a user's does not.
-fn server_info(state: &AppState, r: &ServerRecord, admin: bool) -> ServerInfo {
+/// Who looks at a server: how much of it they see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Viewer {
+    /// Also where its credential comes from, who may use it and its stdio endpoints' commands.
+    Admin,
+    /// The rest.
+    User,
+}
+
+impl Viewer {
+    /// The viewer `caller` is.
+    fn of(caller: &Caller) -> Self {
+        if caller.admin {
+            Self::Admin
+        } else {
+            Self::User
+        }
+    }
+}
+
+/// `viewer`'s view of server `r`.
+fn server_info(state: &AppState, r: &ServerRecord, viewer: Viewer) -> ServerInfo {
+    let admin = viewer == Viewer::Admin;
     let pool = state.registry.pool_in_force(r);
     let files = state.registry.file_settings(&r.id);
     ServerInfo {
@@ -105,7 +125,7 @@ pub async fn list_servers(State(state): State<AppState>, caller: Caller) -> Json
         records
             .iter()
             .filter(|r| caller.may_use(&state.registry, &r.id))
-            .map(|r| server_info(&state, r, caller.admin))
+            .map(|r| server_info(&state, r, Viewer::of(&caller)))
             .collect(),
     )
 }
@@ -125,7 +145,7 @@ pub async fn get_server(
         .get(&sid)
         .await
         .ok_or_else(|| ApiError::server_not_found(&id))?;
-    Ok(Json(server_info(&state, &record, caller.admin)))
+    Ok(Json(server_info(&state, &record, Viewer::of(&caller))))
 }
 
 /// The server `id` names, when the caller may use it; else 404 as for an unknown server (a
@@ -179,7 +199,7 @@ pub async fn create_server(
     tracing::info!(server = %record.id, enabled = record.enabled, "server created");
     Ok((
         StatusCode::CREATED,
-        Json(server_info(&state, &record, true)),
+        Json(server_info(&state, &record, Viewer::Admin)),
     ))
 }
 
@@ -221,10 +241,10 @@ pub async fn replace_server(
         .await?;
     if !record.enabled {
         // Its downstream sessions end with its pool.
-        state.mcp.forget(&sid);
+        state.downstream.forget(&sid);
     }
     tracing::info!(server = %sid, enabled = record.enabled, "server replaced");
-    Ok(Json(server_info(&state, &record, true)))
+    Ok(Json(server_info(&state, &record, Viewer::Admin)))
 }
 
 /// Delete a server: its record and saved pool config; its pool is drained and removed.
@@ -239,7 +259,7 @@ pub async fn delete_server(
 ) -> Result<StatusCode, ApiError> {
     let sid = server_id(&id)?;
     state.registry.delete(&sid).await?;
-    state.mcp.forget(&sid);
+    state.downstream.forget(&sid);
     tracing::info!(server = %sid, "server deleted");
     Ok(StatusCode::NO_CONTENT)
 }
