@@ -1,6 +1,6 @@
 //! Who owns each downstream session: this worker's claims in the state backend (made,
 //! refreshed, released), where a request for a session this worker does not hold goes
-//! ([`Route`]), and the takeover of a dead owner's sessions.
+//! (`Route`), and the takeover of a dead owner's sessions.
 
 use std::{sync::Arc, time::Duration};
 
@@ -115,8 +115,6 @@ impl Group {
             tracing::warn!(%error, "cannot leave the workers' group: its sessions are taken over when the heartbeat expires");
         }
     }
-
-    /// Remembers that `owner` answered for `session`.
 
     /// Where a request for `session`, which this worker does not hold, goes.
     pub(super) async fn route(

@@ -1,6 +1,6 @@
 //! Both sides of relaying a request between workers: the sender dispatches a request for a
-//! session another worker owns ([`Group::dispatch_to_owner`]) and streams the owner's reply
-//! back ([`ReplyStream`]); the owner, reading its channel ([`spawn_channel`]), serves the
+//! session another worker owns (`Group::dispatch_to_owner`) and streams the owner's reply
+//! back (`ReplyStream`); the owner, reading its channel ([`spawn_channel`]), serves the
 //! request through the [`LocalHandler`] it was given and sends the reply back part by part.
 
 use std::{

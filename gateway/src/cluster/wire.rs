@@ -1,6 +1,6 @@
-//! What workers send each other on their channels ([`Frame`]): requests in signed envelopes
-//! ([`Envelope`]: HMAC-SHA256 under the group's key, the body in base64) and the parts of their
-//! replies ([`Part`]).
+//! What workers send each other on their channels (`Frame`): requests in signed envelopes
+//! (`Envelope`: HMAC-SHA256 under the group's key, the body in base64) and the parts of their
+//! replies (`Part`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
