@@ -66,38 +66,10 @@ pub(crate) async fn handle(
     let method = request.method().clone();
     let delete = method == http::Method::DELETE;
     if let Some(session) = &session {
-        let session_owner = routes.sessions.owners.lock().get(session).copied();
-        if session_owner.is_some_and(|session_owner| session_owner != owner) {
-            return ApiError::new(StatusCode::NOT_FOUND, "Session not found").into_response();
-        }
-        // A conversation whose upstream session is gone is told so (the MCP spec's 404: the
-        // client initializes again), never continued on a fresh upstream session.
-        let slot = routes
-            .sessions
-            .slots
-            .lock()
-            .get(session)
-            .and_then(|w| w.upgrade());
-        if let Some(slot) = slot.filter(|_| !delete)
-            && let Some(reason) = conversation_lost(&state.pool, &server, principal, &slot)
+        let caller = (owner, principal);
+        if let Err(refused) = check_session(&state, &server, &routes, session, caller, delete).await
         {
-            routes.sessions.slots.lock().remove(session);
-            routes.sessions.owners.lock().remove(session);
-            if let Some(group) = &state.group {
-                group.release(session);
-            }
-            if reason != "rebound" {
-                record_lost(&server, reason);
-            }
-            SessionSlot(slot).end_session().await;
-            return ApiError::new(
-                StatusCode::NOT_FOUND,
-                format!(
-                    "Session not found: its upstream session was lost ({reason}), and the \
-                     conversation's server-side state with it; initialize a new session"
-                ),
-            )
-            .into_response();
+            return refused;
         }
     }
     let (mut request, initialize) = match checked_json_rpc(request, state.max_body_bytes).await {
@@ -106,30 +78,16 @@ pub(crate) async fn handle(
     };
     // A new session counts against its user from its `initialize` on; the slot is kept by the
     // session's Proxy, and comes back when the answer created no session.
-    let mut slot = None;
-    if let (None, Some(id)) = (&session, initialize) {
-        let limit = state.policy.sessions.per_user;
-        match state.downstream.slots.reserve(slot_holder(owner), limit) {
-            Ok(reserved) => {
-                request.extensions_mut().insert(reserved.clone());
-                slot = Some(reserved);
+    let slot = match (&session, initialize) {
+        (None, Some(id)) => match reserve_slot(&state, &server, owner, id) {
+            Ok(slot) => {
+                request.extensions_mut().insert(slot.clone());
+                Some(slot)
             }
-            Err(held) => {
-                count_refusal("streamable_http");
-                tracing::warn!(server = %server, limit, "downstream session refused: a user is at DOWNSTREAM_SESSIONS_PER_USER");
-                let body = serde_json::json!({
-                    "jsonrpc": "2.0",
-                    "id": id,
-                    "error": {
-                        "code": SESSION_LIMIT_CODE,
-                        "message": session_limit_words(held, limit),
-                        "data": {"limit": limit, "setting": "DOWNSTREAM_SESSIONS_PER_USER"},
-                    },
-                });
-                return axum::Json(body).into_response();
-            }
-        }
-    }
+            Err(refused) => return refused,
+        },
+        _ => None,
+    };
     // A session another worker holds, or held before it died ([`crate::cluster`]).
     let request = match (&state.group, &session) {
         (Some(group), Some(id)) if !routes.holds(id).await => {
@@ -146,7 +104,106 @@ pub(crate) async fn handle(
         _ => request,
     };
     let response = routes.service.handle(request).await;
-    let (ended, claimed) = routes.record_owner(session, &method, owner, &response);
+    record_sessions(&state, &routes, session, &method, owner, slot, &response).await;
+    let mut response = response.map(Body::new);
+    // rmcp answers a DELETE that ended the session with 202 Accepted; the official SDKs'
+    // servers answer 200, and the Python SDK client logs any status but 200 and 204 as a
+    // failed session termination.
+    if delete && response.status() == StatusCode::ACCEPTED {
+        *response.status_mut() = StatusCode::OK;
+    }
+    response
+}
+
+/// Refuses a request for streamable HTTP `session` of another owner than the caller's
+/// (`(owner, principal)`), and one whose conversation's upstream session is gone (the MCP
+/// spec's 404: the client initializes again), which ends the session: never continued on a
+/// fresh upstream session. A `delete` is let through to end the session.
+async fn check_session(
+    state: &AppState,
+    server: &ServerId,
+    routes: &ServerRoutes,
+    session: &str,
+    (owner, principal): (Principal, Principal),
+    delete: bool,
+) -> Result<(), Response> {
+    let session_owner = routes.sessions.owners.lock().get(session).copied();
+    if session_owner.is_some_and(|session_owner| session_owner != owner) {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "Session not found").into_response());
+    }
+    let slot = routes
+        .sessions
+        .slots
+        .lock()
+        .get(session)
+        .and_then(|w| w.upgrade());
+    let Some(slot) = slot.filter(|_| !delete) else {
+        return Ok(());
+    };
+    let Some(reason) = conversation_lost(&state.pool, server, principal, &slot) else {
+        return Ok(());
+    };
+    routes.sessions.slots.lock().remove(session);
+    routes.sessions.owners.lock().remove(session);
+    if let Some(group) = &state.group {
+        group.release(session);
+    }
+    if reason != "rebound" {
+        record_lost(server, reason);
+    }
+    SessionSlot(slot).end_session().await;
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!(
+            "Session not found: its upstream session was lost ({reason}), and the \
+             conversation's server-side state with it; initialize a new session"
+        ),
+    )
+    .into_response())
+}
+
+/// A slot for the session `initialize` request `id` of `owner` opens, or the JSON-RPC error
+/// that refuses it: the user is at `DOWNSTREAM_SESSIONS_PER_USER`.
+fn reserve_slot(
+    state: &AppState,
+    server: &ServerId,
+    owner: Principal,
+    id: RequestId,
+) -> Result<SessionSlot, Response> {
+    let limit = state.policy.sessions.per_user;
+    state
+        .downstream
+        .slots
+        .reserve(slot_holder(owner), limit)
+        .map_err(|held| {
+            count_refusal("streamable_http");
+            tracing::warn!(server = %server, limit, "downstream session refused: a user is at DOWNSTREAM_SESSIONS_PER_USER");
+            let body = serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {
+                    "code": SESSION_LIMIT_CODE,
+                    "message": session_limit_words(held, limit),
+                    "data": {"limit": limit, "setting": "DOWNSTREAM_SESSIONS_PER_USER"},
+                },
+            });
+            axum::Json(body).into_response()
+        })
+}
+
+/// After the `response` to a request of `owner` (for `session`, if any, with `method`):
+/// records who owns the session it created, binds the new session to its `slot`, forgets the
+/// sessions that ended, and claims or releases them in the workers' group.
+async fn record_sessions<B>(
+    state: &AppState,
+    routes: &ServerRoutes,
+    session: Option<String>,
+    method: &http::Method,
+    owner: Principal,
+    slot: Option<SessionSlot>,
+    response: &http::Response<B>,
+) {
+    let (ended, claimed) = routes.record_owner(session, method, owner, response);
     if let (Some(slot), Some(created)) = (slot, &claimed) {
         slot.bind(&routes.manager, &routes.sessions, created);
     }
@@ -161,14 +218,6 @@ pub(crate) async fn handle(
             group.claim_new(&created).await;
         }
     }
-    let mut response = response.map(Body::new);
-    // rmcp answers a DELETE that ended the session with 202 Accepted; the official SDKs'
-    // servers answer 200, and the Python SDK client logs any status but 200 and 204 as a
-    // failed session termination.
-    if delete && response.status() == StatusCode::ACCEPTED {
-        *response.status_mut() = StatusCode::OK;
-    }
-    response
 }
 
 /// The server `id` names and its routes, when `request` may reach them: 403 `{"detail"}` for a
