@@ -84,7 +84,7 @@ pub(crate) async fn handle(
                 request.extensions_mut().insert(slot.clone());
                 Some(slot)
             }
-            Err(refused) => return refused,
+            Err(refused) => return refused.into_response(),
         },
         _ => None,
     };
@@ -169,7 +169,7 @@ fn reserve_slot(
     server: &ServerId,
     owner: Principal,
     id: RequestId,
-) -> Result<SessionSlot, Response> {
+) -> Result<SessionSlot, axum::Json<serde_json::Value>> {
     let limit = state.policy.sessions.per_user;
     state
         .downstream
@@ -187,7 +187,7 @@ fn reserve_slot(
                     "data": {"limit": limit, "setting": "DOWNSTREAM_SESSIONS_PER_USER"},
                 },
             });
-            axum::Json(body).into_response()
+            axum::Json(body)
         })
 }
 
