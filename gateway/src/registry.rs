@@ -1,6 +1,6 @@
-//! The server registry: servers created, replaced and deleted
-//! through the REST API, persisted in the pool's [`StateBackend`](mcp_pool::StateBackend) as
-//! [`ServerRecord`]s, and applied to the [`Pool`].
+//! The server registry: servers created, replaced and deleted through the REST API, persisted
+//! in the pool's [`StateBackend`](mcp_pool::StateBackend) as [`ServerRecord`]s, and applied
+//! to the [`Pool`].
 //!
 //! # Where servers come from
 //! The registry starts from the servers of the configuration file (and `--demo`); the backend
