@@ -4,14 +4,15 @@
 
 pub mod alloc;
 pub mod backend;
-pub mod duplex;
 pub mod faulty_watch;
 pub mod pool;
 pub mod redis_process;
-pub mod server;
-pub mod stdio_server;
 pub mod strategy;
 pub mod transport;
+
+/// The reference MCP test server ([`mcp_pool_reference`]), as the suite's own.
+pub use mcp_pool_reference as server;
+pub use mcp_pool_reference::{duplex, stdio_server};
 
 pub use duplex::{DuplexTransport, UpstreamSession};
 pub use server::{

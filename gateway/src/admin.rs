@@ -1,6 +1,6 @@
-//! The Admin UI (issue 12): static pages embedded in the binary, served at `/admin`.
+//! The Admin UI: static pages embedded in the binary, served at `/admin`.
 //!
-//! The UI is one more client of the REST API (DESIGN §13): its script keeps the operator's
+//! The UI is one more client of the REST API ([`crate::rest`]): its script keeps the operator's
 //! bearer token in `sessionStorage` and sends it as `Authorization: Bearer` on every API call.
 //! Nothing rides on a cookie, so no other site can make the browser act for the operator
 //! (CSRF-safe by construction). The pages themselves hold no data and are served without auth;

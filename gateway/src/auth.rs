@@ -1,4 +1,4 @@
-//! Bearer-token auth: HS256 JWTs signed with `JWT_SECRET_KEY` (DESIGN §13).
+//! Bearer-token auth: HS256 JWTs signed with `JWT_SECRET_KEY` (RFC 7519, RFC 6750).
 
 use std::{
     fmt,

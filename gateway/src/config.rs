@@ -16,7 +16,7 @@ pub use crate::{error::ConfigError, policy::GATEWAY_VARIABLES};
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// The largest `MAX_BODY_BYTES` accepted: 1 GiB.
 pub const MAX_MAX_BODY_BYTES: usize = 1024 * 1024 * 1024;
-/// `PORT` by default (the seed's `mcpgateway --port 4444`).
+/// `PORT` by default (ContextForge's, `mcpgateway --port 4444`).
 pub const DEFAULT_PORT: u16 = 4444;
 /// `HOST` by default: loopback only.
 pub const DEFAULT_HOST: &str = "127.0.0.1";

@@ -10,7 +10,7 @@ use mcp_pool::PoolError;
 use serde::{Serialize, de::DeserializeOwned};
 use utoipa::ToSchema;
 
-/// The body of every error response: `{"detail": "…"}` (the seed gateway's shape).
+/// The body of every error response: `{"detail": "…"}` (ContextForge's shape, FastAPI's).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorBody {
     /// What went wrong, in words: the field, the value and what is allowed where that applies.

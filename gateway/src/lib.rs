@@ -1,29 +1,27 @@
-//! `mcp-pool-gateway`: an MCP gateway on [`mcp_pool`] — the seed's REST API for servers and
-//! pools, HS256 JWT auth, an OpenAPI 3.1 document and Prometheus metrics (DESIGN §13,
-//! issue 11). The [`router`] is a library item so it can be embedded and tested in process;
-//! the binary only parses flags and serves it.
+//! `mcp-pool-gateway`: an MCP gateway on [`mcp_pool`] — a REST API for servers and pools
+//! after ContextForge's ([`rest`]), HS256 JWT auth ([`auth`]), an OpenAPI 3.1 document
+//! ([`ApiDoc`]) and Prometheus metrics ([`metrics`]). The [`router`] is a library item so it
+//! can be embedded and tested in process; the binary only parses flags and serves it.
 //!
-//! The downstream MCP routes (`/servers/{id}/mcp|sse|ws`, [`mcp`]) nest into [`router`]
+//! The downstream MCP routes (`/servers/{id}/mcp|sse|ws`, [`downstream`]) nest into [`router`]
 //! beside the REST routes and read the caller's [`auth::Claims`] from the request extensions
-//! (`Claims::user` is the pool key's user). Servers live in the [`registry`]: seeded by the
+//! (`Claims::user` is the pool key's user). Servers live in the [`registry`]: loaded from the
 //! configuration file (and `--demo`), changed through `POST/PUT/DELETE /servers`, persisted in
-//! the state backend, and shared by several workers ([`workers`]).
+//! the state backend, and shared by several workers ([`workers`], [`cluster`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod admin;
-pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
+pub mod downstream;
 pub mod error;
-pub mod forward;
-pub mod mcp;
-mod membership;
 pub mod metrics;
-pub mod ops;
 pub mod policy;
 pub mod registry;
 pub mod reload;
+pub mod rest;
 pub mod serve;
 pub mod workers;
 
@@ -41,6 +39,8 @@ use utoipa::{
     Modify, OpenApi,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
+
+use rest::{health, pools, servers};
 
 pub use config::{Auth, GatewayConfig};
 pub use error::ConfigError;
@@ -64,15 +64,15 @@ pub struct AppState {
     /// The hardening settings: upstream addresses, origins, downstream session limits
     /// ([`policy::Policy`]; the registry holds the credentials policy).
     pub policy: std::sync::Arc<policy::Policy>,
-    /// The downstream MCP endpoints, one streamable HTTP service per server.
-    pub mcp: std::sync::Arc<mcp::McpEndpoints>,
-    /// The workers sharing the state backend, when it is shared ([`forward`]): downstream
-    /// sessions are claimed, and requests for another worker's sessions forwarded to it.
-    pub group: Option<std::sync::Arc<forward::Group>>,
+    /// The downstream MCP routes, the services of each server ([`downstream`]).
+    pub downstream: std::sync::Arc<downstream::DownstreamRoutes>,
+    /// The workers sharing the state backend, when it is shared ([`cluster`]): downstream
+    /// sessions are claimed, and requests for another worker's sessions relayed to it.
+    pub group: Option<std::sync::Arc<cluster::Group>>,
 }
 
-/// Logs the line an operator greps for when a server's pool is created or reconfigured (the
-/// seed setup guide's Step 4): `creating/updating pool for server {id} with strategy=…,
+/// Logs the line an operator greps for when a server's pool is created or reconfigured, as
+/// ContextForge logs it: `creating/updating pool for server {id} with strategy=…,
 /// min_size=…, max_size=…`.
 pub fn log_pool_update(server: &mcp_pool::ServerId, config: &mcp_pool::PoolConfig) {
     tracing::info!(
@@ -94,7 +94,7 @@ impl AppState {
             max_body_bytes: config::DEFAULT_MAX_BODY_BYTES,
             metrics: None,
             policy: Default::default(),
-            mcp: Default::default(),
+            downstream: Default::default(),
             group: None,
         }
     }
@@ -105,11 +105,11 @@ impl AppState {
 #[openapi(
     info(title = "mcp-pool-gateway", description = "REST API of the mcp-pool gateway"),
     paths(
-        api::list_servers, api::get_server, api::create_server, api::replace_server,
-        api::delete_server, api::get_pool_config, api::put_pool_config,
-        api::pool_stats, api::all_pool_stats, api::pools_health, api::strategies, api::drain,
-        api::health, api::ready, api::metrics, openapi_json,
-        ops::sessions, ops::resize, ops::reset
+        servers::list_servers, servers::get_server, servers::create_server,
+        servers::replace_server, servers::delete_server, pools::get_pool_config,
+        pools::put_pool_config, pools::pool_stats, pools::all_pool_stats, pools::pools_health,
+        pools::strategies, pools::drain, health::health, health::ready, health::metrics,
+        openapi_json, pools::sessions, pools::resize, pools::reset
     ),
     components(schemas(ErrorBody)),
     modifiers(&BearerAuth),
@@ -147,30 +147,33 @@ async fn openapi_json() -> Response {
 /// as `{"detail": …}`.
 pub fn router(state: AppState) -> Router {
     let protected = Router::new()
-        .route("/servers", get(api::list_servers).post(api::create_server))
-        .route("/servers/pools", get(api::all_pool_stats))
-        .route("/servers/pools/health", get(api::pools_health))
-        .route("/servers/pools/strategies", get(api::strategies))
+        .route(
+            "/servers",
+            get(servers::list_servers).post(servers::create_server),
+        )
+        .route("/servers/pools", get(pools::all_pool_stats))
+        .route("/servers/pools/health", get(pools::pools_health))
+        .route("/servers/pools/strategies", get(pools::strategies))
         .route(
             "/servers/{id}",
-            get(api::get_server)
-                .put(api::replace_server)
-                .delete(api::delete_server),
+            get(servers::get_server)
+                .put(servers::replace_server)
+                .delete(servers::delete_server),
         )
         .route(
             "/servers/{id}/pool/config",
-            get(api::get_pool_config).put(api::put_pool_config),
+            get(pools::get_pool_config).put(pools::put_pool_config),
         )
-        .route("/servers/{id}/pool/stats", get(api::pool_stats))
-        .route("/servers/{id}/pool/drain", post(api::drain))
-        .route("/servers/{id}/mcp", any(mcp::endpoint))
-        .route("/servers/{id}/sse", get(mcp::legacy_endpoint))
-        .route("/servers/{id}/message", post(mcp::legacy_endpoint))
-        .route("/servers/{id}/ws", get(mcp::legacy_endpoint))
-        .route("/servers/{id}/pool/sessions", get(ops::sessions))
-        .route("/servers/{id}/pool/resize", post(ops::resize))
-        .route("/servers/{id}/pool/reset", post(ops::reset))
-        .route("/metrics", get(api::metrics))
+        .route("/servers/{id}/pool/stats", get(pools::pool_stats))
+        .route("/servers/{id}/pool/drain", post(pools::drain))
+        .route("/servers/{id}/mcp", any(downstream::handle))
+        .route("/servers/{id}/sse", get(downstream::handle_legacy))
+        .route("/servers/{id}/message", post(downstream::handle_legacy))
+        .route("/servers/{id}/ws", get(downstream::handle_legacy))
+        .route("/servers/{id}/pool/sessions", get(pools::sessions))
+        .route("/servers/{id}/pool/resize", post(pools::resize))
+        .route("/servers/{id}/pool/reset", post(pools::reset))
+        .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi_json));
     let protected = match &state.auth {
         Auth::Required(verifier) => protected.route_layer(middleware::from_fn_with_state(
@@ -181,8 +184,8 @@ pub fn router(state: AppState) -> Router {
     };
     let limit = state.max_body_bytes;
     Router::new()
-        .route("/health", get(api::health))
-        .route("/ready", get(api::ready))
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
         .merge(admin::routes())
         .merge(protected)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "Not Found") })

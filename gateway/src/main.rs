@@ -152,8 +152,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// The environment variable `name`, if set.
+fn lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
 async fn run(cli: Cli) -> Result<(), String> {
-    let lookup = |name: &str| std::env::var(name).ok();
     if let Some(Command::Token {
         sub,
         role,
@@ -161,27 +165,105 @@ async fn run(cli: Cli) -> Result<(), String> {
         exp_minutes,
     }) = &cli.command
     {
-        let secret = lookup("JWT_SECRET_KEY")
-            .filter(|s| !s.is_empty())
-            .ok_or("JWT_SECRET_KEY is not set: the token command signs with it")?;
-        let secret = auth::JwtSecret::new(secret).map_err(|e| e.to_string())?;
-        if sub.trim().is_empty() {
-            return Err("--sub is empty: a token must name its user".into());
-        }
-        let ttl = Duration::from_secs(exp_minutes.saturating_mul(60));
-        let role: auth::Role = role.parse()?;
-        let mut claims = auth::Claims::new(sub, role, ttl, std::time::SystemTime::now());
-        claims.groups = groups.clone();
-        if let Some(audience) = lookup("JWT_AUDIENCE").filter(|v| !v.trim().is_empty()) {
-            claims.aud = Some(audience.trim().into());
-        }
-        if let Some(issuer) = lookup("JWT_ISSUER").filter(|v| !v.trim().is_empty()) {
-            claims.iss = Some(issuer.trim().to_owned());
-        }
-        let token = auth::sign(&secret, &claims).map_err(|e| e.to_string())?;
-        println!("{token}");
+        println!("{}", token(sub, role, groups, *exp_minutes)?);
         return Ok(());
     }
+    let (config, settings) = read_config(&cli)?;
+    let namespace = lookup("STATE_NAMESPACE").unwrap_or_else(|| "gateway".into());
+    let namespace = StateId::new(&namespace).map_err(|e| format!("STATE_NAMESPACE: {e}"))?;
+    let backend = settings
+        .backend
+        .connect(namespace.clone())
+        .await
+        .map_err(|e| format!("state backend: {e}"))?;
+    let demo = if cli.demo {
+        Some(
+            mcp_pool_reference::ReferenceServer::start()
+                .await
+                .map_err(|e| format!("--demo: starting the reference server: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let (pool, servers) = build_pool(&settings, backend, demo.as_ref())?;
+    let metrics = if settings.metrics_enabled {
+        Some(
+            mcp_pool_gateway::metrics::prometheus_builder()
+                .install_recorder()
+                .map_err(|e| format!("metrics recorder: {e}"))?,
+        )
+    } else {
+        None
+    };
+    if matches!(config.auth, Auth::Disabled) {
+        tracing::warn!("AUTH_REQUIRED=false: the REST API is open to anyone who can reach it");
+    }
+    let registry = load_registry(&pool, &servers, &config).await?;
+    let login = admin_login(&config.auth)?;
+    let mut state = AppState {
+        pool: pool.clone(),
+        registry,
+        auth: config.auth.clone(),
+        max_body_bytes: config.max_body_bytes,
+        metrics,
+        policy: std::sync::Arc::new(config.policy.clone()),
+        downstream: Default::default(),
+        group: None,
+    };
+    let shutdown_group = CancellationToken::new();
+    let membership = join_workers(&cli, &mut state, &namespace, shutdown_group.clone())?;
+    // Listening before the address is logged: a SIGHUP from then on reloads, never kills.
+    #[cfg(unix)]
+    let _reloader = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let hangups = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
+        tokio::spawn(reload_on_hangup(
+            hangups,
+            state.registry.clone(),
+            cli.config.clone(),
+            settings.servers.clone(),
+        ))
+    };
+    serve_until_signal(&config, state, login).await?;
+    tracing::info!("shutting down: closing the pool");
+    shutdown_group.cancel();
+    if let Some(membership) = membership {
+        // Other workers take this worker's sessions over at once, without waiting for a TTL.
+        membership.leave().await;
+    }
+    pool.close().await;
+    if let Some(demo) = demo {
+        demo.stop().await;
+    }
+    Ok(())
+}
+
+/// `token`: an HS256 JWT for `sub` with `role` and `groups`, expiring in `exp_minutes`, signed
+/// with `JWT_SECRET_KEY` (and naming `JWT_AUDIENCE` and `JWT_ISSUER` when they are set).
+fn token(sub: &str, role: &str, groups: &[String], exp_minutes: u64) -> Result<String, String> {
+    let secret = lookup("JWT_SECRET_KEY")
+        .filter(|s| !s.is_empty())
+        .ok_or("JWT_SECRET_KEY is not set: the token command signs with it")?;
+    let secret = auth::JwtSecret::new(secret).map_err(|e| e.to_string())?;
+    if sub.trim().is_empty() {
+        return Err("--sub is empty: a token must name its user".into());
+    }
+    let ttl = Duration::from_secs(exp_minutes.saturating_mul(60));
+    let role: auth::Role = role.parse()?;
+    let mut claims = auth::Claims::new(sub, role, ttl, std::time::SystemTime::now());
+    claims.groups = groups.to_vec();
+    if let Some(audience) = lookup("JWT_AUDIENCE").filter(|v| !v.trim().is_empty()) {
+        claims.aud = Some(audience.trim().into());
+    }
+    if let Some(issuer) = lookup("JWT_ISSUER").filter(|v| !v.trim().is_empty()) {
+        claims.iss = Some(issuer.trim().to_owned());
+    }
+    auth::sign(&secret, &claims).map_err(|e| e.to_string())
+}
+
+/// The gateway's settings and the pool's, from the `--config` file, the environment (which
+/// wins over the file) and the flags (which win over both).
+fn read_config(cli: &Cli) -> Result<(GatewayConfig, Settings), String> {
     let table = match &cli.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -197,55 +279,42 @@ async fn run(cli: Cli) -> Result<(), String> {
     let vars = std::env::vars_os()
         .filter_map(|(n, v)| Some((n.into_string().ok()?, v.into_string().ok()?)));
     let settings = Settings::from_vars(cli.config.as_ref(), vars).map_err(|e| e.to_string())?;
-    let namespace = lookup("STATE_NAMESPACE").unwrap_or_else(|| "gateway".into());
-    let namespace = StateId::new(&namespace).map_err(|e| format!("STATE_NAMESPACE: {e}"))?;
-    let backend = settings
-        .backend
-        .connect(namespace.clone())
-        .await
-        .map_err(|e| format!("state backend: {e}"))?;
-    let demo = if cli.demo {
-        Some(
-            mcp_pool_conformance::ReferenceServer::start()
-                .await
-                .map_err(|e| format!("--demo: starting the reference server: {e}"))?,
-        )
-    } else {
-        None
-    };
+    Ok((config, settings))
+}
+
+/// The pool over `backend` with the configuration file's servers, and `demo` as the server
+/// `demo` when it runs; also the servers it started with.
+fn build_pool(
+    settings: &Settings,
+    backend: std::sync::Arc<dyn mcp_pool::StateBackend>,
+    demo: Option<&mcp_pool_reference::ReferenceServer>,
+) -> Result<(Pool, Vec<ServerConfig>), String> {
     let mut servers = settings.servers.clone();
-    if let Some(demo) = &demo {
+    let mut builder = settings.builder().backend(backend);
+    if let Some(demo) = demo {
         let id = ServerId::new("demo").map_err(|e| e.to_string())?;
         let pool = settings.pool_config_for(&id);
-        servers.push(ServerConfig::new(id, demo.endpoint()).pool(pool));
-    }
-    let mut builder = settings.builder().backend(backend);
-    if demo.is_some() {
-        builder = builder.server(servers.last().cloned().ok_or("demo server")?);
+        let server = ServerConfig::new(id, demo.endpoint()).pool(pool);
+        servers.push(server.clone());
+        builder = builder.server(server);
     }
     for server in &servers {
         mcp_pool_gateway::log_pool_update(server.id(), server.pool_config());
     }
-    let pool: Pool = builder.build().map_err(|e| e.to_string())?;
-    let metrics = if settings.metrics_enabled {
-        Some(
-            mcp_pool_gateway::metrics::prometheus_builder()
-                .install_recorder()
-                .map_err(|e| format!("metrics recorder: {e}"))?,
-        )
-    } else {
-        None
-    };
-    if matches!(config.auth, Auth::Disabled) {
-        tracing::warn!("AUTH_REQUIRED=false: the REST API is open to anyone who can reach it");
-    }
-    let registry = mcp_pool_gateway::Registry::load_with(
-        pool.clone(),
-        &servers,
-        config.policy.credentials.clone(),
-    )
-    .await
-    .map_err(|e| format!("server registry: {e}"))?;
+    let pool = builder.build().map_err(|e| e.to_string())?;
+    Ok((pool, servers))
+}
+
+/// The server registry over `pool`, from its `servers` and the state backend's records,
+/// checked when `SERVER_CHECKS` is on.
+async fn load_registry(
+    pool: &Pool,
+    servers: &[ServerConfig],
+    config: &GatewayConfig,
+) -> Result<Registry, String> {
+    let registry = Registry::load_with(pool.clone(), servers, config.policy.credentials.clone())
+        .await
+        .map_err(|e| format!("server registry: {e}"))?;
     if config.server_checks {
         registry.check_servers().await;
     }
@@ -254,9 +323,15 @@ async fn run(cli: Cli) -> Result<(), String> {
         "pool manager initialized with {} servers",
         pool.stats().servers.len()
     );
+    Ok(registry)
+}
+
+/// The Admin UI's sign-in routes, when `ADMIN_USERNAME` and `ADMIN_PASSWORD` are set and auth
+/// is on.
+fn admin_login(auth: &Auth) -> Result<Option<axum::Router>, String> {
     let login = admin::AdminLogin::from_vars(lookup("ADMIN_USERNAME"), lookup("ADMIN_PASSWORD"))
         .map_err(|e| e.to_string())?;
-    let login = match (login, &config.auth) {
+    Ok(match (login, auth) {
         (Some(login), Auth::Required(verifier)) => {
             Some(admin::login_routes(login, verifier.clone()))
         }
@@ -267,56 +342,49 @@ async fn run(cli: Cli) -> Result<(), String> {
             None
         }
         (None, _) => None,
-    };
-    let mut state = AppState {
-        pool: pool.clone(),
-        registry,
-        auth: config.auth.clone(),
-        max_body_bytes: config.max_body_bytes,
-        metrics,
-        policy: std::sync::Arc::new(config.policy.clone()),
-        mcp: Default::default(),
-        group: None,
-    };
-    // Made now, after start-up: never shared by two processes.
+    })
+}
+
+/// Joins `state` to the workers sharing its state backend, when it is shared, until
+/// `shutdown`; the worker's id is made now, after start-up, so that two processes never share
+/// one.
+fn join_workers(
+    cli: &Cli,
+    state: &mut AppState,
+    namespace: &StateId,
+    shutdown: CancellationToken,
+) -> Result<Option<workers::Membership>, String> {
     let worker = match cli.worker_id.clone().or_else(|| lookup("WORKER_ID")) {
         Some(id) => WorkerId::new(&id)?,
         None => WorkerId::generate(),
     };
-    let shutdown_group = CancellationToken::new();
-    let mut membership = None;
-    let backend = pool.backend().clone();
-    if backend.name() != "memory" {
-        // The key of forwarded requests' envelopes (crate::forward): the token key when auth
-        // is on; with auth off there is nothing to protect, and the namespace keeps groups apart.
-        let key = lookup("JWT_SECRET_KEY")
-            .unwrap_or_else(|| format!("mcp-pool-gateway group {namespace}"));
-        membership = Some(workers::join(
-            &mut state,
-            worker.clone(),
-            key.as_bytes(),
-            shutdown_group.clone(),
-        )?);
-        tracing::info!(
-            "worker {worker} joined the workers sharing the {} state backend",
-            backend.name()
-        );
-    } else {
+    let backend = state.pool.backend().clone();
+    if backend.name() == "memory" {
         tracing::info!("worker {worker}: memory state backend, nothing shared");
+        return Ok(None);
     }
-    // Listening before the address is logged: a SIGHUP from then on reloads, never kills.
-    #[cfg(unix)]
-    let _reloader = {
-        use tokio::signal::unix::{SignalKind, signal};
-        let hangups = signal(SignalKind::hangup()).map_err(|e| format!("SIGHUP handler: {e}"))?;
-        tokio::spawn(reload_on_hangup(
-            hangups,
-            state.registry.clone(),
-            cli.config.clone(),
-            settings.servers.clone(),
-        ))
-    };
-    let mcp = state.mcp.clone();
+    // The key of relayed requests' envelopes ([`mcp_pool_gateway::cluster`]): the token key
+    // when auth is on; with auth off there is nothing to protect, and the namespace keeps
+    // groups apart.
+    let key =
+        lookup("JWT_SECRET_KEY").unwrap_or_else(|| format!("mcp-pool-gateway group {namespace}"));
+    let membership = workers::join(state, worker.clone(), key.as_bytes(), shutdown)?;
+    tracing::info!(
+        "worker {worker} joined the workers sharing the {} state backend",
+        backend.name()
+    );
+    Ok(Some(membership))
+}
+
+/// Listens on the configured address and serves the gateway's router (with the Admin UI's
+/// `login` routes) until SIGINT or SIGTERM, then ends every downstream session and waits for
+/// the connections to finish.
+async fn serve_until_signal(
+    config: &GatewayConfig,
+    state: AppState,
+    login: Option<axum::Router>,
+) -> Result<(), String> {
+    let downstream = state.downstream.clone();
     let listener = tokio::net::TcpListener::bind((config.host.as_str(), config.port))
         .await
         .map_err(|e| format!("binding {}:{}: {e}", config.host, config.port))?;
@@ -331,21 +399,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     serve::serve(listener, app, &config.limits, async move {
         shutdown_signal().await;
         // Open downstream streams would hold the graceful shutdown forever.
-        mcp.shutdown();
+        downstream.shutdown();
     })
     .await
-    .map_err(|e| e.to_string())?;
-    tracing::info!("shutting down: closing the pool");
-    shutdown_group.cancel();
-    if let Some(membership) = membership {
-        // Other workers take this worker's sessions over at once, without waiting for a TTL.
-        membership.leave().await;
-    }
-    pool.close().await;
-    if let Some(demo) = demo {
-        demo.stop().await;
-    }
-    Ok(())
+    .map_err(|e| e.to_string())
 }
 
 /// On every SIGHUP: re-reads the `--config` file (and the environment, which wins over it)

@@ -1,14 +1,15 @@
-//! The server registry (issue 11 item 2, DESIGN §13): servers created, replaced and deleted
-//! through the REST API, persisted in the pool's [`StateBackend`](mcp_pool::StateBackend) as
-//! [`ServerRecord`]s, and applied to the [`Pool`].
+//! The server registry: servers created, replaced and deleted through the REST API, persisted
+//! in the pool's [`StateBackend`](mcp_pool::StateBackend) as [`ServerRecord`]s, and applied
+//! to the [`Pool`].
 //!
 //! # Where servers come from
-//! The configuration file (and `--demo`) *seeds* the registry; the backend holds what the API
-//! changed. At start, [`Registry::load`] takes every seed, then every record the backend holds:
+//! The registry starts from the servers of the configuration file (and `--demo`); the backend
+//! holds what the API changed. At start, [`Registry::load`] takes every file server, then every
+//! record the backend holds:
 //! for an id the backend has ever held (a record, or the tombstone of a delete) the backend
 //! wins, so an API change — a delete included — survives restarts, while a file server nobody
 //! touched through the API follows the file (editing the file and restarting takes effect).
-//! Seeds are not written to the backend until the API changes them.
+//! File servers are not written to the backend until the API changes them.
 //!
 //! # Disabled servers
 //! A server with `enabled: false` keeps its record (listed by `GET /servers`, read by
@@ -39,7 +40,7 @@
 //! JWT. It is sent upstream only to servers whose record says so
 //! ([`ServerRecord::forward_token`], default `false`): then it is part of the upstream identity
 //! (a rotated token opens new upstream sessions, as a credential sent upstream must be part of
-//! the pool key, DESIGN §2.11), while the downstream session stays bound to the JWT's user.
+//! the pool key: two tokens never share an upstream session), while the downstream session stays bound to the JWT's user.
 //!
 //! # Several workers
 //! Each worker writes through the shared backend, which gives every put and delete a version
@@ -199,7 +200,7 @@ impl std::fmt::Debug for Registry {
 
 /// The record of a server given in the configuration file: enabled, named after its id, no
 /// credentials.
-pub fn seed_record(server: &ServerConfig) -> ServerRecord {
+pub fn file_record(server: &ServerConfig) -> ServerRecord {
     ServerRecord {
         id: server.id().clone(),
         name: server.id().to_string(),
@@ -213,14 +214,14 @@ pub fn seed_record(server: &ServerConfig) -> ServerRecord {
 }
 
 impl Registry {
-    /// The registry of `pool`, whose servers are `seeds` (the file's, already in the pool),
+    /// The registry of `pool`, whose servers are `from_file` (the file's, already in the pool),
     /// then the backend's records applied over them (see [the module docs](self)).
     ///
     /// # Errors
     /// [`RegistryError::Backend`] when the backend cannot list its records;
     /// [`RegistryError::Pool`] when a stored record is rejected by the pool.
-    pub async fn load(pool: Pool, seeds: &[ServerConfig]) -> Result<Self, RegistryError> {
-        Self::load_with(pool, seeds, CredentialsPolicy::default()).await
+    pub async fn load(pool: Pool, from_file: &[ServerConfig]) -> Result<Self, RegistryError> {
+        Self::load_with(pool, from_file, CredentialsPolicy::default()).await
     }
 
     /// As [`load`](Self::load), with the variables `credentials` allows readable by records'
@@ -232,12 +233,12 @@ impl Registry {
     /// As [`load`](Self::load).
     pub async fn load_with(
         pool: Pool,
-        seeds: &[ServerConfig],
+        from_file: &[ServerConfig],
         credentials: CredentialsPolicy,
     ) -> Result<Self, RegistryError> {
-        let mut records: BTreeMap<ServerId, ServerRecord> = seeds
+        let mut records: BTreeMap<ServerId, ServerRecord> = from_file
             .iter()
-            .map(|s| (s.id().clone(), seed_record(s)))
+            .map(|s| (s.id().clone(), file_record(s)))
             .collect();
         let registry = Self {
             pool,
@@ -246,7 +247,7 @@ impl Registry {
             access: Arc::default(),
             credentials: Arc::new(credentials),
             files: Arc::new(parking_lot::RwLock::new(
-                seeds
+                from_file
                     .iter()
                     .map(|s| (s.id().clone(), FileSettings::of(s)))
                     .collect(),
@@ -498,7 +499,7 @@ impl Registry {
         Ok(config.headers(headers))
     }
 
-    /// Deletes `id`: its record (a tombstone stays in the backend, so a file seed does not
+    /// Deletes `id`: its record (a tombstone stays in the backend, so a file server does not
     /// come back at the next start) and its saved pool config; its pool is drained and
     /// removed.
     ///
@@ -513,7 +514,7 @@ impl Registry {
         let version = match backend.delete_server(id).await? {
             Some(version) => Some(version),
             None => {
-                // A file seed never stored: store it so that its delete leaves a tombstone.
+                // A file server never stored: store it so that its delete leaves a tombstone.
                 backend.put_server(record).await?;
                 backend.delete_server(id).await?
             }
@@ -589,7 +590,7 @@ impl Registry {
             .into_iter()
             .map(|change| change.server)
             .collect();
-        let seeds = |servers: &[ServerConfig]| -> Vec<ServerConfig> {
+        let untouched = |servers: &[ServerConfig]| -> Vec<ServerConfig> {
             servers
                 .iter()
                 .filter(|s| !held.contains(s.id()))
@@ -601,14 +602,14 @@ impl Registry {
             .filter(|s| held.contains(s.id()) && self.file_settings(s.id()) != FileSettings::of(s))
             .map(|s| s.id().clone())
             .collect();
-        let seeded = seeds(next);
+        let following = untouched(next);
         let mut records = self.records.lock().await;
-        let mut done = crate::reload::reload(&self.pool, &seeds(previous), &seeded)?;
+        let mut done = crate::reload::reload(&self.pool, &untouched(previous), &following)?;
         self.files
             .write()
             .extend(next.iter().map(|s| (s.id().clone(), FileSettings::of(s))));
-        for server in &seeded {
-            records.insert(server.id().clone(), seed_record(server));
+        for server in &following {
+            records.insert(server.id().clone(), file_record(server));
         }
         // A server the API changed keeps its record, but follows the file's own settings.
         for id in file_changed {

@@ -1,4 +1,5 @@
-//! Several gateway workers sharing one state backend (DESIGN §14, issue 13).
+//! A worker joining the workers that share its state backend ([`join`]): what ties the group
+//! ([`crate::cluster`]) to this worker's downstream sessions and registry.
 //!
 //! Every worker has an id ([`WorkerId`]: `--worker-id`, else host name, process id and a
 //! random suffix, fixed when the worker starts) and, on a shared backend (`CACHE_TYPE=redis` or
@@ -25,8 +26,13 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
-pub use crate::membership::{HEARTBEAT_INTERVAL, HEARTBEAT_TTL, WorkerId};
-use crate::{AppState, forward, mcp::McpEndpoints, registry::Applied};
+pub use crate::cluster::{HEARTBEAT_INTERVAL, HEARTBEAT_TTL, WorkerId, spawn_heartbeat};
+use crate::{
+    AppState,
+    cluster::{self, Group, LocalHandler},
+    downstream::{self, DownstreamRoutes},
+    registry::Applied,
+};
 
 /// How often the registry watcher re-lists the backend's records (see the module docs).
 pub const RELIST_INTERVAL: Duration = Duration::from_secs(5);
@@ -35,9 +41,9 @@ pub const RELIST_INTERVAL: Duration = Duration::from_secs(5);
 const RESUBSCRIBE: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
 
 /// Joins `state` to the workers sharing its pool's (shared) backend as `worker`, signing
-/// forwarded requests with `key` (the same on every worker: `JWT_SECRET_KEY`): sets
+/// relayed requests with `key` (the same on every worker: `JWT_SECRET_KEY`): sets
 /// [`AppState::group`] and starts, until `shutdown`, the heartbeat, the registry watcher,
-/// this worker's channel ([`forward::spawn_channel`]) and the claims' refreshes. What the
+/// this worker's channel ([`cluster::spawn_channel`]) and the claims' refreshes. What the
 /// binary does on `CACHE_TYPE=redis|database`; the router must be built from `state` after.
 ///
 /// # Errors
@@ -49,24 +55,24 @@ pub fn join(
     shutdown: CancellationToken,
 ) -> Result<Membership, String> {
     let backend = state.pool.backend().clone();
-    let group = forward::Group::new(worker.clone(), backend.clone(), key)?;
+    let group = Group::new(worker.clone(), backend.clone(), key)?;
     state.group = Some(group.clone());
     let lost = Arc::new(tokio::sync::Notify::new());
     let heartbeat = spawn_heartbeat(backend, worker, lost.clone(), shutdown.clone());
     spawn_registry_watcher(state.clone(), RELIST_INTERVAL, shutdown.clone());
-    let local: forward::LocalHandler = {
+    let local: LocalHandler = {
         let state = state.clone();
         Arc::new(move |server, request| {
-            Box::pin(crate::mcp::endpoint(
+            Box::pin(downstream::handle(
                 axum::extract::State(state.clone()),
                 axum::extract::Path(server),
                 request,
             ))
         })
     };
-    forward::spawn_channel(group.clone(), local, shutdown.clone());
-    let mcp = state.mcp.clone();
-    tokio::spawn(refresh_claims(group.clone(), mcp, lost, shutdown));
+    cluster::spawn_channel(group.clone(), local, shutdown.clone());
+    let downstream = state.downstream.clone();
+    tokio::spawn(refresh_claims(group.clone(), downstream, lost, shutdown));
     Ok(Membership { group, heartbeat })
 }
 
@@ -74,13 +80,13 @@ pub fn join(
 #[derive(Debug)]
 pub struct Membership {
     /// The group, as [`AppState::group`] holds it.
-    pub group: Arc<forward::Group>,
+    pub group: Arc<Group>,
     heartbeat: tokio::task::JoinHandle<()>,
 }
 
 impl Membership {
     /// Leaves the group once `join`'s `shutdown` token is cancelled: waits for the last
-    /// heartbeat to be written, then ends it ([`forward::Group::leave`]), so that the other
+    /// heartbeat to be written, then ends it ([`Group::leave`]), so that the other
     /// workers take this worker's sessions over at once.
     pub async fn leave(self) {
         let _ = self.heartbeat.await;
@@ -89,15 +95,15 @@ impl Membership {
 }
 
 /// Refreshes the claims of this worker's downstream sessions every
-/// [`forward::CLAIM_REFRESH`], and at once when the backend may have `lost` them, until
+/// [`cluster::CLAIM_REFRESH`], and at once when the backend may have `lost` them, until
 /// `shutdown`. Sessions another worker took over meanwhile end here.
 async fn refresh_claims(
-    group: Arc<forward::Group>,
-    mcp: Arc<McpEndpoints>,
+    group: Arc<Group>,
+    downstream: Arc<DownstreamRoutes>,
     lost: Arc<tokio::sync::Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut ticks = tokio::time::interval(forward::CLAIM_REFRESH);
+    let mut ticks = tokio::time::interval(cluster::CLAIM_REFRESH);
     ticks.tick().await;
     loop {
         let urgent = tokio::select! {
@@ -105,12 +111,12 @@ async fn refresh_claims(
             _ = ticks.tick() => false,
             () = lost.notified() => true,
         };
-        let held = mcp.held_sessions().await;
+        let held = downstream.held_sessions().await;
         let Some(taken) = group.refresh(&held).await else {
             continue;
         };
         for session in &taken {
-            mcp.close_session(session).await;
+            downstream.close_session(session).await;
         }
         if urgent {
             tracing::info!(
@@ -120,64 +126,6 @@ async fn refresh_claims(
             );
         }
     }
-}
-
-/// Renews `worker`'s heartbeat every [`HEARTBEAT_INTERVAL`] until `shutdown`. A failed
-/// renewal is logged once per outage (the worker keeps serving; the others will see it as dead
-/// when the outage outlasts [`HEARTBEAT_TTL`]).
-///
-/// `lost` is notified when the backend may have lost this worker's claims: its heartbeat
-/// reached the backend again after failing, or had vanished from it between two renewals (the
-/// backend restarted without its data, or this worker was paused past the TTL). The claims are
-/// then taken again at once (see [`crate::forward`]).
-pub fn spawn_heartbeat(
-    backend: Arc<dyn StateBackend>,
-    worker: WorkerId,
-    lost: Arc<tokio::sync::Notify>,
-    shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut failing = false;
-        let mut first = true;
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            let beat = tokio::time::timeout(HEARTBEAT_INTERVAL, async {
-                let alive = backend.is_alive(worker.state_id()).await?;
-                backend.heartbeat(worker.state_id(), HEARTBEAT_TTL).await?;
-                Ok::<_, mcp_pool::traits::BackendError>(alive)
-            })
-            .await;
-            match beat {
-                Ok(Ok(_)) if failing => {
-                    failing = false;
-                    tracing::info!("worker {worker}: heartbeats reach the state backend again");
-                    lost.notify_one();
-                }
-                Ok(Ok(false)) if !first => {
-                    tracing::warn!(
-                        "worker {worker}: the state backend had lost this worker's heartbeat (restarted, or this worker was paused): claiming its sessions again"
-                    );
-                    lost.notify_one();
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) if !failing => {
-                    failing = true;
-                    tracing::warn!(%worker, %error, "heartbeat failed; serving on");
-                }
-                Err(_) if !failing => {
-                    failing = true;
-                    tracing::warn!(%worker, "heartbeat timed out; serving on");
-                }
-                _ => {}
-            }
-            first = false;
-        }
-    })
 }
 
 /// Applies the records other workers change to this worker's registry and pool (see the module
@@ -265,7 +213,7 @@ async fn apply(state: &AppState, change: mcp_pool::traits::ServerChange) -> bool
         }
         Ok(Applied::Removed) => {
             // Its downstream sessions end with its pool, as on the worker that removed it.
-            state.mcp.forget(&server);
+            state.downstream.forget(&server);
             tracing::info!("server {server} deleted or disabled by another worker: removed");
             true
         }

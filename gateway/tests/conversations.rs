@@ -52,7 +52,7 @@ async fn count(mcp: &Mcp<'_>) -> Turn {
         .into_iter()
         .find(|m| m["id"] == 2)
         .unwrap_or_else(|| panic!("no answer: {text}"));
-    if answer["error"]["code"] == mcp_pool_gateway::mcp::CONVERSATION_LOST_CODE {
+    if answer["error"]["code"] == mcp_pool_gateway::downstream::CONVERSATION_LOST_CODE {
         return Turn::Lost;
     }
     let text = answer["result"]["content"][0]["text"]

@@ -4,13 +4,20 @@
 //! MCP streamable HTTP, legacy HTTP+SSE and WebSocket, with counters and fault switches for
 //! tests.
 //!
-//! Every test and example of the workspace uses it as the upstream server (DESIGN §10).
+//! Every test and example of the workspace uses it as the upstream server (through
+//! `mcp-pool-conformance`, which re-exports this crate), and the gateway's `--demo` serves it
+//! in process as the server `demo`. Also here: the same handler over an in-process pipe
+//! ([`DuplexTransport`]) and over stdio ([`stdio_server`]).
+#![deny(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod duplex;
 mod handler;
 mod http;
 mod options;
 mod sessions;
 mod stats;
+pub mod stdio_server;
 
 use std::{collections::BTreeSet, io, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -18,6 +25,7 @@ use ::http::HeaderMap;
 use mcp_pool_traits::{Endpoint, TransportKind};
 use tokio::sync::Mutex;
 
+pub use duplex::{DuplexTransport, UpstreamSession};
 pub use handler::{
     GREET_PROMPT, GREETING_RESOURCE, GREETING_TEXT, LOGGER, MAX_PROGRESS_STEPS, ReferenceHandler,
     SAMPLE_MAX_TOKENS, SERVER_NAME, UPDATED_RESOURCE,

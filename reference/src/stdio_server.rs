@@ -28,7 +28,7 @@ use tokio::{
     sync::watch,
 };
 
-use crate::server::{Counters, ReferenceHandler, ServerStats, WaitTimeout, wait_for_stats};
+use crate::{Counters, ReferenceHandler, ServerStats, WaitTimeout, wait_for_stats};
 
 /// The variable naming the parent's stats listener (`127.0.0.1:PORT`).
 pub const STATS_ADDR_VAR: &str = "MCP_POOL_REFERENCE_STATS_ADDR";

@@ -40,7 +40,7 @@ use rmcp::ServiceExt as _;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{Counters, ReferenceHandler, ServerStats, SessionGuard, WaitTimeout};
+use crate::{Counters, ReferenceHandler, ServerStats, SessionGuard, WaitTimeout};
 
 /// Bytes buffered in each direction of a session's pipe.
 const PIPE_BUFFER_BYTES: usize = 64 * 1024;
