@@ -48,11 +48,11 @@ Environment (a .env file in the working directory is read first; the environment
   DOWNSTREAM_SESSION_IDLE_TIMEOUT
                     seconds after which an idle downstream session ends (default 300)
   SESSION_POOL_*, CACHE_TYPE, REDIS_URL, DATABASE_URL, USE_STATEFUL_SESSIONS: the pool's
-                    variables (README \"Configuration\"); they win over the --config file
+                    variables (docs/configuration.md); they win over the --config file
   CACHE_TYPE        where saved pool configs and the server registry live: memory (default),
                     database (DATABASE_URL=sqlite:FILE keeps them across restarts, or
                     postgres://…), redis (REDIS_URL); with redis or postgres several workers
-                    share them (README \"Several workers\")
+                    share them (gateway/README.md, \"Several workers\")
   STATE_NAMESPACE   the prefix of this gateway's keys and channels in the state backend
                     (default gateway): the workers of one group share it; another group on the
                     same backend uses another

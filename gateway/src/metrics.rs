@@ -1,5 +1,5 @@
 //! The gateway's own metrics, through the `metrics` facade and exported by `/metrics` beside
-//! the pool's (README "Observability"). Labels are bounded: route templates (never raw
+//! the pool's (docs/observability.md). Labels are bounded: route templates (never raw
 //! paths), HTTP methods, statuses, server ids, known MCP methods; never an identity.
 
 use std::time::{Duration, Instant};

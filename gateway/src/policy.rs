@@ -1,6 +1,6 @@
 //! The gateway's hardening settings: which environment variables a server's credentials may
 //! name, which addresses an upstream endpoint may have, which browser origins may reach the
-//! MCP routes, and the limits on downstream sessions (README "Security").
+//! MCP routes, and the limits on downstream sessions (gateway/README.md, "Security").
 //!
 //! Each is read once at start ([`crate::GatewayConfig::from_lookup`]); every default is the
 //! restrictive one.

@@ -319,7 +319,7 @@ pub struct EndpointHealth {
     pub last_error_age_secs: Option<f64>,
 }
 
-/// A strategy: what it does and when to pick it (README "Choosing a strategy").
+/// A strategy: what it does and when to pick it (docs/strategies.md).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StrategyInfo {
     /// Its configuration name.

@@ -177,7 +177,7 @@ pub async fn pools_health(
     )
 }
 
-/// The built-in strategies (README "Choosing a strategy").
+/// The built-in strategies (docs/strategies.md).
 #[utoipa::path(get, path = "/servers/pools/strategies", tag = "pools",
     responses((status = 200, body = Vec<StrategyInfo>), (status = 401, body = ErrorBody)))]
 pub async fn strategies() -> Json<Vec<StrategyInfo>> {
