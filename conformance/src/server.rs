@@ -4,7 +4,7 @@
 //! MCP streamable HTTP, legacy HTTP+SSE and WebSocket, with counters and fault switches for
 //! tests.
 //!
-//! Every test and example of the workspace uses it as the upstream server (DESIGN §10).
+//! Every test and example of the workspace uses it as the upstream server.
 
 mod handler;
 mod http;
