@@ -1,9 +1,10 @@
-//! Circuit breakers and health that tell the truth (issue 10, item 5), on tokio's paused clock
+//! Circuit breakers and health that tell the truth, on tokio's paused clock
 //! against the reference handler served in process: demand probes an open breaker every
 //! 500 ms, so a server that comes back is served within a second; a half-open probe in flight
 //! refuses others with `CircuitOpen` and a retry delay; refused acquires count in the health
 //! score; and a server whose every endpoint is open shows score 0 and `unhealthy`, the status
-//! always following the score shown.
+//! always following the score shown. A caller's bad credential does not open the circuit for
+//! the others, and a server that hangs is found unhealthy by the background checks alone.
 
 mod common;
 
@@ -11,8 +12,9 @@ use std::time::Duration;
 
 use common::*;
 use mcp_pool::{
-    Pool, PoolError, Principal, ServerStats,
+    AcquireRequest, Pool, PoolConfig, PoolError, Principal, ServerStats,
     breaker::{BreakerConfig, DEFAULT_RESET_TIMEOUT, PROBE_INTERVAL},
+    health::HealthCheckConfig,
     score::HealthStatus,
 };
 use mcp_pool_conformance::DuplexTransport;
@@ -332,4 +334,83 @@ async fn a_20_s_outage_shows_unhealthy_with_score_0_says_why_and_recovers() {
             .last_error_age_secs
             .is_some_and(|age| age >= 1.0)
     );
+}
+
+/// A caller's bad credential does not open the circuit for everyone; the endpoint's own
+/// failures still do.
+#[tokio::test(start_paused = true)]
+async fn a_callers_401s_do_not_open_the_circuit_for_other_callers() {
+    let mut breaker = mcp_pool::breaker::BreakerConfig::default();
+    breaker.failure_threshold = 2;
+    let (pool, id, transport) = duplex_pool(warm(2), Pool::builder().circuit_breaker(breaker));
+    transport.set_required_authorization(Some("Bearer good".parse().unwrap()));
+    let with_token = |token: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", token.parse().unwrap());
+        h
+    };
+    let (bad, good) = (with_token("Bearer bad"), with_token("Bearer good"));
+    for _ in 0..3 {
+        let error = pool
+            .acquire_with(AcquireRequest::new(&id).headers(&bad))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, PoolError::Create { .. }), "{error}");
+    }
+    let lease = pool
+        .acquire_with(AcquireRequest::new(&id).headers(&good))
+        .await
+        .expect("another caller is served");
+    drop(lease);
+    assert_eq!(pool.stats().servers[0].endpoints[0].circuit, "closed");
+    // The endpoint refusing everyone does open it.
+    transport.set_fail_connects(true);
+    let other = with_token("Bearer other");
+    for _ in 0..2 {
+        let _ = pool
+            .acquire_with(AcquireRequest::new(&id).headers(&other))
+            .await;
+    }
+    let error = pool
+        .acquire_with(AcquireRequest::new(&id).headers(&other))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, PoolError::CircuitOpen { .. }), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_hangs_is_found_unhealthy_by_the_background_checks() {
+    let config = PoolConfig {
+        health_check_interval: Duration::from_secs(10),
+        ..pooled(4)
+    };
+    let builder = Pool::builder()
+        .health_check(HealthCheckConfig::default().with_timeout(Duration::from_secs(1)))
+        .create_timeout(Duration::from_secs(2));
+    let (pool, id, transport) = duplex_pool(config, builder);
+    let lease = pool.acquire(&id, Principal::user("u")).await.unwrap();
+    lease.call_tool(echo("fine")).await.unwrap();
+    drop(lease);
+    assert_eq!(pool.stats().servers[0].health_status, HealthStatus::Healthy);
+
+    transport.set_hang(true);
+    // No traffic at all: the background check finds it, closes the session, and the
+    // replacement's creation times out as well.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let server = &pool.stats().servers[0];
+    assert!(server.evictions >= 1, "the hung session was closed");
+    assert!(
+        server.create_failures >= 1,
+        "its replacement could not be created"
+    );
+    assert_eq!(
+        server.health_status,
+        HealthStatus::Unhealthy,
+        "score {:?}",
+        server.health_score
+    );
+    transport
+        .wait_sessions_alive(0, Duration::from_secs(5))
+        .await
+        .unwrap();
 }

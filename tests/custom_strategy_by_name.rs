@@ -1,4 +1,4 @@
-//! A custom strategy registered with the builder and named by configuration (issue 14 item 1):
+//! A custom strategy registered with the builder and named by configuration:
 //! in a `PoolConfig`, in `SESSION_POOL_STRATEGY`, and on a live pool; an unknown name is
 //! refused naming the registered ones. The strategy, least recently used, passes the strategy
 //! suite.

@@ -1,4 +1,4 @@
-//! Errors a user can act on (issue 10, item 6): a failed acquire names the server, the endpoint
+//! Errors a user can act on: a failed acquire names the server, the endpoint
 //! URL (user-info redacted) and the root cause in words, with no Rust type names, no text
 //! repeated through the source chain, and HTML bodies cut to a short excerpt. Each case runs a
 //! real `Pool` acquire against a real loopback endpoint (or a real name lookup) over every

@@ -172,9 +172,8 @@ async fn with_timeout_moves_on_a_hanging_server_still_fails_when_every_method_ha
     );
 }
 
-/// `timeout_moves_on` + `skip` is exactly the reference pool's defect (DESIGN §2.4): a server
-/// that never answers passes. Possible only as this explicit choice; without
-/// `timeout_moves_on` the same chain fails.
+/// `timeout_moves_on` + `skip` lets a server that never answers pass its health check. That is
+/// possible only as this explicit choice; without `timeout_moves_on` the same chain fails.
 #[tokio::test]
 async fn skip_after_a_hang_passes_only_with_timeout_moves_on() {
     let (_upstream, _pool, lease) = hanging().await;

@@ -29,11 +29,10 @@ use std::{path::Path, process::Stdio, time::Duration};
 
 use common::*;
 use mcp_pool::{
-    AcquireRequest, CallOptions, Endpoint, Pool, PoolConfig, PoolError, Principal, ServerConfig,
-    ServerId, StrategyKind, TransportKind,
-    rmcp::model::{CallToolRequest, ClientRequest, ServerResult},
-    traits::is_transport_failure,
+    AcquireRequest, Endpoint, Pool, PoolConfig, PoolError, Principal, ServerConfig, ServerId,
+    StrategyKind, TransportKind, traits::is_transport_failure,
 };
+use mcp_pool_conformance::services;
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
@@ -41,38 +40,12 @@ use tokio::{
     time::timeout,
 };
 
-/// The Python interpreter of a venv with the MCP Python SDK.
-const PYTHON_VAR: &str = "MCP_POOL_INTEROP_PYTHON";
-/// The npm prefix whose `node_modules` holds the MCP TypeScript SDK.
-const NODE_DIR_VAR: &str = "MCP_POOL_INTEROP_NODE_DIR";
-/// Set to `1` to fail, not skip, when a peer is not installed.
-const REQUIRE_VAR: &str = "MCP_POOL_REQUIRE_SERVICES";
-
 /// Pooled calls per test.
 const CALLS: usize = 25;
 /// How long a peer may take to start (interpreter start and imports on a loaded machine).
 const STARTUP: Duration = Duration::from_secs(60);
 /// Bound on a call or a stats request.
 const BOUND: Duration = Duration::from_secs(15);
-
-/// The value of `var`, or `None` after printing why the test skips. Panics instead of
-/// skipping when `MCP_POOL_REQUIRE_SERVICES=1`.
-fn peer_setting(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ => {
-            let why = format!(
-                "{var} is not set: run `bash interop/setup.sh` and export {var} as it says \
-                 (.ci/run does both)"
-            );
-            if std::env::var(REQUIRE_VAR).as_deref() == Ok("1") {
-                panic!("{why}; {REQUIRE_VAR}=1 makes a missing interop peer a failure");
-            }
-            eprintln!("skipping the interop test: {why}");
-            None
-        }
-    }
-}
 
 /// A peer server running as a child process. Killed when dropped; it also exits by itself
 /// when its stdin closes, so it never outlives the test process.
@@ -162,22 +135,6 @@ fn peer_pool(endpoint: &Endpoint, strategy: StrategyKind) -> (Pool, ServerId) {
         ..PoolConfig::enabled()
     };
     restart_pool("peer", endpoint, config)
-}
-
-/// `echo` of `message` through [`Pool::call`], as a gateway forwards a request.
-async fn pooled_echo(pool: &Pool, id: &ServerId, message: &str) -> Result<String, PoolError> {
-    let request = ClientRequest::CallToolRequest(CallToolRequest::new(echo(message)));
-    match pool
-        .call(
-            AcquireRequest::new(id).user("u"),
-            request,
-            CallOptions::new(),
-        )
-        .await?
-    {
-        ServerResult::CallToolResult(result) => Ok(text(&result)),
-        other => panic!("not a tool result: {other:?}"),
-    }
 }
 
 /// The peer restarted between two pooled calls (killed, then started again by `restart` on
@@ -371,7 +328,7 @@ fn python_peer(python: &str, transport: &str) -> Command {
 /// The Python SDK peer over `kind` (streamable HTTP or SSE) and its endpoint; `None` (after
 /// saying why) when the peer is not installed.
 async fn python(kind: TransportKind) -> Option<(PeerServer, Endpoint)> {
-    let python = peer_setting(PYTHON_VAR)?;
+    let python = services::interop_python()?;
     let (name, transport, path) = match kind {
         TransportKind::Sse => ("python sse", "sse", "/sse"),
         _ => ("python streamable-http", "streamable-http", "/mcp"),
@@ -394,7 +351,7 @@ async fn python_sdk_restarted_between_calls_over_streamable_http() {
     let Some((peer, endpoint)) = python(TransportKind::StreamableHttp).await else {
         return;
     };
-    let python = peer_setting(PYTHON_VAR).expect("set: the peer started");
+    let python = services::interop_python().expect("set: the peer started");
     let restart = move |port: u16| {
         let mut command = python_peer(&python, "streamable-http");
         command.args(["--port", &port.to_string()]);
@@ -413,7 +370,7 @@ async fn python_sdk_over_sse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typescript_sdk_over_streamable_http() {
-    let Some(node_dir) = peer_setting(NODE_DIR_VAR) else {
+    let Some(node_dir) = services::interop_node_dir() else {
         return;
     };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/node/server.cjs");
@@ -485,7 +442,7 @@ async fn pooled_echo_through_everything(name: &str, endpoint: Endpoint) {
 /// server-everything over `kind` (streamable HTTP or SSE) and its endpoint; `None` (after
 /// saying why) when it is not installed.
 async fn everything(kind: TransportKind) -> Option<(PeerServer, Endpoint)> {
-    let node_dir = peer_setting(NODE_DIR_VAR)?;
+    let node_dir = services::interop_node_dir()?;
     let (name, transport, path) = match kind {
         TransportKind::Sse => ("everything sse", "sse", "/sse"),
         _ => ("everything streamable-http", "streamableHttp", "/mcp"),
@@ -511,7 +468,7 @@ async fn server_everything_restarted_between_calls_over_streamable_http() {
     let Some((peer, endpoint)) = everything(TransportKind::StreamableHttp).await else {
         return;
     };
-    let node_dir = peer_setting(NODE_DIR_VAR).expect("set: the peer started");
+    let node_dir = services::interop_node_dir().expect("set: the peer started");
     let restart = move |port: u16| {
         let mut command = everything_peer(&node_dir, "streamableHttp");
         command.arg(port.to_string());
@@ -533,7 +490,7 @@ async fn server_everything_over_sse() {
 /// itself, one process per session, and reuses it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_everything_over_stdio() {
-    let Some(node_dir) = peer_setting(NODE_DIR_VAR) else {
+    let Some(node_dir) = services::interop_node_dir() else {
         return;
     };
     let index = Path::new(&node_dir)
@@ -547,7 +504,7 @@ async fn server_everything_over_stdio() {
     pooled_echo_through_everything("everything stdio", endpoint).await;
 }
 
-// Issue 10, item 1: what a third-party server sends besides replies reaches the lease holder.
+// What a third-party server sends besides replies reaches the lease holder.
 
 mod exchange {
     #![allow(deprecated)] // Sampling and logging are deprecated by SEP-2577; servers use them.

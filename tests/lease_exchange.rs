@@ -1,6 +1,5 @@
-//! What a lease carries besides a tool call (issue 10): per-call headers and rotated
-//! credentials (item 2), deadlines with `notifications/cancelled` and a probe before reuse
-//! (item 3), the one safe retry (item 4). Real rmcp sessions: the reference server over
+//! What a lease carries besides a tool call: per-call headers and rotated credentials,
+//! deadlines with `notifications/cancelled` and a probe before reuse, the one safe retry. Real rmcp sessions: the reference server over
 //! loopback HTTP, or in process on tokio's paused clock.
 
 mod common;
@@ -291,12 +290,7 @@ async fn a_call_past_its_deadline_on_a_live_server_keeps_the_session() {
     let user = Principal::user("u");
     let lease = pool.acquire(&id, user).await.unwrap();
     let session = lease.session_id();
-    let sleep = mcp_pool::rmcp::model::CallToolRequestParams::new("sleep").with_arguments(
-        serde_json::json!({"ms": 60_000})
-            .as_object()
-            .cloned()
-            .unwrap(),
-    );
+    let sleep = sleep_for(60_000);
     let error = lease
         .call_tool_with(
             sleep,
@@ -371,15 +365,6 @@ async fn a_dropped_call_puts_the_session_in_doubt_until_probed() {
     let next = pool.acquire(&id, user).await.unwrap();
     assert_eq!(next.session_id(), session);
     assert_eq!(text(&next.call_tool(echo("y")).await.unwrap()), "y");
-}
-
-fn sleep_for(ms: u64) -> mcp_pool::rmcp::model::CallToolRequestParams {
-    mcp_pool::rmcp::model::CallToolRequestParams::new("sleep").with_arguments(
-        serde_json::json!({ "ms": ms })
-            .as_object()
-            .cloned()
-            .unwrap(),
-    )
 }
 
 /// Over streamable HTTP: a call past its deadline, and a call whose caller gave up, are both

@@ -1,4 +1,4 @@
-//! What an upstream server sends besides replies reaches the lease holder (issue 10, item 1):
+//! What an upstream server sends besides replies reaches the lease holder:
 //! progress by token (also with several leases on one session), logging during a call,
 //! session-level notifications to the session's and the server's subscribers (debounced), and
 //! the server's requests (sampling, elicitation, roots) to the call's handler — a JSON-RPC

@@ -1,5 +1,6 @@
 //! Pool-wide caps: sessions per user across servers, total sessions, total keys (idle ones
-//! included), against rotating tokens and runaway users (DESIGN §2.8).
+//! included; at the cap, the least recently used idle key makes room), against rotating tokens
+//! and runaway users.
 
 mod common;
 
@@ -133,4 +134,29 @@ async fn lowering_max_size_live_closes_idle_sessions_above_it() {
     drop(pool.acquire(&one, user).await.unwrap());
     transport.wait_sessions_alive(2, WAIT).await.unwrap();
     assert!(pool.stats().servers[0].sessions_total <= 2);
+}
+
+/// At the key cap, a new key takes the room of the least recently used idle key.
+#[tokio::test(start_paused = true)]
+async fn the_key_cap_removes_the_least_recently_used_idle_key() {
+    let builder = Pool::builder()
+        .max_keys(3)
+        .cleanup_interval(Duration::from_secs(5));
+    let (pool, id, _transport) = duplex_pool(warm(1), builder);
+    for name in ["a", "b", "c", "a"] {
+        drop(pool.acquire(&id, Principal::user(name)).await.unwrap());
+        tokio::time::sleep(Duration::from_secs(6)).await;
+    }
+    drop(pool.acquire(&id, Principal::user("d")).await.unwrap());
+    let users: Vec<String> = pool.stats().servers[0]
+        .keys
+        .iter()
+        .map(|k| k.user.clone())
+        .collect();
+    let short = |name: &str| Principal::user(name).user.short();
+    assert_eq!(users.len(), 3);
+    assert!(!users.contains(&short("b")), "b was least recently used");
+    for kept in ["a", "c", "d"] {
+        assert!(users.contains(&short(kept)), "{kept} kept");
+    }
 }

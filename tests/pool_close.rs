@@ -1,12 +1,13 @@
-//! close() and configuration checks.
+//! `close()`: every session closed upstream, waiters and creations in flight ended with
+//! `Closed`; and configurations checked whole before anything applies.
 
 mod common;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use common::*;
-use mcp_pool::{Pool, PoolConfig, PoolError, Principal, ServerConfig};
-use mcp_pool_conformance::ReferenceServer;
+use mcp_pool::{Pool, PoolConfig, PoolError, Principal, ServerConfig, TransportKind};
+use mcp_pool_conformance::{DuplexTransport, ReferenceServer};
 
 #[tokio::test]
 async fn close_leaves_zero_sessions_alive_on_the_server() {
@@ -110,14 +111,28 @@ async fn an_invalid_config_is_rejected_whole() {
     );
 }
 
-#[tokio::test]
-async fn live_reconfiguration_keeps_leases_and_applies_new_sizes() {
-    let upstream = ReferenceServer::start().await.unwrap();
-    let (pool, id) = http_pool(&upstream, pooled(1));
-    let user = Principal::user("u");
-    let held = pool.acquire(&id, user).await.unwrap();
-    pool.set_pool_config(&id, pooled(2)).unwrap();
-    let second = pool.acquire(&id, user).await.unwrap();
-    assert_ne!(held.session_id(), second.session_id());
-    held.call_tool(echo("still mine")).await.unwrap();
+/// `close()` waits for a creation in flight and closes the session it opens; the acquire that
+/// started it ends with `Closed`.
+#[tokio::test(start_paused = true)]
+async fn close_waits_for_creations_in_flight() {
+    let transport = Arc::new(DuplexTransport::new(TransportKind::StreamableHttp));
+    transport.set_connect_delay(Duration::from_secs(1));
+    let id = server_id("slow");
+    let pool = Pool::builder()
+        .transport(transport.clone())
+        .server(
+            ServerConfig::new(id.clone(), http_endpoint("http://slow.invalid/mcp")).pool(warm(2)),
+        )
+        .build()
+        .unwrap();
+    let acquire = tokio::spawn({
+        let (pool, id) = (pool.clone(), id.clone());
+        async move { pool.acquire(&id, Principal::user("u")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(pool.stats().servers[0].keys[0].sessions_creating, 1);
+    pool.close().await;
+    assert_eq!(transport.sessions_alive(), 0);
+    assert_eq!(transport.sessions_opened(), 1);
+    assert!(matches!(acquire.await.unwrap(), Err(PoolError::Closed)));
 }

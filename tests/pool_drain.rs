@@ -1,5 +1,5 @@
-//! Capacity stays exact across drain (DESIGN §2.2): the reference pool checked out 4 sessions
-//! with max 2 after a drain, because old releases raised a new semaphore above max.
+//! Capacity stays exact across drain: releases of leases taken before a drain never raise the
+//! capacity after it, so no more than `max_size` sessions are ever out.
 
 mod common;
 

@@ -1,5 +1,6 @@
-//! Waiters are served FIFO and woken by every release (DESIGN §2.1): the reference Python pool
-//! timed out 22 of these calls while idle sessions sat in its queue.
+//! Waiters are served FIFO and woken by every release, so that no acquire times out while an
+//! idle session sits in the queue; and a session created for one waiter serves the others it
+//! has room for.
 
 mod common;
 
@@ -12,7 +13,7 @@ use std::{
 };
 
 use common::*;
-use mcp_pool::{PoolConfig, Principal};
+use mcp_pool::{Pool, PoolConfig, Principal};
 use mcp_pool_conformance::ReferenceServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,4 +69,31 @@ async fn thirty_two_tasks_on_ten_sessions_never_time_out() {
     );
     assert_eq!(server.timeouts, 0);
     assert_eq!(upstream.sessions_opened(), server.misses);
+}
+
+/// A session created for one waiter serves the others queued behind it, up to its
+/// `session_concurrency`: four acquires on `max_size` 1 are all served by one session.
+#[tokio::test(start_paused = true)]
+async fn a_new_session_serves_every_waiter_it_has_room_for() {
+    let cfg = PoolConfig {
+        session_concurrency: 4,
+        ..warm(1)
+    };
+    let (pool, id, _transport) = duplex_pool(cfg, Pool::builder());
+    let user = Principal::user("u");
+    let acquires = (0..4).map(|_| {
+        let (pool, id) = (pool.clone(), id.clone());
+        tokio::spawn(async move { pool.acquire(&id, user).await })
+    });
+    let leases: Vec<_> = futures::future::join_all(acquires)
+        .await
+        .into_iter()
+        .map(|r| r.expect("no panic").expect("served, not timed out"))
+        .collect();
+    assert!(
+        leases
+            .iter()
+            .all(|l| l.session_id() == leases[0].session_id())
+    );
+    assert_eq!(pool.stats().servers[0].timeouts, 0);
 }

@@ -1,12 +1,15 @@
-//! A dead upstream: its sessions are evicted at their next use, and the pool recovers when the
-//! server comes back on the same port, without a restart of the pool.
+//! A dead upstream: its sessions are evicted at their next use, acquires under load fail fast
+//! and open the circuit breaker, and the pool recovers when the server comes back on the same
+//! port, without a restart of the pool.
 
 mod common;
 
 use std::time::Duration;
 
 use common::*;
-use mcp_pool::{Principal, traits::is_transport_failure};
+use mcp_pool::{
+    Pool, PoolConfig, PoolError, Principal, breaker::BreakerConfig, traits::is_transport_failure,
+};
 use mcp_pool_conformance::ReferenceServer;
 
 #[tokio::test]
@@ -96,10 +99,7 @@ async fn a_call_in_flight_when_the_server_dies_fails_instead_of_hanging() {
     let upstream = ReferenceServer::start_with(options).await.unwrap();
     let (pool, id) = http_pool(&upstream, pooled(4));
     let lease = pool.acquire(&id, Principal::user("u")).await.unwrap();
-    let args = serde_json::json!({ "ms": 60_000 });
-    let slow = mcp_pool::rmcp::model::CallToolRequestParams::new("sleep")
-        .with_arguments(args.as_object().cloned().unwrap());
-    let mut call = Box::pin(lease.call_tool(slow));
+    let mut call = Box::pin(lease.call_tool(sleep_for(60_000)));
     tokio::select! {
         _ = &mut call => panic!("the sleep call cannot finish before the server stops"),
         _ = upstream.wait_until(|s| s.tool_calls == 1, Duration::from_secs(5)) => {}
@@ -113,4 +113,76 @@ async fn a_call_in_flight_when_the_server_dies_fails_instead_of_hanging() {
     drop(call);
     drop(lease);
     assert_eq!(pool.stats().servers[0].evictions, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_stopped_under_load_fails_fast_opens_the_breaker_and_recovers_after_restart() {
+    let upstream = ReferenceServer::start().await.unwrap();
+    let config = PoolConfig {
+        max_size: 4,
+        size: 4,
+        timeout: Duration::from_secs(2),
+        health_check_interval: Duration::from_secs(10),
+        ..PoolConfig::enabled()
+    };
+    let builder = Pool::builder().circuit_breaker(BreakerConfig::new(3, Duration::from_secs(1)));
+    let (pool, id) = http_pool_with(&upstream, config, builder);
+    let user = Principal::user("u");
+    drop(pool.acquire(&id, user).await.unwrap());
+
+    upstream.stop().await;
+    // Load while the server is down: every acquire answers (a lease whose call fails, a
+    // creation error, or an open circuit) within its timeout; none hangs.
+    let load: Vec<_> = (0..16)
+        .map(|_| {
+            let (pool, id) = (pool.clone(), id.clone());
+            tokio::spawn(async move {
+                let attempt = async {
+                    match pool.acquire(&id, user).await {
+                        Ok(lease) => lease
+                            .call_tool(echo("down"))
+                            .await
+                            .map(|_| ())
+                            .map_err(|_| ()),
+                        Err(_) => Err(()),
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(3), attempt).await
+            })
+        })
+        .collect();
+    for task in load {
+        let answered = task.await.unwrap();
+        assert!(answered.is_ok(), "an acquire or call hung past its timeout");
+        assert!(
+            answered.unwrap().is_err(),
+            "nothing succeeds while the server is down"
+        );
+    }
+    // The breaker is open now: acquires fail at once, saying when they will be retried.
+    let error = pool.acquire(&id, user).await.unwrap_err();
+    assert!(matches!(error, PoolError::CircuitOpen { .. }), "{error}");
+    assert!(error.to_string().contains("retry in"), "{error}");
+    let endpoint = &pool.stats().servers[0].endpoints[0];
+    assert_eq!(endpoint.circuit, "open");
+    assert!(endpoint.circuit_trips >= 1);
+
+    upstream.restart().await.unwrap();
+    // Recovery within one health interval, with no restart of the pool.
+    let recovered = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Ok(lease) = pool.acquire(&id, user).await
+                && lease.call_tool(echo("back")).await.is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(
+        recovered.is_ok(),
+        "the pool did not recover within one health interval"
+    );
+    assert_eq!(pool.stats().servers[0].endpoints[0].circuit, "closed");
 }

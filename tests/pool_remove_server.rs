@@ -1,4 +1,4 @@
-//! `Pool::remove_server` (issue 11 item 2, the gateway's `DELETE /servers/{id}`): the server is
+//! `Pool::remove_server` (behind the gateway's `DELETE /servers/{id}`): the server is
 //! forgotten at once, its idle sessions close upstream, a leased one closes on release, and
 //! adding it again serves afresh.
 

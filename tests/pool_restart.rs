@@ -15,11 +15,8 @@ use std::time::Duration;
 
 use common::*;
 use mcp_pool::{
-    AcquireRequest, CallOptions, Pool, PoolConfig, PoolError, Principal, ServerId, ServerStats,
-    StrategyKind,
-    rmcp::model::{CallToolRequest, ClientRequest, ServerResult},
-    score::HealthStatus,
-    traits::is_transport_failure,
+    AcquireRequest, Pool, PoolConfig, Principal, ServerId, ServerStats, StrategyKind,
+    score::HealthStatus, traits::is_transport_failure,
 };
 use mcp_pool_conformance::ReferenceServer;
 use tokio::time::Instant;
@@ -34,22 +31,6 @@ fn pool_for(upstream: &ReferenceServer, strategy: StrategyKind) -> (Pool, Server
 
 fn stats(pool: &Pool) -> ServerStats {
     pool.stats().servers.remove(0)
-}
-
-/// `echo` of `message` through [`Pool::call`], as a gateway forwards a request.
-async fn call(pool: &Pool, id: &ServerId, message: &str) -> Result<String, PoolError> {
-    let request = ClientRequest::CallToolRequest(CallToolRequest::new(echo(message)));
-    match pool
-        .call(
-            AcquireRequest::new(id).user("u"),
-            request,
-            CallOptions::new(),
-        )
-        .await?
-    {
-        ServerResult::CallToolResult(result) => Ok(text(&result)),
-        other => panic!("not a tool result: {other:?}"),
-    }
 }
 
 /// Polls `done` every 10 ms until it holds, for at most `bound`; returns how long it took.
@@ -67,7 +48,7 @@ async fn within(what: &str, bound: Duration, done: impl Fn() -> bool) -> Duratio
 async fn a_restart_is_noticed_at_once_and_the_next_round_robin_call_answers_on_a_fresh_session() {
     let upstream = ReferenceServer::start().await.unwrap();
     let (pool, id) = pool_for(&upstream, StrategyKind::RoundRobin);
-    assert_eq!(call(&pool, &id, "before").await.unwrap(), "before");
+    assert_eq!(pooled_echo(&pool, &id, "before").await.unwrap(), "before");
     let before = pool.sessions(&id).unwrap();
     assert_eq!(before.len(), 1);
 
@@ -88,7 +69,7 @@ async fn a_restart_is_noticed_at_once_and_the_next_round_robin_call_answers_on_a
     .await;
 
     let started = Instant::now();
-    assert_eq!(call(&pool, &id, "after").await.unwrap(), "after");
+    assert_eq!(pooled_echo(&pool, &id, "after").await.unwrap(), "after");
     let took = started.elapsed();
     eprintln!("round_robin: the next call answered in {took:?}");
     assert!(took < Duration::from_secs(1), "{took:?}");
@@ -111,14 +92,14 @@ async fn a_restart_is_noticed_at_once_and_the_next_round_robin_call_answers_on_a
 async fn a_round_robin_call_racing_the_restart_is_retried_once_on_a_fresh_session() {
     let upstream = ReferenceServer::start().await.unwrap();
     let (pool, id) = pool_for(&upstream, StrategyKind::RoundRobin);
-    assert_eq!(call(&pool, &id, "before").await.unwrap(), "before");
+    assert_eq!(pooled_echo(&pool, &id, "before").await.unwrap(), "before");
     let before = pool.sessions(&id).unwrap()[0].session;
 
     // At once: the session's event stream reconnects 250 ms after it ended, so the call
     // finds the session still pooled, and the server answers its POST with 404.
     upstream.restart().await.unwrap();
     let started = Instant::now();
-    assert_eq!(call(&pool, &id, "after").await.unwrap(), "after");
+    assert_eq!(pooled_echo(&pool, &id, "after").await.unwrap(), "after");
     let took = started.elapsed();
     eprintln!("round_robin, racing the restart: the call answered in {took:?}");
     assert!(took < RESTART_BOUND, "{took:?}");
@@ -216,10 +197,7 @@ async fn a_call_in_flight_when_the_session_is_lost_fails_at_once() {
     let upstream = ReferenceServer::start().await.unwrap();
     let (pool, id) = pool_for(&upstream, StrategyKind::RoundRobin);
     let lease = pool.acquire(&id, Principal::user("u")).await.unwrap();
-    let args = serde_json::json!({ "ms": 60_000 });
-    let slow = mcp_pool::rmcp::model::CallToolRequestParams::new("sleep")
-        .with_arguments(args.as_object().cloned().unwrap());
-    let mut call = Box::pin(lease.call_tool(slow));
+    let mut call = Box::pin(lease.call_tool(sleep_for(60_000)));
     tokio::select! {
         _ = &mut call => panic!("the sleep call cannot finish before the server restarts"),
         _ = upstream.wait_until(|s| s.tool_calls == 1, Duration::from_secs(5)) => {}
@@ -246,7 +224,7 @@ async fn recovery_after(outage: Duration) -> Duration {
     let upstream = ReferenceServer::start().await.unwrap();
     let (pool, id) = pool_for(&upstream, StrategyKind::RoundRobin);
     let threshold = pool.server_config(&id).unwrap().health_check_threshold;
-    assert_eq!(call(&pool, &id, "up").await.unwrap(), "up");
+    assert_eq!(pooled_echo(&pool, &id, "up").await.unwrap(), "up");
 
     upstream.stop().await;
     let down_at = Instant::now();
@@ -257,7 +235,7 @@ async fn recovery_after(outage: Duration) -> Duration {
             back_at = Some(Instant::now());
         }
         let attempt = Instant::now();
-        let result = call(&pool, &id, "ping").await;
+        let result = pooled_echo(&pool, &id, "ping").await;
         assert!(
             attempt.elapsed() < RESTART_BOUND,
             "a call took {:?}: {result:?}",

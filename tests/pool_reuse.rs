@@ -136,3 +136,56 @@ async fn the_same_url_over_two_transports_is_two_keys_and_two_sessions() {
         .await
         .unwrap();
 }
+
+/// Only the identity headers and the allow-listed ones reach the upstream, and each of them is
+/// part of the key: a header that is not forwarded does not split keys.
+#[tokio::test]
+async fn only_headers_in_the_key_are_forwarded_upstream() {
+    let upstream = ReferenceServer::start().await.unwrap();
+    let identity = mcp_pool::IdentityConfig::default()
+        .with_forwarded_headers([http::HeaderName::from_static("x-region")]);
+    let (pool, id) = http_pool_with(&upstream, warm(2), Pool::builder().identity(identity));
+    let headers = |token: &str, region: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", "Bearer t0ken".parse().unwrap());
+        h.insert("x-auth-token", token.parse().unwrap());
+        h.insert("x-region", region.parse().unwrap());
+        h.insert("last-event-id", "42".parse().unwrap());
+        h
+    };
+    let first = headers("creds-of-alice", "eu");
+    let lease = pool
+        .acquire_with(AcquireRequest::new(&id).headers(&first))
+        .await
+        .unwrap();
+    let seen = upstream.last_request_headers();
+    assert_eq!(seen.get("authorization").unwrap(), "Bearer t0ken");
+    assert_eq!(seen.get("x-region").unwrap(), "eu");
+    assert!(
+        seen.get("x-auth-token").is_none(),
+        "not in the key: not forwarded"
+    );
+    assert!(seen.get("last-event-id").is_none());
+    let first_key = lease.key().clone();
+    drop(lease);
+    let other_token = headers("creds-of-bob", "eu");
+    let same = pool
+        .acquire_with(AcquireRequest::new(&id).headers(&other_token))
+        .await
+        .unwrap();
+    assert_eq!(
+        same.key(),
+        &first_key,
+        "a header that is not forwarded does not split keys"
+    );
+    let other_region = headers("creds-of-alice", "us");
+    let other = pool
+        .acquire_with(AcquireRequest::new(&id).headers(&other_region))
+        .await
+        .unwrap();
+    assert_ne!(
+        other.key(),
+        &first_key,
+        "a forwarded header is part of the key"
+    );
+}

@@ -1,4 +1,4 @@
-//! Upstreams on protocol 2026-07-28 (issue 14, item 3): endpoints with `lifecycle = "discover"`
+//! Upstreams on protocol 2026-07-28: endpoints with `lifecycle = "discover"`
 //! or `"auto"` against rmcp 3.9 servers that speak 2026-07-28 only, both, or only the
 //! `initialize` lifecycle.
 

@@ -81,12 +81,6 @@ async fn settle() {
     }
 }
 
-fn sleep_call() -> mcp_pool::rmcp::model::CallToolRequestParams {
-    let args = serde_json::json!({ "ms": 1 });
-    mcp_pool::rmcp::model::CallToolRequestParams::new("sleep")
-        .with_arguments(args.as_object().cloned().unwrap())
-}
-
 fn lost_of(error: &ServiceError) -> &SessionLost {
     match error {
         ServiceError::TransportSend(send) => send
@@ -141,7 +135,7 @@ async fn a_call_in_flight_fails_at_once_when_the_connection_is_reported_gone() {
     transport.inner.hang_session(upstream, true);
     let call = tokio::spawn({
         let lease = lease.clone();
-        async move { lease.call_tool(sleep_call()).await }
+        async move { lease.call_tool(sleep_for(1)).await }
     });
     transport
         .inner

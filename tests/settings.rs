@@ -24,7 +24,7 @@ fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
 }
 
 #[test]
-fn defaults_are_the_seed_guides() {
+fn defaults_are_pooling_off_round_robin_100_sessions_per_user_and_memory() {
     let s = load(&[]).unwrap();
     assert!(!s.defaults.enabled);
     assert_eq!(s.defaults.strategy, StrategyKind::RoundRobin);

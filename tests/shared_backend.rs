@@ -202,7 +202,7 @@ async fn servers_added_in_code_and_their_saved_configs() {
 }
 
 // Saved configs carry versions: a re-list or a late notification never reverts a newer config,
-// and a silent subscription does not stop propagation (issue 9, item 11).
+// and a silent subscription does not stop propagation.
 
 /// A pool with one server, `watched`, whose endpoint is never connected to (these tests only
 /// move configs), built with max_size 4.

@@ -5,10 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use mcp_pool::{
-    AcquireRequest, Pool, PoolConfig, Principal, ServerConfig, StrategyKind,
-    rmcp::model::CallToolRequestParams,
-};
+use mcp_pool::{AcquireRequest, Pool, PoolConfig, Principal, ServerConfig, StrategyKind};
 use mcp_pool_conformance::ReferenceServer;
 
 struct Replicas {
@@ -87,12 +84,7 @@ async fn least_connections_sends_new_work_away_from_a_slow_endpoint() {
     assert_eq!(replicas.opened(), [1, 1, 1]);
     let slow_session = first[0].as_ref().unwrap().session_id();
     let slow = first.into_iter().next().unwrap().unwrap();
-    let slow_call = tokio::spawn(async move {
-        let args = serde_json::json!({ "ms": 2_000 });
-        let call =
-            CallToolRequestParams::new("sleep").with_arguments(args.as_object().cloned().unwrap());
-        slow.call_tool(call).await.map(|_| ())
-    });
+    let slow_call = tokio::spawn(async move { slow.call_tool(sleep_for(2_000)).await.map(|_| ()) });
     replicas.servers[0]
         .wait_until(|s| s.tool_calls == 1, Duration::from_secs(5))
         .await
@@ -245,10 +237,7 @@ async fn peak_ewma_keeps_work_off_an_endpoint_that_answered_slowly() {
     let fast_session = fast.session_id();
     fast.call_tool(echo("fast")).await.unwrap();
     drop(fast);
-    let args = serde_json::json!({ "ms": 300 });
-    let call =
-        CallToolRequestParams::new("sleep").with_arguments(args.as_object().cloned().unwrap());
-    slow.call_tool(call).await.unwrap();
+    slow.call_tool(sleep_for(300)).await.unwrap();
     drop(slow);
     // Both sessions are free; least connections would alternate, peak EWMA stays on the
     // endpoint that answered fast.

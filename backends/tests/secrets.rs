@@ -1,10 +1,6 @@
 //! Passwords in backend URLs stay out of `Debug`, errors and logs.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::time::Duration;
 
 use mcp_pool_backends::BackendConfig;
 
@@ -38,7 +34,6 @@ fn assert_no_password(text: &str) {
     assert!(!text.contains(PASSWORD), "the password was printed: {text}");
 }
 
-/// Everything logged by this test binary, at every level, `log` records included.
 /// A connect to `url` that must fail (at once, or at the first `ping`) without the password
 /// in the backend's `Debug` or anywhere in the error chain.
 #[cfg(any(feature = "redis", feature = "postgres"))]
@@ -55,38 +50,6 @@ async fn assert_fails_without_password<B: std::fmt::Debug>(
         Err(error) => error,
     };
     assert_no_password(&everything_printed(&error));
-}
-
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || Buffer(sink.clone()))
-            .try_init()
-            .expect("the only subscriber of this test binary");
-        logs
-    })
-    .clone()
-}
-
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logged() -> String {
-    String::from_utf8_lossy(&captured_logs().lock().unwrap()).into_owned()
 }
 
 #[test]
@@ -127,7 +90,7 @@ fn urls_in_debug_and_selection_errors_are_redacted() {
 #[tokio::test]
 async fn failing_redis_connects_print_and_log_no_password() {
     use mcp_pool_backends::{RedisBackend, RedisConfig};
-    let logs = captured_logs();
+    let logs = mcp_pool_conformance::logs::capture();
     let mut urls = vec![
         format!("redis://user:{PASSWORD}@127.0.0.1:1"),
         format!("redis://user:{PASSWORD}@127.0.0.1:notaport"),
@@ -145,15 +108,14 @@ async fn failing_redis_connects_print_and_log_no_password() {
         })
         .await;
     }
-    drop(logs);
-    assert_no_password(&logged());
+    assert_no_password(&logs.text());
 }
 
 #[cfg(feature = "postgres")]
 #[tokio::test]
 async fn failing_postgres_connects_print_and_log_no_password() {
     use mcp_pool_backends::{DatabaseBackend, DatabaseConfig};
-    let logs = captured_logs();
+    let logs = mcp_pool_conformance::logs::capture();
     let mut urls = vec![
         format!("postgres://postgres:{PASSWORD}@127.0.0.1:1/test"),
         format!("postgres://postgres:{PASSWORD}@127.0.0.1:notaport/test"),
@@ -173,6 +135,5 @@ async fn failing_postgres_connects_print_and_log_no_password() {
         })
         .await;
     }
-    drop(logs);
-    assert_no_password(&logged());
+    assert_no_password(&logs.text());
 }

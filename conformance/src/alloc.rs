@@ -1,5 +1,6 @@
 //! A counting allocator: the "no allocation in `Selector::select`" rule of the strategy suite
-//! (DESIGN §5) is checked by counting the calling thread's allocations around each `select`.
+//! (`select` runs under the key's lock on every acquire) is checked by counting the calling
+//! thread's allocations around each `select`.
 //!
 //! A test binary installs it once with [`counting_allocator!`](crate::counting_allocator);
 //! [`strategy_conformance!`](crate::strategy_conformance) then checks the rule. Counting is per

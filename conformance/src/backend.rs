@@ -1,4 +1,4 @@
-//! The [`StateBackend`] conformance suite (DESIGN §8, §10).
+//! The [`StateBackend`] conformance suite.
 //!
 //! Every check is a plain `pub async fn check_*` that takes a [`BackendFactory`] and panics
 //! with a message naming the broken rule; [`backend_conformance!`](crate::backend_conformance)
@@ -69,8 +69,7 @@ pub const SLOT_TAKERS: usize = 64;
 pub const REDIS_URL_VAR: &str = "MCP_POOL_TEST_REDIS_URL";
 /// The variable naming a database for the suite, e.g. `postgres://postgres@127.0.0.1/test`.
 pub const DATABASE_URL_VAR: &str = "MCP_POOL_TEST_DATABASE_URL";
-/// Set to `1` to make a missing service fail the tests that need it instead of skipping them.
-pub const REQUIRE_SERVICES_VAR: &str = "MCP_POOL_REQUIRE_SERVICES";
+pub use crate::services::{REQUIRE_SERVICES_VAR, service_url};
 
 /// Makes backend instances for the suite: one call, one instance seeing `namespace`.
 ///
@@ -132,27 +131,6 @@ pub fn fresh_namespace() -> StateId {
     let random = RandomState::new().hash_one((n, nanos, std::process::id()));
     StateId::new(format!("t{random:016x}{:08x}", n as u32 ^ nanos))
         .expect("hex digits follow the id rule")
-}
-
-/// The URL in the variable `var`, or `None` (after printing why the test is skipped) when it is
-/// unset or empty.
-///
-/// # Panics
-/// When it is missing and [`REQUIRE_SERVICES_VAR`] is `1` (CI): a service that should be there
-/// is not, and skipping would hide it.
-pub fn service_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ => {
-            let required = std::env::var(REQUIRE_SERVICES_VAR).is_ok_and(|v| v.trim() == "1");
-            assert!(
-                !required,
-                "{var} is not set, and {REQUIRE_SERVICES_VAR}=1 requires the service: set {var}"
-            );
-            eprintln!("skipped: {var} is not set (set it to run this check against the service)");
-            None
-        }
-    }
 }
 
 fn id(s: &str) -> StateId {

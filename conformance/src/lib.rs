@@ -5,8 +5,10 @@
 pub mod alloc;
 pub mod backend;
 pub mod faulty_watch;
+pub mod logs;
 pub mod pool;
 pub mod redis_process;
+pub mod services;
 pub mod strategy;
 pub mod transport;
 

@@ -1,4 +1,4 @@
-//! The pool's model-based property test (DESIGN §10, issue 9): the real engine, driven by
+//! The pool's model-based property test: the real engine, driven by
 //! random sequences of [`PoolOp`]s, beside a small reference model of what it may and must do.
 //!
 //! [`check_pool_properties`] builds a [`Pool`] from a [`Scenario`] (one server, the in-process

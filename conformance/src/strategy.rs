@@ -1,4 +1,4 @@
-//! The strategy conformance suite (DESIGN §5, §10).
+//! The strategy conformance suite.
 //!
 //! Generic checks every [`Strategy`] must pass, whatever its policy:
 //! - [`check_never_selects_ineligible`]: a selected session has capacity, a selected endpoint
@@ -10,8 +10,7 @@
 //!   are harmless;
 //! - [`assert_send_sync`]: strategies are shared between threads.
 //!
-//! And the liveness checks (DESIGN §4 "Acquire": a free session is a hit, none free is a
-//! create): a strategy that always answers `Create`, or `Wait`, or never picks an endpoint
+//! And the liveness checks (on an acquire, a free session is a hit, none free is a create): a strategy that always answers `Create`, or `Wait`, or never picks an endpoint
 //! breaks every real pool, and fails these:
 //! - [`check_picks_a_free_session`]: a pooling strategy that does not bind picks a session
 //!   when one has capacity;
@@ -250,8 +249,8 @@ pub fn check_lifecycle_events(strategy: &dyn Strategy) {
     );
 }
 
-/// `select` allocates nothing in a pool's steady state (DESIGN §5: it runs under the key's lock
-/// on every acquire): for each of 2 000 random scenarios, on a selector that has seen
+/// `select` allocates nothing in a pool's steady state (it runs under the key's lock on every
+/// acquire): for each of 2 000 random scenarios, on a selector that has seen
 /// creations, releases (`on_released`) and removals, `select` runs uncounted once per session
 /// and once more (the first selections after the key's sessions changed may size per-session
 /// state, record a binding, or meet a session for the first time), then again on the same

@@ -1,4 +1,4 @@
-//! The [`Transport`] conformance suite (DESIGN §9, §10).
+//! The [`Transport`] conformance suite.
 //!
 //! Every check is a plain `pub async fn check_*(transport: &dyn Transport)` that starts its
 //! own [`ReferenceServer`], connects to it with the transport under test at
@@ -830,7 +830,7 @@ async fn expect_failure(
 
 /// Against a server that requires a bearer token, a connect with another token fails with
 /// [`FailureKind::Unauthorized`], which does not count against the endpoint (one caller's
-/// bad token must not open the breaker every tenant shares, issue 9 item 12), and so does a
+/// bad token must not open the breaker every tenant shares), and so does a
 /// connect with no `authorization` at all; the right token connects.
 pub async fn check_unauthorized_does_not_count(transport: &dyn Transport) {
     let kind = transport.kind();

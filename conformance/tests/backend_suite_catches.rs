@@ -1,5 +1,5 @@
 //! The backend suite fails the broken backends a third-party implementer can write and that
-//! passed it before (issue 14, item 4): one on a case-insensitive store, one whose streams
+//! passed it before: one on a case-insensitive store, one whose streams
 //! outlive it, one that accepts a TTL of 0, one that loses notifications under concurrent
 //! writers, one whose factory connects eagerly, and one that hangs on a silent server. Each is
 //! the memory backend with one flaw; each test asserts the check that must catch it and prints

@@ -64,7 +64,7 @@ enum Stage {
 
 const SLOW: Duration = Duration::from_secs(2);
 const CREATE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a session whose call was abandoned waits for its probe's answer (issue 10).
+/// How long a session whose call was abandoned waits for its probe's answer.
 const CANCEL_GRACE: Duration = Duration::from_secs(1);
 
 fn call_params(call: Step) -> CallToolRequestParams {

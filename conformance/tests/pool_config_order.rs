@@ -1,4 +1,4 @@
-//! Configuration only moves forward (issue 9 item 9), under real concurrency: the model test
+//! Configuration only moves forward, under real concurrency: the model test
 //! runs on one thread, where no acquire can hold a server snapshot while another installs a
 //! newer one, so this test covers what it cannot.
 //!

@@ -1,6 +1,6 @@
-//! The pool's model-based property test (DESIGN §10, issue 9): random op sequences against the
-//! real pool on the duplex transport and a paused clock, checked after every step by
-//! `mcp_pool_conformance::pool` (see its docs for the ops and the checks), once per strategy.
+//! The pool's model-based property test: random op sequences against the real pool on the
+//! duplex transport and a paused clock, checked after every step by `mcp_pool_conformance::pool`
+//! (see its docs for the ops and the checks), once per strategy.
 //!
 //! Volume: each strategy runs `PROPTEST_CASES` cases (default 384) of up to 200 ops; a run
 //! ends at its first `Close` (about one op in 110), so a case applies about 60 ops: some
@@ -96,8 +96,8 @@ mcp_pool_conformance::pool_conformance! {
     cases: 32,
 }
 
-/// Pinned sequences: the shortest known reproductions of issue 9's defects, so that each has a
-/// named regression test whatever proptest draws.
+/// Pinned sequences: the shortest known reproductions of defects the engine once had, each a
+/// test named by the property it broke, so that each runs whatever proptest draws.
 mod pinned {
     use std::time::Duration;
 
@@ -161,10 +161,10 @@ mod pinned {
         }
     }
 
-    /// Issue 9 item 1: a session created for one waiter serves the others queued behind it
+    /// A session created for one waiter serves the others queued behind it
     /// (`max_size` 1, `session_concurrency` 4, four acquires while the connect is slow).
     #[test]
-    fn item_1_a_creation_serves_the_queue() {
+    fn a_session_created_for_one_waiter_serves_the_waiters_queued_behind_it() {
         check(
             &scenario(StrategyKind::RoundRobin, 1, 4),
             &[
@@ -178,9 +178,9 @@ mod pinned {
         );
     }
 
-    /// Issue 9 item 2: disabling pooling closes the idle session at once and frees its room.
+    /// Disabling pooling closes the idle session at once and frees its room.
     #[test]
-    fn item_2_disabling_pooling_closes_idle_sessions() {
+    fn disabling_pooling_closes_the_idle_session_and_frees_its_room() {
         check(
             &scenario(StrategyKind::RoundRobin, 1, 1),
             &[
@@ -192,39 +192,39 @@ mod pinned {
         );
     }
 
-    /// Issue 9 item 2: the same for a switch to strategy `none`.
+    /// The same for a switch to strategy `none`.
     #[test]
-    fn item_2_strategy_none_closes_idle_sessions() {
+    fn switching_to_strategy_none_closes_the_idle_session_and_frees_its_room() {
         check(
             &scenario(StrategyKind::RoundRobin, 1, 1),
             &[A, PoolOp::Release(0), config(true, StrategyKind::None), A],
         );
     }
 
-    /// Issue 9 item 3: sticky at `max_size`, a new conversation takes the least recently used
+    /// Sticky at `max_size`, a new conversation takes the least recently used
     /// idle session's room instead of waiting.
     #[test]
-    fn item_3_sticky_at_max_size_evicts_an_idle_session() {
+    fn a_new_sticky_conversation_at_max_size_takes_an_idle_sessions_room() {
         check(
             &scenario(StrategyKind::Sticky, 1, 1),
             &[conv(0), PoolOp::Release(0), conv(1)],
         );
     }
 
-    /// Issue 9 item 6: the `min_size` refill does not consume the lost binding of the
+    /// The `min_size` refill does not consume the lost binding of the
     /// principal's affinity: its next lease says `is_rebound()`.
     #[test]
-    fn item_6_refills_never_bind() {
+    fn min_size_refills_never_take_a_lost_principal_binding() {
         check(
             &scenario(StrategyKind::Sticky, 2, 1),
             &[A, PoolOp::Break(0), PoolOp::Advance(20), A],
         );
     }
 
-    /// Issue 9 item 10: shrinking the endpoint list while a creation on a removed endpoint is
+    /// Shrinking the endpoint list while a creation on a removed endpoint is
     /// in flight neither panics nor leaks.
     #[test]
-    fn item_10_endpoint_shrink_during_a_creation() {
+    fn removing_the_endpoint_of_a_creation_in_flight_neither_panics_nor_leaks() {
         let mut scenario = scenario(StrategyKind::RoundRobin, 2, 1);
         scenario.config.enabled = false;
         check(
@@ -246,28 +246,28 @@ mod pinned {
         );
     }
 
-    /// Issue 9 item 13: a session past `max_lifetime` is not handed out (here: shared under
+    /// A session past `max_lifetime` is not handed out (here: shared under
     /// `session_concurrency` 2 while its first lease is held across the lifetime).
     #[test]
-    fn item_13_expired_sessions_are_not_handed_out() {
+    fn a_session_past_max_lifetime_is_not_handed_out() {
         check(
             &scenario(StrategyKind::RoundRobin, 1, 2),
             &[A, PoolOp::Advance(700), A],
         );
     }
 
-    /// Issue 9 item 15: server totals survive the removal of an idle key.
+    /// Server totals survive the removal of an idle key.
     #[test]
-    fn item_15_totals_survive_key_removal() {
+    fn server_totals_survive_the_removal_of_an_idle_key() {
         check(
             &scenario(StrategyKind::RoundRobin, 1, 1),
             &[A, PoolOp::Release(0), PoolOp::Advance(300), A],
         );
     }
 
-    /// Issue 9 item 16: a strategy change leaves no gauge negative or stuck.
+    /// A strategy change leaves no gauge negative or stuck.
     #[test]
-    fn item_16_gauges_follow_a_strategy_change() {
+    fn a_strategy_change_leaves_no_gauge_negative_or_stuck() {
         check(
             &scenario(StrategyKind::None, 1, 1),
             &[

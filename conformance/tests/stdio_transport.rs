@@ -1,6 +1,6 @@
-//! The built-in stdio transport (issue 14 item 2) through a real pool, against the reference
-//! server served over stdio by this crate's `mcp-pool-reference-stdio` binary, and a custom
-//! transport kind beside a built-in one in one pool (item 1).
+//! The built-in stdio transport through a real pool, against the reference server served over
+//! stdio by this crate's `mcp-pool-reference-stdio` binary, and a custom transport kind beside a
+//! built-in one in one pool.
 
 use std::{
     collections::BTreeMap,

@@ -1,5 +1,5 @@
 //! The strategy suite fails the broken strategies a third-party implementer can write and the
-//! safety checks alone let through (issue 14, item 4): one that always creates, one that
+//! safety checks alone let through: one that always creates, one that
 //! always waits, one that never picks an endpoint, one that binds nothing it claims to bind,
 //! one that allocates in `select`.
 //! Each test asserts the liveness check that must catch it and prints what the suite says.

@@ -1,7 +1,8 @@
-//! The Admin UI in a real browser (issue 12): `interop/browser/admin.mjs` drives Debian's
+//! The Admin UI in a real browser: `interop/browser/admin.mjs` drives Debian's
 //! Chromium with playwright-core against the gateway binary, whose server `up` is the
 //! reference MCP server running in this test process (so that the test can stop and restart
-//! it). The script walks the setup guide's Steps 3-4 and its verification checklist, prints
+//! it). The script walks an operator's first setup (enable pooling in Pool Config, then check
+//! Pool Stats, Pool Health and Metrics) item by item, prints
 //! `STEP …` per checked item, and asks the test (`ASK …` on its stdout, `ok` on its stdin) for
 //! what only the test can do: read the gateway's log, send MCP traffic, stop or start the
 //! upstream. Each scenario saves screenshots under `target/admin-screenshots/`.
@@ -50,25 +51,8 @@ const SCENARIO_LIMIT: Duration = Duration::from_secs(240);
 
 /// Where playwright-core and Chromium are, or `None` after printing why the test skips.
 fn browser() -> Option<(PathBuf, String)> {
-    let dir = std::env::var("MCP_POOL_BROWSER_DIR")
-        .ok()
-        .filter(|v| !v.is_empty());
-    let chromium = std::env::var("MCP_POOL_CHROMIUM")
-        .ok()
-        .filter(|v| !v.is_empty());
-    match (dir, chromium) {
-        (Some(dir), Some(chromium)) => Some((PathBuf::from(dir).join("node_modules"), chromium)),
-        _ => {
-            let why = "MCP_POOL_BROWSER_DIR or MCP_POOL_CHROMIUM is not set: install chromium \
-                       (apt-get), run `bash interop/setup.sh` and export both as .ci/run does";
-            assert!(
-                std::env::var("MCP_POOL_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "{why}; MCP_POOL_REQUIRE_SERVICES=1 makes a missing browser a failure"
-            );
-            eprintln!("skipping the browser test: {why}");
-            None
-        }
-    }
+    let (dir, chromium) = mcp_pool_conformance::services::browser()?;
+    Some((PathBuf::from(dir).join("node_modules"), chromium))
 }
 
 /// The gateway binary with server `up` on an in-process reference server.
@@ -202,20 +186,26 @@ async fn traffic(client: &RunningService<RoleClient, ()>, calls: usize) {
     }
 }
 
-/// One echo call every `period_ms` until `stop`, failures ignored (the upstream may be down).
+/// One echo call every `period_ms` until `stop`, going on after a failure (the upstream may be
+/// down); returns how many calls were answered and how many failed.
 fn steady_traffic(
     client: Arc<RunningService<RoleClient, ()>>,
     stop: CancellationToken,
     period_ms: u64,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<(u32, u32)> {
     tokio::spawn(async move {
+        let (mut answered, mut failed) = (0, 0);
         while !stop.is_cancelled() {
-            let _ = client.call_tool(echo()).await;
+            match client.call_tool(echo()).await {
+                Ok(_) => answered += 1,
+                Err(_) => failed += 1,
+            }
             tokio::select! {
                 () = stop.cancelled() => {}
                 () = tokio::time::sleep(Duration::from_millis(period_ms)) => {}
             }
         }
+        (answered, failed)
     })
 }
 
@@ -293,7 +283,7 @@ async fn run_without_asks(setup: &mut Setup, scenario: &str) -> Measures {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_setup_guide_steps_3_and_4_and_its_checklist_in_the_browser() {
+async fn enabling_pooling_in_the_browser_shows_its_stats_health_and_metrics() {
     if browser().is_none() {
         return;
     }
@@ -318,11 +308,18 @@ async fn the_setup_guide_steps_3_and_4_and_its_checklist_in_the_browser() {
     })
     .await;
     stop.cancel();
-    background
+    let (answered, failed) = background
         .expect("the walk asked for traffic")
         .await
         .unwrap();
-    assert!(measures["walk_ms"] > 0.0);
+    // The charts were drawn from traffic the gateway served, all of it.
+    assert!(
+        answered > 0 && failed == 0,
+        "{answered} answered, {failed} failed"
+    );
+    // The walk includes five refresh periods of that traffic for the charts to gather points.
+    let refresh_ms = REFRESH.parse::<f64>().unwrap() * 1000.0;
+    assert!(measures["walk_ms"] >= 5.0 * refresh_ms, "{measures:?}");
     setup.gw.stop().await;
 }
 

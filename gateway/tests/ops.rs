@@ -1,27 +1,24 @@
 //! Pool operations (`/pool/sessions`, `/pool/resize`, `/pool/reset`) and the gateway's request
 //! metrics, in process (`oneshot`) on a real pool over the reference server on loopback.
 
-use axum::{
-    Router,
-    body::Body,
-    http::{Request, StatusCode, header},
-};
-use http_body_util::BodyExt;
+mod common;
+
+use axum::http::StatusCode;
+use common::Gateway;
 use mcp_pool::{Pool, PoolConfig, Principal, ServerConfig, ServerId};
 use mcp_pool_conformance::ReferenceServer;
 use mcp_pool_gateway::{AppState, Auth, Registry, metrics::record_mcp};
 use serde_json::Value;
-use tower::ServiceExt;
 
 struct Fixture {
     _upstream: ReferenceServer,
     pool: Pool,
-    app: Router,
+    gateway: Gateway,
     plain: ServerId,
 }
 
-/// Servers `demo` (pooling off, the seed's start) and `plain` (pooling on); auth off: the
-/// auth layer is `rest.rs`'s subject.
+/// Servers `demo` (pooling off, as a server starts by default) and `plain` (pooling on); auth
+/// off: the auth layer is `rest.rs`'s subject.
 async fn fixture() -> Fixture {
     let upstream = ReferenceServer::start().await.unwrap();
     let plain = ServerId::new("plain").unwrap();
@@ -44,26 +41,20 @@ async fn fixture() -> Fixture {
     Fixture {
         _upstream: upstream,
         pool,
-        app,
+        gateway: Gateway {
+            app,
+            token: String::new(),
+            forbidden: Vec::new(),
+        },
         plain,
     }
 }
 
 impl Fixture {
+    /// `method path` without a token (auth is off) and a JSON `body`; the answer as JSON.
     async fn send(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
-        let req = Request::builder().method(method).uri(path);
-        let req = match body {
-            Some(b) => req
-                .header(header::CONTENT_TYPE, "application/json")
-                .body(Body::from(b.to_owned())),
-            None => req.body(Body::empty()),
-        }
-        .unwrap();
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&bytes)));
+        let (status, text) = self.gateway.send_as(None, method, path, body).await;
+        let value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
         (status, value)
     }
 }

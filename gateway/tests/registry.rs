@@ -1,4 +1,4 @@
-//! The server registry through the REST API (issue 11 item 2): `POST /servers`,
+//! The server registry through the REST API: `POST /servers`,
 //! `GET/PUT/DELETE /servers/{id}` in process on real pools over reference servers on loopback,
 //! persisted in real backends (memory, an SQLite file).
 
@@ -40,11 +40,12 @@ fn json_of(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
-/// A gateway with one file seed, `seed`, on `upstream`, over `backend`.
+/// A gateway with one server from the file, `from_file`, on `upstream`, over `backend`.
 async fn started(upstream: &ReferenceServer, backend: Arc<dyn StateBackend>) -> (Pool, Gateway) {
-    let seeds = [ServerConfig::new(id("seed"), upstream.endpoint()).pool(PoolConfig::enabled())];
-    let pool = pool_of(&seeds, Pool::builder().backend(backend));
-    let mut gateway = gateway(&pool, &seeds, 4 << 20).await;
+    let file_servers =
+        [ServerConfig::new(id("from_file"), upstream.endpoint()).pool(PoolConfig::enabled())];
+    let pool = pool_of(&file_servers, Pool::builder().backend(backend));
+    let mut gateway = gateway(&pool, &file_servers, 4 << 20).await;
     gateway.forbidden.push(TOKEN_VALUE.into());
     (pool, gateway)
 }
@@ -93,13 +94,13 @@ async fn create_read_replace_delete_and_their_errors() {
         .send(
             "POST",
             "/servers",
-            Some(&server_body("seed", &url, json!({}))),
+            Some(&server_body("from_file", &url, json!({}))),
         )
         .await;
     assert_eq!(
         s,
         StatusCode::CONFLICT,
-        "a file seed's id is taken too: {body}"
+        "the id of a server from the file is taken too: {body}"
     );
 
     let (s, body) = gw.send("GET", "/servers", None).await;
@@ -110,7 +111,7 @@ async fn create_read_replace_delete_and_their_errors() {
         .iter()
         .map(|s| s["id"].clone())
         .collect();
-    assert_eq!(ids, [json!("api1"), json!("seed")]);
+    assert_eq!(ids, [json!("api1"), json!("from_file")]);
     let (s, body) = gw.send("GET", "/servers/api1", None).await;
     assert_eq!(
         (s, json_of(&body)["name"].clone()),
@@ -257,7 +258,7 @@ async fn invalid_bodies_get_422_naming_field_value_and_what_is_allowed() {
         pool.stats()
             .servers
             .iter()
-            .all(|s| s.server.as_str() == "seed"),
+            .all(|s| s.server.as_str() == "from_file"),
         "nothing invalid reached the pool"
     );
     let (_, body) = gw.send("GET", "/servers", None).await;
@@ -397,11 +398,11 @@ async fn api_changes_survive_a_restart_on_sqlite() {
     let (s, body) = gw
         .send(
             "PUT",
-            "/servers/seed",
+            "/servers/from_file",
             Some(&server_body(
-                "seed",
+                "from_file",
                 &upstream.url(),
-                json!({"name": "Seed, renamed"}),
+                json!({"name": "From file, renamed"}),
             )),
         )
         .await;
@@ -410,7 +411,7 @@ async fn api_changes_survive_a_restart_on_sqlite() {
     pool.close().await;
     drop((pool, gw));
 
-    // The same file and the same seed: the API's changes win over the file.
+    // The same file and the same server: the API's changes win over the file.
     let (pool, gw) = started(&upstream, connect().await).await;
     let (_, after) = gw.send("GET", "/servers", None).await;
     assert_eq!(
@@ -418,27 +419,27 @@ async fn api_changes_survive_a_restart_on_sqlite() {
         json_of(&before),
         "the registry after a restart"
     );
-    assert_eq!(json_of(&after)[1]["name"], "Seed, renamed");
+    assert_eq!(json_of(&after)[1]["name"], "From file, renamed");
     pool.acquire(&id("api1"), Principal::user("u"))
         .await
         .expect("a server created through the API is served after a restart");
 
-    let (s, _) = gw.send("DELETE", "/servers/seed", None).await;
+    let (s, _) = gw.send("DELETE", "/servers/from_file", None).await;
     assert_eq!(s, StatusCode::NO_CONTENT);
     pool.close().await;
     drop((pool, gw));
     let (pool, gw) = started(&upstream, connect().await).await;
-    let (s, _) = gw.send("GET", "/servers/seed", None).await;
+    let (s, _) = gw.send("GET", "/servers/from_file", None).await;
     assert_eq!(
         s,
         StatusCode::NOT_FOUND,
-        "a deleted file seed stays deleted after a restart"
+        "a deleted server from the file stays deleted after a restart"
     );
     assert!(
         pool.stats()
             .servers
             .iter()
-            .all(|s| s.server.as_str() != "seed")
+            .all(|s| s.server.as_str() != "from_file")
     );
 }
 
@@ -647,10 +648,10 @@ const STDIO_SECRET: &str = "stdio-env-value-must-not-leak";
 
 /// A server with every field a record and the file can give it: an HTTP endpoint with a
 /// password in its URL (weight 3, lifecycle `auto`), a WebSocket one (weight 2) and a stdio one
-/// (command, args, env, cwd; weight 5), a call timeout and client capabilities. A file seed:
+/// (command, args, env, cwd; weight 5), a call timeout and client capabilities. A server from the file:
 /// the only way to a stdio endpoint and to the file's own settings. (Its endpoints are never
 /// connected: nothing here acquires a session of it.)
-fn full_seed(upstream: &ReferenceServer) -> ServerConfig {
+fn full_file_server(upstream: &ReferenceServer) -> ServerConfig {
     use mcp_pool::{Endpoint, Lifecycle, TransportKind, rmcp::model::ClientCapabilities};
     let http = Endpoint::new(
         upstream.url().replace("http://", "http://alice:hunter2pw@"),
@@ -685,11 +686,14 @@ fn full_seed(upstream: &ReferenceServer) -> ServerConfig {
         .client_capabilities(capabilities)
 }
 
-/// A gateway over `backend` whose file holds `seeds`; no response may hold a password or a
+/// A gateway over `backend` whose file holds `file_servers`; no response may hold a password or a
 /// secret of theirs.
-async fn gateway_of(seeds: &[ServerConfig], backend: Arc<dyn StateBackend>) -> (Pool, Gateway) {
-    let pool = pool_of(seeds, Pool::builder().backend(backend));
-    let mut gateway = gateway(&pool, seeds, 4 << 20).await;
+async fn gateway_of(
+    file_servers: &[ServerConfig],
+    backend: Arc<dyn StateBackend>,
+) -> (Pool, Gateway) {
+    let pool = pool_of(file_servers, Pool::builder().backend(backend));
+    let mut gateway = gateway(&pool, file_servers, 4 << 20).await;
     gateway.forbidden.extend([
         TOKEN_VALUE.to_owned(),
         "hunter2pw".to_owned(),
@@ -706,7 +710,7 @@ const STICKY: &str = r#"{"enabled": true, "strategy": "sticky", "min_size": 3, "
 async fn a_get_body_put_back_unchanged_changes_nothing_for_every_field() {
     let upstream = ReferenceServer::start().await.unwrap();
     let backend: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
-    let (_pool, gw) = gateway_of(&[full_seed(&upstream)], backend.clone()).await;
+    let (_pool, gw) = gateway_of(&[full_file_server(&upstream)], backend.clone()).await;
     // The API's fields on top of the file's.
     let mut set = json!({
         "name": "Everything",
@@ -995,7 +999,7 @@ async fn a_put_keeps_what_it_does_not_name_and_null_sets_the_default() {
 async fn masked_secrets_stand_for_stored_values_and_read_only_fields_must_agree() {
     let upstream = ReferenceServer::start().await.unwrap();
     let backend: Arc<dyn StateBackend> = Arc::new(MemoryBackend::new());
-    let (_pool, gw) = gateway_of(&[full_seed(&upstream)], backend.clone()).await;
+    let (_pool, gw) = gateway_of(&[full_file_server(&upstream)], backend.clone()).await;
     let (_, body) = gw.send("GET", "/servers/full", None).await;
     let server = json_of(&body);
     let masked = server["endpoints"][0]["url"].as_str().unwrap().to_owned();
@@ -1177,12 +1181,12 @@ async fn the_binary_keeps_a_file_servers_stdio_endpoint_and_own_settings_across_
 #[tokio::test]
 async fn a_reload_gives_a_server_the_api_changed_the_files_new_own_settings() {
     let upstream = ReferenceServer::start().await.unwrap();
-    let seed = |secs| {
-        ServerConfig::new(id("seed"), upstream.endpoint())
+    let file_server = |secs| {
+        ServerConfig::new(id("from_file"), upstream.endpoint())
             .pool(PoolConfig::enabled())
             .call_timeout(Duration::from_secs(secs))
     };
-    let before = [seed(120)];
+    let before = [file_server(120)];
     let pool = pool_of(
         &before,
         Pool::builder().backend(Arc::new(MemoryBackend::new())),
@@ -1191,7 +1195,7 @@ async fn a_reload_gives_a_server_the_api_changed_the_files_new_own_settings() {
         .await
         .unwrap();
     let renamed = registry
-        .update(&id("seed"), |record, _| {
+        .update(&id("from_file"), |record, _| {
             Ok::<_, mcp_pool_gateway::registry::RegistryError>(mcp_pool::traits::ServerRecord {
                 name: "Renamed".into(),
                 ..record.clone()
@@ -1201,17 +1205,26 @@ async fn a_reload_gives_a_server_the_api_changed_the_files_new_own_settings() {
         .unwrap();
     assert_eq!(renamed.name, "Renamed");
     assert_eq!(
-        registry.file_settings(&id("seed")).call_timeout.as_secs(),
+        registry
+            .file_settings(&id("from_file"))
+            .call_timeout
+            .as_secs(),
         120
     );
 
-    let done = registry.reload_seeds(&before, &[seed(30)]).await.unwrap();
-    assert_eq!(done.updated, ["seed"], "{done:?}");
+    let done = registry
+        .reload_seeds(&before, &[file_server(30)])
+        .await
+        .unwrap();
+    assert_eq!(done.updated, ["from_file"], "{done:?}");
     assert_eq!(
-        registry.file_settings(&id("seed")).call_timeout.as_secs(),
+        registry
+            .file_settings(&id("from_file"))
+            .call_timeout
+            .as_secs(),
         30
     );
-    let record = registry.get(&id("seed")).await.unwrap();
+    let record = registry.get(&id("from_file")).await.unwrap();
     assert_eq!(record.name, "Renamed", "the API's record still wins");
     pool.close().await;
 }

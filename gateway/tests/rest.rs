@@ -16,7 +16,7 @@ use mcp_pool_gateway::auth;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-const SEED_PUT: &str = r#"{"enabled": true, "strategy": "round_robin", "size": 5, "min_size": 2, "max_size": 10, "timeout": 30, "max_idle_time": 3600, "auto_scale": false, "health_check_interval": 60, "rebalance_interval": 300}"#;
+const FULL_POOL_CONFIG: &str = r#"{"enabled": true, "strategy": "round_robin", "size": 5, "min_size": 2, "max_size": 10, "timeout": 30, "max_idle_time": 3600, "auto_scale": false, "health_check_interval": 60, "rebalance_interval": 300}"#;
 
 struct Fixture {
     _upstream: ReferenceServer,
@@ -30,7 +30,7 @@ async fn fixture(max_body_bytes: usize) -> Fixture {
     let url = upstream.url().replace("http://", "http://alice:hunter2pw@");
     let endpoint = mcp_pool::Endpoint::new(url, mcp_pool::TransportKind::StreamableHttp).unwrap();
     let servers = [
-        // Pooling off, as the seed's servers start.
+        // Pooling off, as a server starts by default.
         ServerConfig::new(ServerId::new("demo").unwrap(), endpoint).pool(PoolConfig::default()),
         ServerConfig::new(ServerId::new("plain").unwrap(), upstream.endpoint())
             .pool(PoolConfig::enabled()),
@@ -82,14 +82,14 @@ async fn servers_list_and_get_redact_urls_and_404() {
 }
 
 #[tokio::test]
-async fn seed_put_body_is_applied_and_saved_in_the_backend() {
+async fn a_full_pool_config_put_is_applied_and_saved_in_the_backend() {
     let f = fixture(4 << 20).await;
     let (s, body) = f.send("GET", "/servers/demo/pool/stats", None).await;
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(detail(&body), "Pooling not enabled for server");
 
     let (s, body) = f
-        .send("PUT", "/servers/demo/pool/config", Some(SEED_PUT))
+        .send("PUT", "/servers/demo/pool/config", Some(FULL_POOL_CONFIG))
         .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();

@@ -1,4 +1,4 @@
-//! The official MCP SDK clients drive the gateway (issue 11, "Tests"): the Python SDK's
+//! The official MCP SDK clients drive the gateway: the Python SDK's
 //! `ClientSession` over `streamable_http_client` or `sse_client`
 //! (`interop/python/gateway_client.py`) and the TypeScript SDK's `Client` over
 //! `StreamableHTTPClientTransport` or `SSEClientTransport` (`interop/node/gateway_client.mjs`),
@@ -19,7 +19,7 @@ use std::{
 
 use mcp_pool::{Endpoint, Pool, PoolConfig, ServerConfig, ServerId, StrategyKind, TransportKind};
 use mcp_pool_conformance::{
-    GREET_PROMPT, GREETING_RESOURCE, GREETING_TEXT, ReferenceServer, SERVER_NAME,
+    GREET_PROMPT, GREETING_RESOURCE, GREETING_TEXT, ReferenceServer, SERVER_NAME, services,
 };
 mod common;
 
@@ -33,7 +33,6 @@ use tokio::{
 
 /// Bound on a client run or a line from it (interpreter start and imports included).
 const BOUND: Duration = Duration::from_secs(60);
-const REQUIRE_VAR: &str = "MCP_POOL_REQUIRE_SERVICES";
 
 /// An official SDK client, installed.
 #[derive(Clone, Copy, Debug)]
@@ -45,10 +44,12 @@ enum Sdk {
 impl Sdk {
     const ALL: [Sdk; 2] = [Sdk::Python, Sdk::TypeScript];
 
-    fn var(self) -> &'static str {
+    /// The SDK's interpreter (Python) or npm prefix (TypeScript), or `None` after saying why
+    /// the test skips it.
+    fn setting(self) -> Option<String> {
         match self {
-            Sdk::Python => "MCP_POOL_INTEROP_PYTHON",
-            Sdk::TypeScript => "MCP_POOL_INTEROP_NODE_DIR",
+            Sdk::Python => services::interop_python(),
+            Sdk::TypeScript => services::interop_node_dir(),
         }
     }
 
@@ -57,26 +58,12 @@ impl Sdk {
     fn installed() -> Vec<Sdk> {
         Self::ALL
             .into_iter()
-            .filter(|sdk| match std::env::var(sdk.var()) {
-                Ok(value) if !value.is_empty() => true,
-                _ => {
-                    let why = format!(
-                        "{} is not set: run `bash interop/setup.sh` and export it as it says",
-                        sdk.var()
-                    );
-                    assert!(
-                        std::env::var(REQUIRE_VAR).as_deref() != Ok("1"),
-                        "{why}; {REQUIRE_VAR}=1 makes a missing SDK client a failure"
-                    );
-                    eprintln!("skipping the {sdk:?} SDK client: {why}");
-                    false
-                }
-            })
+            .filter(|sdk| sdk.setting().is_some())
             .collect()
     }
 
     fn command(self, url: &str, token: &str, scenario: &str) -> Command {
-        let setting = std::env::var(self.var()).expect("checked by installed()");
+        let setting = self.setting().expect("checked by installed()");
         let mut command = match self {
             Sdk::Python => {
                 let mut command = Command::new(setting);
@@ -367,7 +354,7 @@ async fn sdk_clients_drive_the_gateway_in_front_of_the_python_sdk_server() {
     if !sdks.iter().any(|sdk| matches!(sdk, Sdk::Python)) {
         return; // the upstream is the Python SDK's server
     }
-    let python = std::env::var(Sdk::Python.var()).unwrap();
+    let python = Sdk::Python.setting().unwrap();
     let mut command = Command::new(python);
     command
         .arg(interop("python/server.py"))

@@ -23,7 +23,6 @@ use serde_json::{Value, json};
 
 const SECRET: &str = "security-suite-secret-0123456789-abcdef-do-not-leak";
 const ADMIN_PASSWORD: &str = "admin-password-do-not-leak";
-const REQUIRE_VAR: &str = "MCP_POOL_REQUIRE_SERVICES";
 
 /// A gateway started with `--demo`, the suite's key and an admin password, plus `envs`.
 async fn gateway(args: &[&str], envs: &[(&str, &str)]) -> Process {
@@ -201,13 +200,7 @@ async fn credentials_never_read_the_gateways_own_secrets() {
 /// none of the gateway's secrets are in it, only the allow-listed variables and its own `env`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdio_upstreams_see_only_an_allow_listed_environment() {
-    let Some(node_dir) = std::env::var("MCP_POOL_INTEROP_NODE_DIR")
-        .ok()
-        .filter(|v| !v.is_empty())
-    else {
-        let why = "MCP_POOL_INTEROP_NODE_DIR is not set: run `bash interop/setup.sh` and export it";
-        assert!(std::env::var(REQUIRE_VAR).as_deref() != Ok("1"), "{why}");
-        eprintln!("skipping: {why}");
+    let Some(node_dir) = mcp_pool_conformance::services::interop_node_dir() else {
         return;
     };
     let everything =

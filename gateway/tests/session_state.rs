@@ -28,6 +28,7 @@ use mcp_pool::{
     AcquireRequest, Endpoint, Pool, PoolConfig, ServerConfig, ServerId, StrategyKind,
     TransportKind, rmcp::model::ClientCapabilities,
 };
+use mcp_pool_conformance::services;
 use serde_json::Value;
 use tokio::{
     io::{AsyncBufReadExt as _, BufReader},
@@ -38,20 +39,6 @@ use tokio::{
 /// Bound on a client run (interpreter start, imports and server-everything's 5 s timers
 /// included) and on the upstream's start.
 const BOUND: Duration = Duration::from_secs(90);
-const REQUIRE_VAR: &str = "MCP_POOL_REQUIRE_SERVICES";
-
-/// `name`'s value, or `None` after saying why the test skips.
-fn setting(name: &str) -> Option<String> {
-    match std::env::var(name) {
-        Ok(value) if !value.is_empty() => Some(value),
-        _ => {
-            let why = format!("{name} is not set: run `bash interop/setup.sh` and export it");
-            assert!(std::env::var(REQUIRE_VAR).as_deref() != Ok("1"), "{why}");
-            eprintln!("skipping: {why}");
-            None
-        }
-    }
-}
 
 /// server-everything over streamable HTTP on a loopback port; killed on drop.
 struct Everything {
@@ -102,8 +89,8 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Option<Self> {
-        let python = setting("MCP_POOL_INTEROP_PYTHON")?;
-        let node_dir = setting("MCP_POOL_INTEROP_NODE_DIR")?;
+        let python = services::interop_python()?;
+        let node_dir = services::interop_node_dir()?;
         let upstream = Everything::start(&node_dir).await;
         let id = ServerId::new("rr").unwrap();
         let endpoint = Endpoint::new(upstream.url.as_str(), TransportKind::StreamableHttp).unwrap();

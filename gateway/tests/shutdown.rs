@@ -1,5 +1,5 @@
 //! SIGTERM with downstream MCP sessions open: the binary ends their streams, closes the pool
-//! and exits cleanly, leaving no upstream session alive (issue 11, item 1).
+//! and exits cleanly, leaving no upstream session alive.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! Several gateway workers (issue 13) as real processes: the `mcp-pool-gateway` binary, three
+//! Several gateway workers as real processes: the `mcp-pool-gateway` binary, three
 //! workers on loopback sharing the machine's Redis or PostgreSQL (each test in a namespace of
 //! its own), a reference server as the upstream.
 //!
@@ -11,10 +11,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::Process;
-use mcp_pool_conformance::ReferenceServer;
+use mcp_pool_conformance::{ReferenceServer, services::service_url};
 use serde_json::{Value, json};
 
-const REQUIRE_VAR: &str = "MCP_POOL_REQUIRE_SERVICES";
 /// Bound on a change reaching another worker: the subscription delivers it in milliseconds,
 /// the re-list (every 5 s) at the latest.
 const PROPAGATION: Duration = Duration::from_secs(12);
@@ -34,24 +33,13 @@ fn shared_backends() -> Vec<Shared> {
         ("database", "DATABASE_URL", "MCP_POOL_TEST_DATABASE_URL"),
     ]
     .into_iter()
-    .filter_map(
-        |(cache_type, url_var, test_var)| match std::env::var(test_var) {
-            Ok(url) if !url.is_empty() => Some(Shared {
-                cache_type,
-                url_var,
-                url,
-            }),
-            _ => {
-                let why = format!("{test_var} is not set");
-                assert!(
-                    std::env::var(REQUIRE_VAR).as_deref() != Ok("1"),
-                    "{why}; {REQUIRE_VAR}=1 makes a missing service a failure"
-                );
-                eprintln!("skipping the {cache_type} backend: {why}");
-                None
-            }
-        },
-    )
+    .filter_map(|(cache_type, url_var, test_var)| {
+        Some(Shared {
+            cache_type,
+            url_var,
+            url: service_url(test_var)?,
+        })
+    })
     .collect()
 }
 

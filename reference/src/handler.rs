@@ -1,8 +1,8 @@
 //! [`ReferenceHandler`]: the MCP tools of the reference server, one instance per session.
 
 // Logging, sampling and roots are deprecated by SEP-2577 (protocol 2026-07-28) but are what
-// MCP 2025-11-25 servers send, and what the pool must carry (issue 10): the reference server
-// uses them on purpose.
+// MCP 2025-11-25 servers send, and what the pool must carry to the lease holder: the reference
+// server uses them on purpose.
 #![expect(
     deprecated,
     reason = "logging, sampling and roots are MCP 2025-11-25 features under test"
@@ -217,8 +217,8 @@ fn text(text: impl Into<String>) -> CallToolResult {
 /// - `fail {"message"?: string}` → a JSON-RPC internal error (code -32603) carrying `message`,
 ///   which an rmcp client sees as `ServiceError::McpError`.
 ///
-/// Tools that make the server talk to the client besides replying (issue 10: what a lease must
-/// carry), MCP 2025-11-25 semantics:
+/// Tools that make the server talk to the client besides replying (what a lease must carry),
+/// MCP 2025-11-25 semantics:
 /// - `progress {"steps": integer, "delay_ms"?: integer}` → sends `steps` (at most
 ///   [`MAX_PROGRESS_STEPS`]) `notifications/progress` with the request's progress token
 ///   (`_meta.progressToken`), progress `1..=steps`, total `steps`, message `"step i of n"`,

@@ -4,8 +4,11 @@
 use std::{sync::Arc, time::Duration};
 
 use mcp_pool::{
-    Endpoint, Pool, PoolBuilder, PoolConfig, ServerConfig, ServerId, TransportKind,
-    rmcp::model::{CallToolRequestParams, CallToolResult},
+    AcquireRequest, CallOptions, Endpoint, Pool, PoolBuilder, PoolConfig, PoolError, ServerConfig,
+    ServerId, TransportKind,
+    rmcp::model::{
+        CallToolRequest, CallToolRequestParams, CallToolResult, ClientRequest, ServerResult,
+    },
 };
 use mcp_pool_conformance::{DuplexTransport, ReferenceServer};
 
@@ -16,6 +19,13 @@ pub fn server_id(name: &str) -> ServerId {
 pub fn echo(message: &str) -> CallToolRequestParams {
     let args = serde_json::json!({ "message": message });
     CallToolRequestParams::new("echo").with_arguments(args.as_object().cloned().unwrap_or_default())
+}
+
+/// A call of the reference server's `sleep` tool: it answers after `ms` milliseconds.
+pub fn sleep_for(ms: u64) -> CallToolRequestParams {
+    let args = serde_json::json!({ "ms": ms });
+    CallToolRequestParams::new("sleep")
+        .with_arguments(args.as_object().cloned().unwrap_or_default())
 }
 
 pub fn counter() -> CallToolRequestParams {
@@ -66,11 +76,44 @@ pub fn duplex_pool(
     (pool, id, transport)
 }
 
+/// A `streamable_http` endpoint at `url`.
+pub fn http_endpoint(url: &str) -> Endpoint {
+    Endpoint::new(url, TransportKind::StreamableHttp).expect("valid url")
+}
+
+/// `max_size` sessions, all of them kept warm (`size` = `max_size`, `min_size` 1), an acquire
+/// bounded by 2 s: the paused-clock tests' pool config.
+pub fn warm(max_size: u32) -> PoolConfig {
+    PoolConfig {
+        max_size,
+        size: max_size,
+        min_size: 1,
+        timeout: Duration::from_secs(2),
+        ..PoolConfig::enabled()
+    }
+}
+
 pub fn pooled(max_size: u32) -> PoolConfig {
     PoolConfig {
         max_size,
         size: max_size.min(5),
         ..PoolConfig::enabled()
+    }
+}
+
+/// `echo` of `message` through [`Pool::call`], as a gateway forwards a request.
+pub async fn pooled_echo(pool: &Pool, id: &ServerId, message: &str) -> Result<String, PoolError> {
+    let request = ClientRequest::CallToolRequest(CallToolRequest::new(echo(message)));
+    match pool
+        .call(
+            AcquireRequest::new(id).user("u"),
+            request,
+            CallOptions::new(),
+        )
+        .await?
+    {
+        ServerResult::CallToolResult(result) => Ok(text(&result)),
+        other => panic!("not a tool result: {other:?}"),
     }
 }
 

@@ -2,9 +2,8 @@
 //! followed, and no token, cookie or URL password reaches an error, a `Debug` or a log line.
 
 use std::{
-    io::Write,
     sync::{
-        Arc, Mutex, OnceLock,
+        Arc,
         atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
@@ -132,51 +131,9 @@ async fn redirects_are_not_followed() {
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
 
-/// Everything logged by any test of this binary, at every level, `log` records included,
-/// except tungstenite's handshake at TRACE: it logs the raw upgrade request, headers and all
-/// (third-party; the transports README says to keep that target below TRACE).
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    use tracing_subscriber::{
-        filter::{LevelFilter, Targets},
-        layer::SubscriberExt as _,
-        util::SubscriberInitExt as _,
-    };
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        let filter = Targets::new()
-            .with_default(LevelFilter::TRACE)
-            .with_target("tungstenite::handshake", LevelFilter::DEBUG);
-        tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(move || Buffer(sink.clone())),
-            )
-            .with(filter)
-            .try_init()
-            .expect("the only subscriber of this test binary");
-        logs
-    })
-    .clone()
-}
-
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn failing_connects_print_and_log_no_secret() {
-    let logs = captured_logs();
+    let logs = mcp_pool_conformance::logs::capture();
     // Answers everything 500, the WebSocket upgrade included.
     let router = Router::new().fallback(|| async { StatusCode::INTERNAL_SERVER_ERROR });
     let server = serve(router).await;
@@ -218,7 +175,7 @@ async fn failing_connects_print_and_log_no_secret() {
     .unwrap_err();
     assert_no_secret(&everything_printed(&error));
 
-    let logs = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    let logs = logs.text();
     assert!(logs.contains(&server), "nothing captured: {logs}");
     assert_no_secret(&logs);
 }

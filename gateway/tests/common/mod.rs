@@ -19,9 +19,9 @@ use tower::ServiceExt;
 /// The JWT secret of every harness; never in a response.
 pub const SECRET: &str = "test-secret-0123456789abcdef-do-not-leak";
 
-/// A router on `pool` with the registry seeded by `seeds` and the backend's records, auth
+/// A router on `pool` with the registry loaded from `file_servers` and the backend's records, auth
 /// required; and a token for it.
-pub async fn gateway(pool: &Pool, seeds: &[ServerConfig], max_body_bytes: usize) -> Gateway {
+pub async fn gateway(pool: &Pool, file_servers: &[ServerConfig], max_body_bytes: usize) -> Gateway {
     let secret = auth::JwtSecret::new(SECRET).unwrap();
     let token = auth::mint(
         &secret,
@@ -37,7 +37,7 @@ pub async fn gateway(pool: &Pool, seeds: &[ServerConfig], max_body_bytes: usize)
         "CARGO_PKG_NAME",
     )
     .unwrap();
-    let registry = Registry::load_with(pool.clone(), seeds, credentials)
+    let registry = Registry::load_with(pool.clone(), file_servers, credentials)
         .await
         .unwrap();
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
@@ -53,9 +53,9 @@ pub async fn gateway(pool: &Pool, seeds: &[ServerConfig], max_body_bytes: usize)
     }
 }
 
-/// A pool with `seeds` as its servers.
-pub fn pool_of(seeds: &[ServerConfig], builder: mcp_pool::PoolBuilder) -> Pool {
-    seeds
+/// A pool with `file_servers` as its servers.
+pub fn pool_of(file_servers: &[ServerConfig], builder: mcp_pool::PoolBuilder) -> Pool {
+    file_servers
         .iter()
         .fold(builder, |b, s| b.server(s.clone()))
         .build()
@@ -270,7 +270,7 @@ impl Process {
     }
 }
 
-/// The router served on a loopback port over a pool of `servers` (their registry seeded by
+/// The router served on a loopback port over a pool of `servers` (their registry loaded from
 /// them), auth on with [`SECRET`]: what MCP clients connect to.
 pub struct Served {
     pub pool: Pool,

@@ -1,5 +1,5 @@
 //! The Prometheus output of a pool under load, as `examples/metrics.rs` serves it: every metric
-//! of DESIGN §11 that the engine records is there, with the `server`, `transport` and
+//! the engine records (the names in `mcp_pool::metrics`) is there, with the `server`, `transport` and
 //! `strategy` labels, and no identity (raw header values, user names, nor their SHA-256) appears
 //! anywhere in it.
 //!
@@ -139,7 +139,7 @@ async fn prometheus_output_has_every_metric_and_label_and_no_identity() {
 
     let output = handle.render();
 
-    // Every metric of DESIGN §11 the engine records, with a value that reflects the load.
+    // Every metric the engine records, with a value that reflects the load.
     let search_labels = [
         ("server", "search"),
         ("transport", "streamable_http"),
@@ -207,7 +207,7 @@ async fn prometheus_output_has_every_metric_and_label_and_no_identity() {
     );
 
     // The breaker of `down` opened once; health-check failures are registered per key (the
-    // background checks run every health_check_interval, at least 10 s: tests/faults.rs
+    // background checks run every health_check_interval, at least 10 s: tests/breaker.rs
     // exercises them on the paused clock).
     let down_labels = [
         ("server", "down"),

@@ -1,4 +1,4 @@
-//! Gauges never drift (issue 9, item 16): a strategy change (which changes the `strategy`
+//! Gauges never drift: a strategy change (which changes the `strategy`
 //! label), a health-check retirement and a drain with leases out all leave
 //! `mcp_pool_sessions` and `mcp_pool_waiters` reading exactly the pool's state, and 0 after
 //! `close()`. The recorder is local to the test's thread (the runtime is current-thread).

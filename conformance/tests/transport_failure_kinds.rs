@@ -1,6 +1,6 @@
 //! Failure categories the conformance suite does not check for every transport (they need TLS,
 //! DNS or a server that is not an MCP server): each built-in transport reports them with the
-//! [`FailureKind`] a circuit breaker needs (issue 9, item 12). The status categories (401,
+//! [`FailureKind`] a circuit breaker needs. The status categories (401,
 //! 403, 404, 429, 5xx), refused ports and timeouts are checked by the suite itself
 //! (`transport_conformance.rs`).
 
