@@ -182,8 +182,8 @@ fn is_session_lost(error: &ServiceError) -> bool {
 /// else gets it, and evicted if the server does not answer.
 ///
 /// No call waits for its deadline on a session known to be gone. When its transport reports
-/// it [lost](SessionHandler::report_lost) (its connection closed, or could not be
-/// re-established) or [forgotten](SessionHandler::report_forgotten) (the server answered its
+/// it [lost](mcp_pool_traits::SessionHandler::report_lost) (its connection closed, or could not be
+/// re-established) or [forgotten](mcp_pool_traits::SessionHandler::report_forgotten) (the server answered its
 /// event stream with HTTP 404 or 400), or a call's answer shows the server does not know it
 /// (HTTP 404, or 400 naming the session), it is evicted at once with reason
 /// [`Lost`](mcp_pool_traits::EvictionReason::Lost) and no acquire gets it again. A call sent on
@@ -260,7 +260,7 @@ impl Lease {
     ///   (subscriptions, the log level, roots); the session still serves everyone the
     ///   strategy sends to it;
     /// - `conversation` receives what the session sends outside calls (see
-    ///   [`SessionHandler`]'s routing table);
+    ///   [`SessionHandler`](mcp_pool_traits::SessionHandler)'s routing table);
     /// - the session is never closed for idleness while a conversation is pinned to it;
     /// - when the session leaves the pool for any other reason, the conversation's channel
     ///   closes, [`Pool::affinity_state`](crate::Pool::affinity_state) says
