@@ -69,9 +69,8 @@ pub(crate) struct AcquireArgs<'a> {
 /// An acquire that was not served at once: what the rest of it starts from.
 #[derive(Debug)]
 pub(crate) enum Pending {
-    /// A creation to make, or a refusal (boxed: the slow path allocates anyway, and the hit
-    /// path's `Result` stays small).
-    Grant(Box<Grant<Arc<Link>>>, Option<TaskTrackerToken>),
+    /// A creation to make, or a refusal.
+    Grant(Grant<Arc<Link>>, Option<TaskTrackerToken>),
     /// Queued behind others, or for a busy session.
     Queued(WaiterGuard),
     /// The key was removed: look it up again.
@@ -138,7 +137,7 @@ impl KeyPool {
                 Some(grant) => {
                     let token =
                         matches!(grant, Grant::Create(_)).then(|| self.shared.closing.token());
-                    Err(Pending::Grant(Box::new(grant), token))
+                    Err(Pending::Grant(grant, token))
                 }
                 None => Err(Pending::Queued(self.enqueue(&mut locked.state, *ctx, env))),
             }
@@ -181,7 +180,7 @@ impl KeyPool {
         args: AcquireArgs<'_>,
     ) -> Result<Granted<Arc<Link>>, AcquireError> {
         let (grant, token) = match pending {
-            Pending::Grant(grant, token) => (*grant, token),
+            Pending::Grant(grant, token) => (grant, token),
             Pending::Queued(guard) => match guard.wait(args.deadline).await {
                 Ok(Some(delivery)) => delivery,
                 // Senders are dropped without a grant only when the key is removed, and a key
@@ -197,7 +196,7 @@ impl KeyPool {
             Grant::Lease(granted) => Ok(granted),
             Grant::Create(ticket) => {
                 let token = token.unwrap_or_else(|| self.shared.closing.token());
-                self.create_for(Reservation::new(self.clone(), ticket, token), args)
+                self.create_for(Reservation::new(self.clone(), *ticket, token), args)
                     .await
             }
             Grant::Refused(Refusal::CircuitOpen(open)) => Err(self.circuit_open(open).into()),

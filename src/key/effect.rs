@@ -45,8 +45,9 @@ pub(crate) enum Refusal {
 pub(crate) enum Grant<H> {
     /// A lease on an existing session (its `in_flight` already counts it).
     Lease(Granted<H>),
-    /// Room reserved to create a session.
-    Create(Ticket),
+    /// Room reserved to create a session (boxed: a hit moves its grant a few times, and a
+    /// miss allocates anyway).
+    Create(Box<Ticket>),
     /// No session now, and waiting would not give one.
     Refused(Refusal),
 }
@@ -142,26 +143,21 @@ impl Tally {
     /// Counts a session's gauge moving from `was` to `now` (`None`: not counted).
     #[inline]
     pub(crate) fn session(&mut self, was: Option<bool>, now: Option<bool>) {
-        let mut add = |active: bool, by: i64| {
-            if active {
-                self.active += by;
-            } else {
-                self.idle += by;
-            }
-        };
-        if was != now {
-            if let Some(active) = was {
-                add(active, -1);
-            }
-            if let Some(active) = now {
-                add(active, 1);
-            }
+        if was == now {
+            return;
+        }
+        match was {
+            Some(true) => self.active -= 1,
+            Some(false) => self.idle -= 1,
+            None => {}
+        }
+        match now {
+            Some(true) => self.active += 1,
+            Some(false) => self.idle += 1,
+            None => {}
         }
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        *self == Tally::default()
-    }
 }
 
 /// An acquire that ran out of time, for its error.

@@ -170,13 +170,27 @@ impl KeyPool {
     }
 
     /// Hands out the grants, records the metrics, and returns what must be done after the
-    /// lock is released.
+    /// lock is released. The common event (a hit, a release) made no grant and no effect: it
+    /// only records its metric deltas.
     #[inline]
     pub(super) fn finish(
         &self,
         locked: &mut Locked,
         env: &mut LockedEnv<'_>,
     ) -> Option<Vec<Effect<Live>>> {
+        let io = if locked.state.has_output() {
+            self.hand_out(locked, env)
+        } else {
+            None
+        };
+        locked.state.flush_tally(|tally| record(&locked.metrics, tally));
+        io
+    }
+
+    /// Sends the grants to their waiters (undoing those whose waiter is gone) and applies the
+    /// effects that are metrics; returns the others.
+    #[cold]
+    fn hand_out(&self, locked: &mut Locked, env: &mut LockedEnv<'_>) -> Option<Vec<Effect<Live>>> {
         while let Some((waiter, grant)) = locked.state.next_grant() {
             let token = matches!(grant, Grant::Create(_)).then(|| self.shared.closing.token());
             if let Err((grant, _)) = waiter.send((grant, token)) {
@@ -184,42 +198,36 @@ impl KeyPool {
             }
         }
         let mut io = None;
-        if locked.state.has_effects() {
-            for effect in locked.state.take_effects() {
-                match effect {
-                    Effect::Evicted(reason) => locked.metrics.evicted(reason),
-                    Effect::Autoscaled(action) => locked.metrics.autoscale(action),
-                    Effect::BreakerOpened { endpoint } => {
-                        locked.metrics.breaker_trips.increment(1);
-                        let server = locked.state.server();
-                        tracing::warn!(
-                            server = %server.id,
-                            endpoint = %server.endpoints.get(endpoint).map_or("?".into(), |e| mcp_pool_traits::redact_url(&e.url)),
-                            "circuit breaker opened"
-                        );
-                    }
-                    Effect::Relabel { before, moved } => {
-                        record(&locked.metrics, &before);
-                        record(&locked.metrics, &moved.negated());
-                        let server = locked.state.server();
-                        let metrics = KeyMetrics::new(
-                            &server.id,
-                            self.key.transport,
-                            server.strategy.name(),
-                            self.shared.metrics_enabled,
-                        );
-                        record(&metrics, &moved);
-                        locked.metrics = metrics;
-                    }
-                    effect @ (Effect::Close { .. } | Effect::Unpin(_)) => {
-                        io.get_or_insert_with(Vec::new).push(effect);
-                    }
+        for effect in locked.state.take_effects() {
+            match effect {
+                Effect::Evicted(reason) => locked.metrics.evicted(reason),
+                Effect::Autoscaled(action) => locked.metrics.autoscale(action),
+                Effect::BreakerOpened { endpoint } => {
+                    locked.metrics.breaker_trips.increment(1);
+                    let server = locked.state.server();
+                    tracing::warn!(
+                        server = %server.id,
+                        endpoint = %server.endpoints.get(endpoint).map_or("?".into(), |e| mcp_pool_traits::redact_url(&e.url)),
+                        "circuit breaker opened"
+                    );
+                }
+                Effect::Relabel { before, moved } => {
+                    record(&locked.metrics, &before);
+                    record(&locked.metrics, &moved.negated());
+                    let server = locked.state.server();
+                    let metrics = KeyMetrics::new(
+                        &server.id,
+                        self.key.transport,
+                        server.strategy.name(),
+                        self.shared.metrics_enabled,
+                    );
+                    record(&metrics, &moved);
+                    locked.metrics = metrics;
+                }
+                effect @ (Effect::Close { .. } | Effect::Unpin(_)) => {
+                    io.get_or_insert_with(Vec::new).push(effect);
                 }
             }
-        }
-        let tally = locked.state.take_tally();
-        if !tally.is_empty() {
-            record(&locked.metrics, &tally);
         }
         io
     }
@@ -272,35 +280,30 @@ impl Tally {
 }
 
 /// Records metric deltas.
+#[inline]
 fn record(metrics: &KeyMetrics, tally: &Tally) {
-    let Tally {
-        hits,
-        misses,
-        timeouts,
-        rebinds,
-        health_failures,
-        active,
-        idle,
-        waiters,
-    } = *tally;
-    for (counter, n) in [
-        (&metrics.hits, hits),
-        (&metrics.misses, misses),
-        (&metrics.timeouts, timeouts),
-        (&metrics.rebinds, rebinds),
-        (&metrics.health_failures, health_failures),
-    ] {
-        if n > 0 {
-            counter.increment(n);
-        }
+    if tally.hits > 0 {
+        metrics.hits.increment(tally.hits);
     }
-    for (gauge, delta) in [
-        (&metrics.active, active),
-        (&metrics.idle, idle),
-        (&metrics.waiters, waiters),
-    ] {
-        if delta != 0 {
-            gauge.increment(delta as f64);
-        }
+    if tally.misses > 0 {
+        metrics.misses.increment(tally.misses);
+    }
+    if tally.timeouts > 0 {
+        metrics.timeouts.increment(tally.timeouts);
+    }
+    if tally.rebinds > 0 {
+        metrics.rebinds.increment(tally.rebinds);
+    }
+    if tally.health_failures > 0 {
+        metrics.health_failures.increment(tally.health_failures);
+    }
+    if tally.active != 0 {
+        metrics.active.increment(tally.active as f64);
+    }
+    if tally.idle != 0 {
+        metrics.idle.increment(tally.idle as f64);
+    }
+    if tally.waiters != 0 {
+        metrics.waiters.increment(tally.waiters as f64);
     }
 }

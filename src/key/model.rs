@@ -534,7 +534,7 @@ impl Harness {
                 );
                 self.leases.push((granted.id, conversation));
             }
-            Grant::Create(ticket) => self.tickets.push((ticket, Some(context(conversation)))),
+            Grant::Create(ticket) => self.tickets.push((*ticket, Some(context(conversation)))),
             Grant::Refused(_) => {}
         }
     }

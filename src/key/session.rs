@@ -73,6 +73,7 @@ pub(crate) struct Retiring {
 
 impl Phase {
     /// The units of `in_flight` a check or probe holds.
+    #[inline]
     pub(crate) fn held(self) -> u32 {
         match self {
             Phase::Open => 0,

@@ -254,10 +254,10 @@ impl<S: Upstream, W> KeyState<S, W> {
         self.grants.pop_front()
     }
 
-    /// Whether effects are waiting.
+    /// Whether grants or effects are waiting.
     #[inline]
-    pub(crate) fn has_effects(&self) -> bool {
-        !self.effects.is_empty()
+    pub(crate) fn has_output(&self) -> bool {
+        !self.grants.is_empty() || !self.effects.is_empty()
     }
 
     /// The effects of the events so far, in order.
@@ -269,6 +269,14 @@ impl<S: Upstream, W> KeyState<S, W> {
     #[inline]
     pub(crate) fn take_tally(&mut self) -> Tally {
         std::mem::take(&mut self.tally)
+    }
+
+    /// Hands the metric deltas of the events so far to `record`, if there are any, and
+    /// zeroes them.
+    #[inline]
+    pub(crate) fn flush_tally(&mut self, record: impl FnOnce(&Tally)) {
+        record(&self.tally);
+        self.tally = Tally::default();
     }
 
     // ---- acquire ---------------------------------------------------------------------------
@@ -325,7 +333,7 @@ impl<S: Upstream, W> KeyState<S, W> {
                 self.counters.hits -= 1;
             }
             Grant::Create(ticket) => {
-                self.cancel_ticket(ticket, env);
+                self.cancel_ticket(*ticket, env);
                 self.counters.misses -= 1;
             }
             Grant::Refused(_) => {}
@@ -805,7 +813,7 @@ impl<S: Upstream, W> KeyState<S, W> {
             Ok(ticket) => {
                 self.counters.misses += 1;
                 self.tally.misses += 1;
-                Grant::Create(ticket)
+                Grant::Create(Box::new(ticket))
             }
             Err(refusal) => Grant::Refused(refusal),
         })
@@ -988,9 +996,14 @@ impl<S: Upstream, W> KeyState<S, W> {
     /// Hands out one lease on active session `i`.
     #[inline]
     fn take(&mut self, i: usize) -> Grant<S::Handle> {
-        let was = self.counted_active(i);
-        self.views[i].in_flight += 1;
-        self.resync(i, was);
+        let held = self.sessions[i].phase.held();
+        let view = &mut self.views[i];
+        if view.in_flight == held {
+            // Idle until now (a held unit holds no lease): active from now on.
+            self.tally.idle -= 1;
+            self.tally.active += 1;
+        }
+        view.in_flight += 1;
         self.observe_load();
         let session = &mut self.sessions[i];
         session.use_count += 1;
@@ -1015,12 +1028,18 @@ impl<S: Upstream, W> KeyState<S, W> {
     fn give_back(&mut self, id: SessionId, broken: bool, env: &mut impl Env) {
         self.released = true;
         if let Some(i) = self.position(id) {
-            let was = self.counted_active(i);
-            self.views[i].in_flight -= 1;
             self.release_seq += 1;
-            self.sessions[i].release_seq = self.release_seq;
-            self.sessions[i].released = true;
-            self.resync(i, was);
+            let session = &mut self.sessions[i];
+            session.release_seq = self.release_seq;
+            session.released = true;
+            let held = session.phase.held();
+            let view = &mut self.views[i];
+            view.in_flight -= 1;
+            if view.in_flight == held {
+                // Its last lease: idle from now on.
+                self.tally.active -= 1;
+                self.tally.idle += 1;
+            }
             self.observe_load();
             let reason = if broken {
                 Some(EvictionReason::Broken)
