@@ -13,11 +13,16 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
 use common::{peers::*, *};
 use mcp_pool::{Endpoint, Lifecycle, PoolConfig, TransportKind};
-use mcp_pool_conformance::{ReferenceServer, services, tcp_counter::ConnectionCounter};
+use mcp_pool_conformance::{
+    ReferenceServer, ServerOptions, services, tcp_counter::ConnectionCounter,
+};
 use tokio::{process::Command, time::timeout};
 
 /// Pooled calls before counting: the session, its event stream and the pool of keep-alive
@@ -27,6 +32,8 @@ const WARM_UP: usize = 10;
 const CALLS: usize = 100;
 /// New TCP connections per counted call at most (5 in [`CALLS`]).
 const MAX_NEW_PER_CALL: f64 = 0.05;
+/// How long after the response the late-ending upstream ends a request's event stream.
+const LATE_END: Duration = Duration::from_millis(10);
 
 /// Makes [`WARM_UP`] then [`CALLS`] sequential pooled `echo` calls on one key, through a
 /// [`ConnectionCounter`] to the streamable HTTP endpoint `/mcp` of `upstream` with
@@ -89,6 +96,26 @@ async fn reference_server_connections_are_reused() {
     let upstream = ReferenceServer::start().await.unwrap();
     let (name, addr) = ("reference", upstream.addr());
     pooled_calls_reuse_connections(name, addr, Lifecycle::Initialize, str::to_owned).await;
+}
+
+/// The reference server ending each request's event stream [`LATE_END`] after the response,
+/// in a write of its own (as the Python SDK server does when its event loop is busy): a client
+/// that stops reading at the response closes the connection every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_server_ending_streams_late_connections_are_reused() {
+    let options = ServerOptions::default().with_stream_end_delay(Some(LATE_END));
+    let upstream = ReferenceServer::start_with(options).await.unwrap();
+    let (name, addr) = ("reference, late stream end", upstream.addr());
+    pooled_calls_reuse_connections(name, addr, Lifecycle::Initialize, str::to_owned).await;
+}
+
+/// The same under protocol 2026-07-28, where rmcp drains a response stream for 50 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reference_server_ending_streams_late_discover_connections_are_reused() {
+    let options = ServerOptions::default().with_stream_end_delay(Some(LATE_END * 10));
+    let upstream = ReferenceServer::start_with(options).await.unwrap();
+    let (name, addr) = ("reference discover, late stream end", upstream.addr());
+    pooled_calls_reuse_connections(name, addr, Lifecycle::Discover, str::to_owned).await;
 }
 
 /// Protocol 2026-07-28 (`server/discover`, no session): rmcp reads a response stream on
