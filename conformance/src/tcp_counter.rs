@@ -186,6 +186,9 @@ mod tests {
         let addr = counter.addr();
         drop(counter);
         assert_eq!(client.read(&mut [0; 1]).await.unwrap(), 0, "closed");
-        assert!(TcpStream::connect(addr).await.is_err(), "no longer listening");
+        assert!(
+            TcpStream::connect(addr).await.is_err(),
+            "no longer listening"
+        );
     }
 }
