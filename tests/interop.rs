@@ -25,104 +25,26 @@
 
 mod common;
 
-use std::{path::Path, process::Stdio, time::Duration};
+use std::{path::Path, time::Duration};
 
-use common::*;
+use common::{peers::*, *};
 use mcp_pool::{
     AcquireRequest, Endpoint, Pool, PoolConfig, PoolError, Principal, ServerConfig, ServerId,
     StrategyKind, TransportKind, traits::is_transport_failure,
 };
 use mcp_pool_conformance::services;
 use serde_json::Value;
-use tokio::{
-    io::{AsyncBufReadExt as _, BufReader},
-    process::{Child, ChildStdin, Command},
-    time::timeout,
-};
+use tokio::{process::Command, time::timeout};
 
 /// Pooled calls per test.
 const CALLS: usize = 25;
-/// How long a peer may take to start (interpreter start and imports on a loaded machine).
-const STARTUP: Duration = Duration::from_secs(60);
-/// Bound on a call or a stats request.
-const BOUND: Duration = Duration::from_secs(15);
 
-/// A peer server running as a child process. Killed when dropped; it also exits by itself
-/// when its stdin closes, so it never outlives the test process.
-struct PeerServer {
-    name: &'static str,
-    child: Child,
-    _stdin: ChildStdin,
-    port: u16,
-}
-
-impl PeerServer {
-    async fn start(name: &'static str, mut command: Command) -> Self {
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name}: could not start the peer server: {e}"));
-        let stdin = child.stdin.take().expect("piped stdin");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
-        let port = timeout(STARTUP, async {
-            while let Some(line) = lines.next_line().await.expect("the peer's stdout") {
-                if let Some(port) = line.trim().strip_prefix("LISTENING ") {
-                    return port.parse::<u16>().expect("a port number");
-                }
-                eprintln!("{name}: {line}");
-            }
-            panic!("{name}: the peer exited before listening");
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{name}: the peer did not listen within {STARTUP:?}"));
-        // Keep reading its output, so a chatty peer never blocks on a full pipe.
-        tokio::spawn(async move {
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("{name}: {line}");
-            }
-        });
-        Self {
-            name,
-            child,
-            _stdin: stdin,
-            port,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// The peer's counters: `initializes`, `tool_calls`, `http_requests`, `header_names`.
-    async fn stats(&self) -> Value {
-        let request = async { reqwest::get(self.url("/stats")).await?.text().await };
-        let body = timeout(BOUND, request)
-            .await
-            .unwrap_or_else(|_| panic!("{}: /stats did not answer", self.name))
-            .unwrap_or_else(|e| panic!("{}: /stats: {e}", self.name));
-        serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("{}: /stats {body:?}: {e}", self.name))
-    }
-
-    async fn kill(&mut self) {
-        self.child.kill().await.expect("kill the peer");
-    }
-
-    /// Kills the peer and starts `command` in its place, on the same port (the command must
-    /// ask for it): an upstream restart, its sessions gone.
-    async fn restart(&mut self, command: Command) {
-        self.kill().await;
-        let next = PeerServer::start(self.name, command).await;
-        assert_eq!(
-            next.port, self.port,
-            "{}: restarted on another port",
-            self.name
-        );
-        *self = next;
+/// The peer tests' pool config: two sessions, both kept warm.
+fn two_sessions() -> PoolConfig {
+    PoolConfig {
+        max_size: 2,
+        size: 2,
+        ..PoolConfig::enabled()
     }
 }
 
@@ -130,9 +52,7 @@ impl PeerServer {
 fn peer_pool(endpoint: &Endpoint, strategy: StrategyKind) -> (Pool, ServerId) {
     let config = PoolConfig {
         strategy,
-        max_size: 2,
-        size: 2,
-        ..PoolConfig::enabled()
+        ..two_sessions()
     };
     restart_pool("peer", endpoint, config)
 }
@@ -227,15 +147,7 @@ async fn restart_between_calls(
 /// at once as a transport failure.
 async fn pooled_calls_reuse_one_session(mut peer: PeerServer, endpoint: Endpoint) {
     let name = peer.name;
-    let id = server_id("peer");
-    let pool = Pool::builder()
-        .server(ServerConfig::new(id.clone(), endpoint).pool(PoolConfig {
-            max_size: 2,
-            size: 2,
-            ..PoolConfig::enabled()
-        }))
-        .build()
-        .expect("valid pool");
+    let (pool, id) = one_server_pool("peer", endpoint, two_sessions());
     let mut headers = http::HeaderMap::new();
     headers.insert("authorization", "Bearer interop".parse().unwrap());
     headers.insert("x-mcp-session-id", "downstream-session".parse().unwrap());
@@ -318,13 +230,6 @@ async fn pooled_calls_reuse_one_session(mut peer: PeerServer, endpoint: Endpoint
     pool.close().await;
 }
 
-fn python_peer(python: &str, transport: &str) -> Command {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/python/server.py");
-    let mut command = Command::new(python);
-    command.arg(script).args(["--transport", transport]);
-    command
-}
-
 /// The Python SDK peer over `kind` (streamable HTTP or SSE) and its endpoint; `None` (after
 /// saying why) when the peer is not installed.
 async fn python(kind: TransportKind) -> Option<(PeerServer, Endpoint)> {
@@ -383,30 +288,11 @@ async fn typescript_sdk_over_streamable_http() {
     pooled_calls_reuse_one_session(peer, endpoint).await;
 }
 
-/// `@modelcontextprotocol/server-everything` over `transport` (`streamableHttp` or `sse`),
-/// started by `interop/node/everything.mjs` from the package installed under `node_dir`.
-fn everything_peer(node_dir: &str, transport: &str) -> Command {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/node/everything.mjs");
-    let dist =
-        Path::new(node_dir).join("node_modules/@modelcontextprotocol/server-everything/dist");
-    let mut command = Command::new("node");
-    command.arg(script).arg(transport).arg(dist);
-    command
-}
-
 /// Pooled calls of server-everything's `echo` tool, which answers `"Echo: <message>"`: each
 /// on a lease of the same key, all over one upstream session (one miss, then hits).
 async fn pooled_echo_through_everything(name: &str, endpoint: Endpoint) {
     const ECHOES: usize = 5;
-    let id = server_id("everything");
-    let pool = Pool::builder()
-        .server(ServerConfig::new(id.clone(), endpoint).pool(PoolConfig {
-            max_size: 2,
-            size: 2,
-            ..PoolConfig::enabled()
-        }))
-        .build()
-        .expect("valid pool");
+    let (pool, id) = one_server_pool("everything", endpoint, two_sessions());
     let mut first_session = None;
     for i in 0..ECHOES {
         let lease = timeout(BOUND, pool.acquire_with(AcquireRequest::new(&id)))

@@ -10,6 +10,7 @@ pub mod pool;
 pub mod redis_process;
 pub mod services;
 pub mod strategy;
+pub mod tcp_counter;
 pub mod transport;
 
 /// The reference MCP test server ([`mcp_pool_reference`]), as the suite's own.

@@ -1,12 +1,15 @@
 """An MCP server built with the official Python SDK (`mcp` from PyPI), for mcp-pool's interop
 tests (tests/interop.rs).
 
-Usage: python server.py --transport {streamable-http,sse} [--port PORT]   (port 0: a free one)
+Usage: python server.py --transport {streamable-http,sse} [--port PORT] [--json-response]
+  (port 0: a free one)
 
 - Listens on 127.0.0.1 and prints `LISTENING <port>` on stdout once the socket accepts
   connections (queued until uvicorn serves them).
-- streamable-http: the MCP endpoint is /mcp. sse (the 2024-11-05 HTTP+SSE transport): the event
-  stream is GET /sse, messages are POSTed to the URL its `endpoint` event names (/messages/).
+- streamable-http: the MCP endpoint is /mcp; request POSTs are answered with an SSE stream (the
+  SDK's default, stateful mode), or with one JSON body with --json-response. sse (the
+  2024-11-05 HTTP+SSE transport): the event stream is GET /sse, messages are POSTed to the URL
+  its `endpoint` event names (/messages/).
 - Tool `echo(message: str)` returns `message`.
 - Resource `ref://greeting` (text "hello from the Python SDK server") and prompt
   `greet(name)` (one user message "Hello, <name>!"), as the reference server's.
@@ -296,9 +299,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--transport", choices=["streamable-http", "sse"], required=True)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument(
+        "--json-response",
+        action="store_true",
+        help="streamable-http: answer each request POST with one JSON body, not an SSE stream",
+    )
     args = parser.parse_args()
 
-    app = mcp.sse_app() if args.transport == "sse" else mcp.streamable_http_app()
+    if args.transport == "sse":
+        app = mcp.sse_app()
+    else:
+        app = mcp.streamable_http_app(json_response=args.json_response)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

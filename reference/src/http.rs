@@ -15,13 +15,15 @@ use std::{
 
 use axum::{
     Router,
+    body::{Body, Bytes},
     extract::{Request, State},
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
+use futures::StreamExt as _;
 use http::{
     HeaderMap, HeaderValue, Method, StatusCode,
-    header::{AUTHORIZATION, WWW_AUTHENTICATE},
+    header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE},
 };
 use hyper::{body::Incoming, server::conn::http1, service::service_fn};
 use hyper_util::rt::TokioIo;
@@ -204,6 +206,7 @@ impl Run {
             Observe {
                 shared,
                 shutdown: shutdown.clone(),
+                stream_end_delay: options.stream_end_delay,
             },
             observe,
         );
@@ -311,6 +314,8 @@ async fn serve_connection(stream: TcpStream, router: Router, shutdown: Cancellat
 struct Observe {
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    /// [`ServerOptions::stream_end_delay`].
+    stream_end_delay: Option<Duration>,
 }
 
 /// The challenge sent with a 401 (RFC 6750 §3).
@@ -345,8 +350,12 @@ impl Observe {
 }
 
 /// Counts and records every request, holds it while the hang switch is on, and refuses it
-/// (reject switch, bearer token) before it reaches a transport.
+/// (reject switch, bearer token) before it reaches a transport; ends the event stream
+/// answering a `POST` late when [`ServerOptions::stream_end_delay`] says so.
 async fn observe(State(observe): State<Observe>, request: Request, next: Next) -> Response {
+    let end_delay = observe
+        .stream_end_delay
+        .filter(|_| request.method() == Method::POST);
     observe.shared.counters.http_request();
     observe
         .shared
@@ -358,11 +367,29 @@ async fn observe(State(observe): State<Observe>, request: Request, next: Next) -
         // Fails only when the sender is dropped, and `Shared` holds it.
         let _ = hang.wait_for(|hanging| !*hanging).await;
     };
-    tokio::select! {
+    let response = tokio::select! {
         () = released => match observe.refusal(&request) {
             Some(refusal) => refusal,
             None => next.run(request).await,
         },
         () = observe.shutdown.cancelled() => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    };
+    let is_event_stream = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"));
+    match end_delay {
+        Some(delay) if is_event_stream => ending_late(response, delay),
+        _ => response,
     }
+}
+
+/// `response` with the end of its body held back until `delay` after its last frame: the
+/// frames go out as they come, the end (the last chunk) `delay` later, in a write of its own.
+fn ending_late(response: Response, delay: Duration) -> Response {
+    response.map(|body| {
+        let end = futures::stream::once(tokio::time::sleep(delay))
+            .filter_map(|()| std::future::ready(None::<Result<Bytes, axum::Error>>));
+        Body::from_stream(body.into_data_stream().chain(end))
+    })
 }

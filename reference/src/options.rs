@@ -31,6 +31,12 @@ pub struct ServerOptions {
     pub bearer_token: Option<String>,
     /// Which MCP lifecycles its streamable HTTP endpoint speaks (default: both).
     pub protocols: Protocols,
+    /// How long after its last event the server ends an event stream answering a streamable
+    /// HTTP `POST` (the stream of one request, ended after its response), or `None` (the
+    /// default) to end it with the response. A delay models a server whose stream end comes
+    /// in a later write than the response, as the Python SDK's does: a client that stops
+    /// reading at the response then cannot reuse the connection.
+    pub stream_end_delay: Option<Duration>,
 }
 
 /// Which MCP lifecycles a [`ReferenceServer`](crate::ReferenceServer)'s streamable HTTP
@@ -58,6 +64,7 @@ impl Default for ServerOptions {
             session_idle_timeout: Some(Duration::from_secs(300)),
             bearer_token: None,
             protocols: Protocols::All,
+            stream_end_delay: None,
         }
     }
 }
@@ -85,6 +92,13 @@ impl ServerOptions {
     /// The same options speaking `protocols` on streamable HTTP.
     pub fn with_protocols(mut self, protocols: Protocols) -> Self {
         self.protocols = protocols;
+        self
+    }
+
+    /// The same options ending each `POST`'s event stream `delay` after its last event
+    /// (`None`: with it); see [`stream_end_delay`](Self::stream_end_delay).
+    pub fn with_stream_end_delay(mut self, delay: Option<Duration>) -> Self {
+        self.stream_end_delay = delay;
         self
     }
 

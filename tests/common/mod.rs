@@ -1,6 +1,8 @@
 //! Helpers shared by the pool's integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod peers;
+
 use std::{sync::Arc, time::Duration};
 
 use mcp_pool::{
@@ -38,6 +40,16 @@ pub fn text(result: &CallToolResult) -> String {
         .iter()
         .filter_map(|c| c.as_text().map(|t| t.text.clone()))
         .collect()
+}
+
+/// A pool with one server, `name`, on `endpoint` with `config`.
+pub fn one_server_pool(name: &str, endpoint: Endpoint, config: PoolConfig) -> (Pool, ServerId) {
+    let id = server_id(name);
+    let pool = Pool::builder()
+        .server(ServerConfig::new(id.clone(), endpoint).pool(config))
+        .build()
+        .expect("valid pool");
+    (pool, id)
 }
 
 /// A pool with one server, `reference`, on `upstream` over streamable HTTP.

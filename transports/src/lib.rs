@@ -3,6 +3,7 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 mod delivery;
+mod drain;
 mod failure;
 mod headers;
 mod per_call;
@@ -16,6 +17,7 @@ pub mod websocket;
 pub mod server;
 
 pub use delivery::{CallFailure, NotDelivered, call_failure};
+pub use drain::{RESPONSE_STREAM_DRAIN_BYTES, RESPONSE_STREAM_DRAIN_TIME};
 pub use failure::failure_kind;
 pub use sse::{Sse, SseClientTransport, SseError};
 #[cfg(feature = "stdio")]

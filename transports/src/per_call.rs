@@ -27,6 +27,7 @@ use sse_stream::{Error as SseStreamError, Sse};
 
 use crate::{
     delivery::{UNKNOWN_SESSION, names_unknown_session, rejected_status},
+    drain::DrainOnDrop,
     headers::{single_valued, upstream_headers},
 };
 
@@ -97,6 +98,9 @@ impl SessionCredentials {
 ///   session as unknown, the `POST` fails as [`UNKNOWN_SESSION`] (a request the server never
 ///   handled, safe to retry on another session); otherwise the error is given the request's
 ///   id, so the call fails with it at once.
+/// - An event stream answering a `POST` that rmcp stops reading before its end (once it has
+///   the response) is read to its end in the background ([`DrainOnDrop`], bounded in time and
+///   bytes), so that its connection goes back to the pool instead of being closed.
 #[derive(Debug, Clone)]
 pub(crate) struct PerCallClient {
     pub(crate) client: reqwest::Client,
@@ -168,15 +172,23 @@ impl PerCallClient {
 }
 
 /// The answer to a `POST` (of the request with id `request`, if it was one), with the id-less
-/// JSON-RPC errors handled as [`PerCallClient`] describes.
+/// JSON-RPC errors and the event streams handled as [`PerCallClient`] describes.
 fn post_answer(
     request: Option<RequestId>,
     attached: bool,
     answer: Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>>,
 ) -> Result<StreamableHttpPostResponse, StreamableHttpError<reqwest::Error>> {
-    let Ok(StreamableHttpPostResponse::Json(JsonRpcMessage::Error(mut error), session)) = answer
-    else {
-        return answer;
+    let (mut error, session) = match answer {
+        Ok(StreamableHttpPostResponse::Json(JsonRpcMessage::Error(error), session)) => {
+            (error, session)
+        }
+        Ok(StreamableHttpPostResponse::Sse(events, session)) => {
+            return Ok(StreamableHttpPostResponse::Sse(
+                Box::pin(DrainOnDrop::new(events)),
+                session,
+            ));
+        }
+        answer => return answer,
     };
     if error.id.is_none() {
         if attached && names_unknown_session(&error.error.message) {

@@ -30,6 +30,14 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(90);
 /// rmcp sets `Accept: application/json, text/event-stream` on every request. Redirects are not
 /// followed ([`http_client`]): a `3xx` answer fails the connect.
 ///
+/// A request `POST` answered with an event stream keeps its connection: rmcp stops reading the
+/// stream once it has the response, and this transport reads the rest (the server ends it
+/// after the response) in the background, for at most
+/// [`RESPONSE_STREAM_DRAIN_TIME`](crate::RESPONSE_STREAM_DRAIN_TIME) and
+/// [`RESPONSE_STREAM_DRAIN_BYTES`](crate::RESPONSE_STREAM_DRAIN_BYTES), so that the connection
+/// goes back to the pool instead of being closed: pooled calls do not open a TCP connection
+/// (or a TLS handshake) each.
+///
 /// Per-request headers ([`CallHeaders`](mcp_pool_traits::CallHeaders) in a request's
 /// extensions, set by the pool's leases) go on that request's `POST`; their credentials
 /// replace the session's for every later request, the `DELETE` at close included.
