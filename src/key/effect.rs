@@ -157,7 +157,6 @@ impl Tally {
             None => {}
         }
     }
-
 }
 
 /// An acquire that ran out of time, for its error.

@@ -183,7 +183,9 @@ impl KeyPool {
         } else {
             None
         };
-        locked.state.flush_tally(|tally| record(&locked.metrics, tally));
+        locked
+            .state
+            .flush_tally(|tally| record(&locked.metrics, tally));
         io
     }
 
