@@ -46,6 +46,18 @@ async fn pooled_calls_reuse_connections(
     lifecycle: Lifecycle,
     echoed: impl Fn(&str) -> String,
 ) {
+    pooled_calls_reuse_connections_within(name, upstream, lifecycle, echoed, MAX_NEW_PER_CALL)
+        .await;
+}
+
+/// [`pooled_calls_reuse_connections`], allowing `max_new_per_call`.
+async fn pooled_calls_reuse_connections_within(
+    name: &str,
+    upstream: SocketAddr,
+    lifecycle: Lifecycle,
+    echoed: impl Fn(&str) -> String,
+    max_new_per_call: f64,
+) {
     let counter = ConnectionCounter::start(upstream)
         .await
         .expect("the connection counter listens");
@@ -81,9 +93,9 @@ async fn pooled_calls_reuse_connections(
     let server = &pool.stats().servers[0];
     assert_eq!(server.misses, 1, "{name}: all calls on one session");
     assert!(
-        per_call <= MAX_NEW_PER_CALL,
+        per_call <= max_new_per_call,
         "{name}: {per_call:.2} new TCP connections per pooled call ({opened} for {CALLS}), \
-         more than {MAX_NEW_PER_CALL}"
+         more than {max_new_per_call}"
     );
     pool.close().await;
 }
@@ -111,13 +123,17 @@ async fn reference_server_ending_streams_late_connections_are_reused() {
 }
 
 /// The same under protocol 2026-07-28, where rmcp itself reads a response stream for 50 ms
-/// after the response: the end comes later than that.
+/// after the response: the end comes later than that. Each connection stays busy for 60 ms
+/// after its response, so the number in turn follows the call rate (about 60 ms / one call's
+/// time): a faster stretch of calls after the warm-up opens a few more. Up to 0.25 per call is
+/// allowed here; without the drain it is one per call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reference_server_ending_streams_late_discover_connections_are_reused() {
     let options = ServerOptions::default().with_stream_end_delay(Some(Duration::from_millis(60)));
     let upstream = ReferenceServer::start_with(options).await.unwrap();
     let (name, addr) = ("reference discover, late stream end", upstream.addr());
-    pooled_calls_reuse_connections(name, addr, Lifecycle::Discover, str::to_owned).await;
+    pooled_calls_reuse_connections_within(name, addr, Lifecycle::Discover, str::to_owned, 0.25)
+        .await;
 }
 
 /// Protocol 2026-07-28 (`server/discover`, no session): rmcp reads a response stream on
