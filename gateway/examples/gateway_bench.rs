@@ -180,7 +180,7 @@ async fn run() -> Result<(), Error> {
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let gateway = format!("http://{}", listener.local_addr()?);
-    // Streamed responses stall ~40 ms per message under Nagle + delayed ACK (RMCP-NOTES).
+    // Streamed responses stall ~40 ms per message under Nagle + delayed ACK.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });

@@ -291,7 +291,7 @@ async fn accept_loop(listener: TcpListener, router: Router, shutdown: Cancellati
 }
 
 async fn serve_connection(stream: TcpStream, router: Router, shutdown: CancellationToken) {
-    // Without it a keep-alive client stalls ~44 ms per call (Nagle + delayed ACK, RMCP-NOTES).
+    // Without it a keep-alive client stalls ~44 ms per call (Nagle + delayed ACK).
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |request: Request<Incoming>| {
         router.clone().oneshot(request.map(axum::body::Body::new))

@@ -140,6 +140,16 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
+    /// The same deltas, opposite sign (gauges only: counters never move back).
+    pub(crate) fn negated(&self) -> Tally {
+        Tally {
+            active: -self.active,
+            idle: -self.idle,
+            waiters: -self.waiters,
+            ..Tally::default()
+        }
+    }
+
     /// Counts a session's gauge moving from `was` to `now` (`None`: not counted).
     #[inline]
     pub(crate) fn session(&mut self, was: Option<bool>, now: Option<bool>) {

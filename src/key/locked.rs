@@ -269,18 +269,6 @@ pub(super) fn limits_subject(key: &PoolKey) -> Option<Digest256> {
     crate::limits::subject(&key.principal())
 }
 
-impl Tally {
-    /// The same deltas, opposite sign (gauges only: counters never move back).
-    pub(crate) fn negated(&self) -> Tally {
-        Tally {
-            active: -self.active,
-            idle: -self.idle,
-            waiters: -self.waiters,
-            ..Tally::default()
-        }
-    }
-}
-
 /// Records metric deltas.
 #[inline]
 fn record(metrics: &KeyMetrics, tally: &Tally) {

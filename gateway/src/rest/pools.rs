@@ -112,6 +112,13 @@ pub async fn pool_stats(
     Ok(Json(view))
 }
 
+/// The statistics of every server `caller` may use.
+fn visible_servers(state: &AppState, caller: &Caller) -> Vec<mcp_pool::ServerStats> {
+    let mut servers = state.pool.stats().servers;
+    servers.retain(|s| caller.may_use(&state.registry, &s.server));
+    servers
+}
+
 /// Every server's pool statistics.
 #[utoipa::path(get, path = "/servers/pools", tag = "pools",
     responses((status = 200, body = Vec<PoolStatsView>), (status = 401, body = ErrorBody)))]
@@ -119,12 +126,9 @@ pub async fn all_pool_stats(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Json<Vec<PoolStatsView>> {
-    let stats = state.pool.stats();
     Json(
-        stats
-            .servers
+        visible_servers(&state, &caller)
             .iter()
-            .filter(|s| caller.may_use(&state.registry, &s.server))
             .map(|s| {
                 let mut view = PoolStatsView::from(s);
                 view.enabled = state
@@ -144,12 +148,9 @@ pub async fn pools_health(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Json<Vec<PoolHealthView>> {
-    let stats = state.pool.stats();
     Json(
-        stats
-            .servers
+        visible_servers(&state, &caller)
             .iter()
-            .filter(|s| caller.may_use(&state.registry, &s.server))
             .map(|s| PoolHealthView {
                 server_id: s.server.to_string(),
                 status: s.health_status.into(),
